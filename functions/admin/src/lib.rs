@@ -1,0 +1,210 @@
+//! Operator API, behind a bearer token (and IAM auth in AWS):
+//! - `POST /api/admin/products` creates a product in DynamoDB;
+//! - `POST /api/admin/products/{id}/warm[?force=true]` loads it into Redis;
+//! - `GET /api/admin/products/{id}` reports its counters.
+
+use lambda_http::Request;
+use lambda_http::http::Method;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use shared::domain::{Product, ProductId, ProductStats};
+use shared::http::{self as api, HttpResponse};
+use shared::ports::{OrderStore, StockGate, Warm};
+
+pub struct Admin<G, S> {
+    pub gate: G,
+    pub store: S,
+    /// `FLASHSALE_ADMIN_TOKEN`; when unset every admin call is refused.
+    pub token: Option<String>,
+}
+
+impl<G: StockGate, S: OrderStore> Admin<G, S> {
+    fn authorised(&self, req: &Request) -> bool {
+        let Some(expected) = self.token.as_deref() else {
+            tracing::error!("FLASHSALE_ADMIN_TOKEN is not set: refusing all admin calls");
+            return false;
+        };
+        let given = api::header(req, "authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or("");
+        given.as_bytes().ct_eq(expected.as_bytes()).into()
+    }
+
+    pub async fn handle(&self, req: Request) -> HttpResponse {
+        if !self.authorised(&req) {
+            return api::error(401, "unauthenticated");
+        }
+        let Some(segments) = api::segments_after(&req, "/api/admin/products") else {
+            return api::error(404, "not_found");
+        };
+        let method = req.method().clone();
+        match (method, segments.as_slice()) {
+            (Method::POST, []) => self.create(&req).await,
+            (Method::POST, [id, "warm"]) => {
+                let force = api::query_param(&req, "force").as_deref() == Some("true");
+                match ProductId::parse(*id) {
+                    Ok(id) => self.warm(&id, force).await,
+                    Err(e) => api::invalid(e),
+                }
+            }
+            (Method::GET, [id]) => match ProductId::parse(*id) {
+                Ok(id) => self.stats(&id).await,
+                Err(e) => api::invalid(e),
+            },
+            (_, [] | [_] | [_, "warm"]) => api::error(405, "method_not_allowed"),
+            _ => api::error(404, "not_found"),
+        }
+    }
+
+    async fn create(&self, req: &Request) -> HttpResponse {
+        let bytes = match api::body_bytes(req) {
+            Ok(b) => b,
+            Err(answer) => return answer,
+        };
+        let product: Product = match serde_json::from_slice(bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                return api::invalid(format!(
+                    "body must be {{\"product_id\",\"name\",\"stock\",\"per_buyer_limit\",\"starts_at\",\"ends_at\"}} with RFC 3339 times: {e}"
+                ));
+            }
+        };
+        if let Err(e) = product.validate() {
+            return api::invalid(e);
+        }
+        match self.store.create_product(&product).await {
+            Ok(true) => {
+                tracing::info!(product_id = %product.product_id, "product created");
+                api::json_response(201, &product)
+            }
+            Ok(false) => api::error(409, "product_exists"),
+            Err(e) => api::infra_failure(&e),
+        }
+    }
+
+    async fn warm(&self, id: &ProductId, force: bool) -> HttpResponse {
+        let product = match self.store.product(id).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return api::error(404, "unknown_product"),
+            Err(e) => return api::infra_failure(&e),
+        };
+        match self.gate.warm(&product, force).await {
+            Ok(Warm::Warmed { stock_left }) => {
+                tracing::info!(product_id = %id, stock_left, force, "product warmed");
+                api::json_response(200, &json!({ "product_id": id, "stock_left": stock_left }))
+            }
+            Ok(Warm::AlreadyStarted { .. }) => api::json_response(
+                409,
+                &json!({
+                    "error": "sale_started",
+                    "message": "the sale has started; re-warm with ?force=true (units already admitted stay taken)"
+                }),
+            ),
+            Err(e) => api::infra_failure(&e),
+        }
+    }
+
+    async fn stats(&self, id: &ProductId) -> HttpResponse {
+        match self.gate.stats(id).await {
+            Ok(Some(stats)) => return api::json_response(200, &stats),
+            Ok(None) => {}
+            Err(e) => return api::infra_failure(&e),
+        }
+        // Created but not warmed yet: nothing is on sale.
+        match self.store.product(id).await {
+            Ok(Some(p)) => api::json_response(
+                200,
+                &ProductStats {
+                    stock_total: i64::from(p.stock),
+                    ..ProductStats::default()
+                },
+            ),
+            Ok(None) => api::error(404, "unknown_product"),
+            Err(e) => api::infra_failure(&e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_http::{Body, http};
+    use shared::fakes::{FakeGate, FakeStore};
+    use std::sync::atomic::Ordering;
+
+    fn admin() -> Admin<FakeGate, FakeStore> {
+        Admin {
+            gate: FakeGate::default(),
+            store: FakeStore::default(),
+            token: Some("s3cret".into()),
+        }
+    }
+
+    const PRODUCT: &str = r#"{"product_id":"p1","name":"Phone","stock":100,"per_buyer_limit":1,
+        "starts_at":"2026-01-01T00:00:00Z","ends_at":"2026-01-02T00:00:00Z"}"#;
+
+    async fn call(
+        a: &Admin<FakeGate, FakeStore>,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("Authorization", format!("Bearer {token}"))
+            .body(Body::from(body))
+            .unwrap();
+        let resp = a.handle(req).await;
+        let body = serde_json::from_slice(resp.body().as_ref()).unwrap_or_default();
+        (resp.status().as_u16(), body)
+    }
+
+    #[tokio::test]
+    async fn create_warm_and_read_a_product() {
+        let a = admin();
+        assert_eq!(call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await.0, 201);
+        assert_eq!(call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await.0, 409);
+        let (status, body) = call(&a, "GET", "/api/admin/products/p1", "s3cret", "").await;
+        assert_eq!((status, body["stock_total"].as_i64()), (200, Some(100)));
+        let (status, body) = call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
+        assert_eq!((status, body["stock_left"].as_i64()), (200, Some(100)));
+        assert_eq!(a.gate.warmed.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn rewarm_after_start_needs_force() {
+        let a = admin();
+        call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await;
+        a.gate.started.store(true, Ordering::SeqCst);
+        let (status, body) = call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
+        assert_eq!((status, body["error"].as_str()), (409, Some("sale_started")));
+        let path = "/api/admin/products/p1/warm?force=true";
+        assert_eq!(call(&a, "POST", path, "s3cret", "").await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn refuses_wrong_tokens_and_bad_input() {
+        let a = admin();
+        assert_eq!(call(&a, "GET", "/api/admin/products/p1", "wrong", "").await.0, 401);
+        assert_eq!(call(&a, "GET", "/api/admin/products/p1", "", "").await.0, 401);
+        let unset = Admin { token: None, ..admin() };
+        assert_eq!(call(&unset, "GET", "/api/admin/products/p1", "", "").await.0, 401);
+        assert_eq!(call(&a, "GET", "/api/admin/products/p1", "s3cret", "").await.0, 404);
+        assert_eq!(call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await.0, 404);
+        assert_eq!(call(&a, "GET", "/api/admin/products/p%7B1", "s3cret", "").await.0, 400);
+        for body in [
+            "[]",
+            r#"{"product_id":"p1"}"#,
+            &PRODUCT.replace("\"stock\":100", "\"stock\":-1"),
+            &PRODUCT.replace("2026-01-02", "2025-01-02"),
+            &PRODUCT.replace("\"per_buyer_limit\":1", "\"per_buyer_limit\":0"),
+            &PRODUCT.replace("\"p1\"", "\"p:1\""),
+        ] {
+            assert_eq!(call(&a, "POST", "/api/admin/products", "s3cret", body).await.0, 400, "{body}");
+        }
+        assert!(a.store.products.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,266 @@
+//! `POST /api/flash-sale/buy`: admit a purchase through the stock gate, then
+//! enqueue the order. Redis is the outbox: once admitted, the request stays in
+//! the pending index until the consumer settles it, so a failed send is
+//! logged and left to the sweeper, never undone here.
+
+use lambda_http::Request;
+use serde::Deserialize;
+use serde_json::json;
+use tracing::Instrument;
+
+use shared::domain::{
+    Admission, IdempotencyKey, OrderMessage, OrderStatus, ProductId, Purchase, Quantity,
+    RequestId, UserId,
+};
+use shared::http::{self as api, HttpResponse};
+use shared::ports::{OrderQueue, StockGate};
+use shared::telemetry;
+
+pub struct Deduct<G, Q> {
+    pub gate: G,
+    pub queue: Q,
+    /// Local runner and tests: take the buyer from the body's `user_id`.
+    pub insecure_user_from_body: bool,
+}
+
+#[derive(Deserialize)]
+struct BuyBody {
+    product_id: String,
+    #[serde(default = "one")]
+    quantity: u64,
+    user_id: Option<String>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// A validated buy request, or the 4xx answer explaining what is wrong.
+fn parse(req: &Request, insecure: bool) -> Result<Purchase, HttpResponse> {
+    let bytes = api::body_bytes(req)?;
+    let body: BuyBody = serde_json::from_slice(bytes).map_err(|e| {
+        api::invalid(format!(
+            "body must be a JSON object like {{\"product_id\":\"p42\",\"quantity\":1}}: {e}"
+        ))
+    })?;
+    let product_id = ProductId::parse(body.product_id).map_err(api::invalid)?;
+    let quantity = u32::try_from(body.quantity)
+        .ok()
+        .and_then(|q| Quantity::new(q).ok())
+        .ok_or_else(|| {
+            api::invalid(shared::error::ValidationError::BadQuantity {
+                max: shared::domain::MAX_QUANTITY,
+            })
+        })?;
+    let user = match api::jwt_subject(req) {
+        Some(sub) => Some(sub),
+        None if insecure => body.user_id,
+        None => None,
+    };
+    let user_id = match user {
+        Some(u) => UserId::parse(u).map_err(api::invalid)?,
+        None => return Err(api::error(401, "unauthenticated")),
+    };
+    let idempotency_key = api::header(req, "idempotency-key")
+        .map(IdempotencyKey::parse)
+        .transpose()
+        .map_err(api::invalid)?;
+    Ok(Purchase {
+        request_id: RequestId::new(&product_id),
+        product_id,
+        user_id,
+        quantity,
+        idempotency_key,
+    })
+}
+
+impl<G: StockGate, Q: OrderQueue> Deduct<G, Q> {
+    pub async fn handle(&self, req: Request) -> HttpResponse {
+        let purchase = match parse(&req, self.insecure_user_from_body) {
+            Ok(p) => p,
+            Err(answer) => {
+                metrics::counter!("flashsale_rejected_total", "reason" => "invalid_request")
+                    .increment(1);
+                return answer;
+            }
+        };
+        let traceparent = telemetry::traceparent(api::header(&req, "traceparent"));
+        let span = tracing::info_span!(
+            "buy",
+            request_id = %purchase.request_id,
+            product_id = %purchase.product_id,
+            trace_id = telemetry::trace_id(&traceparent),
+        );
+        self.buy(purchase, traceparent).instrument(span).await
+    }
+
+    async fn buy(&self, purchase: Purchase, traceparent: String) -> HttpResponse {
+        let admission = match self.gate.admit(&purchase).await {
+            Ok(a) => a,
+            Err(e) => return api::infra_failure(&e),
+        };
+        match admission {
+            Admission::Admitted { admitted_at_ms } => {
+                metrics::counter!("flashsale_admitted_total").increment(1);
+                let msg = OrderMessage::new(&purchase, admitted_at_ms);
+                if let Err(e) = self.queue.send(&msg, &traceparent).await {
+                    // Still admitted: the sweeper re-publishes from the pending index.
+                    metrics::counter!("flashsale_queue_send_failures_total").increment(1);
+                    tracing::error!(error = %e, "order not enqueued; left to the outbox sweeper");
+                }
+                tracing::info!("admitted");
+                api::json_response(
+                    202,
+                    &json!({ "request_id": purchase.request_id, "status": "pending" }),
+                )
+            }
+            Admission::Replay { request_id } => {
+                metrics::counter!("flashsale_idempotent_replays_total").increment(1);
+                let status = match self.gate.request(&request_id).await {
+                    Ok(view) => view.map_or(OrderStatus::Pending, |v| v.status),
+                    Err(e) => return api::infra_failure(&e),
+                };
+                tracing::info!(earlier = %request_id, "idempotent replay");
+                api::json_response(200, &json!({ "request_id": request_id, "status": status }))
+            }
+            Admission::Refused(reason) => {
+                metrics::counter!("flashsale_rejected_total", "reason" => reason.code())
+                    .increment(1);
+                tracing::info!(reason = reason.code(), "refused");
+                api::error(reason.http_status(), reason.code())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_http::{Body, http};
+    use shared::domain::Refusal;
+    use shared::fakes::{FakeGate, FakeQueue};
+
+    fn deduct(insecure: bool) -> Deduct<FakeGate, FakeQueue> {
+        Deduct {
+            gate: FakeGate::default(),
+            queue: FakeQueue::default(),
+            insecure_user_from_body: insecure,
+        }
+    }
+
+    fn buy(body: &str) -> Request {
+        http::Request::builder()
+            .method("POST")
+            .uri("/api/flash-sale/buy")
+            .body(Body::from(body))
+            .unwrap()
+    }
+
+    async fn call(d: &Deduct<FakeGate, FakeQueue>, req: Request) -> (u16, serde_json::Value) {
+        let resp = d.handle(req).await;
+        let body: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+        (resp.status().as_u16(), body)
+    }
+
+    #[tokio::test]
+    async fn admitted_purchase_is_enqueued_with_trace_context() {
+        let d = deduct(true);
+        let (status, body) = call(&d, buy(r#"{"product_id":"p1","quantity":2,"user_id":"u1"}"#)).await;
+        assert_eq!(status, 202);
+        assert_eq!(body["status"], "pending");
+        let sent = d.queue.sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0.request_id.as_str(), body["request_id"]);
+        assert_eq!(sent[0].0.quantity.get(), 2);
+        assert_eq!(sent[0].0.v, 1);
+        assert!(sent[0].1.starts_with("00-"));
+    }
+
+    #[tokio::test]
+    async fn failed_send_still_answers_202_and_keeps_the_request() {
+        let d = deduct(true);
+        d.queue.failures.fail_next(1);
+        let (status, _) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
+        assert_eq!(status, 202);
+        assert!(d.queue.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn refusals_map_to_their_status_codes() {
+        let d = deduct(true);
+        for (refusal, code) in [
+            (Refusal::SoldOut, 410),
+            (Refusal::AlreadyPurchased, 409),
+            (Refusal::LimitExceeded, 409),
+            (Refusal::SaleNotStarted, 403),
+            (Refusal::SaleEnded, 403),
+            (Refusal::UnknownProduct, 404),
+        ] {
+            d.gate.answer(Admission::Refused(refusal));
+            let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
+            assert_eq!((status, body["error"].as_str().unwrap()), (code, refusal.code()));
+        }
+        assert!(d.queue.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn replay_returns_the_earlier_request_and_its_status() {
+        let d = deduct(true);
+        let p = ProductId::parse("p1").unwrap();
+        let earlier = RequestId::new(&p);
+        d.gate.answer(Admission::Replay { request_id: earlier.clone() });
+        let mut req = buy(r#"{"product_id":"p1","user_id":"u1"}"#);
+        req.headers_mut().insert("Idempotency-Key", "k-1".parse().unwrap());
+        let (status, body) = call(&d, req).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["request_id"], earlier.as_str());
+        assert_eq!(body["status"], "pending");
+        let purchases = d.gate.purchases.lock().unwrap();
+        assert_eq!(purchases[0].idempotency_key.as_ref().unwrap().as_str(), "k-1");
+        assert!(d.queue.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn redis_down_fails_closed_with_503() {
+        let d = deduct(true);
+        d.gate.failures.fail_next(1);
+        let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
+        assert_eq!((status, body["error"].as_str().unwrap()), (503, "unavailable"));
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_a_400_and_reaches_nothing() {
+        let d = deduct(true);
+        let big = format!(r#"{{"product_id":"p1","user_id":"u1","pad":"{}"}}"#, "x".repeat(5000));
+        for body in [
+            "",
+            "not json",
+            "[1,2]",
+            r#"{"product_id":42}"#,
+            r#"{"product_id":"p{1}","user_id":"u1"}"#,
+            r#"{"product_id":"p1","user_id":"u:1"}"#,
+            r#"{"product_id":"p1","quantity":0,"user_id":"u1"}"#,
+            r#"{"product_id":"p1","quantity":-1,"user_id":"u1"}"#,
+            r#"{"product_id":"p1","quantity":1.5,"user_id":"u1"}"#,
+            r#"{"product_id":"p1","quantity":99999999999,"user_id":"u1"}"#,
+            &big,
+        ] {
+            let (status, resp) = call(&d, buy(body)).await;
+            assert_eq!(status, 400, "{body:.60}");
+            assert_eq!(resp["error"], "invalid_request");
+            assert!(resp["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+        let mut req = buy(r#"{"product_id":"p1","user_id":"u1"}"#);
+        req.headers_mut().insert("Idempotency-Key", "bad key".parse().unwrap());
+        assert_eq!(call(&d, req).await.0, 400);
+        assert!(d.gate.purchases.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_insecure_mode_a_body_user_id_is_not_an_identity() {
+        let d = deduct(false);
+        let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
+        assert_eq!((status, body["error"].as_str().unwrap()), (401, "unauthenticated"));
+        assert!(d.gate.purchases.lock().unwrap().is_empty());
+    }
+}

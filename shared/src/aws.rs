@@ -1,0 +1,407 @@
+//! AWS adapters: the SQS [`OrderQueue`] and the DynamoDB [`OrderStore`].
+//! Endpoints come from the SDK's own environment variables
+//! (`AWS_ENDPOINT_URL_SQS`, `AWS_ENDPOINT_URL_DYNAMODB`), so LocalStack and
+//! DynamoDB Local need no code of ours.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue as Av, Put, TransactWriteItem};
+use aws_sdk_sqs::error::SdkError;
+use aws_sdk_sqs::types::MessageAttributeValue;
+
+use crate::domain::{
+    OrderMessage, OrderStatus, Product, ProductId, Quantity, RequestId, RequestView, UserId,
+    from_unix_ms, unix_ms,
+};
+use crate::error::InfraError;
+use crate::ports::{Fate, OrderQueue, OrderStore, Placement, PortResult};
+
+/// Loads the shared SDK configuration once per process, with timeouts that
+/// keep a slow AWS call from eating the whole Lambda budget.
+pub async fn load_sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(3))
+                .operation_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+const TRANSIENT_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "RequestThrottled",
+    "RequestLimitExceeded",
+    "ProvisionedThroughputExceededException",
+    "TransactionConflictException",
+    "TransactionInProgressException",
+    "InternalServerError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "KMSThrottlingException",
+];
+
+/// Transport failures, throttling and 5xx are transient; anything else the
+/// service refused (bad names, permissions, validation) is permanent.
+pub(crate) fn classify<E, R>(service: &'static str, err: SdkError<E, R>) -> InfraError
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let detail = match &err {
+        SdkError::ServiceError(s) => {
+            let e = s.err();
+            format!(
+                "{}: {}",
+                e.code().unwrap_or("unknown error"),
+                e.message().unwrap_or("")
+            )
+        }
+        other => format!("{other}: {:?}", other.source()),
+    };
+    let transient = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(s) => s
+            .err()
+            .code()
+            .is_some_and(|c| TRANSIENT_CODES.contains(&c)),
+        _ => false,
+    };
+    if transient {
+        InfraError::transient(service, detail)
+    } else {
+        InfraError::permanent(service, detail)
+    }
+}
+
+// ---------------------------------------------------------------- SQS ----
+
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl SqsQueue {
+    pub fn new(config: &SdkConfig, queue_url: impl Into<String>) -> Self {
+        Self {
+            client: aws_sdk_sqs::Client::new(config),
+            queue_url: queue_url.into(),
+        }
+    }
+}
+
+impl OrderQueue for SqsQueue {
+    async fn send(&self, msg: &OrderMessage, traceparent: &str) -> PortResult<()> {
+        let body = serde_json::to_string(msg)
+            .map_err(|e| InfraError::permanent("sqs", format!("cannot encode message: {e}")))?;
+        let tp = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(traceparent)
+            .build()
+            .map_err(|e| InfraError::permanent("sqs", e.to_string()))?;
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .message_attributes("traceparent", tp)
+            .send()
+            .await
+            .map_err(|e| classify("sqs", e))?;
+        Ok(())
+    }
+}
+
+// ----------------------------------------------------------- DynamoDB ----
+
+/// Single-table layout:
+/// - `ORDER#<request_id>`: the order; its existence decides the request's fate.
+/// - `PURCHASE#<product>#<user>`: the buyer guard (one order per buyer).
+/// - `PRODUCT#<product>`: the product definition.
+///
+/// Orders carry `gsi1pk = PRODUCT#<product>` so audits can list a product's
+/// orders through the `gsi1` index.
+pub mod table {
+    pub const PK: &str = "pk";
+    pub const GSI1: &str = "gsi1";
+    pub const GSI1_PK: &str = "gsi1pk";
+    pub const GSI1_SK: &str = "gsi1sk";
+
+    pub fn order(request_id: &str) -> String {
+        format!("ORDER#{request_id}")
+    }
+    pub fn purchase(product: &str, user: &str) -> String {
+        format!("PURCHASE#{product}#{user}")
+    }
+    pub fn product(product: &str) -> String {
+        format!("PRODUCT#{product}")
+    }
+}
+
+pub struct DynamoStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+fn s(v: impl Into<String>) -> Av {
+    Av::S(v.into())
+}
+fn n(v: impl ToString) -> Av {
+    Av::N(v.to_string())
+}
+
+type Item = HashMap<String, Av>;
+
+fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
+    item.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+fn get_n<T: std::str::FromStr>(item: &Item, k: &str) -> Option<T> {
+    item.get(k)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn db_status(status: OrderStatus) -> String {
+    status.as_str().to_ascii_uppercase()
+}
+
+fn corrupt(what: &str) -> InfraError {
+    InfraError::permanent(
+        "dynamodb",
+        format!("{what} item is missing attributes; inspect it in the table"),
+    )
+}
+
+fn order_view(item: &Item) -> PortResult<RequestView> {
+    let parse = || -> Option<RequestView> {
+        let id = RequestId::parse(get_s(item, "request_id")?).ok()?;
+        Some(RequestView {
+            product_id: id.product(),
+            request_id: id,
+            user_id: UserId::parse(get_s(item, "user_id")?).ok()?,
+            quantity: Quantity::new(get_n(item, "quantity")?).ok()?,
+            status: OrderStatus::parse(get_s(item, "status")?)?,
+            updated_at: from_unix_ms(get_n(item, "updated_at")?),
+        })
+    };
+    parse().ok_or_else(|| corrupt("order"))
+}
+
+impl DynamoStore {
+    pub fn new(config: &SdkConfig, table: impl Into<String>) -> Self {
+        Self {
+            client: aws_sdk_dynamodb::Client::new(config),
+            table: table.into(),
+        }
+    }
+
+    pub fn client(&self) -> &aws_sdk_dynamodb::Client {
+        &self.client
+    }
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn order_item(msg: &OrderMessage, status: OrderStatus) -> Item {
+        let now = unix_ms(time::OffsetDateTime::now_utc());
+        HashMap::from([
+            (table::PK.into(), s(table::order(msg.request_id.as_str()))),
+            (table::GSI1_PK.into(), s(table::product(msg.product_id.as_str()))),
+            (table::GSI1_SK.into(), s(table::order(msg.request_id.as_str()))),
+            ("request_id".into(), s(msg.request_id.as_str())),
+            ("product_id".into(), s(msg.product_id.as_str())),
+            ("user_id".into(), s(msg.user_id.as_str())),
+            ("quantity".into(), n(msg.quantity.get())),
+            ("status".into(), s(db_status(status))),
+            ("admitted_at".into(), n(msg.admitted_at)),
+            ("updated_at".into(), n(now)),
+        ])
+    }
+
+    async fn existing_status(&self, id: &RequestId) -> PortResult<OrderStatus> {
+        self.order(id)
+            .await?
+            .map(|o| o.status)
+            .ok_or_else(|| {
+                InfraError::transient(
+                    "dynamodb",
+                    "order reported as existing but not readable yet",
+                )
+            })
+    }
+}
+
+impl OrderStore for DynamoStore {
+    async fn place(&self, msg: &OrderMessage) -> PortResult<Placement> {
+        let cond = "attribute_not_exists(pk)";
+        let order = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(Self::order_item(msg, OrderStatus::Placed)))
+            .condition_expression(cond)
+            .build()
+            .map_err(|e| InfraError::permanent("dynamodb", e.to_string()))?;
+        let guard = Put::builder()
+            .table_name(&self.table)
+            .item(
+                table::PK,
+                s(table::purchase(msg.product_id.as_str(), msg.user_id.as_str())),
+            )
+            .item("request_id", s(msg.request_id.as_str()))
+            .item("quantity", n(msg.quantity.get()))
+            .condition_expression(cond)
+            .build()
+            .map_err(|e| InfraError::permanent("dynamodb", e.to_string()))?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(order).build())
+            .transact_items(TransactWriteItem::builder().put(guard).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Placement::Placed),
+            Err(SdkError::ServiceError(se)) => {
+                if let TransactWriteItemsError::TransactionCanceledException(tc) = se.err() {
+                    let failed = |i: usize| {
+                        tc.cancellation_reasons()
+                            .get(i)
+                            .and_then(|r| r.code())
+                            .is_some_and(|c| c == "ConditionalCheckFailed")
+                    };
+                    if failed(0) {
+                        return Ok(Placement::Exists(
+                            self.existing_status(&msg.request_id).await?,
+                        ));
+                    }
+                    if failed(1) {
+                        return Ok(Placement::BuyerTaken);
+                    }
+                    // Cancelled for another reason (conflict, throttling): retry.
+                    return Err(InfraError::transient(
+                        "dynamodb",
+                        format!("transaction cancelled: {:?}", tc.cancellation_reasons()),
+                    ));
+                }
+                Err(classify("dynamodb", SdkError::ServiceError(se)))
+            }
+            Err(e) => Err(classify("dynamodb", e)),
+        }
+    }
+
+    async fn record_fate(&self, msg: &OrderMessage, status: OrderStatus) -> PortResult<Fate> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(Self::order_item(msg, status)))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Fate::Won),
+            Err(SdkError::ServiceError(se))
+                if matches!(se.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+            {
+                Ok(Fate::Exists(self.existing_status(&msg.request_id).await?))
+            }
+            Err(e) => Err(classify("dynamodb", e)),
+        }
+    }
+
+    async fn order(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(table::PK, s(table::order(id.as_str())))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb", e))?;
+        out.item().map(order_view).transpose()
+    }
+
+    async fn create_product(&self, p: &Product) -> PortResult<bool> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(table::PK, s(table::product(p.product_id.as_str())))
+            .item("product_id", s(p.product_id.as_str()))
+            .item("name", s(&p.name))
+            .item("stock", n(p.stock))
+            .item("per_buyer_limit", n(p.per_buyer_limit))
+            .item("starts_at", n(unix_ms(p.starts_at)))
+            .item("ends_at", n(unix_ms(p.ends_at)))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(se))
+                if matches!(se.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(classify("dynamodb", e)),
+        }
+    }
+
+    async fn product(&self, id: &ProductId) -> PortResult<Option<Product>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(table::PK, s(table::product(id.as_str())))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb", e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let parse = || -> Option<Product> {
+            Some(Product {
+                product_id: ProductId::parse(get_s(item, "product_id")?).ok()?,
+                name: get_s(item, "name")?.to_owned(),
+                stock: get_n(item, "stock")?,
+                per_buyer_limit: get_n(item, "per_buyer_limit")?,
+                starts_at: from_unix_ms(get_n(item, "starts_at")?),
+                ends_at: from_unix_ms(get_n(item, "ends_at")?),
+            })
+        };
+        parse().map(Some).ok_or_else(|| corrupt("product"))
+    }
+
+    async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(table::GSI1)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", table::GSI1_PK)
+            .expression_attribute_values(":pk", s(table::product(id.as_str())))
+            .into_paginator()
+            .items()
+            .send();
+        let mut orders = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| classify("dynamodb", e))?;
+            orders.push(order_view(&item)?);
+        }
+        Ok(orders)
+    }
+}

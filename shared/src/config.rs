@@ -1,0 +1,67 @@
+//! Configuration from the environment, read once at init.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::redis::RedisSettings;
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn flag(name: &str) -> bool {
+    matches!(var(name).as_deref(), Some("1" | "true" | "yes"))
+}
+
+fn required(name: &str) -> Result<String, ConfigError> {
+    var(name).ok_or_else(|| ConfigError(format!("{name} is not set; set it in the function's environment")))
+}
+
+fn millis(name: &str, default: u64) -> Result<Duration, ConfigError> {
+    match var(name) {
+        None => Ok(Duration::from_millis(default)),
+        Some(v) => v
+            .parse()
+            .map(Duration::from_millis)
+            .map_err(|_| ConfigError(format!("{name}={v} is not a number of milliseconds"))),
+    }
+}
+
+pub fn redis_settings() -> Result<RedisSettings, ConfigError> {
+    Ok(RedisSettings {
+        url: var("FLASHSALE_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+        cluster: flag("FLASHSALE_REDIS_CLUSTER"),
+        response_timeout: millis("FLASHSALE_REDIS_TIMEOUT_MS", 500)?,
+        connect_timeout: millis("FLASHSALE_REDIS_CONNECT_TIMEOUT_MS", 1000)?,
+    })
+}
+
+pub fn table_name() -> String {
+    var("FLASHSALE_TABLE").unwrap_or_else(|| "flashsale".into())
+}
+
+pub fn orders_queue_url() -> Result<String, ConfigError> {
+    required("FLASHSALE_ORDERS_QUEUE_URL")
+}
+
+/// Local runner and tests only: trust the body's `user_id` (and the status
+/// endpoint's `?user_id=`) instead of the JWT authorizer's `sub` claim.
+pub fn insecure_user_from_body() -> bool {
+    flag("FLASHSALE_INSECURE_USER_FROM_BODY")
+}
+
+pub fn admin_token() -> Option<String> {
+    var("FLASHSALE_ADMIN_TOKEN")
+}
+
+/// How many records of one SQS batch are processed at once.
+pub fn consumer_concurrency() -> Result<usize, ConfigError> {
+    match var("FLASHSALE_CONSUMER_CONCURRENCY") {
+        None => Ok(10),
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| ConfigError(format!("FLASHSALE_CONSUMER_CONCURRENCY={v} must be a positive integer"))),
+    }
+}

@@ -1,0 +1,15 @@
+//! The library every flashsale function uses: domain types and decisions
+//! (no I/O), the ports, their adapters (Redis, SQS, DynamoDB), configuration
+//! and telemetry.
+
+pub mod aws;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod ports;
+pub mod redis;
+pub mod telemetry;
+
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;

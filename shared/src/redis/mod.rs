@@ -1,0 +1,338 @@
+//! The Redis adapter of [`StockGate`]: the Lua scripts next to this file hold
+//! the rules; this module only builds keys, passes arguments and maps results.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use tokio::sync::OnceCell;
+
+use crate::domain::{
+    Admission, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase, Quantity,
+    Refusal, RequestId, RequestView, UserId, from_unix_ms, unix_ms,
+};
+use crate::error::InfraError;
+use crate::ports::{PortResult, StockGate, Warm};
+
+pub mod keys;
+
+/// How long request state, restock markers and idempotency keys live. A sale
+/// and its settlement are over well within this; the buyers hash has no TTL.
+const STATE_TTL_SECS: u64 = 7 * 24 * 3600;
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://host:port` (or a comma-separated seed list in cluster mode).
+    pub url: String,
+    pub cluster: bool,
+    pub response_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// One connection strategy, created once per process and shared by every
+/// invocation: a multiplexed connection manager, or a cluster connection.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+struct Scripts {
+    admit: Script,
+    settle: Script,
+    restock: Script,
+    warm: Script,
+}
+
+pub struct RedisGate {
+    settings: RedisSettings,
+    // Connected on first use: a Redis outage at cold start then answers 503
+    // (fail closed) instead of crashing the init phase.
+    conn: OnceCell<Conn>,
+    scripts: Scripts,
+}
+
+fn classify(err: RedisError) -> InfraError {
+    use redis::RetryMethod;
+    let transient = err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_cluster_error()
+        || !matches!(err.retry_method(), RetryMethod::NoRetry);
+    if transient {
+        InfraError::transient("redis", err.to_string())
+    } else {
+        InfraError::permanent("redis", err.to_string())
+    }
+}
+
+fn unexpected(what: &str) -> InfraError {
+    InfraError::permanent("redis", format!("unexpected reply from the {what} script"))
+}
+
+impl RedisGate {
+    pub fn new(settings: RedisSettings) -> Self {
+        Self {
+            settings,
+            conn: OnceCell::new(),
+            scripts: Scripts {
+                admit: Script::new(include_str!("admit.lua")),
+                settle: Script::new(include_str!("settle.lua")),
+                restock: Script::new(include_str!("restock.lua")),
+                warm: Script::new(include_str!("warm.lua")),
+            },
+        }
+    }
+
+    async fn conn(&self) -> PortResult<Conn> {
+        let s = &self.settings;
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                if s.cluster {
+                    let nodes: Vec<&str> = s.url.split(',').map(str::trim).collect();
+                    let client = redis::cluster::ClusterClient::builder(nodes)
+                        .connection_timeout(s.connect_timeout)
+                        .response_timeout(s.response_timeout)
+                        .build()
+                        .map_err(classify)?;
+                    client
+                        .get_async_connection()
+                        .await
+                        .map(Conn::Cluster)
+                        .map_err(classify)
+                } else {
+                    let client = redis::Client::open(s.url.as_str()).map_err(|e| {
+                        InfraError::permanent("redis", format!("bad FLASHSALE_REDIS_URL: {e}"))
+                    })?;
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(s.connect_timeout))
+                        .set_response_timeout(Some(s.response_timeout))
+                        .set_number_of_retries(1);
+                    ConnectionManager::new_with_config(client, config)
+                        .await
+                        .map(Conn::Single)
+                        .map_err(classify)
+                }
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    /// A raw connection for tools (audits, demo set-up); not used by handlers.
+    pub async fn command<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> PortResult<T> {
+        let mut c = self.conn().await?;
+        cmd.query_async(&mut c).await.map_err(classify)
+    }
+}
+
+fn request_view(id: &RequestId, fields: Vec<(String, String)>) -> Option<RequestView> {
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    Some(RequestView {
+        request_id: id.clone(),
+        product_id: id.product(),
+        user_id: UserId::parse(get("user")?).ok()?,
+        quantity: Quantity::new(get("qty")?.parse().ok()?).ok()?,
+        status: OrderStatus::parse(get("status")?)?,
+        updated_at: from_unix_ms(get("updated_at")?.parse().ok()?),
+    })
+}
+
+impl StockGate for RedisGate {
+    async fn admit(&self, p: &Purchase) -> PortResult<Admission> {
+        let k = keys::Keys::new(&p.product_id);
+        let mut c = self.conn().await?;
+        let idem = p
+            .idempotency_key
+            .as_ref()
+            .map(|key| k.idem(&p.user_id, key));
+        let (code, value): (String, String) = self
+            .scripts
+            .admit
+            .key(k.meta())
+            .key(k.stock())
+            .key(k.buyers())
+            .key(k.req(&p.request_id))
+            .key(k.pending())
+            .key(k.stats())
+            // Without an Idempotency-Key the script never touches KEYS[7];
+            // the placeholder keeps the key count fixed and in the same slot.
+            .key(idem.unwrap_or_else(|| k.idem_placeholder()))
+            .arg(p.request_id.as_str())
+            .arg(p.user_id.as_str())
+            .arg(p.quantity.get())
+            .arg(if p.idempotency_key.is_some() { "1" } else { "0" })
+            .arg(STATE_TTL_SECS)
+            .arg(STATE_TTL_SECS)
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        match code.as_str() {
+            "admitted" => Ok(Admission::Admitted {
+                admitted_at_ms: value.parse().map_err(|_| unexpected("admission"))?,
+            }),
+            "replay" => Ok(Admission::Replay {
+                request_id: RequestId::parse(&value).map_err(|_| unexpected("admission"))?,
+            }),
+            other => Refusal::from_code(other)
+                .map(Admission::Refused)
+                .ok_or_else(|| unexpected("admission")),
+        }
+    }
+
+    async fn request(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
+        let k = keys::Keys::new(&id.product());
+        let mut c = self.conn().await?;
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(k.req(id))
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        request_view(id, fields)
+            .map(Some)
+            .ok_or_else(|| unexpected("request state (corrupt hash)"))
+    }
+
+    async fn settle(&self, msg: &OrderMessage, status: OrderStatus) -> PortResult<bool> {
+        let k = keys::Keys::new(&msg.product_id);
+        let mut c = self.conn().await?;
+        let changed: i64 = self
+            .scripts
+            .settle
+            .key(k.req(&msg.request_id))
+            .key(k.pending())
+            .key(k.stats())
+            .arg(msg.request_id.as_str())
+            .arg(status.as_str())
+            .arg(msg.user_id.as_str())
+            .arg(msg.quantity.get())
+            .arg(msg.admitted_at)
+            .arg(STATE_TTL_SECS)
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(changed == 1)
+    }
+
+    async fn restock(
+        &self,
+        msg: &OrderMessage,
+        status: OrderStatus,
+        release_buyer: bool,
+    ) -> PortResult<bool> {
+        let k = keys::Keys::new(&msg.product_id);
+        let mut c = self.conn().await?;
+        let done: i64 = self
+            .scripts
+            .restock
+            .key(k.restocked(&msg.request_id))
+            .key(k.stock())
+            .key(k.buyers())
+            .key(k.req(&msg.request_id))
+            .key(k.pending())
+            .key(k.stats())
+            .arg(msg.request_id.as_str())
+            .arg(msg.user_id.as_str())
+            .arg(msg.quantity.get())
+            .arg(status.as_str())
+            .arg(if release_buyer { "1" } else { "0" })
+            .arg(STATE_TTL_SECS)
+            .arg(msg.admitted_at)
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(done == 1)
+    }
+
+    async fn warm(&self, p: &Product, force: bool) -> PortResult<Warm> {
+        let k = keys::Keys::new(&p.product_id);
+        let mut c = self.conn().await?;
+        let (code, left): (String, i64) = self
+            .scripts
+            .warm
+            .key(k.meta())
+            .key(k.stock())
+            .key(k.stats())
+            .arg(p.stock)
+            .arg(p.per_buyer_limit)
+            .arg(unix_ms(p.starts_at))
+            .arg(unix_ms(p.ends_at))
+            .arg(if force { "1" } else { "0" })
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        match code.as_str() {
+            "warmed" => Ok(Warm::Warmed { stock_left: left }),
+            "started" => Ok(Warm::AlreadyStarted { stock_left: left }),
+            _ => Err(unexpected("warm")),
+        }
+    }
+
+    async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
+        let k = keys::Keys::new(product);
+        let mut c = self.conn().await?;
+        #[allow(clippy::type_complexity)]
+        let (total, left, counters, pending): (
+            Option<i64>,
+            Option<i64>,
+            Vec<Option<i64>>,
+            i64,
+        ) = redis::pipe()
+            .hget(k.meta(), "stock_total")
+            .get(k.stock())
+            .hmget(k.stats(), &["admitted", "placed", "rejected", "compensated"])
+            .zcard(k.pending())
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        let Some(stock_total) = total else {
+            return Ok(None);
+        };
+        let n = |i: usize| counters.get(i).copied().flatten().unwrap_or(0);
+        Ok(Some(ProductStats {
+            stock_total,
+            stock_left: left.unwrap_or(0),
+            admitted: n(0),
+            placed: n(1),
+            rejected: n(2),
+            compensated: n(3),
+            pending,
+        }))
+    }
+}

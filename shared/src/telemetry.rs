@@ -1,0 +1,55 @@
+//! JSON logs through `tracing`, level from `RUST_LOG` (default `info`).
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // `try_init`: a second call (tests, the local runner wiring several
+    // handlers) keeps the first subscriber instead of panicking.
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// A W3C `traceparent` continuing the caller's trace when it sent a valid
+/// one, else starting a new trace. It travels with the order through SQS.
+pub fn traceparent(incoming: Option<&str>) -> String {
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let trace = incoming
+        .and_then(|tp| {
+            let parts: Vec<&str> = tp.split('-').collect();
+            let valid = parts.len() == 4
+                && parts[1].len() == 32
+                && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
+                && parts[1] != "0".repeat(32);
+            valid.then(|| parts[1].to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    format!("00-{trace}-{span}-01")
+}
+
+/// The trace id of a `traceparent`, for log lines.
+pub fn trace_id(traceparent: &str) -> &str {
+    traceparent.split('-').nth(1).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_continues_a_valid_trace_and_replaces_garbage() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let tp = traceparent(Some(incoming));
+        assert_eq!(trace_id(&tp), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(tp, incoming, "a new span id is minted");
+        let fresh = traceparent(Some("garbage"));
+        assert_eq!(trace_id(&fresh).len(), 32);
+        assert_eq!(fresh.split('-').count(), 4);
+    }
+}
