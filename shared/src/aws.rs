@@ -89,6 +89,7 @@ where
 
 // ---------------------------------------------------------------- SQS ----
 
+#[derive(Clone)]
 pub struct SqsQueue {
     client: aws_sdk_sqs::Client,
     queue_url: String,
@@ -150,6 +151,7 @@ pub mod table {
     }
 }
 
+#[derive(Clone)]
 pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,
     table: String,

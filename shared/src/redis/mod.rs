@@ -1,6 +1,7 @@
 //! The Redis adapter of [`StockGate`]: the Lua scripts next to this file hold
 //! the rules; this module only builds keys, passes arguments and maps results.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -71,7 +72,13 @@ struct Scripts {
     warm: Script,
 }
 
+/// Cheap to clone: clones share one connection and the loaded scripts.
+#[derive(Clone)]
 pub struct RedisGate {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     settings: RedisSettings,
     // Connected on first use: a Redis outage at cold start then answers 503
     // (fail closed) instead of crashing the init phase.
@@ -101,20 +108,23 @@ fn unexpected(what: &str) -> InfraError {
 impl RedisGate {
     pub fn new(settings: RedisSettings) -> Self {
         Self {
-            settings,
-            conn: OnceCell::new(),
-            scripts: Scripts {
-                admit: Script::new(include_str!("admit.lua")),
-                settle: Script::new(include_str!("settle.lua")),
-                restock: Script::new(include_str!("restock.lua")),
-                warm: Script::new(include_str!("warm.lua")),
-            },
+            inner: Arc::new(Inner {
+                settings,
+                conn: OnceCell::new(),
+                scripts: Scripts {
+                    admit: Script::new(include_str!("admit.lua")),
+                    settle: Script::new(include_str!("settle.lua")),
+                    restock: Script::new(include_str!("restock.lua")),
+                    warm: Script::new(include_str!("warm.lua")),
+                },
+            }),
         }
     }
 
     async fn conn(&self) -> PortResult<Conn> {
-        let s = &self.settings;
+        let s = &self.inner.settings;
         let conn = self
+            .inner
             .conn
             .get_or_try_init(|| async {
                 if s.cluster {
@@ -180,6 +190,7 @@ impl StockGate for RedisGate {
             .as_ref()
             .map(|key| k.idem(&p.user_id, key));
         let (code, value): (String, String) = self
+            .inner
             .scripts
             .admit
             .key(k.meta())
@@ -233,6 +244,7 @@ impl StockGate for RedisGate {
         let k = keys::Keys::new(&msg.product_id);
         let mut c = self.conn().await?;
         let changed: i64 = self
+            .inner
             .scripts
             .settle
             .key(k.req(&msg.request_id))
@@ -259,6 +271,7 @@ impl StockGate for RedisGate {
         let k = keys::Keys::new(&msg.product_id);
         let mut c = self.conn().await?;
         let done: i64 = self
+            .inner
             .scripts
             .restock
             .key(k.restocked(&msg.request_id))
@@ -284,6 +297,7 @@ impl StockGate for RedisGate {
         let k = keys::Keys::new(&p.product_id);
         let mut c = self.conn().await?;
         let (code, left): (String, i64) = self
+            .inner
             .scripts
             .warm
             .key(k.meta())

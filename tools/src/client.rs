@@ -1,0 +1,76 @@
+//! A small HTTP client for the API (demo and tests), on hyper.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    admin_token: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Api {
+    pub fn new(base: impl Into<String>, admin_token: impl Into<String>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self {
+            base: base.into().trim_end_matches('/').to_owned(),
+            admin_token: admin_token.into(),
+            http: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Answer> {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = req.body(Full::new(Bytes::from(bytes)))?;
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.http.request(req))
+            .await
+            .context("request timed out after 30 s")?
+            .with_context(|| format!("{method} {path}: is the runner up at {}?", self.base))?;
+        let status = resp.status().as_u16();
+        let raw = resp.into_body().collect().await?.to_bytes();
+        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Ok(Answer { status, body })
+    }
+
+    pub async fn buy(&self, body: &Value, idempotency_key: Option<&str>) -> Result<Answer> {
+        let headers: Vec<(&str, &str)> = idempotency_key
+            .map(|k| vec![("Idempotency-Key", k)])
+            .unwrap_or_default();
+        self.call("POST", "/api/flash-sale/buy", &headers, Some(body))
+            .await
+    }
+
+    pub async fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer> {
+        let auth = format!("Bearer {}", self.admin_token);
+        self.call(method, path, &[("Authorization", &auth)], body)
+            .await
+    }
+}

@@ -1,0 +1,8 @@
+//! Tools around the flashsale functions: the local runner, provisioning of
+//! the local stack, the demo sale and audits.
+
+pub mod audit;
+pub mod client;
+pub mod demo;
+pub mod provision;
+pub mod runner;

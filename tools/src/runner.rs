@@ -1,0 +1,304 @@
+//! The local runner: the HTTP API and the orders-queue consumer in one
+//! process, calling the very handlers the Lambdas run. HTTP requests become
+//! `lambda_http::Request`s; queue messages become real `SqsEvent` batches, and
+//! only records not reported failed are deleted, as an event source mapping
+//! with ReportBatchItemFailures does.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aws_config::SdkConfig;
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use lambda_http::Body;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use admin::Admin;
+use deduct::Deduct;
+use order_consumer::Consumer;
+use order_status::OrderStatusApi;
+use shared::aws::{DynamoStore, SqsQueue};
+use shared::http::{self as api, HttpResponse};
+use shared::redis::{RedisGate, RedisSettings};
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub http_addr: SocketAddr,
+    pub redis: RedisSettings,
+    pub table: String,
+    pub orders_queue_url: String,
+    pub admin_token: Option<String>,
+    pub insecure_user_from_body: bool,
+    /// Concurrent queue pollers: Lambda scales consumers out the same way.
+    pub pollers: usize,
+    pub consumer_concurrency: usize,
+    /// Long-polling wait per ReceiveMessage call.
+    pub wait_time_secs: i32,
+}
+
+/// The four handlers, wired to the real adapters once per process.
+pub struct App {
+    pub deduct: Deduct<RedisGate, SqsQueue>,
+    pub status: OrderStatusApi<RedisGate, DynamoStore>,
+    pub admin: Admin<RedisGate, DynamoStore>,
+    pub consumer: Consumer<RedisGate, DynamoStore>,
+}
+
+impl App {
+    pub fn new(cfg: &RunnerConfig, sdk: &SdkConfig) -> Self {
+        let gate = RedisGate::new(cfg.redis.clone());
+        let store = DynamoStore::new(sdk, &cfg.table);
+        Self {
+            deduct: Deduct {
+                gate: gate.clone(),
+                queue: SqsQueue::new(sdk, &cfg.orders_queue_url),
+                insecure_user_from_body: cfg.insecure_user_from_body,
+            },
+            status: OrderStatusApi {
+                gate: gate.clone(),
+                store: store.clone(),
+                insecure_user_from_body: cfg.insecure_user_from_body,
+            },
+            admin: Admin {
+                gate: gate.clone(),
+                store: store.clone(),
+                token: cfg.admin_token.clone(),
+            },
+            consumer: Consumer {
+                gate,
+                store,
+                concurrency: cfg.consumer_concurrency,
+            },
+        }
+    }
+
+    /// What API Gateway's routes do in AWS.
+    pub async fn route(&self, req: lambda_http::Request) -> HttpResponse {
+        let path = req.uri().path().to_owned();
+        if path == "/api/flash-sale/buy" {
+            if req.method() != lambda_http::http::Method::POST {
+                return api::error(405, "method_not_allowed");
+            }
+            self.deduct.handle(req).await
+        } else if path.starts_with("/api/flash-sale/orders/") {
+            self.status.handle(req).await
+        } else if path.starts_with("/api/admin/products") {
+            self.admin.handle(req).await
+        } else if path == "/health" {
+            api::json_response(200, &serde_json::json!({ "status": "ok" }))
+        } else {
+            api::error(404, "not_found")
+        }
+    }
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting work and waits for in-flight batches to finish.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
+    let app = Arc::new(App::new(&cfg, sdk));
+    let listener = TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("binding {} (set FLASHSALE_HTTP_ADDR)", cfg.http_addr))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = vec![tokio::spawn(serve(listener, app.clone(), rx.clone()))];
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    for _ in 0..cfg.pollers.max(1) {
+        tasks.push(tokio::spawn(poll(
+            app.clone(),
+            sqs.clone(),
+            cfg.orders_queue_url.clone(),
+            cfg.wait_time_secs,
+            rx.clone(),
+        )));
+    }
+    tracing::info!(%addr, pollers = cfg.pollers, "local runner up");
+    Ok(Running {
+        addr,
+        shutdown,
+        tasks,
+    })
+}
+
+async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(serve_one(&app, req).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn serve_one(app: &App, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    // Read a little past the handlers' limit so they can name the problem.
+    let resp = match Limited::new(body, api::MAX_BODY_BYTES + 1).collect().await {
+        Ok(collected) => {
+            let bytes = collected.to_bytes();
+            let body = if bytes.is_empty() {
+                Body::Empty
+            } else {
+                Body::Binary(bytes.to_vec())
+            };
+            app.route(lambda_http::Request::from_parts(parts, body)).await
+        }
+        Err(_) => api::invalid(format!(
+            "body is larger than {} bytes",
+            api::MAX_BODY_BYTES
+        )),
+    };
+    let (parts, body) = resp.into_parts();
+    let bytes = match body {
+        Body::Text(s) => Bytes::from(s),
+        Body::Binary(b) => Bytes::from(b),
+        _ => Bytes::new(),
+    };
+    hyper::Response::from_parts(parts, Full::new(bytes))
+}
+
+/// An SQS API message as Lambda's event source mapping would deliver it.
+pub fn to_record(m: Message, region: &str) -> SqsMessage {
+    let mut r = SqsMessage::default();
+    r.message_id = m.message_id;
+    r.receipt_handle = m.receipt_handle;
+    r.body = m.body;
+    r.md5_of_body = m.md5_of_body;
+    r.attributes = m
+        .attributes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v))
+        .collect();
+    r.message_attributes = m
+        .message_attributes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let mut a = SqsMessageAttribute::default();
+            a.data_type = Some(v.data_type);
+            a.string_value = v.string_value;
+            (k, a)
+        })
+        .collect();
+    r.event_source = Some("aws:sqs".into());
+    r.aws_region = Some(region.to_owned());
+    r
+}
+
+async fn poll(
+    app: Arc<App>,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    wait_time_secs: i32,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let region = sqs
+        .config()
+        .region()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    loop {
+        let receive = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(wait_time_secs)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send();
+        let received = tokio::select! {
+            r = receive => r,
+            _ = shutdown.changed() => return,
+        };
+        let messages = match received {
+            Ok(out) => out.messages.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "receive failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        let mut event = SqsEvent::default();
+        event.records = messages.into_iter().map(|m| to_record(m, &region)).collect();
+        let handles: Vec<(Option<String>, Option<String>)> = event
+            .records
+            .iter()
+            .map(|r| (r.message_id.clone(), r.receipt_handle.clone()))
+            .collect();
+        let response = app.consumer.handle(event).await;
+        let failed: HashSet<String> = response
+            .batch_item_failures
+            .into_iter()
+            .map(|f| f.item_identifier)
+            .collect();
+        let entries: Vec<DeleteMessageBatchRequestEntry> = handles
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (id, _))| !id.as_ref().is_some_and(|id| failed.contains(id)))
+            .filter_map(|(i, (_, handle))| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(handle?)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        // A failed delete only means a redelivery, which the consumer absorbs.
+        if let Err(e) = sqs
+            .delete_message_batch()
+            .queue_url(&queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "delete failed; messages will be redelivered");
+        }
+    }
+}
