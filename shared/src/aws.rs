@@ -74,10 +74,7 @@ where
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             true
         }
-        SdkError::ServiceError(s) => s
-            .err()
-            .code()
-            .is_some_and(|c| TRANSIENT_CODES.contains(&c)),
+        SdkError::ServiceError(s) => s.err().code().is_some_and(|c| TRANSIENT_CODES.contains(&c)),
         _ => false,
     };
     if transient {
@@ -220,8 +217,14 @@ impl DynamoStore {
         let now = unix_ms(time::OffsetDateTime::now_utc());
         HashMap::from([
             (table::PK.into(), s(table::order(msg.request_id.as_str()))),
-            (table::GSI1_PK.into(), s(table::product(msg.product_id.as_str()))),
-            (table::GSI1_SK.into(), s(table::order(msg.request_id.as_str()))),
+            (
+                table::GSI1_PK.into(),
+                s(table::product(msg.product_id.as_str())),
+            ),
+            (
+                table::GSI1_SK.into(),
+                s(table::order(msg.request_id.as_str())),
+            ),
             ("request_id".into(), s(msg.request_id.as_str())),
             ("product_id".into(), s(msg.product_id.as_str())),
             ("user_id".into(), s(msg.user_id.as_str())),
@@ -233,15 +236,12 @@ impl DynamoStore {
     }
 
     async fn existing_status(&self, id: &RequestId) -> PortResult<OrderStatus> {
-        self.order(id)
-            .await?
-            .map(|o| o.status)
-            .ok_or_else(|| {
-                InfraError::transient(
-                    "dynamodb",
-                    "order reported as existing but not readable yet",
-                )
-            })
+        self.order(id).await?.map(|o| o.status).ok_or_else(|| {
+            InfraError::transient(
+                "dynamodb",
+                "order reported as existing but not readable yet",
+            )
+        })
     }
 }
 
@@ -258,7 +258,10 @@ impl OrderStore for DynamoStore {
             .table_name(&self.table)
             .item(
                 table::PK,
-                s(table::purchase(msg.product_id.as_str(), msg.user_id.as_str())),
+                s(table::purchase(
+                    msg.product_id.as_str(),
+                    msg.user_id.as_str(),
+                )),
             )
             .item("request_id", s(msg.request_id.as_str()))
             .item("quantity", n(msg.quantity.get()))

@@ -14,7 +14,11 @@ fn flag(name: &str) -> bool {
 }
 
 fn required(name: &str) -> Result<String, ConfigError> {
-    var(name).ok_or_else(|| ConfigError(format!("{name} is not set; set it in the function's environment")))
+    var(name).ok_or_else(|| {
+        ConfigError(format!(
+            "{name} is not set; set it in the function's environment"
+        ))
+    })
 }
 
 fn millis(name: &str, default: u64) -> Result<Duration, ConfigError> {
@@ -58,10 +62,10 @@ pub fn admin_token() -> Option<String> {
 pub fn consumer_concurrency() -> Result<usize, ConfigError> {
     match var("FLASHSALE_CONSUMER_CONCURRENCY") {
         None => Ok(10),
-        Some(v) => v
-            .parse()
-            .ok()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| ConfigError(format!("FLASHSALE_CONSUMER_CONCURRENCY={v} must be a positive integer"))),
+        Some(v) => v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            ConfigError(format!(
+                "FLASHSALE_CONSUMER_CONCURRENCY={v} must be a positive integer"
+            ))
+        }),
     }
 }

@@ -285,9 +285,13 @@ pub struct Purchase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     /// A unit was taken; the request is pending in the outbox index.
-    Admitted { admitted_at_ms: i64 },
+    Admitted {
+        admitted_at_ms: i64,
+    },
     /// The same buyer repeated an Idempotency-Key: the earlier request.
-    Replay { request_id: RequestId },
+    Replay {
+        request_id: RequestId,
+    },
     Refused(Refusal),
 }
 
@@ -413,7 +417,17 @@ mod tests {
 
     #[test]
     fn ids_reject_key_breaking_characters() {
-        for bad in ["", "a{b", "a}b", "a:b", "a#b", "a.b", "a b", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a{b",
+            "a}b",
+            "a:b",
+            "a#b",
+            "a.b",
+            "a b",
+            "é",
+            &"x".repeat(65),
+        ] {
             assert!(ProductId::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(ProductId::parse("p42_A-b").is_ok());
@@ -437,7 +451,12 @@ mod tests {
         assert_eq!(id.product(), p);
         let again = RequestId::parse(id.as_str()).unwrap();
         assert_eq!(again, id);
-        for bad in ["p42", "p42.", "p42.not-a-uuid", ".0190a5b2-0000-7000-8000-000000000000"] {
+        for bad in [
+            "p42",
+            "p42.",
+            "p42.not-a-uuid",
+            ".0190a5b2-0000-7000-8000-000000000000",
+        ] {
             assert!(RequestId::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -2,12 +2,12 @@
 //! identity, query parameters. The same code serves API Gateway events and
 //! the local runner, which both hand us a `lambda_http::Request`.
 
-use lambda_http::{Body, Request, RequestExt, Response};
 use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::error::InfraError;
+use crate::error::{InfraError, ValidationError};
 
 pub type HttpResponse = Response<Body>;
 
@@ -17,7 +17,8 @@ pub const MAX_BODY_BYTES: usize = 4096;
 pub fn json_response<T: Serialize>(status: u16, body: &T) -> HttpResponse {
     let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".into());
     let mut resp = Response::new(Body::Text(text));
-    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
@@ -25,33 +26,69 @@ pub fn json_response<T: Serialize>(status: u16, body: &T) -> HttpResponse {
     resp
 }
 
-pub fn error(status: u16, code: &str) -> HttpResponse {
-    json_response(status, &json!({ "error": code }))
+/// A refusal, as the API answers it: `{"error": code, "message"?: ...}`.
+/// Handlers return `Result<HttpResponse, ApiError>` and `?` does the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: Option<String>,
 }
 
-pub fn invalid(message: impl std::fmt::Display) -> HttpResponse {
-    json_response(
-        400,
-        &json!({ "error": "invalid_request", "message": message.to_string() }),
-    )
+impl ApiError {
+    pub fn new(status: u16, code: &'static str) -> Self {
+        Self {
+            status,
+            code,
+            message: None,
+        }
+    }
+
+    pub fn with_message(mut self, message: impl std::fmt::Display) -> Self {
+        self.message = Some(message.to_string());
+        self
+    }
+
+    /// 400 `invalid_request` with what is wrong.
+    pub fn invalid(message: impl std::fmt::Display) -> Self {
+        Self::new(400, "invalid_request").with_message(message)
+    }
+
+    pub fn into_response(self) -> HttpResponse {
+        let body = match self.message {
+            Some(m) => json!({ "error": self.code, "message": m }),
+            None => json!({ "error": self.code }),
+        };
+        json_response(self.status, &body)
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        Self::invalid(e)
+    }
 }
 
 /// Redis or AWS failed: transient means 503 (fail closed, the client may
 /// retry), permanent means our configuration is broken (500).
-pub fn infra_failure(err: &InfraError) -> HttpResponse {
-    tracing::error!(error = %err, service = err.service, "dependency failed");
-    if err.is_transient() {
-        error(503, "unavailable")
-    } else {
-        error(500, "internal_error")
+impl From<InfraError> for ApiError {
+    fn from(err: InfraError) -> Self {
+        tracing::error!(error = %err, service = err.service, "dependency failed");
+        if err.is_transient() {
+            Self::new(503, "unavailable")
+        } else {
+            Self::new(500, "internal_error")
+        }
     }
 }
 
-/// The raw body, or a 400 answer when it is too large.
-pub fn body_bytes(req: &Request) -> Result<&[u8], HttpResponse> {
+/// The raw body, refused when it is too large.
+pub fn body_bytes(req: &Request) -> Result<&[u8], ApiError> {
     let bytes: &[u8] = req.body().as_ref();
     if bytes.len() > MAX_BODY_BYTES {
-        return Err(invalid(format!("body is larger than {MAX_BODY_BYTES} bytes")));
+        return Err(ApiError::invalid(format!(
+            "body is larger than {MAX_BODY_BYTES} bytes"
+        )));
     }
     Ok(bytes)
 }

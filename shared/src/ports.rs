@@ -14,9 +14,13 @@ pub type PortResult<T> = Result<T, InfraError>;
 /// Outcome of loading a product into the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Warm {
-    Warmed { stock_left: i64 },
+    Warmed {
+        stock_left: i64,
+    },
     /// The sale already started and `force` was not given: nothing changed.
-    AlreadyStarted { stock_left: i64 },
+    AlreadyStarted {
+        stock_left: i64,
+    },
 }
 
 /// The stock gate (Redis): admission, request state, restock.
@@ -46,7 +50,8 @@ pub trait StockGate: Send + Sync {
         release_buyer: bool,
     ) -> impl Future<Output = PortResult<bool>> + Send;
 
-    fn warm(&self, product: &Product, force: bool) -> impl Future<Output = PortResult<Warm>> + Send;
+    fn warm(&self, product: &Product, force: bool)
+    -> impl Future<Output = PortResult<Warm>> + Send;
 
     fn stats(
         &self,
@@ -100,8 +105,7 @@ pub trait OrderStore: Send + Sync {
     /// Creates a product; false when it already exists (nothing changed).
     fn create_product(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send;
 
-    fn product(&self, id: &ProductId)
-    -> impl Future<Output = PortResult<Option<Product>>> + Send;
+    fn product(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Product>>> + Send;
 
     /// Every order of a product (for audits and reconcile, not the hot path).
     fn orders_of(

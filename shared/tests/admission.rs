@@ -103,7 +103,10 @@ async fn concurrent_buyers_never_get_past_the_stock() {
     }
     assert_eq!((admitted, sold_out), (10, 50));
     let stats = g.stats(&p).await.unwrap().unwrap();
-    assert_eq!((stats.stock_left, stats.admitted, stats.pending), (0, 10, 10));
+    assert_eq!(
+        (stats.stock_left, stats.admitted, stats.pending),
+        (0, 10, 10)
+    );
 }
 
 #[tokio::test]
@@ -116,7 +119,10 @@ async fn refusals_change_nothing() {
     ));
     let before = snapshot(&g, &p).await;
     let cases = [
-        (purchase(&p, "alice", 1, Some("k2")), Refusal::AlreadyPurchased),
+        (
+            purchase(&p, "alice", 1, Some("k2")),
+            Refusal::AlreadyPurchased,
+        ),
         (purchase(&p, "bob", 3, Some("k3")), Refusal::LimitExceeded),
         (purchase(&p, "carol", 1, Some("k4")), Refusal::SoldOut),
     ];
@@ -127,7 +133,11 @@ async fn refusals_change_nothing() {
             "{:?}",
             req.user_id
         );
-        assert_eq!(snapshot(&g, &p).await, before, "{expected:?} wrote to Redis");
+        assert_eq!(
+            snapshot(&g, &p).await,
+            before,
+            "{expected:?} wrote to Redis"
+        );
     }
     let unknown = unique("nope");
     assert_eq!(
@@ -209,14 +219,27 @@ async fn settle_is_forward_only_and_restock_happens_once() {
         panic!("not admitted")
     };
     let msg = OrderMessage::new(&a, admitted_at_ms);
-    assert!(g.restock(&msg, OrderStatus::Compensated, true).await.unwrap());
-    assert!(!g.restock(&msg, OrderStatus::Compensated, true).await.unwrap());
+    assert!(
+        g.restock(&msg, OrderStatus::Compensated, true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !g.restock(&msg, OrderStatus::Compensated, true)
+            .await
+            .unwrap()
+    );
     assert!(!g.settle(&msg, OrderStatus::Placed).await.unwrap());
     let view = g.request(&a.request_id).await.unwrap().unwrap();
     assert_eq!(view.status, OrderStatus::Compensated);
     let stats = g.stats(&p).await.unwrap().unwrap();
     assert_eq!(
-        (stats.stock_left, stats.compensated, stats.placed, stats.pending),
+        (
+            stats.stock_left,
+            stats.compensated,
+            stats.placed,
+            stats.pending
+        ),
         (2, 1, 0, 0)
     );
     // The buyer was released and may buy again.

@@ -53,7 +53,9 @@ pub async fn create_and_warm(api: &Api, product: &str, stock: u32, limit: u32) -
         "starts_at": rfc3339(now - Duration::from_secs(1))?,
         "ends_at": rfc3339(now + Duration::from_secs(3600))?,
     });
-    let created = api.admin("POST", "/api/admin/products", Some(&body)).await?;
+    let created = api
+        .admin("POST", "/api/admin/products", Some(&body))
+        .await?;
     ensure!(
         created.status == 201,
         "creating {product} answered {} {}",
@@ -81,23 +83,26 @@ async fn wave(
     spec: &SaleSpec,
     attempt: usize,
 ) -> Result<Vec<(usize, u16, Option<String>)>> {
-    let results: Vec<Result<(usize, u16, Option<String>)>> =
-        futures::stream::iter(0..spec.buyers)
-            .map(|buyer| async move {
-                // Even buyers repeat their first key; odd buyers use a new one.
-                let k = key(&spec.product, buyer, if buyer % 2 == 0 { 1 } else { attempt });
-                let body = json!({
-                    "product_id": spec.product,
-                    "quantity": 1,
-                    "user_id": format!("buyer-{buyer}"),
-                });
-                let a = api.buy(&body, Some(&k)).await?;
-                let id = a.body["request_id"].as_str().map(str::to_owned);
-                Ok((buyer, a.status, id))
-            })
-            .buffer_unordered(spec.concurrency.max(1))
-            .collect()
-            .await;
+    let results: Vec<Result<(usize, u16, Option<String>)>> = futures::stream::iter(0..spec.buyers)
+        .map(|buyer| async move {
+            // Even buyers repeat their first key; odd buyers use a new one.
+            let k = key(
+                &spec.product,
+                buyer,
+                if buyer % 2 == 0 { 1 } else { attempt },
+            );
+            let body = json!({
+                "product_id": spec.product,
+                "quantity": 1,
+                "user_id": format!("buyer-{buyer}"),
+            });
+            let a = api.buy(&body, Some(&k)).await?;
+            let id = a.body["request_id"].as_str().map(str::to_owned);
+            Ok((buyer, a.status, id))
+        })
+        .buffer_unordered(spec.concurrency.max(1))
+        .collect()
+        .await;
     results.into_iter().collect()
 }
 
@@ -139,16 +144,14 @@ pub async fn run_sale(api: &Api, spec: &SaleSpec) -> Result<LoadReport> {
 pub async fn wait_drained(gate: &RedisGate, product: &ProductId, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let pending = gate
-            .stats(product)
-            .await?
-            .map(|s| s.pending)
-            .unwrap_or(0);
+        let pending = gate.stats(product).await?.map(|s| s.pending).unwrap_or(0);
         if pending == 0 {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{pending} requests of {product} still pending after {timeout:?}: is the consumer running?");
+            bail!(
+                "{pending} requests of {product} still pending after {timeout:?}: is the consumer running?"
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -145,7 +145,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Audit { product } => {
             let (gate, store) = stores(&sdk)?;
             let books = audit::audit(&gate, &store, &ProductId::parse(product.as_str())?).await?;
-            println!("AUDIT product={product} {books} balanced={}", books.balanced());
+            println!(
+                "AUDIT product={product} {books} balanced={}",
+                books.balanced()
+            );
             if !books.balanced() {
                 return Ok(ExitCode::FAILURE);
             }

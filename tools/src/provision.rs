@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    Projection, ProjectionType, ScalarAttributeType, TableStatus,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TableStatus,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use shared::aws::table;
@@ -99,12 +99,21 @@ async fn create_table(sdk: &SdkConfig, name: &str) -> Result<()> {
             .attribute_type(ScalarAttributeType::S)
             .build()
     };
-    let key = |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build();
+    let key = |n: &str, t: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(t)
+            .build()
+    };
     let gsi = GlobalSecondaryIndex::builder()
         .index_name(table::GSI1)
         .key_schema(key(table::GSI1_PK, KeyType::Hash)?)
         .key_schema(key(table::GSI1_SK, KeyType::Range)?)
-        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build(),
+        )
         .build()?;
     let created = ddb
         .create_table()

@@ -29,7 +29,7 @@ use deduct::Deduct;
 use order_consumer::Consumer;
 use order_status::OrderStatusApi;
 use shared::aws::{DynamoStore, SqsQueue};
-use shared::http::{self as api, HttpResponse};
+use shared::http::{self as api, ApiError, HttpResponse};
 use shared::redis::{RedisGate, RedisSettings};
 
 #[derive(Debug, Clone)]
@@ -88,7 +88,7 @@ impl App {
         let path = req.uri().path().to_owned();
         if path == "/api/flash-sale/buy" {
             if req.method() != lambda_http::http::Method::POST {
-                return api::error(405, "method_not_allowed");
+                return ApiError::new(405, "method_not_allowed").into_response();
             }
             self.deduct.handle(req).await
         } else if path.starts_with("/api/flash-sale/orders/") {
@@ -98,7 +98,7 @@ impl App {
         } else if path == "/health" {
             api::json_response(200, &serde_json::json!({ "status": "ok" }))
         } else {
-            api::error(404, "not_found")
+            ApiError::new(404, "not_found").into_response()
         }
     }
 }
@@ -181,12 +181,11 @@ async fn serve_one(app: &App, req: hyper::Request<Incoming>) -> hyper::Response<
             } else {
                 Body::Binary(bytes.to_vec())
             };
-            app.route(lambda_http::Request::from_parts(parts, body)).await
+            app.route(lambda_http::Request::from_parts(parts, body))
+                .await
         }
-        Err(_) => api::invalid(format!(
-            "body is larger than {} bytes",
-            api::MAX_BODY_BYTES
-        )),
+        Err(_) => ApiError::invalid(format!("body is larger than {} bytes", api::MAX_BODY_BYTES))
+            .into_response(),
     };
     let (parts, body) = resp.into_parts();
     let bytes = match body {
@@ -263,7 +262,10 @@ async fn poll(
             continue;
         }
         let mut event = SqsEvent::default();
-        event.records = messages.into_iter().map(|m| to_record(m, &region)).collect();
+        event.records = messages
+            .into_iter()
+            .map(|m| to_record(m, &region))
+            .collect();
         let handles: Vec<(Option<String>, Option<String>)> = event
             .records
             .iter()

@@ -9,7 +9,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use shared::domain::{Product, ProductId, ProductStats};
-use shared::http::{self as api, HttpResponse};
+use shared::http::{self as api, ApiError, HttpResponse};
 use shared::ports::{OrderStore, StockGate, Warm};
 
 pub struct Admin<G, S> {
@@ -32,97 +32,80 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
     }
 
     pub async fn handle(&self, req: Request) -> HttpResponse {
-        if !self.authorised(&req) {
-            return api::error(401, "unauthenticated");
+        self.route(&req)
+            .await
+            .unwrap_or_else(ApiError::into_response)
+    }
+
+    async fn route(&self, req: &Request) -> Result<HttpResponse, ApiError> {
+        if !self.authorised(req) {
+            return Err(ApiError::new(401, "unauthenticated"));
         }
-        let Some(segments) = api::segments_after(&req, "/api/admin/products") else {
-            return api::error(404, "not_found");
-        };
-        let method = req.method().clone();
-        match (method, segments.as_slice()) {
-            (Method::POST, []) => self.create(&req).await,
+        let segments = api::segments_after(req, "/api/admin/products")
+            .ok_or_else(|| ApiError::new(404, "not_found"))?;
+        match (req.method().clone(), segments.as_slice()) {
+            (Method::POST, []) => self.create(req).await,
             (Method::POST, [id, "warm"]) => {
-                let force = api::query_param(&req, "force").as_deref() == Some("true");
-                match ProductId::parse(*id) {
-                    Ok(id) => self.warm(&id, force).await,
-                    Err(e) => api::invalid(e),
-                }
+                let force = api::query_param(req, "force").as_deref() == Some("true");
+                self.warm(&ProductId::parse(*id)?, force).await
             }
-            (Method::GET, [id]) => match ProductId::parse(*id) {
-                Ok(id) => self.stats(&id).await,
-                Err(e) => api::invalid(e),
-            },
-            (_, [] | [_] | [_, "warm"]) => api::error(405, "method_not_allowed"),
-            _ => api::error(404, "not_found"),
+            (Method::GET, [id]) => self.stats(&ProductId::parse(*id)?).await,
+            (_, [] | [_] | [_, "warm"]) => Err(ApiError::new(405, "method_not_allowed")),
+            _ => Err(ApiError::new(404, "not_found")),
         }
     }
 
-    async fn create(&self, req: &Request) -> HttpResponse {
-        let bytes = match api::body_bytes(req) {
-            Ok(b) => b,
-            Err(answer) => return answer,
-        };
-        let product: Product = match serde_json::from_slice(bytes) {
-            Ok(p) => p,
-            Err(e) => {
-                return api::invalid(format!(
-                    "body must be {{\"product_id\",\"name\",\"stock\",\"per_buyer_limit\",\"starts_at\",\"ends_at\"}} with RFC 3339 times: {e}"
-                ));
-            }
-        };
-        if let Err(e) = product.validate() {
-            return api::invalid(e);
+    async fn create(&self, req: &Request) -> Result<HttpResponse, ApiError> {
+        let product: Product = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
+            ApiError::invalid(format!(
+                "body must be {{\"product_id\",\"name\",\"stock\",\"per_buyer_limit\",\"starts_at\",\"ends_at\"}} with RFC 3339 times: {e}"
+            ))
+        })?;
+        product.validate()?;
+        if !self.store.create_product(&product).await? {
+            return Err(ApiError::new(409, "product_exists"));
         }
-        match self.store.create_product(&product).await {
-            Ok(true) => {
-                tracing::info!(product_id = %product.product_id, "product created");
-                api::json_response(201, &product)
-            }
-            Ok(false) => api::error(409, "product_exists"),
-            Err(e) => api::infra_failure(&e),
-        }
+        tracing::info!(product_id = %product.product_id, "product created");
+        Ok(api::json_response(201, &product))
     }
 
-    async fn warm(&self, id: &ProductId, force: bool) -> HttpResponse {
-        let product = match self.store.product(id).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return api::error(404, "unknown_product"),
-            Err(e) => return api::infra_failure(&e),
-        };
-        match self.gate.warm(&product, force).await {
-            Ok(Warm::Warmed { stock_left }) => {
+    async fn warm(&self, id: &ProductId, force: bool) -> Result<HttpResponse, ApiError> {
+        let product = self
+            .store
+            .product(id)
+            .await?
+            .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
+        match self.gate.warm(&product, force).await? {
+            Warm::Warmed { stock_left } => {
                 tracing::info!(product_id = %id, stock_left, force, "product warmed");
-                api::json_response(200, &json!({ "product_id": id, "stock_left": stock_left }))
+                Ok(api::json_response(
+                    200,
+                    &json!({ "product_id": id, "stock_left": stock_left }),
+                ))
             }
-            Ok(Warm::AlreadyStarted { .. }) => api::json_response(
-                409,
-                &json!({
-                    "error": "sale_started",
-                    "message": "the sale has started; re-warm with ?force=true (units already admitted stay taken)"
-                }),
-            ),
-            Err(e) => api::infra_failure(&e),
+            Warm::AlreadyStarted { .. } => Err(ApiError::new(409, "sale_started").with_message(
+                "the sale has started; re-warm with ?force=true (units already admitted stay taken)",
+            )),
         }
     }
 
-    async fn stats(&self, id: &ProductId) -> HttpResponse {
-        match self.gate.stats(id).await {
-            Ok(Some(stats)) => return api::json_response(200, &stats),
-            Ok(None) => {}
-            Err(e) => return api::infra_failure(&e),
+    async fn stats(&self, id: &ProductId) -> Result<HttpResponse, ApiError> {
+        if let Some(stats) = self.gate.stats(id).await? {
+            return Ok(api::json_response(200, &stats));
         }
         // Created but not warmed yet: nothing is on sale.
-        match self.store.product(id).await {
-            Ok(Some(p)) => api::json_response(
-                200,
-                &ProductStats {
-                    stock_total: i64::from(p.stock),
-                    ..ProductStats::default()
-                },
-            ),
-            Ok(None) => api::error(404, "unknown_product"),
-            Err(e) => api::infra_failure(&e),
-        }
+        let product = self
+            .store
+            .product(id)
+            .await?
+            .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
+        Ok(api::json_response(
+            200,
+            &ProductStats {
+                stock_total: i64::from(product.stock),
+                ..ProductStats::default()
+            },
+        ))
     }
 }
 
@@ -165,8 +148,18 @@ mod tests {
     #[tokio::test]
     async fn create_warm_and_read_a_product() {
         let a = admin();
-        assert_eq!(call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await.0, 201);
-        assert_eq!(call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await.0, 409);
+        assert_eq!(
+            call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT)
+                .await
+                .0,
+            201
+        );
+        assert_eq!(
+            call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT)
+                .await
+                .0,
+            409
+        );
         let (status, body) = call(&a, "GET", "/api/admin/products/p1", "s3cret", "").await;
         assert_eq!((status, body["stock_total"].as_i64()), (200, Some(100)));
         let (status, body) = call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
@@ -180,7 +173,10 @@ mod tests {
         call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await;
         a.gate.started.store(true, Ordering::SeqCst);
         let (status, body) = call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
-        assert_eq!((status, body["error"].as_str()), (409, Some("sale_started")));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (409, Some("sale_started"))
+        );
         let path = "/api/admin/products/p1/warm?force=true";
         assert_eq!(call(&a, "POST", path, "s3cret", "").await.0, 200);
     }
@@ -188,13 +184,44 @@ mod tests {
     #[tokio::test]
     async fn refuses_wrong_tokens_and_bad_input() {
         let a = admin();
-        assert_eq!(call(&a, "GET", "/api/admin/products/p1", "wrong", "").await.0, 401);
-        assert_eq!(call(&a, "GET", "/api/admin/products/p1", "", "").await.0, 401);
-        let unset = Admin { token: None, ..admin() };
-        assert_eq!(call(&unset, "GET", "/api/admin/products/p1", "", "").await.0, 401);
-        assert_eq!(call(&a, "GET", "/api/admin/products/p1", "s3cret", "").await.0, 404);
-        assert_eq!(call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await.0, 404);
-        assert_eq!(call(&a, "GET", "/api/admin/products/p%7B1", "s3cret", "").await.0, 400);
+        assert_eq!(
+            call(&a, "GET", "/api/admin/products/p1", "wrong", "")
+                .await
+                .0,
+            401
+        );
+        assert_eq!(
+            call(&a, "GET", "/api/admin/products/p1", "", "").await.0,
+            401
+        );
+        let unset = Admin {
+            token: None,
+            ..admin()
+        };
+        assert_eq!(
+            call(&unset, "GET", "/api/admin/products/p1", "", "")
+                .await
+                .0,
+            401
+        );
+        assert_eq!(
+            call(&a, "GET", "/api/admin/products/p1", "s3cret", "")
+                .await
+                .0,
+            404
+        );
+        assert_eq!(
+            call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "")
+                .await
+                .0,
+            404
+        );
+        assert_eq!(
+            call(&a, "GET", "/api/admin/products/p%7B1", "s3cret", "")
+                .await
+                .0,
+            400
+        );
         for body in [
             "[]",
             r#"{"product_id":"p1"}"#,
@@ -203,7 +230,13 @@ mod tests {
             &PRODUCT.replace("\"per_buyer_limit\":1", "\"per_buyer_limit\":0"),
             &PRODUCT.replace("\"p1\"", "\"p:1\""),
         ] {
-            assert_eq!(call(&a, "POST", "/api/admin/products", "s3cret", body).await.0, 400, "{body}");
+            assert_eq!(
+                call(&a, "POST", "/api/admin/products", "s3cret", body)
+                    .await
+                    .0,
+                400,
+                "{body}"
+            );
         }
         assert!(a.store.products.lock().unwrap().is_empty());
     }

@@ -9,10 +9,11 @@ use serde_json::json;
 use tracing::Instrument;
 
 use shared::domain::{
-    Admission, IdempotencyKey, OrderMessage, OrderStatus, ProductId, Purchase, Quantity,
-    RequestId, UserId,
+    Admission, IdempotencyKey, MAX_QUANTITY, OrderMessage, OrderStatus, ProductId, Purchase,
+    Quantity, RequestId, UserId,
 };
-use shared::http::{self as api, HttpResponse};
+use shared::error::ValidationError;
+use shared::http::{self as api, ApiError, HttpResponse};
 use shared::ports::{OrderQueue, StockGate};
 use shared::telemetry;
 
@@ -35,36 +36,26 @@ fn one() -> u64 {
     1
 }
 
-/// A validated buy request, or the 4xx answer explaining what is wrong.
-fn parse(req: &Request, insecure: bool) -> Result<Purchase, HttpResponse> {
-    let bytes = api::body_bytes(req)?;
-    let body: BuyBody = serde_json::from_slice(bytes).map_err(|e| {
-        api::invalid(format!(
+/// A validated buy request, or the 4xx refusal explaining what is wrong.
+fn parse(req: &Request, insecure: bool) -> Result<Purchase, ApiError> {
+    let body: BuyBody = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
+        ApiError::invalid(format!(
             "body must be a JSON object like {{\"product_id\":\"p42\",\"quantity\":1}}: {e}"
         ))
     })?;
-    let product_id = ProductId::parse(body.product_id).map_err(api::invalid)?;
+    let product_id = ProductId::parse(body.product_id)?;
     let quantity = u32::try_from(body.quantity)
-        .ok()
-        .and_then(|q| Quantity::new(q).ok())
-        .ok_or_else(|| {
-            api::invalid(shared::error::ValidationError::BadQuantity {
-                max: shared::domain::MAX_QUANTITY,
-            })
-        })?;
+        .map_err(|_| ValidationError::BadQuantity { max: MAX_QUANTITY })
+        .and_then(Quantity::new)?;
     let user = match api::jwt_subject(req) {
         Some(sub) => Some(sub),
         None if insecure => body.user_id,
         None => None,
     };
-    let user_id = match user {
-        Some(u) => UserId::parse(u).map_err(api::invalid)?,
-        None => return Err(api::error(401, "unauthenticated")),
-    };
+    let user_id = UserId::parse(user.ok_or_else(|| ApiError::new(401, "unauthenticated"))?)?;
     let idempotency_key = api::header(req, "idempotency-key")
         .map(IdempotencyKey::parse)
-        .transpose()
-        .map_err(api::invalid)?;
+        .transpose()?;
     Ok(Purchase {
         request_id: RequestId::new(&product_id),
         product_id,
@@ -78,10 +69,10 @@ impl<G: StockGate, Q: OrderQueue> Deduct<G, Q> {
     pub async fn handle(&self, req: Request) -> HttpResponse {
         let purchase = match parse(&req, self.insecure_user_from_body) {
             Ok(p) => p,
-            Err(answer) => {
-                metrics::counter!("flashsale_rejected_total", "reason" => "invalid_request")
+            Err(refusal) => {
+                metrics::counter!("flashsale_rejected_total", "reason" => refusal.code)
                     .increment(1);
-                return answer;
+                return refusal.into_response();
             }
         };
         let traceparent = telemetry::traceparent(api::header(&req, "traceparent"));
@@ -91,15 +82,14 @@ impl<G: StockGate, Q: OrderQueue> Deduct<G, Q> {
             product_id = %purchase.product_id,
             trace_id = telemetry::trace_id(&traceparent),
         );
-        self.buy(purchase, traceparent).instrument(span).await
+        self.buy(purchase, traceparent)
+            .instrument(span)
+            .await
+            .unwrap_or_else(ApiError::into_response)
     }
 
-    async fn buy(&self, purchase: Purchase, traceparent: String) -> HttpResponse {
-        let admission = match self.gate.admit(&purchase).await {
-            Ok(a) => a,
-            Err(e) => return api::infra_failure(&e),
-        };
-        match admission {
+    async fn buy(&self, purchase: Purchase, traceparent: String) -> Result<HttpResponse, ApiError> {
+        match self.gate.admit(&purchase).await? {
             Admission::Admitted { admitted_at_ms } => {
                 metrics::counter!("flashsale_admitted_total").increment(1);
                 let msg = OrderMessage::new(&purchase, admitted_at_ms);
@@ -109,25 +99,29 @@ impl<G: StockGate, Q: OrderQueue> Deduct<G, Q> {
                     tracing::error!(error = %e, "order not enqueued; left to the outbox sweeper");
                 }
                 tracing::info!("admitted");
-                api::json_response(
+                Ok(api::json_response(
                     202,
                     &json!({ "request_id": purchase.request_id, "status": "pending" }),
-                )
+                ))
             }
             Admission::Replay { request_id } => {
                 metrics::counter!("flashsale_idempotent_replays_total").increment(1);
-                let status = match self.gate.request(&request_id).await {
-                    Ok(view) => view.map_or(OrderStatus::Pending, |v| v.status),
-                    Err(e) => return api::infra_failure(&e),
-                };
+                let status = self
+                    .gate
+                    .request(&request_id)
+                    .await?
+                    .map_or(OrderStatus::Pending, |v| v.status);
                 tracing::info!(earlier = %request_id, "idempotent replay");
-                api::json_response(200, &json!({ "request_id": request_id, "status": status }))
+                Ok(api::json_response(
+                    200,
+                    &json!({ "request_id": request_id, "status": status }),
+                ))
             }
             Admission::Refused(reason) => {
                 metrics::counter!("flashsale_rejected_total", "reason" => reason.code())
                     .increment(1);
                 tracing::info!(reason = reason.code(), "refused");
-                api::error(reason.http_status(), reason.code())
+                Err(ApiError::new(reason.http_status(), reason.code()))
             }
         }
     }
@@ -165,7 +159,11 @@ mod tests {
     #[tokio::test]
     async fn admitted_purchase_is_enqueued_with_trace_context() {
         let d = deduct(true);
-        let (status, body) = call(&d, buy(r#"{"product_id":"p1","quantity":2,"user_id":"u1"}"#)).await;
+        let (status, body) = call(
+            &d,
+            buy(r#"{"product_id":"p1","quantity":2,"user_id":"u1"}"#),
+        )
+        .await;
         assert_eq!(status, 202);
         assert_eq!(body["status"], "pending");
         let sent = d.queue.sent();
@@ -198,7 +196,10 @@ mod tests {
         ] {
             d.gate.answer(Admission::Refused(refusal));
             let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
-            assert_eq!((status, body["error"].as_str().unwrap()), (code, refusal.code()));
+            assert_eq!(
+                (status, body["error"].as_str().unwrap()),
+                (code, refusal.code())
+            );
         }
         assert!(d.queue.sent().is_empty());
     }
@@ -208,15 +209,21 @@ mod tests {
         let d = deduct(true);
         let p = ProductId::parse("p1").unwrap();
         let earlier = RequestId::new(&p);
-        d.gate.answer(Admission::Replay { request_id: earlier.clone() });
+        d.gate.answer(Admission::Replay {
+            request_id: earlier.clone(),
+        });
         let mut req = buy(r#"{"product_id":"p1","user_id":"u1"}"#);
-        req.headers_mut().insert("Idempotency-Key", "k-1".parse().unwrap());
+        req.headers_mut()
+            .insert("Idempotency-Key", "k-1".parse().unwrap());
         let (status, body) = call(&d, req).await;
         assert_eq!(status, 200);
         assert_eq!(body["request_id"], earlier.as_str());
         assert_eq!(body["status"], "pending");
         let purchases = d.gate.purchases.lock().unwrap();
-        assert_eq!(purchases[0].idempotency_key.as_ref().unwrap().as_str(), "k-1");
+        assert_eq!(
+            purchases[0].idempotency_key.as_ref().unwrap().as_str(),
+            "k-1"
+        );
         assert!(d.queue.sent().is_empty());
     }
 
@@ -225,13 +232,19 @@ mod tests {
         let d = deduct(true);
         d.gate.failures.fail_next(1);
         let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
-        assert_eq!((status, body["error"].as_str().unwrap()), (503, "unavailable"));
+        assert_eq!(
+            (status, body["error"].as_str().unwrap()),
+            (503, "unavailable")
+        );
     }
 
     #[tokio::test]
     async fn bad_input_is_a_400_and_reaches_nothing() {
         let d = deduct(true);
-        let big = format!(r#"{{"product_id":"p1","user_id":"u1","pad":"{}"}}"#, "x".repeat(5000));
+        let big = format!(
+            r#"{{"product_id":"p1","user_id":"u1","pad":"{}"}}"#,
+            "x".repeat(5000)
+        );
         for body in [
             "",
             "not json",
@@ -251,7 +264,8 @@ mod tests {
             assert!(resp["message"].as_str().is_some_and(|m| !m.is_empty()));
         }
         let mut req = buy(r#"{"product_id":"p1","user_id":"u1"}"#);
-        req.headers_mut().insert("Idempotency-Key", "bad key".parse().unwrap());
+        req.headers_mut()
+            .insert("Idempotency-Key", "bad key".parse().unwrap());
         assert_eq!(call(&d, req).await.0, 400);
         assert!(d.gate.purchases.lock().unwrap().is_empty());
     }
@@ -260,7 +274,10 @@ mod tests {
     async fn without_insecure_mode_a_body_user_id_is_not_an_identity() {
         let d = deduct(false);
         let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
-        assert_eq!((status, body["error"].as_str().unwrap()), (401, "unauthenticated"));
+        assert_eq!(
+            (status, body["error"].as_str().unwrap()),
+            (401, "unauthenticated")
+        );
         assert!(d.gate.purchases.lock().unwrap().is_empty());
     }
 }

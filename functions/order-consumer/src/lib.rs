@@ -42,8 +42,7 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
             })
             .buffer_unordered(self.concurrency.max(1))
             .filter_map(|(id, outcome)| async move {
-                matches!(outcome, Outcome::Poison | Outcome::Failed)
-                    .then(|| id.unwrap_or_default())
+                matches!(outcome, Outcome::Poison | Outcome::Failed).then(|| id.unwrap_or_default())
             })
             .collect()
             .await;
@@ -110,18 +109,20 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
                 metrics::counter!("flashsale_duplicates_absorbed_total").increment(1);
                 Ok(Outcome::Duplicate(status))
             }
-            Placement::BuyerTaken => match self.store.record_fate(msg, OrderStatus::Rejected).await? {
-                Fate::Won => {
-                    // The buyer keeps their other order, so they stay recorded as a buyer.
-                    self.gate.restock(msg, OrderStatus::Rejected, false).await?;
-                    metrics::counter!("flashsale_business_rejections_total").increment(1);
-                    Ok(Outcome::Rejected)
+            Placement::BuyerTaken => {
+                match self.store.record_fate(msg, OrderStatus::Rejected).await? {
+                    Fate::Won => {
+                        // The buyer keeps their other order, so they stay recorded as a buyer.
+                        self.gate.restock(msg, OrderStatus::Rejected, false).await?;
+                        metrics::counter!("flashsale_business_rejections_total").increment(1);
+                        Ok(Outcome::Rejected)
+                    }
+                    Fate::Exists(status) => {
+                        self.repair(msg, status).await?;
+                        Ok(Outcome::Duplicate(status))
+                    }
                 }
-                Fate::Exists(status) => {
-                    self.repair(msg, status).await?;
-                    Ok(Outcome::Duplicate(status))
-                }
-            },
+            }
         }
     }
 
@@ -238,12 +239,19 @@ mod tests {
         let second = order("u1");
         let r2 = record("m2", &serde_json::to_string(&second).unwrap());
         assert_eq!(
-            c.process(&record("m1", &serde_json::to_string(&first).unwrap())).await,
+            c.process(&record("m1", &serde_json::to_string(&first).unwrap()))
+                .await,
             Outcome::Placed
         );
         assert_eq!(c.process(&r2).await, Outcome::Rejected);
-        assert_eq!(c.process(&r2).await, Outcome::Duplicate(OrderStatus::Rejected));
-        assert_eq!(c.store.status_of(&second.request_id), Some(OrderStatus::Rejected));
+        assert_eq!(
+            c.process(&r2).await,
+            Outcome::Duplicate(OrderStatus::Rejected)
+        );
+        assert_eq!(
+            c.store.status_of(&second.request_id),
+            Some(OrderStatus::Rejected)
+        );
         assert_eq!(
             c.gate.restocked(),
             vec![(second.request_id.clone(), OrderStatus::Rejected, false)]
@@ -265,7 +273,10 @@ mod tests {
         assert_eq!(c.store.status_of(&a.request_id), Some(OrderStatus::Placed));
         let resp = c.handle(event(vec![record("m1", &body)])).await;
         assert!(failed_ids(&resp).is_empty());
-        assert_eq!(c.gate.settled(), vec![(a.request_id.clone(), OrderStatus::Placed)]);
+        assert_eq!(
+            c.gate.settled(),
+            vec![(a.request_id.clone(), OrderStatus::Placed)]
+        );
     }
 
     #[tokio::test]
@@ -273,12 +284,21 @@ mod tests {
         let c = consumer();
         let a = order("u1");
         assert_eq!(
-            c.store.record_fate(&a, OrderStatus::Compensated).await.unwrap(),
+            c.store
+                .record_fate(&a, OrderStatus::Compensated)
+                .await
+                .unwrap(),
             Fate::Won
         );
         let r = record("late", &serde_json::to_string(&a).unwrap());
-        assert_eq!(c.process(&r).await, Outcome::Duplicate(OrderStatus::Compensated));
-        assert_eq!(c.store.status_of(&a.request_id), Some(OrderStatus::Compensated));
+        assert_eq!(
+            c.process(&r).await,
+            Outcome::Duplicate(OrderStatus::Compensated)
+        );
+        assert_eq!(
+            c.store.status_of(&a.request_id),
+            Some(OrderStatus::Compensated)
+        );
         assert!(c.gate.settled().is_empty());
     }
 }

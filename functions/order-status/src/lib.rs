@@ -5,7 +5,7 @@
 use lambda_http::Request;
 
 use shared::domain::{RequestId, RequestView};
-use shared::http::{self as api, HttpResponse};
+use shared::http::{self as api, ApiError, HttpResponse};
 use shared::ports::{OrderStore, StockGate};
 
 pub struct OrderStatusApi<G, S> {
@@ -17,42 +17,42 @@ pub struct OrderStatusApi<G, S> {
 
 impl<G: StockGate, S: OrderStore> OrderStatusApi<G, S> {
     pub async fn handle(&self, req: Request) -> HttpResponse {
-        if req.method() != lambda_http::http::Method::GET {
-            return api::error(405, "method_not_allowed");
-        }
-        let id = match api::segments_after(&req, "/api/flash-sale/orders").as_deref() {
-            Some([id]) => match RequestId::parse(id) {
-                Ok(id) => id,
-                Err(e) => return api::invalid(e),
-            },
-            _ => return api::error(404, "not_found"),
-        };
-        let caller = match api::jwt_subject(&req) {
-            Some(sub) => Some(sub),
-            None if self.insecure_user_from_body => api::query_param(&req, "user_id"),
-            None => None,
-        };
-        let Some(caller) = caller else {
-            return api::error(401, "unauthenticated");
-        };
-        let view = match self.lookup(&id).await {
-            Ok(Some(v)) => v,
-            Ok(None) => return api::error(404, "unknown_request"),
-            Err(answer) => return answer,
-        };
-        if view.user_id.as_str() != caller {
-            return api::error(403, "forbidden");
-        }
-        api::json_response(200, &view)
+        self.read(&req)
+            .await
+            .unwrap_or_else(ApiError::into_response)
     }
 
-    async fn lookup(&self, id: &RequestId) -> Result<Option<RequestView>, HttpResponse> {
+    async fn read(&self, req: &Request) -> Result<HttpResponse, ApiError> {
+        if req.method() != lambda_http::http::Method::GET {
+            return Err(ApiError::new(405, "method_not_allowed"));
+        }
+        let id = match api::segments_after(req, "/api/flash-sale/orders").as_deref() {
+            Some([id]) => RequestId::parse(id)?,
+            _ => return Err(ApiError::new(404, "not_found")),
+        };
+        let caller = match api::jwt_subject(req) {
+            Some(sub) => Some(sub),
+            None if self.insecure_user_from_body => api::query_param(req, "user_id"),
+            None => None,
+        }
+        .ok_or_else(|| ApiError::new(401, "unauthenticated"))?;
+        let view = self
+            .lookup(&id)
+            .await?
+            .ok_or_else(|| ApiError::new(404, "unknown_request"))?;
+        if view.user_id.as_str() != caller {
+            return Err(ApiError::new(403, "forbidden"));
+        }
+        Ok(api::json_response(200, &view))
+    }
+
+    async fn lookup(&self, id: &RequestId) -> Result<Option<RequestView>, ApiError> {
         match self.gate.request(id).await {
             Ok(Some(v)) => return Ok(Some(v)),
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "redis unavailable; reading DynamoDB"),
         }
-        self.store.order(id).await.map_err(|e| api::infra_failure(&e))
+        Ok(self.store.order(id).await?)
     }
 }
 
@@ -84,7 +84,10 @@ mod tests {
     }
 
     async fn get(a: &OrderStatusApi<FakeGate, FakeStore>, path: &str) -> (u16, serde_json::Value) {
-        let req = http::Request::builder().uri(path).body(Body::Empty).unwrap();
+        let req = http::Request::builder()
+            .uri(path)
+            .body(Body::Empty)
+            .unwrap();
         let resp = a.handle(req).await;
         let body = serde_json::from_slice(resp.body().as_ref()).unwrap();
         (resp.status().as_u16(), body)
@@ -95,7 +98,11 @@ mod tests {
         let a = api();
         let v = view(OrderStatus::Pending);
         a.gate.put_request(v.clone());
-        let (status, body) = get(&a, &format!("/api/flash-sale/orders/{}?user_id=u1", v.request_id)).await;
+        let (status, body) = get(
+            &a,
+            &format!("/api/flash-sale/orders/{}?user_id=u1", v.request_id),
+        )
+        .await;
         assert_eq!(status, 200);
         assert_eq!(body["status"], "pending");
         assert_eq!(body["user_id"], "u1");
@@ -108,7 +115,11 @@ mod tests {
     async fn dynamodb_when_redis_has_nothing_or_is_down() {
         let a = api();
         let v = view(OrderStatus::Placed);
-        a.store.orders.lock().unwrap().insert(v.request_id.clone(), v.clone());
+        a.store
+            .orders
+            .lock()
+            .unwrap()
+            .insert(v.request_id.clone(), v.clone());
         let path = format!("/api/flash-sale/orders/{}?user_id=u1", v.request_id);
         assert_eq!(get(&a, &path).await.1["status"], "placed");
         a.gate.failures.fail_next(1);
@@ -123,10 +134,23 @@ mod tests {
         let base = format!("/api/flash-sale/orders/{}", v.request_id);
         assert_eq!(get(&a, &format!("{base}?user_id=u2")).await.0, 403);
         assert_eq!(get(&a, &base).await.0, 401);
-        assert_eq!(get(&a, "/api/flash-sale/orders/garbage?user_id=u1").await.0, 400);
+        assert_eq!(
+            get(&a, "/api/flash-sale/orders/garbage?user_id=u1").await.0,
+            400
+        );
         let unknown = RequestId::new(&v.product_id);
-        assert_eq!(get(&a, &format!("/api/flash-sale/orders/{unknown}?user_id=u1")).await.0, 404);
+        assert_eq!(
+            get(&a, &format!("/api/flash-sale/orders/{unknown}?user_id=u1"))
+                .await
+                .0,
+            404
+        );
         a.store.failures.fail_next(1);
-        assert_eq!(get(&a, &format!("/api/flash-sale/orders/{unknown}?user_id=u1")).await.0, 503);
+        assert_eq!(
+            get(&a, &format!("/api/flash-sale/orders/{unknown}?user_id=u1"))
+                .await
+                .0,
+            503
+        );
     }
 }

@@ -205,7 +205,11 @@ impl StockGate for RedisGate {
             .arg(p.request_id.as_str())
             .arg(p.user_id.as_str())
             .arg(p.quantity.get())
-            .arg(if p.idempotency_key.is_some() { "1" } else { "0" })
+            .arg(if p.idempotency_key.is_some() {
+                "1"
+            } else {
+                "0"
+            })
             .arg(STATE_TTL_SECS)
             .arg(STATE_TTL_SECS)
             .invoke_async(&mut c)
@@ -330,7 +334,10 @@ impl StockGate for RedisGate {
         ) = redis::pipe()
             .hget(k.meta(), "stock_total")
             .get(k.stock())
-            .hmget(k.stats(), &["admitted", "placed", "rejected", "compensated"])
+            .hmget(
+                k.stats(),
+                &["admitted", "placed", "rejected", "compensated"],
+            )
             .zcard(k.pending())
             .query_async(&mut c)
             .await

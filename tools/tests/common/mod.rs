@@ -1,0 +1,128 @@
+//! A test's own slice of the local stack: its own queues and table on the
+//! shared emulators, and an in-process local runner on a free port.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use shared::aws::{DynamoStore, SqsQueue};
+use shared::redis::{RedisGate, RedisSettings};
+use tools::client::Api;
+use tools::provision::{self, Names, Provisioned};
+use tools::runner::{self, App, RunnerConfig, Running};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub fn require_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the stack tests through `make test` \
+             (or localstack/with-stack.sh cargo test), which starts Redis, LocalStack and DynamoDB Local"
+        )
+    })
+}
+
+pub struct TestStack {
+    pub sdk: SdkConfig,
+    pub names: Provisioned,
+    pub config: RunnerConfig,
+    pub running: Running,
+    pub api: Api,
+    pub gate: RedisGate,
+    pub store: DynamoStore,
+    pub queue: SqsQueue,
+}
+
+pub fn redis_settings(url: String) -> RedisSettings {
+    RedisSettings {
+        url,
+        cluster: false,
+        response_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..10])
+}
+
+impl TestStack {
+    /// `visibility_timeout` is short in tests that watch redeliveries.
+    pub async fn start(hint: &str, visibility_timeout: u32) -> Self {
+        let redis_url = require_env("FLASHSALE_REDIS_URL");
+        require_env("AWS_ENDPOINT_URL_SQS");
+        require_env("AWS_ENDPOINT_URL_DYNAMODB");
+        let sdk = shared::aws::load_sdk_config().await;
+        let names =
+            provision::provision(&sdk, &Names::with_prefix(&unique(hint)), visibility_timeout)
+                .await
+                .expect("provisioning queues and table on the emulators");
+        let config = RunnerConfig {
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            redis: redis_settings(redis_url),
+            table: names.table.clone(),
+            orders_queue_url: names.orders_queue_url.clone(),
+            admin_token: Some(ADMIN_TOKEN.into()),
+            insecure_user_from_body: true,
+            pollers: 3,
+            consumer_concurrency: 10,
+            wait_time_secs: 1,
+        };
+        let running = runner::start(config.clone(), &sdk)
+            .await
+            .expect("starting the runner");
+        let api = Api::new(format!("http://{}", running.addr), ADMIN_TOKEN);
+        Self {
+            gate: RedisGate::new(config.redis.clone()),
+            store: DynamoStore::new(&sdk, &names.table),
+            queue: SqsQueue::new(&sdk, &names.orders_queue_url),
+            sdk,
+            names,
+            config,
+            running,
+            api,
+        }
+    }
+
+    /// The same handlers with other settings, called without HTTP.
+    pub fn app_with(&self, edit: impl FnOnce(&mut RunnerConfig)) -> App {
+        let mut cfg = self.config.clone();
+        edit(&mut cfg);
+        App::new(&cfg, &self.sdk)
+    }
+
+    /// Messages visible or in flight on a queue.
+    pub async fn queue_depth(&self, url: &str) -> i64 {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let attrs = aws_sdk_sqs::Client::new(&self.sdk)
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("reading queue attributes")
+            .attributes
+            .unwrap_or_default();
+        [
+            A::ApproximateNumberOfMessages,
+            A::ApproximateNumberOfMessagesNotVisible,
+        ]
+        .iter()
+        .filter_map(|k| attrs.get(k)?.parse::<i64>().ok())
+        .sum()
+    }
+
+    pub async fn wait_queue_empty(&self, url: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.queue_depth(url).await > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queue {url} not drained in {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
