@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
@@ -12,16 +14,16 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue as Av, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue as Av, Put, TransactWriteItem, Update};
 use aws_sdk_sqs::error::SdkError;
-use aws_sdk_sqs::types::MessageAttributeValue;
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use crate::domain::{
     OrderMessage, OrderStatus, Product, ProductId, Quantity, RequestId, RequestView, UserId,
     from_unix_ms, unix_ms,
 };
 use crate::error::InfraError;
-use crate::ports::{Fate, OrderQueue, OrderStore, Placement, PortResult};
+use crate::ports::{Fate, FateNote, OrderQueue, OrderStore, Placement, PortResult};
 
 /// Loads the shared SDK configuration once per process, with timeouts that
 /// keep a slow AWS call from eating the whole Lambda budget.
@@ -120,6 +122,41 @@ impl OrderQueue for SqsQueue {
             .map_err(|e| classify("sqs", e))?;
         Ok(())
     }
+
+    async fn send_batch(&self, msgs: &[OrderMessage]) -> PortResult<Vec<RequestId>> {
+        let mut entries = Vec::with_capacity(msgs.len());
+        for (i, msg) in msgs.iter().enumerate() {
+            let body = serde_json::to_string(msg)
+                .map_err(|e| InfraError::permanent("sqs", format!("cannot encode message: {e}")))?;
+            let tp = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(crate::telemetry::traceparent(None))
+                .build()
+                .map_err(|e| InfraError::permanent("sqs", e.to_string()))?;
+            entries.push(
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body)
+                    .message_attributes("traceparent", tp)
+                    .build()
+                    .map_err(|e| InfraError::permanent("sqs", e.to_string()))?,
+            );
+        }
+        let out = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| classify("sqs", e))?;
+        Ok(out
+            .failed
+            .iter()
+            .filter_map(|f| msgs.get(f.id.parse::<usize>().ok()?))
+            .map(|m| m.request_id.clone())
+            .collect())
+    }
 }
 
 // ----------------------------------------------------------- DynamoDB ----
@@ -152,6 +189,7 @@ pub mod table {
 pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    conflicts: Arc<AtomicU64>,
 }
 
 fn s(v: impl Into<String>) -> Av {
@@ -203,7 +241,30 @@ impl DynamoStore {
         Self {
             client: aws_sdk_dynamodb::Client::new(config),
             table: table.into(),
+            conflicts: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Order transactions cancelled by a conflicting concurrent write (each
+    /// retried): the measure of contention on the stock ledger item.
+    pub fn transaction_conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
+    }
+
+    /// The product's stock ledger: (units remaining, units sold).
+    pub async fn ledger(&self, id: &ProductId) -> PortResult<Option<(i64, i64)>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(table::PK, s(table::product(id.as_str())))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb", e))?;
+        Ok(out
+            .item()
+            .and_then(|i| Some((get_n(i, "remaining")?, get_n(i, "sold")?))))
     }
 
     pub fn client(&self) -> &aws_sdk_dynamodb::Client {
@@ -268,11 +329,22 @@ impl OrderStore for DynamoStore {
             .condition_expression(cond)
             .build()
             .map_err(|e| InfraError::permanent("dynamodb", e.to_string()))?;
+        // The stock guard: DynamoDB's own count of units, so an order Redis
+        // admitted by mistake (lost decrements after a failover) cannot land.
+        let ledger = Update::builder()
+            .table_name(&self.table)
+            .key(table::PK, s(table::product(msg.product_id.as_str())))
+            .update_expression("SET remaining = remaining - :q, sold = sold + :q")
+            .condition_expression("remaining >= :q")
+            .expression_attribute_values(":q", n(msg.quantity.get()))
+            .build()
+            .map_err(|e| InfraError::permanent("dynamodb", e.to_string()))?;
         let result = self
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().put(order).build())
             .transact_items(TransactWriteItem::builder().put(guard).build())
+            .transact_items(TransactWriteItem::builder().update(ledger).build())
             .send()
             .await;
         match result {
@@ -290,8 +362,20 @@ impl OrderStore for DynamoStore {
                             self.existing_status(&msg.request_id).await?,
                         ));
                     }
+                    // Out of stock first: once the ledger is empty every
+                    // unit Redis still hands out is one it should not have.
+                    if failed(2) {
+                        return Ok(Placement::OutOfStock);
+                    }
                     if failed(1) {
                         return Ok(Placement::BuyerTaken);
+                    }
+                    let conflict = tc
+                        .cancellation_reasons()
+                        .iter()
+                        .any(|r| r.code() == Some("TransactionConflict"));
+                    if conflict {
+                        self.conflicts.fetch_add(1, Ordering::Relaxed);
                     }
                     // Cancelled for another reason (conflict, throttling): retry.
                     return Err(InfraError::transient(
@@ -305,12 +389,26 @@ impl OrderStore for DynamoStore {
         }
     }
 
-    async fn record_fate(&self, msg: &OrderMessage, status: OrderStatus) -> PortResult<Fate> {
+    async fn record_fate(
+        &self,
+        msg: &OrderMessage,
+        status: OrderStatus,
+        note: &FateNote,
+    ) -> PortResult<Fate> {
+        let mut item = Self::order_item(msg, status);
+        item.insert("reason".into(), s(&note.reason));
+        item.insert("receive_count".into(), n(note.receive_count));
+        if let Some(t) = note.first_failure_ms {
+            item.insert("first_failure_at".into(), n(t));
+        }
+        if let Some(t) = note.last_failure_ms {
+            item.insert("last_failure_at".into(), n(t));
+        }
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(Self::order_item(msg, status)))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
@@ -347,6 +445,8 @@ impl OrderStore for DynamoStore {
             .item("product_id", s(p.product_id.as_str()))
             .item("name", s(&p.name))
             .item("stock", n(p.stock))
+            .item("remaining", n(p.stock))
+            .item("sold", n(0))
             .item("per_buyer_limit", n(p.per_buyer_limit))
             .item("starts_at", n(unix_ms(p.starts_at)))
             .item("ends_at", n(unix_ms(p.ends_at)))

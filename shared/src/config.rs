@@ -48,6 +48,16 @@ pub fn orders_queue_url() -> Result<String, ConfigError> {
     required("FLASHSALE_ORDERS_QUEUE_URL")
 }
 
+/// The orders DLQ, which the compensation function consumes.
+pub fn orders_dlq_url() -> Result<String, ConfigError> {
+    required("FLASHSALE_ORDERS_DLQ_URL")
+}
+
+/// The parking lot: compensations that failed too often.
+pub fn compensation_dlq_url() -> Result<String, ConfigError> {
+    required("FLASHSALE_COMPENSATION_DLQ_URL")
+}
+
 /// Local runner and tests only: trust the body's `user_id` (and the status
 /// endpoint's `?user_id=`) instead of the JWT authorizer's `sub` claim.
 pub fn insecure_user_from_body() -> bool {
@@ -68,4 +78,14 @@ pub fn consumer_concurrency() -> Result<usize, ConfigError> {
             ))
         }),
     }
+}
+
+/// How long a request may stay pending before the sweeper re-publishes it.
+pub fn sweep_after() -> Result<Duration, ConfigError> {
+    millis("FLASHSALE_SWEEP_AFTER_MS", 60_000)
+}
+
+/// The local runner's sweeper timer (EventBridge's schedule in AWS).
+pub fn sweep_every() -> Result<Duration, ConfigError> {
+    millis("FLASHSALE_SWEEP_EVERY_MS", 60_000)
 }

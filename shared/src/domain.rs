@@ -194,7 +194,7 @@ impl From<Quantity> for u32 {
 
 /// Where a request stands. Forward-only: `Pending` becomes exactly one of the
 /// terminal states, and a terminal state never changes again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
     Pending,
@@ -400,6 +400,8 @@ pub struct ProductStats {
     pub rejected: i64,
     pub compensated: i64,
     pub pending: i64,
+    /// Compensations that put units back (once per request id).
+    pub restocked: i64,
 }
 
 pub fn unix_ms(t: OffsetDateTime) -> i64 {

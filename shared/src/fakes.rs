@@ -4,14 +4,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
 use crate::domain::{
     Admission, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase, RequestId,
     RequestView, from_unix_ms,
 };
 use crate::error::InfraError;
-use crate::ports::{Fate, OrderQueue, OrderStore, Placement, PortResult, StockGate, Warm};
+use crate::ports::{
+    Fate, FateNote, OrderQueue, OrderStore, Placement, PortResult, StockGate, Warm,
+};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -36,7 +38,10 @@ impl Failures {
     pub fn fail_next(&self, n: usize) {
         self.0.store(n, Ordering::SeqCst);
     }
-    fn check(&self, service: &'static str) -> PortResult<()> {
+    /// Also yields, so concurrent handlers interleave at every port call
+    /// the way they would on real I/O.
+    async fn check(&self, service: &'static str) -> PortResult<()> {
+        tokio::task::yield_now().await;
         let hit = self
             .0
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -55,10 +60,13 @@ pub struct FakeGate {
     pub purchases: Mutex<Vec<Purchase>>,
     pub requests: Mutex<HashMap<RequestId, RequestView>>,
     pub settled: Mutex<Vec<(RequestId, OrderStatus)>>,
-    pub restocked: Mutex<Vec<(RequestId, OrderStatus, bool)>>,
+    pub restocked: Mutex<Vec<RequestId>>,
     pub warmed: Mutex<Vec<(Product, bool)>>,
     pub started: AtomicBool,
     pub stats: Mutex<Option<ProductStats>>,
+    /// Requests in the outbox index, as the sweeper sees them.
+    pub pending: Mutex<Vec<OrderMessage>>,
+    pub now_ms: AtomicI64,
     pub failures: Failures,
 }
 
@@ -72,25 +80,25 @@ impl FakeGate {
     pub fn settled(&self) -> Vec<(RequestId, OrderStatus)> {
         lock(&self.settled).clone()
     }
-    pub fn restocked(&self) -> Vec<(RequestId, OrderStatus, bool)> {
+    pub fn restocked(&self) -> Vec<RequestId> {
         lock(&self.restocked).clone()
     }
 }
 
 impl StockGate for FakeGate {
     async fn admit(&self, p: &Purchase) -> PortResult<Admission> {
-        self.failures.check("redis")?;
+        self.failures.check("redis").await?;
         lock(&self.purchases).push(p.clone());
         Ok(lock(&self.admissions)
             .pop_front()
             .unwrap_or(Admission::Admitted { admitted_at_ms: 1 }))
     }
     async fn request(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
-        self.failures.check("redis")?;
+        self.failures.check("redis").await?;
         Ok(lock(&self.requests).get(id).cloned())
     }
     async fn settle(&self, msg: &OrderMessage, status: OrderStatus) -> PortResult<bool> {
-        self.failures.check("redis")?;
+        self.failures.check("redis").await?;
         lock(&self.settled).push((msg.request_id.clone(), status));
         let mut reqs = lock(&self.requests);
         let cur = reqs.get(&msg.request_id).map(|v| v.status);
@@ -100,23 +108,18 @@ impl StockGate for FakeGate {
         reqs.insert(msg.request_id.clone(), view(msg, status));
         Ok(true)
     }
-    async fn restock(
-        &self,
-        msg: &OrderMessage,
-        status: OrderStatus,
-        release_buyer: bool,
-    ) -> PortResult<bool> {
-        self.failures.check("redis")?;
+    async fn restock(&self, msg: &OrderMessage) -> PortResult<bool> {
+        self.failures.check("redis").await?;
         let mut done = lock(&self.restocked);
-        if done.iter().any(|(id, _, _)| *id == msg.request_id) {
+        if done.contains(&msg.request_id) {
             return Ok(false);
         }
-        done.push((msg.request_id.clone(), status, release_buyer));
-        lock(&self.requests).insert(msg.request_id.clone(), view(msg, status));
+        done.push(msg.request_id.clone());
+        lock(&self.requests).insert(msg.request_id.clone(), view(msg, OrderStatus::Compensated));
         Ok(true)
     }
     async fn warm(&self, product: &Product, force: bool) -> PortResult<Warm> {
-        self.failures.check("redis")?;
+        self.failures.check("redis").await?;
         if self.started.load(Ordering::SeqCst) && !force {
             return Ok(Warm::AlreadyStarted { stock_left: 0 });
         }
@@ -126,8 +129,38 @@ impl StockGate for FakeGate {
         })
     }
     async fn stats(&self, _: &ProductId) -> PortResult<Option<ProductStats>> {
-        self.failures.check("redis")?;
+        self.failures.check("redis").await?;
         Ok(lock(&self.stats).clone())
+    }
+    async fn products(&self) -> PortResult<Vec<ProductId>> {
+        self.failures.check("redis").await?;
+        let mut ids: Vec<ProductId> = lock(&self.pending)
+            .iter()
+            .map(|m| m.product_id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+    async fn pending_before(
+        &self,
+        product: &ProductId,
+        cutoff_ms: i64,
+        offset: usize,
+        limit: usize,
+    ) -> PortResult<Vec<OrderMessage>> {
+        self.failures.check("redis").await?;
+        let mut due: Vec<OrderMessage> = lock(&self.pending)
+            .iter()
+            .filter(|m| m.product_id == *product && m.admitted_at <= cutoff_ms)
+            .cloned()
+            .collect();
+        due.sort_by_key(|m| m.admitted_at);
+        Ok(due.into_iter().skip(offset).take(limit).collect())
+    }
+    async fn now_ms(&self) -> PortResult<i64> {
+        self.failures.check("redis").await?;
+        Ok(self.now_ms.load(Ordering::SeqCst))
     }
 }
 
@@ -145,9 +178,16 @@ impl FakeQueue {
 
 impl OrderQueue for FakeQueue {
     async fn send(&self, msg: &OrderMessage, traceparent: &str) -> PortResult<()> {
-        self.failures.check("sqs")?;
+        self.failures.check("sqs").await?;
         lock(&self.sent).push((msg.clone(), traceparent.to_owned()));
         Ok(())
+    }
+    async fn send_batch(&self, msgs: &[OrderMessage]) -> PortResult<Vec<RequestId>> {
+        self.failures.check("sqs").await?;
+        assert!(msgs.len() <= 10, "SQS batches hold at most 10 messages");
+        let mut sent = lock(&self.sent);
+        sent.extend(msgs.iter().map(|m| (m.clone(), String::new())));
+        Ok(Vec::new())
     }
 }
 
@@ -157,6 +197,9 @@ pub struct FakeStore {
     pub orders: Mutex<HashMap<RequestId, RequestView>>,
     pub guards: Mutex<HashMap<(ProductId, String), RequestId>>,
     pub products: Mutex<HashMap<ProductId, Product>>,
+    /// The stock ledger: units remaining per product (absent = no product).
+    pub remaining: Mutex<HashMap<ProductId, i64>>,
+    pub notes: Mutex<HashMap<RequestId, FateNote>>,
     pub failures: Failures,
 }
 
@@ -164,52 +207,74 @@ impl FakeStore {
     pub fn status_of(&self, id: &RequestId) -> Option<OrderStatus> {
         lock(&self.orders).get(id).map(|o| o.status)
     }
+    pub fn with_stock(self, product: &str, units: i64) -> Self {
+        let id = ProductId::parse(product).expect("valid product id");
+        lock(&self.remaining).insert(id, units);
+        self
+    }
+    pub fn remaining(&self, product: &ProductId) -> Option<i64> {
+        lock(&self.remaining).get(product).copied()
+    }
 }
 
 impl OrderStore for FakeStore {
     async fn place(&self, msg: &OrderMessage) -> PortResult<Placement> {
-        self.failures.check("dynamodb")?;
+        self.failures.check("dynamodb").await?;
         let mut orders = lock(&self.orders);
         let mut guards = lock(&self.guards);
         if let Some(o) = orders.get(&msg.request_id) {
             return Ok(Placement::Exists(o.status));
         }
+        let mut remaining = lock(&self.remaining);
+        let left = remaining.get(&msg.product_id).copied().unwrap_or(0);
+        let q = i64::from(msg.quantity.get());
+        if left < q {
+            return Ok(Placement::OutOfStock);
+        }
         let guard = (msg.product_id.clone(), msg.user_id.to_string());
         if guards.contains_key(&guard) {
             return Ok(Placement::BuyerTaken);
         }
+        remaining.insert(msg.product_id.clone(), left - q);
         guards.insert(guard, msg.request_id.clone());
         orders.insert(msg.request_id.clone(), view(msg, OrderStatus::Placed));
         Ok(Placement::Placed)
     }
-    async fn record_fate(&self, msg: &OrderMessage, status: OrderStatus) -> PortResult<Fate> {
-        self.failures.check("dynamodb")?;
+    async fn record_fate(
+        &self,
+        msg: &OrderMessage,
+        status: OrderStatus,
+        note: &FateNote,
+    ) -> PortResult<Fate> {
+        self.failures.check("dynamodb").await?;
         let mut orders = lock(&self.orders);
         if let Some(o) = orders.get(&msg.request_id) {
             return Ok(Fate::Exists(o.status));
         }
         orders.insert(msg.request_id.clone(), view(msg, status));
+        lock(&self.notes).insert(msg.request_id.clone(), note.clone());
         Ok(Fate::Won)
     }
     async fn order(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
-        self.failures.check("dynamodb")?;
+        self.failures.check("dynamodb").await?;
         Ok(lock(&self.orders).get(id).cloned())
     }
     async fn create_product(&self, p: &Product) -> PortResult<bool> {
-        self.failures.check("dynamodb")?;
+        self.failures.check("dynamodb").await?;
         let mut products = lock(&self.products);
         if products.contains_key(&p.product_id) {
             return Ok(false);
         }
         products.insert(p.product_id.clone(), p.clone());
+        lock(&self.remaining).insert(p.product_id.clone(), i64::from(p.stock));
         Ok(true)
     }
     async fn product(&self, id: &ProductId) -> PortResult<Option<Product>> {
-        self.failures.check("dynamodb")?;
+        self.failures.check("dynamodb").await?;
         Ok(lock(&self.products).get(id).cloned())
     }
     async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {
-        self.failures.check("dynamodb")?;
+        self.failures.check("dynamodb").await?;
         Ok(lock(&self.orders)
             .values()
             .filter(|o| o.product_id == *id)

@@ -6,6 +6,7 @@ pub mod aws;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod faults;
 pub mod http;
 pub mod ports;
 pub mod redis;

@@ -33,22 +33,20 @@ pub trait StockGate: Send + Sync {
         id: &RequestId,
     ) -> impl Future<Output = PortResult<Option<RequestView>>> + Send;
 
-    /// Records a terminal status that returns no stock (placed, or rejected
-    /// while the buyer holds another order). Idempotent; true when it changed.
+    /// Records a terminal status that returns no stock: placed, or rejected.
+    /// A rejected unit is never put back: DynamoDB refuses an order only when
+    /// Redis forgot an earlier admission (failover), and the rejected
+    /// request's decrement stands in for the one Redis lost.
+    /// Idempotent; true when it changed.
     fn settle(
         &self,
         msg: &OrderMessage,
         status: OrderStatus,
     ) -> impl Future<Output = PortResult<bool>> + Send;
 
-    /// Returns the units of a rejected or compensated request to stock, once
-    /// per request id. True when this call restocked.
-    fn restock(
-        &self,
-        msg: &OrderMessage,
-        status: OrderStatus,
-        release_buyer: bool,
-    ) -> impl Future<Output = PortResult<bool>> + Send;
+    /// Compensation: returns a COMPENSATED request's units to stock and
+    /// releases its buyer, once per request id. True when this call restocked.
+    fn restock(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<bool>> + Send;
 
     fn warm(&self, product: &Product, force: bool)
     -> impl Future<Output = PortResult<Warm>> + Send;
@@ -57,6 +55,22 @@ pub trait StockGate: Send + Sync {
         &self,
         product: &ProductId,
     ) -> impl Future<Output = PortResult<Option<ProductStats>>> + Send;
+
+    /// Every product ever warmed in this Redis (for the outbox sweeper).
+    fn products(&self) -> impl Future<Output = PortResult<Vec<ProductId>>> + Send;
+
+    /// A page of a product's requests pending since before `cutoff_ms`
+    /// (Redis server time), oldest first, rebuilt as order messages.
+    fn pending_before(
+        &self,
+        product: &ProductId,
+        cutoff_ms: i64,
+        offset: usize,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<Vec<OrderMessage>>> + Send;
+
+    /// Redis server time in ms: the clock admission times are written in.
+    fn now_ms(&self) -> impl Future<Output = PortResult<i64>> + Send;
 }
 
 /// The orders queue (SQS).
@@ -67,6 +81,13 @@ pub trait OrderQueue: Send + Sync {
         msg: &OrderMessage,
         traceparent: &str,
     ) -> impl Future<Output = PortResult<()>> + Send;
+
+    /// Sends up to ten messages in one call; returns the request ids the
+    /// queue did not accept.
+    fn send_batch(
+        &self,
+        msgs: &[OrderMessage],
+    ) -> impl Future<Output = PortResult<Vec<RequestId>>> + Send;
 }
 
 /// Result of trying to place an order.
@@ -78,6 +99,20 @@ pub enum Placement {
     Exists(OrderStatus),
     /// The buyer guard is held by a different request.
     BuyerTaken,
+    /// The DynamoDB stock ledger has fewer units left than the order needs:
+    /// Redis admitted a unit that does not exist (it lost decrements).
+    OutOfStock,
+}
+
+/// Why a fate other than PLACED was recorded, kept on the order item.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FateNote {
+    pub reason: String,
+    /// Deliveries of the message before this decision.
+    pub receive_count: u32,
+    /// First delivery and this decision, ms since the epoch.
+    pub first_failure_ms: Option<i64>,
+    pub last_failure_ms: Option<i64>,
 }
 
 /// Result of recording a fate other than placed (REJECTED, COMPENSATED).
@@ -89,7 +124,8 @@ pub enum Fate {
 
 /// The order store (DynamoDB): the key `ORDER#<request_id>` decides a fate.
 pub trait OrderStore: Send + Sync {
-    /// Writes the order as PLACED together with the buyer guard, atomically.
+    /// Writes the order as PLACED together with the buyer guard and the
+    /// product's stock ledger decrement, atomically.
     fn place(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<Placement>> + Send;
 
     /// Writes the order with `status` if no order exists for its request id.
@@ -97,12 +133,13 @@ pub trait OrderStore: Send + Sync {
         &self,
         msg: &OrderMessage,
         status: OrderStatus,
+        note: &FateNote,
     ) -> impl Future<Output = PortResult<Fate>> + Send;
 
     fn order(&self, id: &RequestId)
     -> impl Future<Output = PortResult<Option<RequestView>>> + Send;
 
-    /// Creates a product; false when it already exists (nothing changed).
+    /// Creates a product and its stock ledger; false when it already exists.
     fn create_product(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send;
 
     fn product(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Product>>> + Send;
@@ -112,4 +149,103 @@ pub trait OrderStore: Send + Sync {
         &self,
         id: &ProductId,
     ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send;
+}
+
+// Shared ports: one adapter (or fake) behind several handlers.
+impl<T: StockGate> StockGate for std::sync::Arc<T> {
+    fn admit(&self, p: &Purchase) -> impl Future<Output = PortResult<Admission>> + Send {
+        (**self).admit(p)
+    }
+    fn request(
+        &self,
+        id: &RequestId,
+    ) -> impl Future<Output = PortResult<Option<RequestView>>> + Send {
+        (**self).request(id)
+    }
+    fn settle(
+        &self,
+        msg: &OrderMessage,
+        status: OrderStatus,
+    ) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).settle(msg, status)
+    }
+    fn restock(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).restock(msg)
+    }
+    fn warm(
+        &self,
+        product: &Product,
+        force: bool,
+    ) -> impl Future<Output = PortResult<Warm>> + Send {
+        (**self).warm(product, force)
+    }
+    fn stats(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Option<ProductStats>>> + Send {
+        (**self).stats(product)
+    }
+    fn products(&self) -> impl Future<Output = PortResult<Vec<ProductId>>> + Send {
+        (**self).products()
+    }
+    fn pending_before(
+        &self,
+        product: &ProductId,
+        cutoff_ms: i64,
+        offset: usize,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<Vec<OrderMessage>>> + Send {
+        (**self).pending_before(product, cutoff_ms, offset, limit)
+    }
+    fn now_ms(&self) -> impl Future<Output = PortResult<i64>> + Send {
+        (**self).now_ms()
+    }
+}
+
+impl<T: OrderQueue> OrderQueue for std::sync::Arc<T> {
+    fn send(
+        &self,
+        msg: &OrderMessage,
+        traceparent: &str,
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        (**self).send(msg, traceparent)
+    }
+    fn send_batch(
+        &self,
+        msgs: &[OrderMessage],
+    ) -> impl Future<Output = PortResult<Vec<RequestId>>> + Send {
+        (**self).send_batch(msgs)
+    }
+}
+
+impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
+    fn place(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<Placement>> + Send {
+        (**self).place(msg)
+    }
+    fn record_fate(
+        &self,
+        msg: &OrderMessage,
+        status: OrderStatus,
+        note: &FateNote,
+    ) -> impl Future<Output = PortResult<Fate>> + Send {
+        (**self).record_fate(msg, status, note)
+    }
+    fn order(
+        &self,
+        id: &RequestId,
+    ) -> impl Future<Output = PortResult<Option<RequestView>>> + Send {
+        (**self).order(id)
+    }
+    fn create_product(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).create_product(product)
+    }
+    fn product(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Product>>> + Send {
+        (**self).product(id)
+    }
+    fn orders_of(
+        &self,
+        id: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send {
+        (**self).orders_of(id)
+    }
 }

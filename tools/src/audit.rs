@@ -1,4 +1,5 @@
-//! The books of one product, read straight from Redis and DynamoDB.
+//! The books of one product, read straight from Redis and DynamoDB, and
+//! the rules that say whether they balance.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,29 +12,70 @@ use shared::redis::RedisGate;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Audit {
+    // Redis.
     pub stock_total: i64,
-    /// Redis.
+    /// Units on the shelf.
     pub stock_left: i64,
     pub admitted: i64,
     pub pending: i64,
-    /// DynamoDB orders by status, and units sold.
+    /// Compensations that put units back (restock markers set).
+    pub restocked: i64,
+    // DynamoDB.
     pub placed: i64,
     pub placed_units: i64,
     pub rejected: i64,
     pub compensated: i64,
-    /// Units sold beyond the stock (must be 0).
+    /// The stock ledger's units remaining.
+    pub ledger_remaining: i64,
+    /// Units sold beyond the stock.
     pub oversold: i64,
-    /// Buyers holding more than one placed order (must be 0).
+    /// Buyers holding more than one placed order.
     pub duplicate_buyers: i64,
 }
 
 impl Audit {
-    /// Every unit either sold or on the shelf, nothing pending, nothing oversold.
+    /// Every rule the books break, in words; empty when they balance.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.oversold > 0 {
+            p.push(format!("{} units sold beyond the stock", self.oversold));
+        }
+        if self.duplicate_buyers > 0 {
+            p.push(format!("{} buyers hold two orders", self.duplicate_buyers));
+        }
+        if self.pending > 0 {
+            p.push(format!("{} admitted requests still pending", self.pending));
+        }
+        let decided = self.placed + self.rejected + self.compensated;
+        if decided != self.admitted {
+            p.push(format!(
+                "{} requests admitted in Redis but {decided} orders decided in DynamoDB",
+                self.admitted
+            ));
+        }
+        if self.placed_units + self.stock_left != self.stock_total {
+            p.push(format!(
+                "placed units {} + units on the shelf {} != stock {}",
+                self.placed_units, self.stock_left, self.stock_total
+            ));
+        }
+        if self.ledger_remaining != self.stock_left {
+            p.push(format!(
+                "Redis shelf {} != DynamoDB ledger {} (Redis lost or gained state)",
+                self.stock_left, self.ledger_remaining
+            ));
+        }
+        if self.restocked != self.compensated {
+            p.push(format!(
+                "{} compensations but {} restocks",
+                self.compensated, self.restocked
+            ));
+        }
+        p
+    }
+
     pub fn balanced(&self) -> bool {
-        self.oversold == 0
-            && self.duplicate_buyers == 0
-            && self.pending == 0
-            && self.placed_units + self.stock_left == self.stock_total
+        self.problems().is_empty()
     }
 }
 
@@ -41,7 +83,7 @@ impl fmt::Display for Audit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "admitted={} placed={} stock_left={} oversold={} duplicate_buyers={} rejected={} compensated={} pending={} stock_total={}",
+            "admitted={} placed={} stock_left={} oversold={} duplicate_buyers={} rejected={} compensated={} pending={} restocked={} ledger_remaining={} stock_total={}",
             self.admitted,
             self.placed,
             self.stock_left,
@@ -50,6 +92,8 @@ impl fmt::Display for Audit {
             self.rejected,
             self.compensated,
             self.pending,
+            self.restocked,
+            self.ledger_remaining,
             self.stock_total
         )
     }
@@ -60,16 +104,21 @@ pub async fn audit(gate: &RedisGate, store: &DynamoStore, product: &ProductId) -
         .stats(product)
         .await?
         .with_context(|| format!("product {product} is not warmed in this Redis"))?;
-    let orders = store.orders_of(product).await?;
+    let (ledger_remaining, _) = store
+        .ledger(product)
+        .await?
+        .with_context(|| format!("product {product} has no stock ledger in DynamoDB"))?;
     let mut a = Audit {
         stock_total: stats.stock_total,
         stock_left: stats.stock_left,
         admitted: stats.admitted,
         pending: stats.pending,
+        restocked: stats.restocked,
+        ledger_remaining,
         ..Audit::default()
     };
     let mut per_buyer: HashMap<String, i64> = HashMap::new();
-    for o in &orders {
+    for o in store.orders_of(product).await? {
         match o.status {
             OrderStatus::Placed => {
                 a.placed += 1;
@@ -84,4 +133,95 @@ pub async fn audit(gate: &RedisGate, store: &DynamoStore, product: &ProductId) -
     a.oversold = (a.placed_units - a.stock_total).max(0);
     a.duplicate_buyers = per_buyer.values().filter(|n| **n > 1).count() as i64;
     Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn balanced() -> Audit {
+        Audit {
+            stock_total: 10,
+            stock_left: 2,
+            admitted: 12,
+            placed: 8,
+            placed_units: 8,
+            rejected: 3,
+            compensated: 1,
+            restocked: 1,
+            ledger_remaining: 2,
+            ..Audit::default()
+        }
+    }
+
+    #[test]
+    fn balanced_books_have_no_problems() {
+        assert_eq!(balanced().problems(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_broken_rule_is_named() {
+        let cases: Vec<(Audit, &str)> = vec![
+            (
+                Audit {
+                    placed_units: 11,
+                    oversold: 1,
+                    ..balanced()
+                },
+                "beyond the stock",
+            ),
+            (
+                Audit {
+                    duplicate_buyers: 1,
+                    ..balanced()
+                },
+                "two orders",
+            ),
+            (
+                Audit {
+                    pending: 1,
+                    admitted: 13,
+                    ..balanced()
+                },
+                "pending",
+            ),
+            (
+                Audit {
+                    admitted: 13,
+                    ..balanced()
+                },
+                "decided in DynamoDB",
+            ),
+            (
+                Audit {
+                    stock_left: 3,
+                    ledger_remaining: 3,
+                    ..balanced()
+                },
+                "!= stock",
+            ),
+            (
+                Audit {
+                    ledger_remaining: 0,
+                    ..balanced()
+                },
+                "ledger",
+            ),
+            (
+                Audit {
+                    restocked: 2,
+                    ..balanced()
+                },
+                "restocks",
+            ),
+        ];
+        for (audit, words) in cases {
+            let problems = audit.problems();
+            assert!(
+                problems.iter().any(|p| p.contains(words)),
+                "{words}: {problems:?}"
+            );
+            assert!(!audit.balanced());
+        }
+    }
 }

@@ -23,6 +23,9 @@ pub struct SaleSpec {
     pub stock: u32,
     pub buyers: usize,
     pub concurrency: usize,
+    /// Chaos: between the two waves, give Redis back this many units, as a
+    /// failover to a lagging replica would (acknowledged decrements lost).
+    pub lose_decrements: u32,
 }
 
 #[derive(Debug, Default)]
@@ -106,8 +109,16 @@ async fn wave(
     results.into_iter().collect()
 }
 
-/// Sends `2 × buyers` requests in two waves.
-pub async fn run_sale(api: &Api, spec: &SaleSpec) -> Result<LoadReport> {
+/// Simulates Redis losing `n` acknowledged stock decrements.
+pub async fn lose_decrements(gate: &RedisGate, product: &str, n: u32) -> Result<()> {
+    let key = shared::redis::keys::Keys::new(&ProductId::parse(product)?).stock();
+    let _: i64 = gate.command(redis::cmd("INCRBY").arg(key).arg(n)).await?;
+    Ok(())
+}
+
+/// Sends `2 × buyers` requests in two waves; with `lose_decrements`, Redis
+/// forgets that many decrements between them (needs `gate`).
+pub async fn run_sale(api: &Api, spec: &SaleSpec, gate: Option<&RedisGate>) -> Result<LoadReport> {
     let started = Instant::now();
     let mut report = LoadReport::default();
     let first = wave(api, spec, 1).await?;
@@ -119,6 +130,10 @@ pub async fn run_sale(api: &Api, spec: &SaleSpec) -> Result<LoadReport> {
             report.admitted.push((format!("buyer-{buyer}"), id.clone()));
             first_ids[buyer] = Some(id);
         }
+    }
+    if spec.lose_decrements > 0 {
+        let gate = gate.context("losing decrements needs a Redis connection")?;
+        lose_decrements(gate, &spec.product, spec.lose_decrements).await?;
     }
     for (buyer, status, id) in wave(api, spec, 2).await? {
         *report.by_status.entry(status).or_default() += 1;
@@ -140,19 +155,43 @@ pub async fn run_sale(api: &Api, spec: &SaleSpec) -> Result<LoadReport> {
     Ok(report)
 }
 
-/// Waits until no admitted request of the product is pending in Redis.
-pub async fn wait_drained(gate: &RedisGate, product: &ProductId, timeout: Duration) -> Result<()> {
+/// Waits until no admitted request of the product is pending in Redis and
+/// the given queues are empty (no redelivery, retry or compensation left).
+pub async fn wait_settled(
+    gate: &RedisGate,
+    sqs: Option<&aws_sdk_sqs::Client>,
+    queues: &[&str],
+    product: &ProductId,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let pending = gate.stats(product).await?.map(|s| s.pending).unwrap_or(0);
-        if pending == 0 {
+        let mut queued = 0;
+        if let Some(sqs) = sqs {
+            for q in queues {
+                queued += crate::queues::depth(sqs, q).await?;
+            }
+        }
+        if pending == 0 && queued == 0 {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "{pending} requests of {product} still pending after {timeout:?}: is the consumer running?"
+                "after {timeout:?}, {pending} requests of {product} still pending and {queued} messages queued: are the consumers running?"
             );
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Waits until no admitted request of the product is pending in Redis.
+pub async fn wait_drained(gate: &RedisGate, product: &ProductId, timeout: Duration) -> Result<()> {
+    wait_settled(gate, None, &[], product, timeout).await
+}
+
+/// Faults the runner has injected so far (its `/health`).
+pub async fn faults_injected(api: &Api) -> Result<u64> {
+    let health = api.call("GET", "/health", &[], None).await?;
+    Ok(health.body["faults_injected"].as_u64().unwrap_or(0))
 }

@@ -5,4 +5,5 @@ pub mod audit;
 pub mod client;
 pub mod demo;
 pub mod provision;
+pub mod queues;
 pub mod runner;

@@ -7,13 +7,14 @@ use clap::{Parser, Subcommand};
 
 use shared::aws::{self, DynamoStore};
 use shared::domain::ProductId;
+use shared::faults::FaultPlan;
 use shared::redis::RedisGate;
 use shared::{config, telemetry};
-use tools::{audit, client::Api, demo, provision, runner};
+use tools::{audit, client::Api, demo, provision, queues, runner};
 
 /// flashsale's local tools. AWS endpoints come from the SDK's environment
 /// (`AWS_ENDPOINT_URL_SQS`, `AWS_ENDPOINT_URL_DYNAMODB`, `AWS_REGION`), Redis
-/// from `FLASHSALE_REDIS_URL`: `source .stack/env` after localstack/start.sh.
+/// from `FLASHSALE_REDIS_URL`, queues and table from what `provision` prints.
 #[derive(Parser)]
 #[command(name = "flashsale", version)]
 struct Cli {
@@ -23,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the HTTP API and consume the orders queue with the Lambda handlers.
+    /// Serve the HTTP API, consume the orders queue and its DLQ, and run the
+    /// outbox sweeper, all with the Lambda handlers.
     Serve {
         #[arg(long, env = "FLASHSALE_HTTP_ADDR", default_value = "127.0.0.1:3000")]
         addr: SocketAddr,
@@ -34,6 +36,7 @@ enum Command {
     Provision {
         #[arg(long, default_value = "flashsale")]
         prefix: String,
+        /// Seconds a received message stays hidden (retry delay after a failure).
         #[arg(long, default_value_t = 30)]
         visibility_timeout: u32,
     },
@@ -52,11 +55,28 @@ enum Command {
         buyers: usize,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Chaos: Redis forgets this many stock decrements mid-sale.
+        #[arg(long, default_value_t = 0)]
+        lose_decrements: u32,
     },
-    /// Print a product's books from Redis and DynamoDB; non-zero if unbalanced.
-    Audit {
+    /// Audit a product's books in Redis and DynamoDB; exits 1 if they do not balance.
+    Reconcile {
         #[arg(long)]
         product: String,
+    },
+    /// List the messages parked in the compensation DLQ and why.
+    Parked {
+        #[arg(long, env = "FLASHSALE_COMPENSATION_DLQ_URL")]
+        queue: String,
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+    },
+    /// Move parked messages back to the compensation queue (StartMessageMoveTask).
+    Redrive {
+        #[arg(long, env = "FLASHSALE_COMPENSATION_DLQ_URL")]
+        from: String,
+        #[arg(long, env = "FLASHSALE_ORDERS_DLQ_URL")]
+        to: String,
     },
 }
 
@@ -71,6 +91,10 @@ async fn main() -> ExitCode {
     }
 }
 
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
     let sdk = aws::load_sdk_config().await;
     match cli.command {
@@ -81,11 +105,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 redis: config::redis_settings()?,
                 table: config::table_name(),
                 orders_queue_url: config::orders_queue_url()?,
+                orders_dlq_url: config::orders_dlq_url()?,
                 admin_token: config::admin_token(),
                 insecure_user_from_body: config::insecure_user_from_body(),
                 pollers,
                 consumer_concurrency: config::consumer_concurrency()?,
                 wait_time_secs: 5,
+                sweep_every: config::sweep_every()?,
+                sweep_after_ms: config::sweep_after()?.as_millis() as i64,
+                faults: FaultPlan::from_env()?,
             };
             let running = runner::start(cfg, &sdk).await?;
             eprintln!("flashsale runner listening on http://{}", running.addr);
@@ -100,6 +128,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let p = provision::provision(&sdk, &names, visibility_timeout).await?;
             println!("export FLASHSALE_ORDERS_QUEUE_URL={}", p.orders_queue_url);
             println!("export FLASHSALE_ORDERS_DLQ_URL={}", p.orders_dlq_url);
+            println!(
+                "export FLASHSALE_COMPENSATION_DLQ_URL={}",
+                p.compensation_dlq_url
+            );
             println!("export FLASHSALE_TABLE={}", p.table);
         }
         Command::Demo {
@@ -109,6 +141,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             stock,
             buyers,
             concurrency,
+            lose_decrements,
         } => {
             let product = product.unwrap_or_else(|| {
                 format!("demo-{}", time::OffsetDateTime::now_utc().unix_timestamp())
@@ -118,10 +151,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 stock,
                 buyers,
                 concurrency,
+                lose_decrements,
             };
+            let (gate, store) = stores(&sdk)?;
             let api = Api::new(base_url, admin_token);
             demo::create_and_warm(&api, &product, stock, 1).await?;
-            let report = demo::run_sale(&api, &spec).await?;
+            let report = demo::run_sale(&api, &spec, Some(&gate)).await?;
             eprintln!(
                 "sent {} requests in {:.2?}; answers by status: {:?}; replays matched {}, mismatched {}",
                 report.requests,
@@ -130,28 +165,58 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 report.replays_matched,
                 report.replays_mismatched
             );
-            let (gate, store) = stores(&sdk)?;
+            let sqs = aws_sdk_sqs::Client::new(&sdk);
+            let queues = [config::orders_queue_url()?, config::orders_dlq_url()?];
+            let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
             let pid = ProductId::parse(product.as_str())?;
-            demo::wait_drained(&gate, &pid, Duration::from_secs(180)).await?;
+            demo::wait_settled(&gate, Some(&sqs), &queues, &pid, Duration::from_secs(300)).await?;
             let books = audit::audit(&gate, &store, &pid).await?;
+            let faults = demo::faults_injected(&api).await?;
+            for problem in books.problems() {
+                eprintln!("unbalanced: {problem}");
+            }
+            let ok = books.balanced() && report.replays_mismatched == 0;
             println!(
-                "SUMMARY product={product} buyers={buyers} requests={} {books}",
-                report.requests
+                "SUMMARY product={product} buyers={buyers} requests={} {books} faults_injected={faults} balanced={}",
+                report.requests,
+                yes_no(ok)
             );
-            if !books.balanced() || report.replays_mismatched > 0 {
+            if !ok {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Audit { product } => {
+        Command::Reconcile { product } => {
             let (gate, store) = stores(&sdk)?;
             let books = audit::audit(&gate, &store, &ProductId::parse(product.as_str())?).await?;
             println!(
-                "AUDIT product={product} {books} balanced={}",
-                books.balanced()
+                "RECONCILE product={product} {books} balanced={}",
+                yes_no(books.balanced())
             );
+            for problem in books.problems() {
+                println!("  unbalanced: {problem}");
+            }
             if !books.balanced() {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Parked { queue, max } => {
+            let (_, store) = stores(&sdk)?;
+            let sqs = aws_sdk_sqs::Client::new(&sdk);
+            let parked = queues::parked(&sqs, &queue, &store, max).await?;
+            for p in &parked {
+                println!(
+                    "{}\treceives={}\trequest_id={}\t{}",
+                    p.message_id,
+                    p.receive_count,
+                    p.request_id.as_deref().unwrap_or("-"),
+                    p.reason
+                );
+            }
+            eprintln!("{} parked message(s)", parked.len());
+        }
+        Command::Redrive { from, to } => {
+            let moved = queues::redrive(&sdk, &from, &to, true).await?;
+            eprintln!("moved {moved} message(s) from {from} to {to}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -18,7 +18,10 @@ pub const MAX_RECEIVE_COUNT: u32 = 5;
 #[derive(Debug, Clone)]
 pub struct Names {
     pub orders_queue: String,
+    /// The compensation function's queue.
     pub orders_dlq: String,
+    /// The parking lot: compensations that failed too often.
+    pub compensation_dlq: String,
     pub table: String,
 }
 
@@ -29,6 +32,7 @@ impl Names {
         Self {
             orders_queue: format!("{prefix}-orders"),
             orders_dlq: format!("{prefix}-orders-dlq"),
+            compensation_dlq: format!("{prefix}-compensation-dlq"),
             table: prefix.to_owned(),
         }
     }
@@ -38,6 +42,7 @@ impl Names {
 pub struct Provisioned {
     pub orders_queue_url: String,
     pub orders_dlq_url: String,
+    pub compensation_dlq_url: String,
     pub table: String,
 }
 
@@ -47,48 +52,72 @@ pub async fn provision(
     visibility_timeout_secs: u32,
 ) -> Result<Provisioned> {
     let sqs = aws_sdk_sqs::Client::new(sdk);
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(&names.orders_dlq)
-        .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+    let retention = || {
+        vec![(
+            QueueAttributeName::MessageRetentionPeriod,
+            "1209600".to_owned(),
+        )]
+    };
+    let parking = create_queue(&sqs, &names.compensation_dlq, retention()).await?;
+    let mut dlq_attrs = retention();
+    dlq_attrs.push(redrive_to(&sqs, &parking).await?);
+    dlq_attrs.push(visibility(visibility_timeout_secs));
+    let dlq = create_queue(&sqs, &names.orders_dlq, dlq_attrs).await?;
+    let orders_attrs = vec![
+        redrive_to(&sqs, &dlq).await?,
+        visibility(visibility_timeout_secs),
+    ];
+    let orders = create_queue(&sqs, &names.orders_queue, orders_attrs).await?;
+    create_table(sdk, &names.table).await?;
+    Ok(Provisioned {
+        orders_queue_url: orders,
+        orders_dlq_url: dlq,
+        compensation_dlq_url: parking,
+        table: names.table.clone(),
+    })
+}
+
+fn visibility(secs: u32) -> (QueueAttributeName, String) {
+    (QueueAttributeName::VisibilityTimeout, secs.to_string())
+}
+
+async fn create_queue(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    attributes: Vec<(QueueAttributeName, String)>,
+) -> Result<String> {
+    sqs.create_queue()
+        .queue_name(name)
+        .set_attributes(Some(attributes.into_iter().collect()))
         .send()
         .await
-        .with_context(|| format!("creating queue {}", names.orders_dlq))?
+        .with_context(|| format!("creating queue {name}"))?
         .queue_url
-        .context("CreateQueue returned no URL")?;
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
+        .context("CreateQueue returned no URL")
+}
+
+pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String> {
+    sqs.get_queue_attributes()
+        .queue_url(url)
         .attribute_names(QueueAttributeName::QueueArn)
         .send()
         .await
-        .context("reading the DLQ's ARN")?
+        .with_context(|| format!("reading the ARN of {url}"))?
         .attributes
         .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-        .context("the DLQ has no QueueArn attribute")?;
-    let redrive = serde_json::json!({
-        "deadLetterTargetArn": dlq_arn,
+        .with_context(|| format!("{url} has no QueueArn attribute"))
+}
+
+/// A RedrivePolicy moving messages to `dlq_url` after MAX_RECEIVE_COUNT receives.
+async fn redrive_to(
+    sqs: &aws_sdk_sqs::Client,
+    dlq_url: &str,
+) -> Result<(QueueAttributeName, String)> {
+    let policy = serde_json::json!({
+        "deadLetterTargetArn": queue_arn(sqs, dlq_url).await?,
         "maxReceiveCount": MAX_RECEIVE_COUNT.to_string(),
     });
-    let orders_url = sqs
-        .create_queue()
-        .queue_name(&names.orders_queue)
-        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .attributes(
-            QueueAttributeName::VisibilityTimeout,
-            visibility_timeout_secs.to_string(),
-        )
-        .send()
-        .await
-        .with_context(|| format!("creating queue {}", names.orders_queue))?
-        .queue_url
-        .context("CreateQueue returned no URL")?;
-    create_table(sdk, &names.table).await?;
-    Ok(Provisioned {
-        orders_queue_url: orders_url,
-        orders_dlq_url: dlq_url,
-        table: names.table.clone(),
-    })
+    Ok((QueueAttributeName::RedrivePolicy, policy.to_string()))
 }
 
 async fn create_table(sdk: &SdkConfig, name: &str) -> Result<()> {

@@ -1,18 +1,20 @@
-//! The local runner: the HTTP API and the orders-queue consumer in one
-//! process, calling the very handlers the Lambdas run. HTTP requests become
+//! The local runner: the HTTP API, the orders-queue consumer, the
+//! compensation consumer of the orders DLQ and the outbox sweeper's timer in
+//! one process, calling the very handlers the Lambdas run. HTTP requests become
 //! `lambda_http::Request`s; queue messages become real `SqsEvent` batches, and
 //! only records not reported failed are deleted, as an event source mapping
 //! with ReportBatchItemFailures does.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aws_config::SdkConfig;
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage, SqsMessageAttribute};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -25,10 +27,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use admin::Admin;
+use compensation::Compensation;
 use deduct::Deduct;
 use order_consumer::Consumer;
 use order_status::OrderStatusApi;
+use outbox_sweeper::Sweeper;
 use shared::aws::{DynamoStore, SqsQueue};
+use shared::faults::{FaultPlan, Faulty};
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::redis::{RedisGate, RedisSettings};
 
@@ -38,6 +43,8 @@ pub struct RunnerConfig {
     pub redis: RedisSettings,
     pub table: String,
     pub orders_queue_url: String,
+    /// The orders DLQ, consumed by the compensation handler.
+    pub orders_dlq_url: String,
     pub admin_token: Option<String>,
     pub insecure_user_from_body: bool,
     /// Concurrent queue pollers: Lambda scales consumers out the same way.
@@ -45,24 +52,38 @@ pub struct RunnerConfig {
     pub consumer_concurrency: usize,
     /// Long-polling wait per ReceiveMessage call.
     pub wait_time_secs: i32,
+    /// The sweeper's timer (EventBridge's schedule in AWS).
+    pub sweep_every: Duration,
+    pub sweep_after_ms: i64,
+    /// Chaos runs only (`FLASHSALE_FAULTS`).
+    pub faults: Arc<FaultPlan>,
 }
 
-/// The four handlers, wired to the real adapters once per process.
+type Gate = Faulty<RedisGate>;
+type Store = Faulty<DynamoStore>;
+type Queue = Faulty<SqsQueue>;
+
+/// Every handler, wired to the real adapters once per process.
 pub struct App {
-    pub deduct: Deduct<RedisGate, SqsQueue>,
-    pub status: OrderStatusApi<RedisGate, DynamoStore>,
-    pub admin: Admin<RedisGate, DynamoStore>,
-    pub consumer: Consumer<RedisGate, DynamoStore>,
+    pub deduct: Deduct<Gate, Queue>,
+    pub status: OrderStatusApi<Gate, Store>,
+    pub admin: Admin<Gate, Store>,
+    pub consumer: Consumer<Gate, Store>,
+    pub compensation: Compensation<Gate, Store>,
+    pub sweeper: Sweeper<Gate, Queue>,
+    pub faults: Arc<FaultPlan>,
 }
 
 impl App {
     pub fn new(cfg: &RunnerConfig, sdk: &SdkConfig) -> Self {
-        let gate = RedisGate::new(cfg.redis.clone());
-        let store = DynamoStore::new(sdk, &cfg.table);
+        let faults = cfg.faults.clone();
+        let gate = Faulty::new(RedisGate::new(cfg.redis.clone()), faults.clone());
+        let store = Faulty::new(DynamoStore::new(sdk, &cfg.table), faults.clone());
+        let queue = Faulty::new(SqsQueue::new(sdk, &cfg.orders_queue_url), faults.clone());
         Self {
             deduct: Deduct {
                 gate: gate.clone(),
-                queue: SqsQueue::new(sdk, &cfg.orders_queue_url),
+                queue: queue.clone(),
                 insecure_user_from_body: cfg.insecure_user_from_body,
             },
             status: OrderStatusApi {
@@ -76,10 +97,23 @@ impl App {
                 token: cfg.admin_token.clone(),
             },
             consumer: Consumer {
-                gate,
+                gate: gate.clone(),
+                store: store.clone(),
+                concurrency: cfg.consumer_concurrency,
+                faults: faults.clone(),
+            },
+            compensation: Compensation {
+                gate: gate.clone(),
                 store,
                 concurrency: cfg.consumer_concurrency,
             },
+            sweeper: Sweeper {
+                gate,
+                queue,
+                older_than_ms: cfg.sweep_after_ms,
+                max_per_product: 10_000,
+            },
+            faults,
         }
     }
 
@@ -96,7 +130,10 @@ impl App {
         } else if path.starts_with("/api/admin/products") {
             self.admin.handle(req).await
         } else if path == "/health" {
-            api::json_response(200, &serde_json::json!({ "status": "ok" }))
+            api::json_response(
+                200,
+                &serde_json::json!({ "status": "ok", "faults_injected": self.faults.injected() }),
+            )
         } else {
             ApiError::new(404, "not_found").into_response()
         }
@@ -129,14 +166,34 @@ pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
     let mut tasks = vec![tokio::spawn(serve(listener, app.clone(), rx.clone()))];
     let sqs = aws_sdk_sqs::Client::new(sdk);
     for _ in 0..cfg.pollers.max(1) {
+        let app = app.clone();
         tasks.push(tokio::spawn(poll(
-            app.clone(),
             sqs.clone(),
             cfg.orders_queue_url.clone(),
             cfg.wait_time_secs,
             rx.clone(),
+            move |event| {
+                let app = app.clone();
+                async move { app.consumer.handle(event).await }
+            },
         )));
     }
+    let comp = app.clone();
+    tasks.push(tokio::spawn(poll(
+        sqs.clone(),
+        cfg.orders_dlq_url.clone(),
+        cfg.wait_time_secs,
+        rx.clone(),
+        move |event| {
+            let app = comp.clone();
+            async move { app.compensation.handle(event).await }
+        },
+    )));
+    tasks.push(tokio::spawn(sweep(
+        app.clone(),
+        cfg.sweep_every,
+        rx.clone(),
+    )));
     tracing::info!(%addr, pollers = cfg.pollers, "local runner up");
     Ok(Running {
         addr,
@@ -225,13 +282,32 @@ pub fn to_record(m: Message, region: &str) -> SqsMessage {
     r
 }
 
-async fn poll(
-    app: Arc<App>,
+async fn sweep(app: Arc<App>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = app.sweeper.sweep().await {
+            tracing::warn!(error = %e, "outbox sweep failed; next tick retries");
+        }
+    }
+}
+
+/// One queue's event source mapping: receive, hand the batch to `handler`,
+/// delete what it did not report failed.
+async fn poll<F, Fut>(
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
     wait_time_secs: i32,
     mut shutdown: watch::Receiver<bool>,
-) {
+    handler: F,
+) where
+    F: Fn(SqsEvent) -> Fut,
+    Fut: Future<Output = SqsBatchResponse>,
+{
     let region = sqs
         .config()
         .region()
@@ -271,7 +347,7 @@ async fn poll(
             .iter()
             .map(|r| (r.message_id.clone(), r.receipt_handle.clone()))
             .collect();
-        let response = app.consumer.handle(event).await;
+        let response = handler(event).await;
         let failed: HashSet<String> = response
             .batch_item_failures
             .into_iter()

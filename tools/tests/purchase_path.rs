@@ -75,11 +75,12 @@ async fn a_sale_admits_exactly_the_stock_and_places_every_admitted_order() {
         stock: 100,
         buyers: 1000,
         concurrency: 64,
+        lose_decrements: 0,
     };
     demo::create_and_warm(&s.api, &product, spec.stock, 1)
         .await
         .unwrap();
-    let report = demo::run_sale(&s.api, &spec).await.unwrap();
+    let report = demo::run_sale(&s.api, &spec, None).await.unwrap();
     let pid = ProductId::parse(product.as_str()).unwrap();
     demo::wait_drained(&s.gate, &pid, Duration::from_secs(120))
         .await

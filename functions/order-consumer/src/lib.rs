@@ -1,57 +1,68 @@
 //! The orders queue consumer. For each message: write `ORDER#<request_id>` as
-//! PLACED with the buyer guard (one transaction), then settle the request in
-//! Redis. Duplicates are absorbed by the conditional write; a buyer guard held
-//! by another request makes the order REJECTED and its units go back to stock.
-//! Only failed records are reported, so SQS redelivers just those.
+//! PLACED, the buyer guard and the stock-ledger decrement in one transaction,
+//! then settle the request in Redis. Duplicates are absorbed by the
+//! conditional write. An empty ledger or a buyer guard held by another
+//! request makes the order REJECTED: Redis admitted it only because it lost
+//! state, so its unit is not put back. Only failed records are reported, so
+//! SQS redelivers just those.
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
 use tracing::Instrument;
 
+use std::sync::Arc;
+
 use shared::domain::{OrderMessage, OrderStatus};
 use shared::error::InfraError;
-use shared::ports::{Fate, OrderStore, Placement, StockGate};
+use shared::faults::{FaultPlan, FaultPoint};
+use shared::ports::{Fate, FateNote, OrderStore, Placement, StockGate};
 
 pub struct Consumer<G, S> {
     pub gate: G,
     pub store: S,
     /// Records of one batch processed at once.
     pub concurrency: usize,
+    /// Chaos runs only: may "crash" after the DynamoDB write.
+    pub faults: Arc<FaultPlan>,
 }
 
-/// What happened to one record; all but `Failed` delete it from the queue.
+/// What happened to one record; all but `Poison`, `Failed` and `Crashed`
+/// delete it from the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Placed,
     /// A duplicate delivery (or a fate decided elsewhere) absorbed.
     Duplicate(OrderStatus),
-    /// The buyer already holds another order: REJECTED, units restocked.
+    /// DynamoDB refused the order (stock ledger empty, or the buyer holds
+    /// another order): written REJECTED.
     Rejected,
     /// Unparseable or unknown version: left to reach the DLQ untouched.
     Poison,
     /// Transient or unexpected failure: SQS will deliver it again.
     Failed,
+    /// Injected crash after the write: the whole batch goes unacknowledged.
+    Crashed,
 }
 
 impl<G: StockGate, S: OrderStore> Consumer<G, S> {
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let failed: Vec<String> = futures::stream::iter(event.records)
+        let outcomes: Vec<(Option<String>, Outcome)> = futures::stream::iter(event.records)
             .map(|record| async move {
                 let outcome = self.process(&record).await;
                 (record.message_id, outcome)
             })
             .buffer_unordered(self.concurrency.max(1))
-            .filter_map(|(id, outcome)| async move {
-                matches!(outcome, Outcome::Poison | Outcome::Failed).then(|| id.unwrap_or_default())
-            })
             .collect()
             .await;
+        // A crashed invocation acknowledges nothing: SQS redelivers it all.
+        let crashed = outcomes.iter().any(|(_, o)| *o == Outcome::Crashed);
         let mut response = SqsBatchResponse::default();
-        response.batch_item_failures = failed
+        response.batch_item_failures = outcomes
             .into_iter()
-            .map(|id| {
+            .filter(|(_, o)| crashed || matches!(o, Outcome::Poison | Outcome::Failed))
+            .map(|(id, _)| {
                 let mut f = BatchItemFailure::default();
-                f.item_identifier = id;
+                f.item_identifier = id.unwrap_or_default();
                 f
             })
             .collect();
@@ -98,30 +109,46 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
     }
 
     async fn place(&self, msg: &OrderMessage) -> Result<Outcome, InfraError> {
-        match self.store.place(msg).await? {
+        let reason = match self.store.place(msg).await? {
             Placement::Placed => {
+                if self.faults.hit(FaultPoint::CrashAfterWrite) {
+                    tracing::warn!("injected crash after the DynamoDB write");
+                    return Ok(Outcome::Crashed);
+                }
                 self.gate.settle(msg, OrderStatus::Placed).await?;
                 metrics::counter!("flashsale_orders_placed_total").increment(1);
-                Ok(Outcome::Placed)
+                return Ok(Outcome::Placed);
             }
             Placement::Exists(status) => {
                 self.repair(msg, status).await?;
                 metrics::counter!("flashsale_duplicates_absorbed_total").increment(1);
-                Ok(Outcome::Duplicate(status))
+                return Ok(Outcome::Duplicate(status));
             }
-            Placement::BuyerTaken => {
-                match self.store.record_fate(msg, OrderStatus::Rejected).await? {
-                    Fate::Won => {
-                        // The buyer keeps their other order, so they stay recorded as a buyer.
-                        self.gate.restock(msg, OrderStatus::Rejected, false).await?;
-                        metrics::counter!("flashsale_business_rejections_total").increment(1);
-                        Ok(Outcome::Rejected)
-                    }
-                    Fate::Exists(status) => {
-                        self.repair(msg, status).await?;
-                        Ok(Outcome::Duplicate(status))
-                    }
-                }
+            Placement::OutOfStock => "out_of_stock",
+            Placement::BuyerTaken => "buyer_has_order",
+        };
+        let note = FateNote {
+            reason: reason.into(),
+            ..FateNote::default()
+        };
+        match self
+            .store
+            .record_fate(msg, OrderStatus::Rejected, &note)
+            .await?
+        {
+            Fate::Won => {
+                self.gate.settle(msg, OrderStatus::Rejected).await?;
+                metrics::counter!("flashsale_business_rejections_total", "reason" => reason)
+                    .increment(1);
+                tracing::warn!(
+                    reason,
+                    "order rejected by DynamoDB; Redis admitted it after losing state"
+                );
+                Ok(Outcome::Rejected)
+            }
+            Fate::Exists(status) => {
+                self.repair(msg, status).await?;
+                Ok(Outcome::Duplicate(status))
             }
         }
     }
@@ -130,14 +157,14 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
     /// Restocking is idempotent per request id, so repeating it is harmless.
     async fn repair(&self, msg: &OrderMessage, status: OrderStatus) -> Result<(), InfraError> {
         match status {
+            OrderStatus::Compensated => {
+                self.gate.restock(msg).await?;
+            }
             OrderStatus::Placed | OrderStatus::Pending => {
                 self.gate.settle(msg, OrderStatus::Placed).await?;
             }
             OrderStatus::Rejected => {
-                self.gate.restock(msg, status, false).await?;
-            }
-            OrderStatus::Compensated => {
-                self.gate.restock(msg, status, true).await?;
+                self.gate.settle(msg, OrderStatus::Rejected).await?;
             }
         }
         Ok(())
@@ -153,8 +180,9 @@ mod tests {
     fn consumer() -> Consumer<FakeGate, FakeStore> {
         Consumer {
             gate: FakeGate::default(),
-            store: FakeStore::default(),
+            store: FakeStore::default().with_stock("p1", 10),
             concurrency: 4,
+            faults: FaultPlan::none(),
         }
     }
 
@@ -170,7 +198,11 @@ mod tests {
         }
     }
 
-    fn record(id: &str, body: &str) -> SqsMessage {
+    fn record(id: &str, msg: &OrderMessage) -> SqsMessage {
+        raw(id, &serde_json::to_string(msg).unwrap())
+    }
+
+    fn raw(id: &str, body: &str) -> SqsMessage {
         let mut m = SqsMessage::default();
         m.message_id = Some(id.into());
         m.body = Some(body.into());
@@ -184,27 +216,27 @@ mod tests {
     }
 
     fn failed_ids(r: &SqsBatchResponse) -> Vec<&str> {
-        r.batch_item_failures
+        let mut ids: Vec<&str> = r
+            .batch_item_failures
             .iter()
             .map(|f| f.item_identifier.as_str())
-            .collect()
+            .collect();
+        ids.sort();
+        ids
     }
 
     #[tokio::test]
     async fn places_orders_and_settles_redis() {
         let c = consumer();
-        let a = order("u1");
-        let b = order("u2");
+        let (a, b) = (order("u1"), order("u2"));
         let resp = c
-            .handle(event(vec![
-                record("m1", &serde_json::to_string(&a).unwrap()),
-                record("m2", &serde_json::to_string(&b).unwrap()),
-            ]))
+            .handle(event(vec![record("m1", &a), record("m2", &b)]))
             .await;
         assert!(failed_ids(&resp).is_empty());
         assert_eq!(c.store.status_of(&a.request_id), Some(OrderStatus::Placed));
         assert_eq!(c.store.status_of(&b.request_id), Some(OrderStatus::Placed));
         assert_eq!(c.gate.settled().len(), 2);
+        assert_eq!(c.store.remaining(&a.product_id), Some(8));
     }
 
     #[tokio::test]
@@ -212,10 +244,7 @@ mod tests {
         let c = consumer();
         let a = order("u1");
         let resp = c
-            .handle(event(vec![
-                record("good", &serde_json::to_string(&a).unwrap()),
-                record("bad", "{not json"),
-            ]))
+            .handle(event(vec![record("good", &a), raw("bad", "{not json")]))
             .await;
         assert_eq!(failed_ids(&resp), vec!["bad"]);
         assert_eq!(c.store.status_of(&a.request_id), Some(OrderStatus::Placed));
@@ -225,24 +254,20 @@ mod tests {
     async fn duplicate_delivery_is_absorbed() {
         let c = consumer();
         let a = order("u1");
-        let r = record("m1", &serde_json::to_string(&a).unwrap());
+        let r = record("m1", &a);
         assert_eq!(c.process(&r).await, Outcome::Placed);
         assert_eq!(c.process(&r).await, Outcome::Duplicate(OrderStatus::Placed));
         assert_eq!(c.store.orders.lock().unwrap().len(), 1);
+        assert_eq!(c.store.remaining(&a.product_id), Some(9));
         assert!(c.gate.restocked().is_empty());
     }
 
     #[tokio::test]
-    async fn second_request_of_a_buyer_is_rejected_and_restocked_once() {
+    async fn second_request_of_a_buyer_is_rejected_without_restock() {
         let c = consumer();
-        let first = order("u1");
-        let second = order("u1");
-        let r2 = record("m2", &serde_json::to_string(&second).unwrap());
-        assert_eq!(
-            c.process(&record("m1", &serde_json::to_string(&first).unwrap()))
-                .await,
-            Outcome::Placed
-        );
+        let (first, second) = (order("u1"), order("u1"));
+        assert_eq!(c.process(&record("m1", &first)).await, Outcome::Placed);
+        let r2 = record("m2", &second);
         assert_eq!(c.process(&r2).await, Outcome::Rejected);
         assert_eq!(
             c.process(&r2).await,
@@ -252,26 +277,85 @@ mod tests {
             c.store.status_of(&second.request_id),
             Some(OrderStatus::Rejected)
         );
+        let reason = c.store.notes.lock().unwrap()[&second.request_id]
+            .reason
+            .clone();
+        assert_eq!(reason, "buyer_has_order");
+        assert!(c.gate.restocked().is_empty());
+        assert_eq!(c.store.remaining(&first.product_id), Some(9));
+    }
+
+    #[tokio::test]
+    async fn the_stock_ledger_rejects_what_redis_over_admitted() {
+        let c = Consumer {
+            store: FakeStore::default().with_stock("p1", 2),
+            ..consumer()
+        };
+        let orders: Vec<OrderMessage> = (0..5).map(|i| order(&format!("u{i}"))).collect();
+        let records = orders
+            .iter()
+            .enumerate()
+            .map(|(i, o)| record(&format!("m{i}"), o))
+            .collect();
+        assert!(failed_ids(&c.handle(event(records)).await).is_empty());
+        let count = |status| {
+            orders
+                .iter()
+                .filter(|o| c.store.status_of(&o.request_id) == Some(status))
+                .count()
+        };
         assert_eq!(
-            c.gate.restocked(),
-            vec![(second.request_id.clone(), OrderStatus::Rejected, false)]
+            (count(OrderStatus::Placed), count(OrderStatus::Rejected)),
+            (2, 3)
         );
+        assert_eq!(c.store.remaining(&orders[0].product_id), Some(0));
+        assert!(
+            c.gate.restocked().is_empty(),
+            "phantom units must not go back"
+        );
+        let settled_rejected = c
+            .gate
+            .settled()
+            .iter()
+            .filter(|(_, s)| *s == OrderStatus::Rejected)
+            .count();
+        assert_eq!(settled_rejected, 3);
+    }
+
+    #[tokio::test]
+    async fn a_crash_after_the_write_acknowledges_nothing_and_redelivery_settles() {
+        let c = Consumer {
+            faults: Arc::new(FaultPlan::parse("consumer.crash_after_write:1").unwrap()),
+            ..consumer()
+        };
+        let (a, b) = (order("u1"), order("u2"));
+        let batch = || event(vec![record("a", &a), record("b", &b)]);
+        assert_eq!(failed_ids(&c.handle(batch()).await), vec!["a", "b"]);
+        assert_eq!(c.store.status_of(&a.request_id), Some(OrderStatus::Placed));
+        assert!(c.gate.settled().is_empty());
+        // The redelivery finds the orders written and settles Redis.
+        let healthy = Consumer {
+            faults: FaultPlan::none(),
+            ..c
+        };
+        assert!(failed_ids(&healthy.handle(batch()).await).is_empty());
+        assert_eq!(healthy.gate.settled().len(), 2);
+        assert_eq!(healthy.store.remaining(&a.product_id), Some(8));
     }
 
     #[tokio::test]
     async fn transient_failures_are_reported_for_redelivery() {
         let c = consumer();
         let a = order("u1");
-        let body = serde_json::to_string(&a).unwrap();
         c.store.failures.fail_next(1);
-        let resp = c.handle(event(vec![record("m1", &body)])).await;
+        let resp = c.handle(event(vec![record("m1", &a)])).await;
         assert_eq!(failed_ids(&resp), vec!["m1"]);
         // Redis down after the DynamoDB write: reported, then absorbed on redelivery.
         c.gate.failures.fail_next(1);
-        let resp = c.handle(event(vec![record("m1", &body)])).await;
+        let resp = c.handle(event(vec![record("m1", &a)])).await;
         assert_eq!(failed_ids(&resp), vec!["m1"]);
         assert_eq!(c.store.status_of(&a.request_id), Some(OrderStatus::Placed));
-        let resp = c.handle(event(vec![record("m1", &body)])).await;
+        let resp = c.handle(event(vec![record("m1", &a)])).await;
         assert!(failed_ids(&resp).is_empty());
         assert_eq!(
             c.gate.settled(),
@@ -283,16 +367,11 @@ mod tests {
     async fn an_order_compensated_elsewhere_is_never_placed() {
         let c = consumer();
         let a = order("u1");
+        let note = FateNote::default();
+        let fate = c.store.record_fate(&a, OrderStatus::Compensated, &note);
+        assert_eq!(fate.await.unwrap(), Fate::Won);
         assert_eq!(
-            c.store
-                .record_fate(&a, OrderStatus::Compensated)
-                .await
-                .unwrap(),
-            Fate::Won
-        );
-        let r = record("late", &serde_json::to_string(&a).unwrap());
-        assert_eq!(
-            c.process(&r).await,
+            c.process(&record("late", &a)).await,
             Outcome::Duplicate(OrderStatus::Compensated)
         );
         assert_eq!(
@@ -300,5 +379,8 @@ mod tests {
             Some(OrderStatus::Compensated)
         );
         assert!(c.gate.settled().is_empty());
+        assert_eq!(c.store.remaining(&a.product_id), Some(10));
+        // Redis follows DynamoDB: the compensation's restock (idempotent).
+        assert_eq!(c.gate.restocked(), vec![a.request_id.clone()]);
     }
 }

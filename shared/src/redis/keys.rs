@@ -4,6 +4,10 @@
 
 use crate::domain::{IdempotencyKey, ProductId, RequestId, UserId};
 
+/// Set of every warmed product, for the outbox sweeper. The only key without
+/// a hash tag: no script touches it, it is written by its own command.
+pub const PRODUCTS: &str = "fs:products";
+
 pub struct Keys {
     prefix: String,
 }

@@ -164,13 +164,27 @@ impl RedisGate {
     }
 }
 
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn order_message(id: &RequestId, fields: &[(String, String)]) -> Option<OrderMessage> {
+    let get = |name: &str| field(fields, name);
+    Some(OrderMessage {
+        v: OrderMessage::VERSION,
+        request_id: id.clone(),
+        product_id: id.product(),
+        user_id: UserId::parse(get("user")?).ok()?,
+        quantity: Quantity::new(get("qty")?.parse().ok()?).ok()?,
+        admitted_at: get("admitted_at")?.parse().ok()?,
+    })
+}
+
 fn request_view(id: &RequestId, fields: Vec<(String, String)>) -> Option<RequestView> {
-    let get = |name: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |name: &str| field(&fields, name);
     Some(RequestView {
         request_id: id.clone(),
         product_id: id.product(),
@@ -266,12 +280,7 @@ impl StockGate for RedisGate {
         Ok(changed == 1)
     }
 
-    async fn restock(
-        &self,
-        msg: &OrderMessage,
-        status: OrderStatus,
-        release_buyer: bool,
-    ) -> PortResult<bool> {
+    async fn restock(&self, msg: &OrderMessage) -> PortResult<bool> {
         let k = keys::Keys::new(&msg.product_id);
         let mut c = self.conn().await?;
         let done: i64 = self
@@ -287,8 +296,6 @@ impl StockGate for RedisGate {
             .arg(msg.request_id.as_str())
             .arg(msg.user_id.as_str())
             .arg(msg.quantity.get())
-            .arg(status.as_str())
-            .arg(if release_buyer { "1" } else { "0" })
             .arg(STATE_TTL_SECS)
             .arg(msg.admitted_at)
             .invoke_async(&mut c)
@@ -315,6 +322,14 @@ impl StockGate for RedisGate {
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;
+        if code == "warmed" {
+            redis::cmd("SADD")
+                .arg(keys::PRODUCTS)
+                .arg(p.product_id.as_str())
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(classify)?;
+        }
         match code.as_str() {
             "warmed" => Ok(Warm::Warmed { stock_left: left }),
             "started" => Ok(Warm::AlreadyStarted { stock_left: left }),
@@ -353,7 +368,73 @@ impl StockGate for RedisGate {
             placed: n(1),
             rejected: n(2),
             compensated: n(3),
+            restocked: n(4),
             pending,
         }))
+    }
+
+    async fn products(&self) -> PortResult<Vec<ProductId>> {
+        let mut c = self.conn().await?;
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::PRODUCTS)
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| ProductId::parse(id).ok())
+            .collect())
+    }
+
+    async fn pending_before(
+        &self,
+        product: &ProductId,
+        cutoff_ms: i64,
+        offset: usize,
+        limit: usize,
+    ) -> PortResult<Vec<OrderMessage>> {
+        let k = keys::Keys::new(product);
+        let mut c = self.conn().await?;
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(k.pending())
+            .arg("-inf")
+            .arg(cutoff_ms)
+            .arg("LIMIT")
+            .arg(offset)
+            .arg(limit)
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        let ids: Vec<RequestId> = ids
+            .iter()
+            .filter_map(|id| RequestId::parse(id).ok())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(k.req(id));
+        }
+        let states: Vec<Vec<(String, String)>> =
+            pipe.query_async(&mut c).await.map_err(classify)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, fields) in ids.into_iter().zip(states) {
+            match order_message(&id, &fields) {
+                Some(msg) => out.push(msg),
+                // Expired or corrupt state: nothing to re-publish; an audit shows it.
+                None => tracing::warn!(request_id = %id, "pending request has no usable state"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn now_ms(&self) -> PortResult<i64> {
+        let mut c = self.conn().await?;
+        let (secs, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(secs * 1000 + micros / 1000)
     }
 }

@@ -3,10 +3,12 @@
 
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
 use shared::aws::{DynamoStore, SqsQueue};
+use shared::faults::FaultPlan;
 use shared::redis::{RedisGate, RedisSettings};
 use tools::client::Api;
 use tools::provision::{self, Names, Provisioned};
@@ -48,27 +50,64 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &id[..10])
 }
 
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Short in tests that watch redeliveries.
+    pub visibility_timeout: u32,
+    pub sweep_after_ms: i64,
+    pub faults: Arc<FaultPlan>,
+    pub pollers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            visibility_timeout: 30,
+            sweep_after_ms: 60_000,
+            faults: FaultPlan::none(),
+            pollers: 3,
+        }
+    }
+}
+
 impl TestStack {
-    /// `visibility_timeout` is short in tests that watch redeliveries.
     pub async fn start(hint: &str, visibility_timeout: u32) -> Self {
+        Self::start_with(
+            hint,
+            Options {
+                visibility_timeout,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn start_with(hint: &str, opts: Options) -> Self {
         let redis_url = require_env("FLASHSALE_REDIS_URL");
         require_env("AWS_ENDPOINT_URL_SQS");
         require_env("AWS_ENDPOINT_URL_DYNAMODB");
         let sdk = shared::aws::load_sdk_config().await;
-        let names =
-            provision::provision(&sdk, &Names::with_prefix(&unique(hint)), visibility_timeout)
-                .await
-                .expect("provisioning queues and table on the emulators");
+        let names = provision::provision(
+            &sdk,
+            &Names::with_prefix(&unique(hint)),
+            opts.visibility_timeout,
+        )
+        .await
+        .expect("provisioning queues and table on the emulators");
         let config = RunnerConfig {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             redis: redis_settings(redis_url),
             table: names.table.clone(),
             orders_queue_url: names.orders_queue_url.clone(),
+            orders_dlq_url: names.orders_dlq_url.clone(),
             admin_token: Some(ADMIN_TOKEN.into()),
             insecure_user_from_body: true,
-            pollers: 3,
+            pollers: opts.pollers,
             consumer_concurrency: 10,
             wait_time_secs: 1,
+            sweep_every: Duration::from_millis(500),
+            sweep_after_ms: opts.sweep_after_ms,
+            faults: opts.faults,
         };
         let running = runner::start(config.clone(), &sdk)
             .await

@@ -1,0 +1,321 @@
+//! Compensation, fed by the orders DLQ: a message lands here only after the
+//! consumer failed it `maxReceiveCount` times. Its fate is decided by the
+//! same key as placement: write `ORDER#<request_id>` as COMPENSATED if it
+//! does not exist. If that write wins, the units go back to Redis (once per
+//! request id) and the buyer is released. If the order already exists, Redis
+//! is only brought in line: a placed unit is never restocked. Failures are
+//! reported per record; after this queue's own `maxReceiveCount` they park
+//! in the compensation DLQ for an operator.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use futures::StreamExt;
+use tracing::Instrument;
+
+use shared::domain::{OrderMessage, OrderStatus};
+use shared::error::InfraError;
+use shared::ports::{Fate, FateNote, OrderStore, StockGate};
+
+pub struct Compensation<G, S> {
+    pub gate: G,
+    pub store: S,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// This call decided COMPENSATED and put the units back.
+    Compensated,
+    /// The fate was decided before (placed, rejected or compensated): Redis
+    /// was brought in line, nothing restocked twice.
+    AlreadyDecided(OrderStatus),
+    /// Not an order message: parked untouched for an operator.
+    Poison,
+    Failed,
+}
+
+fn attr_i64(record: &SqsMessage, name: &str) -> Option<i64> {
+    record.attributes.get(name)?.parse().ok()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl<G: StockGate, S: OrderStore> Compensation<G, S> {
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let failed: Vec<String> = futures::stream::iter(event.records)
+            .map(|record| async move {
+                let outcome = self.process(&record).await;
+                (record.message_id, outcome)
+            })
+            .buffer_unordered(self.concurrency.max(1))
+            .filter_map(|(id, outcome)| async move {
+                matches!(outcome, Outcome::Poison | Outcome::Failed).then(|| id.unwrap_or_default())
+            })
+            .collect()
+            .await;
+        let mut response = SqsBatchResponse::default();
+        response.batch_item_failures = failed
+            .into_iter()
+            .map(|id| {
+                let mut f = BatchItemFailure::default();
+                f.item_identifier = id;
+                f
+            })
+            .collect();
+        response
+    }
+
+    pub async fn process(&self, record: &SqsMessage) -> Outcome {
+        let message_id = record.message_id.as_deref().unwrap_or("");
+        let msg = match OrderMessage::from_json(record.body.as_deref().unwrap_or("")) {
+            Ok(m) => m,
+            Err(e) => {
+                metrics::counter!("flashsale_compensation_poison_total").increment(1);
+                tracing::error!(message_id, error = %e, "cannot compensate: not an order message");
+                return Outcome::Poison;
+            }
+        };
+        let traceparent = record
+            .message_attributes
+            .get("traceparent")
+            .and_then(|a| a.string_value.as_deref())
+            .unwrap_or("");
+        let span = tracing::info_span!(
+            "compensation",
+            request_id = %msg.request_id,
+            product_id = %msg.product_id,
+            trace_id = shared::telemetry::trace_id(traceparent),
+            message_id,
+        );
+        let note = FateNote {
+            reason: "orders queue gave up: delivery retries exhausted".into(),
+            receive_count: attr_i64(record, "ApproximateReceiveCount").unwrap_or(0) as u32,
+            first_failure_ms: attr_i64(record, "ApproximateFirstReceiveTimestamp"),
+            last_failure_ms: Some(now_ms()),
+        };
+        async {
+            match self.compensate(&msg, &note).await {
+                Ok(outcome) => {
+                    tracing::info!(?outcome, "compensation processed");
+                    outcome
+                }
+                Err(e) => {
+                    metrics::counter!("flashsale_compensation_failures_total").increment(1);
+                    tracing::warn!(error = %e, transient = e.is_transient(), "compensation will be retried");
+                    Outcome::Failed
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn compensate(&self, msg: &OrderMessage, note: &FateNote) -> Result<Outcome, InfraError> {
+        match self
+            .store
+            .record_fate(msg, OrderStatus::Compensated, note)
+            .await?
+        {
+            Fate::Won => {
+                self.gate.restock(msg).await?;
+                metrics::counter!("flashsale_compensations_total").increment(1);
+                Ok(Outcome::Compensated)
+            }
+            Fate::Exists(status) => {
+                match status {
+                    // Restock is idempotent: finishing an earlier attempt.
+                    OrderStatus::Compensated => {
+                        self.gate.restock(msg).await?;
+                    }
+                    OrderStatus::Placed | OrderStatus::Pending => {
+                        self.gate.settle(msg, OrderStatus::Placed).await?;
+                    }
+                    OrderStatus::Rejected => {
+                        self.gate.settle(msg, OrderStatus::Rejected).await?;
+                    }
+                }
+                Ok(Outcome::AlreadyDecided(status))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use order_consumer::Consumer;
+    use shared::domain::{ProductId, Quantity, RequestId, UserId};
+    use shared::fakes::{FakeGate, FakeStore};
+    use shared::faults::FaultPlan;
+
+    type Shared = (Arc<FakeGate>, Arc<FakeStore>);
+
+    fn shared_ports() -> Shared {
+        (
+            Arc::new(FakeGate::default()),
+            Arc::new(FakeStore::default().with_stock("p1", 10)),
+        )
+    }
+
+    fn compensation((gate, store): &Shared) -> Compensation<Arc<FakeGate>, Arc<FakeStore>> {
+        Compensation {
+            gate: gate.clone(),
+            store: store.clone(),
+            concurrency: 4,
+        }
+    }
+
+    fn consumer((gate, store): &Shared) -> Consumer<Arc<FakeGate>, Arc<FakeStore>> {
+        Consumer {
+            gate: gate.clone(),
+            store: store.clone(),
+            concurrency: 4,
+            faults: FaultPlan::none(),
+        }
+    }
+
+    fn order(user: &str) -> OrderMessage {
+        let p = ProductId::parse("p1").unwrap();
+        OrderMessage {
+            v: 1,
+            request_id: RequestId::new(&p),
+            product_id: p,
+            user_id: UserId::parse(user).unwrap(),
+            quantity: Quantity::new(1).unwrap(),
+            admitted_at: 1,
+        }
+    }
+
+    fn record(id: &str, body: &str) -> SqsMessage {
+        let mut m = SqsMessage::default();
+        m.message_id = Some(id.into());
+        m.body = Some(body.into());
+        m.attributes
+            .insert("ApproximateReceiveCount".into(), "1".into());
+        m.attributes.insert(
+            "ApproximateFirstReceiveTimestamp".into(),
+            "1700000000000".into(),
+        );
+        m
+    }
+
+    fn json(msg: &OrderMessage) -> String {
+        serde_json::to_string(msg).unwrap()
+    }
+
+    #[tokio::test]
+    async fn compensates_once_and_records_why() {
+        let ports = shared_ports();
+        let c = compensation(&ports);
+        let a = order("u1");
+        let r = record("d1", &json(&a));
+        assert_eq!(c.process(&r).await, Outcome::Compensated);
+        assert_eq!(
+            c.process(&r).await,
+            Outcome::AlreadyDecided(OrderStatus::Compensated)
+        );
+        assert_eq!(ports.0.restocked(), vec![a.request_id.clone()]);
+        let note = ports.1.notes.lock().unwrap()[&a.request_id].clone();
+        assert_eq!(note.receive_count, 1);
+        assert_eq!(note.first_failure_ms, Some(1_700_000_000_000));
+        assert!(note.last_failure_ms.is_some());
+        assert!(note.reason.contains("retries exhausted"));
+    }
+
+    #[tokio::test]
+    async fn a_placed_order_is_never_restocked() {
+        let ports = shared_ports();
+        let a = order("u1");
+        let consumed = consumer(&ports).process(&record("m1", &json(&a))).await;
+        assert_eq!(consumed, order_consumer::Outcome::Placed);
+        let c = compensation(&ports);
+        assert_eq!(
+            c.process(&record("d1", &json(&a))).await,
+            Outcome::AlreadyDecided(OrderStatus::Placed)
+        );
+        assert!(ports.0.restocked().is_empty());
+        assert_eq!(ports.1.status_of(&a.request_id), Some(OrderStatus::Placed));
+    }
+
+    #[tokio::test]
+    async fn compensation_racing_a_late_duplicate_delivery_decides_once() {
+        // Both orders of arrival, interleaved at every port call: exactly one
+        // fate, and the unit is restocked if and only if it is COMPENSATED.
+        let mut fates = std::collections::HashSet::new();
+        for round in 0..200 {
+            let ports = shared_ports();
+            let a = order(&format!("u{round}"));
+            let body = json(&a);
+            let (comp, cons) = (compensation(&ports), consumer(&ports));
+            let (r1, r2) = (record("dlq", &body), record("late", &body));
+            let (c_out, s_out) = if round % 2 == 0 {
+                tokio::join!(comp.process(&r1), cons.process(&r2))
+            } else {
+                let (s, c) = tokio::join!(cons.process(&r2), comp.process(&r1));
+                (c, s)
+            };
+            let fate = ports.1.status_of(&a.request_id).unwrap();
+            let restocked = ports.0.restocked();
+            match fate {
+                OrderStatus::Compensated => {
+                    assert_eq!(c_out, Outcome::Compensated);
+                    assert_eq!(
+                        s_out,
+                        order_consumer::Outcome::Duplicate(OrderStatus::Compensated)
+                    );
+                    assert_eq!(restocked, vec![a.request_id.clone()]);
+                    assert_eq!(ports.1.remaining(&a.product_id), Some(10));
+                }
+                OrderStatus::Placed => {
+                    assert_eq!(s_out, order_consumer::Outcome::Placed);
+                    assert_eq!(c_out, Outcome::AlreadyDecided(OrderStatus::Placed));
+                    assert!(restocked.is_empty());
+                    assert_eq!(ports.1.remaining(&a.product_id), Some(9));
+                }
+                other => panic!("unexpected fate {other:?}"),
+            }
+            fates.insert(fate);
+        }
+        assert_eq!(fates.len(), 2, "both winners were exercised");
+    }
+
+    #[tokio::test]
+    async fn failures_are_reported_per_record() {
+        let ports = shared_ports();
+        let c = compensation(&ports);
+        let (a, b) = (order("u1"), order("u2"));
+        ports.0.failures.fail_next(1);
+        let mut event = SqsEvent::default();
+        event.records = vec![record("a", &json(&a)), record("junk", "not an order")];
+        let resp = c.handle(event).await;
+        let mut failed: Vec<&str> = resp
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        failed.sort();
+        // The Redis failure after the fate was decided retries; the junk parks.
+        assert_eq!(failed, vec!["a", "junk"]);
+        assert_eq!(
+            ports.1.status_of(&a.request_id),
+            Some(OrderStatus::Compensated)
+        );
+        assert_eq!(
+            c.process(&record("a", &json(&a))).await,
+            Outcome::AlreadyDecided(OrderStatus::Compensated)
+        );
+        assert_eq!(ports.0.restocked(), vec![a.request_id.clone()]);
+        assert_eq!(
+            c.process(&record("b", &json(&b))).await,
+            Outcome::Compensated
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! Fault injection for chaos runs: a decorator around each port that makes
+//! a chosen fraction of calls fail with a transient error. Switched on only
+//! by `FLASHSALE_FAULTS` (e.g. `store.put:0.05,queue.send:0.02,
+//! consumer.crash_after_write:0.01`); nothing in a request can enable it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::domain::{
+    Admission, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase, RequestId,
+    RequestView,
+};
+use crate::error::{ConfigError, InfraError};
+use crate::ports::{
+    Fate, FateNote, OrderQueue, OrderStore, Placement, PortResult, StockGate, Warm,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// Every Redis call of the stock gate.
+    RedisCall,
+    /// SQS sends (deduct, sweeper).
+    QueueSend,
+    /// DynamoDB writes (place, record a fate, create a product).
+    StorePut,
+    /// DynamoDB reads.
+    StoreGet,
+    /// The consumer dies after its DynamoDB write, before acknowledging.
+    CrashAfterWrite,
+}
+
+const POINTS: [(FaultPoint, &str); 5] = [
+    (FaultPoint::RedisCall, "redis.call"),
+    (FaultPoint::QueueSend, "queue.send"),
+    (FaultPoint::StorePut, "store.put"),
+    (FaultPoint::StoreGet, "store.get"),
+    (FaultPoint::CrashAfterWrite, "consumer.crash_after_write"),
+];
+
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    rates: [f64; POINTS.len()],
+    injected: AtomicU64,
+}
+
+fn index(p: FaultPoint) -> usize {
+    POINTS.iter().position(|(q, _)| *q == p).unwrap_or(0)
+}
+
+impl FaultPlan {
+    pub fn none() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let mut plan = Self::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = || {
+                ConfigError(format!(
+                    "FLASHSALE_FAULTS entry {part:?} must be <point>:<rate in 0..1> with point one of {}",
+                    POINTS.map(|(_, n)| n).join(", ")
+                ))
+            };
+            let (name, rate) = part.split_once(':').ok_or_else(bad)?;
+            let i = POINTS
+                .iter()
+                .position(|(_, n)| *n == name)
+                .ok_or_else(bad)?;
+            let rate: f64 = rate.parse().map_err(|_| bad())?;
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(bad());
+            }
+            plan.rates[i] = rate;
+        }
+        Ok(plan)
+    }
+
+    /// The plan of `FLASHSALE_FAULTS`, or none.
+    pub fn from_env() -> Result<Arc<Self>, ConfigError> {
+        match std::env::var("FLASHSALE_FAULTS") {
+            Ok(spec) if !spec.trim().is_empty() => {
+                let plan = Self::parse(&spec)?;
+                tracing::warn!(faults = spec, "FAULT INJECTION IS ON");
+                Ok(Arc::new(plan))
+            }
+            _ => Ok(Self::none()),
+        }
+    }
+
+    /// Rolls the dice for one call at `point`.
+    pub fn hit(&self, point: FaultPoint) -> bool {
+        let rate = self.rates[index(point)];
+        let hit = rate > 0.0 && fastrand::f64() < rate;
+        if hit {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    fn check(&self, point: FaultPoint, service: &'static str) -> PortResult<()> {
+        if self.hit(point) {
+            Err(InfraError::transient(
+                service,
+                format!("fault injected at {}", POINTS[index(point)].1),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Faults injected so far by this process.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+}
+
+/// A port with faults injected in front of it.
+#[derive(Clone)]
+pub struct Faulty<T> {
+    pub inner: T,
+    plan: Arc<FaultPlan>,
+}
+
+impl<T> Faulty<T> {
+    pub fn new(inner: T, plan: Arc<FaultPlan>) -> Self {
+        Self { inner, plan }
+    }
+}
+
+impl<T: StockGate> StockGate for Faulty<T> {
+    async fn admit(&self, p: &Purchase) -> PortResult<Admission> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.admit(p).await
+    }
+    async fn request(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.request(id).await
+    }
+    async fn settle(&self, msg: &OrderMessage, status: OrderStatus) -> PortResult<bool> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.settle(msg, status).await
+    }
+    async fn restock(&self, msg: &OrderMessage) -> PortResult<bool> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.restock(msg).await
+    }
+    async fn warm(&self, product: &Product, force: bool) -> PortResult<Warm> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.warm(product, force).await
+    }
+    async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.stats(product).await
+    }
+    async fn products(&self) -> PortResult<Vec<ProductId>> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.products().await
+    }
+    async fn pending_before(
+        &self,
+        product: &ProductId,
+        cutoff_ms: i64,
+        offset: usize,
+        limit: usize,
+    ) -> PortResult<Vec<OrderMessage>> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner
+            .pending_before(product, cutoff_ms, offset, limit)
+            .await
+    }
+    async fn now_ms(&self) -> PortResult<i64> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.now_ms().await
+    }
+}
+
+impl<T: OrderQueue> OrderQueue for Faulty<T> {
+    async fn send(&self, msg: &OrderMessage, traceparent: &str) -> PortResult<()> {
+        self.plan.check(FaultPoint::QueueSend, "sqs")?;
+        self.inner.send(msg, traceparent).await
+    }
+    async fn send_batch(&self, msgs: &[OrderMessage]) -> PortResult<Vec<RequestId>> {
+        self.plan.check(FaultPoint::QueueSend, "sqs")?;
+        self.inner.send_batch(msgs).await
+    }
+}
+
+impl<T: OrderStore> OrderStore for Faulty<T> {
+    async fn place(&self, msg: &OrderMessage) -> PortResult<Placement> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.place(msg).await
+    }
+    async fn record_fate(
+        &self,
+        msg: &OrderMessage,
+        status: OrderStatus,
+        note: &FateNote,
+    ) -> PortResult<Fate> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.record_fate(msg, status, note).await
+    }
+    async fn order(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.order(id).await
+    }
+    async fn create_product(&self, product: &Product) -> PortResult<bool> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.create_product(product).await
+    }
+    async fn product(&self, id: &ProductId) -> PortResult<Option<Product>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.product(id).await
+    }
+    async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.orders_of(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_spec_and_refuses_typos() {
+        let plan =
+            FaultPlan::parse("store.put:0.05,queue.send:0.02,consumer.crash_after_write:0.01")
+                .unwrap();
+        assert_eq!(plan.rates[index(FaultPoint::StorePut)], 0.05);
+        assert_eq!(plan.rates[index(FaultPoint::RedisCall)], 0.0);
+        for bad in ["store.pt:0.1", "store.put", "store.put:2", "queue.send:x"] {
+            assert!(FaultPlan::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rates_are_roughly_honoured_and_counted() {
+        let plan = FaultPlan::parse("store.put:0.25").unwrap();
+        let hits = (0..10_000)
+            .filter(|_| plan.hit(FaultPoint::StorePut))
+            .count();
+        assert!((2_000..3_000).contains(&hits), "{hits}");
+        assert_eq!(plan.injected(), hits as u64);
+        assert!(!(0..1000).any(|_| plan.hit(FaultPoint::QueueSend)));
+        assert!(!(0..1000).any(|_| FaultPlan::default().hit(FaultPoint::StorePut)));
+    }
+}
