@@ -1,6 +1,7 @@
 # Two entry points: `make demo` (a sale on the local stack) and `make test`
 # (everything CI checks). Both install what is missing first.
 SHELL := /bin/bash
+CHAOS ?= 0
 CARGO_TARGET_DIR ?= $(HOME)/.cache/flashsale-target
 export CARGO_TARGET_DIR
 NEXTEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo "nextest run" || echo test)
@@ -14,7 +15,7 @@ build:
 	@cargo build -q --workspace --bins
 
 demo: setup build
-	@STACK_DIR=$(CURDIR)/.stack localstack/with-stack.sh scripts/demo.sh
+	@CHAOS=$(CHAOS) STACK_DIR=$(CURDIR)/.stack localstack/with-stack.sh scripts/demo.sh
 
 lint:
 	cargo fmt --all --check

@@ -2,13 +2,25 @@
 # The demo sale: provisions queues and table, starts the local runner in the
 # background, runs `flashsale demo` against it. Expects the stack's env
 # (run through localstack/with-stack.sh). The last line is the SUMMARY.
+# CHAOS=1 injects faults into every port and makes Redis lose 20 decrements
+# mid-sale; the books must still balance.
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/debug/flashsale"
 addr="${FLASHSALE_HTTP_ADDR:-127.0.0.1:3000}"
 export FLASHSALE_HTTP_ADDR="$addr"
 export FLASHSALE_INSECURE_USER_FROM_BODY=1
 export FLASHSALE_ADMIN_TOKEN="${FLASHSALE_ADMIN_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
-eval "$("$bin" provision)"
+export FLASHSALE_SWEEP_EVERY_MS="${FLASHSALE_SWEEP_EVERY_MS:-1000}"
+visibility=30
+args=(--base-url "http://$addr")
+if [ "${CHAOS:-0}" = 1 ]; then
+  export FLASHSALE_FAULTS="${FLASHSALE_FAULTS:-store.put:0.05,queue.send:0.02,consumer.crash_after_write:0.01}"
+  export FLASHSALE_SWEEP_AFTER_MS="${FLASHSALE_SWEEP_AFTER_MS:-3000}"
+  visibility=2
+  args+=(--lose-decrements 20)
+  echo "chaos: FLASHSALE_FAULTS=$FLASHSALE_FAULTS, Redis loses 20 decrements mid-sale" >&2
+fi
+eval "$("$bin" provision --visibility-timeout "$visibility")"
 "$bin" serve >"$STACK_DIR/runner.log" 2>&1 &
 echo $! >"$STACK_DIR/runner.pid"
 for _ in $(seq 1 100); do
@@ -16,7 +28,6 @@ for _ in $(seq 1 100); do
   kill -0 "$(cat "$STACK_DIR/runner.pid")" 2>/dev/null || { tail -n 20 "$STACK_DIR/runner.log" >&2; exit 1; }
   sleep 0.1
 done
-args=(--base-url "http://$addr")
 [ "${DEMO_BUYERS:-}" ] && args+=(--buyers "$DEMO_BUYERS")
 [ "${DEMO_STOCK:-}" ] && args+=(--stock "$DEMO_STOCK")
 echo "runner log: $STACK_DIR/runner.log" >&2

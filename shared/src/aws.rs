@@ -251,29 +251,6 @@ impl DynamoStore {
         self.conflicts.load(Ordering::Relaxed)
     }
 
-    /// The product's stock ledger: (units remaining, units sold).
-    pub async fn ledger(&self, id: &ProductId) -> PortResult<Option<(i64, i64)>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(table::PK, s(table::product(id.as_str())))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify("dynamodb", e))?;
-        Ok(out
-            .item()
-            .and_then(|i| Some((get_n(i, "remaining")?, get_n(i, "sold")?))))
-    }
-
-    pub fn client(&self) -> &aws_sdk_dynamodb::Client {
-        &self.client
-    }
-    pub fn table(&self) -> &str {
-        &self.table
-    }
-
     fn order_item(msg: &OrderMessage, status: OrderStatus) -> Item {
         let now = unix_ms(time::OffsetDateTime::now_utc());
         HashMap::from([
@@ -508,5 +485,19 @@ impl OrderStore for DynamoStore {
             orders.push(order_view(&item)?);
         }
         Ok(orders)
+    }
+
+    async fn stock_ledger(&self, id: &ProductId) -> PortResult<Option<i64>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(table::PK, s(table::product(id.as_str())))
+            .consistent_read(true)
+            .projection_expression("remaining")
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb", e))?;
+        Ok(out.item().and_then(|i| get_n(i, "remaining")))
     }
 }

@@ -128,15 +128,22 @@ impl StockGate for FakeGate {
             stock_left: i64::from(product.stock),
         })
     }
-    async fn stats(&self, _: &ProductId) -> PortResult<Option<ProductStats>> {
+    async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
         self.failures.check("redis").await?;
-        Ok(lock(&self.stats).clone())
+        let pending = lock(&self.pending)
+            .iter()
+            .filter(|m| m.product_id == *product)
+            .count() as i64;
+        Ok(lock(&self.stats)
+            .clone()
+            .map(|s| ProductStats { pending, ..s }))
     }
     async fn products(&self) -> PortResult<Vec<ProductId>> {
         self.failures.check("redis").await?;
         let mut ids: Vec<ProductId> = lock(&self.pending)
             .iter()
             .map(|m| m.product_id.clone())
+            .chain(lock(&self.warmed).iter().map(|(p, _)| p.product_id.clone()))
             .collect();
         ids.sort();
         ids.dedup();
@@ -161,6 +168,23 @@ impl StockGate for FakeGate {
     async fn now_ms(&self) -> PortResult<i64> {
         self.failures.check("redis").await?;
         Ok(self.now_ms.load(Ordering::SeqCst))
+    }
+    async fn resync(
+        &self,
+        product: &ProductId,
+        remaining: i64,
+        placed_seen: i64,
+    ) -> PortResult<Option<i64>> {
+        self.failures.check("redis").await?;
+        let busy = lock(&self.pending).iter().any(|m| m.product_id == *product);
+        let mut stats = lock(&self.stats);
+        let stats = stats.get_or_insert_with(ProductStats::default);
+        if busy || stats.placed != placed_seen {
+            return Ok(None);
+        }
+        let drift = remaining - stats.stock_left;
+        stats.stock_left = remaining;
+        Ok(Some(drift))
     }
 }
 
@@ -280,5 +304,9 @@ impl OrderStore for FakeStore {
             .filter(|o| o.product_id == *id)
             .cloned()
             .collect())
+    }
+    async fn stock_ledger(&self, id: &ProductId) -> PortResult<Option<i64>> {
+        self.failures.check("dynamodb").await?;
+        Ok(self.remaining(id))
     }
 }

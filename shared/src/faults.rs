@@ -172,6 +172,15 @@ impl<T: StockGate> StockGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.now_ms().await
     }
+    async fn resync(
+        &self,
+        product: &ProductId,
+        remaining: i64,
+        placed_seen: i64,
+    ) -> PortResult<Option<i64>> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.resync(product, remaining, placed_seen).await
+    }
 }
 
 impl<T: OrderQueue> OrderQueue for Faulty<T> {
@@ -214,6 +223,10 @@ impl<T: OrderStore> OrderStore for Faulty<T> {
     async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
         self.inner.orders_of(id).await
+    }
+    async fn stock_ledger(&self, id: &ProductId) -> PortResult<Option<i64>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.stock_ledger(id).await
     }
 }
 

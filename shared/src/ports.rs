@@ -71,6 +71,16 @@ pub trait StockGate: Send + Sync {
 
     /// Redis server time in ms: the clock admission times are written in.
     fn now_ms(&self) -> impl Future<Output = PortResult<i64>> + Send;
+
+    /// Sets the shelf to the DynamoDB ledger's `remaining` if nothing is in
+    /// flight (no request pending, `placed` still `placed_seen`). Returns the
+    /// correction applied, or None when it was busy and changed nothing.
+    fn resync(
+        &self,
+        product: &ProductId,
+        remaining: i64,
+        placed_seen: i64,
+    ) -> impl Future<Output = PortResult<Option<i64>>> + Send;
 }
 
 /// The orders queue (SQS).
@@ -149,6 +159,9 @@ pub trait OrderStore: Send + Sync {
         &self,
         id: &ProductId,
     ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send;
+
+    /// The stock ledger's units remaining, read consistently; None without a product.
+    fn stock_ledger(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<i64>>> + Send;
 }
 
 // Shared ports: one adapter (or fake) behind several handlers.
@@ -200,6 +213,14 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
     fn now_ms(&self) -> impl Future<Output = PortResult<i64>> + Send {
         (**self).now_ms()
     }
+    fn resync(
+        &self,
+        product: &ProductId,
+        remaining: i64,
+        placed_seen: i64,
+    ) -> impl Future<Output = PortResult<Option<i64>>> + Send {
+        (**self).resync(product, remaining, placed_seen)
+    }
 }
 
 impl<T: OrderQueue> OrderQueue for std::sync::Arc<T> {
@@ -247,5 +268,8 @@ impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
         id: &ProductId,
     ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send {
         (**self).orders_of(id)
+    }
+    fn stock_ledger(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<i64>>> + Send {
+        (**self).stock_ledger(id)
     }
 }

@@ -219,16 +219,8 @@ async fn settle_is_forward_only_and_restock_happens_once() {
         panic!("not admitted")
     };
     let msg = OrderMessage::new(&a, admitted_at_ms);
-    assert!(
-        g.restock(&msg, OrderStatus::Compensated, true)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !g.restock(&msg, OrderStatus::Compensated, true)
-            .await
-            .unwrap()
-    );
+    assert!(g.restock(&msg).await.unwrap());
+    assert!(!g.restock(&msg).await.unwrap());
     assert!(!g.settle(&msg, OrderStatus::Placed).await.unwrap());
     let view = g.request(&a.request_id).await.unwrap().unwrap();
     assert_eq!(view.status, OrderStatus::Compensated);
@@ -260,4 +252,30 @@ async fn unreachable_redis_is_a_transient_error() {
     let p = unique("down");
     let err = g.admit(&purchase(&p, "u", 1, None)).await.unwrap_err();
     assert!(err.is_transient(), "{err}");
+}
+
+#[tokio::test]
+async fn resync_only_when_nothing_is_in_flight() {
+    let (g, p) = warmed(10, 1).await;
+    let a = purchase(&p, "alice", 1, None);
+    let Admission::Admitted { admitted_at_ms } = g.admit(&a).await.unwrap() else {
+        panic!("not admitted")
+    };
+    assert_eq!(
+        g.resync(&p, 5, 0).await.unwrap(),
+        None,
+        "a request is pending"
+    );
+    g.settle(&OrderMessage::new(&a, admitted_at_ms), OrderStatus::Placed)
+        .await
+        .unwrap();
+    assert_eq!(g.resync(&p, 5, 0).await.unwrap(), None, "placed moved on");
+    assert_eq!(g.resync(&p, 5, 1).await.unwrap(), Some(-4));
+    assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 5);
+    assert_eq!(g.resync(&p, 5, 1).await.unwrap(), Some(0));
+    // A forced re-warm keeps the corrected count.
+    assert_eq!(
+        g.warm(&product(&p, 10, 1, -1), true).await.unwrap(),
+        Warm::Warmed { stock_left: 5 }
+    );
 }

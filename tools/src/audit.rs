@@ -104,8 +104,8 @@ pub async fn audit(gate: &RedisGate, store: &DynamoStore, product: &ProductId) -
         .stats(product)
         .await?
         .with_context(|| format!("product {product} is not warmed in this Redis"))?;
-    let (ledger_remaining, _) = store
-        .ledger(product)
+    let ledger_remaining = store
+        .stock_ledger(product)
         .await?
         .with_context(|| format!("product {product} has no stock ledger in DynamoDB"))?;
     let mut a = Audit {

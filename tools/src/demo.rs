@@ -15,7 +15,7 @@ use shared::domain::ProductId;
 use shared::ports::StockGate;
 use shared::redis::RedisGate;
 
-use crate::client::Api;
+use crate::client::{Answer, Api};
 
 #[derive(Debug, Clone)]
 pub struct SaleSpec {
@@ -56,18 +56,16 @@ pub async fn create_and_warm(api: &Api, product: &str, stock: u32, limit: u32) -
         "starts_at": rfc3339(now - Duration::from_secs(1))?,
         "ends_at": rfc3339(now + Duration::from_secs(3600))?,
     });
-    let created = api
-        .admin("POST", "/api/admin/products", Some(&body))
-        .await?;
+    let created =
+        retry_unavailable(|| api.admin("POST", "/api/admin/products", Some(&body))).await?;
     ensure!(
         created.status == 201,
         "creating {product} answered {} {}",
         created.status,
         created.body
     );
-    let warmed = api
-        .admin("POST", &format!("/api/admin/products/{product}/warm"), None)
-        .await?;
+    let warm = format!("/api/admin/products/{product}/warm");
+    let warmed = retry_unavailable(|| api.admin("POST", &warm, None)).await?;
     ensure!(
         warmed.status == 200,
         "warming {product} answered {} {}",
@@ -75,6 +73,23 @@ pub async fn create_and_warm(api: &Api, product: &str, stock: u32, limit: u32) -
         warmed.body
     );
     Ok(())
+}
+
+/// Retries a call answered 503 (a transient failure), as a client should.
+async fn retry_unavailable<F, Fut>(call: F) -> Result<Answer>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Answer>>,
+{
+    let mut answer = call().await?;
+    for attempt in 1..5 {
+        if answer.status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+        answer = call().await?;
+    }
+    Ok(answer)
 }
 
 fn key(product: &str, buyer: usize, attempt: usize) -> String {

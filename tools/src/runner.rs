@@ -70,7 +70,7 @@ pub struct App {
     pub admin: Admin<Gate, Store>,
     pub consumer: Consumer<Gate, Store>,
     pub compensation: Compensation<Gate, Store>,
-    pub sweeper: Sweeper<Gate, Queue>,
+    pub sweeper: Sweeper<Gate, Queue, Store>,
     pub faults: Arc<FaultPlan>,
 }
 
@@ -104,12 +104,13 @@ impl App {
             },
             compensation: Compensation {
                 gate: gate.clone(),
-                store,
+                store: store.clone(),
                 concurrency: cfg.consumer_concurrency,
             },
             sweeper: Sweeper {
                 gate,
                 queue,
+                store,
                 older_than_ms: cfg.sweep_after_ms,
                 max_per_product: 10_000,
             },
@@ -142,6 +143,7 @@ impl App {
 
 pub struct Running {
     pub addr: SocketAddr,
+    pub app: Arc<App>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -197,6 +199,7 @@ pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
     tracing::info!(%addr, pollers = cfg.pollers, "local runner up");
     Ok(Running {
         addr,
+        app,
         shutdown,
         tasks,
     })

@@ -333,7 +333,7 @@ async fn duplicate_deliveries_of_a_placed_order_are_absorbed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_garbage_record_fails_alone_and_ends_in_the_dlq() {
+async fn a_garbage_record_fails_alone_and_parks_untouched() {
     // Short visibility timeout: redeliveries come fast enough to watch.
     let s = TestStack::start("poison", 1).await;
     let p = unique("poison");
@@ -380,7 +380,8 @@ async fn a_garbage_record_fails_alone_and_ends_in_the_dlq() {
     assert_eq!(failed, vec!["garbage"]);
 
     // Through the queue: the runner leaves it undeleted until the redrive
-    // policy (maxReceiveCount 5) moves it to the DLQ, untouched.
+    // policy (maxReceiveCount 5) moves it to the orders DLQ; compensation
+    // cannot read it either, so it parks in the compensation DLQ, untouched.
     let sqs = aws_sdk_sqs::Client::new(&s.sdk);
     sqs.send_message()
         .queue_url(&s.names.orders_queue_url)
@@ -392,7 +393,7 @@ async fn a_garbage_record_fails_alone_and_ends_in_the_dlq() {
     let parked = loop {
         let out = sqs
             .receive_message()
-            .queue_url(&s.names.orders_dlq_url)
+            .queue_url(&s.names.compensation_dlq_url)
             .wait_time_seconds(1)
             .send()
             .await
@@ -402,7 +403,7 @@ async fn a_garbage_record_fails_alone_and_ends_in_the_dlq() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "garbage never reached the DLQ"
+            "garbage never reached the parking lot"
         );
     };
     assert_eq!(parked.body.as_deref(), Some("definitely not an order"));

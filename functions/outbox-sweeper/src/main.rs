@@ -12,8 +12,9 @@ async fn main() -> Result<(), Error> {
         gate: Faulty::new(RedisGate::new(config::redis_settings()?), faults.clone()),
         queue: Faulty::new(
             aws::SqsQueue::new(&sdk, config::orders_queue_url()?),
-            faults,
+            faults.clone(),
         ),
+        store: Faulty::new(aws::DynamoStore::new(&sdk, config::table_name()), faults),
         older_than_ms: config::sweep_after()?.as_millis() as i64,
         max_per_product: 10_000,
     };

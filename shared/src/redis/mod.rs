@@ -70,6 +70,7 @@ struct Scripts {
     settle: Script,
     restock: Script,
     warm: Script,
+    resync: Script,
 }
 
 /// Cheap to clone: clones share one connection and the loaded scripts.
@@ -116,6 +117,7 @@ impl RedisGate {
                     settle: Script::new(include_str!("settle.lua")),
                     restock: Script::new(include_str!("restock.lua")),
                     warm: Script::new(include_str!("warm.lua")),
+                    resync: Script::new(include_str!("resync.lua")),
                 },
             }),
         }
@@ -351,7 +353,7 @@ impl StockGate for RedisGate {
             .get(k.stock())
             .hmget(
                 k.stats(),
-                &["admitted", "placed", "rejected", "compensated"],
+                &["admitted", "placed", "rejected", "compensated", "restocked"],
             )
             .zcard(k.pending())
             .query_async(&mut c)
@@ -436,5 +438,29 @@ impl StockGate for RedisGate {
             .await
             .map_err(classify)?;
         Ok(secs * 1000 + micros / 1000)
+    }
+
+    async fn resync(
+        &self,
+        product: &ProductId,
+        remaining: i64,
+        placed_seen: i64,
+    ) -> PortResult<Option<i64>> {
+        let k = keys::Keys::new(product);
+        let mut c = self.conn().await?;
+        let (code, drift): (String, i64) = self
+            .inner
+            .scripts
+            .resync
+            .key(k.stock())
+            .key(k.pending())
+            .key(k.stats())
+            .key(k.meta())
+            .arg(remaining)
+            .arg(placed_seen)
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok((code == "synced").then_some(drift))
     }
 }

@@ -1,0 +1,389 @@
+//! The failure path on the real stack: faults injected into every port, the
+//! outbox sweeper, DLQ compensation, the parking lot and its redrive, and
+//! audits that prove the books balance.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use time::OffsetDateTime;
+
+use common::{Options, TestStack, unique};
+use shared::domain::{
+    Admission, OrderMessage, OrderStatus, Product, ProductId, Purchase, Quantity, RequestId, UserId,
+};
+use shared::faults::FaultPlan;
+use shared::ports::{OrderStore, StockGate};
+use tools::audit::{Audit, audit};
+use tools::demo::{self, SaleSpec};
+
+fn product(id: &str, stock: u32) -> Product {
+    let now = OffsetDateTime::now_utc();
+    Product {
+        product_id: ProductId::parse(id).unwrap(),
+        name: "Chaos item".into(),
+        stock,
+        per_buyer_limit: 1,
+        starts_at: now - time::Duration::seconds(1),
+        ends_at: now + time::Duration::hours(1),
+    }
+}
+
+/// Creates and warms through the plain adapters, around any injected faults.
+async fn create_and_warm(s: &TestStack, id: &str, stock: u32) -> ProductId {
+    let p = product(id, stock);
+    assert!(s.store.create_product(&p).await.unwrap());
+    s.gate.warm(&p, false).await.unwrap();
+    p.product_id
+}
+
+/// Admits a request in Redis without enqueueing it: an order whose message
+/// went nowhere (or that the consumer could not place).
+async fn admit_silently(s: &TestStack, product: &ProductId, user: &str) -> OrderMessage {
+    let purchase = Purchase {
+        request_id: RequestId::new(product),
+        product_id: product.clone(),
+        user_id: UserId::parse(user).unwrap(),
+        quantity: Quantity::new(1).unwrap(),
+        idempotency_key: None,
+    };
+    let Admission::Admitted { admitted_at_ms } = s.gate.admit(&purchase).await.unwrap() else {
+        panic!("{user} not admitted")
+    };
+    OrderMessage::new(&purchase, admitted_at_ms)
+}
+
+async fn send_raw(s: &TestStack, queue_url: &str, msg: &OrderMessage) {
+    aws_sdk_sqs::Client::new(&s.sdk)
+        .send_message()
+        .queue_url(queue_url)
+        .message_body(serde_json::to_string(msg).unwrap())
+        .send()
+        .await
+        .unwrap();
+}
+
+fn message_of(o: &shared::domain::RequestView) -> OrderMessage {
+    OrderMessage {
+        v: 1,
+        request_id: o.request_id.clone(),
+        product_id: o.product_id.clone(),
+        user_id: o.user_id.clone(),
+        quantity: o.quantity,
+        admitted_at: 0,
+    }
+}
+
+/// Waits for pending requests and queues to drain, then for the sweeper's
+/// resync to make the books balance (or gives up and returns them).
+async fn settle_books(s: &TestStack, p: &ProductId, timeout: Duration) -> Audit {
+    let sqs = aws_sdk_sqs::Client::new(&s.sdk);
+    let queues = [
+        s.names.orders_queue_url.as_str(),
+        s.names.orders_dlq_url.as_str(),
+    ];
+    demo::wait_settled(&s.gate, Some(&sqs), &queues, p, timeout)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let books = audit(&s.gate, &s.store, p).await.unwrap();
+        if books.balanced() || Instant::now() > deadline {
+            return books;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chaos_sale_balances_the_books() {
+    let faults = Arc::new(
+        FaultPlan::parse("store.put:0.05,queue.send:0.02,consumer.crash_after_write:0.01").unwrap(),
+    );
+    let s = TestStack::start_with(
+        "chaos",
+        Options {
+            visibility_timeout: 2,
+            sweep_after_ms: 3_000,
+            faults: faults.clone(),
+            pollers: 4,
+        },
+    )
+    .await;
+    let id = unique("chaos");
+    let p = create_and_warm(&s, &id, 500).await;
+
+    // Ten orders that could not be placed go straight to the orders DLQ.
+    let mut lost = Vec::new();
+    for i in 0..10 {
+        let msg = admit_silently(&s, &p, &format!("lost-{i}")).await;
+        send_raw(&s, &s.names.orders_dlq_url, &msg).await;
+        lost.push(msg.request_id);
+    }
+
+    // The rush: 3,000 buyers, each twice; between the waves Redis loses 20
+    // acknowledged decrements (a failover to a lagging replica).
+    let spec = SaleSpec {
+        product: id.clone(),
+        stock: 500,
+        buyers: 3000,
+        concurrency: 64,
+        lose_decrements: 20,
+    };
+    let report = demo::run_sale(&s.api, &spec, Some(&s.gate)).await.unwrap();
+    assert_eq!(report.replays_mismatched, 0);
+
+    // Duplicate deliveries of placed orders, to the consumer and to
+    // compensation (which must not restock a sold unit).
+    demo::wait_drained(&s.gate, &p, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let placed: Vec<OrderMessage> = s
+        .store
+        .orders_of(&p)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|o| o.status == OrderStatus::Placed)
+        .map(message_of)
+        .collect();
+    for msg in placed.iter().take(50) {
+        send_raw(&s, &s.names.orders_queue_url, msg).await;
+    }
+    for msg in placed.iter().skip(50).take(10) {
+        send_raw(&s, &s.names.orders_dlq_url, msg).await;
+    }
+
+    let books = settle_books(&s, &p, Duration::from_secs(180)).await;
+    let conflicts = s.running.app.consumer.store.inner.transaction_conflicts();
+    println!(
+        "chaos figures: {books} faults_injected={} admitted_202={} transaction_conflicts={conflicts} answers={:?}",
+        faults.injected(),
+        report.admitted.len(),
+        report.by_status
+    );
+    assert!(books.placed <= 500);
+    assert_eq!(books.placed_units + books.stock_left, 500, "{books}");
+    assert_eq!(books.oversold, 0);
+    assert_eq!(books.duplicate_buyers, 0);
+    assert_eq!(books.pending, 0);
+    assert_eq!(
+        books.restocked, books.compensated,
+        "each compensation restocked once"
+    );
+    assert!(books.balanced(), "{:?}", books.problems());
+    assert!(faults.injected() > 0);
+
+    // Every admitted request id has exactly one decided order.
+    let decided: HashSet<RequestId> = s
+        .store
+        .orders_of(&p)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| {
+            assert_ne!(o.status, OrderStatus::Pending);
+            o.request_id
+        })
+        .collect();
+    assert_eq!(decided.len() as i64, books.admitted);
+    for (_, id) in &report.admitted {
+        assert!(
+            decided.contains(&RequestId::parse(id).unwrap()),
+            "{id} lost"
+        );
+    }
+    for id in &lost {
+        assert!(decided.contains(id), "{id} lost");
+    }
+    // The Redis loss was caught by the DynamoDB stock ledger.
+    assert!(books.rejected >= 1, "{books}");
+    s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_republishes_what_was_never_sent() {
+    let s = TestStack::start_with(
+        "sweep",
+        Options {
+            sweep_after_ms: 1_000,
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = unique("sweep");
+    let p = create_and_warm(&s, &id, 5).await;
+    // A deduct whose SQS send always fails still answers 202...
+    let broken = s.app_with(|c| {
+        c.faults = Arc::new(FaultPlan::parse("queue.send:1").unwrap());
+    });
+    let body = json!({ "product_id": id, "quantity": 1, "user_id": "u1" }).to_string();
+    let req = lambda_http::http::Request::builder()
+        .method("POST")
+        .uri("/api/flash-sale/buy")
+        .body(lambda_http::Body::from(body))
+        .unwrap();
+    let resp = broken.route(req).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let answer: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+    let request_id = RequestId::parse(answer["request_id"].as_str().unwrap()).unwrap();
+    assert_eq!(s.queue_depth(&s.names.orders_queue_url).await, 0);
+    // ...and the sweeper publishes it once it is overdue; the order lands.
+    demo::wait_drained(&s.gate, &p, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let order = s.store.order(&request_id).await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::Placed);
+    assert!(audit(&s.gate, &s.store, &p).await.unwrap().balanced());
+    s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_compensations_are_listed_and_redriven() {
+    let s = TestStack::start("park", 30).await;
+    let id = unique("park");
+    let p = create_and_warm(&s, &id, 5).await;
+    // Three orders whose compensation failed too often sit in the parking
+    // lot, next to a message nobody can read.
+    let mut msgs = Vec::new();
+    for i in 0..3 {
+        let msg = admit_silently(&s, &p, &format!("u{i}")).await;
+        send_raw(&s, &s.names.compensation_dlq_url, &msg).await;
+        msgs.push(msg);
+    }
+    aws_sdk_sqs::Client::new(&s.sdk)
+        .send_message()
+        .queue_url(&s.names.compensation_dlq_url)
+        .message_body("garbage")
+        .send()
+        .await
+        .unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&s.sdk);
+    let parked = tools::queues::parked(&sqs, &s.names.compensation_dlq_url, &s.store, 100)
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 4);
+    assert_eq!(
+        parked
+            .iter()
+            .filter(|p| p.reason.starts_with("poison"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        parked
+            .iter()
+            .filter(|p| p.reason.starts_with("no order decided"))
+            .count(),
+        3
+    );
+    // Listing consumed nothing.
+    assert_eq!(s.queue_depth(&s.names.compensation_dlq_url).await, 4);
+
+    let moved = tools::queues::redrive(
+        &s.sdk,
+        &s.names.compensation_dlq_url,
+        &s.names.orders_dlq_url,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, 4);
+    // Compensation decides the three; the garbage parks again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let decided = futures::future::join_all(msgs.iter().map(|m| s.store.order(&m.request_id)))
+            .await
+            .into_iter()
+            .filter(|o| matches!(o, Ok(Some(v)) if v.status == OrderStatus::Compensated))
+            .count();
+        if decided == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redriven compensations not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let books = audit(&s.gate, &s.store, &p).await.unwrap();
+    assert_eq!(
+        (books.compensated, books.restocked, books.stock_left),
+        (3, 3, 5)
+    );
+    assert!(books.balanced(), "{:?}", books.problems());
+    s.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_exits_non_zero_when_the_books_do_not_balance() {
+    let s = TestStack::start("recon", 30).await;
+    let id = unique("recon");
+    demo::create_and_warm(&s.api, &id, 3, 1).await.unwrap();
+    let a = s
+        .api
+        .buy(&json!({ "product_id": id, "user_id": "u1" }), None)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 202);
+    let p = ProductId::parse(id.as_str()).unwrap();
+    demo::wait_drained(&s.gate, &p, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let reconcile = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(["reconcile", "--product", &id])
+            .env("FLASHSALE_TABLE", &s.names.table)
+            .output()
+            .unwrap()
+    };
+    let ok = reconcile();
+    let out = String::from_utf8_lossy(&ok.stdout).to_string();
+    assert!(ok.status.success(), "{out}");
+    assert!(
+        out.contains("placed=1 stock_left=2") && out.contains("balanced=yes"),
+        "{out}"
+    );
+    // Redis loses a decrement while the runner's sweeper is stopped.
+    s.running.stop().await;
+    demo::lose_decrements(&s.gate, &id, 1).await.unwrap();
+    let bad = reconcile();
+    let out = String::from_utf8_lossy(&bad.stdout).to_string();
+    assert_eq!(bad.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("balanced=no") && out.contains("unbalanced:"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_resyncs_a_shelf_that_lost_decrements() {
+    let s = TestStack::start("resync", 30).await;
+    let id = unique("resync");
+    demo::create_and_warm(&s.api, &id, 5, 1).await.unwrap();
+    for user in ["u1", "u2"] {
+        let a = s
+            .api
+            .buy(&json!({ "product_id": id, "user_id": user }), None)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 202);
+    }
+    let p = ProductId::parse(id.as_str()).unwrap();
+    demo::wait_drained(&s.gate, &p, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // After the rush Redis forgets three decrements; nobody buys them.
+    demo::lose_decrements(&s.gate, &id, 3).await.unwrap();
+    assert_eq!(s.gate.stats(&p).await.unwrap().unwrap().stock_left, 6);
+    let books = settle_books(&s, &p, Duration::from_secs(30)).await;
+    assert_eq!(
+        (books.placed, books.stock_left, books.ledger_remaining),
+        (2, 3, 3)
+    );
+    assert!(books.balanced(), "{:?}", books.problems());
+    s.running.stop().await;
+}
