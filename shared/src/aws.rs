@@ -273,6 +273,20 @@ impl DynamoStore {
         ])
     }
 
+    /// A consistent read of one item by key.
+    async fn get(&self, pk: String) -> PortResult<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(table::PK, s(pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb", e))?;
+        Ok(out.item)
+    }
+
     async fn existing_status(&self, id: &RequestId) -> PortResult<OrderStatus> {
         self.order(id).await?.map(|o| o.status).ok_or_else(|| {
             InfraError::transient(
@@ -401,16 +415,11 @@ impl OrderStore for DynamoStore {
     }
 
     async fn order(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(table::PK, s(table::order(id.as_str())))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify("dynamodb", e))?;
-        out.item().map(order_view).transpose()
+        self.get(table::order(id.as_str()))
+            .await?
+            .as_ref()
+            .map(order_view)
+            .transpose()
     }
 
     async fn create_product(&self, p: &Product) -> PortResult<bool> {
@@ -442,18 +451,10 @@ impl OrderStore for DynamoStore {
     }
 
     async fn product(&self, id: &ProductId) -> PortResult<Option<Product>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(table::PK, s(table::product(id.as_str())))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify("dynamodb", e))?;
-        let Some(item) = out.item() else {
+        let Some(item) = self.get(table::product(id.as_str())).await? else {
             return Ok(None);
         };
+        let item = &item;
         let parse = || -> Option<Product> {
             Some(Product {
                 product_id: ProductId::parse(get_s(item, "product_id")?).ok()?,
@@ -488,16 +489,9 @@ impl OrderStore for DynamoStore {
     }
 
     async fn stock_ledger(&self, id: &ProductId) -> PortResult<Option<i64>> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(table::PK, s(table::product(id.as_str())))
-            .consistent_read(true)
-            .projection_expression("remaining")
-            .send()
-            .await
-            .map_err(|e| classify("dynamodb", e))?;
-        Ok(out.item().and_then(|i| get_n(i, "remaining")))
+        Ok(self
+            .get(table::product(id.as_str()))
+            .await?
+            .and_then(|i| get_n(&i, "remaining")))
     }
 }

@@ -3,6 +3,8 @@
 //! tested on a real Redis): the fake gate answers what a test scripts.
 
 use std::collections::{HashMap, VecDeque};
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
@@ -309,4 +311,44 @@ impl OrderStore for FakeStore {
         self.failures.check("dynamodb").await?;
         Ok(self.remaining(id))
     }
+}
+
+/// A version-1 order message of one unit, for a fresh request id.
+pub fn order_message(product: &str, user: &str, admitted_at: i64) -> OrderMessage {
+    let p = ProductId::parse(product).expect("valid product id");
+    OrderMessage {
+        v: OrderMessage::VERSION,
+        request_id: RequestId::new(&p),
+        product_id: p,
+        user_id: crate::domain::UserId::parse(user).expect("valid user id"),
+        quantity: crate::domain::Quantity::new(1).expect("valid quantity"),
+        admitted_at,
+    }
+}
+
+/// An SQS record as Lambda delivers it, first delivery.
+pub fn sqs_record(id: &str, body: &str) -> SqsMessage {
+    let mut m = SqsMessage::default();
+    m.message_id = Some(id.into());
+    m.body = Some(body.into());
+    m.attributes
+        .insert("ApproximateReceiveCount".into(), "1".into());
+    m
+}
+
+pub fn sqs_event(records: Vec<SqsMessage>) -> SqsEvent {
+    let mut e = SqsEvent::default();
+    e.records = records;
+    e
+}
+
+/// The message ids a batch response reports failed, sorted.
+pub fn failed_ids(r: &SqsBatchResponse) -> Vec<&str> {
+    let mut ids: Vec<&str> = r
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    ids.sort();
+    ids
 }

@@ -3,6 +3,7 @@
 //! and telemetry.
 
 pub mod aws;
+pub mod batch;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod http;
 pub mod ports;
 pub mod redis;
 pub mod telemetry;
+pub mod wiring;
 
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;

@@ -9,10 +9,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use futures::StreamExt;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 
+use shared::batch;
 use shared::domain::{OrderMessage, OrderStatus};
 use shared::error::InfraError;
 use shared::ports::{Fate, FateNote, OrderStore, StockGate};
@@ -48,32 +48,21 @@ fn now_ms() -> i64 {
 
 impl<G: StockGate, S: OrderStore> Compensation<G, S> {
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let failed: Vec<String> = futures::stream::iter(event.records)
-            .map(|record| async move {
-                let outcome = self.process(&record).await;
-                (record.message_id, outcome)
-            })
-            .buffer_unordered(self.concurrency.max(1))
-            .filter_map(|(id, outcome)| async move {
-                matches!(outcome, Outcome::Poison | Outcome::Failed).then(|| id.unwrap_or_default())
-            })
-            .collect()
-            .await;
-        let mut response = SqsBatchResponse::default();
-        response.batch_item_failures = failed
-            .into_iter()
-            .map(|id| {
-                let mut f = BatchItemFailure::default();
-                f.item_identifier = id;
-                f
-            })
-            .collect();
-        response
+        let outcomes = batch::process(event, self.concurrency, |record| async move {
+            self.process(&record).await
+        })
+        .await;
+        batch::failures(
+            outcomes
+                .into_iter()
+                .filter(|(_, o)| matches!(o, Outcome::Poison | Outcome::Failed))
+                .map(|(id, _)| id),
+        )
     }
 
     pub async fn process(&self, record: &SqsMessage) -> Outcome {
         let message_id = record.message_id.as_deref().unwrap_or("");
-        let msg = match OrderMessage::from_json(record.body.as_deref().unwrap_or("")) {
+        let msg = match batch::order(record) {
             Ok(m) => m,
             Err(e) => {
                 metrics::counter!("flashsale_compensation_poison_total").increment(1);
@@ -81,11 +70,7 @@ impl<G: StockGate, S: OrderStore> Compensation<G, S> {
                 return Outcome::Poison;
             }
         };
-        let traceparent = record
-            .message_attributes
-            .get("traceparent")
-            .and_then(|a| a.string_value.as_deref())
-            .unwrap_or("");
+        let traceparent = batch::traceparent(record);
         let span = tracing::info_span!(
             "compensation",
             request_id = %msg.request_id,
@@ -152,8 +137,7 @@ mod tests {
 
     use super::*;
     use order_consumer::Consumer;
-    use shared::domain::{ProductId, Quantity, RequestId, UserId};
-    use shared::fakes::{FakeGate, FakeStore};
+    use shared::fakes::{FakeGate, FakeStore, failed_ids, order_message, sqs_event, sqs_record};
     use shared::faults::FaultPlan;
 
     type Shared = (Arc<FakeGate>, Arc<FakeStore>);
@@ -183,23 +167,11 @@ mod tests {
     }
 
     fn order(user: &str) -> OrderMessage {
-        let p = ProductId::parse("p1").unwrap();
-        OrderMessage {
-            v: 1,
-            request_id: RequestId::new(&p),
-            product_id: p,
-            user_id: UserId::parse(user).unwrap(),
-            quantity: Quantity::new(1).unwrap(),
-            admitted_at: 1,
-        }
+        order_message("p1", user, 1)
     }
 
     fn record(id: &str, body: &str) -> SqsMessage {
-        let mut m = SqsMessage::default();
-        m.message_id = Some(id.into());
-        m.body = Some(body.into());
-        m.attributes
-            .insert("ApproximateReceiveCount".into(), "1".into());
+        let mut m = sqs_record(id, body);
         m.attributes.insert(
             "ApproximateFirstReceiveTimestamp".into(),
             "1700000000000".into(),
@@ -293,15 +265,9 @@ mod tests {
         let c = compensation(&ports);
         let (a, b) = (order("u1"), order("u2"));
         ports.0.failures.fail_next(1);
-        let mut event = SqsEvent::default();
-        event.records = vec![record("a", &json(&a)), record("junk", "not an order")];
+        let event = sqs_event(vec![record("a", &json(&a)), record("junk", "not an order")]);
         let resp = c.handle(event).await;
-        let mut failed: Vec<&str> = resp
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect();
-        failed.sort();
+        let failed = failed_ids(&resp);
         // The Redis failure after the fate was decided retries; the junk parks.
         assert_eq!(failed, vec!["a", "junk"]);
         assert_eq!(

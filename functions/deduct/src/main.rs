@@ -1,20 +1,14 @@
 use std::convert::Infallible;
 
 use lambda_http::{Error, Request, service_fn};
-use shared::faults::{FaultPlan, Faulty};
-use shared::{aws, config, redis::RedisGate, telemetry};
+use shared::{config, wiring::Wiring};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    telemetry::init();
-    let sdk = aws::load_sdk_config().await;
-    let faults = FaultPlan::from_env()?;
+    let env = Wiring::from_env().await?;
     let handler = deduct::Deduct {
-        gate: Faulty::new(RedisGate::new(config::redis_settings()?), faults.clone()),
-        queue: Faulty::new(
-            aws::SqsQueue::new(&sdk, config::orders_queue_url()?),
-            faults,
-        ),
+        gate: env.gate()?,
+        queue: env.orders_queue()?,
         insecure_user_from_body: config::insecure_user_from_body(),
     };
     let handler = &handler;

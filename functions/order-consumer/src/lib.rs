@@ -6,12 +6,12 @@
 //! state, so its unit is not put back. Only failed records are reported, so
 //! SQS redelivers just those.
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use futures::StreamExt;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 
 use std::sync::Arc;
 
+use shared::batch;
 use shared::domain::{OrderMessage, OrderStatus};
 use shared::error::InfraError;
 use shared::faults::{FaultPlan, FaultPoint};
@@ -46,37 +46,24 @@ pub enum Outcome {
 
 impl<G: StockGate, S: OrderStore> Consumer<G, S> {
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let outcomes: Vec<(Option<String>, Outcome)> = futures::stream::iter(event.records)
-            .map(|record| async move {
-                let outcome = self.process(&record).await;
-                (record.message_id, outcome)
-            })
-            .buffer_unordered(self.concurrency.max(1))
-            .collect()
-            .await;
+        let outcomes = batch::process(event, self.concurrency, |record| async move {
+            self.process(&record).await
+        })
+        .await;
         // A crashed invocation acknowledges nothing: SQS redelivers it all.
         let crashed = outcomes.iter().any(|(_, o)| *o == Outcome::Crashed);
-        let mut response = SqsBatchResponse::default();
-        response.batch_item_failures = outcomes
-            .into_iter()
-            .filter(|(_, o)| crashed || matches!(o, Outcome::Poison | Outcome::Failed))
-            .map(|(id, _)| {
-                let mut f = BatchItemFailure::default();
-                f.item_identifier = id.unwrap_or_default();
-                f
-            })
-            .collect();
-        response
+        batch::failures(
+            outcomes
+                .into_iter()
+                .filter(|(_, o)| crashed || matches!(o, Outcome::Poison | Outcome::Failed))
+                .map(|(id, _)| id),
+        )
     }
 
     pub async fn process(&self, record: &SqsMessage) -> Outcome {
-        let traceparent = record
-            .message_attributes
-            .get("traceparent")
-            .and_then(|a| a.string_value.as_deref())
-            .unwrap_or("");
+        let traceparent = batch::traceparent(record);
         let message_id = record.message_id.as_deref().unwrap_or("");
-        let msg = match OrderMessage::from_json(record.body.as_deref().unwrap_or("")) {
+        let msg = match batch::order(record) {
             Ok(m) => m,
             Err(e) => {
                 metrics::counter!("flashsale_poison_messages_total").increment(1);
@@ -174,8 +161,9 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::domain::{ProductId, Quantity, RequestId, UserId};
-    use shared::fakes::{FakeGate, FakeStore};
+    use shared::fakes::{
+        FakeGate, FakeStore, failed_ids, order_message, sqs_event as event, sqs_record,
+    };
 
     fn consumer() -> Consumer<FakeGate, FakeStore> {
         Consumer {
@@ -187,42 +175,11 @@ mod tests {
     }
 
     fn order(user: &str) -> OrderMessage {
-        let p = ProductId::parse("p1").unwrap();
-        OrderMessage {
-            v: 1,
-            request_id: RequestId::new(&p),
-            product_id: p,
-            user_id: UserId::parse(user).unwrap(),
-            quantity: Quantity::new(1).unwrap(),
-            admitted_at: 1,
-        }
+        order_message("p1", user, 1)
     }
 
     fn record(id: &str, msg: &OrderMessage) -> SqsMessage {
-        raw(id, &serde_json::to_string(msg).unwrap())
-    }
-
-    fn raw(id: &str, body: &str) -> SqsMessage {
-        let mut m = SqsMessage::default();
-        m.message_id = Some(id.into());
-        m.body = Some(body.into());
-        m
-    }
-
-    fn event(records: Vec<SqsMessage>) -> SqsEvent {
-        let mut e = SqsEvent::default();
-        e.records = records;
-        e
-    }
-
-    fn failed_ids(r: &SqsBatchResponse) -> Vec<&str> {
-        let mut ids: Vec<&str> = r
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect();
-        ids.sort();
-        ids
+        sqs_record(id, &serde_json::to_string(msg).unwrap())
     }
 
     #[tokio::test]
@@ -244,7 +201,10 @@ mod tests {
         let c = consumer();
         let a = order("u1");
         let resp = c
-            .handle(event(vec![record("good", &a), raw("bad", "{not json")]))
+            .handle(event(vec![
+                record("good", &a),
+                sqs_record("bad", "{not json"),
+            ]))
             .await;
         assert_eq!(failed_ids(&resp), vec!["bad"]);
         assert_eq!(c.store.status_of(&a.request_id), Some(OrderStatus::Placed));

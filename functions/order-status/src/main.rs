@@ -1,17 +1,14 @@
 use std::convert::Infallible;
 
 use lambda_http::{Error, Request, service_fn};
-use shared::faults::{FaultPlan, Faulty};
-use shared::{aws, config, redis::RedisGate, telemetry};
+use shared::{config, wiring::Wiring};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    telemetry::init();
-    let sdk = aws::load_sdk_config().await;
-    let faults = FaultPlan::from_env()?;
+    let env = Wiring::from_env().await?;
     let api = order_status::OrderStatusApi {
-        gate: Faulty::new(RedisGate::new(config::redis_settings()?), faults.clone()),
-        store: Faulty::new(aws::DynamoStore::new(&sdk, config::table_name()), faults),
+        gate: env.gate()?,
+        store: env.store(),
         insecure_user_from_body: config::insecure_user_from_body(),
     };
     let api = &api;

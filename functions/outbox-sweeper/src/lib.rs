@@ -106,20 +106,12 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::domain::{OrderMessage, ProductStats, Quantity, RequestId, UserId};
-    use shared::fakes::{FakeGate, FakeQueue, FakeStore};
+    use shared::domain::{OrderMessage, ProductStats};
+    use shared::fakes::{FakeGate, FakeQueue, FakeStore, order_message};
     use std::sync::atomic::Ordering;
 
     fn pending(product: &str, user: usize, admitted_at: i64) -> OrderMessage {
-        let p = ProductId::parse(product).unwrap();
-        OrderMessage {
-            v: 1,
-            request_id: RequestId::new(&p),
-            product_id: p,
-            user_id: UserId::parse(format!("u{user}")).unwrap(),
-            quantity: Quantity::new(1).unwrap(),
-            admitted_at,
-        }
+        order_message(product, &format!("u{user}"), admitted_at)
     }
 
     fn sweeper() -> Sweeper<FakeGate, FakeQueue, FakeStore> {
