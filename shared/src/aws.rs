@@ -251,6 +251,14 @@ impl DynamoStore {
         self.conflicts.load(Ordering::Relaxed)
     }
 
+    pub fn client(&self) -> &aws_sdk_dynamodb::Client {
+        &self.client
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
     fn order_item(msg: &OrderMessage, status: OrderStatus) -> Item {
         let now = unix_ms(time::OffsetDateTime::now_utc());
         HashMap::from([

@@ -53,3 +53,9 @@ mod tests {
         assert_eq!(fresh.split('-').count(), 4);
     }
 }
+
+/// Records how long one handler invocation took (`flashsale_handler_seconds`).
+pub fn record_latency(handler: &'static str, started: std::time::Instant) {
+    metrics::histogram!("flashsale_handler_seconds", "handler" => handler)
+        .record(started.elapsed().as_secs_f64());
+}

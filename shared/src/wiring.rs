@@ -1,9 +1,15 @@
-//! What every Lambda's `main` does first: logs, the SDK configuration and
-//! the fault plan, then adapters built once per process from the environment.
+//! What every Lambda's `main` does: logs, metrics (CloudWatch Embedded
+//! Metric Format, flushed after each invocation), the SDK configuration and
+//! the fault plan, then adapters built once per process from the
+//! environment, and the runtime loop.
 
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
+use lambda_http::{IntoResponse, Request};
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use metrics_cloudwatch_embedded::Collector;
+use serde::{Serialize, de::DeserializeOwned};
 
 use crate::aws::{DynamoStore, SqsQueue};
 use crate::error::ConfigError;
@@ -11,17 +17,30 @@ use crate::faults::{FaultPlan, Faulty};
 use crate::redis::RedisGate;
 use crate::{aws, config, telemetry};
 
+pub type Error = lambda_runtime::Error;
+
 pub struct Wiring {
     pub sdk: SdkConfig,
     pub faults: Arc<FaultPlan>,
+    metrics: &'static Collector,
 }
 
 impl Wiring {
-    pub async fn from_env() -> Result<Self, ConfigError> {
+    pub async fn from_env() -> Result<Self, Error> {
         telemetry::init();
+        let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "local".into());
+        let metrics = metrics_cloudwatch_embedded::Builder::new()
+            .cloudwatch_namespace("flashsale")
+            .with_dimension("function", function)
+            .lambda_cold_start_metric("flashsale_cold_starts")
+            .with_lambda_request_id("RequestId")
+            .with_lambda_xray_trace_id("XRayTraceId")
+            .init()
+            .map_err(|e| ConfigError(format!("cannot set up CloudWatch metrics: {e}")))?;
         Ok(Self {
             sdk: aws::load_sdk_config().await,
             faults: FaultPlan::from_env()?,
+            metrics,
         })
     }
 
@@ -44,5 +63,35 @@ impl Wiring {
             SqsQueue::new(&self.sdk, config::orders_queue_url()?),
             self.faults.clone(),
         ))
+    }
+
+    /// Runs an event handler, flushing metrics as EMF after each invocation.
+    pub async fn run<E, R, F, Fut, Err>(&self, handler: F) -> Result<(), Error>
+    where
+        E: DeserializeOwned,
+        R: Serialize,
+        F: Fn(LambdaEvent<E>) -> Fut,
+        Fut: Future<Output = Result<R, Err>>,
+        Err: Into<Diagnostic> + std::fmt::Debug,
+    {
+        metrics_cloudwatch_embedded::lambda::service::run(
+            self.metrics,
+            lambda_runtime::service_fn(handler),
+        )
+        .await
+    }
+
+    /// Runs an HTTP handler behind API Gateway, flushing metrics likewise.
+    pub async fn run_http<'a, R, F, Fut>(&self, handler: F) -> Result<(), Error>
+    where
+        F: Fn(Request) -> Fut,
+        Fut: Future<Output = Result<R, std::convert::Infallible>> + Send + 'a,
+        R: IntoResponse,
+    {
+        metrics_cloudwatch_embedded::lambda::service::run_http(
+            self.metrics,
+            lambda_http::service_fn(handler),
+        )
+        .await
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use lambda_http::Body;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -35,6 +36,7 @@ use outbox_sweeper::Sweeper;
 use shared::aws::{DynamoStore, SqsQueue};
 use shared::faults::{FaultPlan, Faulty};
 use shared::http::{self as api, ApiError, HttpResponse};
+use shared::ports::StockGate;
 use shared::redis::{RedisGate, RedisSettings};
 
 #[derive(Debug, Clone)]
@@ -72,6 +74,8 @@ pub struct App {
     pub compensation: Compensation<Gate, Store>,
     pub sweeper: Sweeper<Gate, Queue, Store>,
     pub faults: Arc<FaultPlan>,
+    sqs: aws_sdk_sqs::Client,
+    orders_queue_url: String,
 }
 
 impl App {
@@ -115,7 +119,58 @@ impl App {
                 max_per_product: 10_000,
             },
             faults,
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            orders_queue_url: cfg.orders_queue_url.clone(),
         }
+    }
+
+    /// Redis, SQS and DynamoDB each answer (faults bypassed): 200, else 503.
+    async fn health(&self) -> HttpResponse {
+        let verdict = |r: Result<(), String>| match r {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e,
+        };
+        let redis = self
+            .sweeper
+            .gate
+            .inner
+            .now_ms()
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string());
+        let sqs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.orders_queue_url)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| format!("sqs: {}", aws_sdk_sqs::error::DisplayErrorContext(&e)));
+        let store = &self.sweeper.store.inner;
+        let dynamodb = store
+            .client()
+            .describe_table()
+            .table_name(store.table())
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| {
+                format!(
+                    "dynamodb: {}",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                )
+            });
+        let healthy = redis.is_ok() && sqs.is_ok() && dynamodb.is_ok();
+        api::json_response(
+            if healthy { 200 } else { 503 },
+            &serde_json::json!({
+                "status": if healthy { "ok" } else { "degraded" },
+                "redis": verdict(redis),
+                "sqs": verdict(sqs),
+                "dynamodb": verdict(dynamodb),
+                "faults_injected": self.faults.injected(),
+            }),
+        )
     }
 
     /// What API Gateway's routes do in AWS.
@@ -131,14 +186,49 @@ impl App {
         } else if path.starts_with("/api/admin/products") {
             self.admin.handle(req).await
         } else if path == "/health" {
-            api::json_response(
-                200,
-                &serde_json::json!({ "status": "ok", "faults_injected": self.faults.injected() }),
-            )
+            self.health().await
+        } else if path == "/metrics" {
+            prometheus_text()
         } else {
             ApiError::new(404, "not_found").into_response()
         }
     }
+}
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process-wide Prometheus recorder behind the `metrics` facade; the
+/// first runner of a process installs it.
+fn prometheus() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn prometheus_text() -> HttpResponse {
+    let text = prometheus()
+        .map(|h| {
+            h.run_upkeep();
+            h.render()
+        })
+        .unwrap_or_default();
+    let mut resp = lambda_http::Response::new(Body::Text(text));
+    resp.headers_mut().insert(
+        lambda_http::http::header::CONTENT_TYPE,
+        lambda_http::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
 }
 
 pub struct Running {
@@ -159,6 +249,7 @@ impl Running {
 }
 
 pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
+    prometheus();
     let app = Arc::new(App::new(&cfg, sdk));
     let listener = TcpListener::bind(cfg.http_addr)
         .await

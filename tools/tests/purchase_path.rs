@@ -410,3 +410,68 @@ async fn a_garbage_record_fails_alone_and_parks_untouched() {
     assert_eq!(audit(&s.gate, &s.store, &pid).await.unwrap().placed, 1);
     s.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_every_dependency_and_metrics_are_exposed() {
+    let s = TestStack::start("obs", 30).await;
+    let health = s.api.call("GET", "/health", &[], None).await.unwrap();
+    assert_eq!(health.status, 200, "{}", health.body);
+    for dep in ["redis", "sqs", "dynamodb"] {
+        assert_eq!(health.body[dep], "ok", "{}", health.body);
+    }
+    let p = unique("obs");
+    demo::create_and_warm(&s.api, &p, 1, 1).await.unwrap();
+    assert_eq!(
+        s.api
+            .buy(&buy_body(&p, "u1", 1), None)
+            .await
+            .unwrap()
+            .status,
+        202
+    );
+    assert_eq!(
+        s.api
+            .buy(&buy_body(&p, "u2", 1), None)
+            .await
+            .unwrap()
+            .status,
+        410
+    );
+    let pid = ProductId::parse(p.as_str()).unwrap();
+    demo::wait_drained(&s.gate, &pid, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let req = lambda_http::http::Request::builder()
+        .uri("/metrics")
+        .body(lambda_http::Body::Empty)
+        .unwrap();
+    let resp = s.running.app.route(req).await;
+    let text = String::from_utf8_lossy(resp.body().as_ref()).to_string();
+    for needle in [
+        "flashsale_admitted_total",
+        "flashsale_rejected_total{reason=\"sold_out\"}",
+        "flashsale_orders_placed_total",
+        "flashsale_handler_seconds_bucket{handler=\"deduct\"",
+        "flashsale_handler_seconds_bucket{handler=\"order_consumer\"",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    // Redis down: the runner says which dependency failed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down =
+        s.app_with(|c| c.redis = common::redis_settings(format!("redis://127.0.0.1:{port}")));
+    let req = lambda_http::http::Request::builder()
+        .uri("/health")
+        .body(lambda_http::Body::Empty)
+        .unwrap();
+    let resp = down.route(req).await;
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+    assert_ne!(body["redis"], "ok");
+    assert_eq!(body["dynamodb"], "ok");
+    s.running.stop().await;
+}

@@ -32,9 +32,10 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
     }
 
     pub async fn handle(&self, req: Request) -> HttpResponse {
-        self.route(&req)
-            .await
-            .unwrap_or_else(ApiError::into_response)
+        let started = std::time::Instant::now();
+        let answer = self.route(&req).await;
+        shared::telemetry::record_latency("admin", started);
+        answer.unwrap_or_else(ApiError::into_response)
     }
 
     async fn route(&self, req: &Request) -> Result<HttpResponse, ApiError> {

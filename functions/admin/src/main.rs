@@ -1,7 +1,8 @@
 use std::convert::Infallible;
 
-use lambda_http::{Error, Request, service_fn};
-use shared::{config, wiring::Wiring};
+use lambda_http::Request;
+use shared::config;
+use shared::wiring::{Error, Wiring};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -12,8 +13,6 @@ async fn main() -> Result<(), Error> {
         token: config::admin_token(),
     };
     let admin = &admin;
-    lambda_http::run(service_fn(move |req: Request| async move {
-        Ok::<_, Infallible>(admin.handle(req).await)
-    }))
-    .await
+    env.run_http(move |req: Request| async move { Ok::<_, Infallible>(admin.handle(req).await) })
+        .await
 }

@@ -48,10 +48,12 @@ fn now_ms() -> i64 {
 
 impl<G: StockGate, S: OrderStore> Compensation<G, S> {
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let started = std::time::Instant::now();
         let outcomes = batch::process(event, self.concurrency, |record| async move {
             self.process(&record).await
         })
         .await;
+        shared::telemetry::record_latency("compensation", started);
         batch::failures(
             outcomes
                 .into_iter()

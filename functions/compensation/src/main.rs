@@ -1,6 +1,7 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use lambda_runtime::{Error, LambdaEvent, service_fn};
-use shared::{config, wiring::Wiring};
+use lambda_runtime::LambdaEvent;
+use shared::config;
+use shared::wiring::{Error, Wiring};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -11,8 +12,8 @@ async fn main() -> Result<(), Error> {
         concurrency: config::consumer_concurrency()?,
     };
     let compensation = &compensation;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+    env.run(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<SqsBatchResponse, Error>(compensation.handle(event.payload).await)
-    }))
+    })
     .await
 }

@@ -67,6 +67,13 @@ fn parse(req: &Request, insecure: bool) -> Result<Purchase, ApiError> {
 
 impl<G: StockGate, Q: OrderQueue> Deduct<G, Q> {
     pub async fn handle(&self, req: Request) -> HttpResponse {
+        let started = std::time::Instant::now();
+        let answer = self.answer(req).await;
+        telemetry::record_latency("deduct", started);
+        answer
+    }
+
+    async fn answer(&self, req: Request) -> HttpResponse {
         let purchase = match parse(&req, self.insecure_user_from_body) {
             Ok(p) => p,
             Err(refusal) => {

@@ -46,10 +46,12 @@ pub enum Outcome {
 
 impl<G: StockGate, S: OrderStore> Consumer<G, S> {
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let started = std::time::Instant::now();
         let outcomes = batch::process(event, self.concurrency, |record| async move {
             self.process(&record).await
         })
         .await;
+        shared::telemetry::record_latency("order_consumer", started);
         // A crashed invocation acknowledges nothing: SQS redelivers it all.
         let crashed = outcomes.iter().any(|(_, o)| *o == Outcome::Crashed);
         batch::failures(

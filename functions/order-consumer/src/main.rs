@@ -1,6 +1,7 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use lambda_runtime::{Error, LambdaEvent, service_fn};
-use shared::{config, wiring::Wiring};
+use lambda_runtime::LambdaEvent;
+use shared::config;
+use shared::wiring::{Error, Wiring};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -12,8 +13,8 @@ async fn main() -> Result<(), Error> {
         faults: env.faults.clone(),
     };
     let consumer = &consumer;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+    env.run(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<SqsBatchResponse, Error>(consumer.handle(event.payload).await)
-    }))
+    })
     .await
 }

@@ -17,9 +17,10 @@ pub struct OrderStatusApi<G, S> {
 
 impl<G: StockGate, S: OrderStore> OrderStatusApi<G, S> {
     pub async fn handle(&self, req: Request) -> HttpResponse {
-        self.read(&req)
-            .await
-            .unwrap_or_else(ApiError::into_response)
+        let started = std::time::Instant::now();
+        let answer = self.read(&req).await;
+        shared::telemetry::record_latency("order_status", started);
+        answer.unwrap_or_else(ApiError::into_response)
     }
 
     async fn read(&self, req: &Request) -> Result<HttpResponse, ApiError> {

@@ -1,7 +1,8 @@
 use std::convert::Infallible;
 
-use lambda_http::{Error, Request, service_fn};
-use shared::{config, wiring::Wiring};
+use lambda_http::Request;
+use shared::config;
+use shared::wiring::{Error, Wiring};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -12,8 +13,6 @@ async fn main() -> Result<(), Error> {
         insecure_user_from_body: config::insecure_user_from_body(),
     };
     let api = &api;
-    lambda_http::run(service_fn(move |req: Request| async move {
-        Ok::<_, Infallible>(api.handle(req).await)
-    }))
-    .await
+    env.run_http(move |req: Request| async move { Ok::<_, Infallible>(api.handle(req).await) })
+        .await
 }

@@ -40,6 +40,7 @@ pub struct SweepReport {
 
 impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
     pub async fn sweep(&self) -> Result<SweepReport, InfraError> {
+        let started = std::time::Instant::now();
         let cutoff = self.gate.now_ms().await? - self.older_than_ms;
         let mut report = SweepReport::default();
         for product in self.gate.products().await? {
@@ -74,6 +75,7 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
         if report.republished + report.failed > 0 || report.resync_drift != 0 {
             tracing::info!(?report, "outbox sweep");
         }
+        shared::telemetry::record_latency("outbox_sweeper", started);
         Ok(report)
     }
 

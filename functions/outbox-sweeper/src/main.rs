@@ -1,6 +1,7 @@
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
-use lambda_runtime::{Error, LambdaEvent, service_fn};
-use shared::{config, wiring::Wiring};
+use lambda_runtime::LambdaEvent;
+use shared::config;
+use shared::wiring::{Error, Wiring};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -13,10 +14,9 @@ async fn main() -> Result<(), Error> {
         max_per_product: 10_000,
     };
     let sweeper = &sweeper;
-    lambda_runtime::run(service_fn(
-        move |_: LambdaEvent<EventBridgeEvent>| async move {
-            sweeper.sweep().await.map_err(Error::from)
-        },
-    ))
+    env.run(move |_: LambdaEvent<EventBridgeEvent>| async move {
+        // Boxed: the sweep future is deep enough to hit the type-layout limit.
+        Box::pin(sweeper.sweep()).await.map_err(Error::from)
+    })
     .await
 }
