@@ -38,6 +38,12 @@ pub fn trace_id(traceparent: &str) -> &str {
     traceparent.split('-').nth(1).unwrap_or("")
 }
 
+/// Records how long one handler invocation took (`flashsale_handler_seconds`).
+pub fn record_latency(handler: &'static str, started: std::time::Instant) {
+    metrics::histogram!("flashsale_handler_seconds", "handler" => handler)
+        .record(started.elapsed().as_secs_f64());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,10 +58,4 @@ mod tests {
         assert_eq!(trace_id(&fresh).len(), 32);
         assert_eq!(fresh.split('-').count(), 4);
     }
-}
-
-/// Records how long one handler invocation took (`flashsale_handler_seconds`).
-pub fn record_latency(handler: &'static str, started: std::time::Instant) {
-    metrics::histogram!("flashsale_handler_seconds", "handler" => handler)
-        .record(started.elapsed().as_secs_f64());
 }
