@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::redis::RedisSettings;
+use crate::redis::keys::DEFAULT_NAMESPACE;
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -35,6 +36,7 @@ pub fn redis_settings() -> Result<RedisSettings, ConfigError> {
     Ok(RedisSettings {
         url: var("FLASHSALE_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
         cluster: flag("FLASHSALE_REDIS_CLUSTER"),
+        namespace: redis_namespace()?,
         response_timeout: millis("FLASHSALE_REDIS_TIMEOUT_MS", 500)?,
         connect_timeout: millis("FLASHSALE_REDIS_CONNECT_TIMEOUT_MS", 1000)?,
     })
@@ -88,4 +90,19 @@ pub fn sweep_after() -> Result<Duration, ConfigError> {
 /// The local runner's sweeper timer (EventBridge's schedule in AWS).
 pub fn sweep_every() -> Result<Duration, ConfigError> {
     millis("FLASHSALE_SWEEP_EVERY_MS", 60_000)
+}
+
+fn redis_namespace() -> Result<String, ConfigError> {
+    let ns = var("FLASHSALE_REDIS_NAMESPACE").unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    let ok = ns.len() <= 32
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(ns)
+    } else {
+        Err(ConfigError(format!(
+            "FLASHSALE_REDIS_NAMESPACE={ns} must be 1-32 characters of A-Z a-z 0-9 _ -"
+        )))
+    }
 }

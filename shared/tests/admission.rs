@@ -17,6 +17,7 @@ fn settings(url: String) -> RedisSettings {
         cluster: false,
         response_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
+        namespace: "fs-test".into(),
     }
 }
 
@@ -72,7 +73,7 @@ fn purchase(p: &ProductId, user: &str, qty: u32, key: Option<&str>) -> Purchase 
 /// request wrote nothing.
 async fn snapshot(g: &RedisGate, p: &ProductId) -> BTreeMap<String, String> {
     let keys: Vec<String> = g
-        .command(redis::cmd("KEYS").arg(format!("fs:{{{p}}}:*")))
+        .command(redis::cmd("KEYS").arg(format!("{}*", g.keys(p).meta().trim_end_matches("meta"))))
         .await
         .unwrap();
     let mut out = BTreeMap::new();

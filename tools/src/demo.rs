@@ -126,7 +126,7 @@ async fn wave(
 
 /// Simulates Redis losing `n` acknowledged stock decrements.
 pub async fn lose_decrements(gate: &RedisGate, product: &str, n: u32) -> Result<()> {
-    let key = shared::redis::keys::Keys::new(&ProductId::parse(product)?).stock();
+    let key = gate.keys(&ProductId::parse(product)?).stock();
     let _: i64 = gate.command(redis::cmd("INCRBY").arg(key).arg(n)).await?;
     Ok(())
 }

@@ -337,6 +337,7 @@ async fn reconcile_exits_non_zero_when_the_books_do_not_balance() {
         std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
             .args(["reconcile", "--product", &id])
             .env("FLASHSALE_TABLE", &s.names.table)
+            .env("FLASHSALE_REDIS_NAMESPACE", &s.config.redis.namespace)
             .output()
             .unwrap()
     };

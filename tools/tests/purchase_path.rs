@@ -115,7 +115,13 @@ async fn a_sale_admits_exactly_the_stock_and_places_every_admitted_order() {
     assert_eq!(report.by_status.get(&200), Some(&even_admitted));
     let buyers: i64 = s
         .gate
-        .command(redis::cmd("HLEN").arg(format!("fs:{{{product}}}:buyers")))
+        .command(
+            redis::cmd("HLEN").arg(
+                s.gate
+                    .keys(&ProductId::parse(product.as_str()).unwrap())
+                    .buyers(),
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(buyers, 100);
@@ -266,8 +272,9 @@ async fn every_answer_of_the_api() {
         .local_addr()
         .unwrap()
         .port();
-    let down =
-        s.app_with(|c| c.redis = common::redis_settings(format!("redis://127.0.0.1:{port}")));
+    let down = s.app_with(|c| {
+        c.redis = common::redis_settings(format!("redis://127.0.0.1:{port}"), "down")
+    });
     let req = lambda_http::http::Request::builder()
         .method("POST")
         .uri("/api/flash-sale/buy")
@@ -462,8 +469,9 @@ async fn health_checks_every_dependency_and_metrics_are_exposed() {
         .local_addr()
         .unwrap()
         .port();
-    let down =
-        s.app_with(|c| c.redis = common::redis_settings(format!("redis://127.0.0.1:{port}")));
+    let down = s.app_with(|c| {
+        c.redis = common::redis_settings(format!("redis://127.0.0.1:{port}"), "down")
+    });
     let req = lambda_http::http::Request::builder()
         .uri("/health")
         .body(lambda_http::Body::Empty)

@@ -4,18 +4,24 @@
 
 use crate::domain::{IdempotencyKey, ProductId, RequestId, UserId};
 
+/// The default namespace. Deployments sharing one Redis (stages, test
+/// runs) each set their own with `FLASHSALE_REDIS_NAMESPACE`.
+pub const DEFAULT_NAMESPACE: &str = "fs";
+
 /// Set of every warmed product, for the outbox sweeper. The only key without
 /// a hash tag: no script touches it, it is written by its own command.
-pub const PRODUCTS: &str = "fs:products";
+pub fn products(namespace: &str) -> String {
+    format!("{namespace}:products")
+}
 
 pub struct Keys {
     prefix: String,
 }
 
 impl Keys {
-    pub fn new(product: &ProductId) -> Self {
+    pub fn new(namespace: &str, product: &ProductId) -> Self {
         Self {
-            prefix: format!("fs:{{{product}}}:"),
+            prefix: format!("{namespace}:{{{product}}}:"),
         }
     }
     fn key(&self, rest: &str) -> String {
@@ -65,7 +71,7 @@ mod tests {
     #[test]
     fn every_key_carries_the_product_hash_tag() {
         let p = ProductId::parse("p42").unwrap();
-        let k = Keys::new(&p);
+        let k = Keys::new(DEFAULT_NAMESPACE, &p);
         let id = RequestId::new(&p);
         let u = UserId::parse("u1").unwrap();
         let i = IdempotencyKey::parse("abc").unwrap();

@@ -27,6 +27,8 @@ pub struct RedisSettings {
     /// `redis://host:port` (or a comma-separated seed list in cluster mode).
     pub url: String,
     pub cluster: bool,
+    /// Key namespace (`FLASHSALE_REDIS_NAMESPACE`, default `fs`).
+    pub namespace: String,
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
 }
@@ -159,6 +161,11 @@ impl RedisGate {
         Ok(conn.clone())
     }
 
+    /// The key layout of one product in this gate's namespace.
+    pub fn keys(&self, product: &ProductId) -> keys::Keys {
+        keys::Keys::new(&self.inner.settings.namespace, product)
+    }
+
     /// A raw connection for tools (audits, demo set-up); not used by handlers.
     pub async fn command<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> PortResult<T> {
         let mut c = self.conn().await?;
@@ -199,7 +206,7 @@ fn request_view(id: &RequestId, fields: Vec<(String, String)>) -> Option<Request
 
 impl StockGate for RedisGate {
     async fn admit(&self, p: &Purchase) -> PortResult<Admission> {
-        let k = keys::Keys::new(&p.product_id);
+        let k = self.keys(&p.product_id);
         let mut c = self.conn().await?;
         let idem = p
             .idempotency_key
@@ -245,7 +252,7 @@ impl StockGate for RedisGate {
     }
 
     async fn request(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
-        let k = keys::Keys::new(&id.product());
+        let k = self.keys(&id.product());
         let mut c = self.conn().await?;
         let fields: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(k.req(id))
@@ -261,7 +268,7 @@ impl StockGate for RedisGate {
     }
 
     async fn settle(&self, msg: &OrderMessage, status: OrderStatus) -> PortResult<bool> {
-        let k = keys::Keys::new(&msg.product_id);
+        let k = self.keys(&msg.product_id);
         let mut c = self.conn().await?;
         let changed: i64 = self
             .inner
@@ -283,7 +290,7 @@ impl StockGate for RedisGate {
     }
 
     async fn restock(&self, msg: &OrderMessage) -> PortResult<bool> {
-        let k = keys::Keys::new(&msg.product_id);
+        let k = self.keys(&msg.product_id);
         let mut c = self.conn().await?;
         let done: i64 = self
             .inner
@@ -307,7 +314,7 @@ impl StockGate for RedisGate {
     }
 
     async fn warm(&self, p: &Product, force: bool) -> PortResult<Warm> {
-        let k = keys::Keys::new(&p.product_id);
+        let k = self.keys(&p.product_id);
         let mut c = self.conn().await?;
         let (code, left): (String, i64) = self
             .inner
@@ -326,7 +333,7 @@ impl StockGate for RedisGate {
             .map_err(classify)?;
         if code == "warmed" {
             redis::cmd("SADD")
-                .arg(keys::PRODUCTS)
+                .arg(keys::products(&self.inner.settings.namespace))
                 .arg(p.product_id.as_str())
                 .query_async::<()>(&mut c)
                 .await
@@ -340,7 +347,7 @@ impl StockGate for RedisGate {
     }
 
     async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
-        let k = keys::Keys::new(product);
+        let k = self.keys(product);
         let mut c = self.conn().await?;
         #[allow(clippy::type_complexity)]
         let (total, left, counters, pending): (
@@ -378,7 +385,7 @@ impl StockGate for RedisGate {
     async fn products(&self) -> PortResult<Vec<ProductId>> {
         let mut c = self.conn().await?;
         let ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::PRODUCTS)
+            .arg(keys::products(&self.inner.settings.namespace))
             .query_async(&mut c)
             .await
             .map_err(classify)?;
@@ -395,7 +402,7 @@ impl StockGate for RedisGate {
         offset: usize,
         limit: usize,
     ) -> PortResult<Vec<OrderMessage>> {
-        let k = keys::Keys::new(product);
+        let k = self.keys(product);
         let mut c = self.conn().await?;
         let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(k.pending())
@@ -446,7 +453,7 @@ impl StockGate for RedisGate {
         remaining: i64,
         placed_seen: i64,
     ) -> PortResult<Option<i64>> {
-        let k = keys::Keys::new(product);
+        let k = self.keys(product);
         let mut c = self.conn().await?;
         let (code, drift): (String, i64) = self
             .inner

@@ -36,10 +36,13 @@ pub struct TestStack {
     pub queue: SqsQueue,
 }
 
-pub fn redis_settings(url: String) -> RedisSettings {
+/// Each test stack is its own deployment: its own queues, table and Redis
+/// namespace (otherwise one runner's sweeper would publish another's requests).
+pub fn redis_settings(url: String, namespace: &str) -> RedisSettings {
     RedisSettings {
         url,
         cluster: false,
+        namespace: namespace.to_owned(),
         response_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
     }
@@ -87,16 +90,14 @@ impl TestStack {
         require_env("AWS_ENDPOINT_URL_SQS");
         require_env("AWS_ENDPOINT_URL_DYNAMODB");
         let sdk = shared::aws::load_sdk_config().await;
-        let names = provision::provision(
-            &sdk,
-            &Names::with_prefix(&unique(hint)),
-            opts.visibility_timeout,
-        )
-        .await
-        .expect("provisioning queues and table on the emulators");
+        let prefix = unique(hint);
+        let names =
+            provision::provision(&sdk, &Names::with_prefix(&prefix), opts.visibility_timeout)
+                .await
+                .expect("provisioning queues and table on the emulators");
         let config = RunnerConfig {
             http_addr: "127.0.0.1:0".parse().unwrap(),
-            redis: redis_settings(redis_url),
+            redis: redis_settings(redis_url, &prefix),
             table: names.table.clone(),
             orders_queue_url: names.orders_queue_url.clone(),
             orders_dlq_url: names.orders_dlq_url.clone(),
