@@ -1,0 +1,146 @@
+//! Every sample event under `events/` goes through its handler, as
+//! `cargo lambda invoke --data-file events/<file>` would send it, with
+//! in-memory ports; the answers are checked.
+
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use aws_lambda_events::event::sqs::SqsEvent;
+use serde_json::Value;
+
+use shared::domain::{OrderStatus, Product, RequestId, RequestView, UserId, from_unix_ms};
+use shared::fakes::{FakeGate, FakeQueue, FakeStore, failed_ids};
+use shared::faults::FaultPlan;
+
+fn event(name: &str) -> String {
+    let path = format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn http(name: &str) -> lambda_http::Request {
+    lambda_http::request::from_str(&event(name))
+        .unwrap_or_else(|e| panic!("{name} is not an API Gateway event: {e}"))
+}
+
+fn body(resp: &lambda_http::Response<lambda_http::Body>) -> Value {
+    serde_json::from_slice(resp.body().as_ref()).unwrap()
+}
+
+const RID: &str = "p42.0190f5d2-7a3c-7b1e-9c4d-2f6a8b0c1d2e";
+
+#[tokio::test]
+async fn deduct_buy_takes_the_buyer_from_the_jwt() {
+    let d = deduct::Deduct {
+        gate: FakeGate::default(),
+        queue: FakeQueue::default(),
+        insecure_user_from_body: false,
+    };
+    let resp = d.handle(http("deduct-buy.json")).await;
+    assert_eq!(resp.status().as_u16(), 202, "{}", body(&resp));
+    let purchase = d.gate.purchases.lock().unwrap()[0].clone();
+    assert_eq!(purchase.user_id.as_str(), "user-123");
+    assert_eq!(purchase.idempotency_key.unwrap().as_str(), "checkout-7f3a");
+    let sent = d.queue.sent();
+    assert_eq!(sent.len(), 1);
+    assert!(
+        sent[0]
+            .1
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "trace continued"
+    );
+}
+
+#[tokio::test]
+async fn order_status_reads_the_callers_request() {
+    let api = order_status::OrderStatusApi {
+        gate: FakeGate::default(),
+        store: FakeStore::default(),
+        insecure_user_from_body: false,
+    };
+    let id = RequestId::parse(RID).unwrap();
+    api.gate.put_request(RequestView {
+        product_id: id.product(),
+        request_id: id,
+        user_id: UserId::parse("user-123").unwrap(),
+        quantity: shared::domain::Quantity::new(1).unwrap(),
+        status: OrderStatus::Placed,
+        updated_at: from_unix_ms(1_795_338_000_000),
+    });
+    let resp = api.handle(http("order-status.json")).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(body(&resp)["status"], "placed");
+}
+
+#[tokio::test]
+async fn admin_events_create_warm_and_report() {
+    let admin = admin::Admin {
+        gate: FakeGate::default(),
+        store: FakeStore::default(),
+        token: Some("change-me-admin-token".into()),
+    };
+    let resp = admin.handle(http("admin-create-product.json")).await;
+    assert_eq!(resp.status().as_u16(), 201, "{}", body(&resp));
+    let resp = admin.handle(http("admin-warm.json")).await;
+    assert_eq!(resp.status().as_u16(), 200, "{}", body(&resp));
+    let warmed: Vec<Product> = admin
+        .gate
+        .warmed
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect();
+    assert_eq!(warmed[0].stock, 100);
+    let resp = admin.handle(http("admin-stats.json")).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(body(&resp)["stock_total"], 100);
+}
+
+#[tokio::test]
+async fn consumer_batch_fails_only_the_garbage_record() {
+    let consumer = order_consumer::Consumer {
+        gate: FakeGate::default(),
+        store: FakeStore::default().with_stock("p42", 100),
+        concurrency: 10,
+        faults: FaultPlan::none(),
+    };
+    let batch: SqsEvent = serde_json::from_str(&event("order-consumer-batch.json")).unwrap();
+    let resp = consumer.handle(batch).await;
+    assert_eq!(
+        failed_ids(&resp),
+        vec!["4a3646f6-1918-47bc-a3a6-1eb4884d08fc"]
+    );
+    let id = RequestId::parse(RID).unwrap();
+    assert_eq!(consumer.store.status_of(&id), Some(OrderStatus::Placed));
+    // The answer is what Lambda expects back.
+    let json = serde_json::to_value(&resp).unwrap();
+    assert_eq!(
+        json["batchItemFailures"][0]["itemIdentifier"],
+        "4a3646f6-1918-47bc-a3a6-1eb4884d08fc"
+    );
+}
+
+#[tokio::test]
+async fn compensation_batch_compensates() {
+    let compensation = compensation::Compensation {
+        gate: FakeGate::default(),
+        store: FakeStore::default(),
+        concurrency: 10,
+    };
+    let batch: SqsEvent = serde_json::from_str(&event("compensation-dlq-batch.json")).unwrap();
+    let resp = compensation.handle(batch).await;
+    assert!(failed_ids(&resp).is_empty());
+    assert_eq!(compensation.gate.restocked().len(), 1);
+}
+
+#[tokio::test]
+async fn sweeper_accepts_the_scheduled_event() {
+    let _: EventBridgeEvent = serde_json::from_str(&event("outbox-sweeper-schedule.json")).unwrap();
+    let sweeper = outbox_sweeper::Sweeper {
+        gate: FakeGate::default(),
+        queue: FakeQueue::default(),
+        store: FakeStore::default(),
+        older_than_ms: 60_000,
+        max_per_product: 10_000,
+    };
+    let report = sweeper.sweep().await.unwrap();
+    assert_eq!(report.republished, 0);
+}
