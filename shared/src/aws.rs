@@ -173,6 +173,8 @@ pub mod table {
     pub const GSI1: &str = "gsi1";
     pub const GSI1_PK: &str = "gsi1pk";
     pub const GSI1_SK: &str = "gsi1sk";
+    /// The table's TTL attribute (epoch seconds).
+    pub const TTL: &str = "expires_at";
 
     pub fn order(request_id: &str) -> String {
         format!("ORDER#{request_id}")
@@ -184,6 +186,10 @@ pub mod table {
         format!("PRODUCT#{product}")
     }
 }
+
+/// Buyer guards outlive any sale window by far, then expire (table TTL):
+/// the one-order-per-buyer rule matters only while the product is on sale.
+const GUARD_TTL_SECS: i64 = 30 * 24 * 3600;
 
 #[derive(Clone)]
 pub struct DynamoStore {
@@ -325,6 +331,7 @@ impl OrderStore for DynamoStore {
             )
             .item("request_id", s(msg.request_id.as_str()))
             .item("quantity", n(msg.quantity.get()))
+            .item(table::TTL, n(msg.admitted_at / 1000 + GUARD_TTL_SECS))
             .condition_expression(cond)
             .build()
             .map_err(|e| InfraError::permanent("dynamodb", e.to_string()))?;

@@ -37,6 +37,7 @@ pub fn redis_settings() -> Result<RedisSettings, ConfigError> {
         url: var("FLASHSALE_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
         cluster: flag("FLASHSALE_REDIS_CLUSTER"),
         namespace: redis_namespace()?,
+        auth_token: var("FLASHSALE_REDIS_AUTH_TOKEN"),
         response_timeout: millis("FLASHSALE_REDIS_TIMEOUT_MS", 500)?,
         connect_timeout: millis("FLASHSALE_REDIS_CONNECT_TIMEOUT_MS", 1000)?,
     })

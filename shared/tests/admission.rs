@@ -18,6 +18,7 @@ fn settings(url: String) -> RedisSettings {
         response_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
         namespace: "fs-test".into(),
+        auth_token: None,
     }
 }
 

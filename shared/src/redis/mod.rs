@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script, Value};
 use tokio::sync::OnceCell;
 
 use crate::domain::{
@@ -29,6 +29,8 @@ pub struct RedisSettings {
     pub cluster: bool,
     /// Key namespace (`FLASHSALE_REDIS_NAMESPACE`, default `fs`).
     pub namespace: String,
+    /// ElastiCache AUTH token, kept out of the URL (`FLASHSALE_REDIS_AUTH_TOKEN`).
+    pub auth_token: Option<String>,
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
 }
@@ -133,20 +135,31 @@ impl RedisGate {
             .get_or_try_init(|| async {
                 if s.cluster {
                     let nodes: Vec<&str> = s.url.split(',').map(str::trim).collect();
-                    let client = redis::cluster::ClusterClient::builder(nodes)
+                    let mut builder = redis::cluster::ClusterClient::builder(nodes)
                         .connection_timeout(s.connect_timeout)
-                        .response_timeout(s.response_timeout)
-                        .build()
-                        .map_err(classify)?;
+                        .response_timeout(s.response_timeout);
+                    if let Some(token) = &s.auth_token {
+                        builder = builder.password(token.clone());
+                    }
+                    let client = builder.build().map_err(classify)?;
                     client
                         .get_async_connection()
                         .await
                         .map(Conn::Cluster)
                         .map_err(classify)
                 } else {
-                    let client = redis::Client::open(s.url.as_str()).map_err(|e| {
-                        InfraError::permanent("redis", format!("bad FLASHSALE_REDIS_URL: {e}"))
-                    })?;
+                    let bad_url = |e: RedisError| {
+                        InfraError::permanent(
+                            "redis",
+                            format!("bad FLASHSALE_REDIS_URL (redis:// or rediss:// for TLS): {e}"),
+                        )
+                    };
+                    let mut info = s.url.as_str().into_connection_info().map_err(bad_url)?;
+                    if let Some(token) = &s.auth_token {
+                        let settings = info.redis_settings().clone().set_password(token);
+                        info = info.set_redis_settings(settings);
+                    }
+                    let client = redis::Client::open(info).map_err(bad_url)?;
                     let config = ConnectionManagerConfig::new()
                         .set_connection_timeout(Some(s.connect_timeout))
                         .set_response_timeout(Some(s.response_timeout))

@@ -43,6 +43,7 @@ pub fn redis_settings(url: String, namespace: &str) -> RedisSettings {
         url,
         cluster: false,
         namespace: namespace.to_owned(),
+        auth_token: None,
         response_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
     }

@@ -1,0 +1,329 @@
+//! What the code relies on in template.yaml, which cfn-lint and
+//! `sam validate --lint` do not check: binaries, environment variables,
+//! partial batch failures, visibility timeouts, DLQ wiring, IAM scoping,
+//! table layout and route authorisation.
+
+use std::collections::BTreeSet;
+
+use serde_yaml::Value;
+use shared::aws::table;
+use tools::provision::MAX_RECEIVE_COUNT;
+
+fn root() -> String {
+    format!("{}/..", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn template() -> Value {
+    let text = std::fs::read_to_string(format!("{}/template.yaml", root())).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+fn resources(t: &Value) -> &serde_yaml::Mapping {
+    t["Resources"].as_mapping().unwrap()
+}
+
+fn functions(t: &Value) -> Vec<(String, &Value)> {
+    resources(t)
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::Serverless::Function")
+        .map(|(k, r)| (k.as_str().unwrap().to_owned(), r))
+        .collect()
+}
+
+fn function<'a>(t: &'a Value, binary: &str) -> &'a Value {
+    functions(t)
+        .into_iter()
+        .find(|(_, f)| f["Metadata"]["BuildProperties"]["Binary"] == binary)
+        .unwrap_or_else(|| panic!("no function builds {binary}"))
+        .1
+}
+
+/// `!Tag value` as (tag, value).
+fn tagged(v: &Value) -> Option<(String, &Value)> {
+    match v {
+        Value::Tagged(t) => Some((
+            t.tag.to_string().trim_start_matches('!').to_owned(),
+            &t.value,
+        )),
+        _ => None,
+    }
+}
+
+fn get_att(v: &Value) -> String {
+    let (tag, value) = tagged(v).unwrap_or_else(|| panic!("{v:?} is not a !GetAtt"));
+    assert_eq!(tag, "GetAtt");
+    value.as_str().unwrap().to_owned()
+}
+
+fn is_ref(v: &Value, target: &str) -> bool {
+    matches!(tagged(v), Some((tag, value)) if tag == "Ref" && value == target)
+}
+
+fn number(t: &Value, v: &Value) -> i64 {
+    if let Some(n) = v.as_i64() {
+        return n;
+    }
+    let (_, name) = tagged(v).unwrap();
+    t["Parameters"][name.as_str().unwrap()]["Default"]
+        .as_i64()
+        .unwrap()
+}
+
+/// The largest value a literal or a `!Ref` to a parameter can take.
+fn max_of(t: &Value, v: &Value) -> i64 {
+    match tagged(v) {
+        Some((_, name)) => t["Parameters"][name.as_str().unwrap()]["MaxValue"]
+            .as_i64()
+            .unwrap(),
+        None => v.as_i64().unwrap(),
+    }
+}
+
+fn env_of<'a>(t: &'a Value, f: &'a Value) -> BTreeSet<String> {
+    let global = t["Globals"]["Function"]["Environment"]["Variables"].as_mapping();
+    let own = f["Properties"]["Environment"]["Variables"].as_mapping();
+    global
+        .into_iter()
+        .chain(own)
+        .flat_map(|m| m.keys())
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn every_function_crate_is_deployed_on_arm64_al2023_with_cargo_lambda() {
+    let t = template();
+    let crates: BTreeSet<String> = std::fs::read_dir(format!("{}/functions", root()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let built: BTreeSet<String> = functions(&t)
+        .iter()
+        .map(|(_, f)| {
+            assert_eq!(f["Metadata"]["BuildMethod"], "rust-cargolambda");
+            f["Metadata"]["BuildProperties"]["Binary"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(crates, built);
+    let g = &t["Globals"]["Function"];
+    assert_eq!(g["Runtime"], "provided.al2023");
+    assert_eq!(g["Architectures"][0], "arm64");
+    assert_eq!(g["Handler"], "bootstrap");
+}
+
+#[test]
+fn functions_get_the_environment_the_code_reads() {
+    let t = template();
+    let config = std::fs::read_to_string(format!("{}/shared/src/config.rs", root())).unwrap();
+    let known: BTreeSet<&str> = config
+        .split('"')
+        .filter(|s| s.starts_with("FLASHSALE_"))
+        .collect();
+    let needs: &[(&str, &[&str])] = &[
+        (
+            "deduct",
+            &["FLASHSALE_REDIS_URL", "FLASHSALE_ORDERS_QUEUE_URL"],
+        ),
+        ("order-status", &["FLASHSALE_REDIS_URL", "FLASHSALE_TABLE"]),
+        (
+            "admin",
+            &[
+                "FLASHSALE_REDIS_URL",
+                "FLASHSALE_TABLE",
+                "FLASHSALE_ADMIN_TOKEN",
+            ],
+        ),
+        (
+            "order-consumer",
+            &["FLASHSALE_REDIS_URL", "FLASHSALE_TABLE"],
+        ),
+        ("compensation", &["FLASHSALE_REDIS_URL", "FLASHSALE_TABLE"]),
+        (
+            "outbox-sweeper",
+            &[
+                "FLASHSALE_REDIS_URL",
+                "FLASHSALE_TABLE",
+                "FLASHSALE_ORDERS_QUEUE_URL",
+            ],
+        ),
+    ];
+    for (binary, vars) in needs {
+        let env = env_of(&t, function(&t, binary));
+        for v in *vars {
+            assert!(env.contains(*v), "{binary} lacks {v}");
+        }
+        for v in env.iter().filter(|v| v.starts_with("FLASHSALE_")) {
+            assert!(
+                known.contains(v.as_str()),
+                "{binary}: {v} is read nowhere (typo?)"
+            );
+        }
+    }
+}
+
+#[test]
+fn sqs_mappings_report_partial_failures_and_queues_outlast_retries() {
+    let t = template();
+    let r = resources(&t);
+    for (binary, queue, dlq) in [
+        ("order-consumer", "OrdersQueue", "OrdersDLQ"),
+        ("compensation", "OrdersDLQ", "CompensationDLQ"),
+    ] {
+        let f = function(&t, binary);
+        let events = f["Properties"]["Events"].as_mapping().unwrap();
+        let sqs: Vec<&Value> = events.values().filter(|e| e["Type"] == "SQS").collect();
+        assert_eq!(sqs.len(), 1, "{binary}");
+        let p = &sqs[0]["Properties"];
+        assert_eq!(get_att(&p["Queue"]), format!("{queue}.Arn"));
+        let types: Vec<&str> = p["FunctionResponseTypes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(types, vec!["ReportBatchItemFailures"], "{binary}");
+        assert!(
+            max_of(&t, &p["BatchSize"]) <= 10,
+            "{binary}: batches above 10 need a batching window"
+        );
+        assert!(number(&t, &p["ScalingConfig"]["MaximumConcurrency"]) >= 2);
+        // AWS: visibility timeout >= 6 x the function timeout (+ batching window).
+        let timeout = number(&t, &f["Properties"]["Timeout"]);
+        let window = p
+            .get("MaximumBatchingWindowInSeconds")
+            .map_or(0, |w| max_of(&t, w));
+        let visibility = r[queue]["Properties"]["VisibilityTimeout"]
+            .as_i64()
+            .unwrap();
+        assert!(
+            visibility >= 6 * timeout + window,
+            "{queue}: {visibility} s < 6 x {timeout} s + {window} s"
+        );
+        // Redrive to the next queue after as many receives as provisioning uses.
+        let redrive = &r[queue]["Properties"]["RedrivePolicy"];
+        assert_eq!(
+            get_att(&redrive["deadLetterTargetArn"]),
+            format!("{dlq}.Arn")
+        );
+        assert_eq!(
+            redrive["maxReceiveCount"].as_u64(),
+            Some(u64::from(MAX_RECEIVE_COUNT))
+        );
+    }
+    assert!(
+        r["CompensationDLQ"]["Properties"]
+            .get("RedrivePolicy")
+            .is_none()
+    );
+}
+
+#[test]
+fn each_function_gets_only_the_access_it_needs() {
+    let t = template();
+    let policies = |binary: &str| -> Vec<(String, Value)> {
+        function(&t, binary)["Properties"]["Policies"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let (k, v) = p.as_mapping().unwrap().iter().next().unwrap();
+                (k.as_str().unwrap().to_owned(), v.clone())
+            })
+            .collect()
+    };
+    let names =
+        |binary: &str| -> Vec<String> { policies(binary).into_iter().map(|(k, _)| k).collect() };
+    assert_eq!(names("deduct"), vec!["SQSSendMessagePolicy"]);
+    assert_eq!(names("order-status"), vec!["DynamoDBReadPolicy"]);
+    assert_eq!(
+        names("outbox-sweeper"),
+        vec!["SQSSendMessagePolicy", "DynamoDBReadPolicy"]
+    );
+    for binary in ["admin", "order-consumer", "compensation"] {
+        assert_eq!(names(binary), vec!["DynamoDBCrudPolicy"], "{binary}");
+    }
+    for (_, f) in functions(&t) {
+        let binary = f["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
+        for (name, args) in policies(binary) {
+            if name.starts_with("DynamoDB") {
+                assert!(
+                    is_ref(&args["TableName"], "FlashSaleTable"),
+                    "{binary}: {name}"
+                );
+            } else {
+                assert_eq!(
+                    get_att(&args["QueueName"]),
+                    "OrdersQueue.QueueName",
+                    "{binary}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn table_matches_the_key_layout_the_code_uses() {
+    let t = template();
+    let table_props = &resources(&t)["FlashSaleTable"]["Properties"];
+    assert_eq!(table_props["KeySchema"][0]["AttributeName"], table::PK);
+    assert_eq!(table_props["KeySchema"][0]["KeyType"], "HASH");
+    let gsi = &table_props["GlobalSecondaryIndexes"][0];
+    assert_eq!(gsi["IndexName"], table::GSI1);
+    assert_eq!(gsi["KeySchema"][0]["AttributeName"], table::GSI1_PK);
+    assert_eq!(gsi["KeySchema"][1]["AttributeName"], table::GSI1_SK);
+    assert_eq!(gsi["Projection"]["ProjectionType"], "ALL");
+    assert_eq!(
+        table_props["TimeToLiveSpecification"]["AttributeName"],
+        table::TTL
+    );
+    assert_eq!(table_props["TimeToLiveSpecification"]["Enabled"], true);
+}
+
+#[test]
+fn buyer_routes_use_the_jwt_authorizer_and_admin_routes_iam() {
+    let t = template();
+    let api = &resources(&t)["FlashSaleApi"]["Properties"];
+    assert_eq!(api["Auth"]["DefaultAuthorizer"], "BuyerJwt");
+    assert_eq!(api["Auth"]["EnableIamAuthorizer"], true);
+    assert!(tagged(&api["DefaultRouteSettings"]["ThrottlingRateLimit"]).is_some());
+    assert!(tagged(&api["DefaultRouteSettings"]["ThrottlingBurstLimit"]).is_some());
+    let routes = |binary: &str| -> Vec<(String, String, Option<String>)> {
+        function(&t, binary)["Properties"]["Events"]
+            .as_mapping()
+            .unwrap()
+            .values()
+            .filter(|e| e["Type"] == "HttpApi")
+            .map(|e| {
+                let p = &e["Properties"];
+                (
+                    p["Method"].as_str().unwrap().to_owned(),
+                    p["Path"].as_str().unwrap().to_owned(),
+                    p["Auth"]["Authorizer"].as_str().map(str::to_owned),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        routes("deduct"),
+        vec![("POST".into(), "/api/flash-sale/buy".into(), None)]
+    );
+    assert_eq!(
+        routes("order-status"),
+        vec![(
+            "GET".into(),
+            "/api/flash-sale/orders/{request_id}".into(),
+            None
+        )]
+    );
+    let admin = routes("admin");
+    assert_eq!(admin.len(), 3);
+    assert!(
+        admin
+            .iter()
+            .all(|(_, path, auth)| path.starts_with("/api/admin/products")
+                && auth.as_deref() == Some("AWS_IAM"))
+    );
+}
