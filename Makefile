@@ -28,6 +28,11 @@ build: setup
 sam-build: setup
 	PATH="$(TOOLS_BIN):$$PATH" $(TOOLS_BIN)/sam build --beta-features
 
+# LocalStack in Docker (localstack/docker-compose.yml up first): deploys the
+# x86_64 bootstraps with their event source mappings. Needs a Docker engine.
+deploy-localstack: build
+	LAMBDA_DIR=$(CARGO_TARGET_DIR)/lambda/x86_64 localstack/deploy.sh
+
 demo: setup dev-build
 	@CHAOS=$(CHAOS) STACK_DIR=$(CURDIR)/.stack localstack/with-stack.sh scripts/demo.sh
 

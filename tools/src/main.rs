@@ -37,7 +37,7 @@ enum Command {
         #[arg(long, default_value = "flashsale")]
         prefix: String,
         /// Seconds a received message stays hidden (retry delay after a failure).
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = provision::DEFAULT_VISIBILITY_TIMEOUT)]
         visibility_timeout: u32,
     },
     /// Run a demo sale against a running API and print a SUMMARY line.

@@ -12,8 +12,12 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 use shared::aws::table;
 
-/// Deliveries before a message moves to the orders DLQ.
+/// Deliveries before a message moves on to the next queue.
 pub const MAX_RECEIVE_COUNT: u32 = 5;
+/// `flashsale provision`'s default retry delay, in seconds.
+pub const DEFAULT_VISIBILITY_TIMEOUT: u32 = 30;
+/// Dead letters are kept for SQS's maximum, 14 days.
+pub const DLQ_RETENTION_SECONDS: u32 = 1_209_600;
 
 #[derive(Debug, Clone)]
 pub struct Names {
