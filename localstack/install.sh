@@ -21,6 +21,13 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   (systemctl disable --now redis-server >/dev/null 2>&1 || true)
 fi
 
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  log "installing fonts-dejavu-core from apt (load-test charts)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq fonts-dejavu-core >/dev/null
+fi
+
 if ! command -v java >/dev/null 2>&1; then
   log "installing Java 17 from apt (DynamoDB Local needs it)"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo sale: provisions queues and table, starts the local runner in the
-# background, runs `flashsale demo` against it. Expects the stack's env
+# background, runs `flashsale loadtest --summary` against it. Expects the stack's env
 # (run through localstack/with-stack.sh). The last line is the SUMMARY.
 # CHAOS=1 injects faults into every port and makes Redis lose 20 decrements
 # mid-sale; the books must still balance.
@@ -31,4 +31,4 @@ done
 [ "${DEMO_BUYERS:-}" ] && args+=(--buyers "$DEMO_BUYERS")
 [ "${DEMO_STOCK:-}" ] && args+=(--stock "$DEMO_STOCK")
 echo "runner log: $STACK_DIR/runner.log" >&2
-"$bin" demo "${args[@]}"
+"$bin" loadtest --summary --report "$STACK_DIR/loadtest.json" --chart "$STACK_DIR/loadtest.png" "${args[@]}"

@@ -1,12 +1,10 @@
-//! A flash sale against a running API: create and warm a product, then a
-//! rush of buyers, each buying twice (half of them repeating their
-//! Idempotency-Key), with bounded concurrency.
+//! The demo sale around the load generator: create and warm a product,
+//! run the rush, wait until everything settled, and hooks for chaos.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use futures::StreamExt;
+use futures::future::BoxFuture;
 use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -16,30 +14,7 @@ use shared::ports::StockGate;
 use shared::redis::RedisGate;
 
 use crate::client::{Answer, Api};
-
-#[derive(Debug, Clone)]
-pub struct SaleSpec {
-    pub product: String,
-    pub stock: u32,
-    pub buyers: usize,
-    pub concurrency: usize,
-    /// Chaos: between the two waves, give Redis back this many units, as a
-    /// failover to a lagging replica would (acknowledged decrements lost).
-    pub lose_decrements: u32,
-}
-
-#[derive(Debug, Default)]
-pub struct LoadReport {
-    pub requests: usize,
-    pub by_status: BTreeMap<u16, usize>,
-    /// (buyer, request id) of every 202.
-    pub admitted: Vec<(String, String)>,
-    /// Repeated keys answered with the first request's id.
-    pub replays_matched: usize,
-    /// Repeated keys answered otherwise after a 202 (must be 0).
-    pub replays_mismatched: usize,
-    pub elapsed: Duration,
-}
+use crate::loadtest::{self, LoadSpec, Report, Run};
 
 fn rfc3339(t: OffsetDateTime) -> Result<String> {
     Ok(t.format(&Rfc3339)?)
@@ -92,38 +67,6 @@ where
     Ok(answer)
 }
 
-fn key(product: &str, buyer: usize, attempt: usize) -> String {
-    format!("{product}-b{buyer}-k{attempt}")
-}
-
-async fn wave(
-    api: &Api,
-    spec: &SaleSpec,
-    attempt: usize,
-) -> Result<Vec<(usize, u16, Option<String>)>> {
-    let results: Vec<Result<(usize, u16, Option<String>)>> = futures::stream::iter(0..spec.buyers)
-        .map(|buyer| async move {
-            // Even buyers repeat their first key; odd buyers use a new one.
-            let k = key(
-                &spec.product,
-                buyer,
-                if buyer % 2 == 0 { 1 } else { attempt },
-            );
-            let body = json!({
-                "product_id": spec.product,
-                "quantity": 1,
-                "user_id": format!("buyer-{buyer}"),
-            });
-            let a = api.buy(&body, Some(&k)).await?;
-            let id = a.body["request_id"].as_str().map(str::to_owned);
-            Ok((buyer, a.status, id))
-        })
-        .buffer_unordered(spec.concurrency.max(1))
-        .collect()
-        .await;
-    results.into_iter().collect()
-}
-
 /// Simulates Redis losing `n` acknowledged stock decrements.
 pub async fn lose_decrements(gate: &RedisGate, product: &str, n: u32) -> Result<()> {
     let key = gate.keys(&ProductId::parse(product)?).stock();
@@ -131,43 +74,26 @@ pub async fn lose_decrements(gate: &RedisGate, product: &str, n: u32) -> Result<
     Ok(())
 }
 
-/// Sends `2 × buyers` requests in two waves; with `lose_decrements`, Redis
-/// forgets that many decrements between them (needs `gate`).
-pub async fn run_sale(api: &Api, spec: &SaleSpec, gate: Option<&RedisGate>) -> Result<LoadReport> {
-    let started = Instant::now();
-    let mut report = LoadReport::default();
-    let first = wave(api, spec, 1).await?;
-    let mut first_ids = vec![None; spec.buyers];
-    for (buyer, status, id) in first {
-        *report.by_status.entry(status).or_default() += 1;
-        if status == 202 {
-            let id = id.context("202 without a request_id")?;
-            report.admitted.push((format!("buyer-{buyer}"), id.clone()));
-            first_ids[buyer] = Some(id);
-        }
-    }
-    if spec.lose_decrements > 0 {
-        let gate = gate.context("losing decrements needs a Redis connection")?;
-        lose_decrements(gate, &spec.product, spec.lose_decrements).await?;
-    }
-    for (buyer, status, id) in wave(api, spec, 2).await? {
-        *report.by_status.entry(status).or_default() += 1;
-        if status == 202 {
-            report
-                .admitted
-                .push((format!("buyer-{buyer}"), id.clone().unwrap_or_default()));
-        }
-        if buyer % 2 == 0 && first_ids[buyer].is_some() {
-            if status == 200 && id == first_ids[buyer] {
-                report.replays_matched += 1;
-            } else {
-                report.replays_mismatched += 1;
+/// A sale through the load generator; with `lose_decrements`, Redis forgets
+/// that many decrements between the waves (a failover to a lagging replica).
+pub async fn sale(
+    api: &Api,
+    spec: &LoadSpec,
+    gate: Option<&RedisGate>,
+    lose: u32,
+) -> Result<(Run, Report)> {
+    let hook = |_wave: usize| -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if lose > 0 {
+                let gate = gate.context("losing decrements needs a Redis connection")?;
+                lose_decrements(gate, &spec.product, lose).await?;
             }
-        }
-    }
-    report.requests = 2 * spec.buyers;
-    report.elapsed = started.elapsed();
-    Ok(report)
+            Ok(())
+        })
+    };
+    let run = loadtest::run(api, spec, Some(&hook)).await?;
+    let report = Report::of(spec, &run)?;
+    Ok((run, report))
 }
 
 /// Waits until no admitted request of the product is pending in Redis and

@@ -2,8 +2,10 @@
 //! the local stack, the demo sale and audits.
 
 pub mod audit;
+pub mod chart;
 pub mod client;
 pub mod demo;
+pub mod loadtest;
 pub mod provision;
 pub mod queues;
 pub mod runner;

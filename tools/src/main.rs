@@ -10,7 +10,7 @@ use shared::domain::ProductId;
 use shared::faults::FaultPlan;
 use shared::redis::RedisGate;
 use shared::{config, telemetry};
-use tools::{audit, client::Api, demo, provision, queues, runner};
+use tools::{audit, client::Api, demo, loadtest, provision, queues, runner};
 
 /// flashsale's local tools. AWS endpoints come from the SDK's environment
 /// (`AWS_ENDPOINT_URL_SQS`, `AWS_ENDPOINT_URL_DYNAMODB`, `AWS_REGION`), Redis
@@ -40,25 +40,9 @@ enum Command {
         #[arg(long, default_value_t = provision::DEFAULT_VISIBILITY_TIMEOUT)]
         visibility_timeout: u32,
     },
-    /// Run a demo sale against a running API and print a SUMMARY line.
-    Demo {
-        #[arg(long, default_value = "http://127.0.0.1:3000")]
-        base_url: String,
-        #[arg(long, env = "FLASHSALE_ADMIN_TOKEN")]
-        admin_token: String,
-        /// Defaults to a fresh id per run.
-        #[arg(long)]
-        product: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        stock: u32,
-        #[arg(long, default_value_t = 1000)]
-        buyers: usize,
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Chaos: Redis forgets this many stock decrements mid-sale.
-        #[arg(long, default_value_t = 0)]
-        lose_decrements: u32,
-    },
+    /// A flash-sale load against an API (the local runner by default): a
+    /// report of throughput and latency per response code, then the audit.
+    Loadtest(LoadArgs),
     /// Audit a product's books in Redis and DynamoDB; exits 1 if they do not balance.
     Reconcile {
         #[arg(long)]
@@ -78,6 +62,120 @@ enum Command {
         #[arg(long, env = "FLASHSALE_ORDERS_DLQ_URL")]
         to: String,
     },
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    base_url: String,
+    #[arg(long, env = "FLASHSALE_ADMIN_TOKEN")]
+    admin_token: String,
+    /// An existing, warmed product; by default a fresh one is created and warmed.
+    #[arg(long)]
+    product: Option<String>,
+    /// Units of the fresh product.
+    #[arg(long, default_value_t = 100)]
+    stock: u32,
+    #[arg(long, default_value_t = 1000)]
+    buyers: usize,
+    #[arg(long, default_value_t = 2)]
+    requests_per_buyer: usize,
+    /// Share of buyers whose later requests repeat their first Idempotency-Key.
+    #[arg(long, default_value_t = 0.5)]
+    repeat_share: f64,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Milliseconds over which the workers of each wave start.
+    #[arg(long, default_value_t = 0)]
+    ramp_ms: u64,
+    /// Chaos: Redis forgets this many stock decrements between waves.
+    #[arg(long, default_value_t = 0)]
+    lose_decrements: u32,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
+    /// Draw throughput and p99 latency over time into this PNG.
+    #[arg(long)]
+    chart: Option<std::path::PathBuf>,
+    /// Skip the audit (for an API whose Redis and DynamoDB are out of reach).
+    #[arg(long)]
+    no_audit: bool,
+    /// End with one SUMMARY line (the demo's).
+    #[arg(long)]
+    summary: bool,
+}
+
+async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> {
+    let api = Api::new(a.base_url, a.admin_token);
+    let product = match a.product {
+        Some(p) => p,
+        None => {
+            let p = format!("sale-{}", time::OffsetDateTime::now_utc().unix_timestamp());
+            demo::create_and_warm(&api, &p, a.stock, 1).await?;
+            p
+        }
+    };
+    let spec = loadtest::LoadSpec {
+        product: product.clone(),
+        buyers: a.buyers,
+        requests_per_buyer: a.requests_per_buyer.max(1),
+        repeat_share: a.repeat_share,
+        concurrency: a.concurrency,
+        ramp: Duration::from_millis(a.ramp_ms),
+        progress: true,
+    };
+    let gate = (!a.no_audit || a.lose_decrements > 0)
+        .then(|| stores(sdk))
+        .transpose()?;
+    let (run, report) = demo::sale(
+        &api,
+        &spec,
+        gate.as_ref().map(|(g, _)| g),
+        a.lose_decrements,
+    )
+    .await?;
+    eprint!("{}", report.table());
+    if let Some(path) = &a.report {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("report: {}", path.display());
+    }
+    if let Some(path) = &a.chart {
+        let title = format!(
+            "flashsale load test: {} requests, {} workers",
+            report.requests, a.concurrency
+        );
+        tools::chart::draw(path, &title, &loadtest::timeline(&run, 40)?)?;
+        eprintln!("chart: {}", path.display());
+    }
+    let Some((gate, store)) = gate.filter(|_| !a.no_audit) else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let queues = [config::orders_queue_url()?, config::orders_dlq_url()?];
+    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+    let pid = ProductId::parse(product.as_str())?;
+    demo::wait_settled(&gate, Some(&sqs), &queues, &pid, Duration::from_secs(300)).await?;
+    let books = audit::audit(&gate, &store, &pid).await?;
+    for problem in books.problems() {
+        eprintln!("unbalanced: {problem}");
+    }
+    let ok = books.balanced() && report.replays_mismatched == 0;
+    if a.summary {
+        let faults = demo::faults_injected(&api).await?;
+        println!(
+            "SUMMARY product={product} buyers={} requests={} {books} faults_injected={faults} balanced={}",
+            a.buyers,
+            report.requests,
+            yes_no(ok)
+        );
+    } else {
+        println!("AUDIT product={product} {books} balanced={}", yes_no(ok));
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[tokio::main]
@@ -134,57 +232,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             );
             println!("export FLASHSALE_TABLE={}", p.table);
         }
-        Command::Demo {
-            base_url,
-            admin_token,
-            product,
-            stock,
-            buyers,
-            concurrency,
-            lose_decrements,
-        } => {
-            let product = product.unwrap_or_else(|| {
-                format!("demo-{}", time::OffsetDateTime::now_utc().unix_timestamp())
-            });
-            let spec = demo::SaleSpec {
-                product: product.clone(),
-                stock,
-                buyers,
-                concurrency,
-                lose_decrements,
-            };
-            let (gate, store) = stores(&sdk)?;
-            let api = Api::new(base_url, admin_token);
-            demo::create_and_warm(&api, &product, stock, 1).await?;
-            let report = demo::run_sale(&api, &spec, Some(&gate)).await?;
-            eprintln!(
-                "sent {} requests in {:.2?}; answers by status: {:?}; replays matched {}, mismatched {}",
-                report.requests,
-                report.elapsed,
-                report.by_status,
-                report.replays_matched,
-                report.replays_mismatched
-            );
-            let sqs = aws_sdk_sqs::Client::new(&sdk);
-            let queues = [config::orders_queue_url()?, config::orders_dlq_url()?];
-            let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
-            let pid = ProductId::parse(product.as_str())?;
-            demo::wait_settled(&gate, Some(&sqs), &queues, &pid, Duration::from_secs(300)).await?;
-            let books = audit::audit(&gate, &store, &pid).await?;
-            let faults = demo::faults_injected(&api).await?;
-            for problem in books.problems() {
-                eprintln!("unbalanced: {problem}");
-            }
-            let ok = books.balanced() && report.replays_mismatched == 0;
-            println!(
-                "SUMMARY product={product} buyers={buyers} requests={} {books} faults_injected={faults} balanced={}",
-                report.requests,
-                yes_no(ok)
-            );
-            if !ok {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
+        Command::Loadtest(args) => return loadtest(&sdk, args).await,
         Command::Reconcile { product } => {
             let (gate, store) = stores(&sdk)?;
             let books = audit::audit(&gate, &store, &ProductId::parse(product.as_str())?).await?;

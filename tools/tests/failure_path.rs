@@ -18,7 +18,8 @@ use shared::domain::{
 use shared::faults::FaultPlan;
 use shared::ports::{OrderStore, StockGate};
 use tools::audit::{Audit, audit};
-use tools::demo::{self, SaleSpec};
+use tools::demo;
+use tools::loadtest::LoadSpec;
 
 fn product(id: &str, stock: u32) -> Product {
     let now = OffsetDateTime::now_utc();
@@ -126,14 +127,16 @@ async fn a_chaos_sale_balances_the_books() {
 
     // The rush: 3,000 buyers, each twice; between the waves Redis loses 20
     // acknowledged decrements (a failover to a lagging replica).
-    let spec = SaleSpec {
+    let spec = LoadSpec {
         product: id.clone(),
-        stock: 500,
         buyers: 3000,
+        requests_per_buyer: 2,
+        repeat_share: 0.5,
         concurrency: 64,
-        lose_decrements: 20,
+        ramp: Duration::ZERO,
+        progress: false,
     };
-    let report = demo::run_sale(&s.api, &spec, Some(&s.gate)).await.unwrap();
+    let (_, report) = demo::sale(&s.api, &spec, Some(&s.gate), 20).await.unwrap();
     assert_eq!(report.replays_mismatched, 0);
 
     // Duplicate deliveries of placed orders, to the consumer and to
@@ -160,10 +163,10 @@ async fn a_chaos_sale_balances_the_books() {
     let books = settle_books(&s, &p, Duration::from_secs(180)).await;
     let conflicts = s.running.app.consumer.store.inner.transaction_conflicts();
     println!(
-        "chaos figures: {books} faults_injected={} admitted_202={} transaction_conflicts={conflicts} answers={:?}",
+        "chaos figures: {books} faults_injected={} admitted_202={} transaction_conflicts={conflicts}\n{}",
         faults.injected(),
         report.admitted.len(),
-        report.by_status
+        report.table()
     );
     assert!(books.placed <= 500);
     assert_eq!(books.placed_units + books.stock_left, 500, "{books}");

@@ -15,7 +15,8 @@ use common::{TestStack, unique};
 use shared::domain::{OrderMessage, OrderStatus, ProductId, RequestId};
 use shared::ports::{OrderQueue, OrderStore, StockGate};
 use tools::audit::audit;
-use tools::demo::{self, SaleSpec};
+use tools::demo;
+use tools::loadtest::LoadSpec;
 
 fn buy_body(product: &str, user: &str, qty: u32) -> Value {
     json!({ "product_id": product, "quantity": qty, "user_id": user })
@@ -70,23 +71,25 @@ async fn status_of(s: &TestStack, id: &str, user: &str) -> (u16, Value) {
 async fn a_sale_admits_exactly_the_stock_and_places_every_admitted_order() {
     let s = TestStack::start("sale", 30).await;
     let product = unique("sale");
-    let spec = SaleSpec {
+    let spec = LoadSpec {
         product: product.clone(),
-        stock: 100,
         buyers: 1000,
+        requests_per_buyer: 2,
+        repeat_share: 0.5,
         concurrency: 64,
-        lose_decrements: 0,
+        ramp: Duration::from_millis(200),
+        progress: false,
     };
-    demo::create_and_warm(&s.api, &product, spec.stock, 1)
+    demo::create_and_warm(&s.api, &product, 100, 1)
         .await
         .unwrap();
-    let report = demo::run_sale(&s.api, &spec, None).await.unwrap();
+    let (_, report) = demo::sale(&s.api, &spec, None, 0).await.unwrap();
     let pid = ProductId::parse(product.as_str()).unwrap();
     demo::wait_drained(&s.gate, &pid, Duration::from_secs(120))
         .await
         .unwrap();
     let books = audit(&s.gate, &s.store, &pid).await.unwrap();
-    println!("sale figures: {books}; answers {:?}", report.by_status);
+    println!("sale figures: {books}\n{}", report.table());
 
     assert_eq!(
         report.admitted.len(),
@@ -104,15 +107,15 @@ async fn a_sale_admits_exactly_the_stock_and_places_every_admitted_order() {
     );
     assert_eq!(books.pending, 0);
     assert!(books.balanced());
-    // Every even buyer that got a 202 repeated its key and got the same id back.
-    let even_admitted = report
+    // Every repeating buyer that got a 202 got the same id back for its key.
+    let repeaters_admitted = report
         .admitted
         .iter()
-        .filter(|(u, _)| u.trim_start_matches("buyer-").parse::<usize>().unwrap() % 2 == 0)
+        .filter(|(u, _)| spec.repeats(u.trim_start_matches("buyer-").parse().unwrap()))
         .count();
     assert_eq!(report.replays_mismatched, 0);
-    assert_eq!(report.replays_matched, even_admitted);
-    assert_eq!(report.by_status.get(&200), Some(&even_admitted));
+    assert_eq!(report.replays_matched, repeaters_admitted);
+    assert_eq!(report.count(200), repeaters_admitted as u64);
     let buyers: i64 = s
         .gate
         .command(
