@@ -281,3 +281,116 @@ async fn resync_only_when_nothing_is_in_flight() {
         Warm::Warmed { stock_left: 5 }
     );
 }
+
+/// A redis-server of this test's own, with TLS and AUTH, stopped by PID.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_redis(password: &str) -> TlsRedis {
+    let dir = std::env::temp_dir().join(format!("flashsale-tls-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is needed for the TLS test");
+    assert!(made.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .args(["--requirepass", password])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is needed (make test installs it)");
+    TlsRedis {
+        child,
+        port,
+        _dir: TempDir(dir),
+    }
+}
+
+#[tokio::test]
+async fn tls_and_auth_token_like_elasticache() {
+    let server = tls_redis("elasticache-token-123");
+    let settings = |token: Option<&str>| RedisSettings {
+        // `#insecure`: the throwaway certificate is self-signed.
+        auth_token: token.map(str::to_owned),
+        ..settings(format!("rediss://127.0.0.1:{}/#insecure", server.port))
+    };
+    let p = unique("tls");
+    let mut last = None;
+    for _ in 0..50 {
+        let g = RedisGate::new(settings(Some("elasticache-token-123")));
+        match g.warm(&product(&p, 3, 1, -1), false).await {
+            Ok(w) => {
+                last = Some(w);
+                assert!(matches!(
+                    g.admit(&purchase(&p, "u1", 1, None)).await.unwrap(),
+                    Admission::Admitted { .. }
+                ));
+                break;
+            }
+            // The server may still be starting.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(last, Some(Warm::Warmed { stock_left: 3 }));
+    let wrong = RedisGate::new(settings(Some("wrong")));
+    assert!(
+        wrong.stats(&p).await.is_err(),
+        "a wrong AUTH token is refused"
+    );
+    let plain = RedisGate::new(settings(None));
+    assert!(plain.stats(&p).await.is_err(), "no AUTH token is refused");
+}
