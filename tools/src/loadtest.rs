@@ -303,3 +303,70 @@ pub fn timeline(run: &Run, buckets: usize) -> Result<Vec<(f64, f64, f64)>> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(share: f64) -> LoadSpec {
+        LoadSpec {
+            product: "p".into(),
+            buyers: 1000,
+            requests_per_buyer: 2,
+            repeat_share: share,
+            concurrency: 1,
+            ramp: Duration::ZERO,
+            progress: false,
+        }
+    }
+
+    fn sample(buyer: usize, wave: usize, status: u16, id: Option<&str>, ms: u64) -> Sample {
+        Sample {
+            buyer,
+            wave,
+            status,
+            request_id: id.map(str::to_owned),
+            latency: Duration::from_millis(ms),
+            at: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn repeating_buyers_are_the_asked_share_spread_evenly() {
+        for share in [0.0, 0.25, 0.5, 1.0] {
+            let s = spec(share);
+            let n = (0..1000).filter(|b| s.repeats(*b)).count();
+            assert_eq!(n, (1000.0 * share) as usize, "{share}");
+        }
+        let half = spec(0.5);
+        assert!(!half.repeats(0) && half.repeats(1) && !half.repeats(2));
+        assert_eq!(half.key(1, 2), half.key(1, 1));
+        assert_ne!(half.key(2, 2), half.key(2, 1));
+    }
+
+    #[test]
+    fn the_report_checks_replays_and_splits_latency_by_status() {
+        let s = spec(0.5);
+        let run = Run {
+            samples: vec![
+                sample(1, 1, 202, Some("a"), 10),
+                sample(1, 2, 200, Some("a"), 2),
+                sample(3, 1, 202, Some("b"), 12),
+                sample(3, 2, 202, Some("c"), 14),
+                sample(2, 1, 410, None, 1),
+                sample(2, 2, 409, None, 1),
+            ],
+            elapsed: Duration::from_secs(2),
+        };
+        let r = Report::of(&s, &run).unwrap();
+        assert_eq!((r.replays_matched, r.replays_mismatched), (1, 1));
+        assert_eq!(r.requests, 6);
+        assert!((r.requests_per_s - 3.0).abs() < 1e-9);
+        assert_eq!((r.count(202), r.count(200), r.count(410)), (3, 1, 1));
+        let l = &r.by_status[&202];
+        assert!(l.p50_ms >= 11.9 && l.p50_ms <= 12.1, "{l:?}");
+        assert!(l.max_ms >= 13.9 && l.max_ms <= 14.1, "{l:?}");
+        assert_eq!(r.admitted.len(), 3);
+        assert!(r.table().contains("1 matched, 1 mismatched"));
+    }
+}
