@@ -107,3 +107,9 @@ fn redis_namespace() -> Result<String, ConfigError> {
         )))
     }
 }
+
+/// How long one instance answers 410 from memory after Redis said sold out
+/// (`FLASHSALE_SOLD_OUT_CACHE_MS`, default 1000; 0 turns it off).
+pub fn sold_out_cache() -> Result<Duration, ConfigError> {
+    millis("FLASHSALE_SOLD_OUT_CACHE_MS", 1000)
+}

@@ -212,6 +212,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 sweep_every: config::sweep_every()?,
                 sweep_after_ms: config::sweep_after()?.as_millis() as i64,
                 faults: FaultPlan::from_env()?,
+                sold_out_cache: config::sold_out_cache()?,
             };
             let running = runner::start(cfg, &sdk).await?;
             eprintln!("flashsale runner listening on http://{}", running.addr);

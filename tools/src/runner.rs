@@ -59,6 +59,7 @@ pub struct RunnerConfig {
     pub sweep_after_ms: i64,
     /// Chaos runs only (`FLASHSALE_FAULTS`).
     pub faults: Arc<FaultPlan>,
+    pub sold_out_cache: Duration,
 }
 
 type Gate = Faulty<RedisGate>;
@@ -89,6 +90,7 @@ impl App {
                 gate: gate.clone(),
                 queue: queue.clone(),
                 insecure_user_from_body: cfg.insecure_user_from_body,
+                sold_out: deduct::SoldOutCache::new(cfg.sold_out_cache),
             },
             status: OrderStatusApi {
                 gate: gate.clone(),

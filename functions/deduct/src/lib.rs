@@ -3,6 +3,10 @@
 //! the pending index until the consumer settles it, so a failed send is
 //! logged and left to the sweeper, never undone here.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use lambda_http::Request;
 use serde::Deserialize;
 use serde_json::json;
@@ -10,7 +14,7 @@ use tracing::Instrument;
 
 use shared::domain::{
     Admission, IdempotencyKey, MAX_QUANTITY, OrderMessage, OrderStatus, ProductId, Purchase,
-    Quantity, RequestId, UserId,
+    Quantity, Refusal, RequestId, UserId,
 };
 use shared::error::ValidationError;
 use shared::http::{self as api, ApiError, HttpResponse};
@@ -22,6 +26,44 @@ pub struct Deduct<G, Q> {
     pub queue: Q,
     /// Local runner and tests: take the buyer from the body's `user_id`.
     pub insecure_user_from_body: bool,
+    pub sold_out: SoldOutCache,
+}
+
+/// Per instance: after Redis said a product is sold out, answer 410 from
+/// memory for a short while without a Redis round trip. Only requests
+/// without an Idempotency-Key are answered so: a keyed request may be the
+/// replay of an admitted one, and only Redis knows.
+pub struct SoldOutCache {
+    ttl: Duration,
+    until: Mutex<HashMap<ProductId, Instant>>,
+}
+
+impl SoldOutCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            until: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProductId, Instant>> {
+        self.until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_sold_out(&self, product: &ProductId) -> bool {
+        !self.ttl.is_zero()
+            && self
+                .lock()
+                .get(product)
+                .is_some_and(|t| *t > Instant::now())
+    }
+
+    pub fn remember(&self, product: &ProductId) {
+        if !self.ttl.is_zero() {
+            self.lock()
+                .insert(product.clone(), Instant::now() + self.ttl);
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -96,6 +138,10 @@ impl<G: StockGate, Q: OrderQueue> Deduct<G, Q> {
     }
 
     async fn buy(&self, purchase: Purchase, traceparent: String) -> Result<HttpResponse, ApiError> {
+        if purchase.idempotency_key.is_none() && self.sold_out.is_sold_out(&purchase.product_id) {
+            metrics::counter!("flashsale_rejected_total", "reason" => "sold_out").increment(1);
+            return Err(ApiError::new(410, "sold_out"));
+        }
         match self.gate.admit(&purchase).await? {
             Admission::Admitted { admitted_at_ms } => {
                 metrics::counter!("flashsale_admitted_total").increment(1);
@@ -125,6 +171,9 @@ impl<G: StockGate, Q: OrderQueue> Deduct<G, Q> {
                 ))
             }
             Admission::Refused(reason) => {
+                if reason == Refusal::SoldOut {
+                    self.sold_out.remember(&purchase.product_id);
+                }
                 metrics::counter!("flashsale_rejected_total", "reason" => reason.code())
                     .increment(1);
                 tracing::info!(reason = reason.code(), "refused");
@@ -138,7 +187,6 @@ impl<G: StockGate, Q: OrderQueue> Deduct<G, Q> {
 mod tests {
     use super::*;
     use lambda_http::{Body, http};
-    use shared::domain::Refusal;
     use shared::fakes::{FakeGate, FakeQueue};
 
     fn deduct(insecure: bool) -> Deduct<FakeGate, FakeQueue> {
@@ -146,6 +194,7 @@ mod tests {
             gate: FakeGate::default(),
             queue: FakeQueue::default(),
             insecure_user_from_body: insecure,
+            sold_out: SoldOutCache::new(Duration::from_secs(60)),
         }
     }
 
@@ -194,12 +243,13 @@ mod tests {
     async fn refusals_map_to_their_status_codes() {
         let d = deduct(true);
         for (refusal, code) in [
-            (Refusal::SoldOut, 410),
             (Refusal::AlreadyPurchased, 409),
             (Refusal::LimitExceeded, 409),
             (Refusal::SaleNotStarted, 403),
             (Refusal::SaleEnded, 403),
             (Refusal::UnknownProduct, 404),
+            // Last: afterwards this instance answers 410 from memory.
+            (Refusal::SoldOut, 410),
         ] {
             d.gate.answer(Admission::Refused(refusal));
             let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
@@ -286,5 +336,39 @@ mod tests {
             (401, "unauthenticated")
         );
         assert!(d.gate.purchases.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn sold_out_is_answered_from_memory_but_never_for_a_possible_replay() {
+        let d = deduct(true);
+        d.gate.answer(Admission::Refused(Refusal::SoldOut));
+        let body = r#"{"product_id":"p1","user_id":"u1"}"#;
+        assert_eq!(call(&d, buy(body)).await.0, 410);
+        // No key: Redis is not asked again.
+        assert_eq!(call(&d, buy(body)).await.0, 410);
+        assert_eq!(d.gate.purchases.lock().unwrap().len(), 1);
+        // A keyed request may be a replay: it goes to Redis.
+        let earlier = RequestId::new(&ProductId::parse("p1").unwrap());
+        d.gate.answer(Admission::Replay {
+            request_id: earlier.clone(),
+        });
+        let mut req = buy(body);
+        req.headers_mut()
+            .insert("Idempotency-Key", "k-1".parse().unwrap());
+        let (status, resp) = call(&d, req).await;
+        assert_eq!(
+            (status, resp["request_id"].as_str()),
+            (200, Some(earlier.as_str()))
+        );
+        // Other products are not affected; a zero TTL turns it off.
+        assert_eq!(
+            call(&d, buy(r#"{"product_id":"p2","user_id":"u1"}"#))
+                .await
+                .0,
+            202
+        );
+        let off = SoldOutCache::new(Duration::ZERO);
+        off.remember(&ProductId::parse("p1").unwrap());
+        assert!(!off.is_sold_out(&ProductId::parse("p1").unwrap()));
     }
 }

@@ -11,6 +11,7 @@ async fn main() -> Result<(), Error> {
         gate: env.gate()?,
         queue: env.orders_queue()?,
         insecure_user_from_body: config::insecure_user_from_body(),
+        sold_out: deduct::SoldOutCache::new(config::sold_out_cache()?),
     };
     let handler = &handler;
     env.run_http(move |req: Request| async move { Ok::<_, Infallible>(handler.handle(req).await) })

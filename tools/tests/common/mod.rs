@@ -110,6 +110,7 @@ impl TestStack {
             sweep_every: Duration::from_millis(500),
             sweep_after_ms: opts.sweep_after_ms,
             faults: opts.faults,
+            sold_out_cache: Duration::from_secs(1),
         };
         let running = runner::start(config.clone(), &sdk)
             .await
