@@ -11,7 +11,7 @@ export SAM_CLI_TELEMETRY := 0
 FUNCTIONS := deduct order-consumer order-status admin compensation outbox-sweeper
 BIN_FLAGS := $(foreach f,$(FUNCTIONS),--bin $(f))
 
-.PHONY: setup build dev-build demo test lint template-lint unit stack-up stack-down sam-build deploy-localstack
+.PHONY: setup build build-arm64 build-x86_64 bench dev-build demo test lint template-lint unit stack-up stack-down sam-build deploy-localstack
 
 setup:
 	@localstack/install.sh
@@ -19,10 +19,21 @@ setup:
 dev-build:
 	@cargo build -q --workspace --bins
 
-# The deployable bootstraps: target/lambda/<function>/bootstrap per arch.
-build: setup
+# The deployable bootstraps: $(CARGO_TARGET_DIR)/lambda/<arch>/<function>/bootstrap.
+build: build-arm64 build-x86_64
+
+build-arm64: setup
 	PATH="$(TOOLS_BIN):$$PATH" cargo lambda build --release --arm64 $(BIN_FLAGS) --lambda-dir $(CARGO_TARGET_DIR)/lambda/arm64
+
+build-x86_64: setup
 	PATH="$(TOOLS_BIN):$$PATH" cargo lambda build --release --x86-64 $(BIN_FLAGS) --lambda-dir $(CARGO_TARGET_DIR)/lambda/x86_64
+
+# Every figure of docs/benchmarks.md, on a fresh local stack. Size and cold
+# start read the x86_64 bootstraps (built first when missing).
+bench: setup
+	@test -x $(CARGO_TARGET_DIR)/lambda/x86_64/deduct/bootstrap || $(MAKE) build-x86_64
+	cargo build -q --profile fast -p flashsale-tools --bin bench
+	localstack/with-stack.sh $(CARGO_TARGET_DIR)/fast/bench --lambda-dir $(CARGO_TARGET_DIR)/lambda/x86_64 --command "make bench"
 
 # SAM builds every function with cargo-lambda, no Docker.
 sam-build: setup

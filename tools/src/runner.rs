@@ -298,7 +298,23 @@ pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
     })
 }
 
-async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+/// What serves the HTTP side: the full [`App`], or a part of it (benches).
+pub trait Routes: Send + Sync + 'static {
+    fn route(&self, req: lambda_http::Request) -> impl Future<Output = HttpResponse> + Send;
+}
+
+impl Routes for App {
+    fn route(&self, req: lambda_http::Request) -> impl Future<Output = HttpResponse> + Send {
+        App::route(self, req)
+    }
+}
+
+/// Serves `routes` over HTTP/1 until `shutdown` changes.
+pub async fn serve<R: Routes>(
+    listener: TcpListener,
+    app: Arc<R>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -314,7 +330,7 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiv
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(serve_one(&app, req).await) }
+                async move { Ok::<_, Infallible>(serve_one(app.as_ref(), req).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -323,7 +339,10 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiv
     }
 }
 
-async fn serve_one(app: &App, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+async fn serve_one<R: Routes>(
+    app: &R,
+    req: hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     // Read a little past the handlers' limit so they can name the problem.
     let resp = match Limited::new(body, api::MAX_BODY_BYTES + 1).collect().await {

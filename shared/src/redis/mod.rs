@@ -18,6 +18,9 @@ use crate::ports::{PortResult, StockGate, Warm};
 
 pub mod keys;
 
+/// The admission script, for benchmarks that run it outside the adapter.
+pub const ADMIT_SCRIPT: &str = include_str!("admit.lua");
+
 /// How long request state, restock markers and idempotency keys live. A sale
 /// and its settlement are over well within this; the buyers hash has no TTL.
 const STATE_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -117,7 +120,7 @@ impl RedisGate {
                 settings,
                 conn: OnceCell::new(),
                 scripts: Scripts {
-                    admit: Script::new(include_str!("admit.lua")),
+                    admit: Script::new(ADMIT_SCRIPT),
                     settle: Script::new(include_str!("settle.lua")),
                     restock: Script::new(include_str!("restock.lua")),
                     warm: Script::new(include_str!("warm.lua")),
