@@ -33,7 +33,8 @@ build-x86_64: setup
 bench: setup
 	@test -x $(CARGO_TARGET_DIR)/lambda/x86_64/deduct/bootstrap || $(MAKE) build-x86_64
 	cargo build -q --profile fast -p flashsale-tools --bin bench
-	localstack/with-stack.sh $(CARGO_TARGET_DIR)/fast/bench --lambda-dir $(CARGO_TARGET_DIR)/lambda/x86_64 --command "make bench"
+	localstack/with-stack.sh $(CARGO_TARGET_DIR)/fast/bench --lambda-dir $(CARGO_TARGET_DIR)/lambda/x86_64 \
+	  $$(test -d $(CARGO_TARGET_DIR)/lambda/arm64 && echo --arm64-dir $(CARGO_TARGET_DIR)/lambda/arm64) --command "make bench"
 
 # SAM builds every function with cargo-lambda, no Docker.
 sam-build: setup
