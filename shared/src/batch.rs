@@ -52,3 +52,15 @@ pub fn traceparent(record: &SqsMessage) -> &str {
 pub fn order(record: &SqsMessage) -> Result<OrderMessage, ValidationError> {
     OrderMessage::from_json(record.body.as_deref().unwrap_or(""))
 }
+
+/// The span every log line of one order message carries: request, product,
+/// trace (from the message's `traceparent`) and SQS message id.
+pub fn span(record: &SqsMessage, msg: &OrderMessage) -> tracing::Span {
+    tracing::info_span!(
+        "message",
+        request_id = %msg.request_id,
+        product_id = %msg.product_id,
+        trace_id = crate::telemetry::trace_id(traceparent(record)),
+        message_id = record.message_id.as_deref().unwrap_or(""),
+    )
+}

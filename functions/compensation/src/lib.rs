@@ -72,14 +72,7 @@ impl<G: StockGate, S: OrderStore> Compensation<G, S> {
                 return Outcome::Poison;
             }
         };
-        let traceparent = batch::traceparent(record);
-        let span = tracing::info_span!(
-            "compensation",
-            request_id = %msg.request_id,
-            product_id = %msg.product_id,
-            trace_id = shared::telemetry::trace_id(traceparent),
-            message_id,
-        );
+        let span = batch::span(record, &msg);
         let note = FateNote {
             reason: "orders queue gave up: delivery retries exhausted".into(),
             receive_count: attr_i64(record, "ApproximateReceiveCount").unwrap_or(0) as u32,

@@ -63,7 +63,6 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
     }
 
     pub async fn process(&self, record: &SqsMessage) -> Outcome {
-        let traceparent = batch::traceparent(record);
         let message_id = record.message_id.as_deref().unwrap_or("");
         let msg = match batch::order(record) {
             Ok(m) => m,
@@ -73,13 +72,7 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
                 return Outcome::Poison;
             }
         };
-        let span = tracing::info_span!(
-            "order",
-            request_id = %msg.request_id,
-            product_id = %msg.product_id,
-            trace_id = shared::telemetry::trace_id(traceparent),
-            message_id,
-        );
+        let span = batch::span(record, &msg);
         async {
             match self.place(&msg).await {
                 Ok(outcome) => {
