@@ -224,11 +224,7 @@ async fn the_sweeper_republishes_what_was_never_sent() {
         c.faults = Arc::new(FaultPlan::parse("queue.send:1").unwrap());
     });
     let body = json!({ "product_id": id, "quantity": 1, "user_id": "u1" }).to_string();
-    let req = lambda_http::http::Request::builder()
-        .method("POST")
-        .uri("/api/flash-sale/buy")
-        .body(lambda_http::Body::from(body))
-        .unwrap();
+    let req = common::request("POST", "/api/flash-sale/buy", Some(body));
     let resp = broken.route(req).await;
     assert_eq!(resp.status().as_u16(), 202);
     let answer: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();

@@ -259,32 +259,21 @@ async fn every_answer_of_the_api() {
 
     // 401 without a verified identity when insecure mode is off.
     let secure = s.app_with(|c| c.insecure_user_from_body = false);
-    let req = lambda_http::http::Request::builder()
-        .method("POST")
-        .uri("/api/flash-sale/buy")
-        .body(lambda_http::Body::from(
-            buy_body(&p, "mallory", 1).to_string(),
-        ))
-        .unwrap();
+    let req = common::request(
+        "POST",
+        "/api/flash-sale/buy",
+        Some(buy_body(&p, "mallory", 1).to_string()),
+    );
     let resp = secure.route(req).await;
     assert_eq!(resp.status().as_u16(), 401);
 
     // 503 when Redis is unreachable: fail closed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let down = s.app_with(|c| {
-        c.redis = common::redis_settings(format!("redis://127.0.0.1:{port}"), "down")
-    });
-    let req = lambda_http::http::Request::builder()
-        .method("POST")
-        .uri("/api/flash-sale/buy")
-        .body(lambda_http::Body::from(
-            buy_body(&p, "carol", 1).to_string(),
-        ))
-        .unwrap();
+    let down = s.app_without_redis();
+    let req = common::request(
+        "POST",
+        "/api/flash-sale/buy",
+        Some(buy_body(&p, "carol", 1).to_string()),
+    );
     let resp = down.route(req).await;
     assert_eq!(resp.status().as_u16(), 503);
     assert_eq!(s.gate.stats(&pid).await.unwrap().unwrap().admitted, 1);
@@ -451,10 +440,7 @@ async fn health_checks_every_dependency_and_metrics_are_exposed() {
     demo::wait_drained(&s.gate, &pid, Duration::from_secs(30))
         .await
         .unwrap();
-    let req = lambda_http::http::Request::builder()
-        .uri("/metrics")
-        .body(lambda_http::Body::Empty)
-        .unwrap();
+    let req = common::request("GET", "/metrics", None);
     let resp = s.running.app.route(req).await;
     let text = String::from_utf8_lossy(resp.body().as_ref()).to_string();
     for needle in [
@@ -467,18 +453,8 @@ async fn health_checks_every_dependency_and_metrics_are_exposed() {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
     // Redis down: the runner says which dependency failed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let down = s.app_with(|c| {
-        c.redis = common::redis_settings(format!("redis://127.0.0.1:{port}"), "down")
-    });
-    let req = lambda_http::http::Request::builder()
-        .uri("/health")
-        .body(lambda_http::Body::Empty)
-        .unwrap();
+    let down = s.app_without_redis();
+    let req = common::request("GET", "/health", None);
     let resp = down.route(req).await;
     assert_eq!(resp.status().as_u16(), 503);
     let body: Value = serde_json::from_slice(resp.body().as_ref()).unwrap();

@@ -168,3 +168,24 @@ impl TestStack {
         }
     }
 }
+
+/// A request as the runner hands it to the handlers (no HTTP involved).
+pub fn request(method: &str, path: &str, body: Option<String>) -> lambda_http::Request {
+    lambda_http::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .body(body.map_or(lambda_http::Body::Empty, lambda_http::Body::from))
+        .unwrap()
+}
+
+impl TestStack {
+    /// The same handlers pointed at a Redis that is not there.
+    pub fn app_without_redis(&self) -> App {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        self.app_with(|c| c.redis = redis_settings(format!("redis://127.0.0.1:{port}"), "down"))
+    }
+}
