@@ -187,9 +187,15 @@ pub mod table {
     }
 }
 
-/// Buyer guards outlive any sale window by far, then expire (table TTL):
+/// Buyer guards outlive their sale by this much, then expire (table TTL):
 /// the one-order-per-buyer rule matters only while the product is on sale.
 const GUARD_TTL_SECS: i64 = 30 * 24 * 3600;
+
+/// When a buyer guard may go: a month after the sale ends (or after the
+/// admission, for messages that do not carry the sale's end).
+pub fn guard_expires_at(msg: &OrderMessage) -> i64 {
+    msg.admitted_at.max(msg.sale_ends_at) / 1000 + GUARD_TTL_SECS
+}
 
 #[derive(Clone)]
 pub struct DynamoStore {
@@ -331,7 +337,7 @@ impl OrderStore for DynamoStore {
             )
             .item("request_id", s(msg.request_id.as_str()))
             .item("quantity", n(msg.quantity.get()))
-            .item(table::TTL, n(msg.admitted_at / 1000 + GUARD_TTL_SECS))
+            .item(table::TTL, n(guard_expires_at(msg)))
             .condition_expression(cond)
             .build()
             .map_err(|e| InfraError::permanent("dynamodb", e.to_string()))?;

@@ -67,8 +67,18 @@ pub fn insecure_user_from_body() -> bool {
     flag("FLASHSALE_INSECURE_USER_FROM_BODY")
 }
 
-pub fn admin_token() -> Option<String> {
-    var("FLASHSALE_ADMIN_TOKEN")
+/// Shorter admin tokens are refused at start: they can be guessed.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// The admin token; unset means the admin API refuses everything.
+pub fn admin_token() -> Result<Option<String>, ConfigError> {
+    match var("FLASHSALE_ADMIN_TOKEN") {
+        Some(t) if t.len() < MIN_ADMIN_TOKEN_LEN => Err(ConfigError(format!(
+            "FLASHSALE_ADMIN_TOKEN is {} characters; use at least {MIN_ADMIN_TOKEN_LEN} (e.g. openssl rand -hex 24)",
+            t.len()
+        ))),
+        other => Ok(other),
+    }
 }
 
 /// How many records of one SQS batch are processed at once.
@@ -86,6 +96,12 @@ pub fn consumer_concurrency() -> Result<usize, ConfigError> {
 /// How long a request may stay pending before the sweeper re-publishes it.
 pub fn sweep_after() -> Result<Duration, ConfigError> {
     millis("FLASHSALE_SWEEP_AFTER_MS", 60_000)
+}
+
+/// How long after its last send a pending request is re-sent: beyond the
+/// orders queue's visibility timeout x maxReceiveCount (template: 200 s x 5).
+pub fn resend_after() -> Result<Duration, ConfigError> {
+    millis("FLASHSALE_RESEND_AFTER_MS", 1_200_000)
 }
 
 /// The local runner's sweeper timer (EventBridge's schedule in AWS).

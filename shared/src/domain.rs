@@ -105,6 +105,10 @@ impl IdempotencyKey {
     }
 }
 
+/// The UUID namespace of keyed request ids (fixed forever: changing it would
+/// let a replay after a failover admit twice).
+const KEYED_REQUESTS: uuid::Uuid = uuid::Uuid::from_u128(0x6f1b_52c4_93e1_4f0a_9d7e_2b8c_5a10_c3d4);
+
 /// A request id carries its product: `<product_id>.<uuid v7>`. The status
 /// endpoint gets only the request id, and the product tells it which Redis
 /// hash slot holds the request state, without a global (cluster-unsafe) index.
@@ -116,11 +120,27 @@ pub struct RequestId {
 }
 
 impl RequestId {
+    /// A fresh id for a request without an Idempotency-Key.
     pub fn new(product: &ProductId) -> Self {
-        let raw = format!("{}.{}", product, uuid::Uuid::now_v7());
+        Self::with_uuid(product, uuid::Uuid::now_v7())
+    }
+
+    /// The id of a keyed request: a name-based UUID of (product, buyer, key).
+    /// Redis may forget an Idempotency-Key in a failover; DynamoDB does not
+    /// forget `ORDER#<id>`, so a replay lands on the same fate item.
+    pub fn derived(product: &ProductId, user: &UserId, key: &IdempotencyKey) -> Self {
+        // NUL cannot occur in any of the three, so the name is unambiguous.
+        let name = format!("{product}\0{user}\0{}", key.as_str());
+        Self::with_uuid(
+            product,
+            uuid::Uuid::new_v5(&KEYED_REQUESTS, name.as_bytes()),
+        )
+    }
+
+    fn with_uuid(product: &ProductId, id: uuid::Uuid) -> Self {
         Self {
             product_len: product.as_str().len(),
-            raw,
+            raw: format!("{product}.{id}"),
         }
     }
 
@@ -234,7 +254,10 @@ pub enum Refusal {
     SaleEnded,
     LimitExceeded,
     AlreadyPurchased,
+    /// Nothing left at all. Only this one may be cached as "sold out".
     SoldOut,
+    /// The same Idempotency-Key was sent before with another quantity.
+    KeyReused,
 }
 
 impl Refusal {
@@ -247,6 +270,7 @@ impl Refusal {
             Self::LimitExceeded => "limit_exceeded",
             Self::AlreadyPurchased => "already_purchased",
             Self::SoldOut => "sold_out",
+            Self::KeyReused => "idempotency_key_reused",
         }
     }
     pub fn from_code(code: &str) -> Option<Self> {
@@ -257,6 +281,7 @@ impl Refusal {
             Self::LimitExceeded,
             Self::AlreadyPurchased,
             Self::SoldOut,
+            Self::KeyReused,
         ]
         .into_iter()
         .find(|r| r.code() == code)
@@ -267,6 +292,7 @@ impl Refusal {
             Self::SaleNotStarted | Self::SaleEnded => 403,
             Self::LimitExceeded | Self::AlreadyPurchased => 409,
             Self::SoldOut => 410,
+            Self::KeyReused => 422,
         }
     }
 }
@@ -284,13 +310,26 @@ pub struct Purchase {
 /// The stock gate's decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
-    /// A unit was taken; the request is pending in the outbox index.
+    /// A unit was taken; the request is pending in the outbox index. Also
+    /// the answer when the same admission ran twice (a client re-sent the
+    /// script after a dropped connection): the earlier admission's time.
     Admitted {
         admitted_at_ms: i64,
+        sale_ends_at_ms: i64,
     },
-    /// The same buyer repeated an Idempotency-Key: the earlier request.
+    /// The same buyer repeated an Idempotency-Key: the request (its id is
+    /// derived from the key) was admitted before, at this time.
     Replay {
-        request_id: RequestId,
+        admitted_at_ms: i64,
+        sale_ends_at_ms: i64,
+        status: OrderStatus,
+        /// Its message reached the queue.
+        sent: bool,
+    },
+    /// Fewer units left than asked for, but not none: the buyer may ask for
+    /// fewer. Never cached as sold out, since a smaller request succeeds.
+    Short {
+        stock_left: i64,
     },
     Refused(Refusal),
 }
@@ -305,12 +344,16 @@ pub struct OrderMessage {
     pub quantity: Quantity,
     /// Milliseconds since the Unix epoch, Redis server time.
     pub admitted_at: i64,
+    /// The sale's end (ms), so the buyer guard can outlive it; 0 = unknown
+    /// (messages from before this field).
+    #[serde(default)]
+    pub sale_ends_at: i64,
 }
 
 impl OrderMessage {
     pub const VERSION: u32 = 1;
 
-    pub fn new(p: &Purchase, admitted_at_ms: i64) -> Self {
+    pub fn new(p: &Purchase, admitted_at_ms: i64, sale_ends_at_ms: i64) -> Self {
         Self {
             v: Self::VERSION,
             request_id: p.request_id.clone(),
@@ -318,6 +361,7 @@ impl OrderMessage {
             user_id: p.user_id.clone(),
             quantity: p.quantity,
             admitted_at: admitted_at_ms,
+            sale_ends_at: sale_ends_at_ms,
         }
     }
 
@@ -402,6 +446,39 @@ pub struct ProductStats {
     pub pending: i64,
     /// Compensations that put units back (once per request id).
     pub restocked: i64,
+    /// Units of the requests still pending: what the shelf owes the queue.
+    pub pending_units: i64,
+    /// Units of requests settled as placed: the resync's fence.
+    pub placed_units: i64,
+    /// The sale's end, ms since the epoch.
+    pub ends_at_ms: i64,
+}
+
+/// What the Redis shelf should show, from the DynamoDB ledger: the ledger's
+/// units minus those admitted but not yet placed. `placed_since` counts units
+/// settled as placed after the ledger was read (they may be in the ledger
+/// read or not; subtracting them can only undercount, which the next resync
+/// heals, never oversell).
+pub fn shelf_target(ledger_remaining: i64, pending_units: i64, placed_since: i64) -> i64 {
+    (ledger_remaining - pending_units - placed_since).max(0)
+}
+
+/// When the outbox sweeper re-sends a pending request: never sent (the
+/// function died before its send) and older than `unsent_after_ms`, or last
+/// sent longer ago than SQS may still be delivering it (`resend_after_ms`,
+/// beyond visibility timeout x maxReceiveCount). Anything sooner would add
+/// copies of a message still in flight.
+pub fn republish_due(
+    admitted_at_ms: i64,
+    sent_at_ms: Option<i64>,
+    now_ms: i64,
+    unsent_after_ms: i64,
+    resend_after_ms: i64,
+) -> bool {
+    match sent_at_ms {
+        None => now_ms - admitted_at_ms >= unsent_after_ms,
+        Some(sent) => now_ms - sent >= resend_after_ms,
+    }
 }
 
 pub fn unix_ms(t: OffsetDateTime) -> i64 {
@@ -464,6 +541,49 @@ mod tests {
     }
 
     #[test]
+    fn keyed_request_ids_are_stable_and_scoped() {
+        let p = ProductId::parse("p42").unwrap();
+        let u = UserId::parse("u1").unwrap();
+        let k = IdempotencyKey::parse("k-1").unwrap();
+        let id = RequestId::derived(&p, &u, &k);
+        assert_eq!(id, RequestId::derived(&p, &u, &k));
+        assert_eq!(RequestId::parse(id.as_str()).unwrap(), id);
+        assert_eq!(id.product(), p);
+        let other_user = UserId::parse("u2").unwrap();
+        let other_key = IdempotencyKey::parse("k-2").unwrap();
+        let other_product = ProductId::parse("p43").unwrap();
+        assert_ne!(RequestId::derived(&p, &other_user, &k), id);
+        assert_ne!(RequestId::derived(&p, &u, &other_key), id);
+        assert_ne!(
+            RequestId::derived(&other_product, &u, &k).as_str()[4..],
+            id.as_str()[4..]
+        );
+        // Pinned: a change would let replays across a deploy admit twice.
+        assert_eq!(
+            id.as_str(),
+            format!(
+                "p42.{}",
+                uuid::Uuid::new_v5(&KEYED_REQUESTS, b"p42\0u1\0k-1")
+            )
+        );
+    }
+
+    #[test]
+    fn republishing_waits_for_what_sqs_may_still_deliver() {
+        let (unsent, resend) = (60_000, 1_200_000);
+        assert!(!republish_due(0, None, 59_999, unsent, resend));
+        assert!(republish_due(0, None, 60_000, unsent, resend));
+        assert!(!republish_due(0, Some(1_000), 1_000_000, unsent, resend));
+        assert!(republish_due(0, Some(1_000), 1_201_000, unsent, resend));
+    }
+
+    #[test]
+    fn the_shelf_target_never_goes_negative() {
+        assert_eq!(shelf_target(10, 3, 2), 5);
+        assert_eq!(shelf_target(1, 3, 0), 0);
+    }
+
+    #[test]
     fn quantities_are_bounded() {
         assert!(Quantity::new(0).is_err());
         assert!(Quantity::new(1).is_ok());
@@ -481,9 +601,14 @@ mod tests {
             user_id: UserId::parse("u1").unwrap(),
             quantity: Quantity::new(2).unwrap(),
             admitted_at: 1_700_000_000_000,
+            sale_ends_at: 1_700_000_360_000,
         };
         let json = serde_json::to_string(&msg).unwrap();
         assert_eq!(OrderMessage::from_json(&json).unwrap(), msg);
+        // Messages from before `sale_ends_at` still parse.
+        let old = json.replace(",\"sale_ends_at\":1700000360000", "");
+        assert_ne!(old, json);
+        assert_eq!(OrderMessage::from_json(&old).unwrap().sale_ends_at, 0);
         assert!(OrderMessage::from_json("garbage").is_err());
         let v2 = json.replace("\"v\":1", "\"v\":2");
         assert!(OrderMessage::from_json(&v2).is_err());
@@ -498,6 +623,11 @@ mod tests {
         assert_eq!(Refusal::SaleEnded.http_status(), 403);
         assert_eq!(Refusal::AlreadyPurchased.http_status(), 409);
         assert_eq!(Refusal::from_code("sold_out"), Some(Refusal::SoldOut));
+        assert_eq!(Refusal::KeyReused.http_status(), 422);
+        assert_eq!(
+            Refusal::from_code("idempotency_key_reused"),
+            Some(Refusal::KeyReused)
+        );
         assert_eq!(Refusal::from_code("nope"), None);
     }
 }

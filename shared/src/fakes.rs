@@ -14,14 +14,16 @@ use crate::domain::{
 };
 use crate::error::InfraError;
 use crate::ports::{
-    Fate, FateNote, OrderQueue, OrderStore, Placement, PortResult, StockGate, Warm,
+    Fate, FateNote, OrderQueue, OrderStore, PendingPage, PendingRequest, Placement, PortResult,
+    SendMark, StockGate, Warm,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn view(msg: &OrderMessage, status: OrderStatus) -> RequestView {
+/// What the gate or the store shows for `msg` in `status`.
+pub fn view(msg: &OrderMessage, status: OrderStatus) -> RequestView {
     RequestView {
         request_id: msg.request_id.clone(),
         product_id: msg.product_id.clone(),
@@ -68,6 +70,9 @@ pub struct FakeGate {
     pub stats: Mutex<Option<ProductStats>>,
     /// Requests in the outbox index, as the sweeper sees them.
     pub pending: Mutex<Vec<OrderMessage>>,
+    /// When each request's message last reached the queue (`mark_sent`).
+    pub sent_at: Mutex<HashMap<RequestId, i64>>,
+    pub retired: Mutex<Vec<ProductId>>,
     pub now_ms: AtomicI64,
     pub failures: Failures,
 }
@@ -93,11 +98,27 @@ impl StockGate for FakeGate {
         lock(&self.purchases).push(p.clone());
         Ok(lock(&self.admissions)
             .pop_front()
-            .unwrap_or(Admission::Admitted { admitted_at_ms: 1 }))
+            .unwrap_or(Admission::Admitted {
+                admitted_at_ms: 1,
+                sale_ends_at_ms: 3_600_000,
+            }))
     }
     async fn request(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
         self.failures.check("redis").await?;
         Ok(lock(&self.requests).get(id).cloned())
+    }
+    async fn mark_sent(&self, id: &RequestId, mark: SendMark) -> PortResult<()> {
+        self.failures.check("redis").await?;
+        let now = self.now_ms.load(Ordering::SeqCst);
+        match mark {
+            SendMark::Sent | SendMark::Claimed => {
+                lock(&self.sent_at).insert(id.clone(), now);
+            }
+            SendMark::Unclaimed => {
+                lock(&self.sent_at).remove(id);
+            }
+        }
+        Ok(())
     }
     async fn settle(&self, msg: &OrderMessage, status: OrderStatus) -> PortResult<bool> {
         self.failures.check("redis").await?;
@@ -120,15 +141,13 @@ impl StockGate for FakeGate {
         lock(&self.requests).insert(msg.request_id.clone(), view(msg, OrderStatus::Compensated));
         Ok(true)
     }
-    async fn warm(&self, product: &Product, force: bool) -> PortResult<Warm> {
+    async fn warm(&self, product: &Product, force: bool, ledger: i64) -> PortResult<Warm> {
         self.failures.check("redis").await?;
         if self.started.load(Ordering::SeqCst) && !force {
             return Ok(Warm::AlreadyStarted { stock_left: 0 });
         }
         lock(&self.warmed).push((product.clone(), force));
-        Ok(Warm::Warmed {
-            stock_left: i64::from(product.stock),
-        })
+        Ok(Warm::Warmed { stock_left: ledger })
     }
     async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
         self.failures.check("redis").await?;
@@ -149,15 +168,22 @@ impl StockGate for FakeGate {
             .collect();
         ids.sort();
         ids.dedup();
+        let retired = lock(&self.retired);
+        ids.retain(|p| !retired.contains(p));
         Ok(ids)
     }
-    async fn pending_before(
+    async fn retire(&self, product: &ProductId) -> PortResult<()> {
+        self.failures.check("redis").await?;
+        lock(&self.retired).push(product.clone());
+        Ok(())
+    }
+    async fn pending_page(
         &self,
         product: &ProductId,
         cutoff_ms: i64,
         offset: usize,
         limit: usize,
-    ) -> PortResult<Vec<OrderMessage>> {
+    ) -> PortResult<PendingPage> {
         self.failures.check("redis").await?;
         let mut due: Vec<OrderMessage> = lock(&self.pending)
             .iter()
@@ -165,7 +191,20 @@ impl StockGate for FakeGate {
             .cloned()
             .collect();
         due.sort_by_key(|m| m.admitted_at);
-        Ok(due.into_iter().skip(offset).take(limit).collect())
+        let sent_at = lock(&self.sent_at);
+        let requests: Vec<PendingRequest> = due
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|msg| PendingRequest {
+                sent_at_ms: sent_at.get(&msg.request_id).copied(),
+                msg,
+            })
+            .collect();
+        Ok(PendingPage {
+            scanned: requests.len(),
+            requests,
+        })
     }
     async fn now_ms(&self) -> PortResult<i64> {
         self.failures.check("redis").await?;
@@ -175,17 +214,26 @@ impl StockGate for FakeGate {
         &self,
         product: &ProductId,
         remaining: i64,
-        placed_seen: i64,
+        placed_units_seen: i64,
     ) -> PortResult<Option<i64>> {
         self.failures.check("redis").await?;
-        let busy = lock(&self.pending).iter().any(|m| m.product_id == *product);
+        let pending_units: i64 = lock(&self.pending)
+            .iter()
+            .filter(|m| m.product_id == *product)
+            .map(|m| i64::from(m.quantity.get()))
+            .sum();
         let mut stats = lock(&self.stats);
         let stats = stats.get_or_insert_with(ProductStats::default);
-        if busy || stats.placed != placed_seen {
+        if stats.placed_units < placed_units_seen {
             return Ok(None);
         }
-        let drift = remaining - stats.stock_left;
-        stats.stock_left = remaining;
+        let target = crate::domain::shelf_target(
+            remaining,
+            pending_units,
+            stats.placed_units - placed_units_seen,
+        );
+        let drift = target - stats.stock_left;
+        stats.stock_left = target;
         Ok(Some(drift))
     }
 }
@@ -323,6 +371,20 @@ pub fn order_message(product: &str, user: &str, admitted_at: i64) -> OrderMessag
         user_id: crate::domain::UserId::parse(user).expect("valid user id"),
         quantity: crate::domain::Quantity::new(1).expect("valid quantity"),
         admitted_at,
+        sale_ends_at: admitted_at + 3_600_000,
+    }
+}
+
+/// A product of 10 units, limit 1, on sale for the hour around now.
+pub fn product(id: &str) -> Product {
+    let now = time::OffsetDateTime::now_utc();
+    Product {
+        product_id: ProductId::parse(id).expect("valid product id"),
+        name: "test".into(),
+        stock: 10,
+        per_buyer_limit: 1,
+        starts_at: now - time::Duration::hours(1),
+        ends_at: now + time::Duration::hours(1),
     }
 }
 

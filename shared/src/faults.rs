@@ -12,7 +12,8 @@ use crate::domain::{
 };
 use crate::error::{ConfigError, InfraError};
 use crate::ports::{
-    Fate, FateNote, OrderQueue, OrderStore, Placement, PortResult, StockGate, Warm,
+    Fate, FateNote, OrderQueue, OrderStore, PendingPage, Placement, PortResult, SendMark,
+    StockGate, Warm,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +137,10 @@ impl<T: StockGate> StockGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.request(id).await
     }
+    async fn mark_sent(&self, id: &RequestId, mark: SendMark) -> PortResult<()> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.mark_sent(id, mark).await
+    }
     async fn settle(&self, msg: &OrderMessage, status: OrderStatus) -> PortResult<bool> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.settle(msg, status).await
@@ -144,9 +149,9 @@ impl<T: StockGate> StockGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.restock(msg).await
     }
-    async fn warm(&self, product: &Product, force: bool) -> PortResult<Warm> {
+    async fn warm(&self, product: &Product, force: bool, ledger: i64) -> PortResult<Warm> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner.warm(product, force).await
+        self.inner.warm(product, force, ledger).await
     }
     async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
@@ -156,16 +161,20 @@ impl<T: StockGate> StockGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.products().await
     }
-    async fn pending_before(
+    async fn retire(&self, product: &ProductId) -> PortResult<()> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.retire(product).await
+    }
+    async fn pending_page(
         &self,
         product: &ProductId,
         cutoff_ms: i64,
         offset: usize,
         limit: usize,
-    ) -> PortResult<Vec<OrderMessage>> {
+    ) -> PortResult<PendingPage> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner
-            .pending_before(product, cutoff_ms, offset, limit)
+            .pending_page(product, cutoff_ms, offset, limit)
             .await
     }
     async fn now_ms(&self) -> PortResult<i64> {
@@ -176,10 +185,12 @@ impl<T: StockGate> StockGate for Faulty<T> {
         &self,
         product: &ProductId,
         remaining: i64,
-        placed_seen: i64,
+        placed_units_seen: i64,
     ) -> PortResult<Option<i64>> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner.resync(product, remaining, placed_seen).await
+        self.inner
+            .resync(product, remaining, placed_units_seen)
+            .await
     }
 }
 

@@ -114,6 +114,18 @@ pub fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// A header that must be visible ASCII when present: anything else is a 400,
+/// never silently treated as absent.
+pub fn ascii_header<'a>(req: &'a Request, name: &str) -> Result<Option<&'a str>, ApiError> {
+    req.headers()
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::invalid(format!("{name} must be visible ASCII")))
+        })
+        .transpose()
+}
+
 /// A query parameter from API Gateway's parsed map, or from the URI.
 pub fn query_param(req: &Request, name: &str) -> Option<String> {
     if let Some(v) = req

@@ -11,6 +11,7 @@ pub mod faults;
 pub mod http;
 pub mod ports;
 pub mod redis;
+pub mod retry;
 pub mod telemetry;
 pub mod wiring;
 

@@ -23,6 +23,45 @@ pub enum Warm {
     },
 }
 
+/// Where a pending request's message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendMark {
+    /// It reached the queue: its fate will be decided in DynamoDB.
+    Sent,
+    /// The sweeper is about to re-send it.
+    Claimed,
+    /// That re-send failed.
+    Unclaimed,
+}
+
+impl SendMark {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Claimed => "claimed",
+            Self::Unclaimed => "unclaimed",
+        }
+    }
+}
+
+/// A request still in a product's outbox index, as the sweeper sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRequest {
+    pub msg: OrderMessage,
+    /// When its message was last sent or claimed for a re-send (ms, Redis
+    /// time); None when neither happened (the function died before its send).
+    pub sent_at_ms: Option<i64>,
+}
+
+/// One page of the outbox index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingPage {
+    /// Index entries read, the unit of paging (entries without a usable
+    /// state are counted, then dropped from the index).
+    pub scanned: usize,
+    pub requests: Vec<PendingRequest>,
+}
+
 /// The stock gate (Redis): admission, request state, restock.
 pub trait StockGate: Send + Sync {
     /// Runs the admission rule atomically.
@@ -33,11 +72,16 @@ pub trait StockGate: Send + Sync {
         id: &RequestId,
     ) -> impl Future<Output = PortResult<Option<RequestView>>> + Send;
 
+    /// Records where the request's message stands (`mark_sent.lua`).
+    fn mark_sent(
+        &self,
+        id: &RequestId,
+        mark: SendMark,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+
     /// Records a terminal status that returns no stock: placed, or rejected.
-    /// A rejected unit is never put back: DynamoDB refuses an order only when
-    /// Redis forgot an earlier admission (failover), and the rejected
-    /// request's decrement stands in for the one Redis lost.
-    /// Idempotent; true when it changed.
+    /// A rejected unit is not put back here; the resync sets the shelf from
+    /// the ledger. Idempotent; true when it changed.
     fn settle(
         &self,
         msg: &OrderMessage,
@@ -45,41 +89,51 @@ pub trait StockGate: Send + Sync {
     ) -> impl Future<Output = PortResult<bool>> + Send;
 
     /// Compensation: returns a COMPENSATED request's units to stock and
-    /// releases its buyer, once per request id. True when this call restocked.
+    /// releases its buyer, only if Redis still holds it pending (so once per
+    /// request id). True when this call restocked.
     fn restock(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<bool>> + Send;
 
-    fn warm(&self, product: &Product, force: bool)
-    -> impl Future<Output = PortResult<Warm>> + Send;
+    /// Loads a product; the shelf is the ledger's `ledger_remaining` minus
+    /// the units still pending in Redis.
+    fn warm(
+        &self,
+        product: &Product,
+        force: bool,
+        ledger_remaining: i64,
+    ) -> impl Future<Output = PortResult<Warm>> + Send;
 
     fn stats(
         &self,
         product: &ProductId,
     ) -> impl Future<Output = PortResult<Option<ProductStats>>> + Send;
 
-    /// Every product ever warmed in this Redis (for the outbox sweeper).
+    /// Every product the sweeper still looks after.
     fn products(&self) -> impl Future<Output = PortResult<Vec<ProductId>>> + Send;
 
+    /// Stops sweeping a product whose sale is long over.
+    fn retire(&self, product: &ProductId) -> impl Future<Output = PortResult<()>> + Send;
+
     /// A page of a product's requests pending since before `cutoff_ms`
-    /// (Redis server time), oldest first, rebuilt as order messages.
-    fn pending_before(
+    /// (Redis server time), oldest first.
+    fn pending_page(
         &self,
         product: &ProductId,
         cutoff_ms: i64,
         offset: usize,
         limit: usize,
-    ) -> impl Future<Output = PortResult<Vec<OrderMessage>>> + Send;
+    ) -> impl Future<Output = PortResult<PendingPage>> + Send;
 
     /// Redis server time in ms: the clock admission times are written in.
     fn now_ms(&self) -> impl Future<Output = PortResult<i64>> + Send;
 
-    /// Sets the shelf to the DynamoDB ledger's `remaining` if nothing is in
-    /// flight (no request pending, `placed` still `placed_seen`). Returns the
-    /// correction applied, or None when it was busy and changed nothing.
+    /// Sets the shelf to [`crate::domain::shelf_target`] of the DynamoDB
+    /// ledger's `remaining`, read after `placed_units_seen`. Returns the
+    /// correction applied, or None when Redis went back in time meanwhile.
     fn resync(
         &self,
         product: &ProductId,
         remaining: i64,
-        placed_seen: i64,
+        placed_units_seen: i64,
     ) -> impl Future<Output = PortResult<Option<i64>>> + Send;
 }
 
@@ -175,6 +229,13 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
     ) -> impl Future<Output = PortResult<Option<RequestView>>> + Send {
         (**self).request(id)
     }
+    fn mark_sent(
+        &self,
+        id: &RequestId,
+        mark: SendMark,
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        (**self).mark_sent(id, mark)
+    }
     fn settle(
         &self,
         msg: &OrderMessage,
@@ -189,8 +250,9 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
         &self,
         product: &Product,
         force: bool,
+        ledger_remaining: i64,
     ) -> impl Future<Output = PortResult<Warm>> + Send {
-        (**self).warm(product, force)
+        (**self).warm(product, force, ledger_remaining)
     }
     fn stats(
         &self,
@@ -201,14 +263,17 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
     fn products(&self) -> impl Future<Output = PortResult<Vec<ProductId>>> + Send {
         (**self).products()
     }
-    fn pending_before(
+    fn retire(&self, product: &ProductId) -> impl Future<Output = PortResult<()>> + Send {
+        (**self).retire(product)
+    }
+    fn pending_page(
         &self,
         product: &ProductId,
         cutoff_ms: i64,
         offset: usize,
         limit: usize,
-    ) -> impl Future<Output = PortResult<Vec<OrderMessage>>> + Send {
-        (**self).pending_before(product, cutoff_ms, offset, limit)
+    ) -> impl Future<Output = PortResult<PendingPage>> + Send {
+        (**self).pending_page(product, cutoff_ms, offset, limit)
     }
     fn now_ms(&self) -> impl Future<Output = PortResult<i64>> + Send {
         (**self).now_ms()
@@ -217,9 +282,9 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
         &self,
         product: &ProductId,
         remaining: i64,
-        placed_seen: i64,
+        placed_units_seen: i64,
     ) -> impl Future<Output = PortResult<Option<i64>>> + Send {
-        (**self).resync(product, remaining, placed_seen)
+        (**self).resync(product, remaining, placed_units_seen)
     }
 }
 

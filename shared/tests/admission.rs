@@ -7,7 +7,7 @@ use shared::domain::{
     Admission, IdempotencyKey, OrderMessage, OrderStatus, Product, ProductId, Purchase, Quantity,
     Refusal, RequestId, UserId,
 };
-use shared::ports::{StockGate, Warm};
+use shared::ports::{SendMark, StockGate, Warm};
 use shared::redis::{RedisGate, RedisSettings};
 use time::OffsetDateTime;
 
@@ -50,7 +50,10 @@ fn product(id: &ProductId, stock: u32, limit: u32, start_in_secs: i64) -> Produc
 async fn warmed(stock: u32, limit: u32) -> (RedisGate, ProductId) {
     let g = gate();
     let p = unique("adm");
-    let w = g.warm(&product(&p, stock, limit, -1), false).await.unwrap();
+    let w = g
+        .warm(&product(&p, stock, limit, -1), false, i64::from(stock))
+        .await
+        .unwrap();
     assert_eq!(
         w,
         Warm::Warmed {
@@ -60,13 +63,30 @@ async fn warmed(stock: u32, limit: u32) -> (RedisGate, ProductId) {
     (g, p)
 }
 
+/// A purchase with the id deduct gives it (derived when keyed).
 fn purchase(p: &ProductId, user: &str, qty: u32, key: Option<&str>) -> Purchase {
+    let user_id = UserId::parse(user).unwrap();
+    let idempotency_key = key.map(|k| IdempotencyKey::parse(k).unwrap());
     Purchase {
-        request_id: RequestId::new(p),
+        request_id: match &idempotency_key {
+            Some(k) => RequestId::derived(p, &user_id, k),
+            None => RequestId::new(p),
+        },
         product_id: p.clone(),
-        user_id: UserId::parse(user).unwrap(),
+        user_id,
         quantity: Quantity::new(qty).unwrap(),
-        idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap()),
+        idempotency_key,
+    }
+}
+
+/// Admits and returns the order message deduct would send.
+async fn admitted(g: &RedisGate, p: &Purchase) -> OrderMessage {
+    match g.admit(p).await.unwrap() {
+        Admission::Admitted {
+            admitted_at_ms,
+            sale_ends_at_ms,
+        } => OrderMessage::new(p, admitted_at_ms, sale_ends_at_ms),
+        other => panic!("{} not admitted: {other:?}", p.user_id),
     }
 }
 
@@ -127,6 +147,8 @@ async fn refusals_change_nothing() {
         ),
         (purchase(&p, "bob", 3, Some("k3")), Refusal::LimitExceeded),
         (purchase(&p, "carol", 1, Some("k4")), Refusal::SoldOut),
+        // Same key, another quantity: the IETF draft's 422.
+        (purchase(&p, "alice", 2, Some("k1")), Refusal::KeyReused),
     ];
     for (req, expected) in cases {
         assert_eq!(
@@ -153,17 +175,24 @@ async fn refusals_change_nothing() {
 async fn idempotency_keys_replay_per_buyer() {
     let (g, p) = warmed(5, 1).await;
     let first = purchase(&p, "alice", 1, Some("same"));
-    assert!(matches!(
-        g.admit(&first).await.unwrap(),
-        Admission::Admitted { .. }
-    ));
+    let msg = admitted(&g, &first).await;
     let again = purchase(&p, "alice", 1, Some("same"));
     assert_eq!(
         g.admit(&again).await.unwrap(),
         Admission::Replay {
-            request_id: first.request_id.clone()
+            admitted_at_ms: msg.admitted_at,
+            sale_ends_at_ms: msg.sale_ends_at,
+            status: OrderStatus::Pending,
+            sent: false,
         }
     );
+    g.mark_sent(&first.request_id, SendMark::Sent)
+        .await
+        .unwrap();
+    assert!(matches!(
+        g.admit(&again).await.unwrap(),
+        Admission::Replay { sent: true, .. }
+    ));
     // Another buyer's identical key is theirs alone.
     let bob = purchase(&p, "bob", 1, Some("same"));
     assert!(matches!(
@@ -177,13 +206,17 @@ async fn idempotency_keys_replay_per_buyer() {
 async fn sale_window_uses_server_time() {
     let g = gate();
     let early = unique("early");
-    g.warm(&product(&early, 5, 1, 3600), false).await.unwrap();
+    g.warm(&product(&early, 5, 1, 3600), false, 5)
+        .await
+        .unwrap();
     assert_eq!(
         g.admit(&purchase(&early, "u", 1, None)).await.unwrap(),
         Admission::Refused(Refusal::SaleNotStarted)
     );
     let late = unique("late");
-    g.warm(&product(&late, 5, 1, -7200), false).await.unwrap();
+    g.warm(&product(&late, 5, 1, -7200), false, 5)
+        .await
+        .unwrap();
     assert_eq!(
         g.admit(&purchase(&late, "u", 1, None)).await.unwrap(),
         Admission::Refused(Refusal::SaleEnded)
@@ -197,30 +230,100 @@ async fn rewarm_needs_force_once_started_and_never_recreates_sold_units() {
     g.admit(&purchase(&p, "u2", 1, None)).await.unwrap();
     let def = product(&p, 5, 1, -1);
     assert_eq!(
-        g.warm(&def, false).await.unwrap(),
+        g.warm(&def, false, 5).await.unwrap(),
         Warm::AlreadyStarted { stock_left: 3 }
     );
+    // Two pending, the ledger untouched: 5 - 2.
     assert_eq!(
-        g.warm(&def, true).await.unwrap(),
+        g.warm(&def, true, 5).await.unwrap(),
         Warm::Warmed { stock_left: 3 }
     );
     // Before the start a re-warm is free.
     let later = unique("later");
-    g.warm(&product(&later, 5, 1, 3600), false).await.unwrap();
+    g.warm(&product(&later, 5, 1, 3600), false, 5)
+        .await
+        .unwrap();
     assert_eq!(
-        g.warm(&product(&later, 7, 1, 3600), false).await.unwrap(),
+        g.warm(&product(&later, 7, 1, 3600), false, 7)
+            .await
+            .unwrap(),
         Warm::Warmed { stock_left: 7 }
     );
+}
+
+/// Hole 10: after Redis lost its state, a forced re-warm must not put sold
+/// units back on sale: the shelf comes from the ledger, not from Redis.
+#[tokio::test]
+async fn forced_rewarm_after_state_loss_follows_the_ledger() {
+    let (g, p) = warmed(5, 1).await;
+    // Three units were sold (ledger 2); then Redis lost everything.
+    let k = g.keys(&p);
+    g.command::<()>(redis::cmd("DEL").arg(k.stats()).arg(k.pending()))
+        .await
+        .unwrap();
+    assert_eq!(
+        g.warm(&product(&p, 5, 1, -1), true, 2).await.unwrap(),
+        Warm::Warmed { stock_left: 2 }
+    );
+}
+
+/// Hole 4: asking for more than is left, with some left, is not "sold out".
+#[tokio::test]
+async fn too_few_left_is_short_not_sold_out() {
+    let (g, p) = warmed(2, 3).await;
+    assert_eq!(
+        g.admit(&purchase(&p, "greedy", 3, None)).await.unwrap(),
+        Admission::Short { stock_left: 2 }
+    );
+    admitted(&g, &purchase(&p, "u1", 2, None)).await;
+    assert_eq!(
+        g.admit(&purchase(&p, "u2", 1, None)).await.unwrap(),
+        Admission::Refused(Refusal::SoldOut)
+    );
+}
+
+/// Hole 6: a client that re-sends the same admission (its connection
+/// dropped) gets the first answer, and only one unit is taken.
+#[tokio::test]
+async fn the_same_admission_twice_is_answered_not_repeated() {
+    let (g, p) = warmed(5, 1).await;
+    let a = purchase(&p, "alice", 1, None);
+    let first = g.admit(&a).await.unwrap();
+    assert!(matches!(first, Admission::Admitted { .. }));
+    assert_eq!(g.admit(&a).await.unwrap(), first);
+    let stats = g.stats(&p).await.unwrap().unwrap();
+    assert_eq!(
+        (stats.stock_left, stats.admitted, stats.pending_units),
+        (4, 1, 1)
+    );
+}
+
+/// Hole 3: after Redis forgot a keyed admission (failover), its replay is
+/// admitted again under the same id, so DynamoDB's fate item absorbs it.
+#[tokio::test]
+async fn a_keyed_replay_after_a_failover_lands_on_the_same_request() {
+    let (g, p) = warmed(5, 1).await;
+    let a = purchase(&p, "alice", 1, Some("k"));
+    admitted(&g, &a).await;
+    let k = g.keys(&p);
+    g.command::<()>(
+        redis::cmd("DEL")
+            .arg(k.req(&a.request_id))
+            .arg(k.buyers())
+            .arg(k.pending()),
+    )
+    .await
+    .unwrap();
+    let again = purchase(&p, "alice", 1, Some("k"));
+    let msg = admitted(&g, &again).await;
+    assert_eq!(msg.request_id, a.request_id);
 }
 
 #[tokio::test]
 async fn settle_is_forward_only_and_restock_happens_once() {
     let (g, p) = warmed(2, 1).await;
     let a = purchase(&p, "alice", 1, None);
-    let Admission::Admitted { admitted_at_ms } = g.admit(&a).await.unwrap() else {
-        panic!("not admitted")
-    };
-    let msg = OrderMessage::new(&a, admitted_at_ms);
+    let msg = admitted(&g, &a).await;
     assert!(g.restock(&msg).await.unwrap());
     assert!(!g.restock(&msg).await.unwrap());
     assert!(!g.settle(&msg, OrderStatus::Placed).await.unwrap());
@@ -232,15 +335,53 @@ async fn settle_is_forward_only_and_restock_happens_once() {
             stats.stock_left,
             stats.compensated,
             stats.placed,
-            stats.pending
+            stats.pending,
+            stats.pending_units
         ),
-        (2, 1, 0, 0)
+        (2, 1, 0, 0, 0)
     );
     // The buyer was released and may buy again.
     assert!(matches!(
         g.admit(&purchase(&p, "alice", 1, None)).await.unwrap(),
         Admission::Admitted { .. }
     ));
+}
+
+/// Hole 7: restock is idempotent by the request's own state, not by a
+/// marker that expires: a request Redis does not hold as pending (forgotten
+/// in a failover, its decrement with it) puts nothing back, however late.
+#[tokio::test]
+async fn restock_of_a_request_redis_forgot_puts_nothing_back() {
+    let (g, p) = warmed(3, 1).await;
+    let msg = admitted(&g, &purchase(&p, "alice", 1, None)).await;
+    // The failover: the admission is gone, decrement and all.
+    let k = g.keys(&p);
+    g.command::<()>(
+        redis::cmd("DEL")
+            .arg(k.req(&msg.request_id))
+            .arg(k.pending())
+            .arg(k.buyers())
+            .arg(k.stats()),
+    )
+    .await
+    .unwrap();
+    g.command::<()>(redis::cmd("SET").arg(k.stock()).arg(3))
+        .await
+        .unwrap();
+    assert!(!g.restock(&msg).await.unwrap());
+    assert!(!g.restock(&msg).await.unwrap());
+    let stats = g.stats(&p).await.unwrap().unwrap();
+    assert_eq!((stats.stock_left, stats.compensated), (3, 1));
+    let view = g.request(&msg.request_id).await.unwrap().unwrap();
+    assert_eq!(view.status, OrderStatus::Compensated);
+    let ttl: i64 = g
+        .command(redis::cmd("TTL").arg(k.req(&msg.request_id)))
+        .await
+        .unwrap();
+    assert!(
+        ttl > 32 * 24 * 3600,
+        "state outlives every queue retention: {ttl}"
+    );
 }
 
 #[tokio::test]
@@ -256,30 +397,110 @@ async fn unreachable_redis_is_a_transient_error() {
     assert!(err.is_transient(), "{err}");
 }
 
+/// Hole 1: the shelf heals from the ledger while requests are in flight:
+/// ledger - pending units - units placed since the ledger was read.
 #[tokio::test]
-async fn resync_only_when_nothing_is_in_flight() {
-    let (g, p) = warmed(10, 1).await;
-    let a = purchase(&p, "alice", 1, None);
-    let Admission::Admitted { admitted_at_ms } = g.admit(&a).await.unwrap() else {
-        panic!("not admitted")
-    };
-    assert_eq!(
-        g.resync(&p, 5, 0).await.unwrap(),
-        None,
-        "a request is pending"
-    );
-    g.settle(&OrderMessage::new(&a, admitted_at_ms), OrderStatus::Placed)
+async fn resync_heals_a_busy_shelf() {
+    let (g, p) = warmed(10, 2).await;
+    let a = admitted(&g, &purchase(&p, "alice", 2, None)).await;
+    admitted(&g, &purchase(&p, "bob", 1, None)).await;
+    // Redis lost 4 decrements: it shows 11 - 3 = 7 + 4.
+    let k = g.keys(&p);
+    g.command::<()>(redis::cmd("INCRBY").arg(k.stock()).arg(4))
         .await
         .unwrap();
-    assert_eq!(g.resync(&p, 5, 0).await.unwrap(), None, "placed moved on");
-    assert_eq!(g.resync(&p, 5, 1).await.unwrap(), Some(-4));
-    assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 5);
-    assert_eq!(g.resync(&p, 5, 1).await.unwrap(), Some(0));
-    // A forced re-warm keeps the corrected count.
-    assert_eq!(
-        g.warm(&product(&p, 10, 1, -1), true).await.unwrap(),
-        Warm::Warmed { stock_left: 5 }
+    // The ledger says 10 left (nothing placed yet), 3 units pending.
+    assert_eq!(g.resync(&p, 10, 0).await.unwrap(), Some(-4));
+    assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 7);
+    // Alice is placed in DynamoDB (ledger 8) and settled after the sweeper
+    // read the ledger (10) and placed_units (0): counted as placed since.
+    g.settle(&a, OrderStatus::Placed).await.unwrap();
+    assert_eq!(g.resync(&p, 10, 0).await.unwrap(), Some(0));
+    assert_eq!(g.resync(&p, 8, 2).await.unwrap(), Some(0));
+    // A stale fence (Redis went back in time) changes nothing.
+    assert_eq!(g.resync(&p, 8, 5).await.unwrap(), None);
+    assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 7);
+}
+
+/// Hole 5: the sweeper needs to know what was sent, and when.
+#[tokio::test]
+async fn sent_requests_are_marked_and_paged_with_their_send_time() {
+    let (g, p) = warmed(5, 1).await;
+    let a = admitted(&g, &purchase(&p, "alice", 1, None)).await;
+    let b = admitted(&g, &purchase(&p, "bob", 1, None)).await;
+    g.mark_sent(&a.request_id, SendMark::Sent).await.unwrap();
+    let now = g.now_ms().await.unwrap();
+    let page = g.pending_page(&p, now, 0, 10).await.unwrap();
+    assert_eq!(page.scanned, 2);
+    let by_id = |m: &OrderMessage| {
+        page.requests
+            .iter()
+            .find(|r| r.msg.request_id == m.request_id)
+            .unwrap()
+            .clone()
+    };
+    assert!(by_id(&a).sent_at_ms.is_some());
+    assert_eq!(by_id(&b).sent_at_ms, None);
+    assert_eq!(by_id(&b).msg, b);
+    // A settled request is no longer marked.
+    g.settle(&b, OrderStatus::Placed).await.unwrap();
+    g.mark_sent(&b.request_id, SendMark::Sent).await.unwrap();
+    let fields: Vec<String> = g
+        .command(redis::cmd("HKEYS").arg(g.keys(&p).req(&b.request_id)))
+        .await
+        .unwrap();
+    assert!(!fields.contains(&"sent_at".to_owned()));
+}
+
+/// Hole 8: a pending entry without state must not stall paging forever.
+#[tokio::test]
+async fn pending_entries_without_state_are_dropped_and_paging_goes_on() {
+    let (g, p) = warmed(5, 1).await;
+    let a = admitted(&g, &purchase(&p, "alice", 1, None)).await;
+    let b = admitted(&g, &purchase(&p, "bob", 1, None)).await;
+    g.command::<()>(redis::cmd("DEL").arg(g.keys(&p).req(&a.request_id)))
+        .await
+        .unwrap();
+    let now = g.now_ms().await.unwrap();
+    let page = g.pending_page(&p, now, 0, 1).await.unwrap();
+    assert_eq!((page.scanned, page.requests.len()), (1, 0));
+    let page = g.pending_page(&p, now, 0, 10).await.unwrap();
+    assert_eq!(page.scanned, 1);
+    assert_eq!(page.requests[0].msg.request_id, b.request_id);
+}
+
+/// Hole 12: the scripts refuse nonsense arguments instead of writing it.
+#[tokio::test]
+async fn scripts_refuse_bad_arguments() {
+    let (g, p) = warmed(5, 1).await;
+    let k = g.keys(&p);
+    let eval = |script: &'static str, keys: Vec<String>, args: Vec<&'static str>| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script).arg(keys.len());
+        for key in keys {
+            cmd.arg(key);
+        }
+        for a in args {
+            cmd.arg(a);
+        }
+        cmd
+    };
+    let id = RequestId::new(&p);
+    let admit = eval(
+        shared::redis::ADMIT_SCRIPT,
+        vec![
+            k.meta(),
+            k.stock(),
+            k.buyers(),
+            k.req(&id),
+            k.pending(),
+            k.stats(),
+        ],
+        vec!["x", "u1", "-3", "0", "60"],
     );
+    let err = g.command::<redis::Value>(&admit).await.unwrap_err();
+    assert!(err.to_string().contains("bad arguments"), "{err}");
+    assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 5);
 }
 
 /// A redis-server of this test's own, with TLS and AUTH, stopped by PID.
@@ -372,7 +593,7 @@ async fn tls_and_auth_token_like_elasticache() {
     let mut last = None;
     for _ in 0..50 {
         let g = RedisGate::new(settings(Some("elasticache-token-123")));
-        match g.warm(&product(&p, 3, 1, -1), false).await {
+        match g.warm(&product(&p, 3, 1, -1), false, 3).await {
             Ok(w) => {
                 last = Some(w);
                 assert!(matches!(

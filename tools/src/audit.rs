@@ -18,7 +18,8 @@ pub struct Audit {
     pub stock_left: i64,
     pub admitted: i64,
     pub pending: i64,
-    /// Compensations that put units back (restock markers set).
+    /// Compensations that put units back (at most one per compensated
+    /// request; none for one Redis had forgotten).
     pub restocked: i64,
     // DynamoDB.
     pub placed: i64,
@@ -46,10 +47,12 @@ impl Audit {
         if self.pending > 0 {
             p.push(format!("{} admitted requests still pending", self.pending));
         }
+        // More decided than Redis counts is fine: a failover can forget
+        // admissions whose messages were already in SQS.
         let decided = self.placed + self.rejected + self.compensated;
-        if decided != self.admitted {
+        if decided < self.admitted {
             p.push(format!(
-                "{} requests admitted in Redis but {decided} orders decided in DynamoDB",
+                "{} requests admitted in Redis but only {decided} orders decided in DynamoDB",
                 self.admitted
             ));
         }
@@ -65,7 +68,7 @@ impl Audit {
                 self.stock_left, self.ledger_remaining
             ));
         }
-        if self.restocked != self.compensated {
+        if self.restocked > self.compensated {
             p.push(format!(
                 "{} compensations but {} restocks",
                 self.compensated, self.restocked

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use lambda_http::Body;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -57,6 +57,7 @@ pub struct RunnerConfig {
     /// The sweeper's timer (EventBridge's schedule in AWS).
     pub sweep_every: Duration,
     pub sweep_after_ms: i64,
+    pub resend_after_ms: i64,
     /// Chaos runs only (`FLASHSALE_FAULTS`).
     pub faults: Arc<FaultPlan>,
     pub sold_out_cache: Duration,
@@ -68,7 +69,7 @@ type Queue = Faulty<SqsQueue>;
 
 /// Every handler, wired to the real adapters once per process.
 pub struct App {
-    pub deduct: Deduct<Gate, Queue>,
+    pub deduct: Deduct<Gate, Queue, Store>,
     pub status: OrderStatusApi<Gate, Store>,
     pub admin: Admin<Gate, Store>,
     pub consumer: Consumer<Gate, Store>,
@@ -89,6 +90,7 @@ impl App {
             deduct: Deduct {
                 gate: gate.clone(),
                 queue: queue.clone(),
+                store: store.clone(),
                 insecure_user_from_body: cfg.insecure_user_from_body,
                 sold_out: deduct::SoldOutCache::new(cfg.sold_out_cache),
             },
@@ -118,6 +120,7 @@ impl App {
                 queue,
                 store,
                 older_than_ms: cfg.sweep_after_ms,
+                resend_after_ms: cfg.resend_after_ms,
                 max_per_product: 10_000,
             },
             faults,
@@ -259,7 +262,7 @@ pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
     let addr = listener.local_addr()?;
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(serve(listener, app.clone(), rx.clone()))];
-    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let sqs = poller_client(sdk, cfg.wait_time_secs);
     for _ in 0..cfg.pollers.max(1) {
         let app = app.clone();
         tasks.push(tokio::spawn(poll(
@@ -309,6 +312,10 @@ impl Routes for App {
     }
 }
 
+/// Headers (also between keep-alive requests) and bodies must arrive in time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `routes` over HTTP/1 until `shutdown` changes.
 pub async fn serve<R: Routes>(
     listener: TcpListener,
@@ -332,7 +339,10 @@ pub async fn serve<R: Routes>(
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(serve_one(app.as_ref(), req).await) }
             });
+            // Slow or half-open clients must not hold connections forever.
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
@@ -345,8 +355,17 @@ async fn serve_one<R: Routes>(
 ) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     // Read a little past the handlers' limit so they can name the problem.
-    let resp = match Limited::new(body, api::MAX_BODY_BYTES + 1).collect().await {
-        Ok(collected) => {
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(body, api::MAX_BODY_BYTES + 1).collect(),
+    );
+    let resp = match read.await {
+        Err(_) => ApiError::new(408, "request_timeout")
+            .with_message(format!(
+                "the body did not arrive within {BODY_READ_TIMEOUT:?}"
+            ))
+            .into_response(),
+        Ok(Ok(collected)) => {
             let bytes = collected.to_bytes();
             let body = if bytes.is_empty() {
                 Body::Empty
@@ -356,8 +375,10 @@ async fn serve_one<R: Routes>(
             app.route(lambda_http::Request::from_parts(parts, body))
                 .await
         }
-        Err(_) => ApiError::invalid(format!("body is larger than {} bytes", api::MAX_BODY_BYTES))
-            .into_response(),
+        Ok(Err(_)) => {
+            ApiError::invalid(format!("body is larger than {} bytes", api::MAX_BODY_BYTES))
+                .into_response()
+        }
     };
     let (parts, body) = resp.into_parts();
     let bytes = match body {
@@ -395,6 +416,24 @@ pub fn to_record(m: Message, region: &str) -> SqsMessage {
     r.event_source = Some("aws:sqs".into());
     r.aws_region = Some(region.to_owned());
     r
+}
+
+/// The pollers' SQS client. A long poll must not outlast the SDK's attempt
+/// timeout: an abandoned ReceiveMessage still takes messages off the queue
+/// (invisible for the visibility timeout, one receive spent each), so idle
+/// queues would quietly push orders towards the DLQ.
+fn poller_client(sdk: &SdkConfig, wait_time_secs: i32) -> aws_sdk_sqs::Client {
+    let wait = Duration::from_secs(u64::try_from(wait_time_secs).unwrap_or(0));
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .operation_attempt_timeout(wait + Duration::from_secs(5))
+        .operation_timeout(wait + Duration::from_secs(15))
+        .build();
+    aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(sdk)
+            .timeout_config(timeouts)
+            .build(),
+    )
 }
 
 async fn sweep(app: Arc<App>, every: Duration, mut shutdown: watch::Receiver<bool>) {

@@ -31,6 +31,7 @@ async fn deduct_buy_takes_the_buyer_from_the_jwt() {
     let d = deduct::Deduct {
         gate: FakeGate::default(),
         queue: FakeQueue::default(),
+        store: FakeStore::default(),
         insecure_user_from_body: false,
         sold_out: deduct::SoldOutCache::new(std::time::Duration::from_secs(1)),
     };
@@ -140,6 +141,7 @@ async fn sweeper_accepts_the_scheduled_event() {
         queue: FakeQueue::default(),
         store: FakeStore::default(),
         older_than_ms: 60_000,
+        resend_after_ms: 1_200_000,
         max_per_product: 10_000,
     };
     let report = sweeper.sweep().await.unwrap();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use common::{Options, TestStack, unique};
+use common::{Options, TestStack, message_of, unique};
 use shared::domain::{
     Admission, OrderMessage, OrderStatus, Product, ProductId, Purchase, Quantity, RequestId, UserId,
 };
@@ -37,7 +37,7 @@ fn product(id: &str, stock: u32) -> Product {
 async fn create_and_warm(s: &TestStack, id: &str, stock: u32) -> ProductId {
     let p = product(id, stock);
     assert!(s.store.create_product(&p).await.unwrap());
-    s.gate.warm(&p, false).await.unwrap();
+    s.gate.warm(&p, false, i64::from(stock)).await.unwrap();
     p.product_id
 }
 
@@ -51,10 +51,14 @@ async fn admit_silently(s: &TestStack, product: &ProductId, user: &str) -> Order
         quantity: Quantity::new(1).unwrap(),
         idempotency_key: None,
     };
-    let Admission::Admitted { admitted_at_ms } = s.gate.admit(&purchase).await.unwrap() else {
+    let Admission::Admitted {
+        admitted_at_ms,
+        sale_ends_at_ms,
+    } = s.gate.admit(&purchase).await.unwrap()
+    else {
         panic!("{user} not admitted")
     };
-    OrderMessage::new(&purchase, admitted_at_ms)
+    OrderMessage::new(&purchase, admitted_at_ms, sale_ends_at_ms)
 }
 
 async fn send_raw(s: &TestStack, queue_url: &str, msg: &OrderMessage) {
@@ -65,17 +69,6 @@ async fn send_raw(s: &TestStack, queue_url: &str, msg: &OrderMessage) {
         .send()
         .await
         .unwrap();
-}
-
-fn message_of(o: &shared::domain::RequestView) -> OrderMessage {
-    OrderMessage {
-        v: 1,
-        request_id: o.request_id.clone(),
-        product_id: o.product_id.clone(),
-        user_id: o.user_id.clone(),
-        quantity: o.quantity,
-        admitted_at: 0,
-    }
 }
 
 /// Waits for pending requests and queues to drain, then for the sweeper's
@@ -109,6 +102,8 @@ async fn a_chaos_sale_balances_the_books() {
         Options {
             visibility_timeout: 2,
             sweep_after_ms: 3_000,
+            // Beyond 2 s visibility x 5 receives.
+            resend_after_ms: 15_000,
             faults: faults.clone(),
             pollers: 4,
         },
@@ -202,8 +197,21 @@ async fn a_chaos_sale_balances_the_books() {
     for id in &lost {
         assert!(decided.contains(id), "{id} lost");
     }
-    // The Redis loss was caught by the DynamoDB stock ledger.
-    assert!(books.rejected >= 1, "{books}");
+    // The Redis loss was caught: by the DynamoDB stock ledger (rejections)
+    // or, before anyone bought a phantom unit, by the resync.
+    let drift: Option<i64> = s
+        .gate
+        .command(
+            redis::cmd("HGET")
+                .arg(s.gate.keys(&p).stats())
+                .arg("resync_drift"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        books.rejected >= 1 || drift.unwrap_or(0) < 0,
+        "{books} drift={drift:?}"
+    );
     s.running.stop().await;
 }
 
@@ -219,24 +227,44 @@ async fn the_sweeper_republishes_what_was_never_sent() {
     .await;
     let id = unique("sweep");
     let p = create_and_warm(&s, &id, 5).await;
-    // A deduct whose SQS send always fails still answers 202...
+    // A deduct that died between admission and send: only Redis knows...
+    let msg = admit_silently(&s, &p, "u1").await;
+    assert_eq!(s.queue_depth(&s.names.orders_queue_url).await, 0);
+    // ...and the sweeper publishes it once it is overdue; the order lands.
+    demo::wait_drained(&s.gate, &p, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let order = s.store.order(&msg.request_id).await.unwrap().unwrap();
+    assert_eq!(order.status, OrderStatus::Placed);
+    let books = settle_books(&s, &p, Duration::from_secs(30)).await;
+    assert!(books.balanced(), "{books} {:?}", books.problems());
+    s.running.stop().await;
+}
+
+/// Hole 2: a deduct whose SQS send fails answers 503 and puts the unit
+/// back, with the fate decided in DynamoDB; it never answers 202.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_send_is_a_503_with_the_unit_back() {
+    let s = TestStack::start("unsent", 30).await;
+    let id = unique("unsent");
+    let p = create_and_warm(&s, &id, 5).await;
     let broken = s.app_with(|c| {
         c.faults = Arc::new(FaultPlan::parse("queue.send:1").unwrap());
     });
     let body = json!({ "product_id": id, "quantity": 1, "user_id": "u1" }).to_string();
     let req = common::request("POST", "/api/flash-sale/buy", Some(body));
     let resp = broken.route(req).await;
-    assert_eq!(resp.status().as_u16(), 202);
-    let answer: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
-    let request_id = RequestId::parse(answer["request_id"].as_str().unwrap()).unwrap();
-    assert_eq!(s.queue_depth(&s.names.orders_queue_url).await, 0);
-    // ...and the sweeper publishes it once it is overdue; the order lands.
-    demo::wait_drained(&s.gate, &p, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let order = s.store.order(&request_id).await.unwrap().unwrap();
-    assert_eq!(order.status, OrderStatus::Placed);
-    assert!(audit(&s.gate, &s.store, &p).await.unwrap().balanced());
+    assert_eq!(resp.status().as_u16(), 503);
+    let stats = s.gate.stats(&p).await.unwrap().unwrap();
+    assert_eq!(
+        (stats.stock_left, stats.pending, stats.compensated),
+        (5, 0, 1)
+    );
+    let orders = s.store.orders_of(&p).await.unwrap();
+    assert_eq!(orders.len(), 1);
+    assert_eq!(orders[0].status, OrderStatus::Compensated);
+    let books = audit(&s.gate, &s.store, &p).await.unwrap();
+    assert!(books.balanced(), "{books} {:?}", books.problems());
     s.running.stop().await;
 }
 

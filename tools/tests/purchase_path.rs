@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use common::{TestStack, unique};
-use shared::domain::{OrderMessage, OrderStatus, ProductId, RequestId};
+use shared::domain::{OrderStatus, ProductId, RequestId};
 use shared::ports::{OrderQueue, OrderStore, StockGate};
 use tools::audit::audit;
 use tools::demo;
@@ -302,14 +302,7 @@ async fn duplicate_deliveries_of_a_placed_order_are_absorbed() {
     // delivery (or the outbox sweeper) would.
     let orders = s.store.orders_of(&pid).await.unwrap();
     for o in &orders {
-        let msg = OrderMessage {
-            v: 1,
-            request_id: o.request_id.clone(),
-            product_id: o.product_id.clone(),
-            user_id: o.user_id.clone(),
-            quantity: o.quantity,
-            admitted_at: 0,
-        };
+        let msg = common::message_of(o);
         for _ in 0..2 {
             s.queue
                 .send(
@@ -349,15 +342,7 @@ async fn a_garbage_record_fails_alone_and_parks_untouched() {
         .await
         .unwrap();
     let order = s.store.order(&good).await.unwrap().unwrap();
-    let body = serde_json::to_string(&OrderMessage {
-        v: 1,
-        request_id: order.request_id.clone(),
-        product_id: order.product_id.clone(),
-        user_id: order.user_id.clone(),
-        quantity: order.quantity,
-        admitted_at: 0,
-    })
-    .unwrap();
+    let body = serde_json::to_string(&common::message_of(&order)).unwrap();
     let record = |id: &str, body: &str| {
         let mut m = SqsMessage::default();
         m.message_id = Some(id.into());

@@ -125,7 +125,11 @@ fn functions_get_the_environment_the_code_reads() {
     let needs: &[(&str, &[&str])] = &[
         (
             "deduct",
-            &["FLASHSALE_REDIS_URL", "FLASHSALE_ORDERS_QUEUE_URL"],
+            &[
+                "FLASHSALE_REDIS_URL",
+                "FLASHSALE_ORDERS_QUEUE_URL",
+                "FLASHSALE_TABLE",
+            ],
         ),
         ("order-status", &["FLASHSALE_REDIS_URL", "FLASHSALE_TABLE"]),
         (
@@ -147,6 +151,7 @@ fn functions_get_the_environment_the_code_reads() {
                 "FLASHSALE_REDIS_URL",
                 "FLASHSALE_TABLE",
                 "FLASHSALE_ORDERS_QUEUE_URL",
+                "FLASHSALE_RESEND_AFTER_MS",
             ],
         ),
     ];
@@ -220,6 +225,39 @@ fn sqs_mappings_report_partial_failures_and_queues_outlast_retries() {
     );
 }
 
+/// Hole 7: Redis request state makes settle and restock idempotent, so it
+/// must outlive the oldest message that can still arrive: orders queue, then
+/// DLQ, then parking lot, each up to its retention.
+#[test]
+fn request_state_outlives_every_message_and_resends_wait_for_redeliveries() {
+    let t = template();
+    let r = resources(&t);
+    let retention = |q: &str| {
+        r[q]["Properties"]["MessageRetentionPeriod"]
+            .as_u64()
+            .unwrap()
+    };
+    let oldest = retention("OrdersQueue") + retention("OrdersDLQ") + retention("CompensationDLQ");
+    assert!(
+        shared::redis::STATE_TTL_SECS > oldest,
+        "state TTL {} s <= {oldest} s of queue retention",
+        shared::redis::STATE_TTL_SECS
+    );
+    let orders = &r["OrdersQueue"]["Properties"];
+    let in_flight_ms = 1000
+        * orders["VisibilityTimeout"].as_i64().unwrap()
+        * orders["RedrivePolicy"]["maxReceiveCount"].as_i64().unwrap();
+    let sweeper = &function(&t, "outbox-sweeper")["Properties"];
+    assert_eq!(
+        sweeper["ReservedConcurrentExecutions"].as_i64(),
+        Some(1),
+        "overlapping sweeps would re-send the same requests"
+    );
+    let resend = &t["Parameters"]["ResendAfterMs"];
+    assert!(resend["MinValue"].as_i64().unwrap() >= in_flight_ms);
+    assert!(resend["Default"].as_i64().unwrap() > in_flight_ms);
+}
+
 #[test]
 fn each_function_gets_only_the_access_it_needs() {
     let t = template();
@@ -236,7 +274,22 @@ fn each_function_gets_only_the_access_it_needs() {
     };
     let names =
         |binary: &str| -> Vec<String> { policies(binary).into_iter().map(|(k, _)| k).collect() };
-    assert_eq!(names("deduct"), vec!["SQSSendMessagePolicy"]);
+    assert_eq!(names("deduct"), vec!["SQSSendMessagePolicy", "Statement"]);
+    // Deduct may only write and read order items.
+    let statement = &policies("deduct")[1].1[0];
+    let mut actions: Vec<&str> = statement["Action"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    actions.sort();
+    assert_eq!(actions, vec!["dynamodb:GetItem", "dynamodb:PutItem"]);
+    assert_eq!(get_att(&statement["Resource"]), "FlashSaleTable.Arn");
+    assert_eq!(
+        statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"][0],
+        "ORDER#*"
+    );
     assert_eq!(names("order-status"), vec!["DynamoDBReadPolicy"]);
     assert_eq!(
         names("outbox-sweeper"),
@@ -248,6 +301,9 @@ fn each_function_gets_only_the_access_it_needs() {
     for (_, f) in functions(&t) {
         let binary = f["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
         for (name, args) in policies(binary) {
+            if name == "Statement" {
+                continue;
+            }
             if name.starts_with("DynamoDB") {
                 assert!(
                     is_ref(&args["TableName"], "FlashSaleTable"),

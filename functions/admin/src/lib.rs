@@ -27,7 +27,9 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
         };
         // Behind IAM auth the Authorization header carries the SigV4
         // signature, so the token may come in X-Flashsale-Admin-Token instead.
+        // An empty header is no token at all: it must not hide the Bearer one.
         let given = api::header(req, "x-flashsale-admin-token")
+            .filter(|t| !t.is_empty())
             .or_else(|| api::header(req, "authorization").and_then(|h| h.strip_prefix("Bearer ")))
             .unwrap_or("");
         given.as_bytes().ct_eq(expected.as_bytes()).into()
@@ -78,7 +80,12 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
             .product(id)
             .await?
             .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
-        match self.gate.warm(&product, force).await? {
+        let ledger = self
+            .store
+            .stock_ledger(id)
+            .await?
+            .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
+        match self.gate.warm(&product, force, ledger).await? {
             Warm::Warmed { stock_left } => {
                 tracing::info!(product_id = %id, stock_left, force, "product warmed");
                 Ok(api::json_response(
@@ -87,7 +94,7 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
                 ))
             }
             Warm::AlreadyStarted { .. } => Err(ApiError::new(409, "sale_started").with_message(
-                "the sale has started; re-warm with ?force=true (units already admitted stay taken)",
+                "the sale has started; re-warm with ?force=true (the shelf is then set from the DynamoDB ledger)",
             )),
         }
     }

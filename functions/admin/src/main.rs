@@ -10,7 +10,7 @@ async fn main() -> Result<(), Error> {
     let admin = admin::Admin {
         gate: env.gate()?,
         store: env.store(),
-        token: config::admin_token(),
+        token: config::admin_token()?,
     };
     let admin = &admin;
     env.run_http(move |req: Request| async move { Ok::<_, Infallible>(admin.handle(req).await) })

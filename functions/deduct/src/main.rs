@@ -10,6 +10,7 @@ async fn main() -> Result<(), Error> {
     let handler = deduct::Deduct {
         gate: env.gate()?,
         queue: env.orders_queue()?,
+        store: env.store(),
         insecure_user_from_body: config::insecure_user_from_body(),
         sold_out: deduct::SoldOutCache::new(config::sold_out_cache()?),
     };

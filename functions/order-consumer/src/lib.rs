@@ -3,8 +3,11 @@
 //! then settle the request in Redis. Duplicates are absorbed by the
 //! conditional write. An empty ledger or a buyer guard held by another
 //! request makes the order REJECTED: Redis admitted it only because it lost
-//! state, so its unit is not put back. Only failed records are reported, so
-//! SQS redelivers just those.
+//! state, so its unit is not put back (the sweeper's resync sets the shelf
+//! from the ledger). Transient write failures (a transaction conflict on the
+//! product's ledger item above all) are retried in process first: waiting
+//! for SQS costs a visibility timeout and one of the message's few receives.
+//! Only failed records are reported, so SQS redelivers just those.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
@@ -16,6 +19,7 @@ use shared::domain::{OrderMessage, OrderStatus};
 use shared::error::InfraError;
 use shared::faults::{FaultPlan, FaultPoint};
 use shared::ports::{Fate, FateNote, OrderStore, Placement, StockGate};
+use shared::retry::{self, Backoff};
 
 pub struct Consumer<G, S> {
     pub gate: G,
@@ -91,7 +95,8 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
     }
 
     async fn place(&self, msg: &OrderMessage) -> Result<Outcome, InfraError> {
-        let reason = match self.store.place(msg).await? {
+        let placement = retry::transient(Backoff::DEFAULT, || self.store.place(msg)).await?;
+        let reason = match placement {
             Placement::Placed => {
                 if self.faults.hit(FaultPoint::CrashAfterWrite) {
                     tracing::warn!("injected crash after the DynamoDB write");
@@ -113,11 +118,11 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
             reason: reason.into(),
             ..FateNote::default()
         };
-        match self
-            .store
-            .record_fate(msg, OrderStatus::Rejected, &note)
-            .await?
-        {
+        let fate = retry::transient(Backoff::DEFAULT, || {
+            self.store.record_fate(msg, OrderStatus::Rejected, &note)
+        })
+        .await?;
+        match fate {
             Fate::Won => {
                 self.gate.settle(msg, OrderStatus::Rejected).await?;
                 metrics::counter!("flashsale_business_rejections_total", "reason" => reason)
@@ -298,11 +303,25 @@ mod tests {
         assert_eq!(healthy.store.remaining(&a.product_id), Some(8));
     }
 
-    #[tokio::test]
+    /// Hole 5: transaction conflicts on the ledger item are retried in
+    /// process, not left to a 200 s redelivery that spends a receive.
+    #[tokio::test(start_paused = true)]
+    async fn conflicts_are_retried_in_process() {
+        let c = consumer();
+        let a = order("u1");
+        c.store.failures.fail_next(3);
+        let resp = c.handle(event(vec![record("m1", &a)])).await;
+        assert!(failed_ids(&resp).is_empty());
+        assert_eq!(c.store.status_of(&a.request_id), Some(OrderStatus::Placed));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn transient_failures_are_reported_for_redelivery() {
         let c = consumer();
         let a = order("u1");
-        c.store.failures.fail_next(1);
+        c.store
+            .failures
+            .fail_next(Backoff::DEFAULT.attempts as usize);
         let resp = c.handle(event(vec![record("m1", &a)])).await;
         assert_eq!(failed_ids(&resp), vec!["m1"]);
         // Redis down after the DynamoDB write: reported, then absorbed on redelivery.

@@ -1,30 +1,42 @@
-//! The outbox sweeper, run on a schedule. Two jobs per product:
-//! - Redis is the outbox: any request still pending after a threshold (its
-//!   SQS send failed, or its message is stuck) is re-published with
-//!   `SendMessageBatch`. Duplicates are harmless: the consumer's conditional
-//!   write absorbs them. Paging is by offset over a live index, so a request
-//!   settled meanwhile may shift the page; the next run picks it up.
-//! - When nothing is in flight, the Redis shelf is set to the DynamoDB stock
-//!   ledger. After Redis lost state (failover to a lagging replica), the
-//!   ledger's rejections and this resync put back exactly what exists.
+//! The outbox sweeper, run on a schedule. Per product:
+//! - Redis is the outbox: a request still pending whose message never
+//!   reached the queue (the function died before its send), or was sent
+//!   longer ago than SQS may still be delivering it, is re-published with
+//!   `SendMessageBatch`, and marked sent. A message still in flight is left
+//!   alone: copies of it would only spend receives. Duplicates are harmless
+//!   anyway: the consumer's conditional write absorbs them.
+//! - The Redis shelf is healed from the DynamoDB stock ledger, while the sale
+//!   runs: shelf = ledger - units pending here (`domain::shelf_target`). A
+//!   failover that forgot admissions, decrements or settlements is corrected
+//!   within one schedule period.
+//! - A product whose sale ended over an hour ago with nothing pending is
+//!   retired from the sweep.
+//!
+//! One product's failure is counted and logged; the others are still swept.
 
 use serde::Serialize;
 
-use shared::domain::ProductId;
+use shared::domain::{ProductId, republish_due};
 use shared::error::InfraError;
-use shared::ports::{OrderQueue, OrderStore, StockGate};
+use shared::ports::{OrderQueue, OrderStore, SendMark, StockGate};
 
-/// Requests read from Redis per call.
+/// Index entries read from Redis per call.
 const PAGE: usize = 100;
 /// SQS's batch limit.
 const BATCH: usize = 10;
+/// Resyncs per product per run, at most.
+const RESYNC_ATTEMPTS: usize = 3;
+/// A product is retired this long after its sale ended.
+const RETIRE_AFTER_MS: i64 = 3_600_000;
 
 pub struct Sweeper<G, Q, S> {
     pub gate: G,
     pub queue: Q,
     pub store: S,
-    /// Re-publish requests pending for longer than this.
+    /// Re-publish a never-sent request pending for longer than this.
     pub older_than_ms: i64,
+    /// Re-publish a sent request this long after its last send.
+    pub resend_after_ms: i64,
     /// Upper bound per product per run, so one run fits a Lambda timeout.
     pub max_per_product: usize,
 }
@@ -36,65 +48,138 @@ pub struct SweepReport {
     pub failed: usize,
     /// Units the resync added to (or, negative, took from) Redis shelves.
     pub resync_drift: i64,
+    /// Products whose sweep failed (retried next run).
+    pub errors: usize,
+    pub retired: usize,
 }
 
 impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
     pub async fn sweep(&self) -> Result<SweepReport, InfraError> {
         let started = std::time::Instant::now();
-        let cutoff = self.gate.now_ms().await? - self.older_than_ms;
+        let now = self.gate.now_ms().await?;
         let mut report = SweepReport::default();
         for product in self.gate.products().await? {
             report.products += 1;
-            report.resync_drift += self.resync(&product).await?;
-            let mut offset = 0;
-            while offset < self.max_per_product {
-                let page = self
-                    .gate
-                    .pending_before(&product, cutoff, offset, PAGE)
-                    .await?;
-                for chunk in page.chunks(BATCH) {
-                    match self.queue.send_batch(chunk).await {
-                        Ok(failed) => {
-                            report.republished += chunk.len() - failed.len();
-                            report.failed += failed.len();
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, product_id = %product, "re-publish failed; next run retries");
-                            report.failed += chunk.len();
-                        }
-                    }
-                }
-                if page.len() < PAGE {
-                    break;
-                }
-                offset += page.len();
+            if let Err(e) = self.sweep_product(&product, now, &mut report).await {
+                report.errors += 1;
+                tracing::warn!(error = %e, product_id = %product, "product not swept; next run retries");
             }
         }
         metrics::counter!("flashsale_outbox_republished_total")
             .increment(report.republished as u64);
-        if report.republished + report.failed > 0 || report.resync_drift != 0 {
+        if report.republished + report.failed + report.errors + report.retired > 0
+            || report.resync_drift != 0
+        {
             tracing::info!(?report, "outbox sweep");
         }
         shared::telemetry::record_latency("outbox_sweeper", started);
         Ok(report)
     }
 
-    /// The shelf follows the ledger when the product is quiet; returns the drift.
-    async fn resync(&self, product: &ProductId) -> Result<i64, InfraError> {
-        let Some(stats) = self.gate.stats(product).await? else {
-            return Ok(0);
+    async fn sweep_product(
+        &self,
+        product: &ProductId,
+        now: i64,
+        report: &mut SweepReport,
+    ) -> Result<(), InfraError> {
+        self.republish(product, now, report).await?;
+        let Some(mut stats) = self.gate.stats(product).await? else {
+            return Ok(());
         };
-        if stats.pending > 0 {
-            return Ok(0);
+        // An order settled while the ledger was read may be counted twice
+        // (undersold, never oversold); when that happened, try again so a
+        // quiet product ends exact.
+        for _ in 0..RESYNC_ATTEMPTS {
+            report.resync_drift += self.resync(product, stats.placed_units).await?;
+            let seen = stats.placed_units;
+            stats = match self.gate.stats(product).await? {
+                Some(s) => s,
+                None => return Ok(()),
+            };
+            if stats.placed_units == seen {
+                break;
+            }
         }
-        // Read `placed` before the ledger: the script refuses if an order
-        // was placed in between, so a stale ledger read is never applied.
+        if stats.pending == 0 && stats.ends_at_ms > 0 && now - stats.ends_at_ms > RETIRE_AFTER_MS {
+            self.gate.retire(product).await?;
+            report.retired += 1;
+        }
+        Ok(())
+    }
+
+    async fn republish(
+        &self,
+        product: &ProductId,
+        now: i64,
+        report: &mut SweepReport,
+    ) -> Result<(), InfraError> {
+        let cutoff = now - self.older_than_ms.min(self.resend_after_ms);
+        let mut offset = 0;
+        while offset < self.max_per_product {
+            let page = self
+                .gate
+                .pending_page(product, cutoff, offset, PAGE)
+                .await?;
+            let due: Vec<_> = page
+                .requests
+                .into_iter()
+                .filter(|r| {
+                    republish_due(
+                        r.msg.admitted_at,
+                        r.sent_at_ms,
+                        now,
+                        self.older_than_ms,
+                        self.resend_after_ms,
+                    )
+                })
+                .map(|r| r.msg)
+                .collect();
+            for chunk in due.chunks(BATCH) {
+                // Claimed before the send: if the claim cannot be written,
+                // nothing is sent, so a later run never copies a message
+                // this one put in flight. Only a send that happened marks
+                // it sent (what a replay relies on).
+                for msg in chunk {
+                    self.gate
+                        .mark_sent(&msg.request_id, SendMark::Claimed)
+                        .await?;
+                }
+                let unsent = match self.queue.send_batch(chunk).await {
+                    Ok(failed) => failed,
+                    Err(e) => {
+                        tracing::warn!(error = %e, product_id = %product, "re-publish failed; next run retries");
+                        chunk.iter().map(|m| m.request_id.clone()).collect()
+                    }
+                };
+                report.republished += chunk.len() - unsent.len();
+                report.failed += unsent.len();
+                for msg in chunk {
+                    let mark = if unsent.contains(&msg.request_id) {
+                        SendMark::Unclaimed
+                    } else {
+                        SendMark::Sent
+                    };
+                    self.gate.mark_sent(&msg.request_id, mark).await?;
+                }
+            }
+            // Paging counts index entries, not the filtered page.
+            if page.scanned < PAGE {
+                break;
+            }
+            offset += page.scanned;
+        }
+        Ok(())
+    }
+
+    /// The shelf follows the ledger; returns the drift corrected.
+    /// `placed_units_seen` must be read before the ledger: see resync.lua.
+    async fn resync(&self, product: &ProductId, placed_units_seen: i64) -> Result<i64, InfraError> {
         let Some(remaining) = self.store.stock_ledger(product).await? else {
             return Ok(0);
         };
         let drift = self
             .gate
-            .resync(product, remaining, stats.placed)
+            .resync(product, remaining, placed_units_seen)
             .await?
             .unwrap_or(0);
         if drift != 0 {
@@ -112,61 +197,88 @@ mod tests {
     use shared::fakes::{FakeGate, FakeQueue, FakeStore, order_message};
     use std::sync::atomic::Ordering;
 
+    const NOW: i64 = 10_000_000;
+
     fn pending(product: &str, user: usize, admitted_at: i64) -> OrderMessage {
         order_message(product, &format!("u{user}"), admitted_at)
     }
 
     fn sweeper() -> Sweeper<FakeGate, FakeQueue, FakeStore> {
-        Sweeper {
+        let s = Sweeper {
             gate: FakeGate::default(),
             queue: FakeQueue::default(),
             store: FakeStore::default(),
             older_than_ms: 60_000,
+            resend_after_ms: 1_200_000,
             max_per_product: 10_000,
-        }
+        };
+        s.gate.now_ms.store(NOW, Ordering::SeqCst);
+        s
+    }
+
+    fn sent_ids(s: &Sweeper<FakeGate, FakeQueue, FakeStore>) -> Vec<String> {
+        s.queue
+            .sent()
+            .iter()
+            .map(|(m, _)| m.request_id.to_string())
+            .collect()
     }
 
     #[tokio::test]
-    async fn republishes_only_requests_older_than_the_threshold() {
+    async fn republishes_never_sent_requests_older_than_the_threshold() {
         let s = sweeper();
-        s.gate.now_ms.store(1_000_000, Ordering::SeqCst);
         let mut all = Vec::new();
         for i in 0..250 {
-            all.push(pending("p1", i, 900_000)); // 100 s old
+            all.push(pending("p1", i, NOW - 100_000));
         }
         for i in 0..7 {
-            all.push(pending("p2", i, 930_000)); // 70 s old
+            all.push(pending("p2", i, NOW - 70_000));
         }
         for i in 0..5 {
-            all.push(pending("p2", 100 + i, 990_000)); // 10 s old: in flight
+            all.push(pending("p2", 100 + i, NOW - 10_000)); // in flight
         }
         *s.gate.pending.lock().unwrap() = all.clone();
         let report = s.sweep().await.unwrap();
-        assert_eq!(
-            report,
-            SweepReport {
-                products: 2,
-                republished: 257,
-                failed: 0,
-                resync_drift: 0,
-            }
-        );
-        let sent = s.queue.sent();
-        let fresh: Vec<_> = all[257..].iter().map(|m| &m.request_id).collect();
-        assert!(sent.iter().all(|(m, _)| !fresh.contains(&&m.request_id)));
-        assert_eq!(sent[0].0, all[0]);
+        assert_eq!((report.products, report.republished), (2, 257));
+        let fresh: Vec<String> = all[257..]
+            .iter()
+            .map(|m| m.request_id.to_string())
+            .collect();
+        assert!(sent_ids(&s).iter().all(|id| !fresh.contains(id)));
+        assert_eq!(s.queue.sent()[0].0, all[0]);
+        // Marked sent: the next run leaves them to SQS.
+        assert_eq!(s.sweep().await.unwrap().republished, 0);
+    }
+
+    /// Hole 5: a message SQS may still deliver is not copied every run; only
+    /// once its redeliveries are surely over is it sent again.
+    #[tokio::test]
+    async fn a_sent_message_is_left_to_sqs_until_its_redeliveries_are_over() {
+        let s = sweeper();
+        let m = pending("p1", 1, NOW - 600_000);
+        s.gate.pending.lock().unwrap().push(m.clone());
+        s.gate
+            .sent_at
+            .lock()
+            .unwrap()
+            .insert(m.request_id.clone(), NOW - 590_000);
+        for _ in 0..3 {
+            assert_eq!(s.sweep().await.unwrap().republished, 0);
+        }
+        s.gate.now_ms.store(NOW + 700_000, Ordering::SeqCst);
+        assert_eq!(s.sweep().await.unwrap().republished, 1);
+        assert_eq!(s.sweep().await.unwrap().republished, 0);
     }
 
     #[tokio::test]
     async fn a_failed_batch_is_counted_and_left_for_the_next_run() {
         let s = sweeper();
-        s.gate.now_ms.store(1_000_000, Ordering::SeqCst);
         *s.gate.pending.lock().unwrap() = (0..15).map(|i| pending("p1", i, 0)).collect();
         s.queue.failures.fail_next(1);
         let report = s.sweep().await.unwrap();
         assert_eq!((report.republished, report.failed), (5, 10));
         let report = s.sweep().await.unwrap();
-        assert_eq!((report.republished, report.failed), (15, 0));
+        assert_eq!((report.republished, report.failed), (10, 0));
     }
 
     #[tokio::test]
@@ -176,32 +288,66 @@ mod tests {
         assert!(s.queue.sent().is_empty());
     }
 
+    /// Hole 8: one product's failure does not abort the sweep.
     #[tokio::test]
-    async fn a_quiet_shelf_follows_the_ledger_and_a_busy_one_is_left_alone() {
+    async fn a_failing_product_does_not_stop_the_others() {
         let s = Sweeper {
-            store: FakeStore::default().with_stock("p1", 3),
+            store: FakeStore::default().with_stock("p1", 5).with_stock("p2", 5),
             ..sweeper()
         };
-        // Redis shows 7 units (it lost decrements); DynamoDB has 3 left.
-        *s.gate.stats.lock().unwrap() = Some(ProductStats {
-            stock_left: 7,
-            placed: 5,
-            ..ProductStats::default()
-        });
-        let shelf = || s.gate.stats.lock().unwrap().as_ref().unwrap().stock_left;
-        // Busy (a request in flight, not yet due): nothing changes.
+        *s.gate.stats.lock().unwrap() = Some(ProductStats::default());
+        *s.gate.pending.lock().unwrap() = vec![pending("p1", 1, 0), pending("p2", 1, 0)];
+        s.store.failures.fail_next(1); // p1's ledger read
+        let report = s.sweep().await.unwrap();
+        assert_eq!((report.errors, report.republished), (1, 2));
+    }
+
+    /// Hole 8: a sale that ended long ago, with nothing pending, is retired.
+    #[tokio::test]
+    async fn ended_quiet_products_are_retired() {
+        let s = sweeper();
         s.gate
             .pending
             .lock()
             .unwrap()
-            .push(pending("p1", 1, 1_000_000));
-        assert_eq!(s.sweep().await.unwrap().resync_drift, 0);
-        assert_eq!(shelf(), 7);
-        // Quiet: the shelf drops to the ledger, once.
+            .push(pending("p1", 1, NOW - 100));
+        *s.gate.stats.lock().unwrap() = Some(ProductStats {
+            ends_at_ms: NOW - RETIRE_AFTER_MS - 1,
+            ..ProductStats::default()
+        });
+        assert_eq!(s.sweep().await.unwrap().retired, 0, "still pending");
         s.gate.pending.lock().unwrap().clear();
-        let p = ProductId::parse("p1").unwrap();
-        assert_eq!(s.resync(&p).await.unwrap(), -4);
-        assert_eq!(shelf(), 3);
-        assert_eq!(s.resync(&p).await.unwrap(), 0);
+        s.gate
+            .warmed
+            .lock()
+            .unwrap()
+            .push((shared::fakes::product("p1"), false));
+        assert_eq!(s.sweep().await.unwrap().retired, 1);
+        assert_eq!(s.sweep().await.unwrap().products, 0);
+    }
+
+    /// Hole 1: the shelf heals from the ledger while requests are in flight:
+    /// ledger minus the units still pending.
+    #[tokio::test]
+    async fn a_busy_shelf_follows_the_ledger_minus_what_is_pending() {
+        let s = Sweeper {
+            store: FakeStore::default().with_stock("p1", 3),
+            ..sweeper()
+        };
+        // Redis shows 7 units (it lost decrements); DynamoDB has 3 left, one
+        // request (1 unit) is still on its way to DynamoDB.
+        *s.gate.stats.lock().unwrap() = Some(ProductStats {
+            stock_left: 7,
+            ..ProductStats::default()
+        });
+        s.gate
+            .pending
+            .lock()
+            .unwrap()
+            .push(pending("p1", 1, NOW - 1_000));
+        let shelf = || s.gate.stats.lock().unwrap().as_ref().unwrap().stock_left;
+        assert_eq!(s.sweep().await.unwrap().resync_drift, -5);
+        assert_eq!(shelf(), 2);
+        assert_eq!(s.sweep().await.unwrap().resync_drift, 0);
     }
 }

@@ -11,6 +11,7 @@ async fn main() -> Result<(), Error> {
         queue: env.orders_queue()?,
         store: env.store(),
         older_than_ms: config::sweep_after()?.as_millis() as i64,
+        resend_after_ms: config::resend_after()?.as_millis() as i64,
         max_per_product: 10_000,
     };
     let sweeper = &sweeper;

@@ -5,48 +5,65 @@
 -- KEYS[1] meta     hash: stock_total, limit, starts_at, ends_at (ms)
 -- KEYS[2] stock    string: units left
 -- KEYS[3] buyers   hash: user -> request_id (one admitted request per buyer)
--- KEYS[4] req      hash: the new request's state
+-- KEYS[4] req      hash: this request's state (user, qty, status, admitted_at, ...)
 -- KEYS[5] pending  zset: request_id scored by admission time (the outbox index)
--- KEYS[6] stats    hash: admitted, placed, rejected, compensated, units_out
--- KEYS[7] idem     string: this buyer's Idempotency-Key -> request_id
+-- KEYS[6] stats    hash: admitted, placed, ..., pending_units, placed_units
 -- ARGV[1] request_id  ARGV[2] user  ARGV[3] quantity
--- ARGV[4] "1" when an Idempotency-Key was sent  ARGV[5] request ttl (s)  ARGV[6] idempotency ttl (s)
+-- ARGV[4] "1" when the id was derived from an Idempotency-Key  ARGV[5] request ttl (s)
 --
--- Returns {"admitted", now_ms} | {"replay", earlier_request_id} | {refusal_code, ""}
+-- Returns {"admitted", admitted_at_ms, ends_at_ms}
+--       | {"replay", admitted_at_ms, ends_at_ms, status, "1" when its message was sent}
+--       | {"short", stock_left, ""} | {refusal_code, "", ""}
 
 local user = ARGV[2]
 local qty = tonumber(ARGV[3])
-local has_idem = ARGV[4] == "1"
+local ttl = tonumber(ARGV[5])
+if user == "" or not qty or qty < 1 or qty ~= math.floor(qty) or not ttl or ttl < 1 then
+  return redis.error_reply("admit.lua: bad arguments: user must be non-empty, quantity and ttl positive integers")
+end
 
-if has_idem then
-  local earlier = redis.call("GET", KEYS[7])
-  if earlier then
-    return {"replay", earlier}
+-- The request exists: a replay of its Idempotency-Key (a keyed id is derived
+-- from the key), or the same call run twice (a client re-sending after a
+-- dropped connection). Answered from the first admission, never admitted twice.
+local earlier = redis.call("HMGET", KEYS[4], "user", "qty", "admitted_at", "status", "sent_at")
+if earlier[1] then
+  if earlier[1] ~= user or tonumber(earlier[2]) ~= qty then
+    return {"idempotency_key_reused", "", ""}
   end
+  local ends_at = redis.call("HGET", KEYS[1], "ends_at") or "0"
+  if ARGV[4] == "1" then
+    return {"replay", earlier[3], ends_at, earlier[4], earlier[5] and "1" or "0"}
+  end
+  return {"admitted", earlier[3], ends_at}
 end
 
 local meta = redis.call("HMGET", KEYS[1], "limit", "starts_at", "ends_at")
 if not meta[1] then
-  return {"unknown_product", ""}
+  return {"unknown_product", "", ""}
 end
 
 -- Server time, never the client's clock.
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now < tonumber(meta[2]) then
-  return {"sale_not_started", ""}
+  return {"sale_not_started", "", ""}
 end
 if now >= tonumber(meta[3]) then
-  return {"sale_ended", ""}
+  return {"sale_ended", "", ""}
 end
 if qty > tonumber(meta[1]) then
-  return {"limit_exceeded", ""}
+  return {"limit_exceeded", "", ""}
 end
 if redis.call("HEXISTS", KEYS[3], user) == 1 then
-  return {"already_purchased", ""}
+  return {"already_purchased", "", ""}
 end
-if tonumber(redis.call("GET", KEYS[2]) or "0") < qty then
-  return {"sold_out", ""}
+local left = tonumber(redis.call("GET", KEYS[2]) or "0")
+if left < 1 then
+  return {"sold_out", "", ""}
+end
+-- Some left, not enough: only this request is refused, the product is not sold out.
+if left < qty then
+  return {"short", tostring(left), ""}
 end
 
 -- Admitted: writes only from here on.
@@ -54,11 +71,8 @@ redis.call("DECRBY", KEYS[2], qty)
 redis.call("HSET", KEYS[3], user, ARGV[1])
 redis.call("HSET", KEYS[4], "user", user, "qty", qty, "status", "pending",
   "admitted_at", now, "updated_at", now)
-redis.call("EXPIRE", KEYS[4], ARGV[5])
+redis.call("EXPIRE", KEYS[4], ttl)
 redis.call("ZADD", KEYS[5], now, ARGV[1])
 redis.call("HINCRBY", KEYS[6], "admitted", 1)
-redis.call("HINCRBY", KEYS[6], "units_out", qty)
-if has_idem then
-  redis.call("SET", KEYS[7], ARGV[1], "EX", ARGV[6])
-end
-return {"admitted", tostring(now)}
+redis.call("HINCRBY", KEYS[6], "pending_units", qty)
+return {"admitted", tostring(now), meta[3]}

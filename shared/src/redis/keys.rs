@@ -2,7 +2,7 @@
 //! `{<product>}`, so one script's keys always live in one cluster slot.
 //! Ids are validated to exclude `{`, `}` and `:`, so they cannot break it.
 
-use crate::domain::{IdempotencyKey, ProductId, RequestId, UserId};
+use crate::domain::{ProductId, RequestId};
 
 /// The default namespace. Deployments sharing one Redis (stages, test
 /// runs) each set their own with `FLASHSALE_REDIS_NAMESPACE`.
@@ -39,28 +39,22 @@ impl Keys {
     pub fn buyers(&self) -> String {
         self.key("buyers")
     }
-    /// Hash: user, qty, status, admitted_at, updated_at.
+    /// Hash: user, qty, status, admitted_at, updated_at, sent_at.
     pub fn req(&self, id: &RequestId) -> String {
+        self.req_raw(id.as_str())
+    }
+    /// [`Self::req`] of an id read back from the pending index.
+    pub fn req_raw(&self, id: &str) -> String {
         self.key(&format!("req:{id}"))
     }
     /// Sorted set: pending request ids scored by admission time (the outbox).
     pub fn pending(&self) -> String {
         self.key("pending")
     }
-    /// Hash: admitted, placed, rejected, compensated, units_out.
+    /// Hash: admitted, placed, rejected, compensated, restocked,
+    /// pending_units, placed_units, resync_drift.
     pub fn stats(&self) -> String {
         self.key("stats")
-    }
-    /// String: request id admitted under this buyer's Idempotency-Key.
-    pub fn idem(&self, user: &UserId, key: &IdempotencyKey) -> String {
-        self.key(&format!("idem:{user}:{}", key.as_str()))
-    }
-    pub fn idem_placeholder(&self) -> String {
-        self.key("idem:-")
-    }
-    /// String marker: this request's units were already put back.
-    pub fn restocked(&self, id: &RequestId) -> String {
-        self.key(&format!("restocked:{id}"))
     }
 }
 
@@ -73,8 +67,6 @@ mod tests {
         let p = ProductId::parse("p42").unwrap();
         let k = Keys::new(DEFAULT_NAMESPACE, &p);
         let id = RequestId::new(&p);
-        let u = UserId::parse("u1").unwrap();
-        let i = IdempotencyKey::parse("abc").unwrap();
         for key in [
             k.meta(),
             k.stock(),
@@ -82,8 +74,6 @@ mod tests {
             k.req(&id),
             k.pending(),
             k.stats(),
-            k.idem(&u, &i),
-            k.restocked(&id),
         ] {
             assert!(key.starts_with("fs:{p42}:"), "{key}");
             assert_eq!(key.matches('{').count(), 1, "{key}");

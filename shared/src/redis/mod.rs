@@ -14,16 +14,20 @@ use crate::domain::{
     Refusal, RequestId, RequestView, UserId, from_unix_ms, unix_ms,
 };
 use crate::error::InfraError;
-use crate::ports::{PortResult, StockGate, Warm};
+use crate::ports::{PendingPage, PendingRequest, PortResult, SendMark, StockGate, Warm};
 
 pub mod keys;
+#[cfg(feature = "sim")]
+pub mod sim;
 
 /// The admission script, for benchmarks that run it outside the adapter.
 pub const ADMIT_SCRIPT: &str = include_str!("admit.lua");
 
-/// How long request state, restock markers and idempotency keys live. A sale
-/// and its settlement are over well within this; the buyers hash has no TTL.
-const STATE_TTL_SECS: u64 = 7 * 24 * 3600;
+/// How long request state lives: it is what makes settle and restock
+/// idempotent, so it must outlive the longest a message can still arrive
+/// (orders queue + DLQ + parking-lot retention; tools/tests/template.rs
+/// checks the template against it). The buyers hash has no TTL.
+pub const STATE_TTL_SECS: u64 = 35 * 24 * 3600;
 
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -44,6 +48,8 @@ pub struct RedisSettings {
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    #[cfg(feature = "sim")]
+    Sim(sim::SimRedis),
 }
 
 impl ConnectionLike for Conn {
@@ -51,6 +57,8 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "sim")]
+            Self::Sim(c) => c.req_packed_command(cmd),
         }
     }
     fn req_packed_commands<'a>(
@@ -62,12 +70,16 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "sim")]
+            Self::Sim(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+            #[cfg(feature = "sim")]
+            Self::Sim(c) => c.get_db(),
         }
     }
 }
@@ -78,6 +90,7 @@ struct Scripts {
     restock: Script,
     warm: Script,
     resync: Script,
+    mark_sent: Script,
 }
 
 /// Cheap to clone: clones share one connection and the loaded scripts.
@@ -125,9 +138,25 @@ impl RedisGate {
                     restock: Script::new(include_str!("restock.lua")),
                     warm: Script::new(include_str!("warm.lua")),
                     resync: Script::new(include_str!("resync.lua")),
+                    mark_sent: Script::new(include_str!("mark_sent.lua")),
                 },
             }),
         }
+    }
+
+    /// This gate over a simulated Redis (deterministic simulations).
+    #[cfg(feature = "sim")]
+    pub fn simulated(redis: sim::SimRedis, namespace: &str) -> Self {
+        let gate = Self::new(RedisSettings {
+            url: "sim://".into(),
+            cluster: false,
+            namespace: namespace.into(),
+            auth_token: None,
+            response_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+        });
+        let _ = gate.inner.conn.set(Conn::Sim(redis));
+        gate
     }
 
     async fn conn(&self) -> PortResult<Conn> {
@@ -196,15 +225,25 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn order_message(id: &RequestId, fields: &[(String, String)]) -> Option<OrderMessage> {
+fn pending_request(
+    id: &RequestId,
+    fields: &[(String, String)],
+    sale_ends_at: i64,
+) -> Option<PendingRequest> {
     let get = |name: &str| field(fields, name);
-    Some(OrderMessage {
+    let msg = OrderMessage {
         v: OrderMessage::VERSION,
         request_id: id.clone(),
         product_id: id.product(),
         user_id: UserId::parse(get("user")?).ok()?,
         quantity: Quantity::new(get("qty")?.parse().ok()?).ok()?,
         admitted_at: get("admitted_at")?.parse().ok()?,
+        sale_ends_at,
+    };
+    let at = |name: &str| get(name).and_then(|v| v.parse::<i64>().ok());
+    Some(PendingRequest {
+        msg,
+        sent_at_ms: at("sent_at").max(at("claimed_at")),
     })
 }
 
@@ -224,11 +263,7 @@ impl StockGate for RedisGate {
     async fn admit(&self, p: &Purchase) -> PortResult<Admission> {
         let k = self.keys(&p.product_id);
         let mut c = self.conn().await?;
-        let idem = p
-            .idempotency_key
-            .as_ref()
-            .map(|key| k.idem(&p.user_id, key));
-        let (code, value): (String, String) = self
+        let reply: Vec<String> = self
             .inner
             .scripts
             .admit
@@ -238,9 +273,6 @@ impl StockGate for RedisGate {
             .key(k.req(&p.request_id))
             .key(k.pending())
             .key(k.stats())
-            // Without an Idempotency-Key the script never touches KEYS[7];
-            // the placeholder keeps the key count fixed and in the same slot.
-            .key(idem.unwrap_or_else(|| k.idem_placeholder()))
             .arg(p.request_id.as_str())
             .arg(p.user_id.as_str())
             .arg(p.quantity.get())
@@ -250,16 +282,24 @@ impl StockGate for RedisGate {
                 "0"
             })
             .arg(STATE_TTL_SECS)
-            .arg(STATE_TTL_SECS)
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;
-        match code.as_str() {
+        let part = |i: usize| reply.get(i).map_or("", String::as_str);
+        let number = |i: usize| part(i).parse::<i64>().map_err(|_| unexpected("admission"));
+        match part(0) {
             "admitted" => Ok(Admission::Admitted {
-                admitted_at_ms: value.parse().map_err(|_| unexpected("admission"))?,
+                admitted_at_ms: number(1)?,
+                sale_ends_at_ms: number(2)?,
             }),
             "replay" => Ok(Admission::Replay {
-                request_id: RequestId::parse(&value).map_err(|_| unexpected("admission"))?,
+                admitted_at_ms: number(1)?,
+                sale_ends_at_ms: number(2)?,
+                status: OrderStatus::parse(part(3)).ok_or_else(|| unexpected("admission"))?,
+                sent: part(4) == "1",
+            }),
+            "short" => Ok(Admission::Short {
+                stock_left: number(1)?,
             }),
             other => Refusal::from_code(other)
                 .map(Admission::Refused)
@@ -281,6 +321,20 @@ impl StockGate for RedisGate {
         request_view(id, fields)
             .map(Some)
             .ok_or_else(|| unexpected("request state (corrupt hash)"))
+    }
+
+    async fn mark_sent(&self, id: &RequestId, mark: SendMark) -> PortResult<()> {
+        let k = self.keys(&id.product());
+        let mut c = self.conn().await?;
+        self.inner
+            .scripts
+            .mark_sent
+            .key(k.req(id))
+            .arg(mark.as_str())
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 
     async fn settle(&self, msg: &OrderMessage, status: OrderStatus) -> PortResult<bool> {
@@ -312,7 +366,6 @@ impl StockGate for RedisGate {
             .inner
             .scripts
             .restock
-            .key(k.restocked(&msg.request_id))
             .key(k.stock())
             .key(k.buyers())
             .key(k.req(&msg.request_id))
@@ -329,7 +382,7 @@ impl StockGate for RedisGate {
         Ok(done == 1)
     }
 
-    async fn warm(&self, p: &Product, force: bool) -> PortResult<Warm> {
+    async fn warm(&self, p: &Product, force: bool, ledger_remaining: i64) -> PortResult<Warm> {
         let k = self.keys(&p.product_id);
         let mut c = self.conn().await?;
         let (code, left): (String, i64) = self
@@ -344,6 +397,7 @@ impl StockGate for RedisGate {
             .arg(unix_ms(p.starts_at))
             .arg(unix_ms(p.ends_at))
             .arg(if force { "1" } else { "0" })
+            .arg(ledger_remaining)
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;
@@ -366,23 +420,31 @@ impl StockGate for RedisGate {
         let k = self.keys(product);
         let mut c = self.conn().await?;
         #[allow(clippy::type_complexity)]
-        let (total, left, counters, pending): (
-            Option<i64>,
+        let (meta, left, counters, pending): (
+            Vec<Option<i64>>,
             Option<i64>,
             Vec<Option<i64>>,
             i64,
         ) = redis::pipe()
-            .hget(k.meta(), "stock_total")
+            .hmget(k.meta(), &["stock_total", "ends_at"])
             .get(k.stock())
             .hmget(
                 k.stats(),
-                &["admitted", "placed", "rejected", "compensated", "restocked"],
+                &[
+                    "admitted",
+                    "placed",
+                    "rejected",
+                    "compensated",
+                    "restocked",
+                    "pending_units",
+                    "placed_units",
+                ],
             )
             .zcard(k.pending())
             .query_async(&mut c)
             .await
             .map_err(classify)?;
-        let Some(stock_total) = total else {
+        let Some(stock_total) = meta.first().copied().flatten() else {
             return Ok(None);
         };
         let n = |i: usize| counters.get(i).copied().flatten().unwrap_or(0);
@@ -394,7 +456,10 @@ impl StockGate for RedisGate {
             rejected: n(2),
             compensated: n(3),
             restocked: n(4),
+            pending_units: n(5),
+            placed_units: n(6),
             pending,
+            ends_at_ms: meta.get(1).copied().flatten().unwrap_or(0),
         }))
     }
 
@@ -411,13 +476,23 @@ impl StockGate for RedisGate {
             .collect())
     }
 
-    async fn pending_before(
+    async fn retire(&self, product: &ProductId) -> PortResult<()> {
+        let mut c = self.conn().await?;
+        redis::cmd("SREM")
+            .arg(keys::products(&self.inner.settings.namespace))
+            .arg(product.as_str())
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(classify)
+    }
+
+    async fn pending_page(
         &self,
         product: &ProductId,
         cutoff_ms: i64,
         offset: usize,
         limit: usize,
-    ) -> PortResult<Vec<OrderMessage>> {
+    ) -> PortResult<PendingPage> {
         let k = self.keys(product);
         let mut c = self.conn().await?;
         let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
@@ -430,28 +505,47 @@ impl StockGate for RedisGate {
             .query_async(&mut c)
             .await
             .map_err(classify)?;
-        let ids: Vec<RequestId> = ids
-            .iter()
-            .filter_map(|id| RequestId::parse(id).ok())
-            .collect();
+        let mut page = PendingPage {
+            scanned: ids.len(),
+            requests: Vec::with_capacity(ids.len()),
+        };
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(page);
         }
+        let ends_at: Option<i64> = redis::cmd("HGET")
+            .arg(k.meta())
+            .arg("ends_at")
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
         let mut pipe = redis::pipe();
         for id in &ids {
-            pipe.hgetall(k.req(id));
+            pipe.hgetall(k.req_raw(id));
         }
         let states: Vec<Vec<(String, String)>> =
             pipe.query_async(&mut c).await.map_err(classify)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (id, fields) in ids.into_iter().zip(states) {
-            match order_message(&id, &fields) {
-                Some(msg) => out.push(msg),
-                // Expired or corrupt state: nothing to re-publish; an audit shows it.
-                None => tracing::warn!(request_id = %id, "pending request has no usable state"),
+        let mut orphans = Vec::new();
+        for (raw, fields) in ids.iter().zip(states) {
+            let usable = RequestId::parse(raw)
+                .ok()
+                .and_then(|id| pending_request(&id, &fields, ends_at.unwrap_or(0)));
+            match usable {
+                Some(r) => page.requests.push(r),
+                None => orphans.push(raw.as_str()),
             }
         }
-        Ok(out)
+        if !orphans.is_empty() {
+            // Nothing can be re-published without a state, and the entry
+            // would hold this page forever: drop it from the index.
+            tracing::warn!(product_id = %product, ?orphans, "pending requests without state dropped");
+            redis::cmd("ZREM")
+                .arg(k.pending())
+                .arg(&orphans)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(page)
     }
 
     async fn now_ms(&self) -> PortResult<i64> {
@@ -467,7 +561,7 @@ impl StockGate for RedisGate {
         &self,
         product: &ProductId,
         remaining: i64,
-        placed_seen: i64,
+        placed_units_seen: i64,
     ) -> PortResult<Option<i64>> {
         let k = self.keys(product);
         let mut c = self.conn().await?;
@@ -476,11 +570,9 @@ impl StockGate for RedisGate {
             .scripts
             .resync
             .key(k.stock())
-            .key(k.pending())
             .key(k.stats())
-            .key(k.meta())
             .arg(remaining)
-            .arg(placed_seen)
+            .arg(placed_units_seen)
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;

@@ -1,25 +1,31 @@
--- Brings the Redis shelf back in line with the DynamoDB stock ledger, the
--- source of truth for units left. Runs only when nothing is in flight: no
--- request pending, and no order placed since the caller read the ledger
--- (every ledger decrement is followed by a `placed` count here before its
--- request leaves the pending index). Otherwise it changes nothing.
+-- Heals the Redis shelf from the DynamoDB stock ledger while the sale runs:
+-- shelf = ledger - units still pending here - units settled as placed since
+-- the caller read the ledger (they may or may not be in that read; counting
+-- them twice only undersells until the next run, never oversells).
 --
--- KEYS[1] stock  KEYS[2] pending  KEYS[3] stats  KEYS[4] meta
--- ARGV[1] ledger units remaining  ARGV[2] `placed` count seen before reading the ledger
--- Returns {"synced", drift} (drift = ledger - old stock) | {"busy", 0}
+-- KEYS[1] stock  KEYS[2] stats
+-- ARGV[1] ledger units remaining  ARGV[2] `placed_units` read before the ledger
+-- Returns {"synced", drift} (drift = new - old shelf) | {"busy", 0} when this
+-- Redis went back in time since the read (a failover): nothing changed.
 
-if redis.call("ZCARD", KEYS[2]) > 0 then
+local ledger = tonumber(ARGV[1])
+local seen = tonumber(ARGV[2])
+if not ledger or not seen then
+  return redis.error_reply("resync.lua: bad arguments: numeric ledger and placed_units")
+end
+local s = redis.call("HMGET", KEYS[2], "pending_units", "placed_units")
+local pending_units = tonumber(s[1] or "0")
+local placed_units = tonumber(s[2] or "0")
+if placed_units < seen then
   return {"busy", 0}
 end
-if tonumber(redis.call("HGET", KEYS[3], "placed") or "0") ~= tonumber(ARGV[2]) then
-  return {"busy", 0}
+local target = ledger - pending_units - (placed_units - seen)
+if target < 0 then
+  target = 0
 end
 local old = tonumber(redis.call("GET", KEYS[1]) or "0")
-local target = tonumber(ARGV[1])
 if old ~= target then
   redis.call("SET", KEYS[1], target)
-  local total = tonumber(redis.call("HGET", KEYS[4], "stock_total") or target)
-  redis.call("HSET", KEYS[3], "units_out", total - target)
-  redis.call("HINCRBY", KEYS[3], "resync_drift", target - old)
+  redis.call("HINCRBY", KEYS[2], "resync_drift", target - old)
 end
 return {"synced", target - old}

@@ -59,6 +59,7 @@ pub struct Options {
     /// Short in tests that watch redeliveries.
     pub visibility_timeout: u32,
     pub sweep_after_ms: i64,
+    pub resend_after_ms: i64,
     pub faults: Arc<FaultPlan>,
     pub pollers: usize,
 }
@@ -68,6 +69,7 @@ impl Default for Options {
         Self {
             visibility_timeout: 30,
             sweep_after_ms: 60_000,
+            resend_after_ms: 600_000,
             faults: FaultPlan::none(),
             pollers: 3,
         }
@@ -109,6 +111,7 @@ impl TestStack {
             wait_time_secs: 1,
             sweep_every: Duration::from_millis(500),
             sweep_after_ms: opts.sweep_after_ms,
+            resend_after_ms: opts.resend_after_ms,
             faults: opts.faults,
             sold_out_cache: Duration::from_secs(1),
         };
@@ -187,5 +190,18 @@ impl TestStack {
             .unwrap()
             .port();
         self.app_with(|c| c.redis = redis_settings(format!("redis://127.0.0.1:{port}"), "down"))
+    }
+}
+
+/// A stored order as the queue message that placed it: for redeliveries.
+pub fn message_of(o: &shared::domain::RequestView) -> shared::domain::OrderMessage {
+    shared::domain::OrderMessage {
+        v: shared::domain::OrderMessage::VERSION,
+        request_id: o.request_id.clone(),
+        product_id: o.product_id.clone(),
+        user_id: o.user_id.clone(),
+        quantity: o.quantity,
+        admitted_at: 0,
+        sale_ends_at: 0,
     }
 }
