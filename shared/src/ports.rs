@@ -88,6 +88,25 @@ pub trait StockGate: Send + Sync {
         status: OrderStatus,
     ) -> impl Future<Output = PortResult<bool>> + Send;
 
+    /// Brings Redis in line with a fate DynamoDB already decided: a
+    /// compensated request is restocked, a placed or rejected one settled.
+    /// Idempotent, like both.
+    fn follow(
+        &self,
+        msg: &OrderMessage,
+        fate: OrderStatus,
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        async move {
+            match fate {
+                OrderStatus::Compensated => self.restock(msg).await.map(drop),
+                OrderStatus::Rejected => self.settle(msg, OrderStatus::Rejected).await.map(drop),
+                OrderStatus::Placed | OrderStatus::Pending => {
+                    self.settle(msg, OrderStatus::Placed).await.map(drop)
+                }
+            }
+        }
+    }
+
     /// Compensation: returns a COMPENSATED request's units to stock and
     /// releases its buyer, only if Redis still holds it pending (so once per
     /// request id). True when this call restocked.

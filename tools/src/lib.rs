@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod chart;
 pub mod client;
+pub mod cluster;
 pub mod demo;
 pub mod loadtest;
 pub mod provision;

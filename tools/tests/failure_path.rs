@@ -106,6 +106,7 @@ async fn a_chaos_sale_balances_the_books() {
             resend_after_ms: 15_000,
             faults: faults.clone(),
             pollers: 4,
+            ..Options::default()
         },
     )
     .await;

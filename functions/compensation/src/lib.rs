@@ -108,18 +108,9 @@ impl<G: StockGate, S: OrderStore> Compensation<G, S> {
                 Ok(Outcome::Compensated)
             }
             Fate::Exists(status) => {
-                match status {
-                    // Restock is idempotent: finishing an earlier attempt.
-                    OrderStatus::Compensated => {
-                        self.gate.restock(msg).await?;
-                    }
-                    OrderStatus::Placed | OrderStatus::Pending => {
-                        self.gate.settle(msg, OrderStatus::Placed).await?;
-                    }
-                    OrderStatus::Rejected => {
-                        self.gate.settle(msg, OrderStatus::Rejected).await?;
-                    }
-                }
+                // Decided before (or an earlier attempt of ours that did not
+                // finish): Redis follows; a placed unit is never restocked.
+                self.gate.follow(msg, status).await?;
                 Ok(Outcome::AlreadyDecided(status))
             }
         }

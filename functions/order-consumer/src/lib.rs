@@ -107,7 +107,7 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
                 return Ok(Outcome::Placed);
             }
             Placement::Exists(status) => {
-                self.repair(msg, status).await?;
+                self.gate.follow(msg, status).await?;
                 metrics::counter!("flashsale_duplicates_absorbed_total").increment(1);
                 return Ok(Outcome::Duplicate(status));
             }
@@ -134,27 +134,10 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
                 Ok(Outcome::Rejected)
             }
             Fate::Exists(status) => {
-                self.repair(msg, status).await?;
+                self.gate.follow(msg, status).await?;
                 Ok(Outcome::Duplicate(status))
             }
         }
-    }
-
-    /// DynamoDB already decided this request: bring Redis in line with it.
-    /// Restocking is idempotent per request id, so repeating it is harmless.
-    async fn repair(&self, msg: &OrderMessage, status: OrderStatus) -> Result<(), InfraError> {
-        match status {
-            OrderStatus::Compensated => {
-                self.gate.restock(msg).await?;
-            }
-            OrderStatus::Placed | OrderStatus::Pending => {
-                self.gate.settle(msg, OrderStatus::Placed).await?;
-            }
-            OrderStatus::Rejected => {
-                self.gate.settle(msg, OrderStatus::Rejected).await?;
-            }
-        }
-        Ok(())
     }
 }
 

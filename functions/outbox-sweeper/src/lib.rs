@@ -1,8 +1,11 @@
 //! The outbox sweeper, run on a schedule. Per product:
-//! - Redis is the outbox: a request still pending whose message never
-//!   reached the queue (the function died before its send), or was sent
-//!   longer ago than SQS may still be delivering it, is re-published with
-//!   `SendMessageBatch`, and marked sent. A message still in flight is left
+//! - Redis is the outbox: a request pending longer than the threshold is
+//!   first looked up in DynamoDB. Decided there (a failover forgot its
+//!   settlement, or deduct compensated it and died before restocking), Redis
+//!   follows at once, so the shelf does not hide its units. Undecided, it is
+//!   re-published with `SendMessageBatch` if its message never reached the
+//!   queue (the function died before its send) or was sent longer ago than
+//!   SQS may still be delivering it. A message still in flight is left
 //!   alone: copies of it would only spend receives. Duplicates are harmless
 //!   anyway: the consumer's conditional write absorbs them.
 //! - The Redis shelf is healed from the DynamoDB stock ledger, while the sale
@@ -48,6 +51,8 @@ pub struct SweepReport {
     pub failed: usize,
     /// Units the resync added to (or, negative, took from) Redis shelves.
     pub resync_drift: i64,
+    /// Pending requests DynamoDB had decided: Redis followed.
+    pub followed: usize,
     /// Products whose sweep failed (retried next run).
     pub errors: usize,
     pub retired: usize,
@@ -120,20 +125,21 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
                 .gate
                 .pending_page(product, cutoff, offset, PAGE)
                 .await?;
-            let due: Vec<_> = page
-                .requests
-                .into_iter()
-                .filter(|r| {
-                    republish_due(
-                        r.msg.admitted_at,
-                        r.sent_at_ms,
-                        now,
-                        self.older_than_ms,
-                        self.resend_after_ms,
-                    )
-                })
-                .map(|r| r.msg)
-                .collect();
+            let mut due = Vec::new();
+            for r in page.requests {
+                if let Some(order) = self.store.order(&r.msg.request_id).await? {
+                    self.gate.follow(&r.msg, order.status).await?;
+                    report.followed += 1;
+                } else if republish_due(
+                    r.msg.admitted_at,
+                    r.sent_at_ms,
+                    now,
+                    self.older_than_ms,
+                    self.resend_after_ms,
+                ) {
+                    due.push(r.msg);
+                }
+            }
             for chunk in due.chunks(BATCH) {
                 // Claimed before the send: if the claim cannot be written,
                 // nothing is sent, so a later run never copies a message
@@ -193,7 +199,7 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::domain::{OrderMessage, ProductStats};
+    use shared::domain::{OrderMessage, OrderStatus, ProductStats};
     use shared::fakes::{FakeGate, FakeQueue, FakeStore, order_message};
     use std::sync::atomic::Ordering;
 
@@ -270,6 +276,34 @@ mod tests {
         assert_eq!(s.sweep().await.unwrap().republished, 0);
     }
 
+    /// Found by the failover drill: a failover that forgets settlements
+    /// leaves decided requests pending in Redis, hiding their units from the
+    /// shelf until their resend; the sweeper asks DynamoDB first.
+    #[tokio::test]
+    async fn a_request_decided_in_dynamodb_is_followed_not_resent() {
+        let s = Sweeper {
+            store: FakeStore::default().with_stock("p1", 5),
+            ..sweeper()
+        };
+        let (placed, compensated) = (
+            pending("p1", 1, NOW - 100_000),
+            pending("p1", 2, NOW - 100_000),
+        );
+        s.store.place(&placed).await.unwrap();
+        s.store
+            .record_fate(&compensated, OrderStatus::Compensated, &Default::default())
+            .await
+            .unwrap();
+        *s.gate.pending.lock().unwrap() = vec![placed.clone(), compensated.clone()];
+        let report = s.sweep().await.unwrap();
+        assert_eq!((report.followed, report.republished), (2, 0));
+        assert_eq!(
+            s.gate.settled(),
+            vec![(placed.request_id.clone(), OrderStatus::Placed)]
+        );
+        assert_eq!(s.gate.restocked(), vec![compensated.request_id.clone()]);
+    }
+
     #[tokio::test]
     async fn a_failed_batch_is_counted_and_left_for_the_next_run() {
         let s = sweeper();
@@ -297,9 +331,10 @@ mod tests {
         };
         *s.gate.stats.lock().unwrap() = Some(ProductStats::default());
         *s.gate.pending.lock().unwrap() = vec![pending("p1", 1, 0), pending("p2", 1, 0)];
-        s.store.failures.fail_next(1); // p1's ledger read
+        s.store.failures.fail_next(1); // p1's first DynamoDB read
         let report = s.sweep().await.unwrap();
-        assert_eq!((report.errors, report.republished), (1, 2));
+        assert_eq!((report.errors, report.republished), (1, 1));
+        assert_eq!(s.queue.sent()[0].0.product_id.as_str(), "p2");
     }
 
     /// Hole 8: a sale that ended long ago, with nothing pending, is retired.

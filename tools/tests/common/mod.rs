@@ -62,6 +62,8 @@ pub struct Options {
     pub resend_after_ms: i64,
     pub faults: Arc<FaultPlan>,
     pub pollers: usize,
+    /// A Redis Cluster's seed list instead of the stack's single node.
+    pub cluster_url: Option<String>,
 }
 
 impl Default for Options {
@@ -72,6 +74,7 @@ impl Default for Options {
             resend_after_ms: 600_000,
             faults: FaultPlan::none(),
             pollers: 3,
+            cluster_url: None,
         }
     }
 }
@@ -100,7 +103,13 @@ impl TestStack {
                 .expect("provisioning queues and table on the emulators");
         let config = RunnerConfig {
             http_addr: "127.0.0.1:0".parse().unwrap(),
-            redis: redis_settings(redis_url, &prefix),
+            redis: match &opts.cluster_url {
+                Some(url) => RedisSettings {
+                    cluster: true,
+                    ..redis_settings(url.clone(), &prefix)
+                },
+                None => redis_settings(redis_url, &prefix),
+            },
             table: names.table.clone(),
             orders_queue_url: names.orders_queue_url.clone(),
             orders_dlq_url: names.orders_dlq_url.clone(),
