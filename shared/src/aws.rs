@@ -516,3 +516,23 @@ impl OrderStore for DynamoStore {
             .and_then(|i| get_n(&i, "remaining")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hole 9: the one-order-per-buyer guard must outlive the sale, however
+    /// long it runs, not a fixed time from the admission.
+    #[test]
+    fn buyer_guards_outlive_the_sale() {
+        let mut msg = crate::fakes::order_message("p1", "u1", 1_000_000);
+        msg.sale_ends_at = msg.admitted_at + 90 * 24 * 3_600_000;
+        assert_eq!(
+            guard_expires_at(&msg),
+            msg.sale_ends_at / 1000 + GUARD_TTL_SECS
+        );
+        // Messages from before `sale_ends_at`: counted from the admission.
+        msg.sale_ends_at = 0;
+        assert_eq!(guard_expires_at(&msg), 1_000 + GUARD_TTL_SECS);
+    }
+}

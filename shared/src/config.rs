@@ -72,7 +72,11 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// The admin token; unset means the admin API refuses everything.
 pub fn admin_token() -> Result<Option<String>, ConfigError> {
-    match var("FLASHSALE_ADMIN_TOKEN") {
+    admin_token_of(var("FLASHSALE_ADMIN_TOKEN"))
+}
+
+fn admin_token_of(value: Option<String>) -> Result<Option<String>, ConfigError> {
+    match value {
         Some(t) if t.len() < MIN_ADMIN_TOKEN_LEN => Err(ConfigError(format!(
             "FLASHSALE_ADMIN_TOKEN is {} characters; use at least {MIN_ADMIN_TOKEN_LEN} (e.g. openssl rand -hex 24)",
             t.len()
@@ -128,4 +132,18 @@ fn redis_namespace() -> Result<String, ConfigError> {
 /// (`FLASHSALE_SOLD_OUT_CACHE_MS`, default 1000; 0 turns it off).
 pub fn sold_out_cache() -> Result<Duration, ConfigError> {
     millis("FLASHSALE_SOLD_OUT_CACHE_MS", 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hole 12: a guessable admin token refuses to start.
+    #[test]
+    fn short_admin_tokens_are_refused() {
+        assert!(admin_token_of(Some("s3cret".into())).is_err());
+        assert_eq!(admin_token_of(None).unwrap(), None);
+        let ok = "0123456789abcdef".to_owned();
+        assert_eq!(admin_token_of(Some(ok.clone())).unwrap(), Some(ok));
+    }
 }

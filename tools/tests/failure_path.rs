@@ -416,3 +416,51 @@ async fn the_sweeper_resyncs_a_shelf_that_lost_decrements() {
     assert!(books.balanced(), "{:?}", books.problems());
     s.running.stop().await;
 }
+
+/// Hole 11: with the runner's own 5 s long poll on an idle queue, an SDK
+/// attempt timeout shorter than the poll abandoned receives that LocalStack
+/// still answered: the message went invisible for the visibility timeout and
+/// spent a receive. Spaced purchases must each be placed at once, on their
+/// first receive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spaced_purchases_on_an_idle_queue_are_placed_on_their_first_receive() {
+    let s = TestStack::start_with(
+        "idle",
+        Options {
+            wait_time_secs: 5,
+            pollers: 1,
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = unique("idle");
+    let p = create_and_warm(&s, &id, 5).await;
+    for i in 0..3 {
+        // Idle long enough for a poll to outlive an old 3 s attempt timeout.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let body = json!({ "product_id": id, "quantity": 1, "user_id": format!("u{i}") });
+        let answer = s.api.buy(&body, None).await.unwrap();
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        let request_id = RequestId::parse(answer.body["request_id"].as_str().unwrap()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let placed = s
+                .store
+                .order(&request_id)
+                .await
+                .unwrap()
+                .is_some_and(|o| o.status == OrderStatus::Placed);
+            if placed {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "purchase {i} not placed within 10 s: its message went to an abandoned poll"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let books = settle_books(&s, &p, Duration::from_secs(30)).await;
+    assert_eq!((books.placed, books.compensated), (3, 0), "{books}");
+    s.running.stop().await;
+}

@@ -447,3 +447,34 @@ async fn health_checks_every_dependency_and_metrics_are_exposed() {
     assert_eq!(body["dynamodb"], "ok");
     s.running.stop().await;
 }
+
+/// Hole 11: a client that opens a connection and never finishes its
+/// request must not hold it forever (1,500 such connections stayed open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestStack::start("halfopen", 30).await;
+    let mut stuck_headers = tokio::net::TcpStream::connect(s.running.addr)
+        .await
+        .unwrap();
+    stuck_headers
+        .write_all(b"POST /api/flash-sale/buy HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut stuck_body = tokio::net::TcpStream::connect(s.running.addr)
+        .await
+        .unwrap();
+    stuck_body
+        .write_all(b"POST /api/flash-sale/buy HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
+        .await
+        .unwrap();
+    for (what, conn) in [("headers", &mut stuck_headers), ("body", &mut stuck_body)] {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "a connection stuck in its {what} stayed open 20 s"
+        );
+    }
+    s.running.stop().await;
+}

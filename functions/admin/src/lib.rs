@@ -191,6 +191,25 @@ mod tests {
         assert_eq!(call(&a, "POST", path, "s3cret", "").await.0, 200);
     }
 
+    /// Hole 12: an empty X-Flashsale-Admin-Token must not hide a correct
+    /// Bearer token (nor stand for an empty one).
+    #[tokio::test]
+    async fn an_empty_admin_header_is_no_token() {
+        let a = admin();
+        let req = |header: &str, bearer: &str| {
+            http::Request::builder()
+                .method("GET")
+                .uri("/api/admin/products/p1")
+                .header("X-Flashsale-Admin-Token", header)
+                .header("Authorization", format!("Bearer {bearer}"))
+                .body(Body::Empty)
+                .unwrap()
+        };
+        assert_eq!(a.handle(req("", "s3cret")).await.status().as_u16(), 404);
+        assert_eq!(a.handle(req("", "")).await.status().as_u16(), 401);
+        assert_eq!(a.handle(req("s3cret", "x")).await.status().as_u16(), 404);
+    }
+
     #[tokio::test]
     async fn refuses_wrong_tokens_and_bad_input() {
         let a = admin();

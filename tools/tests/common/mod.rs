@@ -64,6 +64,8 @@ pub struct Options {
     pub pollers: usize,
     /// A Redis Cluster's seed list instead of the stack's single node.
     pub cluster_url: Option<String>,
+    /// The pollers' long-poll wait (the runner's own default is 5 s).
+    pub wait_time_secs: i32,
 }
 
 impl Default for Options {
@@ -75,6 +77,7 @@ impl Default for Options {
             faults: FaultPlan::none(),
             pollers: 3,
             cluster_url: None,
+            wait_time_secs: 1,
         }
     }
 }
@@ -117,7 +120,7 @@ impl TestStack {
             insecure_user_from_body: true,
             pollers: opts.pollers,
             consumer_concurrency: 10,
-            wait_time_secs: 1,
+            wait_time_secs: opts.wait_time_secs,
             sweep_every: Duration::from_millis(500),
             sweep_after_ms: opts.sweep_after_ms,
             resend_after_ms: opts.resend_after_ms,
