@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Stops what localstack/start.sh started, by the PIDs it recorded.
+# Stops what localstack/start.sh started, by the PIDs it recorded, and the
+# demo's Redis Cluster nodes (redis-cluster-<port>.pid, flashsale cluster-up).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 STACK_DIR="${STACK_DIR:-$here/../.stack}"
 [ -d "$STACK_DIR" ] || exit 0
-for name in runner localstack dynamodb redis; do
-  f="$STACK_DIR/$name.pid"
+for f in "$STACK_DIR"/runner.pid "$STACK_DIR"/localstack.pid "$STACK_DIR"/dynamodb.pid \
+         "$STACK_DIR"/redis.pid "$STACK_DIR"/redis-cluster-*.pid; do
   [ -f "$f" ] || continue
   pid="$(cat "$f")"
   if kill -0 "$pid" 2>/dev/null; then
@@ -15,4 +16,5 @@ for name in runner localstack dynamodb redis; do
   fi
   rm -f "$f"
 done
-rm -f "$STACK_DIR/env"
+rm -f "$STACK_DIR/env" "$STACK_DIR/cluster.nodes"
+rm -rf "$STACK_DIR/cluster"

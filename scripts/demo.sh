@@ -2,8 +2,9 @@
 # The demo sale: provisions queues and table, starts the local runner in the
 # background, runs `flashsale loadtest --summary` against it. Expects the stack's env
 # (run through localstack/with-stack.sh). The last line is the SUMMARY.
-# CHAOS=1 injects faults into every port and makes Redis lose 20 decrements
-# mid-sale; the books must still balance.
+# CHAOS=1 injects faults into every port and runs the sale on a real Redis
+# Cluster whose product primary fails over mid-sale to a replica that missed
+# its last writes; the books must still balance.
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/debug/flashsale"
 addr="${FLASHSALE_HTTP_ADDR:-127.0.0.1:3000}"
@@ -16,9 +17,13 @@ args=(--base-url "http://$addr")
 if [ "${CHAOS:-0}" = 1 ]; then
   export FLASHSALE_FAULTS="${FLASHSALE_FAULTS:-store.put:0.05,queue.send:0.02,consumer.crash_after_write:0.01}"
   export FLASHSALE_SWEEP_AFTER_MS="${FLASHSALE_SWEEP_AFTER_MS:-3000}"
+  # Beyond 2 s visibility x 5 receives.
+  export FLASHSALE_RESEND_AFTER_MS="${FLASHSALE_RESEND_AFTER_MS:-15000}"
   visibility=2
-  args+=(--lose-decrements 20)
-  echo "chaos: FLASHSALE_FAULTS=$FLASHSALE_FAULTS, Redis loses 20 decrements mid-sale" >&2
+  eval "$("$bin" cluster-up --dir "$STACK_DIR")"
+  # The rush spread over 3 s; the product's primary fails over 0.5 s in.
+  args+=(--ramp-ms 3000 --failover-after-ms 500)
+  echo "chaos: FLASHSALE_FAULTS=$FLASHSALE_FAULTS, Redis Cluster failover losing acknowledged writes mid-sale" >&2
 fi
 eval "$("$bin" provision --visibility-timeout "$visibility")"
 "$bin" serve >"$STACK_DIR/runner.log" 2>&1 &

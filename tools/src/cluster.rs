@@ -6,10 +6,15 @@
 //! 2. drop the primary's replication link (`CLIENT KILL TYPE replica`),
 //!    otherwise the kernel still delivers the stream when the replica wakes;
 //! 3. let writes land on the primary alone (acknowledged to clients);
-//! 4. kill -9 the primary, resume the replica: the cluster promotes it
-//!    (~2.4 s with `cluster-node-timeout 1000`) without those writes.
+//! 4. pause the primary's writers (`CLIENT PAUSE … WRITE`) and read a
+//!    counter there, kill -9 it, resume the replica and read the same
+//!    counter there before it is promoted (~2.4 s with
+//!    `cluster-node-timeout 1000`): the difference is what was lost.
+//!
+//! Tests own their cluster (stopped on drop); the demo starts one detached
+//! (`flashsale cluster up`), whose PID files `localstack/stop.sh` stops.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,26 +24,42 @@ const NODES: usize = 6;
 
 pub struct Node {
     pub port: u16,
-    child: Child,
+    pub pid: u32,
+    /// Owned nodes are stopped on drop; detached ones by their PID file.
+    child: Option<Child>,
     /// Killed by the drill: not stopped again.
     dead: bool,
-}
-
-impl Node {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
 }
 
 pub struct RedisCluster {
     pub nodes: Vec<Node>,
     dir: PathBuf,
+    owned: bool,
 }
 
+/// What one failover drill did.
+#[derive(Debug, Clone, Copy)]
+pub struct Drill {
+    /// From the primary's death to the replica serving the slot.
+    pub promoted_in: Duration,
+    /// Admissions the primary had acknowledged that the new primary lacks.
+    pub lost_writes: i64,
+}
+
+/// A free port whose cluster bus port (port + 10000) is free and valid too.
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let bus_free = port
+            .checked_add(10_000)
+            .is_some_and(|bus| std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok());
+        if bus_free {
+            return Ok(port);
+        }
+    }
+    bail!("no free port pair (port, port + 10000) on loopback")
 }
 
 /// `redis-cli -p <port> <args…>`, its stdout.
@@ -105,15 +126,61 @@ fn parse_nodes(text: &str) -> Vec<NodeLine> {
 
 impl RedisCluster {
     /// Starts six nodes and joins them: three primaries, one replica each.
+    /// They are stopped when this value is dropped.
     pub fn start() -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "flashsale-cluster-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        std::fs::create_dir_all(&dir)?;
+        Self::launch(&dir, true)
+    }
+
+    /// Starts a cluster that outlives this process: its nodes' PIDs go to
+    /// `<dir>/redis-cluster-<port>.pid` (for `localstack/stop.sh`) and
+    /// `<dir>/cluster.nodes` (for [`Self::attach`]).
+    pub fn start_detached(dir: &Path) -> Result<Self> {
+        let c = Self::launch(&dir.join("cluster"), false)?;
+        let mut list = String::new();
+        for n in &c.nodes {
+            std::fs::write(
+                dir.join(format!("redis-cluster-{}.pid", n.port)),
+                n.pid.to_string(),
+            )?;
+            list.push_str(&format!("{} {}\n", n.port, n.pid));
+        }
+        std::fs::write(dir.join("cluster.nodes"), list)?;
+        Ok(c)
+    }
+
+    /// The detached cluster [`Self::start_detached`] left in `dir`.
+    pub fn attach(dir: &Path) -> Result<Self> {
+        let list = std::fs::read_to_string(dir.join("cluster.nodes"))
+            .with_context(|| format!("no cluster in {} (flashsale cluster up)", dir.display()))?;
+        let nodes = list
+            .lines()
+            .filter_map(|l| {
+                let (port, pid) = l.split_once(' ')?;
+                Some(Node {
+                    port: port.parse().ok()?,
+                    pid: pid.parse().ok()?,
+                    child: None,
+                    dead: false,
+                })
+            })
+            .collect();
+        Ok(Self {
+            nodes,
+            dir: dir.join("cluster"),
+            owned: false,
+        })
+    }
+
+    fn launch(dir: &Path, owned: bool) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
         let mut cluster = Self {
             nodes: Vec::new(),
-            dir,
+            dir: dir.to_owned(),
+            owned,
         };
         for _ in 0..NODES {
             let port = free_port()?;
@@ -121,6 +188,7 @@ impl RedisCluster {
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
                 .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--logfile", &format!("node-{port}.log")])
                 .args(["--save", "", "--appendonly", "no"])
                 .arg("--dir")
                 .arg(&cluster.dir)
@@ -130,7 +198,8 @@ impl RedisCluster {
                 .context("starting redis-server (apt install redis-server)")?;
             cluster.nodes.push(Node {
                 port,
-                child,
+                pid: child.id(),
+                child: Some(child),
                 dead: false,
             });
         }
@@ -171,13 +240,19 @@ impl RedisCluster {
         self.nodes.iter().filter(|n| !n.dead)
     }
 
-    /// Every live node says `cluster_state:ok` and all 16384 slots are served.
+    /// Every live node says `cluster_state:ok`, all 16384 slots are served,
+    /// and every replica is in sync (a replica that never synced refuses to
+    /// take over: its data would be too old).
     pub fn wait_healthy(&self, timeout: Duration) -> Result<()> {
         wait(timeout, || {
             Ok(self.alive().all(|n| {
-                cli(n.port, &["cluster", "info"]).is_ok_and(|i| {
+                let ok = cli(n.port, &["cluster", "info"]).is_ok_and(|i| {
                     i.contains("cluster_state:ok") && i.contains("cluster_slots_ok:16384")
-                })
+                });
+                let synced = cli(n.port, &["info", "replication"]).is_ok_and(|r| {
+                    r.contains("role:master") || r.contains("master_link_status:up")
+                });
+                ok && synced
             }))
         })
         .context("the cluster did not become healthy")
@@ -216,25 +291,60 @@ impl RedisCluster {
 
     /// Steps 1 and 2: from now on the primary's writes reach no replica.
     pub fn isolate_replica(&mut self, primary: u16, replica: u16) -> Result<()> {
-        signal(self.node(replica)?.pid(), "-STOP")?;
+        signal(self.node(replica)?.pid, "-STOP")?;
         cli(primary, &["client", "kill", "type", "replica"])?;
         Ok(())
     }
 
-    /// Step 4: the primary dies, the stale replica wakes and is promoted.
-    /// Returns how long the slot had no primary.
-    pub fn fail_over(&mut self, primary: u16, replica: u16, slot: u16) -> Result<Duration> {
+    /// Steps 4: the primary dies, the stale replica wakes and is promoted.
+    /// `counter` is a hash field (key, field) counting acknowledged writes,
+    /// e.g. a product's `stats` `admitted`: read on both sides, it tells how
+    /// many the failover lost.
+    pub fn fail_over(
+        &mut self,
+        primary: u16,
+        replica: u16,
+        slot: u16,
+        counter: (&str, &str),
+    ) -> Result<Drill> {
+        // Writers wait (and time out) from here, so the read is the last word.
+        cli(primary, &["client", "pause", "60000", "write"])?;
+        let acknowledged = hash_number(primary, counter, false)?;
         let started = Instant::now();
         let p = self.node(primary)?;
-        p.child.kill().context("killing the primary")?;
-        let _ = p.child.wait();
+        signal(p.pid, "-KILL")?;
+        if let Some(child) = p.child.as_mut() {
+            let _ = child.wait();
+        }
         p.dead = true;
-        signal(self.node(replica)?.pid(), "-CONT")?;
+        signal(self.node(replica)?.pid, "-CONT")?;
+        let mut kept = None;
+        wait(Duration::from_secs(10), || {
+            kept = hash_number(replica, counter, true).ok();
+            Ok(kept.is_some())
+        })
+        .context("the resumed replica did not answer")?;
         wait(Duration::from_secs(30), || {
             Ok(self.primary_of(slot) == Some(replica))
         })
-        .context("the replica was not promoted")?;
-        Ok(started.elapsed())
+        .with_context(|| {
+            let log = std::fs::read_to_string(self.dir.join(format!("node-{replica}.log")))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("SYNC") && !l.contains("Connecting to MASTER"))
+                .rev()
+                .take(15)
+                .collect();
+            format!(
+                "the replica :{replica} was not promoted; its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })?;
+        Ok(Drill {
+            promoted_in: started.elapsed(),
+            lost_writes: acknowledged - kept.unwrap_or(0),
+        })
     }
 
     /// The port of the primary serving `slot`, as a healthy node sees it.
@@ -252,6 +362,38 @@ impl RedisCluster {
     }
 }
 
+/// A hash field as a number (0 when absent); on a replica, with READONLY.
+fn hash_number(port: u16, (key, field): (&str, &str), replica: bool) -> Result<i64> {
+    let out = if replica {
+        let mut child = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running redis-cli")?;
+        if let Some(stdin) = child.stdin.as_mut() {
+            use std::io::Write;
+            writeln!(stdin, "READONLY\nHGET {key} {field}")?;
+        }
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        ensure!(
+            out.status.success() && lines.next() == Some("OK"),
+            "replica :{port} not answering yet"
+        );
+        lines.next().unwrap_or("").trim().to_owned()
+    } else {
+        cli(port, &["hget", key, field])?
+    };
+    if out.is_empty() {
+        return Ok(0);
+    }
+    out.parse()
+        .with_context(|| format!("{key} {field} on :{port} is {out:?}, not a number"))
+}
+
 fn wait(timeout: Duration, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -267,12 +409,13 @@ fn wait(timeout: Duration, mut ready: impl FnMut() -> Result<bool>) -> Result<()
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         for n in &mut self.nodes {
-            if !n.dead {
-                // A frozen node must be woken to die by SIGKILL's sibling.
-                let _ = signal(n.child.id(), "-CONT");
-                let _ = n.child.kill();
-                let _ = n.child.wait();
+            if let (false, Some(child)) = (n.dead, n.child.as_mut()) {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);

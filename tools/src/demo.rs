@@ -14,7 +14,9 @@ use shared::ports::StockGate;
 use shared::redis::RedisGate;
 
 use crate::client::{Answer, Api};
+use crate::cluster::{Drill, RedisCluster};
 use crate::loadtest::{self, LoadSpec, Report, Run};
+use shared::redis::keys::Keys;
 
 fn rfc3339(t: OffsetDateTime) -> Result<String> {
     Ok(t.format(&Rfc3339)?)
@@ -72,6 +74,19 @@ pub async fn lose_decrements(gate: &RedisGate, product: &str, n: u32) -> Result<
     let key = gate.keys(&ProductId::parse(product)?).stock();
     let _: i64 = gate.command(redis::cmd("INCRBY").arg(key).arg(n)).await?;
     Ok(())
+}
+
+/// The failover drill on the product's primary (see [`crate::cluster`]):
+/// its replica misses the writes of the next 700 ms, then takes over.
+pub fn failover(cluster_dir: &std::path::Path, keys: &Keys) -> Result<Drill> {
+    let mut c = RedisCluster::attach(cluster_dir)?;
+    let slot = c.slot_of(&keys.stock())?;
+    let (primary, replica) = c.primary_and_replica(slot)?;
+    c.isolate_replica(primary, replica)?;
+    std::thread::sleep(Duration::from_millis(700));
+    let drill = c.fail_over(primary, replica, slot, (&keys.stats(), "admitted"))?;
+    c.wait_healthy(Duration::from_secs(30))?;
+    Ok(drill)
 }
 
 /// A sale through the load generator; with `lose_decrements`, Redis forgets

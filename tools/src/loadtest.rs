@@ -173,10 +173,14 @@ pub struct Report {
     /// (buyer, request id) of every 202.
     #[serde(skip)]
     pub admitted: Vec<(String, String)>,
-    /// Repeated keys answered 200 with the first request's id.
+    /// Repeated keys answered 2xx with the first request's id (a 202 after
+    /// a failover that forgot the first: admitted again under the same id).
     pub replays_matched: usize,
-    /// Repeated keys answered otherwise after a 202 (must be 0).
+    /// Repeated keys answered 2xx with another request id (must be 0).
     pub replays_mismatched: usize,
+    /// Repeated keys refused (4xx) after a 202: only after Redis forgot the
+    /// first request in a failover; its order stands (GET it by id).
+    pub replays_refused: usize,
 }
 
 fn histogram() -> Result<Histogram<u64>> {
@@ -206,18 +210,21 @@ impl Report {
             .filter(|s| s.wave == 1 && s.status == 202)
             .filter_map(|s| Some((s.buyer, s.request_id.as_deref()?)))
             .collect();
-        let (mut matched, mut mismatched) = (0, 0);
+        let (mut matched, mut mismatched, mut refused) = (0, 0, 0);
         for s in run
             .samples
             .iter()
             .filter(|s| s.wave > 1 && spec.repeats(s.buyer))
         {
-            if let Some(id) = first.get(&s.buyer) {
-                if s.status == 200 && s.request_id.as_deref() == Some(*id) {
-                    matched += 1;
-                } else {
-                    mismatched += 1;
-                }
+            let Some(id) = first.get(&s.buyer) else {
+                continue;
+            };
+            // A 5xx is no answer (unavailable, try again), not another one.
+            match s.status {
+                200..=299 if s.request_id.as_deref() == Some(*id) => matched += 1,
+                200..=299 => mismatched += 1,
+                400..=499 => refused += 1,
+                _ => {}
             }
         }
         let secs = run.elapsed.as_secs_f64().max(1e-9);
@@ -238,6 +245,7 @@ impl Report {
                 .collect(),
             replays_matched: matched,
             replays_mismatched: mismatched,
+            replays_refused: refused,
         })
     }
 
@@ -271,8 +279,8 @@ impl Report {
         }
         out += &row("all".into(), &self.all);
         out += &format!(
-            "idempotent replays: {} matched, {} mismatched\n",
-            self.replays_matched, self.replays_mismatched
+            "idempotent replays: {} matched, {} mismatched, {} refused after a failover\n",
+            self.replays_matched, self.replays_mismatched, self.replays_refused
         );
         out
     }

@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use shared::aws::{self, DynamoStore};
@@ -55,6 +55,13 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         max: usize,
     },
+    /// Start a Redis Cluster on loopback (3 primaries + 3 replicas) that
+    /// outlives this command; prints the exports that point the runner at it.
+    /// Its PID files land in `--dir` (localstack/stop.sh stops them).
+    ClusterUp {
+        #[arg(long, env = "STACK_DIR")]
+        dir: std::path::PathBuf,
+    },
     /// Move parked messages back to the compensation queue (StartMessageMoveTask).
     Redrive {
         #[arg(long, env = "FLASHSALE_COMPENSATION_DLQ_URL")]
@@ -91,6 +98,11 @@ struct LoadArgs {
     /// Chaos: Redis forgets this many stock decrements between waves.
     #[arg(long, default_value_t = 0)]
     lose_decrements: u32,
+    /// Chaos: this long into the sale, the product's primary in the Redis
+    /// Cluster of `FLASHSALE_REDIS_CLUSTER_DIR` fails over to a replica that
+    /// missed its last writes (see tools::cluster).
+    #[arg(long)]
+    failover_after_ms: Option<u64>,
     /// Write the report as JSON here.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
@@ -127,6 +139,23 @@ async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> 
     let gate = (!a.no_audit || a.lose_decrements > 0)
         .then(|| stores(sdk))
         .transpose()?;
+    let drill = match a.failover_after_ms {
+        Some(ms) => {
+            let dir = std::env::var("FLASHSALE_REDIS_CLUSTER_DIR").context(
+                "--failover-after-ms needs FLASHSALE_REDIS_CLUSTER_DIR (flashsale cluster-up)",
+            )?;
+            let gate = RedisGate::new(config::redis_settings()?);
+            let keys = gate.keys(&ProductId::parse(product.as_str())?);
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                tokio::task::spawn_blocking(move || {
+                    demo::failover(std::path::Path::new(&dir), &keys)
+                })
+                .await?
+            }))
+        }
+        None => None,
+    };
     let (run, report) = demo::sale(
         &api,
         &spec,
@@ -134,6 +163,10 @@ async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> 
         a.lose_decrements,
     )
     .await?;
+    let drill = match drill {
+        Some(task) => Some(task.await??),
+        None => None,
+    };
     eprint!("{}", report.table());
     if let Some(path) = &a.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
@@ -162,8 +195,16 @@ async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> 
     let ok = books.balanced() && report.replays_mismatched == 0;
     if a.summary {
         let faults = demo::faults_injected(&api).await?;
+        let failover = drill.map_or(String::new(), |d| {
+            eprintln!("failover: promoted in {:?}", d.promoted_in);
+            format!(
+                " failovers=1 lost_writes={} stranded={}",
+                d.lost_writes,
+                books.stock_total - books.placed_units - books.stock_left
+            )
+        });
         println!(
-            "SUMMARY product={product} buyers={} requests={} {books} faults_injected={faults} balanced={}",
+            "SUMMARY product={product} buyers={} requests={} {books} faults_injected={faults}{failover} balanced={}",
             a.buyers,
             report.requests,
             yes_no(ok)
@@ -263,6 +304,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             eprintln!("{} parked message(s)", parked.len());
+        }
+        Command::ClusterUp { dir } => {
+            let c = tools::cluster::RedisCluster::start_detached(&dir)?;
+            println!("export FLASHSALE_REDIS_URL={}", c.url());
+            println!("export FLASHSALE_REDIS_CLUSTER=1");
+            println!("export FLASHSALE_REDIS_CLUSTER_DIR={}", dir.display());
         }
         Command::Redrive { from, to } => {
             let moved = queues::redrive(&sdk, &from, &to, true).await?;
