@@ -247,9 +247,10 @@ enum Done {
         copies: Vec<u64>,
         response: SqsBatchResponse,
     },
-    /// A sweep that reported no error, with what the shelf should show
-    /// afterwards: the ledger minus the units pending in Redis.
-    Swept {
+    /// A sweep or a forced re-warm, whether it reported no error, and what
+    /// the shelf shows afterwards against the ledger minus pending units.
+    Healed {
+        what: &'static str,
         clean: bool,
         shelf: i64,
         target: i64,
@@ -283,8 +284,10 @@ struct World {
     violations: Vec<String>,
     /// Tasks that died before answering (their buyer heard nothing).
     unanswered: HashSet<String>,
-    /// No other task ran (nor a failover happened) during the current sweep.
-    sweep_alone: bool,
+    /// No other task ran (nor a failover happened) during the current sweep
+    /// or re-warm.
+    alone: bool,
+    admin: Arc<admin::Admin<RedisGate, Arc<FakeStore>>>,
     /// Buyers with an attempt of unknown outcome (no answer, or a 5xx).
     uncertain: HashSet<String>,
     failovers: usize,
@@ -294,6 +297,7 @@ struct World {
 }
 
 const NAMESPACE: &str = "sim";
+const ADMIN_TOKEN: &str = "sim-admin-token-0123";
 
 impl World {
     fn new(seed: u64) -> Self {
@@ -305,7 +309,7 @@ impl World {
         let limit = rng.u32(1..=3);
         let users = rng.usize(2..=10);
         let product = ProductId::parse("p1").expect("valid id");
-        let store = Arc::new(FakeStore::default().with_stock("p1", stock));
+        let store = Arc::new(FakeStore::default());
         let queues = Arc::new(Mutex::new(Queues::default()));
         let queue = |sweeper| SimQueue {
             queues: queues.clone(),
@@ -345,6 +349,11 @@ impl World {
             store: store.clone(),
             concurrency: 3,
         };
+        let admin = Arc::new(admin::Admin {
+            gate: gate.clone(),
+            store: store.clone(),
+            token: Some(ADMIN_TOKEN.into()),
+        });
         let sweeper = Sweeper {
             gate: gate.clone(),
             queue: queue(true),
@@ -375,7 +384,8 @@ impl World {
             violations: Vec::new(),
             unanswered: HashSet::new(),
             uncertain: HashSet::new(),
-            sweep_alone: false,
+            alone: false,
+            admin,
             failovers: 0,
             lost_writes: 0,
             glitch_percent,
@@ -395,8 +405,13 @@ impl World {
             stock: self.stock as u32,
             per_buyer_limit: self.limit,
             starts_at: now - time::Duration::hours(1),
-            ends_at: now + time::Duration::days(30),
+            // Past the late redeliveries' time jump.
+            ends_at: now + time::Duration::days(400),
         };
+        self.store
+            .create_product(&p)
+            .await
+            .expect("the fake store takes the product");
         self.gate
             .warm(&p, false, self.stock)
             .await
@@ -449,7 +464,7 @@ impl World {
                 shelf,
             }
         };
-        self.sweep_alone = false;
+        self.alone = false;
         self.tasks.push((name, Box::pin(task)));
     }
 
@@ -490,36 +505,68 @@ impl World {
                 })
             }
         };
-        self.sweep_alone = false;
+        self.alone = false;
         self.tasks.push((format!("{which:?} batch"), task));
     }
 
     /// A message delivered late: a copy SQS already deleted comes again.
-    fn spawn_late_delivery(&mut self) {
-        let done: Vec<Copy> = lock(&self.queues)
-            .orders
-            .iter()
-            .filter(|c| c.deleted)
-            .cloned()
-            .collect();
+    /// A message delivered late: a copy SQS already deleted comes again
+    /// (to the consumer), or an operator redrives an old DLQ message (to
+    /// compensation).
+    fn spawn_late_delivery(&mut self, which: Which) {
+        let done: Vec<Copy> = {
+            let q = lock(&self.queues);
+            let list = match which {
+                Which::Orders => &q.orders,
+                Which::Dlq => &q.dlq,
+            };
+            list.iter().filter(|c| c.deleted).cloned().collect()
+        };
         if done.is_empty() {
             return;
         }
         let c = done[self.rng.usize(0..done.len())].clone();
-        self.log(format!("late delivery of {}", c.msg.request_id));
-        let consumer = self.consumer.clone();
+        self.log(format!("late {which:?} delivery of {}", c.msg.request_id));
         let ev = event(std::slice::from_ref(&c));
-        self.sweep_alone = false;
-        self.tasks.push((
-            "late delivery".into(),
-            Box::pin(async move {
-                Done::Batch {
-                    which: Which::Orders,
-                    copies: Vec::new(),
-                    response: consumer.handle(ev).await,
-                }
-            }),
+        self.alone = false;
+        let task: Task = match which {
+            Which::Orders => {
+                let consumer = self.consumer.clone();
+                Box::pin(async move {
+                    Done::Batch {
+                        which,
+                        copies: Vec::new(),
+                        response: consumer.handle(ev).await,
+                    }
+                })
+            }
+            Which::Dlq => {
+                let compensation = self.compensation.clone();
+                Box::pin(async move {
+                    Done::Batch {
+                        which,
+                        copies: Vec::new(),
+                        response: compensation.handle(ev).await,
+                    }
+                })
+            }
+        };
+        self.tasks.push(("late delivery".into(), task));
+    }
+
+    /// Weeks later (up to the DLQ's and the parking lot's 14 days each),
+    /// old messages come back: the decided fates and the shelf must not move.
+    async fn late(&mut self) {
+        let days = self.rng.i64(8..=28);
+        self.redis.advance(days * 86_400_000);
+        self.log(format!(
+            "-- {days} days later: late deliveries and redrives --"
         ));
+        for _ in 0..3 {
+            self.spawn_late_delivery(Which::Orders);
+            self.spawn_late_delivery(Which::Dlq);
+        }
+        self.quiesce().await;
     }
 
     fn spawn_sweep(&mut self) {
@@ -529,20 +576,45 @@ impl World {
         }
         self.log("sweep".into());
         let s = self.sweeper.clone();
+        self.spawn_healer("sweep", async move {
+            s.sweep().await.is_ok_and(|r| r.errors == 0)
+        });
+    }
+
+    /// An operator's forced re-warm mid-sale, through the admin API.
+    fn spawn_rewarm(&mut self) {
+        if !self.tasks.is_empty() {
+            return;
+        }
+        self.log("rewarm".into());
+        let admin = self.admin.clone();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/api/admin/products/p1/warm?force=true")
+            .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Body::Empty)
+            .expect("a valid request");
+        self.spawn_healer("rewarm", async move {
+            admin.handle(req).await.status().as_u16() == 200
+        });
+    }
+
+    /// A task after which the shelf should equal the ledger minus pending
+    /// units, if nothing else ran meanwhile.
+    fn spawn_healer(&mut self, what: &'static str, work: impl Future<Output = bool> + 'static) {
         let (gate, store, product) = (self.gate.clone(), self.store.clone(), self.product.clone());
-        self.sweep_alone = self.tasks.is_empty();
+        self.alone = self.tasks.is_empty();
         self.tasks.push((
-            "sweep".into(),
+            what.into(),
             Box::pin(async move {
-                let clean = s.sweep().await.is_ok_and(|r| r.errors == 0);
-                let stats = gate
-                    .stats(&product)
-                    .await
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
+                let clean = work.await;
+                // A read that fails (a glitch) proves nothing either way.
+                let stats = gate.stats(&product).await.ok().flatten();
+                let clean = clean && stats.is_some();
+                let stats = stats.unwrap_or_default();
                 let ledger = store.remaining(&product).unwrap_or(0);
-                Done::Swept {
+                Done::Healed {
+                    what,
                     clean,
                     shelf: stats.stock_left,
                     target: (ledger - stats.pending_units).max(0),
@@ -599,19 +671,21 @@ impl World {
                 self.log(format!("{which:?} batch done, deleting {ok:?}"));
                 delete(&self.queues, which, &ok);
             }
-            Done::Swept {
+            Done::Healed {
+                what,
                 clean,
                 shelf,
                 target,
             } => {
                 self.log(format!(
-                    "sweep done: shelf {shelf}, ledger - pending {target}"
+                    "{what} done: shelf {shelf}, ledger - pending {target}"
                 ));
-                // Hole 1: a sweep that ran alone leaves no unit hidden or
-                // phantom while the sale goes on, not only once it is quiet.
-                if clean && self.sweep_alone && shelf != target {
+                // Holes 1 and 10: a sweep (or a forced re-warm) that ran
+                // alone leaves no unit hidden or phantom while the sale goes
+                // on, not only once it is quiet.
+                if clean && self.alone && shelf != target {
                     self.violations.push(format!(
-                        "after a sweep the shelf shows {shelf}, the ledger says {target}"
+                        "after a {what} the shelf shows {shelf}, the ledger says {target}"
                     ));
                 }
             }
@@ -639,15 +713,16 @@ impl World {
                 0..=14 => self.spawn_buy(),
                 15..=22 => self.spawn_batch(Which::Orders),
                 23..=24 => self.spawn_batch(Which::Dlq),
-                25 => self.spawn_late_delivery(),
+                25 => self.spawn_late_delivery(Which::Orders),
                 26..=27 => self.spawn_sweep(),
+                38 => self.spawn_rewarm(),
                 28 => {
                     // A failover that forgets the last acknowledged writes.
                     let n = self.redis.lose_writes(self.rng.usize(1..=6));
                     self.failovers += 1;
                     self.lost_writes += n;
                     lock(&self.queues).last_failover_at = self.redis.now_ms();
-                    self.sweep_alone = false;
+                    self.alone = false;
                     self.log(format!("FAILOVER: Redis forgot its last {n} writes"));
                 }
                 29..=30 if !self.tasks.is_empty() => {
@@ -801,6 +876,18 @@ impl World {
         }
         let stats = self.gate.stats(&self.product).await.ok().flatten();
         let shelf = stats.as_ref().map_or(-1, |s| s.stock_left);
+        // Hole 7: a unit goes back once per compensated request, however
+        // late its message comes again.
+        let compensated = orders
+            .iter()
+            .filter(|o| o.status == OrderStatus::Compensated)
+            .count() as i64;
+        let restocked = stats.as_ref().map_or(0, |s| s.restocked);
+        if restocked > compensated {
+            v.push(format!(
+                "{restocked} restocks for {compensated} compensated orders"
+            ));
+        }
         if shelf != ledger || placed_units + ledger != self.stock {
             v.push(format!(
                 "books: shelf {shelf}, ledger {ledger}, placed units {placed_units}, stock {}",
@@ -821,6 +908,7 @@ fn simulate(seed: u64) -> World {
         let mut w = World::new(seed);
         let steps = w.rng.usize(100..=400);
         w.run(steps).await;
+        w.late().await;
         w.check().await;
         w
     })
