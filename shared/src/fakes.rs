@@ -141,7 +141,13 @@ impl StockGate for FakeGate {
         lock(&self.requests).insert(msg.request_id.clone(), view(msg, OrderStatus::Compensated));
         Ok(true)
     }
-    async fn warm(&self, product: &Product, force: bool, ledger: i64) -> PortResult<Warm> {
+    async fn warm(
+        &self,
+        product: &Product,
+        force: bool,
+        ledger: i64,
+        _placed_units_seen: i64,
+    ) -> PortResult<Warm> {
         self.failures.check("redis").await?;
         if self.started.load(Ordering::SeqCst) && !force {
             return Ok(Warm::AlreadyStarted { stock_left: 0 });

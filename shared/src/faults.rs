@@ -149,9 +149,17 @@ impl<T: StockGate> StockGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.restock(msg).await
     }
-    async fn warm(&self, product: &Product, force: bool, ledger: i64) -> PortResult<Warm> {
+    async fn warm(
+        &self,
+        product: &Product,
+        force: bool,
+        ledger: i64,
+        placed_units_seen: i64,
+    ) -> PortResult<Warm> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner.warm(product, force, ledger).await
+        self.inner
+            .warm(product, force, ledger, placed_units_seen)
+            .await
     }
     async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;

@@ -112,13 +112,15 @@ pub trait StockGate: Send + Sync {
     /// request id). True when this call restocked.
     fn restock(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<bool>> + Send;
 
-    /// Loads a product; the shelf is the ledger's `ledger_remaining` minus
-    /// the units still pending in Redis.
+    /// Loads a product; the shelf is [`crate::domain::shelf_target`] of the
+    /// ledger's `ledger_remaining`, read after `placed_units_seen` (0 before
+    /// any sale), as the resync computes it.
     fn warm(
         &self,
         product: &Product,
         force: bool,
         ledger_remaining: i64,
+        placed_units_seen: i64,
     ) -> impl Future<Output = PortResult<Warm>> + Send;
 
     fn stats(
@@ -270,8 +272,9 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
         product: &Product,
         force: bool,
         ledger_remaining: i64,
+        placed_units_seen: i64,
     ) -> impl Future<Output = PortResult<Warm>> + Send {
-        (**self).warm(product, force, ledger_remaining)
+        (**self).warm(product, force, ledger_remaining, placed_units_seen)
     }
     fn stats(
         &self,

@@ -51,7 +51,7 @@ async fn warmed(stock: u32, limit: u32) -> (RedisGate, ProductId) {
     let g = gate();
     let p = unique("adm");
     let w = g
-        .warm(&product(&p, stock, limit, -1), false, i64::from(stock))
+        .warm(&product(&p, stock, limit, -1), false, i64::from(stock), 0)
         .await
         .unwrap();
     assert_eq!(
@@ -206,7 +206,7 @@ async fn idempotency_keys_replay_per_buyer() {
 async fn sale_window_uses_server_time() {
     let g = gate();
     let early = unique("early");
-    g.warm(&product(&early, 5, 1, 3600), false, 5)
+    g.warm(&product(&early, 5, 1, 3600), false, 5, 0)
         .await
         .unwrap();
     assert_eq!(
@@ -214,7 +214,7 @@ async fn sale_window_uses_server_time() {
         Admission::Refused(Refusal::SaleNotStarted)
     );
     let late = unique("late");
-    g.warm(&product(&late, 5, 1, -7200), false, 5)
+    g.warm(&product(&late, 5, 1, -7200), false, 5, 0)
         .await
         .unwrap();
     assert_eq!(
@@ -230,21 +230,21 @@ async fn rewarm_needs_force_once_started_and_never_recreates_sold_units() {
     g.admit(&purchase(&p, "u2", 1, None)).await.unwrap();
     let def = product(&p, 5, 1, -1);
     assert_eq!(
-        g.warm(&def, false, 5).await.unwrap(),
+        g.warm(&def, false, 5, 0).await.unwrap(),
         Warm::AlreadyStarted { stock_left: 3 }
     );
     // Two pending, the ledger untouched: 5 - 2.
     assert_eq!(
-        g.warm(&def, true, 5).await.unwrap(),
+        g.warm(&def, true, 5, 0).await.unwrap(),
         Warm::Warmed { stock_left: 3 }
     );
     // Before the start a re-warm is free.
     let later = unique("later");
-    g.warm(&product(&later, 5, 1, 3600), false, 5)
+    g.warm(&product(&later, 5, 1, 3600), false, 5, 0)
         .await
         .unwrap();
     assert_eq!(
-        g.warm(&product(&later, 7, 1, 3600), false, 7)
+        g.warm(&product(&later, 7, 1, 3600), false, 7, 0)
             .await
             .unwrap(),
         Warm::Warmed { stock_left: 7 }
@@ -262,7 +262,7 @@ async fn forced_rewarm_after_state_loss_follows_the_ledger() {
         .await
         .unwrap();
     assert_eq!(
-        g.warm(&product(&p, 5, 1, -1), true, 2).await.unwrap(),
+        g.warm(&product(&p, 5, 1, -1), true, 2, 0).await.unwrap(),
         Warm::Warmed { stock_left: 2 }
     );
 }
@@ -593,7 +593,7 @@ async fn tls_and_auth_token_like_elasticache() {
     let mut last = None;
     for _ in 0..50 {
         let g = RedisGate::new(settings(Some("elasticache-token-123")));
-        match g.warm(&product(&p, 3, 1, -1), false, 3).await {
+        match g.warm(&product(&p, 3, 1, -1), false, 3, 0).await {
             Ok(w) => {
                 last = Some(w);
                 assert!(matches!(
@@ -614,4 +614,44 @@ async fn tls_and_auth_token_like_elasticache() {
     );
     let plain = RedisGate::new(settings(None));
     assert!(plain.stats(&p).await.is_err(), "no AUTH token is refused");
+}
+
+/// Found in review: after a failover forgot an admission, the order it
+/// became must still block its buyer in Redis, or the buyer is admitted
+/// again (a 202 that can only end REJECTED).
+#[tokio::test]
+async fn a_placed_order_restores_its_buyer_after_a_failover() {
+    let (g, p) = warmed(5, 1).await;
+    let msg = admitted(&g, &purchase(&p, "alice", 1, None)).await;
+    let k = g.keys(&p);
+    g.command::<()>(
+        redis::cmd("DEL")
+            .arg(k.req(&msg.request_id))
+            .arg(k.buyers())
+            .arg(k.pending()),
+    )
+    .await
+    .unwrap();
+    assert!(g.settle(&msg, OrderStatus::Placed).await.unwrap());
+    assert_eq!(
+        g.admit(&purchase(&p, "alice", 1, None)).await.unwrap(),
+        Admission::Refused(Refusal::AlreadyPurchased)
+    );
+}
+
+/// Found in review: a forced re-warm reads the ledger, then runs; an order
+/// settled in between must not be counted twice on the shelf's favour.
+#[tokio::test]
+async fn a_forced_rewarm_fences_orders_settled_after_its_ledger_read() {
+    let (g, p) = warmed(10, 1).await;
+    let seen = g.stats(&p).await.unwrap().unwrap().placed_units;
+    let ledger_read = 10; // before alice's order was placed
+    let a = admitted(&g, &purchase(&p, "alice", 1, None)).await;
+    g.settle(&a, OrderStatus::Placed).await.unwrap();
+    assert_eq!(
+        g.warm(&product(&p, 10, 1, -1), true, ledger_read, seen)
+            .await
+            .unwrap(),
+        Warm::Warmed { stock_left: 9 }
+    );
 }

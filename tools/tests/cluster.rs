@@ -56,7 +56,7 @@ async fn a_products_keys_share_one_slot_and_the_scripts_run_on_the_cluster() {
 
     let product = shared::fakes::product(p.as_str());
     assert_eq!(
-        g.warm(&product, false, 10).await.unwrap(),
+        g.warm(&product, false, 10, 0).await.unwrap(),
         Warm::Warmed { stock_left: 10 }
     );
     let purchase = Purchase {

@@ -37,7 +37,7 @@ fn product(id: &str, stock: u32) -> Product {
 async fn create_and_warm(s: &TestStack, id: &str, stock: u32) -> ProductId {
     let p = product(id, stock);
     assert!(s.store.create_product(&p).await.unwrap());
-    s.gate.warm(&p, false, i64::from(stock)).await.unwrap();
+    s.gate.warm(&p, false, i64::from(stock), 0).await.unwrap();
     p.product_id
 }
 

@@ -413,7 +413,7 @@ impl World {
             .await
             .expect("the fake store takes the product");
         self.gate
-            .warm(&p, false, self.stock)
+            .warm(&p, false, self.stock, 0)
             .await
             .expect("warming the simulated redis");
         // Products are warmed well before their sale: replicas have it.

@@ -80,12 +80,14 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
             .product(id)
             .await?
             .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
+        // The fence before the ledger, as the sweeper's resync reads them.
+        let seen = self.gate.stats(id).await?.map_or(0, |s| s.placed_units);
         let ledger = self
             .store
             .stock_ledger(id)
             .await?
             .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
-        match self.gate.warm(&product, force, ledger).await? {
+        match self.gate.warm(&product, force, ledger, seen).await? {
             Warm::Warmed { stock_left } => {
                 tracing::info!(product_id = %id, stock_left, force, "product warmed");
                 Ok(api::json_response(

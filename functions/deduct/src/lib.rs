@@ -152,7 +152,15 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
             metrics::counter!("flashsale_rejected_total", "reason" => "sold_out").increment(1);
             return Err(ApiError::new(410, "sold_out"));
         }
-        match self.gate.admit(&purchase).await? {
+        let admission = self.gate.admit(&purchase).await.map_err(|e| {
+            // The script may have run and only its reply been lost: the
+            // request may go on (the sweeper sends it), so name it.
+            ApiError::from(e).with_message(format!(
+                "the outcome is unknown; check GET /api/flash-sale/orders/{}",
+                purchase.request_id
+            ))
+        })?;
+        match admission {
             Admission::Admitted {
                 admitted_at_ms,
                 sale_ends_at_ms,
@@ -524,6 +532,17 @@ mod tests {
             (status, body["error"].as_str().unwrap()),
             (503, "unavailable")
         );
+        // Found in review: the script may have run with its reply lost, so
+        // the answer names the request to look up.
+        let id = d
+            .gate
+            .purchases
+            .lock()
+            .unwrap()
+            .first()
+            .map(|p| p.request_id.clone());
+        assert!(id.is_none(), "the fake failed before recording");
+        assert!(body["message"].as_str().unwrap().contains("p1."));
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@
 
 use serde::Serialize;
 
-use shared::domain::{ProductId, republish_due};
+use shared::domain::{ProductId, ProductStats, republish_due};
 use shared::error::InfraError;
 use shared::ports::{OrderQueue, OrderStore, SendMark, StockGate};
 
@@ -87,29 +87,47 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
         now: i64,
         report: &mut SweepReport,
     ) -> Result<(), InfraError> {
+        // Healed first, so a long backlog below cannot keep the shelf wrong;
+        // healed again if following DynamoDB settled requests meanwhile.
+        let mut stats = self.heal(product, report).await?;
+        let followed = report.followed;
         self.republish(product, now, report).await?;
-        let Some(mut stats) = self.gate.stats(product).await? else {
-            return Ok(());
+        if report.followed > followed {
+            stats = self.heal(product, report).await?;
+        }
+        let ended_long_ago = |s: &ProductStats| {
+            s.pending == 0 && s.ends_at_ms > 0 && now - s.ends_at_ms > RETIRE_AFTER_MS
         };
-        // An order settled while the ledger was read may be counted twice
-        // (undersold, never oversold); when that happened, try again so a
-        // quiet product ends exact.
+        if stats.as_ref().is_some_and(ended_long_ago) {
+            self.gate.retire(product).await?;
+            report.retired += 1;
+        }
+        Ok(())
+    }
+
+    /// Sets the shelf from the ledger. An order settled while the ledger was
+    /// read may be counted twice (undersold, never oversold); when that
+    /// happened, it tries again so a quiet product ends exact.
+    async fn heal(
+        &self,
+        product: &ProductId,
+        report: &mut SweepReport,
+    ) -> Result<Option<ProductStats>, InfraError> {
+        let Some(mut stats) = self.gate.stats(product).await? else {
+            return Ok(None);
+        };
         for _ in 0..RESYNC_ATTEMPTS {
             report.resync_drift += self.resync(product, stats.placed_units).await?;
             let seen = stats.placed_units;
             stats = match self.gate.stats(product).await? {
                 Some(s) => s,
-                None => return Ok(()),
+                None => return Ok(None),
             };
             if stats.placed_units == seen {
                 break;
             }
         }
-        if stats.pending == 0 && stats.ends_at_ms > 0 && now - stats.ends_at_ms > RETIRE_AFTER_MS {
-            self.gate.retire(product).await?;
-            report.retired += 1;
-        }
-        Ok(())
+        Ok(Some(stats))
     }
 
     async fn republish(
@@ -199,7 +217,7 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::domain::{OrderMessage, OrderStatus, ProductStats};
+    use shared::domain::{OrderMessage, OrderStatus};
     use shared::fakes::{FakeGate, FakeQueue, FakeStore, order_message};
     use std::sync::atomic::Ordering;
 

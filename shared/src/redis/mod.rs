@@ -347,6 +347,7 @@ impl StockGate for RedisGate {
             .key(k.req(&msg.request_id))
             .key(k.pending())
             .key(k.stats())
+            .key(k.buyers())
             .arg(msg.request_id.as_str())
             .arg(status.as_str())
             .arg(msg.user_id.as_str())
@@ -382,7 +383,13 @@ impl StockGate for RedisGate {
         Ok(done == 1)
     }
 
-    async fn warm(&self, p: &Product, force: bool, ledger_remaining: i64) -> PortResult<Warm> {
+    async fn warm(
+        &self,
+        p: &Product,
+        force: bool,
+        ledger_remaining: i64,
+        placed_units_seen: i64,
+    ) -> PortResult<Warm> {
         let k = self.keys(&p.product_id);
         let mut c = self.conn().await?;
         let (code, left): (String, i64) = self
@@ -398,17 +405,18 @@ impl StockGate for RedisGate {
             .arg(unix_ms(p.ends_at))
             .arg(if force { "1" } else { "0" })
             .arg(ledger_remaining)
+            .arg(placed_units_seen)
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;
-        if code == "warmed" {
-            redis::cmd("SADD")
-                .arg(keys::products(&self.inner.settings.namespace))
-                .arg(p.product_id.as_str())
-                .query_async::<()>(&mut c)
-                .await
-                .map_err(classify)?;
-        }
+        // Also when the sale had started: the set lives on another slot and
+        // may have forgotten the product in a failover of its own.
+        redis::cmd("SADD")
+            .arg(keys::products(&self.inner.settings.namespace))
+            .arg(p.product_id.as_str())
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(classify)?;
         match code.as_str() {
             "warmed" => Ok(Warm::Warmed { stock_left: left }),
             "started" => Ok(Warm::AlreadyStarted { stock_left: left }),

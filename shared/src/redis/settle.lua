@@ -2,7 +2,7 @@
 -- (placed, or rejected without restock). Forward-only and idempotent:
 -- a request already terminal is left alone, and counters move once.
 --
--- KEYS[1] req  KEYS[2] pending  KEYS[3] stats
+-- KEYS[1] req  KEYS[2] pending  KEYS[3] stats  KEYS[4] buyers
 -- ARGV[1] request_id  ARGV[2] status ("placed" | "rejected")  ARGV[3] user  ARGV[4] qty
 -- ARGV[5] admitted_at (ms)  ARGV[6] request ttl (s)
 -- Returns 1 when the status changed, 0 when it was already terminal.
@@ -33,5 +33,8 @@ redis.call("EXPIRE", KEYS[1], ARGV[6])
 redis.call("HINCRBY", KEYS[3], ARGV[2], 1)
 if ARGV[2] == "placed" then
   redis.call("HINCRBY", KEYS[3], "placed_units", qty)
+  -- A failover may have forgotten the buyer with the admission: the order
+  -- stands, so the buyer is taken again.
+  redis.call("HSETNX", KEYS[4], ARGV[3], ARGV[1])
 end
 return 1

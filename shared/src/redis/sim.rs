@@ -310,6 +310,15 @@ impl Keyspace {
                         .collect(),
                 ))
             }
+            "HSETNX" => {
+                need(3)?;
+                let h = self.hash(&a[0])?;
+                if h.contains_key(&a[1]) {
+                    return Ok(Value::Int(0));
+                }
+                h.insert(a[1].clone(), a[2].clone());
+                Ok(Value::Int(1))
+            }
             "HEXISTS" => {
                 need(2)?;
                 let found = self.get_hash(&a[0])?.is_some_and(|h| h.contains_key(&a[1]));

@@ -7,6 +7,7 @@
 -- KEYS[1] meta  KEYS[2] stock  KEYS[3] stats
 -- ARGV[1] stock_total  ARGV[2] limit  ARGV[3] starts_at (ms)  ARGV[4] ends_at (ms)
 -- ARGV[5] "1" = force  ARGV[6] ledger units remaining
+-- ARGV[7] `placed_units` read before the ledger (see resync.lua; 0 before any sale)
 -- Returns {"warmed", stock_left} | {"started", stock_left}
 
 for i = 1, 4 do
@@ -15,8 +16,9 @@ for i = 1, 4 do
   end
 end
 local ledger = tonumber(ARGV[6])
-if not ledger then
-  return redis.error_reply("warm.lua: bad arguments: the ledger's remaining units must be a number")
+local seen = tonumber(ARGV[7])
+if not ledger or not seen then
+  return redis.error_reply("warm.lua: bad arguments: the ledger's remaining units and placed_units must be numbers")
 end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -24,8 +26,16 @@ local started = redis.call("HGET", KEYS[1], "starts_at")
 if started and now >= tonumber(started) and ARGV[5] ~= "1" then
   return {"started", tonumber(redis.call("GET", KEYS[2]) or "0")}
 end
-local pending_units = tonumber(redis.call("HGET", KEYS[3], "pending_units") or "0")
-local left = ledger - pending_units
+local s = redis.call("HMGET", KEYS[3], "pending_units", "placed_units")
+local pending_units = tonumber(s[1] or "0")
+-- Orders settled since the caller read the ledger may be in the read or not:
+-- counted as sold (undersell until the next sweep, never oversell). A Redis
+-- that went back in time (failover) holds those as pending again.
+local placed_since = tonumber(s[2] or "0") - seen
+if placed_since < 0 then
+  placed_since = 0
+end
+local left = ledger - pending_units - placed_since
 if left < 0 then
   left = 0
 end

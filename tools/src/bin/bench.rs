@@ -157,6 +157,7 @@ async fn admission(args: &Args, gate: &RedisGate) -> Result<Vec<Row>> {
         &bench_product(ours_product.as_str(), 50_000_000),
         false,
         50_000_000,
+        0,
     )
     .await?;
     let next = Arc::new(AtomicUsize::new(0));
@@ -194,6 +195,7 @@ async fn admission(args: &Args, gate: &RedisGate) -> Result<Vec<Row>> {
         &bench_product(raw_product.as_str(), 50_000_000),
         false,
         50_000_000,
+        0,
     )
     .await?;
     let sha: String = gate
@@ -273,7 +275,7 @@ async fn admission(args: &Args, gate: &RedisGate) -> Result<Vec<Row>> {
 
 async fn handler_overhead(args: &Args, gate: &RedisGate) -> Result<Vec<Row>> {
     let p = ProductId::parse(unique("bench-h"))?;
-    gate.warm(&bench_product(p.as_str(), 50_000_000), false, 50_000_000)
+    gate.warm(&bench_product(p.as_str(), 50_000_000), false, 50_000_000, 0)
         .await?;
     let handler = deduct(gate, Discard);
     let n = args.handler_calls;
@@ -327,7 +329,8 @@ async fn handler_overhead(args: &Args, gate: &RedisGate) -> Result<Vec<Row>> {
 /// (410 from memory) against the same handler asking Redis every time.
 async fn sold_out_short_circuit(args: &Args, gate: &RedisGate) -> Result<Vec<Row>> {
     let p = ProductId::parse(unique("bench-s"))?;
-    gate.warm(&bench_product(p.as_str(), 0), false, 0).await?;
+    gate.warm(&bench_product(p.as_str(), 0), false, 0, 0)
+        .await?;
     let cached = Deduct {
         sold_out: SoldOutCache::new(Duration::from_secs(60)),
         ..deduct(gate, Discard)
@@ -370,7 +373,7 @@ async fn http_run<Q: OrderQueue + 'static>(
     queue: Q,
 ) -> Result<loadtest::Report> {
     let p = unique("bench-http");
-    gate.warm(&bench_product(&p, 50_000_000), false, 50_000_000)
+    gate.warm(&bench_product(&p, 50_000_000), false, 50_000_000, 0)
         .await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -443,7 +446,8 @@ async fn consumer(gate: &RedisGate, sdk: &aws_config::SdkConfig) -> Result<Vec<R
     let p = unique("bench-c");
     let product = bench_product(&p, 1_000_000);
     store.create_product(&product).await?;
-    gate.warm(&product, false, i64::from(product.stock)).await?;
+    gate.warm(&product, false, i64::from(product.stock), 0)
+        .await?;
     let batches = 30;
     let mut user = 0;
     let pid = product.product_id.clone();
