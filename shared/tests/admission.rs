@@ -488,14 +488,7 @@ async fn scripts_refuse_bad_arguments() {
     let id = RequestId::new(&p);
     let admit = eval(
         shared::redis::ADMIT_SCRIPT,
-        vec![
-            k.meta(),
-            k.stock(),
-            k.buyers(),
-            k.req(&id),
-            k.pending(),
-            k.stats(),
-        ],
+        k.admission(&id).to_vec(),
         vec!["x", "u1", "-3", "0", "60"],
     );
     let err = g.command::<redis::Value>(&admit).await.unwrap_err();

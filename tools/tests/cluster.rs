@@ -38,17 +38,11 @@ async fn a_products_keys_share_one_slot_and_the_scripts_run_on_the_cluster() {
     let p = ProductId::parse(unique("slot")).unwrap();
     let k = g.keys(&p);
     let id = RequestId::new(&p);
-    let slots: Vec<u16> = [
-        k.meta(),
-        k.stock(),
-        k.buyers(),
-        k.req(&id),
-        k.pending(),
-        k.stats(),
-    ]
-    .iter()
-    .map(|key| c.slot_of(key).unwrap())
-    .collect();
+    let slots: Vec<u16> = k
+        .admission(&id)
+        .iter()
+        .map(|key| c.slot_of(key).unwrap())
+        .collect();
     assert!(slots.iter().all(|s| *s == slots[0]), "{slots:?}");
     // Products spread over the primaries: another product, another slot.
     let other = c.slot_of(&g.keys(&ProductId::parse("p-other").unwrap()).stock());

@@ -51,6 +51,18 @@ impl Keys {
     pub fn pending(&self) -> String {
         self.key("pending")
     }
+    /// The KEYS of `admit.lua`, in order: every key a request touches,
+    /// all in the product's slot.
+    pub fn admission(&self, id: &RequestId) -> [String; 6] {
+        [
+            self.meta(),
+            self.stock(),
+            self.buyers(),
+            self.req(id),
+            self.pending(),
+            self.stats(),
+        ]
+    }
     /// Hash: admitted, placed, rejected, compensated, restocked,
     /// pending_units, placed_units, resync_drift.
     pub fn stats(&self) -> String {
@@ -67,14 +79,7 @@ mod tests {
         let p = ProductId::parse("p42").unwrap();
         let k = Keys::new(DEFAULT_NAMESPACE, &p);
         let id = RequestId::new(&p);
-        for key in [
-            k.meta(),
-            k.stock(),
-            k.buyers(),
-            k.req(&id),
-            k.pending(),
-            k.stats(),
-        ] {
+        for key in k.admission(&id) {
             assert!(key.starts_with("fs:{p42}:"), "{key}");
             assert_eq!(key.matches('{').count(), 1, "{key}");
         }

@@ -267,12 +267,7 @@ impl StockGate for RedisGate {
             .inner
             .scripts
             .admit
-            .key(k.meta())
-            .key(k.stock())
-            .key(k.buyers())
-            .key(k.req(&p.request_id))
-            .key(k.pending())
-            .key(k.stats())
+            .key(&k.admission(&p.request_id)[..])
             .arg(p.request_id.as_str())
             .arg(p.user_id.as_str())
             .arg(p.quantity.get())
