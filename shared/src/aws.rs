@@ -185,6 +185,12 @@ pub mod table {
     pub fn product(product: &str) -> String {
         format!("PRODUCT#{product}")
     }
+    /// `gsi1pk` of every product item: `gsi1` lists products by sale end.
+    pub const PRODUCTS: &str = "PRODUCTS";
+    /// `gsi1sk` of a product item: its sale's end, sortable as text.
+    pub fn sale_end(ends_at_ms: i64) -> String {
+        format!("{:015}", ends_at_ms.max(0))
+    }
 }
 
 /// Buyer guards outlive their sale by this much, then expire (table TTL):
@@ -457,6 +463,8 @@ impl OrderStore for DynamoStore {
             .item("per_buyer_limit", n(p.per_buyer_limit))
             .item("starts_at", n(unix_ms(p.starts_at)))
             .item("ends_at", n(unix_ms(p.ends_at)))
+            .item(table::GSI1_PK, s(table::PRODUCTS))
+            .item(table::GSI1_SK, s(table::sale_end(unix_ms(p.ends_at))))
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
@@ -507,6 +515,31 @@ impl OrderStore for DynamoStore {
             orders.push(order_view(&item)?);
         }
         Ok(orders)
+    }
+
+    async fn live_products(&self, ends_after_ms: i64) -> PortResult<Vec<ProductId>> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(table::GSI1)
+            .key_condition_expression("#pk = :pk AND #sk > :after")
+            .expression_attribute_names("#pk", table::GSI1_PK)
+            .expression_attribute_names("#sk", table::GSI1_SK)
+            .expression_attribute_values(":pk", s(table::PRODUCTS))
+            .expression_attribute_values(":after", s(table::sale_end(ends_after_ms)))
+            .projection_expression("product_id")
+            .into_paginator()
+            .items()
+            .send();
+        let mut ids = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| classify("dynamodb", e))?;
+            if let Some(id) = get_s(&item, "product_id").and_then(|v| ProductId::parse(v).ok()) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 
     async fn stock_ledger(&self, id: &ProductId) -> PortResult<Option<i64>> {

@@ -365,6 +365,16 @@ impl OrderStore for FakeStore {
         self.failures.check("dynamodb").await?;
         Ok(self.remaining(id))
     }
+    async fn live_products(&self, ends_after_ms: i64) -> PortResult<Vec<ProductId>> {
+        self.failures.check("dynamodb").await?;
+        let mut ids: Vec<ProductId> = lock(&self.products)
+            .values()
+            .filter(|p| crate::domain::unix_ms(p.ends_at) > ends_after_ms)
+            .map(|p| p.product_id.clone())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
 }
 
 /// A version-1 order message of one unit, for a fresh request id.

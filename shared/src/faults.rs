@@ -247,6 +247,10 @@ impl<T: OrderStore> OrderStore for Faulty<T> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
         self.inner.stock_ledger(id).await
     }
+    async fn live_products(&self, ends_after_ms: i64) -> PortResult<Vec<ProductId>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.live_products(ends_after_ms).await
+    }
 }
 
 #[cfg(test)]

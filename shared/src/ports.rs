@@ -237,6 +237,13 @@ pub trait OrderStore: Send + Sync {
 
     /// The stock ledger's units remaining, read consistently; None without a product.
     fn stock_ledger(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<i64>>> + Send;
+
+    /// Products whose sale ends after `ends_after_ms`: the sweeper's list,
+    /// kept where a Redis failover cannot make it forget one.
+    fn live_products(
+        &self,
+        ends_after_ms: i64,
+    ) -> impl Future<Output = PortResult<Vec<ProductId>>> + Send;
 }
 
 // Shared ports: one adapter (or fake) behind several handlers.
@@ -358,5 +365,11 @@ impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
     }
     fn stock_ledger(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<i64>>> + Send {
         (**self).stock_ledger(id)
+    }
+    fn live_products(
+        &self,
+        ends_after_ms: i64,
+    ) -> impl Future<Output = PortResult<Vec<ProductId>>> + Send {
+        (**self).live_products(ends_after_ms)
     }
 }

@@ -464,3 +464,20 @@ async fn spaced_purchases_on_an_idle_queue_are_placed_on_their_first_receive() {
     assert_eq!((books.placed, books.compensated), (3, 0), "{books}");
     s.running.stop().await;
 }
+
+/// The sweeper's product list from DynamoDB: sales not long over, by their end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_lists_the_sales_not_long_over() {
+    let s = TestStack::start("live", 30).await;
+    let live = product(&unique("live"), 5);
+    let mut over = product(&unique("over"), 5);
+    over.starts_at = OffsetDateTime::now_utc() - time::Duration::days(3);
+    over.ends_at = OffsetDateTime::now_utc() - time::Duration::days(2);
+    assert!(s.store.create_product(&live).await.unwrap());
+    assert!(s.store.create_product(&over).await.unwrap());
+    let hour_ago = shared::domain::unix_ms(OffsetDateTime::now_utc()) - 3_600_000;
+    let listed = s.store.live_products(hour_ago).await.unwrap();
+    assert!(listed.contains(&live.product_id), "{listed:?}");
+    assert!(!listed.contains(&over.product_id), "{listed:?}");
+    s.running.stop().await;
+}

@@ -63,7 +63,7 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
         let started = std::time::Instant::now();
         let now = self.gate.now_ms().await?;
         let mut report = SweepReport::default();
-        for product in self.gate.products().await? {
+        for product in self.products(now).await? {
             report.products += 1;
             if let Err(e) = self.sweep_product(&product, now, &mut report).await {
                 report.errors += 1;
@@ -79,6 +79,22 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
         }
         shared::telemetry::record_latency("outbox_sweeper", started);
         Ok(report)
+    }
+
+    /// The products Redis lists, and those DynamoDB lists as not long over:
+    /// Redis' set lives in another cluster slot and can forget one in that
+    /// shard's failover.
+    async fn products(&self, now: i64) -> Result<Vec<ProductId>, InfraError> {
+        let mut products = self.gate.products().await?;
+        match self.store.live_products(now - RETIRE_AFTER_MS).await {
+            Ok(more) => products.extend(more),
+            Err(e) => {
+                tracing::warn!(error = %e, "DynamoDB's product list unavailable; sweeping Redis' own")
+            }
+        }
+        products.sort();
+        products.dedup();
+        Ok(products)
     }
 
     async fn sweep_product(
@@ -349,10 +365,36 @@ mod tests {
         };
         *s.gate.stats.lock().unwrap() = Some(ProductStats::default());
         *s.gate.pending.lock().unwrap() = vec![pending("p1", 1, 0), pending("p2", 1, 0)];
-        s.store.failures.fail_next(1); // p1's first DynamoDB read
+        // DynamoDB's product list (tolerated), then p1's first read.
+        s.store.failures.fail_next(2);
         let report = s.sweep().await.unwrap();
         assert_eq!((report.errors, report.republished), (1, 1));
         assert_eq!(s.queue.sent()[0].0.product_id.as_str(), "p2");
+    }
+
+    /// Found in review: Redis' product set lives in another cluster slot and
+    /// may forget a product; DynamoDB's list of sales not long over keeps it
+    /// swept.
+    #[tokio::test]
+    async fn a_product_redis_forgot_is_still_swept() {
+        let s = sweeper();
+        s.store
+            .create_product(&shared::fakes::product("p9"))
+            .await
+            .unwrap();
+        s.gate
+            .pending
+            .lock()
+            .unwrap()
+            .push(pending("p9", 1, NOW - 100_000));
+        s.gate
+            .retired
+            .lock()
+            .unwrap()
+            .push(ProductId::parse("p9").unwrap());
+        assert!(s.gate.products().await.unwrap().is_empty());
+        let report = s.sweep().await.unwrap();
+        assert_eq!((report.products, report.republished), (1, 1));
     }
 
     /// Hole 8: a sale that ended long ago, with nothing pending, is retired.
