@@ -313,6 +313,37 @@ impl DynamoStore {
         Ok(out.item)
     }
 
+    /// Every item of `gsi1` under `pk` (with a sort key above `after`), all
+    /// pages.
+    async fn query_gsi1(
+        &self,
+        pk: &str,
+        after: Option<&str>,
+        projection: Option<&str>,
+    ) -> PortResult<Vec<Item>> {
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(table::GSI1)
+            .expression_attribute_names("#pk", table::GSI1_PK)
+            .expression_attribute_values(":pk", s(pk))
+            .set_projection_expression(projection.map(str::to_owned));
+        query = match after {
+            Some(after) => query
+                .key_condition_expression("#pk = :pk AND #sk > :after")
+                .expression_attribute_names("#sk", table::GSI1_SK)
+                .expression_attribute_values(":after", s(after)),
+            None => query.key_condition_expression("#pk = :pk"),
+        };
+        let mut pages = query.into_paginator().items().send();
+        let mut items = Vec::new();
+        while let Some(item) = pages.next().await {
+            items.push(item.map_err(|e| classify("dynamodb", e))?);
+        }
+        Ok(items)
+    }
+
     async fn existing_status(&self, id: &RequestId) -> PortResult<OrderStatus> {
         self.order(id).await?.map(|o| o.status).ok_or_else(|| {
             InfraError::transient(
@@ -498,48 +529,22 @@ impl OrderStore for DynamoStore {
     }
 
     async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(table::GSI1)
-            .key_condition_expression("#pk = :pk")
-            .expression_attribute_names("#pk", table::GSI1_PK)
-            .expression_attribute_values(":pk", s(table::product(id.as_str())))
-            .into_paginator()
-            .items()
-            .send();
-        let mut orders = Vec::new();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| classify("dynamodb", e))?;
-            orders.push(order_view(&item)?);
-        }
-        Ok(orders)
+        self.query_gsi1(&table::product(id.as_str()), None, None)
+            .await?
+            .iter()
+            .map(order_view)
+            .collect()
     }
 
     async fn live_products(&self, ends_after_ms: i64) -> PortResult<Vec<ProductId>> {
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(table::GSI1)
-            .key_condition_expression("#pk = :pk AND #sk > :after")
-            .expression_attribute_names("#pk", table::GSI1_PK)
-            .expression_attribute_names("#sk", table::GSI1_SK)
-            .expression_attribute_values(":pk", s(table::PRODUCTS))
-            .expression_attribute_values(":after", s(table::sale_end(ends_after_ms)))
-            .projection_expression("product_id")
-            .into_paginator()
-            .items()
-            .send();
-        let mut ids = Vec::new();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| classify("dynamodb", e))?;
-            if let Some(id) = get_s(&item, "product_id").and_then(|v| ProductId::parse(v).ok()) {
-                ids.push(id);
-            }
-        }
-        Ok(ids)
+        let after = table::sale_end(ends_after_ms);
+        let items = self
+            .query_gsi1(table::PRODUCTS, Some(&after), Some("product_id"))
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| ProductId::parse(get_s(item, "product_id")?).ok())
+            .collect())
     }
 
     async fn stock_ledger(&self, id: &ProductId) -> PortResult<Option<i64>> {

@@ -482,34 +482,28 @@ impl World {
         }
         let ids: Vec<u64> = copies.iter().map(|c| c.id).collect();
         self.log(format!("{which:?} batch {ids:?}"));
-        let ev = event(&copies);
-        let task: Task = match which {
-            Which::Orders => {
-                let c = self.consumer.clone();
-                Box::pin(async move {
-                    Done::Batch {
-                        which,
-                        copies: ids,
-                        response: c.handle(ev).await,
-                    }
-                })
-            }
-            Which::Dlq => {
-                let c = self.compensation.clone();
-                Box::pin(async move {
-                    Done::Batch {
-                        which,
-                        copies: ids,
-                        response: c.handle(ev).await,
-                    }
-                })
-            }
-        };
+        let task = self.batch_task(which, ids, event(&copies));
         self.alone = false;
         self.tasks.push((format!("{which:?} batch"), task));
     }
 
-    /// A message delivered late: a copy SQS already deleted comes again.
+    /// The consumer (orders) or compensation (DLQ) handling one batch;
+    /// `copies` are deleted from the queue when it reports them done.
+    fn batch_task(&self, which: Which, copies: Vec<u64>, ev: SqsEvent) -> Task {
+        let (consumer, compensation) = (self.consumer.clone(), self.compensation.clone());
+        Box::pin(async move {
+            let response = match which {
+                Which::Orders => consumer.handle(ev).await,
+                Which::Dlq => compensation.handle(ev).await,
+            };
+            Done::Batch {
+                which,
+                copies,
+                response,
+            }
+        })
+    }
+
     /// A message delivered late: a copy SQS already deleted comes again
     /// (to the consumer), or an operator redrives an old DLQ message (to
     /// compensation).
@@ -527,30 +521,9 @@ impl World {
         }
         let c = done[self.rng.usize(0..done.len())].clone();
         self.log(format!("late {which:?} delivery of {}", c.msg.request_id));
-        let ev = event(std::slice::from_ref(&c));
+        // Already deleted: nothing to delete again.
+        let task = self.batch_task(which, Vec::new(), event(std::slice::from_ref(&c)));
         self.alone = false;
-        let task: Task = match which {
-            Which::Orders => {
-                let consumer = self.consumer.clone();
-                Box::pin(async move {
-                    Done::Batch {
-                        which,
-                        copies: Vec::new(),
-                        response: consumer.handle(ev).await,
-                    }
-                })
-            }
-            Which::Dlq => {
-                let compensation = self.compensation.clone();
-                Box::pin(async move {
-                    Done::Batch {
-                        which,
-                        copies: Vec::new(),
-                        response: compensation.handle(ev).await,
-                    }
-                })
-            }
-        };
         self.tasks.push(("late delivery".into(), task));
     }
 
