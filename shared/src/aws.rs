@@ -14,16 +14,21 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue as Av, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue as Av, CancellationReason, Delete, Put, TransactWriteItem, Update,
+};
 use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use crate::domain::{
-    OrderMessage, OrderStatus, Product, ProductId, Quantity, RequestId, RequestView, UserId,
-    from_unix_ms, unix_ms,
+    Currency, Ledger, OrderMessage, OrderStatus, Product, ProductId, Quantity, RequestId,
+    RequestView, Reservation, UserId, from_unix_ms, unix_ms,
 };
 use crate::error::InfraError;
-use crate::ports::{Fate, FateNote, OrderQueue, OrderStore, Placement, PortResult};
+use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
+use crate::ports::{
+    Fate, FateNote, OrderQueue, OrderStore, PaymentWrite, Placement, PortResult, Transition,
+};
 
 /// Loads the shared SDK configuration once per process, with timeouts that
 /// keep a slow AWS call from eating the whole Lambda budget.
@@ -166,13 +171,24 @@ impl OrderQueue for SqsQueue {
 /// - `PURCHASE#<product>#<user>`: the buyer guard (one order per buyer).
 /// - `PRODUCT#<product>`: the product definition.
 ///
+/// - `PAYMENT#<event_id>`: a payment event and how it ended.
+///
 /// Orders carry `gsi1pk = PRODUCT#<product>` so audits can list a product's
-/// orders through the `gsi1` index.
+/// orders through the `gsi1` index. Orders that owe work (placed and unpaid,
+/// or released with the shelf step due) also carry `gsi2pk = DUE#<shard>`,
+/// `gsi2sk = <when due>#<request_id>`: `gsi2` is sparse, so the expirer's
+/// query reads only those.
 pub mod table {
     pub const PK: &str = "pk";
     pub const GSI1: &str = "gsi1";
     pub const GSI1_PK: &str = "gsi1pk";
     pub const GSI1_SK: &str = "gsi1sk";
+    pub const GSI2: &str = "gsi2";
+    pub const GSI2_PK: &str = "gsi2pk";
+    pub const GSI2_SK: &str = "gsi2sk";
+    /// Partitions of `gsi2`: spreads a sale's burst of placements over
+    /// several index partitions (each takes ~1,000 writes/s).
+    pub const DUE_SHARDS: u32 = 4;
     /// The table's TTL attribute (epoch seconds).
     pub const TTL: &str = "expires_at";
 
@@ -184,6 +200,19 @@ pub mod table {
     }
     pub fn product(product: &str) -> String {
         format!("PRODUCT#{product}")
+    }
+    pub fn payment(event_id: &str) -> String {
+        format!("PAYMENT#{event_id}")
+    }
+    pub fn due_shard(request_id: &str) -> String {
+        let h = request_id
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        format!("DUE#{}", h % DUE_SHARDS)
+    }
+    /// `gsi2sk`: sorts by the time an order falls due.
+    pub fn due_at(at_ms: i64, request_id: &str) -> String {
+        format!("{:015}#{request_id}", at_ms.max(0))
     }
     /// `gsi1pk` of every product item: `gsi1` lists products by sale end.
     pub const PRODUCTS: &str = "PRODUCTS";
@@ -249,9 +278,90 @@ fn order_view(item: &Item) -> PortResult<RequestView> {
             quantity: Quantity::new(get_n(item, "quantity")?).ok()?,
             status: OrderStatus::parse(get_s(item, "status")?)?,
             updated_at: from_unix_ms(get_n(item, "updated_at")?),
+            reservation: match get_n::<i64>(item, "pay_by") {
+                None => None,
+                Some(pay_by_ms) => Some(Reservation {
+                    pay_by_ms,
+                    amount: get_n(item, "amount")?,
+                    currency: Currency::parse(get_s(item, "currency")?).ok()?,
+                    rebuy_after_release: item
+                        .get("rebuy_after_release")
+                        .and_then(|v| v.as_bool().ok())
+                        .copied()
+                        .unwrap_or(false),
+                }),
+            },
         })
     };
     parse().ok_or_else(|| corrupt("order"))
+}
+
+fn payment_record(item: &Item) -> PortResult<PaymentRecord> {
+    let parse = || -> Option<PaymentRecord> {
+        Some(PaymentRecord {
+            event: PaymentEvent {
+                event_id: EventId::parse(get_s(item, "event_id")?).ok()?,
+                request_id: RequestId::parse(get_s(item, "request_id")?).ok()?,
+                amount: get_n(item, "amount")?,
+                currency: Currency::parse(get_s(item, "currency")?).ok()?,
+                status: get_s(item, "event_status")?.to_owned(),
+            },
+            outcome: PaymentOutcome::parse(get_s(item, "outcome")?)?,
+            order_status: OrderStatus::parse(get_s(item, "order_status")?)?,
+        })
+    };
+    parse().ok_or_else(|| corrupt("payment"))
+}
+
+fn payment_item(r: &PaymentRecord, now_ms: i64) -> Item {
+    let e = &r.event;
+    HashMap::from([
+        (table::PK.into(), s(table::payment(e.event_id.as_str()))),
+        ("event_id".into(), s(e.event_id.as_str())),
+        ("request_id".into(), s(e.request_id.as_str())),
+        ("amount".into(), n(e.amount)),
+        ("currency".into(), s(e.currency.as_str())),
+        ("event_status".into(), s(&e.status)),
+        ("outcome".into(), s(r.outcome.as_str())),
+        ("order_status".into(), s(r.order_status.as_str())),
+        ("refund_due".into(), Av::Bool(r.outcome.refund_due())),
+        ("recorded_at".into(), n(now_ms)),
+    ])
+}
+
+fn invalid(e: impl std::fmt::Display) -> InfraError {
+    InfraError::permanent("dynamodb", e.to_string())
+}
+
+/// Which items of a cancelled transaction failed their condition; None when
+/// the call failed for another reason (returned as the error).
+fn cancelled_conditions(
+    result: Result<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput,
+        SdkError<TransactWriteItemsError, aws_sdk_dynamodb::config::http::HttpResponse>,
+    >,
+) -> PortResult<Option<Vec<bool>>> {
+    match result {
+        Ok(_) => Ok(None),
+        Err(SdkError::ServiceError(se)) => {
+            if let TransactWriteItemsError::TransactionCanceledException(tc) = se.err() {
+                let reasons: &[CancellationReason] = tc.cancellation_reasons();
+                let failed: Vec<bool> = reasons
+                    .iter()
+                    .map(|r| r.code() == Some("ConditionalCheckFailed"))
+                    .collect();
+                if failed.iter().any(|f| *f) {
+                    return Ok(Some(failed));
+                }
+                return Err(InfraError::transient(
+                    "dynamodb",
+                    format!("transaction cancelled: {reasons:?}"),
+                ));
+            }
+            Err(classify("dynamodb", SdkError::ServiceError(se)))
+        }
+        Err(e) => Err(classify("dynamodb", e)),
+    }
 }
 
 impl DynamoStore {
@@ -344,6 +454,25 @@ impl DynamoStore {
         Ok(items)
     }
 
+    /// An update of the product's counters: `ADD` each (name, delta).
+    fn count(
+        &self,
+        product: &ProductId,
+        deltas: &[(&str, i64)],
+    ) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key(table::PK, s(table::product(product.as_str())));
+        let mut parts = Vec::new();
+        for (i, (name, delta)) in deltas.iter().enumerate() {
+            parts.push(format!("#c{i} :c{i}"));
+            update = update
+                .expression_attribute_names(format!("#c{i}"), *name)
+                .expression_attribute_values(format!(":c{i}"), n(delta));
+        }
+        update.update_expression(format!("ADD {}", parts.join(", ")))
+    }
+
     async fn existing_status(&self, id: &RequestId) -> PortResult<OrderStatus> {
         self.order(id).await?.map(|o| o.status).ok_or_else(|| {
             InfraError::transient(
@@ -355,11 +484,24 @@ impl DynamoStore {
 }
 
 impl OrderStore for DynamoStore {
-    async fn place(&self, msg: &OrderMessage) -> PortResult<Placement> {
+    async fn place(&self, msg: &OrderMessage, terms: &Reservation) -> PortResult<Placement> {
         let cond = "attribute_not_exists(pk)";
+        let id = msg.request_id.as_str();
+        let mut item = Self::order_item(msg, OrderStatus::Placed);
+        item.extend([
+            ("pay_by".into(), n(terms.pay_by_ms)),
+            ("amount".into(), n(terms.amount)),
+            ("currency".into(), s(terms.currency.as_str())),
+            (
+                "rebuy_after_release".into(),
+                Av::Bool(terms.rebuy_after_release),
+            ),
+            (table::GSI2_PK.into(), s(table::due_shard(id))),
+            (table::GSI2_SK.into(), s(table::due_at(terms.pay_by_ms, id))),
+        ]);
         let order = Put::builder()
             .table_name(&self.table)
-            .set_item(Some(Self::order_item(msg, OrderStatus::Placed)))
+            .set_item(Some(item))
             .condition_expression(cond)
             .build()
             .map_err(|e| InfraError::permanent("dynamodb", e.to_string()))?;
@@ -494,6 +636,10 @@ impl OrderStore for DynamoStore {
             .item("per_buyer_limit", n(p.per_buyer_limit))
             .item("starts_at", n(unix_ms(p.starts_at)))
             .item("ends_at", n(unix_ms(p.ends_at)))
+            .item("price", n(p.price))
+            .item("currency", s(p.currency.as_str()))
+            .item("payment_window_secs", n(p.payment_window_secs))
+            .item("rebuy_after_release", Av::Bool(p.rebuy_after_release))
             .item(table::GSI1_PK, s(table::PRODUCTS))
             .item(table::GSI1_SK, s(table::sale_end(unix_ms(p.ends_at))))
             .condition_expression("attribute_not_exists(pk)")
@@ -523,6 +669,14 @@ impl OrderStore for DynamoStore {
                 per_buyer_limit: get_n(item, "per_buyer_limit")?,
                 starts_at: from_unix_ms(get_n(item, "starts_at")?),
                 ends_at: from_unix_ms(get_n(item, "ends_at")?),
+                price: get_n(item, "price")?,
+                currency: Currency::parse(get_s(item, "currency")?).ok()?,
+                payment_window_secs: get_n(item, "payment_window_secs")?,
+                rebuy_after_release: item
+                    .get("rebuy_after_release")
+                    .and_then(|v| v.as_bool().ok())
+                    .copied()
+                    .unwrap_or(false),
             })
         };
         parse().map(Some).ok_or_else(|| corrupt("product"))
@@ -547,11 +701,237 @@ impl OrderStore for DynamoStore {
             .collect())
     }
 
-    async fn stock_ledger(&self, id: &ProductId) -> PortResult<Option<i64>> {
-        Ok(self
-            .get(table::product(id.as_str()))
+    async fn ledger(&self, id: &ProductId) -> PortResult<Option<Ledger>> {
+        let Some(item) = self.get(table::product(id.as_str())).await? else {
+            return Ok(None);
+        };
+        let count = |k: &str| get_n::<i64>(&item, k).unwrap_or(0);
+        Ok(Some(Ledger {
+            remaining: get_n(&item, "remaining").ok_or_else(|| corrupt("product"))?,
+            releasing: count("releasing"),
+            paid: count("paid"),
+            paid_units: count("paid_units"),
+            cancelled: count("cancelled"),
+            expired: count("expired"),
+            released: count("released"),
+            refund_due: count("refund_due"),
+        }))
+    }
+
+    async fn pay(
+        &self,
+        o: &RequestView,
+        event: &PaymentEvent,
+        now_ms: i64,
+    ) -> PortResult<PaymentWrite> {
+        let id = o.request_id.as_str();
+        let order = Update::builder()
+            .table_name(&self.table)
+            .key(table::PK, s(table::order(id)))
+            .update_expression(
+                "SET #st = :paid, updated_at = :now, paid_at = :now, payment_event = :ev \
+                 REMOVE gsi2pk, gsi2sk",
+            )
+            .condition_expression("#st = :placed AND pay_by >= :now")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":paid", s(db_status(OrderStatus::Paid)))
+            .expression_attribute_values(":placed", s(db_status(OrderStatus::Placed)))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":ev", s(event.event_id.as_str()))
+            .build()
+            .map_err(invalid)?;
+        let record = PaymentRecord {
+            event: event.clone(),
+            outcome: PaymentOutcome::Paid,
+            order_status: OrderStatus::Placed,
+        };
+        let payment = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(payment_item(&record, now_ms)))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(invalid)?;
+        let units = i64::from(o.quantity.get());
+        let counters = self
+            .count(&o.product_id, &[("paid", 1), ("paid_units", units)])
+            .build()
+            .map_err(invalid)?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(order).build())
+            .transact_items(TransactWriteItem::builder().put(payment).build())
+            .transact_items(TransactWriteItem::builder().update(counters).build())
+            .send()
+            .await;
+        match cancelled_conditions(result)? {
+            None => Ok(PaymentWrite::Paid),
+            Some(failed) if failed.get(1) == Some(&true) => Ok(PaymentWrite::EventExists),
+            Some(_) => Ok(PaymentWrite::Refused(
+                self.existing_status(&o.request_id).await?,
+            )),
+        }
+    }
+
+    async fn record_refund(&self, record: &PaymentRecord) -> PortResult<bool> {
+        let now = unix_ms(time::OffsetDateTime::now_utc());
+        let payment = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(payment_item(record, now)))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(invalid)?;
+        let counters = self
+            .count(&record.event.request_id.product(), &[("refund_due", 1)])
+            .build()
+            .map_err(invalid)?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(payment).build())
+            .transact_items(TransactWriteItem::builder().update(counters).build())
+            .send()
+            .await;
+        Ok(cancelled_conditions(result)?.is_none())
+    }
+
+    async fn payment(&self, id: &EventId) -> PortResult<Option<PaymentRecord>> {
+        self.get(table::payment(id.as_str()))
             .await?
-            .and_then(|i| get_n(&i, "remaining")))
+            .as_ref()
+            .map(payment_record)
+            .transpose()
+    }
+
+    async fn release(
+        &self,
+        o: &RequestView,
+        to: OrderStatus,
+        now_ms: i64,
+    ) -> PortResult<Transition> {
+        if !to.is_release() {
+            return Err(InfraError::permanent(
+                "dynamodb",
+                format!("release to {to:?}: only cancelled or expired release an order"),
+            ));
+        }
+        let id = o.request_id.as_str();
+        let q = i64::from(o.quantity.get());
+        let mut cond = "#st = :placed".to_owned();
+        if to == OrderStatus::Expired {
+            cond.push_str(" AND pay_by < :now");
+        }
+        // Still due (the shelf step) from now on: the expirer finishes a
+        // release whose Redis step did not run.
+        let order = Update::builder()
+            .table_name(&self.table)
+            .key(table::PK, s(table::order(id)))
+            .update_expression(
+                "SET #st = :to, updated_at = :now, released_at = :now, shelf_due = :t, \
+                 gsi2pk = :shard, gsi2sk = :due",
+            )
+            .condition_expression(cond)
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":to", s(db_status(to)))
+            .expression_attribute_values(":placed", s(db_status(OrderStatus::Placed)))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":t", Av::Bool(true))
+            .expression_attribute_values(":shard", s(table::due_shard(id)))
+            .expression_attribute_values(":due", s(table::due_at(now_ms, id)))
+            .build()
+            .map_err(invalid)?;
+        let counters = self
+            .count(
+                &o.product_id,
+                &[
+                    ("remaining", q),
+                    ("releasing", q),
+                    ("released", q),
+                    (to.as_str(), 1),
+                ],
+            )
+            .build()
+            .map_err(invalid)?;
+        let mut tx = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(order).build())
+            .transact_items(TransactWriteItem::builder().update(counters).build());
+        if o.reservation
+            .as_ref()
+            .is_some_and(|r| r.rebuy_after_release)
+        {
+            let guard = Delete::builder()
+                .table_name(&self.table)
+                .key(
+                    table::PK,
+                    s(table::purchase(o.product_id.as_str(), o.user_id.as_str())),
+                )
+                .build()
+                .map_err(invalid)?;
+            tx = tx.transact_items(TransactWriteItem::builder().delete(guard).build());
+        }
+        match cancelled_conditions(tx.send().await)? {
+            None => Ok(Transition::Done),
+            Some(_) => Ok(Transition::Refused(
+                self.existing_status(&o.request_id).await?,
+            )),
+        }
+    }
+
+    async fn shelved(&self, o: &RequestView) -> PortResult<bool> {
+        let order = Update::builder()
+            .table_name(&self.table)
+            .key(table::PK, s(table::order(o.request_id.as_str())))
+            .update_expression("REMOVE shelf_due, gsi2pk, gsi2sk")
+            .condition_expression("attribute_exists(shelf_due)")
+            .build()
+            .map_err(invalid)?;
+        let counters = self
+            .count(
+                &o.product_id,
+                &[("releasing", -i64::from(o.quantity.get()))],
+            )
+            .build()
+            .map_err(invalid)?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(order).build())
+            .transact_items(TransactWriteItem::builder().update(counters).build())
+            .send()
+            .await;
+        Ok(cancelled_conditions(result)?.is_none())
+    }
+
+    async fn due(&self, now_ms: i64, limit: usize) -> PortResult<Vec<RequestView>> {
+        // Everything due before `now_ms`: sort keys start with the
+        // zero-padded time, then `#`.
+        let before = format!("{:015}", now_ms.max(0));
+        let mut orders = Vec::new();
+        for shard in 0..table::DUE_SHARDS {
+            if orders.len() >= limit {
+                break;
+            }
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(table::GSI2)
+                .key_condition_expression("#pk = :pk AND #sk < :before")
+                .expression_attribute_names("#pk", table::GSI2_PK)
+                .expression_attribute_names("#sk", table::GSI2_SK)
+                .expression_attribute_values(":pk", s(format!("DUE#{shard}")))
+                .expression_attribute_values(":before", s(&before))
+                .limit(i32::try_from(limit - orders.len()).unwrap_or(i32::MAX))
+                .send()
+                .await
+                .map_err(|e| classify("dynamodb", e))?;
+            for item in out.items() {
+                orders.push(order_view(item)?);
+            }
+        }
+        Ok(orders)
     }
 }
 

@@ -212,8 +212,10 @@ impl From<Quantity> for u32 {
     }
 }
 
-/// Where a request stands. Forward-only: `Pending` becomes exactly one of the
-/// terminal states, and a terminal state never changes again.
+/// Where a request stands. Forward-only: `Pending` becomes exactly one of
+/// `Placed`, `Rejected` or `Compensated`; a placed order (a reservation)
+/// becomes exactly one of `Paid`, `Cancelled` or `Expired`. Each edge is one
+/// conditional write on `ORDER#<request_id>` (docs/architecture.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
@@ -221,28 +223,51 @@ pub enum OrderStatus {
     Placed,
     Rejected,
     Compensated,
+    Paid,
+    Cancelled,
+    Expired,
 }
 
 impl OrderStatus {
+    const ALL: [Self; 7] = [
+        Self::Pending,
+        Self::Placed,
+        Self::Rejected,
+        Self::Compensated,
+        Self::Paid,
+        Self::Cancelled,
+        Self::Expired,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Placed => "placed",
             Self::Rejected => "rejected",
             Self::Compensated => "compensated",
+            Self::Paid => "paid",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
         }
     }
     pub fn parse(value: &str) -> Option<Self> {
-        match value.to_ascii_lowercase().as_str() {
-            "pending" => Some(Self::Pending),
-            "placed" => Some(Self::Placed),
-            "rejected" => Some(Self::Rejected),
-            "compensated" => Some(Self::Compensated),
-            _ => None,
-        }
+        let value = value.to_ascii_lowercase();
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
     }
+    /// Decided by DynamoDB: no longer waiting in the queue.
     pub fn is_terminal(self) -> bool {
         self != Self::Pending
+    }
+    /// The order was placed once, so its units left the DynamoDB ledger
+    /// (and came back if it was released).
+    pub fn was_placed(self) -> bool {
+        matches!(
+            self,
+            Self::Placed | Self::Paid | Self::Cancelled | Self::Expired
+        )
+    }
+    /// A release: the reservation ended unpaid and its units went back.
+    pub fn is_release(self) -> bool {
+        matches!(self, Self::Cancelled | Self::Expired)
     }
 }
 
@@ -396,6 +421,9 @@ pub struct RequestView {
     /// RFC 3339.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// Once placed: `pay_by`, `amount`, `currency` (DynamoDB only).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<Reservation>,
 }
 
 /// A product as an operator defines it.
@@ -409,6 +437,74 @@ pub struct Product {
     pub starts_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub ends_at: OffsetDateTime,
+    /// Price of one unit in the currency's minor units (cents).
+    pub price: u64,
+    pub currency: Currency,
+    /// How long a placed order is reserved for its buyer to pay.
+    #[serde(default = "default_payment_window")]
+    pub payment_window_secs: u32,
+    /// A cancelled or expired order frees its buyer to buy again; by default
+    /// it does not (no second reservation in one sale: anti-hoarding).
+    #[serde(default)]
+    pub rebuy_after_release: bool,
+}
+
+pub const DEFAULT_PAYMENT_WINDOW_SECS: u32 = 900;
+fn default_payment_window() -> u32 {
+    DEFAULT_PAYMENT_WINDOW_SECS
+}
+
+/// An ISO 4217 code: three upper-case letters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency(String);
+
+impl Currency {
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        if value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()) {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(ValidationError::BadField(format!(
+                "currency must be an ISO 4217 code such as EUR or USD, not {value:?}"
+            )))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl TryFrom<String> for Currency {
+    type Error = ValidationError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+impl From<Currency> for String {
+    fn from(value: Currency) -> Self {
+        value.0
+    }
+}
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a placed order holds its buyer to, fixed when it is placed: the
+/// amount due, the deadline, and what a release does to the buyer's slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reservation {
+    /// ms since the epoch: the last instant a payment is accepted.
+    #[serde(rename = "pay_by", serialize_with = "ms_as_rfc3339")]
+    pub pay_by_ms: i64,
+    pub amount: u64,
+    pub currency: Currency,
+    #[serde(skip)]
+    pub rebuy_after_release: bool,
+}
+
+fn ms_as_rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    time::serde::rfc3339::serialize(&from_unix_ms(*ms), s)
 }
 
 /// Upper bound on stock for one product: keeps Lua integers and DynamoDB
@@ -430,8 +526,49 @@ impl Product {
         if self.ends_at <= self.starts_at {
             return bad("ends_at must be after starts_at");
         }
+        if self.price > MAX_PRICE {
+            return bad("price (minor units) must be at most 1000000000000");
+        }
+        if !(1..=86_400).contains(&self.payment_window_secs) {
+            return bad("payment_window_secs must be between 1 and 86400");
+        }
         Ok(())
     }
+
+    /// The reservation of an order of `quantity` placed at `placed_at_ms`.
+    pub fn reservation(&self, quantity: Quantity, placed_at_ms: i64) -> Reservation {
+        Reservation {
+            pay_by_ms: placed_at_ms + i64::from(self.payment_window_secs) * 1000,
+            amount: self.price.saturating_mul(u64::from(quantity.get())),
+            currency: self.currency.clone(),
+            rebuy_after_release: self.rebuy_after_release,
+        }
+    }
+
+    /// What the storefront shows, given the shelf (None before the warm-up).
+    pub fn sale_state(&self, now_ms: i64, stock_left: Option<i64>) -> SaleState {
+        if now_ms >= unix_ms(self.ends_at) {
+            SaleState::Ended
+        } else if now_ms < unix_ms(self.starts_at) {
+            SaleState::Upcoming
+        } else if stock_left.unwrap_or(0) <= 0 {
+            SaleState::SoldOut
+        } else {
+            SaleState::OnSale
+        }
+    }
+}
+
+/// Keeps `price x quantity` far from u64 overflow.
+pub const MAX_PRICE: u64 = 1_000_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleState {
+    Upcoming,
+    OnSale,
+    SoldOut,
+    Ended,
 }
 
 /// Per-product counters, from Redis.
@@ -452,6 +589,33 @@ pub struct ProductStats {
     pub placed_units: i64,
     /// The sale's end, ms since the epoch.
     pub ends_at_ms: i64,
+}
+
+/// The product's item in DynamoDB: the stock ledger and the lifecycle's
+/// counters, each moved in the same transaction as the order it counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Ledger {
+    /// Units not in any live order (including those `releasing`).
+    pub remaining: i64,
+    /// Units released in DynamoDB whose return to the Redis shelf is not
+    /// confirmed yet: not the shelf's to offer until it is.
+    pub releasing: i64,
+    pub paid: i64,
+    pub paid_units: i64,
+    pub cancelled: i64,
+    pub expired: i64,
+    /// Units given back by cancelled and expired orders.
+    pub released: i64,
+    /// Payments recorded for refund: late, for an order no longer payable,
+    /// a second payment, or the wrong amount.
+    pub refund_due: i64,
+}
+
+impl Ledger {
+    /// What the shelf may offer: [`shelf_target`]'s `ledger_remaining`.
+    pub fn shelf_units(&self) -> i64 {
+        self.remaining - self.releasing
+    }
 }
 
 /// What the Redis shelf should show, from the DynamoDB ledger: the ledger's

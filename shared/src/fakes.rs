@@ -9,13 +9,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
 use crate::domain::{
-    Admission, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase, RequestId,
-    RequestView, from_unix_ms,
+    Admission, Ledger, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase,
+    RequestId, RequestView, Reservation, from_unix_ms,
 };
 use crate::error::InfraError;
+use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
 use crate::ports::{
-    Fate, FateNote, OrderQueue, OrderStore, PendingPage, PendingRequest, Placement, PortResult,
-    SendMark, StockGate, Warm,
+    Clock, Fate, FateNote, OrderQueue, OrderStore, PaymentWrite, PendingPage, PendingRequest,
+    Placement, PortResult, SendMark, StockGate, Transition, Warm,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -31,6 +32,36 @@ pub fn view(msg: &OrderMessage, status: OrderStatus) -> RequestView {
         quantity: msg.quantity,
         status,
         updated_at: from_unix_ms(msg.admitted_at),
+        reservation: None,
+    }
+}
+
+/// A clock the test moves.
+#[derive(Default)]
+pub struct ManualClock(pub AtomicI64);
+
+impl ManualClock {
+    pub fn at(ms: i64) -> Self {
+        Self(AtomicI64::new(ms))
+    }
+    pub fn set(&self, ms: i64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Terms of a one-unit order at 100 EUR cents, due at `pay_by_ms`.
+pub fn terms(pay_by_ms: i64) -> Reservation {
+    Reservation {
+        pay_by_ms,
+        amount: 100,
+        currency: crate::domain::Currency::parse("EUR").expect("valid currency"),
+        rebuy_after_release: false,
     }
 }
 
@@ -65,6 +96,8 @@ pub struct FakeGate {
     pub requests: Mutex<HashMap<RequestId, RequestView>>,
     pub settled: Mutex<Vec<(RequestId, OrderStatus)>>,
     pub restocked: Mutex<Vec<RequestId>>,
+    /// Releases put back on the shelf (once per request id).
+    pub released: Mutex<Vec<(RequestId, OrderStatus)>>,
     pub warmed: Mutex<Vec<(Product, bool)>>,
     pub started: AtomicBool,
     pub stats: Mutex<Option<ProductStats>>,
@@ -139,6 +172,21 @@ impl StockGate for FakeGate {
         }
         done.push(msg.request_id.clone());
         lock(&self.requests).insert(msg.request_id.clone(), view(msg, OrderStatus::Compensated));
+        Ok(true)
+    }
+    async fn release(&self, order: &RequestView, to: OrderStatus) -> PortResult<bool> {
+        self.failures.check("redis").await?;
+        let mut done = lock(&self.released);
+        if done.iter().any(|(id, _)| *id == order.request_id) {
+            return Ok(false);
+        }
+        done.push((order.request_id.clone(), to));
+        let mut shelved = order.clone();
+        shelved.status = to;
+        lock(&self.requests).insert(order.request_id.clone(), shelved);
+        if let Some(stats) = lock(&self.stats).as_mut() {
+            stats.stock_left += i64::from(order.quantity.get());
+        }
         Ok(true)
     }
     async fn warm(
@@ -277,9 +325,12 @@ pub struct FakeStore {
     pub orders: Mutex<HashMap<RequestId, RequestView>>,
     pub guards: Mutex<HashMap<(ProductId, String), RequestId>>,
     pub products: Mutex<HashMap<ProductId, Product>>,
-    /// The stock ledger: units remaining per product (absent = no product).
-    pub remaining: Mutex<HashMap<ProductId, i64>>,
+    /// The stock ledgers (absent = no product).
+    pub ledgers: Mutex<HashMap<ProductId, Ledger>>,
     pub notes: Mutex<HashMap<RequestId, FateNote>>,
+    pub payments: Mutex<HashMap<EventId, PaymentRecord>>,
+    /// Released orders whose shelf step is not confirmed.
+    pub shelf_due: Mutex<Vec<RequestId>>,
     pub failures: Failures,
 }
 
@@ -287,37 +338,58 @@ impl FakeStore {
     pub fn status_of(&self, id: &RequestId) -> Option<OrderStatus> {
         lock(&self.orders).get(id).map(|o| o.status)
     }
+    /// A product (see [`product`]) whose ledger holds `units`.
     pub fn with_stock(self, product: &str, units: i64) -> Self {
         let id = ProductId::parse(product).expect("valid product id");
-        lock(&self.remaining).insert(id, units);
+        lock(&self.products).insert(id.clone(), self::product(product));
+        lock(&self.ledgers).insert(
+            id,
+            Ledger {
+                remaining: units,
+                ..Ledger::default()
+            },
+        );
         self
     }
     pub fn remaining(&self, product: &ProductId) -> Option<i64> {
-        lock(&self.remaining).get(product).copied()
+        lock(&self.ledgers).get(product).map(|l| l.remaining)
+    }
+    pub fn ledger_of(&self, product: &ProductId) -> Ledger {
+        lock(&self.ledgers)
+            .get(product)
+            .cloned()
+            .unwrap_or_default()
+    }
+    /// Puts an order straight into the store (tests of what follows).
+    pub fn put_order(&self, order: RequestView) {
+        lock(&self.orders).insert(order.request_id.clone(), order);
     }
 }
 
 impl OrderStore for FakeStore {
-    async fn place(&self, msg: &OrderMessage) -> PortResult<Placement> {
+    async fn place(&self, msg: &OrderMessage, terms: &Reservation) -> PortResult<Placement> {
         self.failures.check("dynamodb").await?;
         let mut orders = lock(&self.orders);
         let mut guards = lock(&self.guards);
         if let Some(o) = orders.get(&msg.request_id) {
             return Ok(Placement::Exists(o.status));
         }
-        let mut remaining = lock(&self.remaining);
-        let left = remaining.get(&msg.product_id).copied().unwrap_or(0);
-        let q = i64::from(msg.quantity.get());
-        if left < q {
+        let mut ledgers = lock(&self.ledgers);
+        let Some(ledger) = ledgers
+            .get_mut(&msg.product_id)
+            .filter(|l| l.remaining >= i64::from(msg.quantity.get()))
+        else {
             return Ok(Placement::OutOfStock);
-        }
+        };
         let guard = (msg.product_id.clone(), msg.user_id.to_string());
         if guards.contains_key(&guard) {
             return Ok(Placement::BuyerTaken);
         }
-        remaining.insert(msg.product_id.clone(), left - q);
+        ledger.remaining -= i64::from(msg.quantity.get());
         guards.insert(guard, msg.request_id.clone());
-        orders.insert(msg.request_id.clone(), view(msg, OrderStatus::Placed));
+        let mut order = view(msg, OrderStatus::Placed);
+        order.reservation = Some(terms.clone());
+        orders.insert(msg.request_id.clone(), order);
         Ok(Placement::Placed)
     }
     async fn record_fate(
@@ -346,7 +418,13 @@ impl OrderStore for FakeStore {
             return Ok(false);
         }
         products.insert(p.product_id.clone(), p.clone());
-        lock(&self.remaining).insert(p.product_id.clone(), i64::from(p.stock));
+        lock(&self.ledgers).insert(
+            p.product_id.clone(),
+            Ledger {
+                remaining: i64::from(p.stock),
+                ..Ledger::default()
+            },
+        );
         Ok(true)
     }
     async fn product(&self, id: &ProductId) -> PortResult<Option<Product>> {
@@ -361,9 +439,132 @@ impl OrderStore for FakeStore {
             .cloned()
             .collect())
     }
-    async fn stock_ledger(&self, id: &ProductId) -> PortResult<Option<i64>> {
+    async fn ledger(&self, id: &ProductId) -> PortResult<Option<Ledger>> {
         self.failures.check("dynamodb").await?;
-        Ok(self.remaining(id))
+        Ok(lock(&self.ledgers).get(id).cloned())
+    }
+    async fn pay(
+        &self,
+        order: &RequestView,
+        event: &PaymentEvent,
+        now_ms: i64,
+    ) -> PortResult<PaymentWrite> {
+        self.failures.check("dynamodb").await?;
+        let mut orders = lock(&self.orders);
+        let mut payments = lock(&self.payments);
+        let Some(o) = orders.get_mut(&order.request_id) else {
+            return Err(InfraError::transient("dynamodb", "no such order"));
+        };
+        let payable = o.status == OrderStatus::Placed
+            && o.reservation
+                .as_ref()
+                .is_some_and(|r| now_ms <= r.pay_by_ms);
+        if payments.contains_key(&event.event_id) {
+            return Ok(PaymentWrite::EventExists);
+        }
+        if !payable {
+            return Ok(PaymentWrite::Refused(o.status));
+        }
+        o.status = OrderStatus::Paid;
+        o.updated_at = from_unix_ms(now_ms);
+        payments.insert(
+            event.event_id.clone(),
+            PaymentRecord {
+                event: event.clone(),
+                outcome: PaymentOutcome::Paid,
+                order_status: OrderStatus::Placed,
+            },
+        );
+        let mut ledgers = lock(&self.ledgers);
+        let l = ledgers.entry(o.product_id.clone()).or_default();
+        l.paid += 1;
+        l.paid_units += i64::from(o.quantity.get());
+        Ok(PaymentWrite::Paid)
+    }
+    async fn record_refund(&self, record: &PaymentRecord) -> PortResult<bool> {
+        self.failures.check("dynamodb").await?;
+        let mut payments = lock(&self.payments);
+        if payments.contains_key(&record.event.event_id) {
+            return Ok(false);
+        }
+        payments.insert(record.event.event_id.clone(), record.clone());
+        lock(&self.ledgers)
+            .entry(record.event.request_id.product())
+            .or_default()
+            .refund_due += 1;
+        Ok(true)
+    }
+    async fn payment(&self, id: &EventId) -> PortResult<Option<PaymentRecord>> {
+        self.failures.check("dynamodb").await?;
+        Ok(lock(&self.payments).get(id).cloned())
+    }
+    async fn release(
+        &self,
+        order: &RequestView,
+        to: OrderStatus,
+        now_ms: i64,
+    ) -> PortResult<Transition> {
+        self.failures.check("dynamodb").await?;
+        assert!(to.is_release(), "release to {to:?}");
+        let mut orders = lock(&self.orders);
+        let Some(o) = orders.get_mut(&order.request_id) else {
+            return Err(InfraError::transient("dynamodb", "no such order"));
+        };
+        let due = o.reservation.as_ref().is_some_and(|r| now_ms > r.pay_by_ms);
+        if o.status != OrderStatus::Placed || (to == OrderStatus::Expired && !due) {
+            return Ok(Transition::Refused(o.status));
+        }
+        o.status = to;
+        o.updated_at = from_unix_ms(now_ms);
+        let q = i64::from(o.quantity.get());
+        let mut ledgers = lock(&self.ledgers);
+        let l = ledgers.entry(o.product_id.clone()).or_default();
+        l.remaining += q;
+        l.releasing += q;
+        l.released += q;
+        if to == OrderStatus::Cancelled {
+            l.cancelled += 1;
+        } else {
+            l.expired += 1;
+        }
+        if o.reservation
+            .as_ref()
+            .is_some_and(|r| r.rebuy_after_release)
+        {
+            lock(&self.guards).remove(&(o.product_id.clone(), o.user_id.to_string()));
+        }
+        lock(&self.shelf_due).push(o.request_id.clone());
+        Ok(Transition::Done)
+    }
+    async fn shelved(&self, order: &RequestView) -> PortResult<bool> {
+        self.failures.check("dynamodb").await?;
+        let mut due = lock(&self.shelf_due);
+        let Some(i) = due.iter().position(|id| *id == order.request_id) else {
+            return Ok(false);
+        };
+        due.remove(i);
+        lock(&self.ledgers)
+            .entry(order.product_id.clone())
+            .or_default()
+            .releasing -= i64::from(order.quantity.get());
+        Ok(true)
+    }
+    async fn due(&self, now_ms: i64, limit: usize) -> PortResult<Vec<RequestView>> {
+        self.failures.check("dynamodb").await?;
+        let orders = lock(&self.orders);
+        let shelf_due = lock(&self.shelf_due);
+        let mut due: Vec<RequestView> = orders
+            .values()
+            .filter(|o| {
+                shelf_due.contains(&o.request_id)
+                    || (o.status == OrderStatus::Placed
+                        && o.reservation.as_ref().is_some_and(|r| r.pay_by_ms < now_ms))
+            })
+            .cloned()
+            .collect();
+        due.sort_by_key(|o| o.reservation.as_ref().map_or(0, |r| r.pay_by_ms));
+        due.truncate(limit);
+        Ok(due)
     }
     async fn live_products(&self, ends_after_ms: i64) -> PortResult<Vec<ProductId>> {
         self.failures.check("dynamodb").await?;
@@ -401,6 +602,10 @@ pub fn product(id: &str) -> Product {
         per_buyer_limit: 1,
         starts_at: now - time::Duration::hours(1),
         ends_at: now + time::Duration::hours(1),
+        price: 100,
+        currency: crate::domain::Currency::parse("EUR").expect("valid currency"),
+        payment_window_secs: crate::domain::DEFAULT_PAYMENT_WINDOW_SECS,
+        rebuy_after_release: false,
     }
 }
 

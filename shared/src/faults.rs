@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::domain::{
-    Admission, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase, RequestId,
-    RequestView,
+    Admission, Ledger, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase,
+    RequestId, RequestView, Reservation,
 };
 use crate::error::{ConfigError, InfraError};
+use crate::payment::{EventId, PaymentEvent, PaymentRecord};
 use crate::ports::{
-    Fate, FateNote, OrderQueue, OrderStore, PendingPage, Placement, PortResult, SendMark,
-    StockGate, Warm,
+    Fate, FateNote, OrderQueue, OrderStore, PaymentWrite, PendingPage, Placement, PortResult,
+    SendMark, StockGate, Transition, Warm,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,14 +29,21 @@ pub enum FaultPoint {
     StoreGet,
     /// The consumer dies after its DynamoDB write, before acknowledging.
     CrashAfterWrite,
+    /// The lifecycle's writes (pay, refund, release, shelved) succeed but
+    /// their answer is lost: the caller sees an error after the write.
+    LifecycleReplyLost,
+    /// A release dies between its DynamoDB and its Redis step.
+    CrashMidRelease,
 }
 
-const POINTS: [(FaultPoint, &str); 5] = [
+const POINTS: [(FaultPoint, &str); 7] = [
     (FaultPoint::RedisCall, "redis.call"),
     (FaultPoint::QueueSend, "queue.send"),
     (FaultPoint::StorePut, "store.put"),
     (FaultPoint::StoreGet, "store.get"),
     (FaultPoint::CrashAfterWrite, "consumer.crash_after_write"),
+    (FaultPoint::LifecycleReplyLost, "store.lifecycle_reply_lost"),
+    (FaultPoint::CrashMidRelease, "release.crash_mid"),
 ];
 
 #[derive(Debug, Default)]
@@ -149,6 +157,10 @@ impl<T: StockGate> StockGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.restock(msg).await
     }
+    async fn release(&self, order: &RequestView, to: OrderStatus) -> PortResult<bool> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.release(order, to).await
+    }
     async fn warm(
         &self,
         product: &Product,
@@ -214,9 +226,9 @@ impl<T: OrderQueue> OrderQueue for Faulty<T> {
 }
 
 impl<T: OrderStore> OrderStore for Faulty<T> {
-    async fn place(&self, msg: &OrderMessage) -> PortResult<Placement> {
+    async fn place(&self, msg: &OrderMessage, terms: &Reservation) -> PortResult<Placement> {
         self.plan.check(FaultPoint::StorePut, "dynamodb")?;
-        self.inner.place(msg).await
+        self.inner.place(msg, terms).await
     }
     async fn record_fate(
         &self,
@@ -243,9 +255,55 @@ impl<T: OrderStore> OrderStore for Faulty<T> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
         self.inner.orders_of(id).await
     }
-    async fn stock_ledger(&self, id: &ProductId) -> PortResult<Option<i64>> {
+    async fn ledger(&self, id: &ProductId) -> PortResult<Option<Ledger>> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
-        self.inner.stock_ledger(id).await
+        self.inner.ledger(id).await
+    }
+    async fn pay(
+        &self,
+        order: &RequestView,
+        event: &PaymentEvent,
+        now_ms: i64,
+    ) -> PortResult<PaymentWrite> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        let written = self.inner.pay(order, event, now_ms).await?;
+        self.plan
+            .check(FaultPoint::LifecycleReplyLost, "dynamodb")?;
+        Ok(written)
+    }
+    async fn record_refund(&self, record: &PaymentRecord) -> PortResult<bool> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        let written = self.inner.record_refund(record).await?;
+        self.plan
+            .check(FaultPoint::LifecycleReplyLost, "dynamodb")?;
+        Ok(written)
+    }
+    async fn payment(&self, id: &EventId) -> PortResult<Option<PaymentRecord>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.payment(id).await
+    }
+    async fn release(
+        &self,
+        order: &RequestView,
+        to: OrderStatus,
+        now_ms: i64,
+    ) -> PortResult<Transition> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        let written = self.inner.release(order, to, now_ms).await?;
+        self.plan
+            .check(FaultPoint::LifecycleReplyLost, "dynamodb")?;
+        Ok(written)
+    }
+    async fn shelved(&self, order: &RequestView) -> PortResult<bool> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        let written = self.inner.shelved(order).await?;
+        self.plan
+            .check(FaultPoint::LifecycleReplyLost, "dynamodb")?;
+        Ok(written)
+    }
+    async fn due(&self, now_ms: i64, limit: usize) -> PortResult<Vec<RequestView>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.due(now_ms, limit).await
     }
     async fn live_products(&self, ends_after_ms: i64) -> PortResult<Vec<ProductId>> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;

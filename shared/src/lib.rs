@@ -9,6 +9,8 @@ pub mod domain;
 pub mod error;
 pub mod faults;
 pub mod http;
+pub mod lifecycle;
+pub mod payment;
 pub mod ports;
 pub mod redis;
 pub mod retry;

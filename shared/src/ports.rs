@@ -4,10 +4,11 @@
 use std::future::Future;
 
 use crate::domain::{
-    Admission, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase, RequestId,
-    RequestView,
+    Admission, Ledger, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase,
+    RequestId, RequestView, Reservation,
 };
 use crate::error::InfraError;
+use crate::payment::{EventId, PaymentEvent, PaymentRecord};
 
 pub type PortResult<T> = Result<T, InfraError>;
 
@@ -100,9 +101,13 @@ pub trait StockGate: Send + Sync {
             match fate {
                 OrderStatus::Compensated => self.restock(msg).await.map(drop),
                 OrderStatus::Rejected => self.settle(msg, OrderStatus::Rejected).await.map(drop),
-                OrderStatus::Placed | OrderStatus::Pending => {
-                    self.settle(msg, OrderStatus::Placed).await.map(drop)
-                }
+                // A released order's shelf step belongs to the release
+                // (the expirer finishes it); here it only stops being pending.
+                OrderStatus::Placed
+                | OrderStatus::Pending
+                | OrderStatus::Paid
+                | OrderStatus::Cancelled
+                | OrderStatus::Expired => self.settle(msg, OrderStatus::Placed).await.map(drop),
             }
         }
     }
@@ -111,6 +116,16 @@ pub trait StockGate: Send + Sync {
     /// releases its buyer, only if Redis still holds it pending (so once per
     /// request id). True when this call restocked.
     fn restock(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<bool>> + Send;
+
+    /// The Redis step of a release (`release.lua`): puts a cancelled or
+    /// expired order's units back on the shelf and records its status, once
+    /// per request id; frees the buyer when its terms say so. True when this
+    /// call put the units back.
+    fn release(
+        &self,
+        order: &RequestView,
+        to: OrderStatus,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
 
     /// Loads a product; the shelf is [`crate::domain::shelf_target`] of the
     /// ledger's `ledger_remaining`, read after `placed_units_seen` (0 before
@@ -207,11 +222,54 @@ pub enum Fate {
     Exists(OrderStatus),
 }
 
+/// A forward-only transition's conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Done,
+    /// The condition failed: the order's status now (another transition
+    /// won, or the deadline decided against this one).
+    Refused(OrderStatus),
+}
+
+/// Result of writing a payment onto its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentWrite {
+    Paid,
+    /// The event was recorded before (a concurrent duplicate delivery).
+    EventExists,
+    /// The order was not payable at the write: its status then.
+    Refused(OrderStatus),
+}
+
+/// The servers' clock that payment deadlines are judged by (Lambda hosts
+/// keep it NTP-synchronised); a port so tests and the simulation move it.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        crate::domain::unix_ms(time::OffsetDateTime::now_utc())
+    }
+}
+
+impl<T: Clock> Clock for std::sync::Arc<T> {
+    fn now_ms(&self) -> i64 {
+        (**self).now_ms()
+    }
+}
+
 /// The order store (DynamoDB): the key `ORDER#<request_id>` decides a fate.
 pub trait OrderStore: Send + Sync {
-    /// Writes the order as PLACED together with the buyer guard and the
-    /// product's stock ledger decrement, atomically.
-    fn place(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<Placement>> + Send;
+    /// Writes the order as PLACED on `terms` together with the buyer guard
+    /// and the product's stock ledger decrement, atomically.
+    fn place(
+        &self,
+        msg: &OrderMessage,
+        terms: &Reservation,
+    ) -> impl Future<Output = PortResult<Placement>> + Send;
 
     /// Writes the order with `status` if no order exists for its request id.
     fn record_fate(
@@ -235,8 +293,51 @@ pub trait OrderStore: Send + Sync {
         id: &ProductId,
     ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send;
 
-    /// The stock ledger's units remaining, read consistently; None without a product.
-    fn stock_ledger(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<i64>>> + Send;
+    /// The product's ledger, read consistently; None without a product.
+    fn ledger(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Ledger>>> + Send;
+
+    /// placed -> paid, if the order is placed and `now_ms` is not past its
+    /// `pay_by`, recording the event (once per event id) and counting it.
+    fn pay(
+        &self,
+        order: &RequestView,
+        event: &PaymentEvent,
+        now_ms: i64,
+    ) -> impl Future<Output = PortResult<PaymentWrite>> + Send;
+
+    /// Records a payment that bought nothing as due for refund; false when
+    /// the event was recorded before.
+    fn record_refund(
+        &self,
+        record: &PaymentRecord,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+
+    fn payment(
+        &self,
+        id: &EventId,
+    ) -> impl Future<Output = PortResult<Option<PaymentRecord>>> + Send;
+
+    /// placed -> cancelled (any time) or -> expired (only past `pay_by`),
+    /// returning the units to the ledger in the same transaction. The order
+    /// stays in the due index until [`OrderStore::shelved`].
+    fn release(
+        &self,
+        order: &RequestView,
+        to: OrderStatus,
+        now_ms: i64,
+    ) -> impl Future<Output = PortResult<Transition>> + Send;
+
+    /// Confirms a release's Redis step: the units leave `releasing`. Once
+    /// per order; false when it was confirmed before.
+    fn shelved(&self, order: &RequestView) -> impl Future<Output = PortResult<bool>> + Send;
+
+    /// Up to `limit` orders that owe work at `now_ms`, from the sparse due
+    /// index: placed past `pay_by`, or released with the shelf step due.
+    fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send;
 
     /// Products whose sale ends after `ends_after_ms`: the sweeper's list,
     /// kept where a Redis failover cannot make it forget one.
@@ -273,6 +374,13 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
     }
     fn restock(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<bool>> + Send {
         (**self).restock(msg)
+    }
+    fn release(
+        &self,
+        order: &RequestView,
+        to: OrderStatus,
+    ) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).release(order, to)
     }
     fn warm(
         &self,
@@ -334,8 +442,12 @@ impl<T: OrderQueue> OrderQueue for std::sync::Arc<T> {
 }
 
 impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
-    fn place(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<Placement>> + Send {
-        (**self).place(msg)
+    fn place(
+        &self,
+        msg: &OrderMessage,
+        terms: &Reservation,
+    ) -> impl Future<Output = PortResult<Placement>> + Send {
+        (**self).place(msg, terms)
     }
     fn record_fate(
         &self,
@@ -363,8 +475,46 @@ impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
     ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send {
         (**self).orders_of(id)
     }
-    fn stock_ledger(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<i64>>> + Send {
-        (**self).stock_ledger(id)
+    fn ledger(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Ledger>>> + Send {
+        (**self).ledger(id)
+    }
+    fn pay(
+        &self,
+        order: &RequestView,
+        event: &PaymentEvent,
+        now_ms: i64,
+    ) -> impl Future<Output = PortResult<PaymentWrite>> + Send {
+        (**self).pay(order, event, now_ms)
+    }
+    fn record_refund(
+        &self,
+        record: &PaymentRecord,
+    ) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).record_refund(record)
+    }
+    fn payment(
+        &self,
+        id: &EventId,
+    ) -> impl Future<Output = PortResult<Option<PaymentRecord>>> + Send {
+        (**self).payment(id)
+    }
+    fn release(
+        &self,
+        order: &RequestView,
+        to: OrderStatus,
+        now_ms: i64,
+    ) -> impl Future<Output = PortResult<Transition>> + Send {
+        (**self).release(order, to, now_ms)
+    }
+    fn shelved(&self, order: &RequestView) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).shelved(order)
+    }
+    fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send {
+        (**self).due(now_ms, limit)
     }
     fn live_products(
         &self,

@@ -44,6 +44,10 @@ fn product(id: &ProductId, stock: u32, limit: u32, start_in_secs: i64) -> Produc
         per_buyer_limit: limit,
         starts_at: now + time::Duration::seconds(start_in_secs),
         ends_at: now + time::Duration::seconds(start_in_secs + 3600),
+        price: 100,
+        currency: shared::domain::Currency::parse("EUR").unwrap(),
+        payment_window_secs: shared::domain::DEFAULT_PAYMENT_WINDOW_SECS,
+        rebuy_after_release: false,
     }
 }
 

@@ -22,11 +22,26 @@ pub struct Audit {
     /// request; none for one Redis had forgotten).
     pub restocked: i64,
     // DynamoDB.
+    /// Orders ever placed (whatever they became after).
     pub placed: i64,
+    /// Units held by orders: placed and not released (reserved or paid).
     pub placed_units: i64,
+    /// Reservations still open (placed, not paid, cancelled or expired).
+    pub open: i64,
     pub rejected: i64,
     pub compensated: i64,
-    /// The stock ledger's units remaining.
+    pub paid: i64,
+    pub paid_units: i64,
+    pub cancelled: i64,
+    pub expired: i64,
+    /// Units given back by releases (the ledger's count).
+    pub released: i64,
+    /// Released units not yet confirmed back on the Redis shelf.
+    pub releasing: i64,
+    pub refund_due: i64,
+    /// The ledger's paid count disagrees with the paid orders by this much.
+    pub paid_miscount: i64,
+    /// The stock ledger's units for the shelf (remaining - releasing).
     pub ledger_remaining: i64,
     /// Units sold beyond the stock.
     pub oversold: i64,
@@ -50,6 +65,18 @@ impl Audit {
         // More decided than Redis counts is fine: a failover can forget
         // admissions whose messages were already in SQS.
         let decided = self.placed + self.rejected + self.compensated;
+        if self.releasing > 0 {
+            p.push(format!(
+                "{} released units not yet back on the shelf",
+                self.releasing
+            ));
+        }
+        if self.paid_miscount != 0 {
+            p.push(format!(
+                "the ledger counts {} paid orders more than DynamoDB holds",
+                self.paid_miscount
+            ));
+        }
         if decided < self.admitted {
             p.push(format!(
                 "{} requests admitted in Redis but only {decided} orders decided in DynamoDB",
@@ -58,7 +85,7 @@ impl Audit {
         }
         if self.placed_units + self.stock_left != self.stock_total {
             p.push(format!(
-                "placed units {} + units on the shelf {} != stock {}",
+                "units held by orders {} + units on the shelf {} != stock {}",
                 self.placed_units, self.stock_left, self.stock_total
             ));
         }
@@ -86,7 +113,7 @@ impl fmt::Display for Audit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "admitted={} placed={} stock_left={} oversold={} duplicate_buyers={} rejected={} compensated={} pending={} restocked={} ledger_remaining={} stock_total={}",
+            "admitted={} placed={} stock_left={} oversold={} duplicate_buyers={} rejected={} compensated={} pending={} restocked={} ledger_remaining={} stock_total={} paid={} cancelled={} expired={} released={} refund_due={} open={}",
             self.admitted,
             self.placed,
             self.stock_left,
@@ -97,7 +124,13 @@ impl fmt::Display for Audit {
             self.pending,
             self.restocked,
             self.ledger_remaining,
-            self.stock_total
+            self.stock_total,
+            self.paid,
+            self.cancelled,
+            self.expired,
+            self.released,
+            self.refund_due,
+            self.open,
         )
     }
 }
@@ -107,8 +140,8 @@ pub async fn audit(gate: &RedisGate, store: &DynamoStore, product: &ProductId) -
         .stats(product)
         .await?
         .with_context(|| format!("product {product} is not warmed in this Redis"))?;
-    let ledger_remaining = store
-        .stock_ledger(product)
+    let ledger = store
+        .ledger(product)
         .await?
         .with_context(|| format!("product {product} has no stock ledger in DynamoDB"))?;
     let mut a = Audit {
@@ -117,22 +150,36 @@ pub async fn audit(gate: &RedisGate, store: &DynamoStore, product: &ProductId) -
         admitted: stats.admitted,
         pending: stats.pending,
         restocked: stats.restocked,
-        ledger_remaining,
+        ledger_remaining: ledger.shelf_units(),
+        released: ledger.released,
+        releasing: ledger.releasing,
+        refund_due: ledger.refund_due,
         ..Audit::default()
     };
     let mut per_buyer: HashMap<String, i64> = HashMap::new();
     for o in store.orders_of(product).await? {
+        let units = i64::from(o.quantity.get());
+        if o.status.was_placed() {
+            a.placed += 1;
+        }
+        if matches!(o.status, OrderStatus::Placed | OrderStatus::Paid) {
+            a.placed_units += units;
+            *per_buyer.entry(o.user_id.to_string()).or_default() += 1;
+        }
         match o.status {
-            OrderStatus::Placed => {
-                a.placed += 1;
-                a.placed_units += i64::from(o.quantity.get());
-                *per_buyer.entry(o.user_id.to_string()).or_default() += 1;
+            OrderStatus::Placed => a.open += 1,
+            OrderStatus::Paid => {
+                a.paid += 1;
+                a.paid_units += units;
             }
+            OrderStatus::Cancelled => a.cancelled += 1,
+            OrderStatus::Expired => a.expired += 1,
             OrderStatus::Rejected => a.rejected += 1,
             OrderStatus::Compensated => a.compensated += 1,
             OrderStatus::Pending => {}
         }
     }
+    a.paid_miscount = ledger.paid - a.paid;
     a.oversold = (a.placed_units - a.stock_total).max(0);
     a.duplicate_buyers = per_buyer.values().filter(|n| **n > 1).count() as i64;
     Ok(a)
@@ -216,6 +263,20 @@ mod tests {
                     ..balanced()
                 },
                 "restocks",
+            ),
+            (
+                Audit {
+                    releasing: 1,
+                    ..balanced()
+                },
+                "not yet back on the shelf",
+            ),
+            (
+                Audit {
+                    paid_miscount: 1,
+                    ..balanced()
+                },
+                "paid orders",
             ),
         ];
         for (audit, words) in cases {

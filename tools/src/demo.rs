@@ -23,13 +23,25 @@ fn rfc3339(t: OffsetDateTime) -> Result<String> {
 }
 
 /// Creates the product (on sale from now for an hour) and warms it.
-pub async fn create_and_warm(api: &Api, product: &str, stock: u32, limit: u32) -> Result<()> {
+/// Price of one demo unit, in cents.
+pub const DEMO_PRICE: u64 = 4_999;
+
+pub async fn create_and_warm(
+    api: &Api,
+    product: &str,
+    stock: u32,
+    limit: u32,
+    payment_window_secs: u32,
+) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let body = json!({
         "product_id": product,
         "name": format!("Demo item {product}"),
         "stock": stock,
         "per_buyer_limit": limit,
+        "price": DEMO_PRICE,
+        "currency": "EUR",
+        "payment_window_secs": payment_window_secs,
         "starts_at": rfc3339(now - Duration::from_secs(1))?,
         "ends_at": rfc3339(now + Duration::from_secs(3600))?,
     });

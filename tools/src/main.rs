@@ -123,7 +123,7 @@ async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> 
         Some(p) => p,
         None => {
             let p = format!("sale-{}", time::OffsetDateTime::now_utc().unix_timestamp());
-            demo::create_and_warm(&api, &p, a.stock, 1).await?;
+            demo::create_and_warm(&api, &p, a.stock, 1, 900).await?;
             p
         }
     };

@@ -109,6 +109,7 @@ impl App {
                 store: store.clone(),
                 concurrency: cfg.consumer_concurrency,
                 faults: faults.clone(),
+                terms: shared::lifecycle::Terms::system(),
             },
             compensation: Compensation {
                 gate: gate.clone(),

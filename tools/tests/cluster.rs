@@ -125,7 +125,7 @@ async fn a_failover_that_forgets_acknowledged_writes_keeps_the_promise() {
     .await;
     let product = unique("failover");
     let stock = 40;
-    demo::create_and_warm(&s.api, &product, stock, 1)
+    demo::create_and_warm(&s.api, &product, stock, 1, 900)
         .await
         .unwrap();
     let p = ProductId::parse(&product).unwrap();

@@ -65,6 +65,7 @@ async fn order_status_reads_the_callers_request() {
         quantity: shared::domain::Quantity::new(1).unwrap(),
         status: OrderStatus::Placed,
         updated_at: from_unix_ms(1_795_338_000_000),
+        reservation: None,
     });
     let resp = api.handle(http("order-status.json")).await;
     assert_eq!(resp.status().as_u16(), 200);
@@ -103,6 +104,7 @@ async fn consumer_batch_fails_only_the_garbage_record() {
         store: FakeStore::default().with_stock("p42", 100),
         concurrency: 10,
         faults: FaultPlan::none(),
+        terms: shared::lifecycle::Terms::system(),
     };
     let batch: SqsEvent = serde_json::from_str(&event("order-consumer-batch.json")).unwrap();
     let resp = consumer.handle(batch).await;

@@ -343,6 +343,7 @@ impl World {
             store: store.clone(),
             concurrency: 3,
             faults: FaultPlan::none(),
+            terms: shared::lifecycle::Terms::system(),
         };
         let compensation = Compensation {
             gate: gate.clone(),
@@ -407,6 +408,10 @@ impl World {
             starts_at: now - time::Duration::hours(1),
             // Past the late redeliveries' time jump.
             ends_at: now + time::Duration::days(400),
+            price: 100,
+            currency: shared::domain::Currency::parse("EUR").unwrap(),
+            payment_window_secs: shared::domain::DEFAULT_PAYMENT_WINDOW_SECS,
+            rebuy_after_release: false,
         };
         self.store
             .create_product(&p)

@@ -8,9 +8,22 @@ use lambda_http::http::Method;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use shared::domain::{Product, ProductId, ProductStats};
+use serde::Serialize;
+use shared::domain::{Ledger, Product, ProductId, ProductStats};
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::ports::{OrderStore, StockGate, Warm};
+
+#[derive(Serialize)]
+struct Stats<'a> {
+    #[serde(flatten)]
+    sale: ProductStats,
+    #[serde(flatten)]
+    ledger: Ledger,
+    price: u64,
+    currency: &'a str,
+    payment_window_secs: u32,
+    rebuy_after_release: bool,
+}
 
 pub struct Admin<G, S> {
     pub gate: G,
@@ -63,7 +76,7 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
     async fn create(&self, req: &Request) -> Result<HttpResponse, ApiError> {
         let product: Product = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
             ApiError::invalid(format!(
-                "body must be {{\"product_id\",\"name\",\"stock\",\"per_buyer_limit\",\"starts_at\",\"ends_at\"}} with RFC 3339 times: {e}"
+                "body must be {{\"product_id\",\"name\",\"stock\",\"per_buyer_limit\",\"starts_at\",\"ends_at\",\"price\",\"currency\"}} (optional \"payment_window_secs\", \"rebuy_after_release\") with RFC 3339 times and the price in minor units: {e}"
             ))
         })?;
         product.validate()?;
@@ -84,9 +97,10 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
         let seen = self.gate.stats(id).await?.map_or(0, |s| s.placed_units);
         let ledger = self
             .store
-            .stock_ledger(id)
+            .ledger(id)
             .await?
-            .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
+            .ok_or_else(|| ApiError::new(404, "unknown_product"))?
+            .shelf_units();
         match self.gate.warm(&product, force, ledger, seen).await? {
             Warm::Warmed { stock_left } => {
                 tracing::info!(product_id = %id, stock_left, force, "product warmed");
@@ -101,21 +115,29 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
         }
     }
 
+    /// Redis' counters of the sale, the DynamoDB ledger's of the orders'
+    /// lives after it, and the product's terms.
     async fn stats(&self, id: &ProductId) -> Result<HttpResponse, ApiError> {
-        if let Some(stats) = self.gate.stats(id).await? {
-            return Ok(api::json_response(200, &stats));
-        }
-        // Created but not warmed yet: nothing is on sale.
         let product = self
             .store
             .product(id)
             .await?
             .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
+        let ledger = self.store.ledger(id).await?.unwrap_or_default();
+        // Created but not warmed yet: nothing is on sale.
+        let sale = self.gate.stats(id).await?.unwrap_or(ProductStats {
+            stock_total: i64::from(product.stock),
+            ..ProductStats::default()
+        });
         Ok(api::json_response(
             200,
-            &ProductStats {
-                stock_total: i64::from(product.stock),
-                ..ProductStats::default()
+            &Stats {
+                sale,
+                ledger,
+                price: product.price,
+                currency: product.currency.as_str(),
+                payment_window_secs: product.payment_window_secs,
+                rebuy_after_release: product.rebuy_after_release,
             },
         ))
     }
@@ -136,7 +158,7 @@ mod tests {
         }
     }
 
-    const PRODUCT: &str = r#"{"product_id":"p1","name":"Phone","stock":100,"per_buyer_limit":1,
+    const PRODUCT: &str = r#"{"product_id":"p1","name":"Phone","stock":100,"per_buyer_limit":1,"price":49900,"currency":"EUR",
         "starts_at":"2026-01-01T00:00:00Z","ends_at":"2026-01-02T00:00:00Z"}"#;
 
     async fn call(

@@ -149,6 +149,7 @@ mod tests {
             store: store.clone(),
             concurrency: 4,
             faults: FaultPlan::none(),
+            terms: shared::lifecycle::Terms::system(),
         }
     }
 
@@ -214,10 +215,22 @@ mod tests {
             let body = json(&a);
             let (comp, cons) = (compensation(&ports), consumer(&ports));
             let (r1, r2) = (record("dlq", &body), record("late", &body));
+            // Either side starts first, the other up to three port calls late.
+            let late = |n: usize| async move {
+                for _ in 0..n {
+                    tokio::task::yield_now().await;
+                }
+            };
             let (c_out, s_out) = if round % 2 == 0 {
-                tokio::join!(comp.process(&r1), cons.process(&r2))
+                tokio::join!(comp.process(&r1), async {
+                    late(round / 2 % 4).await;
+                    cons.process(&r2).await
+                })
             } else {
-                let (s, c) = tokio::join!(cons.process(&r2), comp.process(&r1));
+                let (s, c) = tokio::join!(cons.process(&r2), async {
+                    late(round / 2 % 4).await;
+                    comp.process(&r1).await
+                });
                 (c, s)
             };
             let fate = ports.1.status_of(&a.request_id).unwrap();

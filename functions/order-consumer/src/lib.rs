@@ -18,6 +18,7 @@ use shared::batch;
 use shared::domain::{OrderMessage, OrderStatus};
 use shared::error::InfraError;
 use shared::faults::{FaultPlan, FaultPoint};
+use shared::lifecycle::Terms;
 use shared::ports::{Fate, FateNote, OrderStore, Placement, StockGate};
 use shared::retry::{self, Backoff};
 
@@ -28,6 +29,9 @@ pub struct Consumer<G, S> {
     pub concurrency: usize,
     /// Chaos runs only: may "crash" after the DynamoDB write.
     pub faults: Arc<FaultPlan>,
+    /// Each order is placed on its product's terms, due `payment_window_secs`
+    /// after this clock's now.
+    pub terms: Terms,
 }
 
 /// What happened to one record; all but `Poison`, `Failed` and `Crashed`
@@ -95,7 +99,11 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
     }
 
     async fn place(&self, msg: &OrderMessage) -> Result<Outcome, InfraError> {
-        let placement = retry::transient(Backoff::DEFAULT, || self.store.place(msg)).await?;
+        let placement = retry::transient(Backoff::DEFAULT, || async {
+            let terms = self.terms.reservation(&self.store, msg).await?;
+            self.store.place(msg, &terms).await
+        })
+        .await?;
         let reason = match placement {
             Placement::Placed => {
                 if self.faults.hit(FaultPoint::CrashAfterWrite) {
@@ -154,6 +162,7 @@ mod tests {
             store: FakeStore::default().with_stock("p1", 10),
             concurrency: 4,
             faults: FaultPlan::none(),
+            terms: shared::lifecycle::Terms::system(),
         }
     }
 
@@ -269,6 +278,7 @@ mod tests {
     async fn a_crash_after_the_write_acknowledges_nothing_and_redelivery_settles() {
         let c = Consumer {
             faults: Arc::new(FaultPlan::parse("consumer.crash_after_write:1").unwrap()),
+            terms: shared::lifecycle::Terms::system(),
             ..consumer()
         };
         let (a, b) = (order("u1"), order("u2"));
@@ -279,6 +289,7 @@ mod tests {
         // The redelivery finds the orders written and settles Redis.
         let healthy = Consumer {
             faults: FaultPlan::none(),
+            terms: shared::lifecycle::Terms::system(),
             ..c
         };
         assert!(failed_ids(&healthy.handle(batch()).await).is_empty());

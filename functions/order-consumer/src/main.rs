@@ -11,6 +11,7 @@ async fn main() -> Result<(), Error> {
         store: env.store(),
         concurrency: config::consumer_concurrency()?,
         faults: env.faults.clone(),
+        terms: shared::lifecycle::Terms::system(),
     };
     let consumer = &consumer;
     env.run(move |event: LambdaEvent<SqsEvent>| async move {

@@ -81,6 +81,7 @@ mod tests {
             quantity: Quantity::new(1).unwrap(),
             status,
             updated_at: from_unix_ms(1_700_000_000_000),
+            reservation: None,
         }
     }
 

@@ -214,7 +214,7 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
     /// The shelf follows the ledger; returns the drift corrected.
     /// `placed_units_seen` must be read before the ledger: see resync.lua.
     async fn resync(&self, product: &ProductId, placed_units_seen: i64) -> Result<i64, InfraError> {
-        let Some(remaining) = self.store.stock_ledger(product).await? else {
+        let Some(remaining) = self.store.ledger(product).await?.map(|l| l.shelf_units()) else {
             return Ok(0);
         };
         let drift = self
@@ -323,7 +323,10 @@ mod tests {
             pending("p1", 1, NOW - 100_000),
             pending("p1", 2, NOW - 100_000),
         );
-        s.store.place(&placed).await.unwrap();
+        s.store
+            .place(&placed, &shared::fakes::terms(0))
+            .await
+            .unwrap();
         s.store
             .record_fate(&compensated, OrderStatus::Compensated, &Default::default())
             .await

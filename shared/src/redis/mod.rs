@@ -88,6 +88,7 @@ struct Scripts {
     admit: Script,
     settle: Script,
     restock: Script,
+    release: Script,
     warm: Script,
     resync: Script,
     mark_sent: Script,
@@ -136,6 +137,7 @@ impl RedisGate {
                     admit: Script::new(ADMIT_SCRIPT),
                     settle: Script::new(include_str!("settle.lua")),
                     restock: Script::new(include_str!("restock.lua")),
+                    release: Script::new(include_str!("release.lua")),
                     warm: Script::new(include_str!("warm.lua")),
                     resync: Script::new(include_str!("resync.lua")),
                     mark_sent: Script::new(include_str!("mark_sent.lua")),
@@ -256,6 +258,7 @@ fn request_view(id: &RequestId, fields: Vec<(String, String)>) -> Option<Request
         quantity: Quantity::new(get("qty")?.parse().ok()?).ok()?,
         status: OrderStatus::parse(get("status")?)?,
         updated_at: from_unix_ms(get("updated_at")?.parse().ok()?),
+        reservation: None,
     })
 }
 
@@ -372,6 +375,34 @@ impl StockGate for RedisGate {
             .arg(msg.quantity.get())
             .arg(STATE_TTL_SECS)
             .arg(msg.admitted_at)
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(done == 1)
+    }
+
+    async fn release(&self, order: &RequestView, to: OrderStatus) -> PortResult<bool> {
+        let k = self.keys(&order.product_id);
+        let free_buyer = order
+            .reservation
+            .as_ref()
+            .is_some_and(|r| r.rebuy_after_release);
+        let mut c = self.conn().await?;
+        let done: i64 = self
+            .inner
+            .scripts
+            .release
+            .key(k.stock())
+            .key(k.buyers())
+            .key(k.req(&order.request_id))
+            .key(k.pending())
+            .key(k.stats())
+            .arg(order.request_id.as_str())
+            .arg(order.user_id.as_str())
+            .arg(order.quantity.get())
+            .arg(to.as_str())
+            .arg(if free_buyer { "1" } else { "0" })
+            .arg(STATE_TTL_SECS)
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;

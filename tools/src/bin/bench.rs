@@ -100,6 +100,10 @@ fn bench_product(id: &str, stock: u32) -> Product {
         per_buyer_limit: 1,
         starts_at: now - time::Duration::seconds(1),
         ends_at: now + time::Duration::hours(1),
+        price: 100,
+        currency: shared::domain::Currency::parse("EUR").unwrap(),
+        payment_window_secs: shared::domain::DEFAULT_PAYMENT_WINDOW_SECS,
+        rebuy_after_release: false,
     }
 }
 
@@ -491,6 +495,7 @@ async fn consumer(gate: &RedisGate, sdk: &aws_config::SdkConfig) -> Result<Vec<R
             store: store.clone(),
             concurrency,
             faults: FaultPlan::none(),
+            terms: shared::lifecycle::Terms::system(),
         };
         let started = Instant::now();
         for e in events {

@@ -1,0 +1,101 @@
+//! The release of a reservation (cancel, expire), over the ports: DynamoDB
+//! first (status, ledger), then the Redis shelf, then DynamoDB confirms the
+//! shelf step. Each step is idempotent, and until the last one the order
+//! stays in the due index, so whatever runs next (the expirer) finishes a
+//! release that died half-way: no unit lost, none doubled.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::domain::{OrderMessage, OrderStatus, Product, ProductId, RequestView, Reservation};
+use crate::error::InfraError;
+use crate::faults::{FaultPlan, FaultPoint};
+use crate::ports::{Clock, OrderStore, StockGate, SystemClock, Transition};
+
+/// Moves a placed order to `to` (cancelled or expired) and puts its units
+/// back on sale. `Refused` carries the status that won instead.
+pub async fn release<G: StockGate, S: OrderStore>(
+    gate: &G,
+    store: &S,
+    faults: &FaultPlan,
+    order: &RequestView,
+    to: OrderStatus,
+    now_ms: i64,
+) -> Result<Transition, InfraError> {
+    let transition = store.release(order, to, now_ms).await?;
+    if transition != Transition::Done {
+        return Ok(transition);
+    }
+    metrics::counter!("flashsale_orders_released_total", "to" => to.as_str()).increment(1);
+    if faults.hit(FaultPoint::CrashMidRelease) {
+        return Err(InfraError::transient(
+            "release",
+            "injected crash between the DynamoDB and the Redis step; the expirer finishes it",
+        ));
+    }
+    finish(gate, store, order, to).await?;
+    Ok(Transition::Done)
+}
+
+/// The shelf step of a release DynamoDB has recorded, then its confirmation.
+pub async fn finish<G: StockGate, S: OrderStore>(
+    gate: &G,
+    store: &S,
+    order: &RequestView,
+    to: OrderStatus,
+) -> Result<(), InfraError> {
+    gate.release(order, to).await?;
+    store.shelved(order).await?;
+    Ok(())
+}
+
+/// What the consumer places an order on: the product's terms (price,
+/// payment window), cached per process since a product never changes once
+/// created, and the clock its deadline starts from.
+pub struct Terms {
+    pub clock: Arc<dyn Clock>,
+    products: Mutex<HashMap<ProductId, Product>>,
+}
+
+impl Terms {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            products: Mutex::default(),
+        }
+    }
+
+    pub fn system() -> Self {
+        Self::new(Arc::new(SystemClock))
+    }
+
+    /// The reservation of `msg` placed now.
+    pub async fn reservation<S: OrderStore>(
+        &self,
+        store: &S,
+        msg: &OrderMessage,
+    ) -> Result<Reservation, InfraError> {
+        let cached = lock(&self.products).get(&msg.product_id).cloned();
+        let product = match cached {
+            Some(p) => p,
+            None => {
+                let p = store.product(&msg.product_id).await?.ok_or_else(|| {
+                    InfraError::permanent(
+                        "dynamodb",
+                        format!(
+                            "product {} of order {} does not exist; create it with the admin API",
+                            msg.product_id, msg.request_id
+                        ),
+                    )
+                })?;
+                lock(&self.products).insert(p.product_id.clone(), p.clone());
+                p
+            }
+        };
+        Ok(product.reservation(msg.quantity, self.clock.now_ms()))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
