@@ -85,6 +85,35 @@ fn admin_token_of(value: Option<String>) -> Result<Option<String>, ConfigError> 
     }
 }
 
+/// The payment provider's webhook signing secret; required by the webhook.
+pub fn payment_webhook_secret() -> Result<Vec<u8>, ConfigError> {
+    let secret = required("FLASHSALE_PAYMENT_WEBHOOK_SECRET")?;
+    if secret.len() < MIN_ADMIN_TOKEN_LEN {
+        return Err(ConfigError(format!(
+            "FLASHSALE_PAYMENT_WEBHOOK_SECRET is {} characters; use the provider's signing secret (at least {MIN_ADMIN_TOKEN_LEN})",
+            secret.len()
+        )));
+    }
+    Ok(secret.into_bytes())
+}
+
+/// The expirer's batch: orders read from the due index per query.
+pub fn expiry_batch() -> Result<usize, ConfigError> {
+    match var("FLASHSALE_EXPIRY_BATCH") {
+        None => Ok(100),
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ConfigError(format!("FLASHSALE_EXPIRY_BATCH={v} must be 1-1000"))),
+    }
+}
+
+/// The local runner's expirer timer (EventBridge's schedule in AWS).
+pub fn expire_every() -> Result<Duration, ConfigError> {
+    millis("FLASHSALE_EXPIRE_EVERY_MS", 60_000)
+}
+
 /// How many records of one SQS batch are processed at once.
 pub fn consumer_concurrency() -> Result<usize, ConfigError> {
     match var("FLASHSALE_CONSUMER_CONCURRENCY") {

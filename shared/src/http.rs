@@ -33,6 +33,8 @@ pub struct ApiError {
     pub status: u16,
     pub code: &'static str,
     pub message: Option<String>,
+    /// The order's status, for refusals that depend on it.
+    pub order_status: Option<&'static str>,
 }
 
 impl ApiError {
@@ -41,7 +43,13 @@ impl ApiError {
             status,
             code,
             message: None,
+            order_status: None,
         }
+    }
+
+    pub fn with_order_status(mut self, status: crate::domain::OrderStatus) -> Self {
+        self.order_status = Some(status.as_str());
+        self
     }
 
     pub fn with_message(mut self, message: impl std::fmt::Display) -> Self {
@@ -55,10 +63,13 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> HttpResponse {
-        let body = match self.message {
-            Some(m) => json!({ "error": self.code, "message": m }),
-            None => json!({ "error": self.code }),
-        };
+        let mut body = json!({ "error": self.code });
+        if let Some(m) = self.message {
+            body["message"] = m.into();
+        }
+        if let Some(s) = self.order_status {
+            body["status"] = s.into();
+        }
         json_response(self.status, &body)
     }
 }

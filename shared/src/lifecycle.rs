@@ -69,29 +69,37 @@ impl Terms {
         Self::new(Arc::new(SystemClock))
     }
 
+    /// A product, from this process's cache or DynamoDB.
+    pub async fn product<S: OrderStore>(
+        &self,
+        store: &S,
+        id: &ProductId,
+    ) -> Result<Option<Product>, InfraError> {
+        if let Some(p) = lock(&self.products).get(id) {
+            return Ok(Some(p.clone()));
+        }
+        let found = store.product(id).await?;
+        if let Some(p) = &found {
+            lock(&self.products).insert(p.product_id.clone(), p.clone());
+        }
+        Ok(found)
+    }
+
     /// The reservation of `msg` placed now.
     pub async fn reservation<S: OrderStore>(
         &self,
         store: &S,
         msg: &OrderMessage,
     ) -> Result<Reservation, InfraError> {
-        let cached = lock(&self.products).get(&msg.product_id).cloned();
-        let product = match cached {
-            Some(p) => p,
-            None => {
-                let p = store.product(&msg.product_id).await?.ok_or_else(|| {
-                    InfraError::permanent(
-                        "dynamodb",
-                        format!(
-                            "product {} of order {} does not exist; create it with the admin API",
-                            msg.product_id, msg.request_id
-                        ),
-                    )
-                })?;
-                lock(&self.products).insert(p.product_id.clone(), p.clone());
-                p
-            }
-        };
+        let product = self.product(store, &msg.product_id).await?.ok_or_else(|| {
+            InfraError::permanent(
+                "dynamodb",
+                format!(
+                    "product {} of order {} does not exist; create it with the admin API",
+                    msg.product_id, msg.request_id
+                ),
+            )
+        })?;
         Ok(product.reservation(msg.quantity, self.clock.now_ms()))
     }
 }

@@ -138,16 +138,18 @@ async fn create_table(sdk: &SdkConfig, name: &str) -> Result<()> {
             .key_type(t)
             .build()
     };
-    let gsi = GlobalSecondaryIndex::builder()
-        .index_name(table::GSI1)
-        .key_schema(key(table::GSI1_PK, KeyType::Hash)?)
-        .key_schema(key(table::GSI1_SK, KeyType::Range)?)
-        .projection(
-            Projection::builder()
-                .projection_type(ProjectionType::All)
-                .build(),
-        )
-        .build()?;
+    let gsi = |name: &str, pk: &str, sk: &str| {
+        GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .key_schema(key(pk, KeyType::Hash)?)
+            .key_schema(key(sk, KeyType::Range)?)
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::All)
+                    .build(),
+            )
+            .build()
+    };
     let created = ddb
         .create_table()
         .table_name(name)
@@ -155,8 +157,11 @@ async fn create_table(sdk: &SdkConfig, name: &str) -> Result<()> {
         .attribute_definitions(attr(table::PK)?)
         .attribute_definitions(attr(table::GSI1_PK)?)
         .attribute_definitions(attr(table::GSI1_SK)?)
+        .attribute_definitions(attr(table::GSI2_PK)?)
+        .attribute_definitions(attr(table::GSI2_SK)?)
         .key_schema(key(table::PK, KeyType::Hash)?)
-        .global_secondary_indexes(gsi)
+        .global_secondary_indexes(gsi(table::GSI1, table::GSI1_PK, table::GSI1_SK)?)
+        .global_secondary_indexes(gsi(table::GSI2, table::GSI2_PK, table::GSI2_SK)?)
         .send()
         .await;
     if let Err(e) = created {

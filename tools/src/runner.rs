@@ -1,6 +1,6 @@
 //! The local runner: the HTTP API, the orders-queue consumer, the
-//! compensation consumer of the orders DLQ and the outbox sweeper's timer in
-//! one process, calling the very handlers the Lambdas run. HTTP requests become
+//! compensation consumer of the orders DLQ and the timers of the outbox
+//! sweeper and the order expirer in one process, calling the very handlers the Lambdas run. HTTP requests become
 //! `lambda_http::Request`s; queue messages become real `SqsEvent` batches, and
 //! only records not reported failed are deleted, as an event source mapping
 //! with ReportBatchItemFailures does.
@@ -31,12 +31,15 @@ use admin::Admin;
 use compensation::Compensation;
 use deduct::Deduct;
 use order_consumer::Consumer;
+use order_expirer::Expirer;
 use order_status::OrderStatusApi;
 use outbox_sweeper::Sweeper;
+use payment_webhook::Webhook;
 use shared::aws::{DynamoStore, SqsQueue};
 use shared::faults::{FaultPlan, Faulty};
 use shared::http::{self as api, ApiError, HttpResponse};
-use shared::ports::StockGate;
+use shared::lifecycle::Terms;
+use shared::ports::{StockGate, SystemClock};
 use shared::redis::{RedisGate, RedisSettings};
 
 #[derive(Debug, Clone)]
@@ -61,6 +64,11 @@ pub struct RunnerConfig {
     /// Chaos runs only (`FLASHSALE_FAULTS`).
     pub faults: Arc<FaultPlan>,
     pub sold_out_cache: Duration,
+    /// The payment webhook's signing secret; None answers 503 there.
+    pub webhook_secret: Option<Vec<u8>>,
+    /// The expirer's timer (EventBridge's schedule in AWS) and batch.
+    pub expire_every: Duration,
+    pub expiry_batch: usize,
 }
 
 type Gate = Faulty<RedisGate>;
@@ -75,6 +83,8 @@ pub struct App {
     pub consumer: Consumer<Gate, Store>,
     pub compensation: Compensation<Gate, Store>,
     pub sweeper: Sweeper<Gate, Queue, Store>,
+    pub webhook: Option<Webhook<Store>>,
+    pub expirer: Expirer<Gate, Store>,
     pub faults: Arc<FaultPlan>,
     sqs: aws_sdk_sqs::Client,
     orders_queue_url: String,
@@ -98,6 +108,8 @@ impl App {
                 gate: gate.clone(),
                 store: store.clone(),
                 insecure_user_from_body: cfg.insecure_user_from_body,
+                terms: Terms::system(),
+                faults: faults.clone(),
             },
             admin: Admin {
                 gate: gate.clone(),
@@ -109,12 +121,26 @@ impl App {
                 store: store.clone(),
                 concurrency: cfg.consumer_concurrency,
                 faults: faults.clone(),
-                terms: shared::lifecycle::Terms::system(),
+                terms: Terms::system(),
             },
             compensation: Compensation {
                 gate: gate.clone(),
                 store: store.clone(),
                 concurrency: cfg.consumer_concurrency,
+            },
+            webhook: cfg.webhook_secret.clone().map(|secret| Webhook {
+                store: store.clone(),
+                clock: Arc::new(SystemClock),
+                secret,
+            }),
+            expirer: Expirer {
+                gate: gate.clone(),
+                store: store.clone(),
+                clock: Arc::new(SystemClock),
+                faults: faults.clone(),
+                batch: cfg.expiry_batch,
+                concurrency: 8,
+                budget: cfg.expire_every.max(Duration::from_secs(1)),
             },
             sweeper: Sweeper {
                 gate,
@@ -187,8 +213,17 @@ impl App {
                 return ApiError::new(405, "method_not_allowed").into_response();
             }
             self.deduct.handle(req).await
-        } else if path.starts_with("/api/flash-sale/orders/") {
+        } else if path.starts_with("/api/flash-sale/orders/")
+            || path.starts_with("/api/flash-sale/products/")
+        {
             self.status.handle(req).await
+        } else if path == "/api/payments/webhook" {
+            match &self.webhook {
+                Some(w) => w.handle(req).await,
+                None => ApiError::new(503, "webhook_not_configured")
+                    .with_message("set FLASHSALE_PAYMENT_WEBHOOK_SECRET")
+                    .into_response(),
+            }
         } else if path.starts_with("/api/admin/products") {
             self.admin.handle(req).await
         } else if path == "/health" {
@@ -288,10 +323,31 @@ pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
             async move { app.compensation.handle(event).await }
         },
     )));
-    tasks.push(tokio::spawn(sweep(
-        app.clone(),
+    let sweeper = app.clone();
+    tasks.push(tokio::spawn(every(
         cfg.sweep_every,
         rx.clone(),
+        move || {
+            let app = sweeper.clone();
+            async move {
+                if let Err(e) = app.sweeper.sweep().await {
+                    tracing::warn!(error = %e, "outbox sweep failed; next tick retries");
+                }
+            }
+        },
+    )));
+    let expirer = app.clone();
+    tasks.push(tokio::spawn(every(
+        cfg.expire_every,
+        rx.clone(),
+        move || {
+            let app = expirer.clone();
+            async move {
+                if let Err(e) = app.expirer.run().await {
+                    tracing::warn!(error = %e, "expiry run failed; next tick retries");
+                }
+            }
+        },
     )));
     tracing::info!(%addr, pollers = cfg.pollers, "local runner up");
     Ok(Running {
@@ -437,17 +493,21 @@ fn poller_client(sdk: &SdkConfig, wait_time_secs: i32) -> aws_sdk_sqs::Client {
     )
 }
 
-async fn sweep(app: Arc<App>, every: Duration, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(every);
+/// A schedule (EventBridge's in AWS): runs `job` every `period`, one run
+/// at a time, until shutdown.
+async fn every<F, Fut>(period: Duration, mut shutdown: watch::Receiver<bool>, job: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(e) = app.sweeper.sweep().await {
-            tracing::warn!(error = %e, "outbox sweep failed; next tick retries");
-        }
+        job().await;
     }
 }
 

@@ -56,6 +56,8 @@ async fn order_status_reads_the_callers_request() {
         gate: FakeGate::default(),
         store: FakeStore::default(),
         insecure_user_from_body: false,
+        terms: shared::lifecycle::Terms::system(),
+        faults: FaultPlan::none(),
     };
     let id = RequestId::parse(RID).unwrap();
     api.gate.put_request(RequestView {
@@ -148,4 +150,92 @@ async fn sweeper_accepts_the_scheduled_event() {
     };
     let report = sweeper.sweep().await.unwrap();
     assert_eq!(report.republished, 0);
+}
+
+/// The sample order (RID) of user-123, placed for 129.00 EUR, payable until `pay_by`.
+fn placed_sample(store: &FakeStore, pay_by: i64) {
+    let id = RequestId::parse(RID).unwrap();
+    store.put_order(RequestView {
+        product_id: id.product(),
+        request_id: id,
+        user_id: UserId::parse("user-123").unwrap(),
+        quantity: shared::domain::Quantity::new(1).unwrap(),
+        status: OrderStatus::Placed,
+        updated_at: from_unix_ms(1_795_338_000_000),
+        reservation: Some(shared::domain::Reservation {
+            pay_by_ms: pay_by,
+            amount: 12_900,
+            currency: shared::domain::Currency::parse("EUR").unwrap(),
+            rebuy_after_release: false,
+        }),
+    });
+}
+
+/// The sample's signature was made with this secret at 1795338000.
+const SAMPLE_WEBHOOK_SECRET: &[u8] = b"whsec_sample_0123456789abcdef";
+const SAMPLE_TIME_MS: i64 = 1_795_338_000_000;
+
+fn clock() -> std::sync::Arc<shared::fakes::ManualClock> {
+    std::sync::Arc::new(shared::fakes::ManualClock::at(SAMPLE_TIME_MS))
+}
+
+#[tokio::test]
+async fn order_cancel_releases_the_callers_reservation() {
+    let api = order_status::OrderStatusApi {
+        gate: FakeGate::default(),
+        store: FakeStore::default().with_stock("p42", 10),
+        insecure_user_from_body: false,
+        terms: shared::lifecycle::Terms::new(clock()),
+        faults: FaultPlan::none(),
+    };
+    placed_sample(&api.store, SAMPLE_TIME_MS + 900_000);
+    let resp = api.handle(http("order-cancel.json")).await;
+    assert_eq!(resp.status().as_u16(), 200, "{}", body(&resp));
+    assert_eq!(body(&resp)["status"], "cancelled");
+    assert_eq!(api.gate.released.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn product_page_is_public_and_cacheable() {
+    let api = order_status::OrderStatusApi {
+        gate: FakeGate::default(),
+        store: FakeStore::default().with_stock("p42", 10),
+        insecure_user_from_body: false,
+        terms: shared::lifecycle::Terms::new(clock()),
+        faults: FaultPlan::none(),
+    };
+    let resp = api.handle(http("product-page.json")).await;
+    assert_eq!(resp.status().as_u16(), 200, "{}", body(&resp));
+    assert_eq!(resp.headers()["cache-control"], "public, max-age=1");
+    assert_eq!(body(&resp)["product_id"], "p42");
+}
+
+#[tokio::test]
+async fn payment_webhook_sample_pays_the_order() {
+    let hook = payment_webhook::Webhook {
+        store: FakeStore::default().with_stock("p42", 10),
+        clock: clock(),
+        secret: SAMPLE_WEBHOOK_SECRET.to_vec(),
+    };
+    placed_sample(&hook.store, SAMPLE_TIME_MS + 900_000);
+    let resp = hook.handle(http("payment-webhook.json")).await;
+    assert_eq!(resp.status().as_u16(), 200, "{}", body(&resp));
+    assert_eq!(body(&resp)["status"], "paid");
+}
+
+#[tokio::test]
+async fn expirer_accepts_the_scheduled_event_and_expires_what_is_due() {
+    let _: EventBridgeEvent = serde_json::from_str(&event("order-expirer-schedule.json")).unwrap();
+    let expirer = order_expirer::Expirer {
+        gate: FakeGate::default(),
+        store: FakeStore::default().with_stock("p42", 10),
+        clock: clock(),
+        faults: FaultPlan::none(),
+        batch: 100,
+        concurrency: 8,
+        budget: std::time::Duration::from_secs(5),
+    };
+    placed_sample(&expirer.store, SAMPLE_TIME_MS - 1);
+    let run = expirer.run().await.unwrap();
+    assert_eq!(run.expired, 1);
 }

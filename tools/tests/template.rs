@@ -133,6 +133,18 @@ fn functions_get_the_environment_the_code_reads() {
         ),
         ("order-status", &["FLASHSALE_REDIS_URL", "FLASHSALE_TABLE"]),
         (
+            "payment-webhook",
+            &["FLASHSALE_TABLE", "FLASHSALE_PAYMENT_WEBHOOK_SECRET"],
+        ),
+        (
+            "order-expirer",
+            &[
+                "FLASHSALE_REDIS_URL",
+                "FLASHSALE_TABLE",
+                "FLASHSALE_EXPIRY_BATCH",
+            ],
+        ),
+        (
             "admin",
             &[
                 "FLASHSALE_REDIS_URL",
@@ -290,12 +302,18 @@ fn each_function_gets_only_the_access_it_needs() {
         statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"][0],
         "ORDER#*"
     );
-    assert_eq!(names("order-status"), vec!["DynamoDBReadPolicy"]);
     assert_eq!(
         names("outbox-sweeper"),
         vec!["SQSSendMessagePolicy", "DynamoDBReadPolicy"]
     );
-    for binary in ["admin", "order-consumer", "compensation"] {
+    for binary in [
+        "admin",
+        "order-consumer",
+        "compensation",
+        "order-status",
+        "payment-webhook",
+        "order-expirer",
+    ] {
         assert_eq!(names(binary), vec!["DynamoDBCrudPolicy"], "{binary}");
     }
     for (_, f) in functions(&t) {
@@ -326,11 +344,19 @@ fn table_matches_the_key_layout_the_code_uses() {
     let table_props = &resources(&t)["FlashSaleTable"]["Properties"];
     assert_eq!(table_props["KeySchema"][0]["AttributeName"], table::PK);
     assert_eq!(table_props["KeySchema"][0]["KeyType"], "HASH");
-    let gsi = &table_props["GlobalSecondaryIndexes"][0];
-    assert_eq!(gsi["IndexName"], table::GSI1);
-    assert_eq!(gsi["KeySchema"][0]["AttributeName"], table::GSI1_PK);
-    assert_eq!(gsi["KeySchema"][1]["AttributeName"], table::GSI1_SK);
-    assert_eq!(gsi["Projection"]["ProjectionType"], "ALL");
+    for (i, (name, pk, sk)) in [
+        (table::GSI1, table::GSI1_PK, table::GSI1_SK),
+        (table::GSI2, table::GSI2_PK, table::GSI2_SK),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let gsi = &table_props["GlobalSecondaryIndexes"][i];
+        assert_eq!(gsi["IndexName"], name);
+        assert_eq!(gsi["KeySchema"][0]["AttributeName"], pk);
+        assert_eq!(gsi["KeySchema"][1]["AttributeName"], sk);
+        assert_eq!(gsi["Projection"]["ProjectionType"], "ALL");
+    }
     assert_eq!(
         table_props["TimeToLiveSpecification"]["AttributeName"],
         table::TTL
@@ -366,12 +392,34 @@ fn buyer_routes_use_the_jwt_authorizer_and_admin_routes_iam() {
         routes("deduct"),
         vec![("POST".into(), "/api/flash-sale/buy".into(), None)]
     );
+    // Buyer routes take the default JWT authorizer; only the public
+    // product page and the provider's (signed) webhook opt out.
     assert_eq!(
         routes("order-status"),
+        vec![
+            (
+                "GET".into(),
+                "/api/flash-sale/orders/{request_id}".into(),
+                None
+            ),
+            (
+                "POST".into(),
+                "/api/flash-sale/orders/{request_id}/cancel".into(),
+                None
+            ),
+            (
+                "GET".into(),
+                "/api/flash-sale/products/{product_id}".into(),
+                Some("NONE".into())
+            ),
+        ]
+    );
+    assert_eq!(
+        routes("payment-webhook"),
         vec![(
-            "GET".into(),
-            "/api/flash-sale/orders/{request_id}".into(),
-            None
+            "POST".into(),
+            "/api/payments/webhook".into(),
+            Some("NONE".into())
         )]
     );
     let admin = routes("admin");

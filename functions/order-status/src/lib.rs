@@ -1,59 +1,196 @@
-//! `GET /api/flash-sale/orders/{request_id}`: a buyer reads their request.
-//! Redis first (it knows pending requests); DynamoDB when Redis has no state
-//! or is unreachable. A buyer may read only their own requests.
+//! The buyer's side after the buy:
+//! - `GET /api/flash-sale/orders/{request_id}`: a buyer reads their request.
+//!   Redis answers while it is pending; once DynamoDB decided it, DynamoDB
+//!   (the only one that knows payment, deadline and amount). A buyer may
+//!   read only their own requests.
+//! - `POST /api/flash-sale/orders/{request_id}/cancel`: a buyer gives up a
+//!   reservation; its units go back on sale.
+//! - `GET /api/flash-sale/products/{product_id}`: the public product page the
+//!   storefront's countdown polls, cacheable for a second.
+
+use std::sync::Arc;
 
 use lambda_http::Request;
+use lambda_http::http::Method;
+use serde::Serialize;
 
-use shared::domain::{RequestId, RequestView};
+use shared::domain::{OrderStatus, ProductId, RequestId, RequestView, SaleState};
+use shared::faults::FaultPlan;
 use shared::http::{self as api, ApiError, HttpResponse};
-use shared::ports::{OrderStore, StockGate};
+use shared::lifecycle::{self, Terms};
+use shared::ports::{OrderStore, StockGate, Transition};
 
 pub struct OrderStatusApi<G, S> {
     pub gate: G,
     pub store: S,
     /// Local runner and tests: the buyer is `?user_id=` instead of the JWT `sub`.
     pub insecure_user_from_body: bool,
+    /// Products (cached) and the clock deadlines are judged by.
+    pub terms: Terms,
+    /// Chaos runs only: may "crash" a cancel between its two steps.
+    pub faults: Arc<FaultPlan>,
+}
+
+/// How long a CDN or browser may reuse the product page.
+pub const PRODUCT_CACHE_CONTROL: &str = "public, max-age=1";
+
+#[derive(Serialize)]
+struct ProductPage<'a> {
+    product_id: &'a ProductId,
+    name: &'a str,
+    price: u64,
+    currency: &'a str,
+    #[serde(with = "time::serde::rfc3339")]
+    starts_at: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    ends_at: time::OffsetDateTime,
+    per_buyer_limit: u32,
+    stock_left: i64,
+    state: SaleState,
 }
 
 impl<G: StockGate, S: OrderStore> OrderStatusApi<G, S> {
     pub async fn handle(&self, req: Request) -> HttpResponse {
         let started = std::time::Instant::now();
-        let answer = self.read(&req).await;
+        let answer = self.route(&req).await;
         shared::telemetry::record_latency("order_status", started);
         answer.unwrap_or_else(ApiError::into_response)
     }
 
-    async fn read(&self, req: &Request) -> Result<HttpResponse, ApiError> {
-        if req.method() != lambda_http::http::Method::GET {
-            return Err(ApiError::new(405, "method_not_allowed"));
+    async fn route(&self, req: &Request) -> Result<HttpResponse, ApiError> {
+        if let Some(segments) = api::segments_after(req, "/api/flash-sale/products") {
+            return match (req.method(), segments.as_slice()) {
+                (&Method::GET, [id]) => self.product(&ProductId::parse(*id)?).await,
+                (_, [_]) => Err(ApiError::new(405, "method_not_allowed")),
+                _ => Err(ApiError::new(404, "not_found")),
+            };
         }
-        let id = match api::segments_after(req, "/api/flash-sale/orders").as_deref() {
-            Some([id]) => RequestId::parse(id)?,
-            _ => return Err(ApiError::new(404, "not_found")),
-        };
-        let caller = match api::jwt_subject(req) {
+        let segments = api::segments_after(req, "/api/flash-sale/orders")
+            .ok_or_else(|| ApiError::new(404, "not_found"))?;
+        match (req.method(), segments.as_slice()) {
+            (&Method::GET, [id]) => self.read(req, &RequestId::parse(id)?).await,
+            (&Method::POST, [id, "cancel"]) => self.cancel(req, &RequestId::parse(id)?).await,
+            (_, [_] | [_, "cancel"]) => Err(ApiError::new(405, "method_not_allowed")),
+            _ => Err(ApiError::new(404, "not_found")),
+        }
+    }
+
+    fn caller(&self, req: &Request) -> Result<String, ApiError> {
+        match api::jwt_subject(req) {
             Some(sub) => Some(sub),
             None if self.insecure_user_from_body => api::query_param(req, "user_id"),
             None => None,
         }
-        .ok_or_else(|| ApiError::new(401, "unauthenticated"))?;
+        .ok_or_else(|| ApiError::new(401, "unauthenticated"))
+    }
+
+    /// The caller's own request, or the refusal to show it.
+    async fn own(&self, req: &Request, id: &RequestId) -> Result<RequestView, ApiError> {
+        let caller = self.caller(req)?;
         let view = self
-            .lookup(&id)
+            .lookup(id)
             .await?
             .ok_or_else(|| ApiError::new(404, "unknown_request"))?;
         if view.user_id.as_str() != caller {
             return Err(ApiError::new(403, "forbidden"));
         }
-        Ok(api::json_response(200, &view))
+        Ok(view)
     }
 
-    async fn lookup(&self, id: &RequestId) -> Result<Option<RequestView>, ApiError> {
-        match self.gate.request(id).await {
-            Ok(Some(v)) => return Ok(Some(v)),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "redis unavailable; reading DynamoDB"),
+    async fn read(&self, req: &Request, id: &RequestId) -> Result<HttpResponse, ApiError> {
+        Ok(api::json_response(200, &self.own(req, id).await?))
+    }
+
+    async fn cancel(&self, req: &Request, id: &RequestId) -> Result<HttpResponse, ApiError> {
+        let order = self.own(req, id).await?;
+        let cancelled = || {
+            api::json_response(
+                200,
+                &serde_json::json!({ "request_id": id, "status": "cancelled" }),
+            )
+        };
+        let refused = |status| ApiError::new(409, "not_cancellable").with_order_status(status);
+        match order.status {
+            // A repeated cancel (the first answer was lost) answers the same.
+            OrderStatus::Cancelled => return Ok(cancelled()),
+            OrderStatus::Placed => {}
+            other => return Err(refused(other)),
         }
-        Ok(self.store.order(id).await?)
+        let now = self.terms.clock.now_ms();
+        let outcome = lifecycle::release(
+            &self.gate,
+            &self.store,
+            &self.faults,
+            &order,
+            OrderStatus::Cancelled,
+            now,
+        )
+        .await?;
+        match outcome {
+            Transition::Done | Transition::Refused(OrderStatus::Cancelled) => {
+                tracing::info!(request_id = %id, "order cancelled by its buyer");
+                Ok(cancelled())
+            }
+            Transition::Refused(status) => Err(refused(status)),
+        }
+    }
+
+    /// Pending requests live in Redis only; anything DynamoDB decided is
+    /// read there (Redis does not learn of payments). DynamoDB also answers
+    /// when Redis is down or has forgotten the request.
+    async fn lookup(&self, id: &RequestId) -> Result<Option<RequestView>, ApiError> {
+        let cached = match self.gate.request(id).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "redis unavailable; reading DynamoDB");
+                None
+            }
+        };
+        if let Some(v) = &cached
+            && v.status == OrderStatus::Pending
+        {
+            return Ok(cached);
+        }
+        Ok(self.store.order(id).await?.or(cached))
+    }
+
+    async fn product(&self, id: &ProductId) -> Result<HttpResponse, ApiError> {
+        let product = self
+            .terms
+            .product(&self.store, id)
+            .await?
+            .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
+        // The shelf; when Redis is down or not warmed yet, the ledger's view.
+        let shelf = match self.gate.stats(id).await {
+            Ok(Some(s)) => Some(s.stock_left),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "redis unavailable; stock from DynamoDB");
+                None
+            }
+        };
+        let stock_left = match shelf {
+            Some(left) => left,
+            None => self.store.ledger(id).await?.map_or(0, |l| l.shelf_units()),
+        }
+        .max(0);
+        let page = ProductPage {
+            product_id: &product.product_id,
+            name: &product.name,
+            price: product.price,
+            currency: product.currency.as_str(),
+            starts_at: product.starts_at,
+            ends_at: product.ends_at,
+            per_buyer_limit: product.per_buyer_limit,
+            stock_left,
+            state: product.sale_state(self.terms.clock.now_ms(), Some(stock_left)),
+        };
+        let mut resp = api::json_response(200, &page);
+        resp.headers_mut().insert(
+            lambda_http::http::header::CACHE_CONTROL,
+            lambda_http::http::HeaderValue::from_static(PRODUCT_CACHE_CONTROL),
+        );
+        Ok(resp)
     }
 }
 
@@ -61,15 +198,240 @@ impl<G: StockGate, S: OrderStore> OrderStatusApi<G, S> {
 mod tests {
     use super::*;
     use lambda_http::{Body, http};
-    use shared::domain::{OrderStatus, ProductId, Quantity, UserId, from_unix_ms};
-    use shared::fakes::{FakeGate, FakeStore};
+    use shared::domain::{OrderMessage, ProductStats, Quantity, UserId, from_unix_ms, unix_ms};
+    use shared::fakes::{FakeGate, FakeStore, ManualClock, order_message, terms};
+    use shared::payment::{EventId, PaymentEvent};
+    use shared::ports::PaymentWrite;
+
+    const NOW: i64 = 1_800_000_000_000;
 
     fn api() -> OrderStatusApi<FakeGate, FakeStore> {
+        with_clock(Arc::new(ManualClock::at(NOW)))
+    }
+
+    fn with_clock(clock: Arc<ManualClock>) -> OrderStatusApi<FakeGate, FakeStore> {
         OrderStatusApi {
             gate: FakeGate::default(),
-            store: FakeStore::default(),
+            store: FakeStore::default().with_stock("p1", 10),
             insecure_user_from_body: true,
+            terms: Terms::new(clock),
+            faults: FaultPlan::none(),
         }
+    }
+
+    /// An order of u1 placed in the store, due a minute from NOW.
+    async fn placed(a: &OrderStatusApi<FakeGate, FakeStore>) -> OrderMessage {
+        let msg = order_message("p1", "u1", NOW - 1_000);
+        a.store.place(&msg, &terms(NOW + 60_000)).await.unwrap();
+        msg
+    }
+
+    async fn call(
+        a: &OrderStatusApi<FakeGate, FakeStore>,
+        method: &str,
+        path: &str,
+    ) -> (u16, serde_json::Value) {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::Empty)
+            .unwrap();
+        let resp = a.handle(req).await;
+        let body = serde_json::from_slice(resp.body().as_ref()).unwrap();
+        (resp.status().as_u16(), body)
+    }
+
+    fn cancel_path(msg: &OrderMessage, user: &str) -> String {
+        format!(
+            "/api/flash-sale/orders/{}/cancel?user_id={user}",
+            msg.request_id
+        )
+    }
+
+    #[tokio::test]
+    async fn decided_orders_are_read_from_dynamodb_with_their_terms() {
+        let a = api();
+        let msg = placed(&a).await;
+        // Redis knows it as placed; only DynamoDB knows it was paid.
+        a.gate.settle(&msg, OrderStatus::Placed).await.unwrap();
+        let order = a.store.order(&msg.request_id).await.unwrap().unwrap();
+        let event = payment_event(&msg, "e1");
+        assert_eq!(
+            a.store.pay(&order, &event, NOW).await.unwrap(),
+            PaymentWrite::Paid
+        );
+        let path = format!("/api/flash-sale/orders/{}?user_id=u1", msg.request_id);
+        let (status, body) = call(&a, "GET", &path).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "paid");
+        assert_eq!(body["amount"], 100);
+        assert_eq!(body["currency"], "EUR");
+        assert_eq!(
+            body["pay_by"],
+            from_unix_ms(NOW + 60_000)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        );
+    }
+
+    fn payment_event(msg: &OrderMessage, id: &str) -> PaymentEvent {
+        PaymentEvent {
+            event_id: EventId::parse(id).unwrap(),
+            request_id: msg.request_id.clone(),
+            amount: 100,
+            currency: shared::domain::Currency::parse("EUR").unwrap(),
+            status: "succeeded".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancel_releases_the_reservation_once() {
+        let a = api();
+        let msg = placed(&a).await;
+        assert_eq!(a.store.remaining(&msg.product_id), Some(9));
+        let (status, body) = call(&a, "POST", &cancel_path(&msg, "u1")).await;
+        assert_eq!((status, &body["status"]), (200, &"cancelled".into()));
+        assert_eq!(body["request_id"], msg.request_id.as_str());
+        let ledger = a.store.ledger_of(&msg.product_id);
+        assert_eq!((ledger.remaining, ledger.releasing), (10, 0));
+        assert_eq!((ledger.cancelled, ledger.released), (1, 1));
+        assert_eq!(a.gate.released.lock().unwrap().len(), 1);
+        // Repeated (its answer was lost): the same answer, nothing new.
+        let (status, _) = call(&a, "POST", &cancel_path(&msg, "u1")).await;
+        assert_eq!(status, 200);
+        assert_eq!(a.store.ledger_of(&msg.product_id).released, 1);
+        assert_eq!(a.gate.released.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn cancel_refusals() {
+        let a = api();
+        let msg = placed(&a).await;
+        assert_eq!(call(&a, "POST", &cancel_path(&msg, "u2")).await.0, 403);
+        let unauthenticated = format!("/api/flash-sale/orders/{}/cancel", msg.request_id);
+        assert_eq!(call(&a, "POST", &unauthenticated).await.0, 401);
+        let unknown = order_message("p1", "u1", NOW);
+        assert_eq!(call(&a, "POST", &cancel_path(&unknown, "u1")).await.0, 404);
+        // Still pending (Redis only): not a reservation yet.
+        a.gate
+            .put_request(shared::fakes::view(&unknown, OrderStatus::Pending));
+        let (status, body) = call(&a, "POST", &cancel_path(&unknown, "u1")).await;
+        assert_eq!((status, &body["error"]), (409, &"not_cancellable".into()));
+        assert_eq!(body["status"], "pending");
+        // Paid: final.
+        let order = a.store.order(&msg.request_id).await.unwrap().unwrap();
+        let event = payment_event(&msg, "e1");
+        a.store.pay(&order, &event, NOW).await.unwrap();
+        let (status, body) = call(&a, "POST", &cancel_path(&msg, "u1")).await;
+        assert_eq!((status, &body["status"]), (409, &"paid".into()));
+        assert_eq!(call(&a, "GET", &cancel_path(&msg, "u1")).await.0, 405);
+        a.store.failures.fail_next(1);
+        assert_eq!(call(&a, "POST", &cancel_path(&msg, "u1")).await.0, 503);
+    }
+
+    /// A cancel racing a payment, interleaved at every port call: the order
+    /// ends exactly one of paid or cancelled, and units move only for a cancel.
+    #[tokio::test]
+    async fn cancel_racing_a_payment_ends_once() {
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..40 {
+            let a = api();
+            let msg = placed(&a).await;
+            let order = a.store.order(&msg.request_id).await.unwrap().unwrap();
+            let event = payment_event(&msg, "e1");
+            let late = |n: usize| async move {
+                for _ in 0..n {
+                    tokio::task::yield_now().await;
+                }
+            };
+            let path = cancel_path(&msg, "u1");
+            let ((status, _), paid) = tokio::join!(
+                async {
+                    late(round % 4).await;
+                    call(&a, "POST", &path).await
+                },
+                async {
+                    late(round / 4 % 4).await;
+                    a.store.pay(&order, &event, NOW).await.unwrap()
+                }
+            );
+            let end = a.store.status_of(&msg.request_id).unwrap();
+            let ledger = a.store.ledger_of(&msg.product_id);
+            match end {
+                OrderStatus::Paid => {
+                    assert_eq!(paid, PaymentWrite::Paid);
+                    assert_eq!(status, 409);
+                    assert_eq!((ledger.remaining, ledger.released), (9, 0));
+                }
+                OrderStatus::Cancelled => {
+                    assert_eq!(paid, PaymentWrite::Refused(OrderStatus::Cancelled));
+                    assert_eq!(status, 200);
+                    assert_eq!((ledger.remaining, ledger.paid), (10, 0));
+                }
+                other => panic!("ended {other:?}"),
+            }
+            seen.insert(end);
+        }
+        assert_eq!(seen.len(), 2, "both winners were exercised");
+    }
+
+    #[tokio::test]
+    async fn the_product_page_follows_the_sale() {
+        let clock = Arc::new(ManualClock::at(NOW));
+        let a = with_clock(clock.clone());
+        let p = a
+            .store
+            .product(&ProductId::parse("p1").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let (start, end) = (unix_ms(p.starts_at), unix_ms(p.ends_at));
+        let page = || {
+            let req = http::Request::builder()
+                .uri("/api/flash-sale/products/p1")
+                .body(Body::Empty)
+                .unwrap();
+            a.handle(req)
+        };
+        *a.gate.stats.lock().unwrap() = Some(ProductStats {
+            stock_left: 3,
+            ..ProductStats::default()
+        });
+        let state = |resp: &HttpResponse| {
+            let body: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+            (
+                body["state"].as_str().unwrap().to_owned(),
+                body["stock_left"].as_i64().unwrap(),
+            )
+        };
+        clock.set(start - 1);
+        let resp = page().await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["cache-control"], PRODUCT_CACHE_CONTROL);
+        assert_eq!(state(&resp), ("upcoming".into(), 3));
+        let body: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+        for field in [
+            "name",
+            "price",
+            "currency",
+            "starts_at",
+            "ends_at",
+            "per_buyer_limit",
+        ] {
+            assert!(body.get(field).is_some(), "{field} missing: {body}");
+        }
+        clock.set(start);
+        assert_eq!(state(&page().await), ("on_sale".into(), 3));
+        a.gate.stats.lock().unwrap().as_mut().unwrap().stock_left = 0;
+        assert_eq!(state(&page().await), ("sold_out".into(), 0));
+        // Redis down: the ledger's units.
+        a.gate.failures.fail_next(1);
+        assert_eq!(state(&page().await), ("on_sale".into(), 10));
+        clock.set(end);
+        assert_eq!(state(&page().await), ("ended".into(), 0));
+        let (status, _) = call(&a, "GET", "/api/flash-sale/products/nope").await;
+        assert_eq!(status, 404);
+        assert_eq!(call(&a, "POST", "/api/flash-sale/products/p1").await.0, 405);
     }
 
     fn view(status: OrderStatus) -> RequestView {
@@ -86,13 +448,7 @@ mod tests {
     }
 
     async fn get(a: &OrderStatusApi<FakeGate, FakeStore>, path: &str) -> (u16, serde_json::Value) {
-        let req = http::Request::builder()
-            .uri(path)
-            .body(Body::Empty)
-            .unwrap();
-        let resp = a.handle(req).await;
-        let body = serde_json::from_slice(resp.body().as_ref()).unwrap();
-        (resp.status().as_u16(), body)
+        call(a, "GET", path).await
     }
 
     #[tokio::test]

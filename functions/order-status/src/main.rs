@@ -11,6 +11,8 @@ async fn main() -> Result<(), Error> {
         gate: env.gate()?,
         store: env.store(),
         insecure_user_from_body: config::insecure_user_from_body(),
+        terms: shared::lifecycle::Terms::system(),
+        faults: env.faults.clone(),
     };
     let api = &api;
     env.run_http(move |req: Request| async move { Ok::<_, Infallible>(api.handle(req).await) })

@@ -15,6 +15,7 @@ use tools::provision::{self, Names, Provisioned};
 use tools::runner::{self, App, RunnerConfig, Running};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const WEBHOOK_SECRET: &[u8] = b"whsec_test_0123456789abcdef";
 
 pub fn require_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -126,6 +127,9 @@ impl TestStack {
             resend_after_ms: opts.resend_after_ms,
             faults: opts.faults,
             sold_out_cache: Duration::from_secs(1),
+            webhook_secret: Some(WEBHOOK_SECRET.to_vec()),
+            expire_every: Duration::from_millis(500),
+            expiry_batch: 100,
         };
         let running = runner::start(config.clone(), &sdk)
             .await

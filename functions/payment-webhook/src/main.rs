@@ -1,0 +1,20 @@
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use lambda_http::Request;
+use shared::config;
+use shared::ports::SystemClock;
+use shared::wiring::{Error, Wiring};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let env = Wiring::from_env().await?;
+    let webhook = payment_webhook::Webhook {
+        store: env.store(),
+        clock: Arc::new(SystemClock),
+        secret: config::payment_webhook_secret()?,
+    };
+    let webhook = &webhook;
+    env.run_http(move |req: Request| async move { Ok::<_, Infallible>(webhook.handle(req).await) })
+        .await
+}
