@@ -68,6 +68,31 @@ impl Api {
             .await
     }
 
+    /// Delivers a payment provider's event, signed with `secret` at unix
+    /// time `t` as the provider would.
+    pub async fn webhook(&self, secret: &[u8], t: i64, event: &Value) -> Result<Answer> {
+        let signature = shared::payment::sign(secret, t, event.to_string().as_bytes());
+        self.call(
+            "POST",
+            "/api/payments/webhook",
+            &[("Flashsale-Signature", &signature)],
+            Some(event),
+        )
+        .await
+    }
+
+    /// `POST /api/flash-sale/orders/{id}/cancel` as `user` (local runner).
+    pub async fn cancel(&self, request_id: &str, user: &str) -> Result<Answer> {
+        let path = format!("/api/flash-sale/orders/{request_id}/cancel?user_id={user}");
+        self.call("POST", &path, &[], None).await
+    }
+
+    /// `GET /api/flash-sale/orders/{id}` as `user` (local runner).
+    pub async fn order(&self, request_id: &str, user: &str) -> Result<Answer> {
+        let path = format!("/api/flash-sale/orders/{request_id}?user_id={user}");
+        self.call("GET", &path, &[], None).await
+    }
+
     pub async fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer> {
         let auth = format!("Bearer {}", self.admin_token);
         self.call(method, path, &[("Authorization", &auth)], body)

@@ -1,0 +1,240 @@
+//! The order lifecycle on the real local stack (Redis, LocalStack SQS,
+//! DynamoDB Local) through the runner's HTTP API: pay by signed webhook,
+//! cancel, expire by the expirer's timer, and every refusal.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use common::{TestStack, WEBHOOK_SECRET, unique};
+use tools::audit::audit;
+use shared::domain::ProductId;
+
+/// Buys one unit as `user`; the request id once DynamoDB placed it.
+async fn buy_placed(s: &TestStack, product: &str, user: &str) -> String {
+    let answer = s
+        .api
+        .buy(
+            &json!({ "product_id": product, "quantity": 1, "user_id": user }),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let id = answer.body["request_id"].as_str().unwrap().to_owned();
+    for _ in 0..200 {
+        let order = s.api.order(&id, user).await.unwrap();
+        if order.body["status"] == "placed" && order.body.get("pay_by").is_some() {
+            return id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{id} was not placed within 20 s");
+}
+
+fn payment(event_id: &str, request_id: &str, amount: u64) -> Value {
+    json!({ "event_id": event_id, "request_id": request_id, "amount": amount,
+            "currency": "EUR", "status": "succeeded" })
+}
+
+fn now_secs() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pay_cancel_expire_and_every_refusal() {
+    let s = TestStack::start("lifecycle", 30).await;
+    let product = unique("life");
+    let now = OffsetDateTime::now_utc();
+    let created = s
+        .api
+        .admin(
+            "POST",
+            "/api/admin/products",
+            Some(&json!({
+                "product_id": product, "name": "Lifecycle item", "stock": 5,
+                "per_buyer_limit": 1, "price": 1250, "currency": "EUR",
+                "payment_window_secs": 3,
+                "starts_at": (now - time::Duration::seconds(1)).format(&Rfc3339).unwrap(),
+                "ends_at": (now + time::Duration::hours(1)).format(&Rfc3339).unwrap(),
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+    let warm = format!("/api/admin/products/{product}/warm");
+    assert_eq!(s.api.admin("POST", &warm, None).await.unwrap().status, 200);
+
+    let [paid, cancelled, expired, late] = [
+        buy_placed(&s, &product, "u1").await,
+        buy_placed(&s, &product, "u2").await,
+        buy_placed(&s, &product, "u3").await,
+        buy_placed(&s, &product, "u4").await,
+    ];
+
+    // The public product page.
+    let page = s
+        .api
+        .call(
+            "GET",
+            &format!("/api/flash-sale/products/{product}"),
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        (
+            &page.body["state"],
+            &page.body["stock_left"],
+            &page.body["price"]
+        ),
+        (&json!("on_sale"), &json!(1), &json!(1250))
+    );
+    let missing = s
+        .api
+        .call("GET", "/api/flash-sale/products/nope", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 404);
+
+    // The order shows its terms.
+    let order = s.api.order(&paid, "u1").await.unwrap().body;
+    assert_eq!(
+        (&order["amount"], &order["currency"]),
+        (&json!(1250), &json!("EUR"))
+    );
+
+    // Pay: signed, once per event, refusals.
+    let t = now_secs();
+    let first = s
+        .api
+        .webhook(WEBHOOK_SECRET, t, &payment("e1", &paid, 1250))
+        .await
+        .unwrap();
+    assert_eq!((first.status, &first.body["status"]), (200, &json!("paid")));
+    let again = s
+        .api
+        .webhook(WEBHOOK_SECRET, t, &payment("e1", &paid, 1250))
+        .await
+        .unwrap();
+    assert_eq!((again.status, again.body), (200, first.body));
+    let forged = s
+        .api
+        .webhook(b"not-our-secret-at-all", t, &payment("e2", &paid, 1250))
+        .await
+        .unwrap();
+    assert_eq!(
+        (forged.status, &forged.body["error"]),
+        (401, &json!("bad_signature"))
+    );
+    let stale = s
+        .api
+        .webhook(WEBHOOK_SECRET, t - 301, &payment("e3", &paid, 1250))
+        .await
+        .unwrap();
+    assert_eq!(
+        (stale.status, &stale.body["error"]),
+        (401, &json!("stale_signature"))
+    );
+    let wrong = s
+        .api
+        .webhook(WEBHOOK_SECRET, t, &payment("e4", &late, 999))
+        .await
+        .unwrap();
+    assert_eq!(
+        (wrong.status, &wrong.body["error"]),
+        (409, &json!("amount_mismatch"))
+    );
+
+    // Cancel: the buyer's own, placed orders only.
+    assert_eq!(s.api.cancel(&cancelled, "u9").await.unwrap().status, 403);
+    let unknown = format!("{product}.0190f5d2-7a3c-7b1e-9c4d-2f6a8b0c1d2e");
+    assert_eq!(s.api.cancel(&unknown, "u2").await.unwrap().status, 404);
+    let done = s.api.cancel(&cancelled, "u2").await.unwrap();
+    assert_eq!(
+        (done.status, &done.body["status"]),
+        (200, &json!("cancelled"))
+    );
+    let not = s.api.cancel(&paid, "u1").await.unwrap();
+    assert_eq!(
+        (not.status, &not.body["error"], &not.body["status"]),
+        (409, &json!("not_cancellable"), &json!("paid"))
+    );
+
+    // Expire: past the 3 s window the expirer's timer (500 ms here) releases them.
+    let mut statuses = Vec::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        statuses = vec![
+            s.api.order(&expired, "u3").await.unwrap().body["status"].clone(),
+            s.api.order(&late, "u4").await.unwrap().body["status"].clone(),
+        ];
+        if statuses.iter().all(|st| st == "expired") {
+            break;
+        }
+    }
+    assert_eq!(statuses, vec![json!("expired"), json!("expired")]);
+    let too_late = s
+        .api
+        .webhook(WEBHOOK_SECRET, now_secs(), &payment("e5", &expired, 1250))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            too_late.status,
+            &too_late.body["error"],
+            &too_late.body["status"]
+        ),
+        (409, &json!("order_not_payable"), &json!("expired"))
+    );
+
+    // The books: one paid, three released back on sale, two payments owed back.
+    let stats = s
+        .api
+        .admin("GET", &format!("/api/admin/products/{product}"), None)
+        .await
+        .unwrap()
+        .body;
+    for (field, want) in [
+        ("paid", 1),
+        ("cancelled", 1),
+        ("expired", 2),
+        ("released", 3),
+        ("refund_due", 2),
+        ("stock_left", 4),
+    ] {
+        assert_eq!(stats[field], json!(want), "{field}: {stats}");
+    }
+    let books = audit(
+        &s.gate,
+        &s.store,
+        &ProductId::parse(product.as_str()).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(books.balanced(), "{books}: {:?}", books.problems());
+    assert_eq!(
+        (books.paid_units, books.stock_left, books.stock_total),
+        (1, 4, 5)
+    );
+    // A released buyer keeps their slot (rebuy_after_release is false).
+    let rebuy = s
+        .api
+        .buy(
+            &json!({ "product_id": product, "quantity": 1, "user_id": "u2" }),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (rebuy.status, &rebuy.body["error"]),
+        (409, &json!("already_purchased"))
+    );
+    s.running.stop().await;
+}
