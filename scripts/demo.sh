@@ -2,9 +2,11 @@
 # The demo sale: provisions queues and table, starts the local runner in the
 # background, runs `flashsale loadtest --summary` against it. Expects the stack's env
 # (run through localstack/with-stack.sh). The last line is the SUMMARY.
-# CHAOS=1 injects faults into every port and runs the sale on a real Redis
-# Cluster whose product primary fails over mid-sale to a replica that missed
-# its last writes; the books must still balance.
+# CHAOS=1 injects faults into every port (the lifecycle's writes lose their
+# answers, releases crash between their DynamoDB and Redis steps), pays
+# within 50 ms of deadlines, and runs the sale on a real Redis Cluster whose
+# product primary fails over mid-sale to a replica that missed its last
+# writes; the books must still balance.
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/debug/flashsale"
 addr="${FLASHSALE_HTTP_ADDR:-127.0.0.1:3000}"
@@ -12,17 +14,21 @@ export FLASHSALE_HTTP_ADDR="$addr"
 export FLASHSALE_INSECURE_USER_FROM_BODY=1
 export FLASHSALE_ADMIN_TOKEN="${FLASHSALE_ADMIN_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
 export FLASHSALE_SWEEP_EVERY_MS="${FLASHSALE_SWEEP_EVERY_MS:-1000}"
+export FLASHSALE_EXPIRE_EVERY_MS="${FLASHSALE_EXPIRE_EVERY_MS:-500}"
+export FLASHSALE_PAYMENT_WEBHOOK_SECRET="${FLASHSALE_PAYMENT_WEBHOOK_SECRET:-whsec_$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
 visibility=30
-args=(--base-url "http://$addr")
+# The whole lifecycle: a 5 s payment window; winners pay, cancel or walk
+# away, and later waves of the losers buy what comes back.
+args=(--base-url "http://$addr" --payment-window-secs 5 --after-sale)
 if [ "${CHAOS:-0}" = 1 ]; then
-  export FLASHSALE_FAULTS="${FLASHSALE_FAULTS:-store.put:0.05,queue.send:0.02,consumer.crash_after_write:0.01}"
+  export FLASHSALE_FAULTS="${FLASHSALE_FAULTS:-store.put:0.05,queue.send:0.02,consumer.crash_after_write:0.01,store.lifecycle_reply_lost:0.05,release.crash_mid:0.1}"
   export FLASHSALE_SWEEP_AFTER_MS="${FLASHSALE_SWEEP_AFTER_MS:-3000}"
   # Beyond 2 s visibility x 5 receives.
   export FLASHSALE_RESEND_AFTER_MS="${FLASHSALE_RESEND_AFTER_MS:-15000}"
   visibility=2
   eval "$("$bin" cluster-up --dir "$STACK_DIR")"
   # The rush spread over 3 s; the product's primary fails over 0.5 s in.
-  args+=(--ramp-ms 3000 --failover-after-ms 500)
+  args+=(--ramp-ms 3000 --failover-after-ms 500 --pay-near-deadline-ms 50)
   echo "chaos: FLASHSALE_FAULTS=$FLASHSALE_FAULTS, Redis Cluster failover losing acknowledged writes mid-sale" >&2
 fi
 eval "$("$bin" provision --visibility-timeout "$visibility")"

@@ -159,6 +159,24 @@ pub async fn wait_drained(gate: &RedisGate, product: &ProductId, timeout: Durati
 }
 
 /// Faults the runner has injected so far (its `/health`).
+/// Waits until no reservation is open (each paid, cancelled or expired)
+/// and every released unit is back on the shelf; the books then.
+pub async fn wait_reservations_closed(
+    gate: &RedisGate,
+    store: &shared::aws::DynamoStore,
+    product: &ProductId,
+    timeout: Duration,
+) -> Result<crate::audit::Audit> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let books = crate::audit::audit(gate, store, product).await?;
+        if (books.open == 0 && books.releasing == 0) || std::time::Instant::now() > deadline {
+            return Ok(books);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 pub async fn faults_injected(api: &Api) -> Result<u64> {
     let health = api.call("GET", "/health", &[], None).await?;
     Ok(health.body["faults_injected"].as_u64().unwrap_or(0))

@@ -1,6 +1,7 @@
 //! Tools around the flashsale functions: the local runner, provisioning of
 //! the local stack, the demo sale and audits.
 
+pub mod aftersale;
 pub mod audit;
 pub mod chart;
 pub mod client;

@@ -115,6 +115,23 @@ struct LoadArgs {
     /// End with one SUMMARY line (the demo's).
     #[arg(long)]
     summary: bool,
+    /// Payment window of the fresh product.
+    #[arg(long, default_value_t = 900)]
+    payment_window_secs: u32,
+    /// After the rush, winners pay (signed webhooks, secret from
+    /// FLASHSALE_PAYMENT_WEBHOOK_SECRET), cancel or walk away, and the units
+    /// that come back are bought by waves of the buyers who lost.
+    #[arg(long)]
+    after_sale: bool,
+    /// How long the waves may go on.
+    #[arg(long, default_value_t = 120)]
+    after_sale_secs: u64,
+    /// Chaos: pay within this many ms of the deadline, either side.
+    #[arg(long)]
+    pay_near_deadline_ms: Option<i64>,
+    /// Seed of the buyers' choices.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
 }
 
 async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> {
@@ -123,7 +140,7 @@ async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> 
         Some(p) => p,
         None => {
             let p = format!("sale-{}", time::OffsetDateTime::now_utc().unix_timestamp());
-            demo::create_and_warm(&api, &p, a.stock, 1, 900).await?;
+            demo::create_and_warm(&api, &p, a.stock, 1, a.payment_window_secs).await?;
             p
         }
     };
@@ -180,6 +197,34 @@ async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> 
         tools::chart::draw(path, &title, &loadtest::timeline(&run, 40)?)?;
         eprintln!("chart: {}", path.display());
     }
+    let after_sale = if a.after_sale {
+        let secret = config::payment_webhook_secret()?;
+        let winners = report.admitted.clone();
+        let won: std::collections::HashSet<&str> =
+            winners.iter().map(|(u, _)| u.as_str()).collect();
+        let losers: Vec<String> = (0..a.buyers)
+            .map(|b| format!("buyer-{b}"))
+            .filter(|u| !won.contains(u.as_str()))
+            .collect();
+        let mut driver = tools::aftersale::AfterSale {
+            api: &api,
+            product: &product,
+            secret: &secret,
+            price: demo::DEMO_PRICE,
+            mix: tools::aftersale::Mix {
+                near_deadline_ms: a.pay_near_deadline_ms,
+                ..tools::aftersale::Mix::default()
+            },
+            rng: fastrand::Rng::with_seed(a.seed),
+        };
+        let tally = driver
+            .run(winners, losers, Duration::from_secs(a.after_sale_secs))
+            .await?;
+        eprintln!("after the sale: {tally:?}");
+        Some(tally)
+    } else {
+        None
+    };
     let Some((gate, store)) = gate.filter(|_| !a.no_audit) else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -188,11 +233,29 @@ async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> 
     let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
     let pid = ProductId::parse(product.as_str())?;
     demo::wait_settled(&gate, Some(&sqs), &queues, &pid, Duration::from_secs(300)).await?;
-    let books = audit::audit(&gate, &store, &pid).await?;
+    let books = if after_sale.is_some() {
+        demo::wait_reservations_closed(&gate, &store, &pid, Duration::from_secs(120)).await?
+    } else {
+        audit::audit(&gate, &store, &pid).await?
+    };
     for problem in books.problems() {
         eprintln!("unbalanced: {problem}");
     }
-    let ok = books.balanced() && report.replays_mismatched == 0;
+    // After the lifecycle every unit is paid or back on sale, and every
+    // payment the provider made is a paid order or owed back.
+    let closed = after_sale.as_ref().is_none_or(|t| {
+        let payments_accounted = t.payments_decided as i64 == books.paid + books.refund_due;
+        if !payments_accounted {
+            eprintln!(
+                "unbalanced: {} payments answered, {} paid + {} refund_due recorded",
+                t.payments_decided, books.paid, books.refund_due
+            );
+        }
+        books.open == 0
+            && books.paid_units + books.stock_left == books.stock_total
+            && payments_accounted
+    });
+    let ok = books.balanced() && closed && report.replays_mismatched == 0;
     if a.summary {
         let faults = demo::faults_injected(&api).await?;
         let failover = drill.map_or(String::new(), |d| {

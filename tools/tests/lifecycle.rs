@@ -11,8 +11,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use common::{TestStack, WEBHOOK_SECRET, unique};
-use tools::audit::audit;
 use shared::domain::ProductId;
+use tools::audit::audit;
 
 /// Buys one unit as `user`; the request id once DynamoDB placed it.
 async fn buy_placed(s: &TestStack, product: &str, user: &str) -> String {
