@@ -45,6 +45,9 @@ fn init_hook_and_provision_define_the_same_resources() {
     assert_eq!(r["TABLE_GSI"], table::GSI1);
     assert_eq!(r["TABLE_GSI_PK"], table::GSI1_PK);
     assert_eq!(r["TABLE_GSI_SK"], table::GSI1_SK);
+    assert_eq!(r["TABLE_DUE_GSI"], table::GSI2);
+    assert_eq!(r["TABLE_DUE_GSI_PK"], table::GSI2_PK);
+    assert_eq!(r["TABLE_DUE_GSI_SK"], table::GSI2_SK);
     assert_eq!(r["TABLE_TTL"], table::TTL);
     // The scripts take every name from resources.env.
     for script in [
@@ -71,6 +74,7 @@ fn init_hook_and_provision_define_the_same_resources() {
         "$TABLE",
         "$MAX_RECEIVE_COUNT",
         "$TABLE_TTL",
+        "$TABLE_DUE_GSI",
     ] {
         assert!(hook.contains(var), "the hook does not use {var}");
     }

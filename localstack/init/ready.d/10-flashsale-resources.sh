@@ -16,12 +16,14 @@ dlq=$(awslocal sqs create-queue --queue-name "$ORDERS_DLQ" \
 awslocal sqs create-queue --queue-name "$ORDERS_QUEUE" \
   --attributes "$(redrive_to "$(arn_of "$dlq")")" >/dev/null
 
+gsi() { printf '{"IndexName":"%s","KeySchema":[{"AttributeName":"%s","KeyType":"HASH"},{"AttributeName":"%s","KeyType":"RANGE"}],"Projection":{"ProjectionType":"ALL"}}' "$1" "$2" "$3"; }
 if ! awslocal dynamodb describe-table --table-name "$TABLE" >/dev/null 2>&1; then
   awslocal dynamodb create-table --table-name "$TABLE" --billing-mode PAY_PER_REQUEST \
     --attribute-definitions "AttributeName=$TABLE_PK,AttributeType=S" \
       "AttributeName=$TABLE_GSI_PK,AttributeType=S" "AttributeName=$TABLE_GSI_SK,AttributeType=S" \
+      "AttributeName=$TABLE_DUE_GSI_PK,AttributeType=S" "AttributeName=$TABLE_DUE_GSI_SK,AttributeType=S" \
     --key-schema "AttributeName=$TABLE_PK,KeyType=HASH" \
-    --global-secondary-indexes "[{\"IndexName\":\"$TABLE_GSI\",\"KeySchema\":[{\"AttributeName\":\"$TABLE_GSI_PK\",\"KeyType\":\"HASH\"},{\"AttributeName\":\"$TABLE_GSI_SK\",\"KeyType\":\"RANGE\"}],\"Projection\":{\"ProjectionType\":\"ALL\"}}]" >/dev/null
+    --global-secondary-indexes "[$(gsi "$TABLE_GSI" "$TABLE_GSI_PK" "$TABLE_GSI_SK"),$(gsi "$TABLE_DUE_GSI" "$TABLE_DUE_GSI_PK" "$TABLE_DUE_GSI_SK")]" >/dev/null
   awslocal dynamodb update-time-to-live --table-name "$TABLE" \
     --time-to-live-specification "Enabled=true,AttributeName=$TABLE_TTL" >/dev/null
 fi
