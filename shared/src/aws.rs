@@ -164,6 +164,29 @@ impl OrderQueue for SqsQueue {
     }
 }
 
+// ---------------------------------------------------------------- SSM ----
+
+/// Reads a SecureString from Parameter Store, decrypted: how the functions
+/// get their secrets in AWS without plain environment values.
+pub async fn ssm_secret(config: &SdkConfig, name: &str) -> PortResult<String> {
+    let out = aws_sdk_ssm::Client::new(config)
+        .get_parameter()
+        .name(name)
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(|e| classify("ssm", e))?;
+    out.parameter
+        .and_then(|p| p.value)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            InfraError::permanent(
+                "ssm",
+                format!("parameter {name} has no value; put the secret there as a SecureString"),
+            )
+        })
+}
+
 // ----------------------------------------------------------- DynamoDB ----
 
 /// Single-table layout:
@@ -669,9 +692,14 @@ impl OrderStore for DynamoStore {
                 per_buyer_limit: get_n(item, "per_buyer_limit")?,
                 starts_at: from_unix_ms(get_n(item, "starts_at")?),
                 ends_at: from_unix_ms(get_n(item, "ends_at")?),
-                price: get_n(item, "price")?,
-                currency: Currency::parse(get_s(item, "currency")?).ok()?,
-                payment_window_secs: get_n(item, "payment_window_secs")?,
+                // Products created before the lifecycle have no terms: free,
+                // "no currency" (ISO 4217 XXX), the default window.
+                price: get_n(item, "price").unwrap_or(0),
+                currency: get_s(item, "currency")
+                    .map_or(Currency::parse("XXX"), Currency::parse)
+                    .ok()?,
+                payment_window_secs: get_n(item, "payment_window_secs")
+                    .unwrap_or(crate::domain::DEFAULT_PAYMENT_WINDOW_SECS),
                 rebuy_after_release: item
                     .get("rebuy_after_release")
                     .and_then(|v| v.as_bool().ok())
@@ -904,6 +932,13 @@ impl OrderStore for DynamoStore {
         Ok(cancelled_conditions(result)?.is_none())
     }
 
+    async fn shelf_due(&self, id: &RequestId) -> PortResult<bool> {
+        Ok(self
+            .get(table::order(id.as_str()))
+            .await?
+            .is_some_and(|item| item.contains_key("shelf_due")))
+    }
+
     async fn due(&self, now_ms: i64, limit: usize) -> PortResult<Vec<RequestView>> {
         // Everything due before `now_ms`: sort keys start with the
         // zero-padded time, then `#`.
@@ -928,7 +963,15 @@ impl OrderStore for DynamoStore {
                 .await
                 .map_err(|e| classify("dynamodb", e))?;
             for item in out.items() {
-                orders.push(order_view(item)?);
+                // One unreadable item must not stop expiry for everyone.
+                match order_view(item) {
+                    Ok(order) => orders.push(order),
+                    Err(e) => tracing::error!(
+                        pk = get_s(item, table::PK).unwrap_or("?"),
+                        error = %e,
+                        "skipping an unreadable order in the due index"
+                    ),
+                }
             }
         }
         Ok(orders)

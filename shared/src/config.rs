@@ -37,7 +37,7 @@ pub fn redis_settings() -> Result<RedisSettings, ConfigError> {
         url: var("FLASHSALE_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
         cluster: flag("FLASHSALE_REDIS_CLUSTER"),
         namespace: redis_namespace()?,
-        auth_token: var("FLASHSALE_REDIS_AUTH_TOKEN"),
+        auth_token: Secret::RedisAuthToken.from_env(),
         response_timeout: millis("FLASHSALE_REDIS_TIMEOUT_MS", 500)?,
         connect_timeout: millis("FLASHSALE_REDIS_CONNECT_TIMEOUT_MS", 1000)?,
     })
@@ -72,10 +72,10 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// The admin token; unset means the admin API refuses everything.
 pub fn admin_token() -> Result<Option<String>, ConfigError> {
-    admin_token_of(var("FLASHSALE_ADMIN_TOKEN"))
+    admin_token_of(Secret::AdminToken.from_env())
 }
 
-fn admin_token_of(value: Option<String>) -> Result<Option<String>, ConfigError> {
+pub fn admin_token_of(value: Option<String>) -> Result<Option<String>, ConfigError> {
     match value {
         Some(t) if t.len() < MIN_ADMIN_TOKEN_LEN => Err(ConfigError(format!(
             "FLASHSALE_ADMIN_TOKEN is {} characters; use at least {MIN_ADMIN_TOKEN_LEN} (e.g. openssl rand -hex 24)",
@@ -85,9 +85,59 @@ fn admin_token_of(value: Option<String>) -> Result<Option<String>, ConfigError> 
     }
 }
 
+/// A secret, as the environment gives it: in AWS the name of an SSM
+/// Parameter Store SecureString (`<VAR>_PARAM`, read at init by
+/// [`crate::wiring::Wiring`]), locally the value itself (`<VAR>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secret {
+    AdminToken,
+    PaymentWebhookSecret,
+    RedisAuthToken,
+}
+
+impl Secret {
+    pub const ALL: [Self; 3] = [
+        Self::AdminToken,
+        Self::PaymentWebhookSecret,
+        Self::RedisAuthToken,
+    ];
+    /// The variable holding the value.
+    pub fn var(self) -> &'static str {
+        match self {
+            Self::AdminToken => "FLASHSALE_ADMIN_TOKEN",
+            Self::PaymentWebhookSecret => "FLASHSALE_PAYMENT_WEBHOOK_SECRET",
+            Self::RedisAuthToken => "FLASHSALE_REDIS_AUTH_TOKEN",
+        }
+    }
+    /// The variable naming its SSM parameter.
+    pub fn param_var(self) -> &'static str {
+        match self {
+            Self::AdminToken => "FLASHSALE_ADMIN_TOKEN_PARAM",
+            Self::PaymentWebhookSecret => "FLASHSALE_PAYMENT_WEBHOOK_SECRET_PARAM",
+            Self::RedisAuthToken => "FLASHSALE_REDIS_AUTH_TOKEN_PARAM",
+        }
+    }
+    /// The SSM parameter to read, when one is named.
+    pub fn parameter(self) -> Option<String> {
+        var(self.param_var())
+    }
+    /// The value from the environment (local runs and tests).
+    pub fn from_env(self) -> Option<String> {
+        var(self.var())
+    }
+}
+
 /// The payment provider's webhook signing secret; required by the webhook.
 pub fn payment_webhook_secret() -> Result<Vec<u8>, ConfigError> {
-    let secret = required("FLASHSALE_PAYMENT_WEBHOOK_SECRET")?;
+    payment_webhook_secret_of(Secret::PaymentWebhookSecret.from_env())
+}
+
+pub fn payment_webhook_secret_of(value: Option<String>) -> Result<Vec<u8>, ConfigError> {
+    let secret = value.ok_or_else(|| {
+        ConfigError(
+            "FLASHSALE_PAYMENT_WEBHOOK_SECRET (or FLASHSALE_PAYMENT_WEBHOOK_SECRET_PARAM, an SSM SecureString) is not set; set it to the provider's signing secret".into(),
+        )
+    })?;
     if secret.len() < MIN_ADMIN_TOKEN_LEN {
         return Err(ConfigError(format!(
             "FLASHSALE_PAYMENT_WEBHOOK_SECRET is {} characters; use the provider's signing secret (at least {MIN_ADMIN_TOKEN_LEN})",

@@ -329,8 +329,9 @@ pub struct FakeStore {
     pub ledgers: Mutex<HashMap<ProductId, Ledger>>,
     pub notes: Mutex<HashMap<RequestId, FateNote>>,
     pub payments: Mutex<HashMap<EventId, PaymentRecord>>,
-    /// Released orders whose shelf step is not confirmed.
-    pub shelf_due: Mutex<Vec<RequestId>>,
+    /// Released orders whose shelf step is not confirmed, with the time
+    /// they were released (due from then on).
+    pub shelf_due: Mutex<Vec<(RequestId, i64)>>,
     pub failures: Failures,
 }
 
@@ -533,13 +534,13 @@ impl OrderStore for FakeStore {
         {
             lock(&self.guards).remove(&(o.product_id.clone(), o.user_id.to_string()));
         }
-        lock(&self.shelf_due).push(o.request_id.clone());
+        lock(&self.shelf_due).push((o.request_id.clone(), now_ms));
         Ok(Transition::Done)
     }
     async fn shelved(&self, order: &RequestView) -> PortResult<bool> {
         self.failures.check("dynamodb").await?;
         let mut due = lock(&self.shelf_due);
-        let Some(i) = due.iter().position(|id| *id == order.request_id) else {
+        let Some(i) = due.iter().position(|(id, _)| *id == order.request_id) else {
             return Ok(false);
         };
         due.remove(i);
@@ -549,14 +550,22 @@ impl OrderStore for FakeStore {
             .releasing -= i64::from(order.quantity.get());
         Ok(true)
     }
+    async fn shelf_due(&self, id: &RequestId) -> PortResult<bool> {
+        self.failures.check("dynamodb").await?;
+        Ok(lock(&self.shelf_due).iter().any(|(d, _)| d == id))
+    }
     async fn due(&self, now_ms: i64, limit: usize) -> PortResult<Vec<RequestView>> {
         self.failures.check("dynamodb").await?;
         let orders = lock(&self.orders);
         let shelf_due = lock(&self.shelf_due);
+        // As the index sorts: placed orders by pay_by, released ones by
+        // their release time, both due strictly before now.
         let mut due: Vec<RequestView> = orders
             .values()
             .filter(|o| {
-                shelf_due.contains(&o.request_id)
+                shelf_due
+                    .iter()
+                    .any(|(id, at)| *id == o.request_id && *at < now_ms)
                     || (o.status == OrderStatus::Placed
                         && o.reservation.as_ref().is_some_and(|r| r.pay_by_ms < now_ms))
             })

@@ -301,6 +301,10 @@ impl<T: OrderStore> OrderStore for Faulty<T> {
             .check(FaultPoint::LifecycleReplyLost, "dynamodb")?;
         Ok(written)
     }
+    async fn shelf_due(&self, id: &RequestId) -> PortResult<bool> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.shelf_due(id).await
+    }
     async fn due(&self, now_ms: i64, limit: usize) -> PortResult<Vec<RequestView>> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
         self.inner.due(now_ms, limit).await

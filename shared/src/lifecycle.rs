@@ -11,6 +11,7 @@ use crate::domain::{OrderMessage, OrderStatus, Product, ProductId, RequestView, 
 use crate::error::InfraError;
 use crate::faults::{FaultPlan, FaultPoint};
 use crate::ports::{Clock, OrderStore, StockGate, SystemClock, Transition};
+use crate::retry::{self, Backoff};
 
 /// Moves a placed order to `to` (cancelled or expired) and puts its units
 /// back on sale. `Refused` carries the status that won instead.
@@ -22,9 +23,17 @@ pub async fn release<G: StockGate, S: OrderStore>(
     to: OrderStatus,
     now_ms: i64,
 ) -> Result<Transition, InfraError> {
-    let transition = store.release(order, to, now_ms).await?;
-    if transition != Transition::Done {
-        return Ok(transition);
+    let transition =
+        retry::transient(Backoff::DEFAULT, || store.release(order, to, now_ms)).await?;
+    match transition {
+        Transition::Done => {}
+        // Released before: by a retry of ours whose answer was lost, or by
+        // someone else; finishing is idempotent, so finish it now.
+        Transition::Refused(s) if s == to => {
+            finish(gate, store, order, to).await?;
+            return Ok(transition);
+        }
+        Transition::Refused(_) => return Ok(transition),
     }
     metrics::counter!("flashsale_orders_released_total", "to" => to.as_str()).increment(1);
     if faults.hit(FaultPoint::CrashMidRelease) {
@@ -37,15 +46,21 @@ pub async fn release<G: StockGate, S: OrderStore>(
     Ok(Transition::Done)
 }
 
-/// The shelf step of a release DynamoDB has recorded, then its confirmation.
+/// The shelf step of a release DynamoDB has recorded, then its
+/// confirmation; nothing when DynamoDB says it was confirmed already (the
+/// due index may be stale, and a Redis that forgot the step after it was
+/// confirmed has had the unit put back by the resync).
 pub async fn finish<G: StockGate, S: OrderStore>(
     gate: &G,
     store: &S,
     order: &RequestView,
     to: OrderStatus,
 ) -> Result<(), InfraError> {
+    if !retry::transient(Backoff::DEFAULT, || store.shelf_due(&order.request_id)).await? {
+        return Ok(());
+    }
     gate.release(order, to).await?;
-    store.shelved(order).await?;
+    retry::transient(Backoff::DEFAULT, || store.shelved(order)).await?;
     Ok(())
 }
 

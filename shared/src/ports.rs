@@ -331,6 +331,10 @@ pub trait OrderStore: Send + Sync {
     /// per order; false when it was confirmed before.
     fn shelved(&self, order: &RequestView) -> impl Future<Output = PortResult<bool>> + Send;
 
+    /// Whether a release's Redis step is still to be confirmed (a
+    /// consistent read, not the due index's eventually consistent one).
+    fn shelf_due(&self, id: &RequestId) -> impl Future<Output = PortResult<bool>> + Send;
+
     /// Up to `limit` orders that owe work at `now_ms`, from the sparse due
     /// index: placed past `pay_by`, or released with the shelf step due.
     fn due(
@@ -508,6 +512,9 @@ impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
     }
     fn shelved(&self, order: &RequestView) -> impl Future<Output = PortResult<bool>> + Send {
         (**self).shelved(order)
+    }
+    fn shelf_due(&self, id: &RequestId) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).shelf_due(id)
     }
     fn due(
         &self,

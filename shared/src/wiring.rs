@@ -12,6 +12,7 @@ use metrics_cloudwatch_embedded::Collector;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::aws::{DynamoStore, SqsQueue};
+use crate::config::Secret;
 use crate::error::ConfigError;
 use crate::faults::{FaultPlan, Faulty};
 use crate::redis::RedisGate;
@@ -23,6 +24,8 @@ pub struct Wiring {
     pub sdk: SdkConfig,
     pub faults: Arc<FaultPlan>,
     metrics: &'static Collector,
+    /// Secrets read at init, from SSM where a parameter is named.
+    secrets: Vec<(Secret, String)>,
 }
 
 impl Wiring {
@@ -37,18 +40,52 @@ impl Wiring {
             .with_lambda_xray_trace_id("XRayTraceId")
             .init()
             .map_err(|e| ConfigError(format!("cannot set up CloudWatch metrics: {e}")))?;
+        let sdk = aws::load_sdk_config().await;
+        let mut secrets = Vec::new();
+        for secret in Secret::ALL {
+            let value = match secret.parameter() {
+                // Fail the init, not a request: a missing secret is a
+                // deployment error the first invocation should surface.
+                Some(name) => Some(aws::ssm_secret(&sdk, &name).await.map_err(|e| {
+                    ConfigError(format!(
+                        "cannot read {} from SSM parameter {name}: {e}",
+                        secret.var()
+                    ))
+                })?),
+                None => secret.from_env(),
+            };
+            if let Some(value) = value {
+                secrets.push((secret, value));
+            }
+        }
         Ok(Self {
-            sdk: aws::load_sdk_config().await,
+            sdk,
             faults: FaultPlan::from_env()?,
             metrics,
+            secrets,
         })
     }
 
+    /// A secret's value: its SSM parameter's, else the environment's.
+    pub fn secret(&self, secret: Secret) -> Option<String> {
+        self.secrets
+            .iter()
+            .find(|(s, _)| *s == secret)
+            .map(|(_, v)| v.clone())
+    }
+
     pub fn gate(&self) -> Result<Faulty<RedisGate>, ConfigError> {
-        Ok(Faulty::new(
-            RedisGate::new(config::redis_settings()?),
-            self.faults.clone(),
-        ))
+        let mut settings = config::redis_settings()?;
+        settings.auth_token = self.secret(Secret::RedisAuthToken);
+        Ok(Faulty::new(RedisGate::new(settings), self.faults.clone()))
+    }
+
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        config::admin_token_of(self.secret(Secret::AdminToken))
+    }
+
+    pub fn payment_webhook_secret(&self) -> Result<Vec<u8>, ConfigError> {
+        config::payment_webhook_secret_of(self.secret(Secret::PaymentWebhookSecret))
     }
 
     pub fn store(&self) -> Faulty<DynamoStore> {

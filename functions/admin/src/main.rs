@@ -1,7 +1,6 @@
 use std::convert::Infallible;
 
 use lambda_http::Request;
-use shared::config;
 use shared::wiring::{Error, Wiring};
 
 #[tokio::main]
@@ -10,7 +9,7 @@ async fn main() -> Result<(), Error> {
     let admin = admin::Admin {
         gate: env.gate()?,
         store: env.store(),
-        token: config::admin_token()?,
+        token: env.admin_token()?,
     };
     let admin = &admin;
     env.run_http(move |req: Request| async move { Ok::<_, Infallible>(admin.handle(req).await) })

@@ -203,7 +203,7 @@ mod tests {
     /// shelf exactly once, however often the crash repeats.
     #[tokio::test]
     async fn a_crash_mid_release_is_finished_by_the_next_run() {
-        let (e, _) = expirer("release.crash_mid:1");
+        let (e, clock) = expirer("release.crash_mid:1");
         let msg = place(&e, "u1", NOW - 1).await;
         let run = e.run().await.unwrap();
         assert_eq!((run.expired, run.failed), (0, 1));
@@ -215,6 +215,7 @@ mod tests {
         assert_eq!((ledger.remaining, ledger.releasing), (100, 1));
         assert!(e.gate.released.lock().unwrap().is_empty());
         // The next run (no crash this time) finishes it.
+        clock.set(NOW + 60_000);
         let e = Expirer {
             faults: FaultPlan::none(),
             ..e
@@ -229,13 +230,14 @@ mod tests {
     /// Failing stores: nothing is lost or doubled, and a later run completes.
     #[tokio::test]
     async fn failures_leave_work_for_the_next_run() {
-        let (e, _) = expirer("");
+        let (e, clock) = expirer("");
         let msgs = [place(&e, "a", NOW - 5).await, place(&e, "b", NOW - 4).await];
         e.gate.failures.fail_next(1);
         let run = e.run().await.unwrap();
         assert_eq!(run.expired + run.failed, 2);
         e.store.failures.fail_next(1);
         assert!(e.run().await.is_err(), "the index read failed");
+        clock.set(NOW + 60_000);
         e.run().await.unwrap();
         for m in &msgs {
             assert_eq!(e.store.status_of(&m.request_id), Some(OrderStatus::Expired));
@@ -246,6 +248,24 @@ mod tests {
             (100, 0, 2)
         );
         assert_eq!(e.gate.released.lock().unwrap().len(), 2);
+    }
+
+    /// Review finding: the due index is read eventually consistently, and
+    /// Redis may forget a release's marker after it was confirmed (the
+    /// resync then put the units back); finishing again must not add them
+    /// a second time.
+    #[tokio::test]
+    async fn a_confirmed_release_is_not_put_back_twice() {
+        let (e, _) = expirer("");
+        let msg = place(&e, "u1", NOW - 1).await;
+        assert_eq!(e.run().await.unwrap().expired, 1);
+        let order = e.store.order(&msg.request_id).await.unwrap().unwrap();
+        e.gate.released.lock().unwrap().clear();
+        lifecycle::finish(&e.gate, &e.store, &order, OrderStatus::Expired)
+            .await
+            .unwrap();
+        assert!(e.gate.released.lock().unwrap().is_empty());
+        assert_eq!(e.store.ledger_of(&msg.product_id).releasing, 0);
     }
 
     /// Two expirer runs overlapping (a slow run and the next schedule)

@@ -1,8 +1,7 @@
 //! The buyer's side after the buy:
-//! - `GET /api/flash-sale/orders/{request_id}`: a buyer reads their request.
-//!   Redis answers while it is pending; once DynamoDB decided it, DynamoDB
-//!   (the only one that knows payment, deadline and amount). A buyer may
-//!   read only their own requests.
+//! - `GET /api/flash-sale/orders/{request_id}`: a buyer reads their request:
+//!   DynamoDB once it decided it (only it knows payment, deadline and
+//!   amount), Redis while it is pending. A buyer may read only their own.
 //! - `POST /api/flash-sale/orders/{request_id}/cancel`: a buyer gives up a
 //!   reservation; its units go back on sale.
 //! - `GET /api/flash-sale/products/{product_id}`: the public product page the
@@ -135,23 +134,22 @@ impl<G: StockGate, S: OrderStore> OrderStatusApi<G, S> {
         }
     }
 
-    /// Pending requests live in Redis only; anything DynamoDB decided is
-    /// read there (Redis does not learn of payments). DynamoDB also answers
-    /// when Redis is down or has forgotten the request.
+    /// DynamoDB decides, so it answers whenever it knows the order (Redis
+    /// may still say pending after a crash before the consumer's settle, or
+    /// a failover that forgot it, while the payment deadline runs). Only
+    /// requests DynamoDB has not seen yet are read from Redis.
+    /// With DynamoDB down, Redis' view is better than none.
     async fn lookup(&self, id: &RequestId) -> Result<Option<RequestView>, ApiError> {
-        let cached = match self.gate.request(id).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, "redis unavailable; reading DynamoDB");
-                None
-            }
+        let store_failed = match self.store.order(id).await {
+            Ok(Some(order)) => return Ok(Some(order)),
+            Ok(None) => None,
+            Err(e) => Some(e),
         };
-        if let Some(v) = &cached
-            && v.status == OrderStatus::Pending
-        {
-            return Ok(cached);
+        match self.gate.request(id).await {
+            Ok(Some(view)) => Ok(Some(view)),
+            Ok(None) => store_failed.map_or(Ok(None), |e| Err(e.into())),
+            Err(e) => Err(store_failed.unwrap_or(e).into()),
         }
-        Ok(self.store.order(id).await?.or(cached))
     }
 
     async fn product(&self, id: &ProductId) -> Result<HttpResponse, ApiError> {
@@ -301,6 +299,22 @@ mod tests {
         assert_eq!(status, 200);
         assert_eq!(a.store.ledger_of(&msg.product_id).released, 1);
         assert_eq!(a.gate.released.lock().unwrap().len(), 1);
+    }
+
+    /// Review finding: Redis still says pending (the consumer died before
+    /// its settle, or a failover forgot it) while DynamoDB placed the order
+    /// and its deadline runs: the buyer sees the reservation and can cancel.
+    #[tokio::test]
+    async fn a_placed_order_redis_thinks_pending_is_shown_and_cancellable() {
+        let a = api();
+        let msg = placed(&a).await;
+        a.gate
+            .put_request(shared::fakes::view(&msg, OrderStatus::Pending));
+        let path = format!("/api/flash-sale/orders/{}?user_id=u1", msg.request_id);
+        let (status, body) = call(&a, "GET", &path).await;
+        assert_eq!((status, &body["status"]), (200, &"placed".into()));
+        assert!(body.get("pay_by").is_some(), "{body}");
+        assert_eq!(call(&a, "POST", &cancel_path(&msg, "u1")).await.0, 200);
     }
 
     #[tokio::test]

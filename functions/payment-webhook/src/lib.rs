@@ -14,6 +14,7 @@ use serde_json::json;
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::payment::{self, PaymentEvent, PaymentOutcome, PaymentRecord};
 use shared::ports::{Clock, OrderStore, PaymentWrite};
+use shared::retry::{self, Backoff};
 
 pub const SIGNATURE_HEADER: &str = "flashsale-signature";
 
@@ -93,7 +94,10 @@ impl<S: OrderStore> Webhook<S> {
             event,
         };
         if record.outcome == PaymentOutcome::Paid {
-            match self.store.pay(&order, &record.event, now_ms).await? {
+            let pay = || self.store.pay(&order, &record.event, now_ms);
+            // A conflict on the product's item must not turn a timely
+            // payment into a late one at the provider's next delivery.
+            match retry::transient(Backoff::DEFAULT, pay).await? {
                 PaymentWrite::Paid => {
                     metrics::counter!("flashsale_orders_paid_total").increment(1);
                     tracing::info!(request_id = %order.request_id, "order paid");
@@ -107,7 +111,7 @@ impl<S: OrderStore> Webhook<S> {
                 }
             }
         }
-        if !self.store.record_refund(&record).await? {
+        if !retry::transient(Backoff::DEFAULT, || self.store.record_refund(&record)).await? {
             return self.replay(&record).await;
         }
         metrics::counter!("flashsale_refunds_due_total", "reason" => record.outcome.as_str())

@@ -2,7 +2,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use lambda_http::Request;
-use shared::config;
 use shared::ports::SystemClock;
 use shared::wiring::{Error, Wiring};
 
@@ -12,7 +11,7 @@ async fn main() -> Result<(), Error> {
     let webhook = payment_webhook::Webhook {
         store: env.store(),
         clock: Arc::new(SystemClock),
-        secret: config::payment_webhook_secret()?,
+        secret: env.payment_webhook_secret()?,
     };
     let webhook = &webhook;
     env.run_http(move |req: Request| async move { Ok::<_, Infallible>(webhook.handle(req).await) })
