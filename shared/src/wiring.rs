@@ -24,8 +24,6 @@ pub struct Wiring {
     pub sdk: SdkConfig,
     pub faults: Arc<FaultPlan>,
     metrics: &'static Collector,
-    /// Secrets read at init, from SSM where a parameter is named.
-    secrets: Vec<(Secret, String)>,
 }
 
 impl Wiring {
@@ -40,52 +38,43 @@ impl Wiring {
             .with_lambda_xray_trace_id("XRayTraceId")
             .init()
             .map_err(|e| ConfigError(format!("cannot set up CloudWatch metrics: {e}")))?;
-        let sdk = aws::load_sdk_config().await;
-        let mut secrets = Vec::new();
-        for secret in Secret::ALL {
-            let value = match secret.parameter() {
-                // Fail the init, not a request: a missing secret is a
-                // deployment error the first invocation should surface.
-                Some(name) => Some(aws::ssm_secret(&sdk, &name).await.map_err(|e| {
-                    ConfigError(format!(
-                        "cannot read {} from SSM parameter {name}: {e}",
-                        secret.var()
-                    ))
-                })?),
-                None => secret.from_env(),
-            };
-            if let Some(value) = value {
-                secrets.push((secret, value));
-            }
-        }
         Ok(Self {
-            sdk,
+            sdk: aws::load_sdk_config().await,
             faults: FaultPlan::from_env()?,
             metrics,
-            secrets,
         })
     }
 
-    /// A secret's value: its SSM parameter's, else the environment's.
-    pub fn secret(&self, secret: Secret) -> Option<String> {
-        self.secrets
-            .iter()
-            .find(|(s, _)| *s == secret)
-            .map(|(_, v)| v.clone())
+    /// A secret this function needs, read once at init: from SSM Parameter
+    /// Store (decrypted) when its parameter is named, else the environment.
+    /// A failure fails the init: a missing secret is a deployment error.
+    pub async fn secret(&self, secret: Secret) -> Result<Option<String>, ConfigError> {
+        let Some(name) = secret.parameter() else {
+            return Ok(secret.from_env());
+        };
+        aws::ssm_secret(&self.sdk, &name)
+            .await
+            .map(Some)
+            .map_err(|e| {
+                ConfigError(format!(
+                    "cannot read {} from SSM parameter {name}: {e}",
+                    secret.var()
+                ))
+            })
     }
 
-    pub fn gate(&self) -> Result<Faulty<RedisGate>, ConfigError> {
+    pub async fn gate(&self) -> Result<Faulty<RedisGate>, ConfigError> {
         let mut settings = config::redis_settings()?;
-        settings.auth_token = self.secret(Secret::RedisAuthToken);
+        settings.auth_token = self.secret(Secret::RedisAuthToken).await?;
         Ok(Faulty::new(RedisGate::new(settings), self.faults.clone()))
     }
 
-    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
-        config::admin_token_of(self.secret(Secret::AdminToken))
+    pub async fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        config::admin_token_of(self.secret(Secret::AdminToken).await?)
     }
 
-    pub fn payment_webhook_secret(&self) -> Result<Vec<u8>, ConfigError> {
-        config::payment_webhook_secret_of(self.secret(Secret::PaymentWebhookSecret))
+    pub async fn payment_webhook_secret(&self) -> Result<Vec<u8>, ConfigError> {
+        config::payment_webhook_secret_of(self.secret(Secret::PaymentWebhookSecret).await?)
     }
 
     pub fn store(&self) -> Faulty<DynamoStore> {

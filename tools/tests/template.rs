@@ -134,7 +134,7 @@ fn functions_get_the_environment_the_code_reads() {
         ("order-status", &["FLASHSALE_REDIS_URL", "FLASHSALE_TABLE"]),
         (
             "payment-webhook",
-            &["FLASHSALE_TABLE", "FLASHSALE_PAYMENT_WEBHOOK_SECRET"],
+            &["FLASHSALE_TABLE", "FLASHSALE_PAYMENT_WEBHOOK_SECRET_PARAM"],
         ),
         (
             "order-expirer",
@@ -149,7 +149,7 @@ fn functions_get_the_environment_the_code_reads() {
             &[
                 "FLASHSALE_REDIS_URL",
                 "FLASHSALE_TABLE",
-                "FLASHSALE_ADMIN_TOKEN",
+                "FLASHSALE_ADMIN_TOKEN_PARAM",
             ],
         ),
         (
@@ -171,6 +171,14 @@ fn functions_get_the_environment_the_code_reads() {
         let env = env_of(&t, function(&t, binary));
         for v in *vars {
             assert!(env.contains(*v), "{binary} lacks {v}");
+        }
+        // Secrets travel as SSM parameter names, never as values.
+        for secret in shared::config::Secret::ALL {
+            assert!(
+                !env.contains(secret.var()),
+                "{binary} gets {} as a plain environment value",
+                secret.var()
+            );
         }
         for v in env.iter().filter(|v| v.starts_with("FLASHSALE_")) {
             assert!(
@@ -273,20 +281,32 @@ fn request_state_outlives_every_message_and_resends_wait_for_redeliveries() {
 #[test]
 fn each_function_gets_only_the_access_it_needs() {
     let t = template();
+    // A policy template or statement by its key; a managed policy by
+    // `!Ref <name>`; a conditional one by `!If <condition>`.
     let policies = |binary: &str| -> Vec<(String, Value)> {
         function(&t, binary)["Properties"]["Policies"]
             .as_sequence()
             .unwrap()
             .iter()
-            .map(|p| {
-                let (k, v) = p.as_mapping().unwrap().iter().next().unwrap();
-                (k.as_str().unwrap().to_owned(), v.clone())
+            .map(|p| match tagged(p) {
+                Some((tag, v)) if tag == "Ref" => {
+                    (format!("!Ref {}", v.as_str().unwrap()), v.clone())
+                }
+                Some((tag, v)) => (format!("!{tag} {}", v[0].as_str().unwrap()), v.clone()),
+                None => {
+                    let (k, v) = p.as_mapping().unwrap().iter().next().unwrap();
+                    (k.as_str().unwrap().to_owned(), v.clone())
+                }
             })
             .collect()
     };
     let names =
         |binary: &str| -> Vec<String> { policies(binary).into_iter().map(|(k, _)| k).collect() };
-    assert_eq!(names("deduct"), vec!["SQSSendMessagePolicy", "Statement"]);
+    let redis_auth = "!If HasRedisAuth";
+    assert_eq!(
+        names("deduct"),
+        vec!["SQSSendMessagePolicy", "Statement", redis_auth]
+    );
     // Deduct may only write and read order items.
     let statement = &policies("deduct")[1].1[0];
     let mut actions: Vec<&str> = statement["Action"]
@@ -304,22 +324,56 @@ fn each_function_gets_only_the_access_it_needs() {
     );
     assert_eq!(
         names("outbox-sweeper"),
-        vec!["SQSSendMessagePolicy", "DynamoDBReadPolicy"]
+        vec!["SQSSendMessagePolicy", "DynamoDBReadPolicy", redis_auth]
     );
     for binary in [
-        "admin",
         "order-consumer",
         "compensation",
         "order-status",
-        "payment-webhook",
         "order-expirer",
     ] {
-        assert_eq!(names(binary), vec!["DynamoDBCrudPolicy"], "{binary}");
+        assert_eq!(
+            names(binary),
+            vec!["DynamoDBCrudPolicy", redis_auth],
+            "{binary}"
+        );
     }
+    // Each secret is readable only by the function that needs it.
+    let reads_parameter = |binary: &str, parameter: &str| {
+        let statement = &policies(binary)[1].1[0];
+        assert_eq!(statement["Action"], "ssm:GetParameter", "{binary}");
+        let (tag, arn) = tagged(&statement["Resource"]).unwrap();
+        assert_eq!(tag, "Sub");
+        assert!(
+            arn.as_str()
+                .unwrap()
+                .ends_with(&format!(":parameter${{{parameter}}}")),
+            "{binary}: {arn:?}"
+        );
+    };
+    assert_eq!(
+        names("admin"),
+        vec![
+            "DynamoDBCrudPolicy",
+            "Statement",
+            "!Ref SecretsDecryptPolicy",
+            redis_auth
+        ]
+    );
+    reads_parameter("admin", "AdminTokenParameter");
+    assert_eq!(
+        names("payment-webhook"),
+        vec![
+            "DynamoDBCrudPolicy",
+            "Statement",
+            "!Ref SecretsDecryptPolicy"
+        ]
+    );
+    reads_parameter("payment-webhook", "PaymentWebhookSecretParameter");
     for (_, f) in functions(&t) {
         let binary = f["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
         for (name, args) in policies(binary) {
-            if name == "Statement" {
+            if name == "Statement" || name.starts_with('!') {
                 continue;
             }
             if name.starts_with("DynamoDB") {

@@ -7,9 +7,9 @@ use shared::wiring::{Error, Wiring};
 async fn main() -> Result<(), Error> {
     let env = Wiring::from_env().await?;
     let admin = admin::Admin {
-        gate: env.gate()?,
+        gate: env.gate().await?,
         store: env.store(),
-        token: env.admin_token()?,
+        token: env.admin_token().await?,
     };
     let admin = &admin;
     env.run_http(move |req: Request| async move { Ok::<_, Infallible>(admin.handle(req).await) })

@@ -7,7 +7,7 @@ use shared::wiring::{Error, Wiring};
 async fn main() -> Result<(), Error> {
     let env = Wiring::from_env().await?;
     let compensation = compensation::Compensation {
-        gate: env.gate()?,
+        gate: env.gate().await?,
         store: env.store(),
         concurrency: config::consumer_concurrency()?,
     };

@@ -8,7 +8,7 @@ use shared::wiring::{Error, Wiring};
 async fn main() -> Result<(), Error> {
     let env = Wiring::from_env().await?;
     let handler = deduct::Deduct {
-        gate: env.gate()?,
+        gate: env.gate().await?,
         queue: env.orders_queue()?,
         store: env.store(),
         insecure_user_from_body: config::insecure_user_from_body(),

@@ -7,7 +7,7 @@ use shared::wiring::{Error, Wiring};
 async fn main() -> Result<(), Error> {
     let env = Wiring::from_env().await?;
     let consumer = order_consumer::Consumer {
-        gate: env.gate()?,
+        gate: env.gate().await?,
         store: env.store(),
         concurrency: config::consumer_concurrency()?,
         faults: env.faults.clone(),

@@ -11,7 +11,7 @@ use shared::wiring::{Error, Wiring};
 async fn main() -> Result<(), Error> {
     let env = Wiring::from_env().await?;
     let expirer = order_expirer::Expirer {
-        gate: env.gate()?,
+        gate: env.gate().await?,
         store: env.store(),
         clock: Arc::new(SystemClock),
         faults: env.faults.clone(),

@@ -8,7 +8,7 @@ use shared::wiring::{Error, Wiring};
 async fn main() -> Result<(), Error> {
     let env = Wiring::from_env().await?;
     let api = order_status::OrderStatusApi {
-        gate: env.gate()?,
+        gate: env.gate().await?,
         store: env.store(),
         insecure_user_from_body: config::insecure_user_from_body(),
         terms: shared::lifecycle::Terms::system(),

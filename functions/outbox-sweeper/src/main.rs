@@ -7,7 +7,7 @@ use shared::wiring::{Error, Wiring};
 async fn main() -> Result<(), Error> {
     let env = Wiring::from_env().await?;
     let sweeper = outbox_sweeper::Sweeper {
-        gate: env.gate()?,
+        gate: env.gate().await?,
         queue: env.orders_queue()?,
         store: env.store(),
         older_than_ms: config::sweep_after()?.as_millis() as i64,

@@ -11,7 +11,7 @@ async fn main() -> Result<(), Error> {
     let webhook = payment_webhook::Webhook {
         store: env.store(),
         clock: Arc::new(SystemClock),
-        secret: env.payment_webhook_secret()?,
+        secret: env.payment_webhook_secret().await?,
     };
     let webhook = &webhook;
     env.run_http(move |req: Request| async move { Ok::<_, Infallible>(webhook.handle(req).await) })
