@@ -8,7 +8,7 @@ NEXTEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo "nextest run"
 
 TOOLS_BIN := $(HOME)/.cache/flashsale/tools-venv/bin
 export SAM_CLI_TELEMETRY := 0
-FUNCTIONS := deduct order-consumer order-status admin compensation outbox-sweeper
+FUNCTIONS := deduct order-consumer order-status admin compensation outbox-sweeper payment-webhook order-expirer
 BIN_FLAGS := $(foreach f,$(FUNCTIONS),--bin $(f))
 
 .PHONY: setup build build-arm64 build-x86_64 bench dev-build demo test lint template-lint unit stack-up stack-down sam-build deploy-localstack
@@ -31,7 +31,7 @@ build-x86_64: setup
 # Every figure of docs/benchmarks.md, on a fresh local stack. Size and cold
 # start read the x86_64 bootstraps (built first when missing).
 bench: setup
-	@test -x $(CARGO_TARGET_DIR)/lambda/x86_64/deduct/bootstrap || $(MAKE) build-x86_64
+	@for f in $(FUNCTIONS); do test -x $(CARGO_TARGET_DIR)/lambda/x86_64/$$f/bootstrap || { $(MAKE) build-x86_64; break; }; done
 	cargo build -q --profile fast -p flashsale-tools --bin bench
 	localstack/with-stack.sh $(CARGO_TARGET_DIR)/fast/bench --lambda-dir $(CARGO_TARGET_DIR)/lambda/x86_64 \
 	  $$(test -d $(CARGO_TARGET_DIR)/lambda/arm64 && echo --arm64-dir $(CARGO_TARGET_DIR)/lambda/arm64) --command "make bench"

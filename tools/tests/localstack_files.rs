@@ -105,6 +105,23 @@ fn deploy_script_deploys_every_function_with_partial_batch_failures() {
 }
 
 #[test]
+fn the_makefile_builds_every_function() {
+    let makefile = read("Makefile");
+    let line = makefile
+        .lines()
+        .find(|l| l.starts_with("FUNCTIONS :="))
+        .unwrap();
+    for entry in std::fs::read_dir(format!("{}/../functions", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            line.split_whitespace().any(|w| w == name),
+            "Makefile FUNCTIONS misses {name}"
+        );
+    }
+}
+
+#[test]
 fn compose_pins_an_image_that_starts_without_an_account() {
     let compose: serde_yaml::Value =
         serde_yaml::from_str(&read("localstack/docker-compose.yml")).unwrap();
