@@ -260,6 +260,9 @@ pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
     conflicts: Arc<AtomicU64>,
+    /// The due index's shard a `due` query starts with, in turn, so one
+    /// shard whose orders keep failing cannot starve the others.
+    next_shard: Arc<AtomicU64>,
 }
 
 fn s(v: impl Into<String>) -> Av {
@@ -393,6 +396,7 @@ impl DynamoStore {
             client: aws_sdk_dynamodb::Client::new(config),
             table: table.into(),
             conflicts: Arc::new(AtomicU64::new(0)),
+            next_shard: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -475,6 +479,18 @@ impl DynamoStore {
             items.push(item.map_err(|e| classify("dynamodb", e))?);
         }
         Ok(items)
+    }
+
+    /// Runs one transaction: None when it committed, else which items
+    /// failed their condition (other cancellations are errors).
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> PortResult<Option<Vec<bool>>> {
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        cancelled_conditions(result)
     }
 
     /// An update of the product's counters: `ADD` each (name, delta).
@@ -784,15 +800,12 @@ impl OrderStore for DynamoStore {
             .count(&o.product_id, &[("paid", 1), ("paid_units", units)])
             .build()
             .map_err(invalid)?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(order).build())
-            .transact_items(TransactWriteItem::builder().put(payment).build())
-            .transact_items(TransactWriteItem::builder().update(counters).build())
-            .send()
-            .await;
-        match cancelled_conditions(result)? {
+        let items = vec![
+            TransactWriteItem::builder().update(order).build(),
+            TransactWriteItem::builder().put(payment).build(),
+            TransactWriteItem::builder().update(counters).build(),
+        ];
+        match self.transact(items).await? {
             None => Ok(PaymentWrite::Paid),
             Some(failed) if failed.get(1) == Some(&true) => Ok(PaymentWrite::EventExists),
             Some(_) => Ok(PaymentWrite::Refused(
@@ -813,14 +826,11 @@ impl OrderStore for DynamoStore {
             .count(&record.event.request_id.product(), &[("refund_due", 1)])
             .build()
             .map_err(invalid)?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(payment).build())
-            .transact_items(TransactWriteItem::builder().update(counters).build())
-            .send()
-            .await;
-        Ok(cancelled_conditions(result)?.is_none())
+        let items = vec![
+            TransactWriteItem::builder().put(payment).build(),
+            TransactWriteItem::builder().update(counters).build(),
+        ];
+        Ok(self.transact(items).await?.is_none())
     }
 
     async fn payment(&self, id: &EventId) -> PortResult<Option<PaymentRecord>> {
@@ -880,11 +890,10 @@ impl OrderStore for DynamoStore {
             )
             .build()
             .map_err(invalid)?;
-        let mut tx = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(order).build())
-            .transact_items(TransactWriteItem::builder().update(counters).build());
+        let mut items = vec![
+            TransactWriteItem::builder().update(order).build(),
+            TransactWriteItem::builder().update(counters).build(),
+        ];
         if o.reservation
             .as_ref()
             .is_some_and(|r| r.rebuy_after_release)
@@ -897,9 +906,9 @@ impl OrderStore for DynamoStore {
                 )
                 .build()
                 .map_err(invalid)?;
-            tx = tx.transact_items(TransactWriteItem::builder().delete(guard).build());
+            items.push(TransactWriteItem::builder().delete(guard).build());
         }
-        match cancelled_conditions(tx.send().await)? {
+        match self.transact(items).await? {
             None => Ok(Transition::Done),
             Some(_) => Ok(Transition::Refused(
                 self.existing_status(&o.request_id).await?,
@@ -922,14 +931,11 @@ impl OrderStore for DynamoStore {
             )
             .build()
             .map_err(invalid)?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(order).build())
-            .transact_items(TransactWriteItem::builder().update(counters).build())
-            .send()
-            .await;
-        Ok(cancelled_conditions(result)?.is_none())
+        let items = vec![
+            TransactWriteItem::builder().update(order).build(),
+            TransactWriteItem::builder().update(counters).build(),
+        ];
+        Ok(self.transact(items).await?.is_none())
     }
 
     async fn shelf_due(&self, id: &RequestId) -> PortResult<bool> {
@@ -944,7 +950,9 @@ impl OrderStore for DynamoStore {
         // zero-padded time, then `#`.
         let before = format!("{:015}", now_ms.max(0));
         let mut orders = Vec::new();
-        for shard in 0..table::DUE_SHARDS {
+        let first = self.next_shard.fetch_add(1, Ordering::Relaxed);
+        for turn in 0..u64::from(table::DUE_SHARDS) {
+            let shard = (first + turn) % u64::from(table::DUE_SHARDS);
             if orders.len() >= limit {
                 break;
             }

@@ -179,15 +179,20 @@ fn clock() -> std::sync::Arc<shared::fakes::ManualClock> {
     std::sync::Arc::new(shared::fakes::ManualClock::at(SAMPLE_TIME_MS))
 }
 
-#[tokio::test]
-async fn order_cancel_releases_the_callers_reservation() {
-    let api = order_status::OrderStatusApi {
+/// The buyer's side over fakes, with the clock at the samples' time.
+fn orders_api() -> order_status::OrderStatusApi<FakeGate, FakeStore> {
+    order_status::OrderStatusApi {
         gate: FakeGate::default(),
         store: FakeStore::default().with_stock("p42", 10),
         insecure_user_from_body: false,
         terms: shared::lifecycle::Terms::new(clock()),
         faults: FaultPlan::none(),
-    };
+    }
+}
+
+#[tokio::test]
+async fn order_cancel_releases_the_callers_reservation() {
+    let api = orders_api();
     placed_sample(&api.store, SAMPLE_TIME_MS + 900_000);
     let resp = api.handle(http("order-cancel.json")).await;
     assert_eq!(resp.status().as_u16(), 200, "{}", body(&resp));
@@ -197,13 +202,7 @@ async fn order_cancel_releases_the_callers_reservation() {
 
 #[tokio::test]
 async fn product_page_is_public_and_cacheable() {
-    let api = order_status::OrderStatusApi {
-        gate: FakeGate::default(),
-        store: FakeStore::default().with_stock("p42", 10),
-        insecure_user_from_body: false,
-        terms: shared::lifecycle::Terms::new(clock()),
-        faults: FaultPlan::none(),
-    };
+    let api = orders_api();
     let resp = api.handle(http("product-page.json")).await;
     assert_eq!(resp.status().as_u16(), 200, "{}", body(&resp));
     assert_eq!(resp.headers()["cache-control"], "public, max-age=1");

@@ -152,8 +152,23 @@ async fn pay_cancel_expire_and_every_refusal() {
         (409, &json!("amount_mismatch"))
     );
 
+    // An order still in the queue: nothing recorded, delivered again later.
+    let queued = format!("{product}.0190f5d2-7a3c-7b1e-9c4d-2f6a8b0c1d2f");
+    let not_ready = s
+        .api
+        .webhook(WEBHOOK_SECRET, t, &payment("e0", &queued, 1250))
+        .await
+        .unwrap();
+    assert_eq!(
+        (not_ready.status, &not_ready.body["error"]),
+        (503, &json!("order_not_ready"))
+    );
+
     // Cancel: the buyer's own, placed orders only.
     assert_eq!(s.api.cancel(&cancelled, "u9").await.unwrap().status, 403);
+    let anonymous = format!("/api/flash-sale/orders/{cancelled}/cancel");
+    let anonymous = s.api.call("POST", &anonymous, &[], None).await.unwrap();
+    assert_eq!(anonymous.status, 401);
     let unknown = format!("{product}.0190f5d2-7a3c-7b1e-9c4d-2f6a8b0c1d2e");
     assert_eq!(s.api.cancel(&unknown, "u2").await.unwrap().status, 404);
     let done = s.api.cancel(&cancelled, "u2").await.unwrap();

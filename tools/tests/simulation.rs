@@ -1,5 +1,6 @@
 //! Deterministic simulation of a sale: the real handlers (deduct, consumer,
-//! compensation, sweeper) over in-memory ports, the real Lua scripts in a
+//! compensation, sweeper, and the order lifecycle: the payment webhook, the
+//! buyer's cancel, the expirer) over in-memory ports, the real Lua scripts in a
 //! simulated Redis, and a seeded scheduler that decides everything else:
 //! which task runs next, when a process dies (its future is dropped between
 //! two I/O calls), when Redis fails over and forgets its last writes, when a
@@ -36,24 +37,40 @@ use time::OffsetDateTime;
 use compensation::Compensation;
 use deduct::{Deduct, SoldOutCache};
 use order_consumer::Consumer;
+use order_expirer::Expirer;
+use order_status::OrderStatusApi;
 use outbox_sweeper::Sweeper;
+use payment_webhook::Webhook;
 use shared::domain::{
     IdempotencyKey, OrderMessage, OrderStatus, Product, ProductId, RequestId, UserId,
 };
 use shared::error::InfraError;
 use shared::fakes::FakeStore;
 use shared::faults::FaultPlan;
-use shared::ports::{OrderQueue, OrderStore, PortResult, StockGate};
+use shared::lifecycle::Terms;
+use shared::payment::PaymentOutcome;
+use shared::ports::{Clock, OrderQueue, OrderStore, PortResult, StockGate};
 use shared::redis::RedisGate;
 use shared::redis::sim::{Glitch, SimRedis};
 
 const VISIBILITY_MS: i64 = 30_000;
+const WEBHOOK_SECRET: &[u8] = b"whsec_simulation_0123456789";
+const PRICE: u64 = 100;
 const MAX_RECEIVES: u32 = 5;
 const UNSENT_AFTER_MS: i64 = 60_000;
 const RESEND_AFTER_MS: i64 = VISIBILITY_MS * MAX_RECEIVES as i64 + 30_000;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Deadlines are judged by the simulation's one clock, Redis' own.
+struct SimClock(SimRedis);
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> i64 {
+        self.0.now_ms()
+    }
 }
 
 // ------------------------------------------------------------ SQS ----
@@ -247,6 +264,20 @@ enum Done {
         copies: Vec<u64>,
         response: SqsBatchResponse,
     },
+    /// A payment event delivered to the webhook, and how it was answered.
+    Pay {
+        event_id: String,
+        status: u16,
+        /// The answer's `status` or `error`.
+        said: String,
+    },
+    Cancel {
+        request_id: String,
+        status: u16,
+    },
+    Expired {
+        ok: bool,
+    },
     /// A sweep or a forced re-warm, whether it reported no error, and what
     /// the shelf shows afterwards against the ledger minus pending units.
     Healed {
@@ -271,6 +302,18 @@ struct World {
     consumer: Arc<Consumer<RedisGate, Arc<FakeStore>>>,
     compensation: Arc<Compensation<RedisGate, Arc<FakeStore>>>,
     sweeper: Arc<Sweeper<RedisGate, SimQueue, Arc<FakeStore>>>,
+    orders_api: Arc<OrderStatusApi<RedisGate, Arc<FakeStore>>>,
+    webhook: Arc<Webhook<Arc<FakeStore>>>,
+    expirer: Arc<Expirer<RedisGate, Arc<FakeStore>>>,
+    /// The product's payment window and rebuy flag, drawn per seed.
+    window_secs: u32,
+    rebuy: bool,
+    /// Request ids answered 2xx, with their buyer.
+    buyer_of: BTreeMap<String, usize>,
+    /// Payment events made so far: (event id, request id, amount).
+    events: Vec<(String, String, u64)>,
+    /// Every answer per event id.
+    paid_answers: BTreeMap<String, Vec<(u16, String)>>,
     product: ProductId,
     stock: i64,
     limit: u32,
@@ -292,6 +335,8 @@ struct World {
     uncertain: HashSet<String>,
     failovers: usize,
     lost_writes: usize,
+    /// The ledger's paid, cancelled, expired and refund_due at the end.
+    lifecycle: [i64; 4],
     /// Glitch odds per Redis command, in percent.
     glitch_percent: Arc<Mutex<u32>>,
 }
@@ -338,13 +383,37 @@ impl World {
             // Wall-clock based; the simulation's clock is Redis' own.
             sold_out: SoldOutCache::new(Duration::ZERO),
         };
+        let clock = || Arc::new(SimClock(redis.clone()));
         let consumer = Consumer {
             gate: gate.clone(),
             store: store.clone(),
             concurrency: 3,
             faults: FaultPlan::none(),
-            terms: shared::lifecycle::Terms::system(),
+            terms: Terms::new(clock()),
         };
+        let orders_api = OrderStatusApi {
+            gate: gate.clone(),
+            store: store.clone(),
+            insecure_user_from_body: true,
+            terms: Terms::new(clock()),
+            faults: FaultPlan::none(),
+        };
+        let webhook = Webhook {
+            store: store.clone(),
+            clock: clock(),
+            secret: WEBHOOK_SECRET.to_vec(),
+        };
+        let expirer = Expirer {
+            gate: gate.clone(),
+            store: store.clone(),
+            clock: clock(),
+            faults: FaultPlan::none(),
+            batch: rng.usize(1..=4),
+            concurrency: 2,
+            budget: Duration::from_secs(5),
+        };
+        let window_secs = rng.u32(5..=90);
+        let rebuy = rng.bool();
         let compensation = Compensation {
             gate: gate.clone(),
             store: store.clone(),
@@ -374,6 +443,14 @@ impl World {
             consumer: Arc::new(consumer),
             compensation: Arc::new(compensation),
             sweeper: Arc::new(sweeper),
+            orders_api: Arc::new(orders_api),
+            webhook: Arc::new(webhook),
+            expirer: Arc::new(expirer),
+            window_secs,
+            rebuy,
+            buyer_of: BTreeMap::new(),
+            events: Vec::new(),
+            paid_answers: BTreeMap::new(),
             product,
             stock,
             limit,
@@ -389,6 +466,7 @@ impl World {
             admin,
             failovers: 0,
             lost_writes: 0,
+            lifecycle: [0; 4],
             glitch_percent,
         }
     }
@@ -408,10 +486,10 @@ impl World {
             starts_at: now - time::Duration::hours(1),
             // Past the late redeliveries' time jump.
             ends_at: now + time::Duration::days(400),
-            price: 100,
+            price: PRICE,
             currency: shared::domain::Currency::parse("EUR").unwrap(),
-            payment_window_secs: shared::domain::DEFAULT_PAYMENT_WINDOW_SECS,
-            rebuy_after_release: false,
+            payment_window_secs: self.window_secs,
+            rebuy_after_release: self.rebuy,
         };
         self.store
             .create_product(&p)
@@ -424,8 +502,8 @@ impl World {
         // Products are warmed well before their sale: replicas have it.
         self.redis.checkpoint();
         self.log(format!(
-            "warm stock={} limit={} users={}",
-            self.stock, self.limit, self.users
+            "warm stock={} limit={} users={} window={}s rebuy={}",
+            self.stock, self.limit, self.users, self.window_secs, self.rebuy
         ));
     }
 
@@ -547,6 +625,117 @@ impl World {
         self.quiesce().await;
     }
 
+    /// A request some buyer was answered 2xx for, chosen by the seed.
+    fn some_promised(&mut self) -> Option<(String, usize)> {
+        if self.buyer_of.is_empty() {
+            return None;
+        }
+        let i = self.rng.usize(0..self.buyer_of.len());
+        self.buyer_of.iter().nth(i).map(|(id, u)| (id.clone(), *u))
+    }
+
+    /// The provider reports a payment: a new one for a promised request
+    /// (now and then of the wrong amount), or an earlier event again.
+    fn spawn_pay(&mut self) {
+        let (event_id, request_id, amount) = if !self.events.is_empty() && self.rng.u32(0..4) == 0 {
+            self.events[self.rng.usize(0..self.events.len())].clone()
+        } else {
+            let Some((id, _)) = self.some_promised() else {
+                return;
+            };
+            let qty = lock(&self.store.orders)
+                .iter()
+                .find(|(k, _)| k.as_str() == id)
+                .map_or(1, |(_, o)| u64::from(o.quantity.get()));
+            let wrong = u64::from(self.rng.u32(0..10) == 0);
+            let e = (format!("e{}", self.events.len()), id, PRICE * qty + wrong);
+            self.events.push(e.clone());
+            e
+        };
+        self.spawn_delivery(event_id, request_id, amount);
+    }
+
+    fn spawn_delivery(&mut self, event_id: String, request_id: String, amount: u64) {
+        self.log(format!("pay {event_id} for {request_id} amount={amount}"));
+        let body = serde_json::json!({
+            "event_id": event_id, "request_id": request_id, "amount": amount,
+            "currency": "EUR", "status": "succeeded",
+        })
+        .to_string();
+        let signature = shared::payment::sign(
+            WEBHOOK_SECRET,
+            self.redis.now_ms().div_euclid(1000),
+            body.as_bytes(),
+        );
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/api/payments/webhook")
+            .header("Flashsale-Signature", signature)
+            .body(Body::from(body))
+            .expect("a valid request");
+        let hook = self.webhook.clone();
+        self.alone = false;
+        self.tasks.push((
+            format!("pay {event_id}"),
+            Box::pin(async move {
+                let resp = hook.handle(req).await;
+                let json: serde_json::Value =
+                    serde_json::from_slice(resp.body().as_ref()).unwrap_or_default();
+                let said = json["status"]
+                    .as_str()
+                    .or(json["error"].as_str())
+                    .unwrap_or("")
+                    .to_owned();
+                Done::Pay {
+                    event_id,
+                    status: resp.status().as_u16(),
+                    said,
+                }
+            }),
+        ));
+    }
+
+    /// A buyer cancels one of their requests.
+    fn spawn_cancel(&mut self) {
+        let Some((request_id, user)) = self.some_promised() else {
+            return;
+        };
+        self.log(format!("cancel {request_id} by u{user}"));
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "/api/flash-sale/orders/{request_id}/cancel?user_id=u{user}"
+            ))
+            .body(Body::Empty)
+            .expect("a valid request");
+        let api = self.orders_api.clone();
+        self.alone = false;
+        self.tasks.push((
+            format!("cancel {request_id}"),
+            Box::pin(async move {
+                Done::Cancel {
+                    request_id,
+                    status: api.handle(req).await.status().as_u16(),
+                }
+            }),
+        ));
+    }
+
+    /// The expirer's schedule; overlapping runs are allowed (they are safe).
+    fn spawn_expire(&mut self) {
+        self.log("expire".into());
+        let expirer = self.expirer.clone();
+        self.alone = false;
+        self.tasks.push((
+            "expire".into(),
+            Box::pin(async move {
+                Done::Expired {
+                    ok: expirer.run().await.is_ok_and(|r| r.failed == 0),
+                }
+            }),
+        ));
+    }
+
     fn spawn_sweep(&mut self) {
         // The template reserves one concurrent execution for the sweeper.
         if self.tasks.iter().any(|(name, _)| name == "sweep") {
@@ -590,7 +779,7 @@ impl World {
                 let stats = gate.stats(&product).await.ok().flatten();
                 let clean = clean && stats.is_some();
                 let stats = stats.unwrap_or_default();
-                let ledger = store.remaining(&product).unwrap_or(0);
+                let ledger = store.ledger_of(&product).shelf_units();
                 Done::Healed {
                     what,
                     clean,
@@ -616,6 +805,7 @@ impl World {
                     && let Some(id) = &request_id
                 {
                     self.promised.insert(id.clone());
+                    self.buyer_of.insert(id.clone(), user);
                 }
                 if status >= 500 {
                     self.uncertain.insert(format!("u{user}"));
@@ -649,6 +839,26 @@ impl World {
                 self.log(format!("{which:?} batch done, deleting {ok:?}"));
                 delete(&self.queues, which, &ok);
             }
+            Done::Pay {
+                event_id,
+                status,
+                said,
+            } => {
+                self.log(format!("pay {event_id} -> {status} {said}"));
+                self.paid_answers
+                    .entry(event_id)
+                    .or_default()
+                    .push((status, said));
+            }
+            Done::Cancel { request_id, status } => {
+                self.log(format!("cancel {request_id} -> {status}"));
+                if !matches!(status, 200 | 404 | 409 | 503) {
+                    self.violations.push(format!(
+                        "cancel of {request_id} by its buyer answered {status}"
+                    ));
+                }
+            }
+            Done::Expired { ok } => self.log(format!("expire done, clean={ok}")),
             Done::Healed {
                 what,
                 clean,
@@ -694,6 +904,9 @@ impl World {
                 25 => self.spawn_late_delivery(Which::Orders),
                 26..=27 => self.spawn_sweep(),
                 38 => self.spawn_rewarm(),
+                39..=41 => self.spawn_pay(),
+                42 => self.spawn_cancel(),
+                43..=44 => self.spawn_expire(),
                 28 => {
                     // A failover that forgets the last acknowledged writes.
                     let n = self.redis.lose_writes(self.rng.usize(1..=6));
@@ -764,6 +977,7 @@ impl World {
                     q.orders.iter().chain(q.dlq.iter()).any(|c| !c.deleted)
                 };
                 if pending == 0 && !queued && round > 2 {
+                    self.close_reservations().await;
                     self.spawn_sweep();
                     while !self.tasks.is_empty() {
                         self.step(0).await;
@@ -781,25 +995,72 @@ impl World {
             .push("did not quiesce: requests still pending or queued".into());
     }
 
+    /// The provider delivers every event until it gets an answer (a task
+    /// that died, or a 503); then every reservation's deadline passes and
+    /// the expirer runs until nothing is due.
+    async fn close_reservations(&mut self) {
+        let unanswered: Vec<(String, String, u64)> = self
+            .events
+            .iter()
+            .filter(|(id, _, _)| {
+                !self
+                    .paid_answers
+                    .get(id)
+                    .is_some_and(|a| a.iter().any(|(s, _)| matches!(s, 200 | 409)))
+            })
+            .cloned()
+            .collect();
+        for (event_id, request_id, amount) in unanswered {
+            self.spawn_delivery(event_id, request_id, amount);
+        }
+        while !self.tasks.is_empty() {
+            self.step(0).await;
+        }
+        self.redis.advance(i64::from(self.window_secs) * 1000 + 1);
+        for _ in 0..10 {
+            let due = self
+                .store
+                .due(self.redis.now_ms(), 1)
+                .await
+                .expect("the fake store answers");
+            if due.is_empty() {
+                return;
+            }
+            self.spawn_expire();
+            while !self.tasks.is_empty() {
+                self.step(0).await;
+            }
+            self.redis.advance(1_000);
+        }
+        self.violations
+            .push("the expirer left orders due after ten runs".into());
+    }
+
     async fn check(&mut self) {
         let orders = self
             .store
             .orders_of(&self.product)
             .await
             .expect("fake store");
-        let ledger = self.store.remaining(&self.product).unwrap_or(0);
+        let book = self.store.ledger_of(&self.product);
+        self.lifecycle = [book.paid, book.cancelled, book.expired, book.refund_due];
+        let ledger = book.remaining;
         let mut per_user: HashMap<String, (usize, u32)> = HashMap::new();
+        let mut ever_placed: HashMap<String, usize> = HashMap::new();
         let mut placed_units = 0i64;
         let decided: HashMap<String, OrderStatus> = orders
             .iter()
             .map(|o| (o.request_id.to_string(), o.status))
             .collect();
         for o in &orders {
-            if o.status == OrderStatus::Placed {
+            if matches!(o.status, OrderStatus::Placed | OrderStatus::Paid) {
                 placed_units += i64::from(o.quantity.get());
                 let e = per_user.entry(o.user_id.to_string()).or_default();
                 e.0 += 1;
                 e.1 += o.quantity.get();
+            }
+            if o.status.was_placed() {
+                *ever_placed.entry(o.user_id.to_string()).or_default() += 1;
             }
         }
         let v = &mut self.violations;
@@ -814,13 +1075,27 @@ impl World {
                 ));
             }
         }
+        // A released order keeps its buyer's slot unless the product says so.
+        if !self.rebuy {
+            for (user, n) in &ever_placed {
+                if *n > 1 {
+                    v.push(format!("{user} got {n} reservations in one sale"));
+                }
+            }
+        }
         for id in &self.promised {
             if !decided.contains_key(id) {
                 v.push(format!("202 for {id} but no order decided in DynamoDB"));
             }
         }
-        // No order for a buyer who was only ever told no.
         for o in orders.iter().filter(|o| o.status == OrderStatus::Placed) {
+            v.push(format!(
+                "{} is still a reservation after its deadline and the expirer",
+                o.request_id
+            ));
+        }
+        // No order for a buyer who was only ever told no.
+        for o in orders.iter().filter(|o| o.status.was_placed()) {
             let user = o.user_id.to_string();
             if !self.promised.contains(o.request_id.as_str()) && !self.uncertain.contains(&user) {
                 v.push(format!(
@@ -846,7 +1121,7 @@ impl World {
             let user_id = UserId::parse(format!("u{user}")).expect("valid");
             let key_id = IdempotencyKey::parse(key).expect("valid");
             let derived = RequestId::derived(&self.product, &user_id, &key_id).to_string();
-            if refused && decided.get(&derived) == Some(&OrderStatus::Placed) {
+            if refused && decided.get(&derived).is_some_and(|s| s.was_placed()) {
                 v.push(format!(
                     "u{user} key {key} was refused every time but {derived} was placed"
                 ));
@@ -866,11 +1141,70 @@ impl World {
                 "{restocked} restocks for {compensated} compensated orders"
             ));
         }
-        if shelf != ledger || placed_units + ledger != self.stock {
+        if shelf != ledger || placed_units + ledger != self.stock || book.releasing != 0 {
             v.push(format!(
-                "books: shelf {shelf}, ledger {ledger}, placed units {placed_units}, stock {}",
-                self.stock
+                "books: shelf {shelf}, ledger {ledger} (releasing {}), units held by orders {placed_units}, stock {}",
+                book.releasing, self.stock
             ));
+        }
+        // The lifecycle's counters agree with the orders.
+        let count = |s: OrderStatus| orders.iter().filter(|o| o.status == s).count() as i64;
+        let released: i64 = orders
+            .iter()
+            .filter(|o| o.status.is_release())
+            .map(|o| i64::from(o.quantity.get()))
+            .sum();
+        let counted = (book.paid, book.cancelled, book.expired, book.released);
+        let actual = (
+            count(OrderStatus::Paid),
+            count(OrderStatus::Cancelled),
+            count(OrderStatus::Expired),
+            released,
+        );
+        if counted != actual {
+            v.push(format!(
+                "ledger counts (paid, cancelled, expired, released units) {counted:?}, orders say {actual:?}"
+            ));
+        }
+        // No payment lost: every event is a paid order or owed back, once,
+        // and answered the same way every time.
+        let recorded = lock(&self.store.payments).clone();
+        if book.paid + book.refund_due != recorded.len() as i64 {
+            v.push(format!(
+                "{} payments recorded, ledger says {} paid + {} refund_due",
+                recorded.len(),
+                book.paid,
+                book.refund_due
+            ));
+        }
+        // Each paid order by exactly one event that says so; a second
+        // payment of it is owed back.
+        let mut paying: HashMap<&str, usize> = HashMap::new();
+        for record in recorded.values() {
+            if record.outcome == PaymentOutcome::Paid {
+                *paying.entry(record.event.request_id.as_str()).or_default() += 1;
+            }
+        }
+        for (id, status) in &decided {
+            let n = paying.get(id.as_str()).copied().unwrap_or(0);
+            if n != usize::from(*status == OrderStatus::Paid) {
+                v.push(format!("{id} is {status:?} with {n} paying events"));
+            }
+        }
+        for (event, answers) in &self.paid_answers {
+            let decided_answers: HashSet<&(u16, String)> = answers
+                .iter()
+                .filter(|(s, _)| matches!(s, 200 | 409))
+                .collect();
+            if decided_answers.len() > 1 {
+                v.push(format!(
+                    "event {event} was answered differently: {decided_answers:?}"
+                ));
+            }
+            let known = recorded.keys().any(|k| k.as_str() == event.as_str());
+            if !decided_answers.is_empty() && !known {
+                v.push(format!("event {event} was answered but not recorded"));
+            }
         }
         v.append(&mut lock(&self.queues).violations);
     }
@@ -945,14 +1279,19 @@ fn every_admitted_unit_ends_exactly_once_under_any_interleaving() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
     let (mut failovers, mut lost, mut promised) = (0, 0, 0);
+    let mut lifecycle = [0i64; 4];
     for seed in 0..seeds {
         let w = simulate(seed);
         assert!(w.violations.is_empty(), "{}", report(&w));
         failovers += w.failovers;
         lost += w.lost_writes;
         promised += w.promised.len();
+        for (total, n) in lifecycle.iter_mut().zip(w.lifecycle) {
+            *total += n;
+        }
     }
+    let [paid, cancelled, expired, refund_due] = lifecycle;
     println!(
-        "simulation: seeds={seeds} failovers={failovers} lost_writes={lost} promised_202={promised} violations=0"
+        "simulation: seeds={seeds} failovers={failovers} lost_writes={lost} promised_202={promised} paid={paid} cancelled={cancelled} expired={expired} refund_due={refund_due} violations=0"
     );
 }
