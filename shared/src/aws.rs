@@ -227,6 +227,10 @@ pub mod table {
     pub fn payment(event_id: &str) -> String {
         format!("PAYMENT#{event_id}")
     }
+    /// `gsi1pk` of a product's payments due for refund.
+    pub fn refunds(product: &str) -> String {
+        format!("REFUND_DUE#{product}")
+    }
     pub fn due_shard(request_id: &str) -> String {
         let h = request_id
             .bytes()
@@ -341,7 +345,7 @@ fn payment_record(item: &Item) -> PortResult<PaymentRecord> {
 
 fn payment_item(r: &PaymentRecord, now_ms: i64) -> Item {
     let e = &r.event;
-    HashMap::from([
+    let mut item = HashMap::from([
         (table::PK.into(), s(table::payment(e.event_id.as_str()))),
         ("event_id".into(), s(e.event_id.as_str())),
         ("request_id".into(), s(e.request_id.as_str())),
@@ -352,7 +356,19 @@ fn payment_item(r: &PaymentRecord, now_ms: i64) -> Item {
         ("order_status".into(), s(r.order_status.as_str())),
         ("refund_due".into(), Av::Bool(r.outcome.refund_due())),
         ("recorded_at".into(), n(now_ms)),
-    ])
+    ]);
+    // Money owed back is listed per product through gsi1 (`flashsale refunds`).
+    if r.outcome.refund_due() {
+        item.insert(
+            table::GSI1_PK.into(),
+            s(table::refunds(e.request_id.product().as_str())),
+        );
+        item.insert(
+            table::GSI1_SK.into(),
+            s(format!("{:015}#{}", now_ms.max(0), e.event_id.as_str())),
+        );
+    }
+    item
 }
 
 fn invalid(e: impl std::fmt::Display) -> InfraError {
@@ -510,6 +526,16 @@ impl DynamoStore {
                 .expression_attribute_values(format!(":c{i}"), n(delta));
         }
         update.update_expression(format!("ADD {}", parts.join(", ")))
+    }
+
+    /// A product's payments recorded as due for refund, oldest first (for
+    /// the operator who refunds them; not a hot path).
+    pub async fn refunds_due(&self, product: &ProductId) -> PortResult<Vec<PaymentRecord>> {
+        self.query_gsi1(&table::refunds(product.as_str()), None, None)
+            .await?
+            .iter()
+            .map(payment_record)
+            .collect()
     }
 
     async fn existing_status(&self, id: &RequestId) -> PortResult<OrderStatus> {

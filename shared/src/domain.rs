@@ -84,21 +84,32 @@ id_type!(
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(String);
 
+/// A token a client or provider chose (idempotency key, payment event id):
+/// 1-`max` characters of `A-Za-z0-9_-.:`.
+pub(crate) fn validate_token(
+    field: &'static str,
+    value: &str,
+    max: usize,
+) -> Result<(), ValidationError> {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::BadId {
+            field,
+            rule: format!("1-{max} characters of A-Z a-z 0-9 _ - . :"),
+        })
+    }
+}
+
 impl IdempotencyKey {
     pub fn parse(value: &str) -> Result<Self, ValidationError> {
-        let ok = !value.is_empty()
-            && value.len() <= 128
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
-        if ok {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(ValidationError::BadId {
-                field: "Idempotency-Key",
-                rule: "1-128 characters of A-Z a-z 0-9 _ - . :".into(),
-            })
-        }
+        validate_token("Idempotency-Key", value, 128)?;
+        Ok(Self(value.to_owned()))
     }
     pub fn as_str(&self) -> &str {
         &self.0

@@ -103,19 +103,8 @@ pub struct EventId(String);
 
 impl EventId {
     pub fn parse(value: &str) -> Result<Self, ValidationError> {
-        let ok = !value.is_empty()
-            && value.len() <= 255
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
-        if ok {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(ValidationError::BadId {
-                field: "event_id",
-                rule: "1-255 characters of A-Z a-z 0-9 _ - . :".into(),
-            })
-        }
+        crate::domain::validate_token("event_id", value, 255)?;
+        Ok(Self(value.to_owned()))
     }
     pub fn as_str(&self) -> &str {
         &self.0

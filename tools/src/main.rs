@@ -48,6 +48,12 @@ enum Command {
         #[arg(long)]
         product: String,
     },
+    /// List a product's payments recorded as due for refund (late, for an
+    /// order no longer payable, a second payment, or the wrong amount).
+    Refunds {
+        #[arg(long)]
+        product: String,
+    },
     /// List the messages parked in the compensation DLQ and why.
     Parked {
         #[arg(long, env = "FLASHSALE_COMPENSATION_DLQ_URL")]
@@ -355,6 +361,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if !books.balanced() {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Refunds { product } => {
+            let (_, store) = stores(&sdk)?;
+            let due = store
+                .refunds_due(&ProductId::parse(product.as_str())?)
+                .await?;
+            for r in &due {
+                println!(
+                    "{}\trequest_id={}\t{} {}\t{}\torder was {}",
+                    r.event.event_id.as_str(),
+                    r.event.request_id,
+                    r.event.amount,
+                    r.event.currency,
+                    r.outcome.as_str(),
+                    r.order_status.as_str()
+                );
+            }
+            eprintln!("{} payment(s) due for refund", due.len());
         }
         Command::Parked { queue, max } => {
             let (_, store) = stores(&sdk)?;

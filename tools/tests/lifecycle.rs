@@ -226,6 +226,19 @@ async fn pay_cancel_expire_and_every_refusal() {
     ] {
         assert_eq!(stats[field], json!(want), "{field}: {stats}");
     }
+    // The operator's list of money to give back: the wrong amount and the
+    // late payment.
+    let pid = ProductId::parse(product.as_str()).unwrap();
+    let mut refunds: Vec<String> = s
+        .store
+        .refunds_due(&pid)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.event.event_id.as_str().to_owned())
+        .collect();
+    refunds.sort();
+    assert_eq!(refunds, vec!["e4", "e5"]);
     let books = audit(
         &s.gate,
         &s.store,
