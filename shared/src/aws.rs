@@ -168,14 +168,27 @@ impl OrderQueue for SqsQueue {
 
 /// Reads a SecureString from Parameter Store, decrypted: how the functions
 /// get their secrets in AWS without plain environment values.
+///
+/// Parameter Store allows 40 reads per second per account and region by
+/// default, and a sale's burst of cold starts can exceed it: throttled reads
+/// are retried with jitter for up to ~3 s of the init; turn on Parameter
+/// Store's higher throughput for large sales (docs/operations.md).
 pub async fn ssm_secret(config: &SdkConfig, name: &str) -> PortResult<String> {
-    let out = aws_sdk_ssm::Client::new(config)
-        .get_parameter()
-        .name(name)
-        .with_decryption(true)
-        .send()
-        .await
-        .map_err(|e| classify("ssm", e))?;
+    let client = aws_sdk_ssm::Client::new(config);
+    let backoff = crate::retry::Backoff {
+        attempts: 7,
+        first: Duration::from_millis(50),
+    };
+    let out = crate::retry::transient(backoff, || async {
+        client
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| classify("ssm", e))
+    })
+    .await?;
     out.parameter
         .and_then(|p| p.value)
         .filter(|v| !v.is_empty())

@@ -8,7 +8,7 @@
 //! order leaves the index, so the next run resumes where this one stopped.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -54,9 +54,11 @@ enum Step {
 
 impl<G: StockGate, S: OrderStore> Expirer<G, S> {
     pub async fn run(&self) -> Result<Run, InfraError> {
-        let started = Instant::now();
+        // On the port's clock, so a simulation replays a run exactly.
+        let stop_at =
+            self.clock.now_ms() + i64::try_from(self.budget.as_millis()).unwrap_or(i64::MAX);
         let mut run = Run::default();
-        while started.elapsed() < self.budget {
+        while self.clock.now_ms() < stop_at {
             let now = self.clock.now_ms();
             let due = self.store.due(now, self.batch).await?;
             if due.is_empty() {

@@ -665,12 +665,15 @@ async fn expiry(args: &Args, gate: &RedisGate, sdk: &aws_config::SdkConfig) -> R
     let due_at = shared::domain::unix_ms(time::OffsetDateTime::now_utc());
     let mut lateness = Histogram::<u64>::new_with_bounds(1, 24 * 3_600_000, 3)?;
     let mut runs = 0;
+    let mut working = Duration::ZERO;
     let started = Instant::now();
     while lateness.len() < args.expiry_orders as u64 {
         let tick = started + period * runs;
         tokio::time::sleep_until(tick.into()).await;
         runs += 1;
+        let run_started = Instant::now();
         let run = expirer.run().await?;
+        working += run_started.elapsed();
         ensure!(run.failed == 0, "expiry failures in the bench: {run:?}");
         for late in run.lateness_ms {
             // Relative to the moment they fell due (the first tick).
@@ -678,7 +681,8 @@ async fn expiry(args: &Args, gate: &RedisGate, sdk: &aws_config::SdkConfig) -> R
         }
         ensure!(runs < 1_000, "expiry did not finish in 1,000 runs");
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    // The rate while the expirer works (not the idle rest of each period).
+    let rate = args.expiry_orders as f64 / working.as_secs_f64();
     let p = |q: f64| lateness.value_at_quantile(q) as f64 / 1000.0;
     let secs = period.as_secs_f64();
     Ok(vec![
@@ -694,10 +698,10 @@ async fn expiry(args: &Args, gate: &RedisGate, sdk: &aws_config::SdkConfig) -> R
             met: "-",
         },
         Row {
-            figure: "6. the same: expiries per second (each a release transaction, a consistent read, the Redis step and the shelved transaction)".into(),
-            ours: format!("{:.0}/s", args.expiry_orders as f64 / elapsed),
-            baseline: format!("{} orders / {secs:.0} s period = {:.0}/s to expire them all in one run", args.expiry_orders, args.expiry_orders as f64 / secs),
-            ratio: format!("{:.2}", args.expiry_orders as f64 / elapsed / (args.expiry_orders as f64 / secs)),
+            figure: "6. the same: expiries per second while a run works (each a release transaction, a consistent read, the Redis step and the shelved transaction), vs what clears the burst within one 45 s run of AWS's 60 s schedule".into(),
+            ours: format!("{rate:.0}/s"),
+            baseline: format!("{} orders / 45 s = {:.0}/s", args.expiry_orders, args.expiry_orders as f64 / 45.0),
+            ratio: format!("{:.2}", rate / (args.expiry_orders as f64 / 45.0)),
             target: "(reported)".into(),
             met: "-",
         },
@@ -894,9 +898,11 @@ async fn main() -> Result<()> {
         (
             "figure 6",
             "DynamoDB Local runs transactions one at a time, so expiries here are bound by the \
-             emulator (compare figure 4's control row); on DynamoDB the 8 concurrent releases run \
-             in parallel. Lateness grows with orders / (rate x period): raise FLASHSALE_EXPIRY_BATCH \
-             or the expirer's concurrency when a sale's burst of expiries must clear within a period."
+             emulator (compare figure 4's control row). On DynamoDB every release and its \
+             confirmation also update the product's item, so the 8 concurrent releases of one \
+             product conflict there too (retried in process); the rate per product is bound by \
+             that item, not by the expirer. The period here is 10 s to keep the run short; \
+             lateness in seconds is about orders / rate, plus the wait for the next tick."
                 .to_owned(),
         ),
         (
