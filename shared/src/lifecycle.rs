@@ -50,18 +50,19 @@ pub async fn release<G: StockGate, S: OrderStore>(
 /// confirmation; nothing when DynamoDB says it was confirmed already (the
 /// due index may be stale, and a Redis that forgot the step after it was
 /// confirmed has had the unit put back by the resync).
+/// False when there was nothing left to do.
 pub async fn finish<G: StockGate, S: OrderStore>(
     gate: &G,
     store: &S,
     order: &RequestView,
     to: OrderStatus,
-) -> Result<(), InfraError> {
+) -> Result<bool, InfraError> {
     if !retry::transient(Backoff::DEFAULT, || store.shelf_due(&order.request_id)).await? {
-        return Ok(());
+        return Ok(false);
     }
     gate.release(order, to).await?;
     retry::transient(Backoff::DEFAULT, || store.shelved(order)).await?;
-    Ok(())
+    Ok(true)
 }
 
 /// What the consumer places an order on: the product's terms (price,

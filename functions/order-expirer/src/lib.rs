@@ -36,7 +36,8 @@ pub struct Run {
     pub expired: usize,
     /// Releases whose shelf step this run finished.
     pub finished: usize,
-    /// Paid (or cancelled) between the index read and the write.
+    /// Paid, cancelled or finished by someone else between the index read
+    /// and the write (or a stale entry of the eventually consistent index).
     pub raced: usize,
     pub failed: usize,
     pub batches: usize,
@@ -84,15 +85,14 @@ impl<G: StockGate, S: OrderStore> Expirer<G, S> {
                         run.finished += 1;
                         progress = true;
                     }
-                    Step::Raced => {
-                        run.raced += 1;
-                        progress = true;
-                    }
+                    // Not progress: a stale index may return it again.
+                    Step::Raced => run.raced += 1,
                     Step::Failed => run.failed += 1,
                 }
             }
-            // Nothing moved (the stores fail): the next run tries again
-            // rather than this one spinning on the same orders.
+            // Nothing moved (the stores fail, or the index still lists what
+            // is done): the next run tries again rather than this one
+            // spinning on the same orders.
             if !progress {
                 break;
             }
@@ -107,7 +107,7 @@ impl<G: StockGate, S: OrderStore> Expirer<G, S> {
             OrderStatus::Cancelled | OrderStatus::Expired => {
                 lifecycle::finish(&self.gate, &self.store, order, order.status)
                     .await
-                    .map(|()| Step::Finished)
+                    .map(|done| if done { Step::Finished } else { Step::Raced })
             }
             // The index holds nothing else; a stale entry is left alone.
             _ => Ok(Step::Raced),
@@ -263,9 +263,10 @@ mod tests {
         assert_eq!(e.run().await.unwrap().expired, 1);
         let order = e.store.order(&msg.request_id).await.unwrap().unwrap();
         e.gate.released.lock().unwrap().clear();
-        lifecycle::finish(&e.gate, &e.store, &order, OrderStatus::Expired)
+        let done = lifecycle::finish(&e.gate, &e.store, &order, OrderStatus::Expired)
             .await
             .unwrap();
+        assert!(!done, "nothing was left to do");
         assert!(e.gate.released.lock().unwrap().is_empty());
         assert_eq!(e.store.ledger_of(&msg.product_id).releasing, 0);
     }
