@@ -30,6 +30,25 @@ use crate::ports::{
     Fate, FateNote, OrderQueue, OrderStore, PaymentWrite, Placement, PortResult, Transition,
 };
 
+/// The AWS SDK's HTTPS client trusts the system's CA certificates and
+/// panics, deep inside its first use, when there are none (a container image
+/// without `ca-certificates`). Checked at init instead, with what to do.
+pub fn require_ca_certificates() -> Result<(), crate::error::ConfigError> {
+    let found = rustls_native_certs::load_native_certs();
+    trust_store_verdict(found.certs.len(), found.errors.len())
+}
+
+fn trust_store_verdict(certs: usize, errors: usize) -> Result<(), crate::error::ConfigError> {
+    if certs > 0 {
+        return Ok(());
+    }
+    Err(crate::error::ConfigError(format!(
+        "no CA certificates found ({errors} load errors): the AWS SDK cannot make HTTPS calls. \
+         Install the ca-certificates package in the image (provided.al2023 has it), or point \
+         SSL_CERT_FILE / SSL_CERT_DIR at a CA bundle"
+    )))
+}
+
 /// Loads the shared SDK configuration once per process, with timeouts that
 /// keep a slow AWS call from eating the whole Lambda budget.
 pub async fn load_sdk_config() -> SdkConfig {
@@ -1028,6 +1047,14 @@ impl OrderStore for DynamoStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_trust_store_is_a_clear_error_not_a_panic() {
+        assert!(trust_store_verdict(140, 0).is_ok());
+        let err = trust_store_verdict(0, 1).unwrap_err().to_string();
+        assert!(err.contains("no CA certificates"), "{err}");
+        assert!(err.contains("ca-certificates"), "{err}");
+    }
 
     /// Hole 9: the one-order-per-buyer guard must outlive the sale, however
     /// long it runs, not a fixed time from the admission.

@@ -38,6 +38,7 @@ impl Wiring {
             .with_lambda_xray_trace_id("XRayTraceId")
             .init()
             .map_err(|e| ConfigError(format!("cannot set up CloudWatch metrics: {e}")))?;
+        aws::require_ca_certificates()?;
         Ok(Self {
             sdk: aws::load_sdk_config().await,
             faults: FaultPlan::from_env()?,
