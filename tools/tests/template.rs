@@ -91,7 +91,7 @@ fn env_of<'a>(t: &'a Value, f: &'a Value) -> BTreeSet<String> {
 }
 
 #[test]
-fn every_function_crate_is_deployed_on_arm64_al2023_with_cargo_lambda() {
+fn every_function_crate_is_deployed_on_al2023_with_cargo_lambda_arm64_by_default() {
     let t = template();
     let crates: BTreeSet<String> = std::fs::read_dir(format!("{}/functions", root()))
         .unwrap()
@@ -110,7 +110,11 @@ fn every_function_crate_is_deployed_on_arm64_al2023_with_cargo_lambda() {
     assert_eq!(crates, built);
     let g = &t["Globals"]["Function"];
     assert_eq!(g["Runtime"], "provided.al2023");
-    assert_eq!(g["Architectures"][0], "arm64");
+    // arm64 unless the Architecture parameter says x86_64 (sam local).
+    assert!(is_ref(&g["Architectures"][0], "Architecture"));
+    let arch = &t["Parameters"]["Architecture"];
+    assert_eq!(arch["Default"], "arm64");
+    assert_eq!(arch["AllowedValues"][1], "x86_64");
     assert_eq!(g["Handler"], "bootstrap");
 }
 
