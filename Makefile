@@ -2,6 +2,8 @@
 # (everything CI checks). Both install what is missing first.
 SHELL := /bin/bash
 CHAOS ?= 0
+# process: the handlers in the local runner; sam: the real bootstraps under sam local.
+RUNTIME ?= process
 CARGO_TARGET_DIR ?= $(HOME)/.cache/flashsale-target
 export CARGO_TARGET_DIR
 NEXTEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo "nextest run" || echo test)
@@ -11,7 +13,7 @@ export SAM_CLI_TELEMETRY := 0
 FUNCTIONS := deduct order-consumer order-status admin compensation outbox-sweeper payment-webhook order-expirer
 BIN_FLAGS := $(foreach f,$(FUNCTIONS),--bin $(f))
 
-.PHONY: setup build build-arm64 build-x86_64 bench dev-build demo test lint template-lint unit stack-up stack-down sam-build deploy-localstack
+.PHONY: setup build build-arm64 build-x86_64 bench dev-build demo test lint template-lint unit stack-up stack-down sam-build sam-local sam-sale deploy-localstack
 
 setup:
 	@localstack/install.sh
@@ -46,7 +48,16 @@ deploy-localstack: build
 	LAMBDA_DIR=$(CARGO_TARGET_DIR)/lambda/x86_64 localstack/deploy.sh
 
 demo: setup dev-build
-	@CHAOS=$(CHAOS) STACK_DIR=$(CURDIR)/.stack localstack/with-stack.sh scripts/demo.sh
+	@RUNTIME=$(RUNTIME) CHAOS=$(CHAOS) STACK_DIR=$(CURDIR)/.stack localstack/with-stack.sh scripts/demo.sh
+
+# The real bootstraps under sam local (Docker) on a stack left running for
+# manual work; `make stack-down` stops it all.
+sam-local: setup dev-build
+	@STACK_DIR=$(CURDIR)/.stack scripts/sam-local.sh
+
+# A small sale through the real bootstraps; fails unless the books balance.
+sam-sale: setup dev-build
+	RUNTIME=sam DEMO_BUYERS=100 DEMO_STOCK=20 localstack/with-stack.sh scripts/demo.sh
 
 lint: template-lint
 	cargo fmt --all --check
@@ -60,8 +71,9 @@ template-lint:
 unit:
 	cargo $(NEXTEST) --workspace --lib --bins
 
-test: setup lint
+test: setup lint dev-build
 	localstack/with-stack.sh cargo $(NEXTEST) --workspace
+	@$(MAKE) --no-print-directory sam-sale
 
 # A stack left running for manual work: `source .stack/env` afterwards.
 stack-up: setup

@@ -7,6 +7,9 @@
 # within 50 ms of deadlines, and runs the sale on a real Redis Cluster whose
 # product primary fails over mid-sale to a replica that missed its last
 # writes; the books must still balance.
+# RUNTIME=sam runs the same sale through the real bootstraps: HTTP through
+# `sam local start-api`, queues and schedules invoked through `sam local
+# start-lambda` by the runner (sam-local/start.sh).
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/debug/flashsale"
 addr="${FLASHSALE_HTTP_ADDR:-127.0.0.1:3000}"
@@ -20,6 +23,16 @@ visibility=30
 # The whole lifecycle: a 5 s payment window; winners pay, cancel or walk
 # away, and later waves of the losers buy what comes back.
 args=(--base-url "http://$addr" --payment-window-secs 5 --after-sale)
+runtime="${RUNTIME:-process}"
+case "$runtime" in
+  process|sam) ;;
+  *) echo "RUNTIME must be process or sam, not $runtime" >&2; exit 2 ;;
+esac
+if [ "$runtime" = sam ] && [ "${CHAOS:-0}" = 1 ]; then
+  # Its nodes announce loopback addresses, which the containers cannot reach.
+  echo "CHAOS=1 runs in process only (RUNTIME=process): the demo's Redis Cluster is not reachable from sam local's containers" >&2
+  exit 2
+fi
 if [ "${CHAOS:-0}" = 1 ]; then
   export FLASHSALE_FAULTS="${FLASHSALE_FAULTS:-store.put:0.05,queue.send:0.02,consumer.crash_after_write:0.01,store.lifecycle_reply_lost:0.05,release.crash_mid:0.1}"
   export FLASHSALE_SWEEP_AFTER_MS="${FLASHSALE_SWEEP_AFTER_MS:-3000}"
@@ -32,7 +45,15 @@ if [ "${CHAOS:-0}" = 1 ]; then
   echo "chaos: FLASHSALE_FAULTS=$FLASHSALE_FAULTS, Redis Cluster failover losing acknowledged writes mid-sale" >&2
 fi
 eval "$("$bin" provision --visibility-timeout "$visibility")"
-"$bin" serve >"$STACK_DIR/runner.log" 2>&1 &
+serve=()
+if [ "$runtime" = sam ]; then
+  "$(dirname "$0")/../sam-local/start.sh"
+  # shellcheck disable=SC1091
+  . "$STACK_DIR/sam.env"
+  serve=(--invoke "$SAM_LAMBDA_URL")
+  args[1]="$SAM_API_URL"
+fi
+"$bin" serve "${serve[@]}" >"$STACK_DIR/runner.log" 2>&1 &
 echo $! >"$STACK_DIR/runner.pid"
 for _ in $(seq 1 100); do
   curl -fsS "http://$addr/health" >/dev/null 2>&1 && break

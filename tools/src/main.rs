@@ -10,7 +10,7 @@ use shared::domain::ProductId;
 use shared::faults::FaultPlan;
 use shared::redis::RedisGate;
 use shared::{config, telemetry};
-use tools::{audit, client::Api, demo, loadtest, provision, queues, runner};
+use tools::{audit, client::Api, demo, invoke, loadtest, provision, queues, runner, samlocal};
 
 /// flashsale's local tools. AWS endpoints come from the SDK's environment
 /// (`AWS_ENDPOINT_URL_SQS`, `AWS_ENDPOINT_URL_DYNAMODB`, `AWS_REGION`), Redis
@@ -31,6 +31,20 @@ enum Command {
         addr: SocketAddr,
         #[arg(long, env = "FLASHSALE_POLLERS", default_value_t = 4)]
         pollers: usize,
+        /// Messages per batch (the event source mapping's BatchSize, 1..=10).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..=10))]
+        batch_size: i32,
+        /// Seconds to gather a batch (MaximumBatchingWindowInSeconds).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=20))]
+        batching_window_secs: u64,
+        /// Send the queues' batches and the schedules' runs to the real
+        /// functions at this Lambda endpoint (`sam local start-lambda`,
+        /// `cargo lambda watch`) instead of the handlers in this process.
+        #[arg(long, env = "FLASHSALE_INVOKE_URL")]
+        invoke: Option<String>,
+        /// How that endpoint names the functions.
+        #[arg(long, value_enum, default_value = "template")]
+        invoke_names: invoke::Names,
     },
     /// Create the queues and the table (idempotent); prints their settings.
     Provision {
@@ -67,6 +81,24 @@ enum Command {
     ClusterUp {
         #[arg(long, env = "STACK_DIR")]
         dir: std::path::PathBuf,
+    },
+    /// Write what `sam local` needs to run the real bootstraps on this
+    /// stack into `--out`: bootstraps/, api.json (start-api), events.json
+    /// (start-lambda) and env.json (`--env-file` with its `${VAR}`s filled
+    /// from the environment).
+    SamLocalFiles {
+        #[arg(long, default_value = "template.yaml")]
+        template: std::path::PathBuf,
+        #[arg(long, default_value = "sam-local/env.json")]
+        env_file: std::path::PathBuf,
+        /// The built binaries, laid out as `--layout` says; copied to
+        /// `<out>/bootstraps/<binary>/bootstrap`.
+        #[arg(long)]
+        binaries: std::path::PathBuf,
+        #[arg(long, value_enum)]
+        layout: samlocal::Layout,
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
     /// Move parked messages back to the compensation queue (StartMessageMoveTask).
     Redrive {
@@ -306,7 +338,14 @@ fn yes_no(b: bool) -> &'static str {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let sdk = aws::load_sdk_config().await;
     match cli.command {
-        Command::Serve { addr, pollers } => {
+        Command::Serve {
+            addr,
+            pollers,
+            batch_size,
+            batching_window_secs,
+            invoke,
+            invoke_names,
+        } => {
             telemetry::init();
             let cfg = runner::RunnerConfig {
                 http_addr: addr,
@@ -327,11 +366,41 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 webhook_secret: config::payment_webhook_secret().ok(),
                 expire_every: config::expire_every()?,
                 expiry_batch: config::expiry_batch()?,
+                batch_size,
+                batching_window: Duration::from_secs(batching_window_secs),
+                invoke: invoke.map(|endpoint| invoke::InvokeConfig {
+                    endpoint,
+                    names: invoke_names,
+                }),
             };
             let running = runner::start(cfg, &sdk).await?;
             eprintln!("flashsale runner listening on http://{}", running.addr);
             shutdown_signal().await;
             running.stop().await;
+        }
+        Command::SamLocalFiles {
+            template,
+            env_file,
+            binaries,
+            layout,
+            out,
+        } => {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            let vars = samlocal::fill_env_file(&read(&env_file)?, |k| std::env::var(k).ok())
+                .with_context(|| format!("filling {}", env_file.display()))?;
+            let template = read(&template)?;
+            let bootstraps = std::path::absolute(out.join("bootstraps"))?;
+            samlocal::place_bootstraps(&template, &binaries, layout, &bootstraps)?;
+            for (name, role) in [
+                ("api.json", samlocal::Role::Api),
+                ("events.json", samlocal::Role::Events),
+            ] {
+                let text = samlocal::template(&template, &vars, &bootstraps, role)?;
+                std::fs::write(out.join(name), text)?;
+            }
+            std::fs::write(out.join("env.json"), samlocal::env_file_json(&vars)?)?;
         }
         Command::Provision {
             prefix,

@@ -1,9 +1,12 @@
 //! The local runner: the HTTP API, the orders-queue consumer, the
 //! compensation consumer of the orders DLQ and the timers of the outbox
-//! sweeper and the order expirer in one process, calling the very handlers the Lambdas run. HTTP requests become
-//! `lambda_http::Request`s; queue messages become real `SqsEvent` batches, and
-//! only records not reported failed are deleted, as an event source mapping
-//! with ReportBatchItemFailures does.
+//! sweeper and the order expirer in one process, calling the very handlers
+//! the Lambdas run. HTTP requests become `lambda_http::Request`s; queue
+//! messages become real `SqsEvent` batches, and only records not reported
+//! failed are deleted, as an event source mapping with
+//! ReportBatchItemFailures does. With [`RunnerConfig::invoke`] the queues'
+//! batches and the timers' runs go to the real functions through the Lambda
+//! Invoke API instead (`sam local start-lambda`, `cargo lambda watch`).
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -15,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage, SqsMessageAttribute};
+use aws_sdk_sqs::operation::receive_message::ReceiveMessageError;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -41,6 +45,8 @@ use shared::http::{self as api, ApiError, HttpResponse};
 use shared::lifecycle::Terms;
 use shared::ports::{StockGate, SystemClock};
 use shared::redis::{RedisGate, RedisSettings};
+
+use crate::invoke::{Function, InvokeConfig, Invoker};
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -69,6 +75,12 @@ pub struct RunnerConfig {
     /// The expirer's timer (EventBridge's schedule in AWS) and batch.
     pub expire_every: Duration,
     pub expiry_batch: usize,
+    /// The event source mappings' batch size (1..=10) and batching window.
+    pub batch_size: i32,
+    pub batching_window: Duration,
+    /// Invoke the real functions for queues and timers instead of the
+    /// handlers in this process.
+    pub invoke: Option<InvokeConfig>,
 }
 
 type Gate = Faulty<RedisGate>;
@@ -289,6 +301,52 @@ impl Running {
     }
 }
 
+/// Where the queues' batches and the timers' runs go.
+#[derive(Clone)]
+enum Target {
+    InProcess(Arc<App>),
+    Lambda(Invoker),
+}
+
+impl Target {
+    /// The batch's failed records; None when the function failed as a
+    /// whole, and the mapping then redelivers the whole batch.
+    async fn batch(&self, f: Function, event: SqsEvent) -> Option<SqsBatchResponse> {
+        match self {
+            Self::InProcess(app) => Some(match f {
+                Function::Compensation => app.compensation.handle(event).await,
+                _ => app.consumer.handle(event).await,
+            }),
+            Self::Lambda(invoker) => invoker
+                .sqs(f, &event)
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "batch failed; redelivered after the visibility timeout"))
+                .ok(),
+        }
+    }
+
+    async fn scheduled(&self, f: Function) {
+        let result = match self {
+            Self::InProcess(app) if f == Function::OutboxSweeper => app
+                .sweeper
+                .sweep()
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from),
+            Self::InProcess(app) => app
+                .expirer
+                .run()
+                .await
+                .map(drop)
+                .map_err(anyhow::Error::from),
+            Self::Lambda(invoker) => invoker.schedule(f).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, function = f.binary(), "scheduled run failed; next tick retries");
+        }
+    }
+}
+
 pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
     prometheus();
     let app = Arc::new(App::new(&cfg, sdk));
@@ -298,58 +356,45 @@ pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
     let addr = listener.local_addr()?;
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(serve(listener, app.clone(), rx.clone()))];
+    let target = match &cfg.invoke {
+        Some(invoke) => Target::Lambda(Invoker::new(sdk, invoke)),
+        None => Target::InProcess(app.clone()),
+    };
     let sqs = poller_client(sdk, cfg.wait_time_secs);
-    for _ in 0..cfg.pollers.max(1) {
-        let app = app.clone();
+    let queues = std::iter::repeat_n(
+        (Function::OrderConsumer, &cfg.orders_queue_url),
+        cfg.pollers.max(1),
+    )
+    .chain([(Function::Compensation, &cfg.orders_dlq_url)]);
+    for (f, url) in queues {
+        let target = target.clone();
+        let mapping = Mapping {
+            queue_url: url.clone(),
+            wait_time_secs: cfg.wait_time_secs,
+            batch_size: cfg.batch_size.clamp(1, 10),
+            batching_window: cfg.batching_window,
+        };
         tasks.push(tokio::spawn(poll(
             sqs.clone(),
-            cfg.orders_queue_url.clone(),
-            cfg.wait_time_secs,
+            mapping,
             rx.clone(),
             move |event| {
-                let app = app.clone();
-                async move { app.consumer.handle(event).await }
+                let target = target.clone();
+                async move { target.batch(f, event).await }
             },
         )));
     }
-    let comp = app.clone();
-    tasks.push(tokio::spawn(poll(
-        sqs.clone(),
-        cfg.orders_dlq_url.clone(),
-        cfg.wait_time_secs,
-        rx.clone(),
-        move |event| {
-            let app = comp.clone();
-            async move { app.compensation.handle(event).await }
-        },
-    )));
-    let sweeper = app.clone();
-    tasks.push(tokio::spawn(every(
-        cfg.sweep_every,
-        rx.clone(),
-        move || {
-            let app = sweeper.clone();
-            async move {
-                if let Err(e) = app.sweeper.sweep().await {
-                    tracing::warn!(error = %e, "outbox sweep failed; next tick retries");
-                }
-            }
-        },
-    )));
-    let expirer = app.clone();
-    tasks.push(tokio::spawn(every(
-        cfg.expire_every,
-        rx.clone(),
-        move || {
-            let app = expirer.clone();
-            async move {
-                if let Err(e) = app.expirer.run().await {
-                    tracing::warn!(error = %e, "expiry run failed; next tick retries");
-                }
-            }
-        },
-    )));
-    tracing::info!(%addr, pollers = cfg.pollers, "local runner up");
+    for (f, period) in [
+        (Function::OutboxSweeper, cfg.sweep_every),
+        (Function::OrderExpirer, cfg.expire_every),
+    ] {
+        let target = target.clone();
+        tasks.push(tokio::spawn(every(period, rx.clone(), move || {
+            let target = target.clone();
+            async move { target.scheduled(f).await }
+        })));
+    }
+    tracing::info!(%addr, pollers = cfg.pollers, invoke = ?cfg.invoke, "local runner up");
     Ok(Running {
         addr,
         app,
@@ -511,38 +556,82 @@ where
     }
 }
 
-/// One queue's event source mapping: receive, hand the batch to `handler`,
-/// delete what it did not report failed.
-async fn poll<F, Fut>(
-    sqs: aws_sdk_sqs::Client,
+/// One queue's event source mapping settings.
+struct Mapping {
     queue_url: String,
     wait_time_secs: i32,
+    batch_size: i32,
+    batching_window: Duration,
+}
+
+impl Mapping {
+    /// Up to `batch_size` messages: what the first receive brings, topped up
+    /// until the batching window closes.
+    async fn receive(
+        &self,
+        sqs: &aws_sdk_sqs::Client,
+    ) -> Result<Vec<Message>, aws_sdk_sqs::error::SdkError<ReceiveMessageError>> {
+        let deadline = tokio::time::Instant::now() + self.batching_window;
+        let mut batch: Vec<Message> = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // Whole seconds, as SQS takes them: the window closes late only
+            // when nothing more arrives.
+            let wait = if batch.is_empty() {
+                self.wait_time_secs
+            } else {
+                (left.as_secs_f64().ceil() as i32).min(self.wait_time_secs)
+            };
+            let got = sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(self.batch_size - batch.len() as i32)
+                .wait_time_seconds(wait)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await;
+            match got {
+                Ok(out) => batch.extend(out.messages.unwrap_or_default()),
+                // What was received is in flight: hand it over rather than
+                // let it wait out its visibility timeout.
+                Err(_) if !batch.is_empty() => return Ok(batch),
+                Err(e) => return Err(e),
+            }
+            if batch.is_empty()
+                || batch.len() as i32 >= self.batch_size
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(batch);
+            }
+        }
+    }
+}
+
+/// One queue's event source mapping: receive, hand the batch to `handler`,
+/// delete what it did not report failed (nothing when it failed as a whole).
+async fn poll<F, Fut>(
+    sqs: aws_sdk_sqs::Client,
+    mapping: Mapping,
     mut shutdown: watch::Receiver<bool>,
     handler: F,
 ) where
     F: Fn(SqsEvent) -> Fut,
-    Fut: Future<Output = SqsBatchResponse>,
+    Fut: Future<Output = Option<SqsBatchResponse>>,
 {
     let region = sqs
         .config()
         .region()
         .map(|r| r.to_string())
         .unwrap_or_default();
+    let queue_url = &mapping.queue_url;
     loop {
-        let receive = sqs
-            .receive_message()
-            .queue_url(&queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(wait_time_secs)
-            .message_attribute_names("All")
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .send();
         let received = tokio::select! {
-            r = receive => r,
+            r = mapping.receive(&sqs) => r,
             _ = shutdown.changed() => return,
         };
         let messages = match received {
-            Ok(out) => out.messages.unwrap_or_default(),
+            Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "receive failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -562,7 +651,9 @@ async fn poll<F, Fut>(
             .iter()
             .map(|r| (r.message_id.clone(), r.receipt_handle.clone()))
             .collect();
-        let response = handler(event).await;
+        let Some(response) = handler(event).await else {
+            continue;
+        };
         let failed: HashSet<String> = response
             .batch_item_failures
             .into_iter()
@@ -586,7 +677,7 @@ async fn poll<F, Fut>(
         // A failed delete only means a redelivery, which the consumer absorbs.
         if let Err(e) = sqs
             .delete_message_batch()
-            .queue_url(&queue_url)
+            .queue_url(queue_url)
             .set_entries(Some(entries))
             .send()
             .await

@@ -130,6 +130,9 @@ impl TestStack {
             webhook_secret: Some(WEBHOOK_SECRET.to_vec()),
             expire_every: Duration::from_millis(500),
             expiry_batch: 100,
+            batch_size: 10,
+            batching_window: Duration::ZERO,
+            invoke: None,
         };
         let running = runner::start(config.clone(), &sdk)
             .await
