@@ -11,6 +11,7 @@ use shared::aws::{DynamoStore, SqsQueue};
 use shared::faults::FaultPlan;
 use shared::redis::{RedisGate, RedisSettings};
 use tools::client::Api;
+use tools::invoke::InvokeConfig;
 use tools::provision::{self, Names, Provisioned};
 use tools::runner::{self, App, RunnerConfig, Running};
 
@@ -67,6 +68,9 @@ pub struct Options {
     pub cluster_url: Option<String>,
     /// The pollers' long-poll wait (the runner's own default is 5 s).
     pub wait_time_secs: i32,
+    pub batching_window: Duration,
+    /// Queues and schedules invoke functions at this Lambda endpoint.
+    pub invoke: Option<InvokeConfig>,
 }
 
 impl Default for Options {
@@ -79,6 +83,8 @@ impl Default for Options {
             pollers: 3,
             cluster_url: None,
             wait_time_secs: 1,
+            batching_window: Duration::ZERO,
+            invoke: None,
         }
     }
 }
@@ -131,8 +137,8 @@ impl TestStack {
             expire_every: Duration::from_millis(500),
             expiry_batch: 100,
             batch_size: 10,
-            batching_window: Duration::ZERO,
-            invoke: None,
+            batching_window: opts.batching_window,
+            invoke: opts.invoke,
         };
         let running = runner::start(config.clone(), &sdk)
             .await
