@@ -32,7 +32,7 @@ build-x86_64: setup
 
 # Every figure of docs/benchmarks.md, on a fresh local stack. Size and cold
 # start read the x86_64 bootstraps (built first when missing).
-bench: setup
+bench: setup dev-build
 	@for f in $(FUNCTIONS); do test -x $(CARGO_TARGET_DIR)/lambda/x86_64/$$f/bootstrap || { $(MAKE) build-x86_64; break; }; done
 	cargo build -q --profile fast -p flashsale-tools --bin bench
 	localstack/with-stack.sh $(CARGO_TARGET_DIR)/fast/bench --lambda-dir $(CARGO_TARGET_DIR)/lambda/x86_64 \

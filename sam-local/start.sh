@@ -134,8 +134,10 @@ for _ in $(seq 1 600); do
   sleep 0.5
 done
 [ "$api" = 404 ] && [ "$lam" = 404 ] || { log "sam local did not come up in 300 s (api: $api, lambda: $lam)"; exit 1; }
+up_ms=$(( ($(date +%s%N) - started) / 1000000 ))
 cat >"$STACK_DIR/sam.env" <<ENV
 export SAM_API_URL=http://127.0.0.1:$api_port
 export SAM_LAMBDA_URL=http://127.0.0.1:$lambda_port
+export SAM_UP_MS=$up_ms
 ENV
-log "up in $(( ($(date +%s%N) - started) / 1000000 )) ms: API http://127.0.0.1:$api_port, Lambda http://127.0.0.1:$lambda_port"
+log "up in $up_ms ms: API http://127.0.0.1:$api_port, Lambda http://127.0.0.1:$lambda_port"
