@@ -808,17 +808,15 @@ async fn cold_start(args: &Args) -> Result<Vec<Row>> {
 
 /// p50 / p99 of a histogram in ms.
 fn p50_p99(h: &Histogram<u64>) -> (f64, f64) {
-    (
-        ms(h.value_at_quantile(0.5)),
-        ms(h.value_at_quantile(0.99)),
-    )
+    (ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.99)))
 }
 
 /// The release bootstraps under `sam local` (sam-local/start.sh on this
 /// stack) against the same handlers in the local runner.
 async fn sam_local(args: &Args, sdk: &aws_config::SdkConfig) -> Result<Vec<Row>> {
     let names = provision::provision(sdk, &Names::with_prefix(&unique("bench-s")), 30).await?;
-    let stack = PathBuf::from(std::env::var("STACK_DIR").context("STACK_DIR (localstack/with-stack.sh)")?);
+    let stack =
+        PathBuf::from(std::env::var("STACK_DIR").context("STACK_DIR (localstack/with-stack.sh)")?);
     let token = "bench-admin-token-0123456789";
     let secret = "whsec_bench_0123456789";
     let out = Command::new(&args.sam_local)
@@ -866,7 +864,10 @@ async fn sam_local(args: &Args, sdk: &aws_config::SdkConfig) -> Result<Vec<Row>>
     let started = Instant::now();
     let running = runner::start(cfg, sdk).await?;
     let local = Api::new(format!("http://{}", running.addr), token);
-    ensure!(local.call("GET", "/health", &[], None).await?.status == 200, "runner unhealthy");
+    ensure!(
+        local.call("GET", "/health", &[], None).await?.status == 200,
+        "runner unhealthy"
+    );
     let runner_up_ms = started.elapsed().as_secs_f64() * 1000.0;
 
     let product = unique("bench-s");
@@ -884,7 +885,11 @@ async fn sam_local(args: &Args, sdk: &aws_config::SdkConfig) -> Result<Vec<Row>>
             })),
         )
         .await?;
-    ensure!(created.status == 201, "creating the bench product: {}", created.body);
+    ensure!(
+        created.status == 201,
+        "creating the bench product: {}",
+        created.body
+    );
     let sam = Api::new(sam_api, token);
     let page = format!("/api/flash-sale/products/{product}");
     let invoker = tools::invoke::Invoker::new(
@@ -897,7 +902,9 @@ async fn sam_local(args: &Args, sdk: &aws_config::SdkConfig) -> Result<Vec<Row>>
     // Warm both paths, then interleave so both see the same noise.
     for _ in 0..3 {
         sam.call("GET", &page, &[], None).await?;
-        invoker.schedule(tools::invoke::Function::OrderExpirer).await?;
+        invoker
+            .schedule(tools::invoke::Function::OrderExpirer)
+            .await?;
     }
     let (mut http_sam, mut http_local) = (histogram()?, histogram()?);
     for _ in 0..args.sam_calls {
@@ -905,13 +912,20 @@ async fn sam_local(args: &Args, sdk: &aws_config::SdkConfig) -> Result<Vec<Row>>
             let t = Instant::now();
             let a = api.call("GET", &page, &[], None).await?;
             h.record(t.elapsed().as_micros().max(1) as u64)?;
-            ensure!(a.status == 200, "product page answered {}: {}", a.status, a.body);
+            ensure!(
+                a.status == 200,
+                "product page answered {}: {}",
+                a.status,
+                a.body
+            );
         }
     }
     let (mut inv_sam, mut inv_local) = (histogram()?, histogram()?);
     for _ in 0..args.sam_calls / 4 {
         let t = Instant::now();
-        invoker.schedule(tools::invoke::Function::OrderExpirer).await?;
+        invoker
+            .schedule(tools::invoke::Function::OrderExpirer)
+            .await?;
         inv_sam.record(t.elapsed().as_micros().max(1) as u64)?;
         let t = Instant::now();
         running.app.expirer.run().await?;
@@ -923,7 +937,10 @@ async fn sam_local(args: &Args, sdk: &aws_config::SdkConfig) -> Result<Vec<Row>>
         format!("p50 {p50:.1} / p99 {p99:.1} ms")
     };
     let extra = |a: &Histogram<u64>, b: &Histogram<u64>| {
-        format!("+{:.1} ms", ms(a.value_at_quantile(0.5)) - ms(b.value_at_quantile(0.5)))
+        format!(
+            "+{:.1} ms",
+            ms(a.value_at_quantile(0.5)) - ms(b.value_at_quantile(0.5))
+        )
     };
     Ok(vec![
         Row {
