@@ -57,7 +57,7 @@ sam-local: setup dev-build
 
 # A small sale through the real bootstraps; fails unless the books balance.
 sam-sale: setup dev-build
-	RUNTIME=sam DEMO_BUYERS=100 DEMO_STOCK=20 localstack/with-stack.sh scripts/demo.sh
+	RUNTIME=sam SAM_BOOTSTRAPS=host DEMO_BUYERS=100 DEMO_STOCK=20 localstack/with-stack.sh scripts/demo.sh
 
 lint: template-lint
 	cargo fmt --all --check

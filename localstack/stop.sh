@@ -29,5 +29,5 @@ if [ -d "$STACK_DIR/sam/bootstraps" ] && docker info >/dev/null 2>&1; then
 fi
 stop "$STACK_DIR"/dockerd.pid "$STACK_DIR"/localstack.pid "$STACK_DIR"/dynamodb.pid \
      "$STACK_DIR"/redis.pid "$STACK_DIR"/redis-cluster-*.pid
-rm -f "$STACK_DIR/env" "$STACK_DIR/sam.env" "$STACK_DIR/cluster.nodes"
+rm -f "$STACK_DIR/env" "$STACK_DIR/sam.env" "$STACK_DIR/local.env" "$STACK_DIR/cluster.nodes"
 rm -rf "$STACK_DIR/cluster"

@@ -40,11 +40,18 @@ case "$(uname -m)" in
   *) log "sam local runs x86_64 or arm64 bootstraps, not $(uname -m)"; exit 1 ;;
 esac
 
-# The engine.
+running() { [ -f "$STACK_DIR/$1.pid" ] && kill -0 "$(cat "$STACK_DIR/$1.pid")" 2>/dev/null; }
+if running sam-api || running sam-lambda; then
+  log "sam local already runs for $STACK_DIR (make stack-down first)"
+  exit 1
+fi
+
+# The engine. Its own session: a Ctrl-C must leave it to stop.sh, which
+# removes the containers first.
+command -v dockerd >/dev/null 2>&1 || apt_install docker.io
 if ! docker info >/dev/null 2>&1; then
-  command -v dockerd >/dev/null 2>&1 || apt_install docker.io
   log "starting dockerd (vfs storage, no iptables); log: $STACK_DIR/dockerd.log"
-  dockerd --storage-driver=vfs --iptables=false >"$STACK_DIR/dockerd.log" 2>&1 &
+  setsid dockerd --storage-driver=vfs --iptables=false >"$STACK_DIR/dockerd.log" 2>&1 &
   echo $! >"$STACK_DIR/dockerd.pid"
   for _ in $(seq 1 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { log "dockerd did not answer in 60 s:"; tail -n 20 "$STACK_DIR/dockerd.log" >&2; exit 1; }
@@ -52,25 +59,28 @@ fi
 
 # The base image.
 real="public.ecr.aws/lambda/provided:al2023-$arch"
-stand_in="flashsale/lambda-stand-in:bookworm"
+# This machine's Debian release, so host-built binaries find their glibc.
+suite="$( . /etc/os-release 2>/dev/null; [ "${ID:-}" = debian ] && echo "${VERSION_CODENAME:-}" )"
+suite="${suite:-bookworm}"
+stand_in="flashsale/lambda-stand-in:$suite"
 invoke_image=()
-if docker image inspect "$real" >/dev/null 2>&1 || timeout 300 docker pull -q "$real" >/dev/null 2>&1; then
+if docker image inspect "$real" >/dev/null 2>&1 || timeout 120 docker pull -q "$real" >/dev/null 2>&1; then
   base=real
 else
   base=stand-in
   invoke_image=(--invoke-image "$stand_in")
   if ! docker image inspect "$stand_in" >/dev/null 2>&1; then
-    cache="$FLASHSALE_HOME/lambda-stand-in-bookworm-$arch.tar"
+    cache="$FLASHSALE_HOME/lambda-stand-in-$suite-$arch.tar"
     if [ ! -f "$cache" ]; then
       command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
-      log "$real cannot be pulled; building a stand-in from Debian bookworm (once, cached in $cache)"
+      log "$real cannot be pulled; building a stand-in from Debian $suite (once, cached in $cache)"
       rootfs="$(mktemp -d -t flashsale-rootfs.XXXXXX)"
-      debootstrap --variant=minbase --include=ca-certificates bookworm "$rootfs" \
+      debootstrap --variant=minbase --include=ca-certificates "$suite" "$rootfs" \
         http://deb.debian.org/debian >"$STACK_DIR/debootstrap.log" 2>&1 \
         || { tail -n 20 "$STACK_DIR/debootstrap.log" >&2; rm -rf "$rootfs"; exit 1; }
       tar -C "$rootfs" -c . | docker import \
         --change 'ENV LAMBDA_TASK_ROOT=/var/task' --change 'ENV LAMBDA_RUNTIME_DIR=/var/runtime' \
-        --change 'WORKDIR /var/task' --change 'LABEL flashsale.stand-in=debian-bookworm' \
+        --change 'WORKDIR /var/task' --change "LABEL flashsale.stand-in=debian-$suite" \
         - "$stand_in" >/dev/null
       rm -rf "$rootfs"
       docker save -o "$cache.tmp" "$stand_in" && mv "$cache.tmp" "$cache"
@@ -91,11 +101,13 @@ esac
 
 # The containers reach the host at the bridge's gateway, not at loopback:
 # sam local leaves them on the default bridge whatever --docker-network says.
-gw="$(docker network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null || true)"
-[ -n "$gw" ] || gw="$(ip -4 -o addr show docker0 | awk '{print $4}' | cut -d/ -f1)"
-[ -n "$gw" ] || { log "no Docker bridge gateway found (docker network inspect bridge)"; exit 1; }
-# Redis listens there too, for the containers only (LocalStack and DynamoDB
-# Local already listen on every address).
+gw="$(docker network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}} {{end}}' 2>/dev/null \
+  | tr ' ' '\n' | grep -m1 -E '^[0-9.]+$' || true)"
+[ -n "$gw" ] || gw="$(ip -4 -o addr show docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1 || true)"
+[ -n "$gw" ] || { log "no Docker bridge gateway found (docker network inspect bridge; ip addr show docker0)"; exit 1; }
+# Redis listens there too, for the containers (LocalStack's gateway and
+# DynamoDB Local listen on every address already: ss -ltnp). Local only: no
+# password, so anything that reaches the bridge reaches this stack's Redis.
 redis-cli -p "$REDIS_PORT" config set bind "127.0.0.1 $gw" >/dev/null
 redis-cli -p "$REDIS_PORT" config set protected-mode no >/dev/null
 (
@@ -121,8 +133,9 @@ echo $! >"$STACK_DIR/sam-api.pid"
   >"$STACK_DIR/sam-lambda.log" 2>&1 &
 echo $! >"$STACK_DIR/sam-lambda.pid"
 
-# Up when a real function answers through each (a 404 from the product page;
-# start-lambda answers unknown functions with a 404 of its own).
+# Up when a function answers through start-api (a 404 from the product
+# page) and start-lambda answers at all (its own 404 for an unknown function;
+# it listens once its containers are warm).
 for _ in $(seq 1 600); do
   api="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$api_port/api/flash-sale/products/none" || true)"
   lam="$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' \

@@ -63,4 +63,12 @@ done
 [ "${DEMO_BUYERS:-}" ] && args+=(--buyers "$DEMO_BUYERS")
 [ "${DEMO_STOCK:-}" ] && args+=(--stock "$DEMO_STOCK")
 echo "runner log: $STACK_DIR/runner.log" >&2
-"$bin" loadtest --summary --report "$STACK_DIR/loadtest.json" --chart "$STACK_DIR/loadtest.png" "${args[@]}"
+"$bin" loadtest --summary --report "$STACK_DIR/loadtest.json" --chart "$STACK_DIR/loadtest.png" "${args[@]}" \
+  | tee "$STACK_DIR/summary.txt"
+# Balanced books alone would also hold for a sale in which nothing got
+# through (every admission compensated): the demo must have sold.
+case " $(grep '^SUMMARY' "$STACK_DIR/summary.txt" | tail -n 1) " in
+  *" placed=0 "* | *" paid=0 "*)
+    echo "the sale placed or paid nothing: see $STACK_DIR/runner.log${SAM_API_URL:+ and sam-*.log}" >&2
+    exit 1 ;;
+esac

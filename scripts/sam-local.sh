@@ -6,7 +6,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 export STACK_DIR="${STACK_DIR:-$root/.stack}"
-bin="${CARGO_TARGET_DIR:-target}/debug/flashsale"
+bin="${CARGO_TARGET_DIR:-$HOME/.cache/flashsale-target}/debug/flashsale"
 "$root/localstack/start.sh"
 # shellcheck disable=SC1091
 . "$STACK_DIR/env"
@@ -36,7 +36,7 @@ cat <<INFO
 sam local is up; the runner invokes the queue and schedule functions.
   API:      $SAM_API_URL   (buyer from the body: FLASHSALE_INSECURE_USER_FROM_BODY=1)
   Lambda:   $SAM_LAMBDA_URL   (aws lambda invoke --endpoint-url ...)
-  env:      source $STACK_DIR/env $STACK_DIR/local.env $STACK_DIR/sam.env
+  env:      for f in env local.env sam.env; do . $STACK_DIR/\$f; done
   try:      flashsale loadtest --base-url \$SAM_API_URL --buyers 100 --stock 20
   logs:     $STACK_DIR/sam-api.log, sam-lambda.log, runner.log
   stop:     make stack-down

@@ -121,6 +121,10 @@ impl Invoker {
     /// whole batch is then redelivered).
     pub async fn sqs(&self, f: Function, event: &SqsEvent) -> Result<SqsBatchResponse> {
         let payload = self.invoke(f, event).await?;
+        // As Lambda reads it: no response is a batch without failures.
+        if payload.iter().all(u8::is_ascii_whitespace) || payload.trim_ascii() == b"null" {
+            return Ok(SqsBatchResponse::default());
+        }
         serde_json::from_slice(&payload).with_context(|| {
             format!(
                 "{} answered something other than a batch response: {}",

@@ -47,6 +47,7 @@ use shared::ports::{StockGate, SystemClock};
 use shared::redis::{RedisGate, RedisSettings};
 
 use crate::invoke::{Function, InvokeConfig, Invoker};
+use crate::provision::Provisioned;
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -81,6 +82,42 @@ pub struct RunnerConfig {
     /// Invoke the real functions for queues and timers instead of the
     /// handlers in this process.
     pub invoke: Option<InvokeConfig>,
+}
+
+impl RunnerConfig {
+    /// A runner on a free loopback port for `names`, as tests and benches
+    /// start from: the buyer from the body, no faults, the handlers in
+    /// process, timers every 500 ms.
+    pub fn local(
+        redis: RedisSettings,
+        names: &Provisioned,
+        admin_token: &str,
+        webhook_secret: &[u8],
+    ) -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            redis,
+            table: names.table.clone(),
+            orders_queue_url: names.orders_queue_url.clone(),
+            orders_dlq_url: names.orders_dlq_url.clone(),
+            admin_token: Some(admin_token.to_owned()),
+            insecure_user_from_body: true,
+            pollers: 3,
+            consumer_concurrency: 10,
+            wait_time_secs: 1,
+            sweep_every: Duration::from_millis(500),
+            sweep_after_ms: 60_000,
+            resend_after_ms: 600_000,
+            faults: FaultPlan::none(),
+            sold_out_cache: Duration::from_secs(1),
+            webhook_secret: Some(webhook_secret.to_vec()),
+            expire_every: Duration::from_millis(500),
+            expiry_batch: 100,
+            batch_size: 10,
+            batching_window: Duration::ZERO,
+            invoke: None,
+        }
+    }
 }
 
 type Gate = Faulty<RedisGate>;
@@ -355,11 +392,21 @@ pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
         .with_context(|| format!("binding {} (set FLASHSALE_HTTP_ADDR)", cfg.http_addr))?;
     let addr = listener.local_addr()?;
     let (shutdown, rx) = watch::channel(false);
-    let mut tasks = vec![tokio::spawn(serve(listener, app.clone(), rx.clone()))];
-    let target = match &cfg.invoke {
-        Some(invoke) => Target::Lambda(Invoker::new(sdk, invoke)),
-        None => Target::InProcess(app.clone()),
+    let (http, target) = match &cfg.invoke {
+        Some(invoke) => (
+            tokio::spawn(serve(
+                listener,
+                Arc::new(HealthOnly(app.clone())),
+                rx.clone(),
+            )),
+            Target::Lambda(Invoker::new(sdk, invoke)),
+        ),
+        None => (
+            tokio::spawn(serve(listener, app.clone(), rx.clone())),
+            Target::InProcess(app.clone()),
+        ),
     };
+    let mut tasks = vec![http];
     let sqs = poller_client(sdk, cfg.wait_time_secs);
     let queues = std::iter::repeat_n(
         (Function::OrderConsumer, &cfg.orders_queue_url),
@@ -371,8 +418,16 @@ pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
         let mapping = Mapping {
             queue_url: url.clone(),
             wait_time_secs: cfg.wait_time_secs,
-            batch_size: cfg.batch_size.clamp(1, 10),
-            batching_window: cfg.batching_window,
+            // As in template.yaml: the orders queue's mapping has its
+            // parameters, the DLQ's batches of 10 without a window.
+            batch_size: match f {
+                Function::OrderConsumer => cfg.batch_size.clamp(1, 10),
+                _ => 10,
+            },
+            batching_window: match f {
+                Function::OrderConsumer => cfg.batching_window,
+                _ => Duration::ZERO,
+            },
         };
         tasks.push(tokio::spawn(poll(
             sqs.clone(),
@@ -411,6 +466,21 @@ pub trait Routes: Send + Sync + 'static {
 impl Routes for App {
     fn route(&self, req: lambda_http::Request) -> impl Future<Output = HttpResponse> + Send {
         App::route(self, req)
+    }
+}
+
+/// With `--invoke` the functions serve the API (sam local start-api); the
+/// runner answers only for itself.
+struct HealthOnly(Arc<App>);
+
+impl Routes for HealthOnly {
+    async fn route(&self, req: lambda_http::Request) -> HttpResponse {
+        match req.uri().path() {
+            "/health" | "/metrics" => self.0.route(req).await,
+            _ => ApiError::new(404, "not_here")
+                .with_message("this runner invokes the functions (--invoke); the API is served by sam local start-api")
+                .into_response(),
+        }
     }
 }
 
@@ -556,6 +626,36 @@ where
     }
 }
 
+/// The receipt handles of the records to delete after an invocation, as a
+/// mapping with ReportBatchItemFailures decides: none when the function
+/// failed as a whole or reported a failure naming no record of the batch,
+/// else all but the reported ones.
+fn to_delete(
+    records: Vec<(Option<String>, Option<String>)>,
+    response: Option<SqsBatchResponse>,
+) -> Option<Vec<String>> {
+    let failed: HashSet<String> = response?
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    let known = |f: &String| records.iter().any(|(id, _)| id.as_ref() == Some(f));
+    if !failed.iter().all(known) {
+        tracing::warn!(
+            ?failed,
+            "the batch response names records not in the batch; the whole batch is redelivered"
+        );
+        return None;
+    }
+    Some(
+        records
+            .into_iter()
+            .filter(|(id, _)| !id.as_ref().is_some_and(|id| failed.contains(id)))
+            .filter_map(|(_, handle)| handle)
+            .collect(),
+    )
+}
+
 /// One queue's event source mapping settings.
 struct Mapping {
     queue_url: String,
@@ -565,22 +665,27 @@ struct Mapping {
 }
 
 impl Mapping {
-    /// Up to `batch_size` messages: what the first receive brings, topped up
-    /// until the batching window closes.
+    /// Up to `batch_size` messages: the first receive's, topped up until
+    /// the batching window (from the first message on) closes.
     async fn receive(
         &self,
         sqs: &aws_sdk_sqs::Client,
     ) -> Result<Vec<Message>, aws_sdk_sqs::error::SdkError<ReceiveMessageError>> {
-        let deadline = tokio::time::Instant::now() + self.batching_window;
         let mut batch: Vec<Message> = Vec::new();
+        let mut deadline: Option<tokio::time::Instant> = None;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            // Whole seconds, as SQS takes them: the window closes late only
-            // when nothing more arrives.
-            let wait = if batch.is_empty() {
-                self.wait_time_secs
-            } else {
-                (left.as_secs_f64().ceil() as i32).min(self.wait_time_secs)
+            let wait = match deadline {
+                None => self.wait_time_secs,
+                // Whole seconds, as SQS takes them, never past the window:
+                // its last fraction is slept, then polled once.
+                Some(d) => {
+                    let left = d.saturating_duration_since(tokio::time::Instant::now());
+                    if left < Duration::from_secs(1) {
+                        tokio::time::sleep(left).await;
+                    }
+                    i32::try_from(left.as_secs())
+                        .map_or(self.wait_time_secs, |s| s.min(self.wait_time_secs))
+                }
             };
             let got = sqs
                 .receive_message()
@@ -592,16 +697,24 @@ impl Mapping {
                 .send()
                 .await;
             match got {
-                Ok(out) => batch.extend(out.messages.unwrap_or_default()),
+                Ok(out) => {
+                    for m in out.messages.unwrap_or_default() {
+                        if !batch.iter().any(|b| b.message_id == m.message_id) {
+                            batch.push(m);
+                        }
+                    }
+                }
                 // What was received is in flight: hand it over rather than
                 // let it wait out its visibility timeout.
                 Err(_) if !batch.is_empty() => return Ok(batch),
                 Err(e) => return Err(e),
             }
-            if batch.is_empty()
-                || batch.len() as i32 >= self.batch_size
-                || tokio::time::Instant::now() >= deadline
-            {
+            if batch.is_empty() {
+                return Ok(batch);
+            }
+            let closes =
+                *deadline.get_or_insert(tokio::time::Instant::now() + self.batching_window);
+            if batch.len() as i32 >= self.batch_size || tokio::time::Instant::now() >= closes {
                 return Ok(batch);
             }
         }
@@ -651,22 +764,17 @@ async fn poll<F, Fut>(
             .iter()
             .map(|r| (r.message_id.clone(), r.receipt_handle.clone()))
             .collect();
-        let Some(response) = handler(event).await else {
+        let response = handler(event).await;
+        let Some(handles) = to_delete(handles, response) else {
             continue;
         };
-        let failed: HashSet<String> = response
-            .batch_item_failures
-            .into_iter()
-            .map(|f| f.item_identifier)
-            .collect();
         let entries: Vec<DeleteMessageBatchRequestEntry> = handles
             .into_iter()
             .enumerate()
-            .filter(|(_, (id, _))| !id.as_ref().is_some_and(|id| failed.contains(id)))
-            .filter_map(|(i, (_, handle))| {
+            .filter_map(|(i, handle)| {
                 DeleteMessageBatchRequestEntry::builder()
                     .id(i.to_string())
-                    .receipt_handle(handle?)
+                    .receipt_handle(handle)
                     .build()
                     .ok()
             })
@@ -684,5 +792,50 @@ async fn poll<F, Fut>(
         {
             tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "delete failed; messages will be redelivered");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lambda_events::event::sqs::BatchItemFailure;
+
+    fn records() -> Vec<(Option<String>, Option<String>)> {
+        ["a", "b", "c"]
+            .iter()
+            .map(|id| (Some(id.to_string()), Some(format!("h-{id}"))))
+            .collect()
+    }
+
+    fn failing(ids: &[&str]) -> Option<SqsBatchResponse> {
+        let mut r = SqsBatchResponse::default();
+        r.batch_item_failures = ids
+            .iter()
+            .map(|id| {
+                let mut f = BatchItemFailure::default();
+                f.item_identifier = id.to_string();
+                f
+            })
+            .collect();
+        Some(r)
+    }
+
+    #[test]
+    fn only_records_not_reported_failed_are_deleted() {
+        assert_eq!(
+            to_delete(records(), failing(&[])).unwrap(),
+            ["h-a", "h-b", "h-c"]
+        );
+        assert_eq!(
+            to_delete(records(), failing(&["b"])).unwrap(),
+            ["h-a", "h-c"]
+        );
+    }
+
+    #[test]
+    fn a_failed_invocation_or_a_failure_naming_no_record_redelivers_the_batch() {
+        assert_eq!(to_delete(records(), None), None);
+        assert_eq!(to_delete(records(), failing(&["b", "nope"])), None);
+        assert_eq!(to_delete(records(), failing(&[""])), None);
     }
 }

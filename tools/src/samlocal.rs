@@ -240,7 +240,9 @@ fn substitute(value: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<S
             Some((name, default)) => (name, Some(default)),
             None => (&rest[start + 2..start + end], None),
         };
+        // As the shell's `:-`: set but empty takes the default too.
         let v = lookup(name)
+            .filter(|v| default.is_none() || !v.is_empty())
             .or_else(|| default.map(str::to_owned))
             .ok_or_else(|| {
                 anyhow!("{name} is not set; source the stack's env and the provision exports first")

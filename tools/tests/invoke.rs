@@ -103,7 +103,7 @@ async fn batches_and_schedules_go_to_the_functions_as_lambda_sends_them() {
     let s = TestStack::start_with(
         "invoke",
         Options {
-            visibility_timeout: 1,
+            visibility_timeout: 2,
             pollers: 1,
             batching_window: Duration::from_secs(1),
             invoke: Some(InvokeConfig {
@@ -126,7 +126,7 @@ async fn batches_and_schedules_go_to_the_functions_as_lambda_sends_them() {
     s.wait_queue_empty(&s.names.orders_queue_url, Duration::from_secs(30))
         .await;
     // Past two more visibility timeouts: nothing deleted comes back.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     s.running.stop().await;
 
     let seen = seen.lock().unwrap();

@@ -839,27 +839,11 @@ async fn sam_local(args: &Args, sdk: &aws_config::SdkConfig) -> Result<Vec<Row>>
     let sam_up_ms: f64 = value("SAM_UP_MS")?.parse()?;
 
     let cfg = runner::RunnerConfig {
-        http_addr: "127.0.0.1:0".parse()?,
-        redis: config::redis_settings()?,
-        table: names.table.clone(),
-        orders_queue_url: names.orders_queue_url.clone(),
-        orders_dlq_url: names.orders_dlq_url.clone(),
-        admin_token: Some(token.into()),
-        insecure_user_from_body: true,
         pollers: 1,
-        consumer_concurrency: 10,
-        wait_time_secs: 5,
+        // Only what figure 7 calls runs.
         sweep_every: Duration::from_secs(3600),
-        sweep_after_ms: 60_000,
-        resend_after_ms: 1_200_000,
-        faults: FaultPlan::none(),
-        sold_out_cache: Duration::from_secs(1),
-        webhook_secret: Some(secret.as_bytes().to_vec()),
         expire_every: Duration::from_secs(3600),
-        expiry_batch: 100,
-        batch_size: 10,
-        batching_window: Duration::ZERO,
-        invoke: None,
+        ..runner::RunnerConfig::local(config::redis_settings()?, &names, token, secret.as_bytes())
     };
     let started = Instant::now();
     let running = runner::start(cfg, sdk).await?;

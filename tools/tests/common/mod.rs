@@ -111,34 +111,22 @@ impl TestStack {
             provision::provision(&sdk, &Names::with_prefix(&prefix), opts.visibility_timeout)
                 .await
                 .expect("provisioning queues and table on the emulators");
-        let config = RunnerConfig {
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            redis: match &opts.cluster_url {
-                Some(url) => RedisSettings {
-                    cluster: true,
-                    ..redis_settings(url.clone(), &prefix)
-                },
-                None => redis_settings(redis_url, &prefix),
+        let redis = match &opts.cluster_url {
+            Some(url) => RedisSettings {
+                cluster: true,
+                ..redis_settings(url.clone(), &prefix)
             },
-            table: names.table.clone(),
-            orders_queue_url: names.orders_queue_url.clone(),
-            orders_dlq_url: names.orders_dlq_url.clone(),
-            admin_token: Some(ADMIN_TOKEN.into()),
-            insecure_user_from_body: true,
+            None => redis_settings(redis_url, &prefix),
+        };
+        let config = RunnerConfig {
             pollers: opts.pollers,
-            consumer_concurrency: 10,
             wait_time_secs: opts.wait_time_secs,
-            sweep_every: Duration::from_millis(500),
             sweep_after_ms: opts.sweep_after_ms,
             resend_after_ms: opts.resend_after_ms,
             faults: opts.faults,
-            sold_out_cache: Duration::from_secs(1),
-            webhook_secret: Some(WEBHOOK_SECRET.to_vec()),
-            expire_every: Duration::from_millis(500),
-            expiry_batch: 100,
-            batch_size: 10,
             batching_window: opts.batching_window,
             invoke: opts.invoke,
+            ..RunnerConfig::local(redis, &names, ADMIN_TOKEN, WEBHOOK_SECRET)
         };
         let running = runner::start(config.clone(), &sdk)
             .await
