@@ -21,8 +21,8 @@ use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use crate::domain::{
-    Currency, Ledger, OrderMessage, OrderStatus, Product, ProductId, Quantity, RequestId,
-    RequestView, Reservation, UserId, from_unix_ms, unix_ms,
+    Currency, Ledger, OrderMessage, OrderStatus, Product, ProductId, Quantity, RateLimits,
+    RequestId, RequestView, Reservation, UserId, from_unix_ms, unix_ms,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
@@ -737,6 +737,10 @@ impl OrderStore for DynamoStore {
             .item("currency", s(p.currency.as_str()))
             .item("payment_window_secs", n(p.payment_window_secs))
             .item("rebuy_after_release", Av::Bool(p.rebuy_after_release))
+            .item(
+                "rate_limits",
+                s(serde_json::to_string(&p.rate_limits).map_err(|_| corrupt("rate_limits"))?),
+            )
             .item(table::GSI1_PK, s(table::PRODUCTS))
             .item(table::GSI1_SK, s(table::sale_end(unix_ms(p.ends_at))))
             .condition_expression("attribute_not_exists(pk)")
@@ -779,6 +783,10 @@ impl OrderStore for DynamoStore {
                     .and_then(|v| v.as_bool().ok())
                     .copied()
                     .unwrap_or(false),
+                rate_limits: match get_s(item, "rate_limits") {
+                    Some(json) => serde_json::from_str(json).ok()?,
+                    None => RateLimits::default(),
+                },
             })
         };
         parse().map(Some).ok_or_else(|| corrupt("product"))

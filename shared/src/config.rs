@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::domain::{RateLimit, RateLimits};
 use crate::error::ConfigError;
 use crate::redis::RedisSettings;
 use crate::redis::keys::DEFAULT_NAMESPACE;
@@ -40,8 +41,27 @@ pub fn redis_settings() -> Result<RedisSettings, ConfigError> {
         auth_token: Secret::RedisAuthToken.from_env(),
         response_timeout: millis("FLASHSALE_REDIS_TIMEOUT_MS", 500)?,
         connect_timeout: millis("FLASHSALE_REDIS_CONNECT_TIMEOUT_MS", 1000)?,
+        rate_limits: rate_limits()?,
     })
 }
+
+/// The deployment's request limits per buyer and per client IP, each
+/// `"<per second>/<burst>"` or `"off"`; a sale's own override them.
+pub fn rate_limits() -> Result<RateLimits, ConfigError> {
+    let limit = |name: &str, default: &str| {
+        RateLimit::parse(&var(name).unwrap_or_else(|| default.into()))
+            .map_err(|e| ConfigError(format!("{name}: {e}")))
+    };
+    Ok(RateLimits {
+        buyer: limit("FLASHSALE_BUYER_RATE_LIMIT", DEFAULT_BUYER_RATE_LIMIT)?,
+        ip: limit("FLASHSALE_IP_RATE_LIMIT", DEFAULT_IP_RATE_LIMIT)?,
+    })
+}
+
+/// A buyer presses "buy" and retries a few times; a script does not stop.
+pub const DEFAULT_BUYER_RATE_LIMIT: &str = "2/5";
+/// Many buyers can share one address (carrier NAT, offices).
+pub const DEFAULT_IP_RATE_LIMIT: &str = "20/50";
 
 pub fn table_name() -> String {
     var("FLASHSALE_TABLE").unwrap_or_else(|| "flashsale".into())

@@ -341,6 +341,8 @@ pub struct Purchase {
     pub user_id: UserId,
     pub quantity: Quantity,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// Where the request came from, for the per-IP limit (None: not limited).
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// The stock gate's decision.
@@ -366,6 +368,11 @@ pub enum Admission {
     /// fewer. Never cached as sold out, since a smaller request succeeds.
     Short {
         stock_left: i64,
+    },
+    /// The buyer or the client IP is over its rate limit: nothing else was
+    /// looked at or changed. Ask again after this long.
+    Throttled {
+        retry_after_ms: i64,
     },
     Refused(Refusal),
 }
@@ -458,6 +465,80 @@ pub struct Product {
     /// it does not (no second reservation in one sale: anti-hoarding).
     #[serde(default)]
     pub rebuy_after_release: bool,
+    /// This sale's request limits; the deployment's defaults where unset.
+    #[serde(default, skip_serializing_if = "RateLimits::is_default")]
+    pub rate_limits: RateLimits,
+}
+
+/// A GCRA limit: `per_second` requests sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub const MAX_PER_SECOND: u32 = 1000;
+
+    /// `"<per second>/<burst>"`, e.g. `"2/5"`; `"off"` is None.
+    pub fn parse(spec: &str) -> Result<Option<Self>, ValidationError> {
+        let spec = spec.trim();
+        if spec.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let bad = || {
+            ValidationError::BadField(format!(
+                "rate limit {spec:?} must be \"<per second>/<burst>\" (e.g. \"2/5\") or \"off\""
+            ))
+        };
+        let (rate, burst) = spec.split_once('/').ok_or_else(bad)?;
+        let limit = Self {
+            per_second: rate.trim().parse().map_err(|_| bad())?,
+            burst: burst.trim().parse().map_err(|_| bad())?,
+        };
+        limit.validate()?;
+        Ok(Some(limit))
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !(1..=Self::MAX_PER_SECOND).contains(&self.per_second)
+            || !(1..=10_000).contains(&self.burst)
+        {
+            return Err(ValidationError::BadField(
+                "a rate limit needs per_second 1-1000 and burst 1-10000".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What admit.lua reads: `"<ms between requests>:<burst>"`.
+    pub fn spec(limit: Option<Self>) -> String {
+        limit.map_or_else(String::new, |l| {
+            format!("{}:{}", 1000_u32.div_ceil(l.per_second), l.burst)
+        })
+    }
+}
+
+/// Requests per buyer and per client IP, each sale's own or the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buyer: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<RateLimit>,
+}
+
+impl RateLimits {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+    /// This sale's limits where set, else `defaults`'.
+    pub fn or(self, defaults: Self) -> Self {
+        Self {
+            buyer: self.buyer.or(defaults.buyer),
+            ip: self.ip.or(defaults.ip),
+        }
+    }
 }
 
 pub const DEFAULT_PAYMENT_WINDOW_SECS: u32 = 900;
@@ -542,6 +623,12 @@ impl Product {
         }
         if !(1..=86_400).contains(&self.payment_window_secs) {
             return bad("payment_window_secs must be between 1 and 86400");
+        }
+        for limit in [self.rate_limits.buyer, self.rate_limits.ip]
+            .into_iter()
+            .flatten()
+        {
+            limit.validate()?;
         }
         Ok(())
     }

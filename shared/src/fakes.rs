@@ -615,6 +615,7 @@ pub fn product(id: &str) -> Product {
         currency: crate::domain::Currency::parse("EUR").expect("valid currency"),
         payment_window_secs: crate::domain::DEFAULT_PAYMENT_WINDOW_SECS,
         rebuy_after_release: false,
+        rate_limits: Default::default(),
     }
 }
 

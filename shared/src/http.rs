@@ -121,6 +121,25 @@ pub fn jwt_subject(req: &Request) -> Option<String> {
     }
 }
 
+/// The caller's address, for the per-IP limit: API Gateway's `sourceIp`.
+/// `trust_forwarded` (the local runner, where the buyer comes from the body
+/// too) takes the first `X-Forwarded-For` entry instead.
+pub fn client_ip(req: &Request, trust_forwarded: bool) -> Option<std::net::IpAddr> {
+    if trust_forwarded {
+        let forwarded = header(req, "x-forwarded-for")
+            .and_then(|v| v.split(',').next())
+            .and_then(|ip| ip.trim().parse().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    match req.request_context_ref()? {
+        RequestContext::ApiGatewayV2(ctx) => ctx.http.source_ip.as_deref()?.parse().ok(),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
 pub fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }

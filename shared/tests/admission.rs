@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shared::domain::{
     Admission, IdempotencyKey, OrderMessage, OrderStatus, Product, ProductId, Purchase, Quantity,
-    Refusal, RequestId, UserId,
+    RateLimit, RateLimits, Refusal, RequestId, UserId,
 };
 use shared::ports::{SendMark, StockGate, Warm};
 use shared::redis::{RedisGate, RedisSettings};
@@ -17,6 +17,7 @@ fn settings(url: String) -> RedisSettings {
         cluster: false,
         response_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
+        rate_limits: Default::default(),
         namespace: "fs-test".into(),
         auth_token: None,
     }
@@ -48,6 +49,7 @@ fn product(id: &ProductId, stock: u32, limit: u32, start_in_secs: i64) -> Produc
         currency: shared::domain::Currency::parse("EUR").unwrap(),
         payment_window_secs: shared::domain::DEFAULT_PAYMENT_WINDOW_SECS,
         rebuy_after_release: false,
+        rate_limits: Default::default(),
     }
 }
 
@@ -80,6 +82,7 @@ fn purchase(p: &ProductId, user: &str, qty: u32, key: Option<&str>) -> Purchase 
         user_id,
         quantity: Quantity::new(qty).unwrap(),
         idempotency_key,
+        client_ip: None,
     }
 }
 
@@ -489,10 +492,9 @@ async fn scripts_refuse_bad_arguments() {
         }
         cmd
     };
-    let id = RequestId::new(&p);
     let admit = eval(
         shared::redis::ADMIT_SCRIPT,
-        k.admission(&id).to_vec(),
+        k.admission(&purchase(&p, "u1", 1, None)).to_vec(),
         vec!["x", "u1", "-3", "0", "60"],
     );
     let err = g.command::<redis::Value>(&admit).await.unwrap_err();
@@ -651,4 +653,113 @@ async fn a_forced_rewarm_fences_orders_settled_after_its_ledger_read() {
             .unwrap(),
         Warm::Warmed { stock_left: 9 }
     );
+}
+
+fn limited_gate(buyer: &str, ip: &str) -> RedisGate {
+    RedisGate::new(RedisSettings {
+        rate_limits: RateLimits {
+            buyer: RateLimit::parse(buyer).unwrap(),
+            ip: RateLimit::parse(ip).unwrap(),
+        },
+        ..settings(std::env::var("FLASHSALE_REDIS_URL").unwrap())
+    })
+}
+
+async fn warm_with(g: &RedisGate, p: &Product) {
+    let stock = i64::from(p.stock);
+    assert!(matches!(
+        g.warm(p, false, stock, 0).await.unwrap(),
+        Warm::Warmed { .. }
+    ));
+}
+
+fn from(p: &ProductId, user: &str, ip: &str) -> Purchase {
+    Purchase {
+        client_ip: Some(ip.parse().unwrap()),
+        ..purchase(p, user, 1, None)
+    }
+}
+
+fn throttled(a: Admission) -> i64 {
+    match a {
+        Admission::Throttled { retry_after_ms } => retry_after_ms,
+        other => panic!("not throttled: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_buyer_over_its_rate_is_throttled_and_nothing_else_changes() {
+    let g = limited_gate("1/2", "off");
+    let p = unique("rl-buyer");
+    warm_with(&g, &product(&p, 10, 1, -1)).await;
+    // A burst of two passes the limiter (the second is refused on its merits).
+    assert!(matches!(
+        g.admit(&purchase(&p, "u1", 1, None)).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    assert_eq!(
+        g.admit(&purchase(&p, "u1", 1, None)).await.unwrap(),
+        Admission::Refused(Refusal::AlreadyPurchased)
+    );
+    let before = snapshot(&g, &p).await;
+    let wait = throttled(g.admit(&purchase(&p, "u1", 1, None)).await.unwrap());
+    assert!((1..=1000).contains(&wait), "{wait}");
+    assert_eq!(
+        snapshot(&g, &p).await,
+        before,
+        "a throttled request wrote to Redis"
+    );
+    // Others are not limited by it.
+    assert!(matches!(
+        g.admit(&purchase(&p, "u2", 1, None)).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    // Once the wait is over, the buyer is heard again.
+    tokio::time::sleep(Duration::from_millis(wait as u64 + 20)).await;
+    assert_eq!(
+        g.admit(&purchase(&p, "u1", 1, None)).await.unwrap(),
+        Admission::Refused(Refusal::AlreadyPurchased)
+    );
+}
+
+#[tokio::test]
+async fn one_address_is_limited_across_its_buyers_and_no_other() {
+    let g = limited_gate("off", "1/3");
+    let p = unique("rl-ip");
+    warm_with(&g, &product(&p, 100, 1, -1)).await;
+    for i in 0..3 {
+        let a = g
+            .admit(&from(&p, &format!("a{i}"), "198.51.100.7"))
+            .await
+            .unwrap();
+        assert!(matches!(a, Admission::Admitted { .. }), "{a:?}");
+    }
+    throttled(g.admit(&from(&p, "a3", "198.51.100.7")).await.unwrap());
+    for (user, ip) in [("b0", "198.51.100.8"), ("c0", "2001:db8::7")] {
+        let a = g.admit(&from(&p, user, ip)).await.unwrap();
+        assert!(matches!(a, Admission::Admitted { .. }), "{user}: {a:?}");
+    }
+    // Without a known address only the buyer's own limit applies.
+    let a = g.admit(&purchase(&p, "d0", 1, None)).await.unwrap();
+    assert!(matches!(a, Admission::Admitted { .. }), "{a:?}");
+}
+
+#[tokio::test]
+async fn a_sales_own_limit_wins_over_the_default_and_replays_are_answered() {
+    let g = limited_gate("100/100", "off");
+    let p = unique("rl-own");
+    let mut own = product(&p, 10, 1, -1);
+    own.rate_limits.buyer = RateLimit::parse("1/1").unwrap();
+    warm_with(&g, &own).await;
+    let first = purchase(&p, "u1", 1, Some("k1"));
+    assert!(matches!(
+        g.admit(&first).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    throttled(g.admit(&purchase(&p, "u1", 1, Some("k2"))).await.unwrap());
+    // A replay answers the admission it repeats, limiter or not.
+    assert!(matches!(
+        g.admit(&first).await.unwrap(),
+        Admission::Replay { .. }
+    ));
 }

@@ -38,8 +38,16 @@ async fn a_products_keys_share_one_slot_and_the_scripts_run_on_the_cluster() {
     let p = ProductId::parse(unique("slot")).unwrap();
     let k = g.keys(&p);
     let id = RequestId::new(&p);
+    let purchase = Purchase {
+        request_id: id.clone(),
+        product_id: p.clone(),
+        user_id: UserId::parse("u1").unwrap(),
+        quantity: Quantity::new(1).unwrap(),
+        idempotency_key: None,
+        client_ip: Some("192.0.2.7".parse().unwrap()),
+    };
     let slots: Vec<u16> = k
-        .admission(&id)
+        .admission(&purchase)
         .iter()
         .map(|key| c.slot_of(key).unwrap())
         .collect();
@@ -53,13 +61,6 @@ async fn a_products_keys_share_one_slot_and_the_scripts_run_on_the_cluster() {
         g.warm(&product, false, 10, 0).await.unwrap(),
         Warm::Warmed { stock_left: 10 }
     );
-    let purchase = Purchase {
-        request_id: id.clone(),
-        product_id: p.clone(),
-        user_id: UserId::parse("u1").unwrap(),
-        quantity: Quantity::new(1).unwrap(),
-        idempotency_key: None,
-    };
     let Admission::Admitted {
         admitted_at_ms,
         sale_ends_at_ms,

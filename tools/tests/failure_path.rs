@@ -34,6 +34,7 @@ fn product(id: &str, stock: u32) -> Product {
         currency: shared::domain::Currency::parse("EUR").unwrap(),
         payment_window_secs: shared::domain::DEFAULT_PAYMENT_WINDOW_SECS,
         rebuy_after_release: false,
+        rate_limits: Default::default(),
     }
 }
 
@@ -54,6 +55,7 @@ async fn admit_silently(s: &TestStack, product: &ProductId, user: &str) -> Order
         user_id: UserId::parse(user).unwrap(),
         quantity: Quantity::new(1).unwrap(),
         idempotency_key: None,
+        client_ip: None,
     };
     let Admission::Admitted {
         admitted_at_ms,

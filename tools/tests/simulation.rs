@@ -490,6 +490,7 @@ impl World {
             currency: shared::domain::Currency::parse("EUR").unwrap(),
             payment_window_secs: self.window_secs,
             rebuy_after_release: self.rebuy,
+            rate_limits: Default::default(),
         };
         self.store
             .create_product(&p)

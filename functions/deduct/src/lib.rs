@@ -114,6 +114,7 @@ fn parse(req: &Request, insecure: bool) -> Result<Purchase, ApiError> {
         user_id,
         quantity,
         idempotency_key,
+        client_ip: api::client_ip(req, insecure),
     })
 }
 
@@ -204,6 +205,20 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
                     200,
                     &json!({ "request_id": id, "status": status }),
                 ))
+            }
+            Admission::Throttled { retry_after_ms } => {
+                metrics::counter!("flashsale_rejected_total", "reason" => "rate_limited")
+                    .increment(1);
+                tracing::info!(retry_after_ms, "rate limited");
+                let secs = (retry_after_ms.max(1) + 999) / 1000;
+                let mut resp = ApiError::new(429, "rate_limited")
+                    .with_message(format!("too many requests; try again in {secs} s"))
+                    .into_response();
+                resp.headers_mut().insert(
+                    lambda_http::http::header::RETRY_AFTER,
+                    lambda_http::http::HeaderValue::from(secs),
+                );
+                Ok(resp)
             }
             Admission::Refused(reason) => {
                 // Only a true zero: a buyer asking for more than is left
@@ -400,6 +415,37 @@ mod tests {
 
     /// Hole 4: asking for more than is left is the buyer's problem, not a
     /// sold-out product: 409 with what is left, and nothing cached.
+    #[tokio::test]
+    async fn a_throttled_buyer_gets_429_with_retry_after() {
+        let d = deduct(true);
+        d.gate.answer(Admission::Throttled {
+            retry_after_ms: 1_200,
+        });
+        let resp = d.handle(buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "2");
+        let body: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+        assert_eq!(body["error"], "rate_limited");
+        assert!(d.queue.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_client_ip_is_api_gateways_and_forwarded_only_locally() {
+        let event = include_str!("../../../events/deduct-buy.json");
+        let forwarded = |req: &mut Request| {
+            req.headers_mut()
+                .insert("x-forwarded-for", "198.51.100.9, 10.0.0.1".parse().unwrap());
+        };
+        for (insecure, want) in [(false, "203.0.113.7"), (true, "198.51.100.9")] {
+            let d = deduct(insecure);
+            let mut req = lambda_http::request::from_str(event).unwrap();
+            forwarded(&mut req);
+            d.handle(req).await;
+            let seen = d.gate.purchases.lock().unwrap()[0].client_ip;
+            assert_eq!(seen, Some(want.parse().unwrap()), "insecure={insecure}");
+        }
+    }
+
     #[tokio::test]
     async fn too_few_left_is_a_409_and_never_cached_as_sold_out() {
         let d = deduct(true);

@@ -8,12 +8,18 @@
 -- KEYS[4] req      hash: this request's state (user, qty, status, admitted_at, ...)
 -- KEYS[5] pending  zset: request_id scored by admission time (the outbox index)
 -- KEYS[6] stats    hash: admitted, placed, ..., pending_units, placed_units
+-- KEYS[7] the buyer's rate limiter, KEYS[8] the client IP's (string: GCRA's
+--         theoretical arrival time, ms)
 -- ARGV[1] request_id  ARGV[2] user  ARGV[3] quantity
 -- ARGV[4] "1" when the id was derived from an Idempotency-Key  ARGV[5] request ttl (s)
+-- ARGV[6] the default buyer limit, ARGV[7] the default IP limit:
+--         "<ms between requests>:<burst>" or "" for none; meta's rl_buyer /
+--         rl_ip (the sale's own) win. ARGV[8] "1" when the client IP is known.
 --
 -- Returns {"admitted", admitted_at_ms, ends_at_ms}
 --       | {"replay", admitted_at_ms, ends_at_ms, status, "1" when its message was sent}
---       | {"short", stock_left, ""} | {refusal_code, "", ""}
+--       | {"short", stock_left, ""} | {"throttled", retry_after_ms, ""}
+--       | {refusal_code, "", ""}
 
 local user = ARGV[2]
 local qty = tonumber(ARGV[3])
@@ -37,7 +43,7 @@ if earlier[1] then
   return {"admitted", earlier[3], ends_at}
 end
 
-local meta = redis.call("HMGET", KEYS[1], "limit", "starts_at", "ends_at")
+local meta = redis.call("HMGET", KEYS[1], "limit", "starts_at", "ends_at", "rl_buyer", "rl_ip")
 if not meta[1] then
   return {"unknown_product", "", ""}
 end
@@ -45,6 +51,39 @@ end
 -- Server time, never the client's clock.
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- Rate limits (GCRA), before anything else is looked at: the countdown's
+-- hammering is limited too. A request may run `burst - 1` intervals ahead of
+-- its limiter's schedule; a limited request moves no limiter.
+local function schedule(key, spec)
+  local interval, burst = string.match(spec or "", "^(%d+):(%d+)$")
+  if not interval then
+    return nil
+  end
+  interval, burst = tonumber(interval), tonumber(burst)
+  local tat = tonumber(redis.call("GET", key) or "0")
+  if tat < now then
+    tat = now
+  end
+  return {key = key, next = tat + interval, wait = tat - now - (burst - 1) * interval}
+end
+local limiters = {schedule(KEYS[7], meta[4] or ARGV[6])}
+if ARGV[8] == "1" then
+  limiters[#limiters + 1] = schedule(KEYS[8], meta[5] or ARGV[7])
+end
+local wait = 0
+for _, l in pairs(limiters) do
+  if l.wait > wait then
+    wait = l.wait
+  end
+end
+if wait > 0 then
+  return {"throttled", tostring(wait), ""}
+end
+for _, l in pairs(limiters) do
+  redis.call("SET", l.key, l.next, "PX", l.next - now)
+end
+
 if now < tonumber(meta[2]) then
   return {"sale_not_started", "", ""}
 end

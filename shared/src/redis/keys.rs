@@ -2,7 +2,7 @@
 //! `{<product>}`, so one script's keys always live in one cluster slot.
 //! Ids are validated to exclude `{`, `}` and `:`, so they cannot break it.
 
-use crate::domain::{ProductId, RequestId};
+use crate::domain::{ProductId, Purchase, RequestId};
 
 /// The default namespace. Deployments sharing one Redis (stages, test
 /// runs) each set their own with `FLASHSALE_REDIS_NAMESPACE`.
@@ -53,14 +53,20 @@ impl Keys {
     }
     /// The KEYS of `admit.lua`, in order: every key a request touches,
     /// all in the product's slot.
-    pub fn admission(&self, id: &RequestId) -> [String; 6] {
+    pub fn admission(&self, p: &Purchase) -> [String; 8] {
         [
             self.meta(),
             self.stock(),
             self.buyers(),
-            self.req(id),
+            self.req(&p.request_id),
             self.pending(),
             self.stats(),
+            self.key(&format!("rl:u:{}", p.user_id)),
+            // A key in the slot even when there is no IP to limit.
+            self.key(&format!(
+                "rl:ip:{}",
+                p.client_ip.map_or_else(String::new, |ip| ip.to_string())
+            )),
         ]
     }
     /// Hash: admitted, placed, rejected, compensated, restocked,
@@ -78,8 +84,15 @@ mod tests {
     fn every_key_carries_the_product_hash_tag() {
         let p = ProductId::parse("p42").unwrap();
         let k = Keys::new(DEFAULT_NAMESPACE, &p);
-        let id = RequestId::new(&p);
-        for key in k.admission(&id) {
+        let purchase = Purchase {
+            request_id: RequestId::new(&p),
+            product_id: p.clone(),
+            user_id: crate::domain::UserId::parse("u1").unwrap(),
+            quantity: crate::domain::Quantity::new(1).unwrap(),
+            idempotency_key: None,
+            client_ip: Some("2001:db8::1".parse().unwrap()),
+        };
+        for key in k.admission(&purchase) {
             assert!(key.starts_with("fs:{p42}:"), "{key}");
             assert_eq!(key.matches('{').count(), 1, "{key}");
         }

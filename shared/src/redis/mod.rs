@@ -11,7 +11,7 @@ use tokio::sync::OnceCell;
 
 use crate::domain::{
     Admission, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase, Quantity,
-    Refusal, RequestId, RequestView, UserId, from_unix_ms, unix_ms,
+    RateLimit, RateLimits, Refusal, RequestId, RequestView, UserId, from_unix_ms, unix_ms,
 };
 use crate::error::InfraError;
 use crate::ports::{PendingPage, PendingRequest, PortResult, SendMark, StockGate, Warm};
@@ -40,6 +40,8 @@ pub struct RedisSettings {
     pub auth_token: Option<String>,
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
+    /// The deployment's request limits; a sale's own win (admit.lua).
+    pub rate_limits: RateLimits,
 }
 
 /// One connection strategy, created once per process and shared by every
@@ -156,6 +158,7 @@ impl RedisGate {
             auth_token: None,
             response_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
+            rate_limits: RateLimits::default(),
         });
         let _ = gate.inner.conn.set(Conn::Sim(redis));
         gate
@@ -270,7 +273,7 @@ impl StockGate for RedisGate {
             .inner
             .scripts
             .admit
-            .key(&k.admission(&p.request_id)[..])
+            .key(&k.admission(p)[..])
             .arg(p.request_id.as_str())
             .arg(p.user_id.as_str())
             .arg(p.quantity.get())
@@ -280,6 +283,9 @@ impl StockGate for RedisGate {
                 "0"
             })
             .arg(STATE_TTL_SECS)
+            .arg(RateLimit::spec(self.inner.settings.rate_limits.buyer))
+            .arg(RateLimit::spec(self.inner.settings.rate_limits.ip))
+            .arg(if p.client_ip.is_some() { "1" } else { "0" })
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;
@@ -298,6 +304,9 @@ impl StockGate for RedisGate {
             }),
             "short" => Ok(Admission::Short {
                 stock_left: number(1)?,
+            }),
+            "throttled" => Ok(Admission::Throttled {
+                retry_after_ms: number(1)?,
             }),
             other => Refusal::from_code(other)
                 .map(Admission::Refused)
@@ -432,6 +441,8 @@ impl StockGate for RedisGate {
             .arg(if force { "1" } else { "0" })
             .arg(ledger_remaining)
             .arg(placed_units_seen)
+            .arg(RateLimit::spec(p.rate_limits.buyer))
+            .arg(RateLimit::spec(p.rate_limits.ip))
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;

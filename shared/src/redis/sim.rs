@@ -222,9 +222,11 @@ impl Keyspace {
                 }
                 self.data.insert(a[0].clone(), Entry::Str(a[1].clone()));
                 self.expires.remove(&a[0]);
-                if let Some(i) = a.iter().position(|o| o.eq_ignore_ascii_case(b"EX")) {
-                    let secs = int(a.get(i + 1).ok_or_else(|| err("ERR syntax error"))?)?;
-                    self.expires.insert(a[0].clone(), now + secs * 1000);
+                for (unit, ms) in [(&b"EX"[..], 1000), (&b"PX"[..], 1)] {
+                    if let Some(i) = a.iter().position(|o| o.eq_ignore_ascii_case(unit)) {
+                        let n = int(a.get(i + 1).ok_or_else(|| err("ERR syntax error"))?)?;
+                        self.expires.insert(a[0].clone(), now + n * ms);
+                    }
                 }
                 Ok(Value::Okay)
             }

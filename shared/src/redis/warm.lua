@@ -8,6 +8,7 @@
 -- ARGV[1] stock_total  ARGV[2] limit  ARGV[3] starts_at (ms)  ARGV[4] ends_at (ms)
 -- ARGV[5] "1" = force  ARGV[6] ledger units remaining
 -- ARGV[7] `placed_units` read before the ledger (see resync.lua; 0 before any sale)
+-- ARGV[8] / ARGV[9] the sale's own buyer / IP rate limit ("<ms>:<burst>", "" = the default)
 -- Returns {"warmed", stock_left} | {"started", stock_left}
 
 for i = 1, 4 do
@@ -41,5 +42,13 @@ if left < 0 then
 end
 redis.call("HSET", KEYS[1], "stock_total", ARGV[1], "limit", ARGV[2],
   "starts_at", ARGV[3], "ends_at", ARGV[4])
+for i, field in ipairs({"rl_buyer", "rl_ip"}) do
+  local spec = ARGV[7 + i] or ""
+  if spec == "" then
+    redis.call("HDEL", KEYS[1], field)
+  else
+    redis.call("HSET", KEYS[1], field, spec)
+  end
+end
 redis.call("SET", KEYS[2], left)
 return {"warmed", left}

@@ -123,6 +123,7 @@ fn bench_product(id: &str, stock: u32) -> Product {
         currency: shared::domain::Currency::parse("EUR").unwrap(),
         payment_window_secs: shared::domain::DEFAULT_PAYMENT_WINDOW_SECS,
         rebuy_after_release: false,
+        rate_limits: Default::default(),
     }
 }
 
@@ -133,6 +134,7 @@ fn purchase(product: &ProductId, i: usize) -> Result<Purchase> {
         user_id: UserId::parse(format!("b{i}"))?,
         quantity: Quantity::new(1)?,
         idempotency_key: None,
+        client_ip: None,
     })
 }
 
@@ -233,6 +235,15 @@ async fn admission(args: &Args, gate: &RedisGate) -> Result<Vec<Row>> {
     let template = RequestId::new(&raw_product);
     let req_key = k.req(&template).replace(template.as_str(), "__rand_int__");
     let request_id = format!("{raw_product}.__rand_int__");
+    // The buyer's rate limiter as the adapter passes it (no client IP here).
+    let buyer_limiter =
+        k.admission(&purchase(&raw_product, 0)?)[6].replace("rl:u:b0", "rl:u:u__rand_int__");
+    let ip_limiter = format!("{}-unused", k.stock());
+    let limits = config::rate_limits()?;
+    let (buyer_spec, ip_spec) = (
+        shared::domain::RateLimit::spec(limits.buyer),
+        shared::domain::RateLimit::spec(limits.ip),
+    );
     let cmd_args = [
         "-h",
         "127.0.0.1",
@@ -247,18 +258,23 @@ async fn admission(args: &Args, gate: &RedisGate) -> Result<Vec<Row>> {
         "--csv",
         "EVALSHA",
         &sha,
-        "6",
+        "8",
         &k.meta(),
         &k.stock(),
         &k.buyers(),
         &req_key,
         &k.pending(),
         &k.stats(),
+        &buyer_limiter,
+        &ip_limiter,
         &request_id,
         "u__rand_int__",
         "1",
         "0",
         "604800",
+        &buyer_spec,
+        &ip_spec,
+        "0",
     ];
     let out = Command::new("redis-benchmark")
         .args(cmd_args)

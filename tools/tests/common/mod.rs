@@ -48,6 +48,7 @@ pub fn redis_settings(url: String, namespace: &str) -> RedisSettings {
         auth_token: None,
         response_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
+        rate_limits: Default::default(),
     }
 }
 

@@ -1,0 +1,128 @@
+//! Sale-day controls on the real local stack through the runner's HTTP API.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use common::{TestStack, unique};
+use shared::domain::ProductId;
+use tools::audit::audit;
+
+/// A buyer hammering with fresh requests and one address hammering with many
+/// buyer ids get 429s with Retry-After; the others, buying once each at the
+/// same time, are all served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abusers_are_limited_and_everyone_else_is_served() {
+    let s = TestStack::start("controls", 30).await;
+    let product = unique("limits");
+    let now = OffsetDateTime::now_utc();
+    let created = s
+        .api
+        .admin(
+            "POST",
+            "/api/admin/products",
+            Some(&json!({
+                "product_id": product, "name": "Limited", "stock": 1000, "per_buyer_limit": 1,
+                "price": 100, "currency": "EUR",
+                "starts_at": (now - time::Duration::seconds(1)).format(&Rfc3339).unwrap(),
+                "ends_at": (now + time::Duration::hours(1)).format(&Rfc3339).unwrap(),
+                "rate_limits": {
+                    "buyer": { "per_second": 1, "burst": 3 },
+                    "ip": { "per_second": 2, "burst": 5 },
+                },
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["rate_limits"]["ip"]["burst"], 5);
+    let warm = format!("/api/admin/products/{product}/warm");
+    assert_eq!(s.api.admin("POST", &warm, None).await.unwrap().status, 200);
+
+    let buy = |user: String, ip: Option<&'static str>| {
+        let api = s.api.clone();
+        let product = product.clone();
+        async move {
+            let body = json!({ "product_id": product, "user_id": user });
+            match ip {
+                // One address for many buyer ids.
+                Some(ip) => api
+                    .call(
+                        "POST",
+                        "/api/flash-sale/buy",
+                        &[("X-Forwarded-For", ip)],
+                        Some(&body),
+                    )
+                    .await
+                    .unwrap(),
+                None => api.buy(&body, None).await.unwrap(),
+            }
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        tasks.spawn(buy("hammer".into(), None).await_with("buyer"));
+        tasks.spawn(buy(format!("bot{i}"), Some("192.0.2.66")).await_with("ip"));
+    }
+    for i in 0..40 {
+        tasks.spawn(buy(format!("fair{i}"), None).await_with("fair"));
+    }
+    let mut answers: std::collections::BTreeMap<(&str, u16), usize> = Default::default();
+    while let Some(done) = tasks.join_next().await {
+        let (who, answer) = done.unwrap();
+        if answer.status == 429 {
+            assert_eq!(answer.body["error"], "rate_limited", "{who}");
+        }
+        *answers.entry((who, answer.status)).or_default() += 1;
+    }
+    // Each abuser gets its burst through (the hammering buyer one admission,
+    // then already_purchased), then 429s; every fair buyer is admitted.
+    assert_eq!(answers.get(&("fair", 202)), Some(&40), "{answers:?}");
+    assert!(
+        answers.get(&("buyer", 429)).copied().unwrap_or(0) >= 20,
+        "{answers:?}"
+    );
+    assert!(
+        answers.get(&("ip", 429)).copied().unwrap_or(0) >= 20,
+        "{answers:?}"
+    );
+    assert_eq!(answers.get(&("buyer", 202)), Some(&1), "{answers:?}");
+
+    // A limited request changed nothing: the books hold what was admitted.
+    let pid = ProductId::parse(product.as_str()).unwrap();
+    let admitted = answers
+        .iter()
+        .filter(|((_, status), _)| *status == 202)
+        .map(|(_, n)| *n as i64)
+        .sum::<i64>();
+    let mut books = audit(&s.gate, &s.store, &pid).await.unwrap();
+    for _ in 0..100 {
+        if books.placed == admitted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        books = audit(&s.gate, &s.store, &pid).await.unwrap();
+    }
+    assert_eq!(
+        (books.admitted, books.placed),
+        (admitted, admitted),
+        "{books}"
+    );
+    assert!(books.balanced(), "{books}: {:?}", books.problems());
+    s.running.stop().await;
+}
+
+/// Tags an answer with who asked.
+trait Tagged: std::future::Future + Sized {
+    fn await_with(
+        self,
+        who: &'static str,
+    ) -> impl std::future::Future<Output = (&'static str, Self::Output)> {
+        async move { (who, self.await) }
+    }
+}
+impl<F: std::future::Future> Tagged for F {}
