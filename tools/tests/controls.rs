@@ -99,9 +99,11 @@ async fn abusers_are_limited_and_everyone_else_is_served() {
         .filter(|((_, status), _)| *status == 202)
         .map(|(_, n)| *n as i64)
         .sum::<i64>();
+    // Once placed, and a sweep later: a sweep whose ledger read raced the
+    // placements hides a unit or two until its next run.
     let mut books = audit(&s.gate, &s.store, &pid).await.unwrap();
     for _ in 0..100 {
-        if books.placed == admitted {
+        if books.placed == admitted && books.balanced() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
