@@ -21,8 +21,8 @@ use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use crate::domain::{
-    Currency, Ledger, OrderMessage, OrderStatus, Product, ProductId, Quantity, RateLimits,
-    RequestId, RequestView, Reservation, UserId, from_unix_ms, unix_ms,
+    AuditEntry, Control, Currency, Ledger, OrderMessage, OrderStatus, Product, ProductId, Quantity,
+    RateLimits, RequestId, RequestView, Reservation, UserId, from_unix_ms, unix_ms,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
@@ -278,6 +278,10 @@ pub mod table {
     /// `gsi1sk` of a product item: its sale's end, sortable as text.
     pub fn sale_end(ends_at_ms: i64) -> String {
         format!("{:015}", ends_at_ms.max(0))
+    }
+    /// A product's audit entries (gsi1), by time.
+    pub fn audit(product: &str) -> String {
+        format!("AUDIT#{product}")
     }
 }
 
@@ -737,6 +741,7 @@ impl OrderStore for DynamoStore {
             .item("currency", s(p.currency.as_str()))
             .item("payment_window_secs", n(p.payment_window_secs))
             .item("rebuy_after_release", Av::Bool(p.rebuy_after_release))
+            .item("paused", Av::Bool(p.paused))
             .item(
                 "rate_limits",
                 s(serde_json::to_string(&p.rate_limits).map_err(|_| corrupt("rate_limits"))?),
@@ -787,9 +792,93 @@ impl OrderStore for DynamoStore {
                     Some(json) => serde_json::from_str(json).ok()?,
                     None => RateLimits::default(),
                 },
+                paused: item
+                    .get("paused")
+                    .and_then(|v| v.as_bool().ok())
+                    .copied()
+                    .unwrap_or(false),
             })
         };
         parse().map(Some).ok_or_else(|| corrupt("product"))
+    }
+
+    async fn control(
+        &self,
+        id: &ProductId,
+        control: Control,
+        entry: &AuditEntry,
+    ) -> PortResult<Option<Product>> {
+        let at = unix_ms(entry.at);
+        let product = Update::builder()
+            .table_name(&self.table)
+            .key(table::PK, s(table::product(id.as_str())));
+        // Only a change is written (and audited): a repeated control is a
+        // no-op here, and the caller applies it to Redis again.
+        let product = match control {
+            Control::Pause | Control::Resume => {
+                let pause = control == Control::Pause;
+                product
+                    .update_expression("SET paused = :to")
+                    .condition_expression(if pause {
+                        "attribute_exists(pk) AND (attribute_not_exists(paused) OR paused = :from)"
+                    } else {
+                        "attribute_exists(pk) AND paused = :from"
+                    })
+                    .expression_attribute_values(":to", Av::Bool(pause))
+                    .expression_attribute_values(":from", Av::Bool(!pause))
+            }
+            Control::End => product
+                .update_expression("SET ends_at = :now, #sk = :sk")
+                .condition_expression("attribute_exists(pk) AND ends_at > :now")
+                .expression_attribute_names("#sk", table::GSI1_SK)
+                .expression_attribute_values(":now", n(at))
+                .expression_attribute_values(":sk", s(table::sale_end(at))),
+        };
+        let id_part = uuid::Uuid::now_v7().simple().to_string();
+        let audit = Put::builder()
+            .table_name(&self.table)
+            .item(
+                table::PK,
+                s(format!("{}#{at:015}#{id_part}", table::audit(id.as_str()))),
+            )
+            .item(table::GSI1_PK, s(table::audit(id.as_str())))
+            .item(table::GSI1_SK, s(format!("{at:015}#{id_part}")))
+            .item("product_id", s(id.as_str()))
+            .item("at", n(at))
+            .item("actor", s(&entry.actor))
+            .item("action", s(&entry.action))
+            .item("reason", s(&entry.reason));
+        let items = vec![
+            TransactWriteItem::builder()
+                .update(product.build().map_err(|_| corrupt("control"))?)
+                .build(),
+            TransactWriteItem::builder()
+                .put(audit.build().map_err(|_| corrupt("audit"))?)
+                .build(),
+        ];
+        // Committed or refused by its condition (unknown, or nothing to
+        // change): either way the product as it now is.
+        self.transact(items).await?;
+        self.product(id).await
+    }
+
+    async fn audit(&self, id: &ProductId) -> PortResult<Vec<AuditEntry>> {
+        self.query_gsi1(&table::audit(id.as_str()), None, None)
+            .await?
+            .iter()
+            .map(|item| {
+                let entry = || {
+                    Some(AuditEntry {
+                        product_id: ProductId::parse(get_s(item, "product_id")?).ok()?,
+                        at: from_unix_ms(get_n(item, "at")?),
+                        actor: get_s(item, "actor")?.to_owned(),
+                        action: get_s(item, "action")?.to_owned(),
+                        reason: get_s(item, "reason").unwrap_or_default().to_owned(),
+                    })
+                };
+                entry().ok_or_else(|| corrupt("audit"))
+            })
+            .collect()
     }
 
     async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {

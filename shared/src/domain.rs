@@ -294,6 +294,8 @@ pub enum Refusal {
     SoldOut,
     /// The same Idempotency-Key was sent before with another quantity.
     KeyReused,
+    /// An operator paused the sale; it may resume.
+    SalePaused,
 }
 
 impl Refusal {
@@ -307,6 +309,7 @@ impl Refusal {
             Self::AlreadyPurchased => "already_purchased",
             Self::SoldOut => "sold_out",
             Self::KeyReused => "idempotency_key_reused",
+            Self::SalePaused => "sale_paused",
         }
     }
     pub fn from_code(code: &str) -> Option<Self> {
@@ -318,6 +321,7 @@ impl Refusal {
             Self::AlreadyPurchased,
             Self::SoldOut,
             Self::KeyReused,
+            Self::SalePaused,
         ]
         .into_iter()
         .find(|r| r.code() == code)
@@ -329,6 +333,7 @@ impl Refusal {
             Self::LimitExceeded | Self::AlreadyPurchased => 409,
             Self::SoldOut => 410,
             Self::KeyReused => 422,
+            Self::SalePaused => 503,
         }
     }
 }
@@ -468,6 +473,48 @@ pub struct Product {
     /// This sale's request limits; the deployment's defaults where unset.
     #[serde(default, skip_serializing_if = "RateLimits::is_default")]
     pub rate_limits: RateLimits,
+    /// An operator paused the sale: buys answer 503 `sale_paused`.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// An operator's live control of a sale, audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    Pause,
+    Resume,
+    /// Ends the sale now (its end time becomes now).
+    End,
+}
+
+impl Control {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pause" => Some(Self::Pause),
+            "resume" => Some(Self::Resume),
+            "end" => Some(Self::End),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::End => "end",
+        }
+    }
+}
+
+/// Who changed what about a sale, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub product_id: ProductId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub actor: String,
+    pub action: String,
+    pub reason: String,
 }
 
 /// A GCRA limit: `per_second` requests sustained, `burst` at once.
@@ -631,6 +678,17 @@ impl Product {
             limit.validate()?;
         }
         Ok(())
+    }
+
+    /// The product after `control` at `now`: paused, resumed, or ended then
+    /// (a sale already over keeps its end).
+    pub fn controlled(mut self, control: Control, now: OffsetDateTime) -> Self {
+        match control {
+            Control::Pause => self.paused = true,
+            Control::Resume => self.paused = false,
+            Control::End => self.ends_at = self.ends_at.min(now),
+        }
+        self
     }
 
     /// The reservation of an order of `quantity` placed at `placed_at_ms`.

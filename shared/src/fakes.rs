@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
 use crate::domain::{
-    Admission, Ledger, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase,
-    RequestId, RequestView, Reservation, from_unix_ms,
+    Admission, AuditEntry, Control, Ledger, OrderMessage, OrderStatus, Product, ProductId,
+    ProductStats, Purchase, RequestId, RequestView, Reservation, from_unix_ms,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
@@ -91,6 +91,8 @@ impl Failures {
 
 #[derive(Default)]
 pub struct FakeGate {
+    /// The controls applied, in order.
+    pub controlled: Mutex<Vec<Product>>,
     pub admissions: Mutex<VecDeque<Admission>>,
     pub purchases: Mutex<Vec<Purchase>>,
     pub requests: Mutex<HashMap<RequestId, RequestView>>,
@@ -187,6 +189,11 @@ impl StockGate for FakeGate {
         if let Some(stats) = lock(&self.stats).as_mut() {
             stats.stock_left += i64::from(order.quantity.get());
         }
+        Ok(true)
+    }
+    async fn apply_controls(&self, product: &Product) -> PortResult<bool> {
+        self.failures.check("redis").await?;
+        lock(&self.controlled).push(product.clone());
         Ok(true)
     }
     async fn warm(
@@ -322,6 +329,7 @@ impl OrderQueue for FakeQueue {
 /// Conditional-write semantics of the DynamoDB store, in memory.
 #[derive(Default)]
 pub struct FakeStore {
+    pub audits: Mutex<Vec<AuditEntry>>,
     pub orders: Mutex<HashMap<RequestId, RequestView>>,
     pub guards: Mutex<HashMap<(ProductId, String), RequestId>>,
     pub products: Mutex<HashMap<ProductId, Product>>,
@@ -431,6 +439,32 @@ impl OrderStore for FakeStore {
     async fn product(&self, id: &ProductId) -> PortResult<Option<Product>> {
         self.failures.check("dynamodb").await?;
         Ok(lock(&self.products).get(id).cloned())
+    }
+    async fn control(
+        &self,
+        id: &ProductId,
+        control: Control,
+        entry: &AuditEntry,
+    ) -> PortResult<Option<Product>> {
+        self.failures.check("dynamodb").await?;
+        let mut products = lock(&self.products);
+        let Some(p) = products.get_mut(id) else {
+            return Ok(None);
+        };
+        let after = p.clone().controlled(control, entry.at);
+        if after != *p {
+            *p = after;
+            lock(&self.audits).push(entry.clone());
+        }
+        Ok(Some(p.clone()))
+    }
+    async fn audit(&self, id: &ProductId) -> PortResult<Vec<AuditEntry>> {
+        self.failures.check("dynamodb").await?;
+        Ok(lock(&self.audits)
+            .iter()
+            .filter(|e| e.product_id == *id)
+            .cloned()
+            .collect())
     }
     async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {
         self.failures.check("dynamodb").await?;
@@ -616,6 +650,7 @@ pub fn product(id: &str) -> Product {
         payment_window_secs: crate::domain::DEFAULT_PAYMENT_WINDOW_SECS,
         rebuy_after_release: false,
         rate_limits: Default::default(),
+        paused: false,
     }
 }
 

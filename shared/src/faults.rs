@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::domain::{
-    Admission, Ledger, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase,
-    RequestId, RequestView, Reservation,
+    Admission, AuditEntry, Control, Ledger, OrderMessage, OrderStatus, Product, ProductId,
+    ProductStats, Purchase, RequestId, RequestView, Reservation,
 };
 use crate::error::{ConfigError, InfraError};
 use crate::payment::{EventId, PaymentEvent, PaymentRecord};
@@ -173,6 +173,10 @@ impl<T: StockGate> StockGate for Faulty<T> {
             .warm(product, force, ledger, placed_units_seen)
             .await
     }
+    async fn apply_controls(&self, product: &Product) -> PortResult<bool> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.apply_controls(product).await
+    }
     async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.stats(product).await
@@ -258,6 +262,19 @@ impl<T: OrderStore> OrderStore for Faulty<T> {
     async fn ledger(&self, id: &ProductId) -> PortResult<Option<Ledger>> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
         self.inner.ledger(id).await
+    }
+    async fn control(
+        &self,
+        product: &ProductId,
+        control: Control,
+        entry: &AuditEntry,
+    ) -> PortResult<Option<Product>> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.control(product, control, entry).await
+    }
+    async fn audit(&self, product: &ProductId) -> PortResult<Vec<AuditEntry>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.audit(product).await
     }
     async fn pay(
         &self,

@@ -140,6 +140,17 @@ pub fn client_ip(req: &Request, trust_forwarded: bool) -> Option<std::net::IpAdd
     }
 }
 
+/// The IAM caller API Gateway authorised (admin routes), as its ARN.
+pub fn iam_caller(req: &Request) -> Option<String> {
+    match req.request_context_ref()? {
+        RequestContext::ApiGatewayV2(ctx) => {
+            ctx.authorizer.as_ref()?.iam.as_ref()?.user_arn.clone()
+        }
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
 pub fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }

@@ -4,8 +4,8 @@
 use std::future::Future;
 
 use crate::domain::{
-    Admission, Ledger, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase,
-    RequestId, RequestView, Reservation,
+    Admission, AuditEntry, Control, Ledger, OrderMessage, OrderStatus, Product, ProductId,
+    ProductStats, Purchase, RequestId, RequestView, Reservation,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentRecord};
@@ -137,6 +137,10 @@ pub trait StockGate: Send + Sync {
         ledger_remaining: i64,
         placed_units_seen: i64,
     ) -> impl Future<Output = PortResult<Warm>> + Send;
+
+    /// Applies the operator's controls the product records (pause, end) to
+    /// a warmed sale; false when it is not warmed (its warm-up copies them).
+    fn apply_controls(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send;
 
     fn stats(
         &self,
@@ -285,6 +289,22 @@ pub trait OrderStore: Send + Sync {
     /// Creates a product and its stock ledger; false when it already exists.
     fn create_product(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send;
 
+    /// Records an operator's control on the product (paused, or its end
+    /// now) together with its audit entry, atomically; the product as it
+    /// now is, None when unknown. Ending an ended sale changes nothing.
+    fn control(
+        &self,
+        product: &ProductId,
+        control: Control,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<Option<Product>>> + Send;
+
+    /// A product's audit entries, oldest first.
+    fn audit(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<AuditEntry>>> + Send;
+
     fn product(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Product>>> + Send;
 
     /// Every order of a product (for audits and reconcile, not the hot path).
@@ -395,6 +415,9 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
     ) -> impl Future<Output = PortResult<Warm>> + Send {
         (**self).warm(product, force, ledger_remaining, placed_units_seen)
     }
+    fn apply_controls(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).apply_controls(product)
+    }
     fn stats(
         &self,
         product: &ProductId,
@@ -466,6 +489,20 @@ impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
         id: &RequestId,
     ) -> impl Future<Output = PortResult<Option<RequestView>>> + Send {
         (**self).order(id)
+    }
+    fn control(
+        &self,
+        product: &ProductId,
+        control: Control,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<Option<Product>>> + Send {
+        (**self).control(product, control, entry)
+    }
+    fn audit(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<AuditEntry>>> + Send {
+        (**self).audit(product)
     }
     fn create_product(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send {
         (**self).create_product(product)

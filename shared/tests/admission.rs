@@ -50,6 +50,7 @@ fn product(id: &ProductId, stock: u32, limit: u32, start_in_secs: i64) -> Produc
         payment_window_secs: shared::domain::DEFAULT_PAYMENT_WINDOW_SECS,
         rebuy_after_release: false,
         rate_limits: Default::default(),
+        paused: false,
     }
 }
 
@@ -762,4 +763,45 @@ async fn a_sales_own_limit_wins_over_the_default_and_replays_are_answered() {
         g.admit(&first).await.unwrap(),
         Admission::Replay { .. }
     ));
+}
+
+#[tokio::test]
+async fn a_paused_sale_refuses_without_a_trace_and_an_ended_one_is_over() {
+    let g = limited_gate("1/1", "off");
+    let p = unique("ctl");
+    let mut live = product(&p, 5, 1, -1);
+    warm_with(&g, &live).await;
+    live.paused = true;
+    assert!(g.apply_controls(&live).await.unwrap());
+    let before = snapshot(&g, &p).await;
+    for _ in 0..3 {
+        assert_eq!(
+            g.admit(&purchase(&p, "u1", 1, None)).await.unwrap(),
+            Admission::Refused(Refusal::SalePaused)
+        );
+    }
+    // Not even the buyer's limiter moved: resumed, the buyer is admitted.
+    assert_eq!(
+        snapshot(&g, &p).await,
+        before,
+        "a paused refusal wrote to Redis"
+    );
+    live.paused = false;
+    assert!(g.apply_controls(&live).await.unwrap());
+    assert!(matches!(
+        g.admit(&purchase(&p, "u1", 1, None)).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    live.ends_at = OffsetDateTime::now_utc();
+    assert!(g.apply_controls(&live).await.unwrap());
+    assert_eq!(
+        g.admit(&purchase(&p, "u2", 1, None)).await.unwrap(),
+        Admission::Refused(Refusal::SaleEnded)
+    );
+    // A product not warmed here: nothing to apply.
+    assert!(
+        !g.apply_controls(&product(&unique("cold"), 1, 1, -1))
+            .await
+            .unwrap()
+    );
 }

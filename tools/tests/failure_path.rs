@@ -35,6 +35,7 @@ fn product(id: &str, stock: u32) -> Product {
         payment_window_secs: shared::domain::DEFAULT_PAYMENT_WINDOW_SECS,
         rebuy_after_release: false,
         rate_limits: Default::default(),
+        paused: false,
     }
 }
 

@@ -491,6 +491,7 @@ impl World {
             payment_window_secs: self.window_secs,
             rebuy_after_release: self.rebuy,
             rate_limits: Default::default(),
+            paused: false,
         };
         self.store
             .create_product(&p)

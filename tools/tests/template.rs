@@ -481,7 +481,8 @@ fn buyer_routes_use_the_jwt_authorizer_and_admin_routes_iam() {
         )]
     );
     let admin = routes("admin");
-    assert_eq!(admin.len(), 3);
+    // create, warm, stats, the live controls (pause/resume/end), the audit.
+    assert_eq!(admin.len(), 5);
     assert!(
         admin
             .iter()

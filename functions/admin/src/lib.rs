@@ -1,7 +1,9 @@
 //! Operator API, behind a bearer token (and IAM auth in AWS):
 //! - `POST /api/admin/products` creates a product in DynamoDB;
 //! - `POST /api/admin/products/{id}/warm[?force=true]` loads it into Redis;
-//! - `GET /api/admin/products/{id}` reports its counters.
+//! - `GET /api/admin/products/{id}` reports its counters;
+//! - `POST /api/admin/products/{id}/{pause,resume,end}` `{"reason"}` controls
+//!   a live sale, audited (`GET /api/admin/products/{id}/audit`).
 
 use lambda_http::Request;
 use lambda_http::http::Method;
@@ -9,7 +11,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use serde::Serialize;
-use shared::domain::{Ledger, Product, ProductId, ProductStats};
+use shared::domain::{AuditEntry, Control, Ledger, Product, ProductId, ProductStats};
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::ports::{OrderStore, StockGate, Warm};
 
@@ -30,6 +32,19 @@ pub struct Admin<G, S> {
     pub store: S,
     /// `FLASHSALE_ADMIN_TOKEN`; when unset every admin call is refused.
     pub token: Option<String>,
+}
+
+/// Who is calling: the IAM caller API Gateway authorised, else the
+/// operator's own `X-Flashsale-Operator` name (local runs), else the token.
+fn actor(req: &Request) -> String {
+    api::iam_caller(req)
+        .or_else(|| {
+            api::header(req, "x-flashsale-operator")
+                .map(str::trim)
+                .filter(|n| !n.is_empty() && n.len() <= 100)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "admin-token".to_owned())
 }
 
 impl<G: StockGate, S: OrderStore> Admin<G, S> {
@@ -68,7 +83,22 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
                 self.warm(&ProductId::parse(*id)?, force).await
             }
             (Method::GET, [id]) => self.stats(&ProductId::parse(*id)?).await,
-            (_, [] | [_] | [_, "warm"]) => Err(ApiError::new(405, "method_not_allowed")),
+            (Method::POST, [id, action]) if Control::parse(action).is_some() => {
+                let control =
+                    Control::parse(action).ok_or_else(|| ApiError::new(404, "not_found"))?;
+                self.control(req, &ProductId::parse(*id)?, control).await
+            }
+            (Method::GET, [id, "audit"]) => {
+                let id = ProductId::parse(*id)?;
+                let entries = self.store.audit(&id).await?;
+                Ok(api::json_response(
+                    200,
+                    &json!({ "product_id": id, "entries": entries }),
+                ))
+            }
+            (_, [] | [_] | [_, "warm" | "pause" | "resume" | "end" | "audit"]) => {
+                Err(ApiError::new(405, "method_not_allowed"))
+            }
             _ => Err(ApiError::new(404, "not_found")),
         }
     }
@@ -113,6 +143,60 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
                 "the sale has started; re-warm with ?force=true (the shelf is then set from the DynamoDB ledger)",
             )),
         }
+    }
+
+    /// Records the control with its audit entry in DynamoDB, then applies
+    /// it to Redis. Repeating a call is safe: a control already recorded is
+    /// not recorded again, and is applied to Redis again (the sweeper also
+    /// applies the recorded controls every run).
+    async fn control(
+        &self,
+        req: &Request,
+        id: &ProductId,
+        control: Control,
+    ) -> Result<HttpResponse, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            reason: String,
+        }
+        let body: Body = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
+            ApiError::invalid(format!(
+                "body must be {{\"reason\": \"why\"}} (it is audited): {e}"
+            ))
+        })?;
+        let reason = body.reason.trim();
+        if reason.is_empty() || reason.len() > 500 {
+            return Err(ApiError::invalid(
+                "reason must be 1-500 characters (it is audited)",
+            ));
+        }
+        let entry = AuditEntry {
+            product_id: id.clone(),
+            at: time::OffsetDateTime::now_utc(),
+            actor: actor(req),
+            action: control.as_str().to_owned(),
+            reason: reason.to_owned(),
+        };
+        let product = self
+            .store
+            .control(id, control, &entry)
+            .await?
+            .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
+        let live = self.gate.apply_controls(&product).await.map_err(|e| {
+            ApiError::from(e).with_message(
+                "recorded, but not yet applied to the live sale: repeat the call (it is safe) or wait for the next sweep",
+            )
+        })?;
+        tracing::info!(product_id = %id, action = control.as_str(), actor = %entry.actor, reason, "sale control");
+        Ok(api::json_response(
+            200,
+            &json!({
+                "product_id": id,
+                "paused": product.paused,
+                "ends_at": product.ends_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                "live": live,
+            }),
+        ))
     }
 
     /// Redis' counters of the sale, the DynamoDB ledger's of the orders'
@@ -199,6 +283,87 @@ mod tests {
         let (status, body) = call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
         assert_eq!((status, body["stock_left"].as_i64()), (200, Some(100)));
         assert_eq!(a.gate.warmed.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn controls_are_recorded_once_applied_every_time_and_audited() {
+        let a = admin();
+        call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await;
+        let pause = |reason: &str| format!(r#"{{"reason":"{reason}"}}"#);
+        let path = "/api/admin/products/p1/pause";
+        let (status, body) = call(&a, "POST", path, "s3cret", &pause("bots")).await;
+        assert_eq!((status, &body["paused"]), (200, &json!(true)));
+        // Repeated (a retry after a Redis error): applied again, audited once.
+        assert_eq!(
+            call(&a, "POST", path, "s3cret", &pause("bots")).await.0,
+            200
+        );
+        let (status, body) = call(
+            &a,
+            "POST",
+            "/api/admin/products/p1/resume",
+            "s3cret",
+            &pause("ok"),
+        )
+        .await;
+        assert_eq!((status, &body["paused"]), (200, &json!(false)));
+        let applied: Vec<bool> = a
+            .gate
+            .controlled
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.paused)
+            .collect();
+        assert_eq!(applied, [true, true, false]);
+
+        let (status, body) = call(&a, "GET", "/api/admin/products/p1/audit", "s3cret", "").await;
+        assert_eq!(status, 200);
+        let entries: Vec<(&str, &str, &str)> = body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap(),
+                    e["reason"].as_str().unwrap(),
+                    e["actor"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("pause", "bots", "admin-token"),
+                ("resume", "ok", "admin-token")
+            ]
+        );
+
+        // Refusals: no reason, unknown product, Redis down (recorded, 503).
+        assert_eq!(call(&a, "POST", path, "s3cret", "{}").await.0, 400);
+        let unknown = "/api/admin/products/nope/end";
+        assert_eq!(
+            call(&a, "POST", unknown, "s3cret", &pause("x")).await.0,
+            404
+        );
+        a.gate.failures.fail_next(1);
+        let (status, body) = call(
+            &a,
+            "POST",
+            "/api/admin/products/p1/end",
+            "s3cret",
+            &pause("done"),
+        )
+        .await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("repeat the call")
+        );
+        let ended = a.store.products.lock().unwrap()[&ProductId::parse("p1").unwrap()].ends_at;
+        assert!(ended <= time::OffsetDateTime::now_utc());
     }
 
     #[tokio::test]

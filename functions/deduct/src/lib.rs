@@ -118,6 +118,18 @@ fn parse(req: &Request, insecure: bool) -> Result<Purchase, ApiError> {
     })
 }
 
+/// How long a buyer of a paused sale is asked to wait before asking again.
+const PAUSED_RETRY_AFTER_SECS: i64 = 5;
+
+fn retry_after(error: ApiError, secs: i64) -> HttpResponse {
+    let mut resp = error.into_response();
+    resp.headers_mut().insert(
+        lambda_http::http::header::RETRY_AFTER,
+        lambda_http::http::HeaderValue::from(secs),
+    );
+    resp
+}
+
 impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
     pub async fn handle(&self, req: Request) -> HttpResponse {
         let started = std::time::Instant::now();
@@ -211,14 +223,11 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
                     .increment(1);
                 tracing::info!(retry_after_ms, "rate limited");
                 let secs = (retry_after_ms.max(1) + 999) / 1000;
-                let mut resp = ApiError::new(429, "rate_limited")
-                    .with_message(format!("too many requests; try again in {secs} s"))
-                    .into_response();
-                resp.headers_mut().insert(
-                    lambda_http::http::header::RETRY_AFTER,
-                    lambda_http::http::HeaderValue::from(secs),
-                );
-                Ok(resp)
+                Ok(retry_after(
+                    ApiError::new(429, "rate_limited")
+                        .with_message(format!("too many requests; try again in {secs} s")),
+                    secs,
+                ))
             }
             Admission::Refused(reason) => {
                 // Only a true zero: a buyer asking for more than is left
@@ -229,7 +238,15 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
                 metrics::counter!("flashsale_rejected_total", "reason" => reason.code())
                     .increment(1);
                 tracing::info!(reason = reason.code(), "refused");
-                Err(ApiError::new(reason.http_status(), reason.code()))
+                let refused = ApiError::new(reason.http_status(), reason.code());
+                if reason == Refusal::SalePaused {
+                    return Ok(retry_after(
+                        refused
+                            .with_message("the sale is paused by its operator; try again shortly"),
+                        PAUSED_RETRY_AFTER_SECS,
+                    ));
+                }
+                Err(refused)
             }
         }
     }
@@ -427,6 +444,17 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
         assert_eq!(body["error"], "rate_limited");
         assert!(d.queue.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_paused_sale_is_a_503_with_retry_after() {
+        let d = deduct(true);
+        d.gate.answer(Admission::Refused(Refusal::SalePaused));
+        let resp = d.handle(buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "5");
+        let body: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+        assert_eq!(body["error"], "sale_paused");
     }
 
     #[tokio::test]

@@ -103,6 +103,11 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
         now: i64,
         report: &mut SweepReport,
     ) -> Result<(), InfraError> {
+        // The operator's controls as DynamoDB records them: a failover must
+        // not resume a paused sale or prolong an ended one.
+        if let Some(p) = self.store.product(product).await? {
+            self.gate.apply_controls(&p).await?;
+        }
         // Healed first, so a long backlog below cannot keep the shelf wrong;
         // healed again if following DynamoDB settled requests meanwhile.
         let mut stats = self.heal(product, report).await?;

@@ -43,9 +43,13 @@ if earlier[1] then
   return {"admitted", earlier[3], ends_at}
 end
 
-local meta = redis.call("HMGET", KEYS[1], "limit", "starts_at", "ends_at", "rl_buyer", "rl_ip")
+local meta = redis.call("HMGET", KEYS[1], "limit", "starts_at", "ends_at", "rl_buyer", "rl_ip", "paused")
 if not meta[1] then
   return {"unknown_product", "", ""}
+end
+-- An operator's pause: nothing else is looked at or moved.
+if meta[6] == "1" then
+  return {"sale_paused", "", ""}
 end
 
 -- Server time, never the client's clock.

@@ -94,6 +94,7 @@ struct Scripts {
     warm: Script,
     resync: Script,
     mark_sent: Script,
+    controls: Script,
 }
 
 /// Cheap to clone: clones share one connection and the loaded scripts.
@@ -143,6 +144,7 @@ impl RedisGate {
                     warm: Script::new(include_str!("warm.lua")),
                     resync: Script::new(include_str!("resync.lua")),
                     mark_sent: Script::new(include_str!("mark_sent.lua")),
+                    controls: Script::new(include_str!("controls.lua")),
                 },
             }),
         }
@@ -418,6 +420,22 @@ impl StockGate for RedisGate {
         Ok(done == 1)
     }
 
+    async fn apply_controls(&self, p: &Product) -> PortResult<bool> {
+        let k = self.keys(&p.product_id);
+        let mut c = self.conn().await?;
+        let applied: i64 = self
+            .inner
+            .scripts
+            .controls
+            .key(k.meta())
+            .arg(if p.paused { "1" } else { "0" })
+            .arg(unix_ms(p.ends_at))
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(applied == 1)
+    }
+
     async fn warm(
         &self,
         p: &Product,
@@ -443,6 +461,7 @@ impl StockGate for RedisGate {
             .arg(placed_units_seen)
             .arg(RateLimit::spec(p.rate_limits.buyer))
             .arg(RateLimit::spec(p.rate_limits.ip))
+            .arg(if p.paused { "1" } else { "0" })
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;

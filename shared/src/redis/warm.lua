@@ -9,6 +9,7 @@
 -- ARGV[5] "1" = force  ARGV[6] ledger units remaining
 -- ARGV[7] `placed_units` read before the ledger (see resync.lua; 0 before any sale)
 -- ARGV[8] / ARGV[9] the sale's own buyer / IP rate limit ("<ms>:<burst>", "" = the default)
+-- ARGV[10] "1" when an operator paused the sale
 -- Returns {"warmed", stock_left} | {"started", stock_left}
 
 for i = 1, 4 do
@@ -42,6 +43,7 @@ if left < 0 then
 end
 redis.call("HSET", KEYS[1], "stock_total", ARGV[1], "limit", ARGV[2],
   "starts_at", ARGV[3], "ends_at", ARGV[4])
+redis.call("HSET", KEYS[1], "paused", ARGV[10] == "1" and "1" or "0")
 for i, field in ipairs({"rl_buyer", "rl_ip"}) do
   local spec = ARGV[7 + i] or ""
   if spec == "" then
