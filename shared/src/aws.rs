@@ -797,6 +797,7 @@ impl OrderStore for DynamoStore {
                     .and_then(|v| v.as_bool().ok())
                     .copied()
                     .unwrap_or(false),
+                control_seq: get_n(item, "control_seq").unwrap_or(0),
             })
         };
         parse().map(Some).ok_or_else(|| corrupt("product"))
@@ -818,7 +819,7 @@ impl OrderStore for DynamoStore {
             Control::Pause | Control::Resume => {
                 let pause = control == Control::Pause;
                 product
-                    .update_expression("SET paused = :to")
+                    .update_expression("SET paused = :to ADD control_seq :one")
                     .condition_expression(if pause {
                         "attribute_exists(pk) AND (attribute_not_exists(paused) OR paused = :from)"
                     } else {
@@ -828,12 +829,13 @@ impl OrderStore for DynamoStore {
                     .expression_attribute_values(":from", Av::Bool(!pause))
             }
             Control::End => product
-                .update_expression("SET ends_at = :now, #sk = :sk")
+                .update_expression("SET ends_at = :now, #sk = :sk ADD control_seq :one")
                 .condition_expression("attribute_exists(pk) AND ends_at > :now")
                 .expression_attribute_names("#sk", table::GSI1_SK)
                 .expression_attribute_values(":now", n(at))
                 .expression_attribute_values(":sk", s(table::sale_end(at))),
         };
+        let product = product.expression_attribute_values(":one", n(1));
         let id_part = uuid::Uuid::now_v7().simple().to_string();
         let audit = Put::builder()
             .table_name(&self.table)

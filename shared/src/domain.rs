@@ -476,6 +476,11 @@ pub struct Product {
     /// An operator paused the sale: buys answer 503 `sale_paused`.
     #[serde(default)]
     pub paused: bool,
+    /// How many controls changed the sale (DynamoDB counts them): Redis
+    /// takes controls only in this order, so a stale copy cannot undo a
+    /// newer pause or end.
+    #[serde(default)]
+    pub control_seq: u64,
 }
 
 /// An operator's live control of a sale, audited.
@@ -688,6 +693,7 @@ impl Product {
             Control::Resume => self.paused = false,
             Control::End => self.ends_at = self.ends_at.min(now),
         }
+        self.control_seq += 1;
         self
     }
 

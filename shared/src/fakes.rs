@@ -452,7 +452,7 @@ impl OrderStore for FakeStore {
             return Ok(None);
         };
         let after = p.clone().controlled(control, entry.at);
-        if after != *p {
+        if (after.paused, after.ends_at) != (p.paused, p.ends_at) {
             *p = after;
             lock(&self.audits).push(entry.clone());
         }
@@ -651,6 +651,7 @@ pub fn product(id: &str) -> Product {
         rebuy_after_release: false,
         rate_limits: Default::default(),
         paused: false,
+        control_seq: 0,
     }
 }
 

@@ -51,6 +51,7 @@ fn product(id: &ProductId, stock: u32, limit: u32, start_in_secs: i64) -> Produc
         rebuy_after_release: false,
         rate_limits: Default::default(),
         paused: false,
+        control_seq: 0,
     }
 }
 
@@ -141,7 +142,7 @@ async fn concurrent_buyers_never_get_past_the_stock() {
 
 #[tokio::test]
 async fn refusals_change_nothing() {
-    let (g, p) = warmed(1, 2).await;
+    let (g, p) = warmed(2, 2).await;
     let first = purchase(&p, "alice", 1, Some("k1"));
     assert!(matches!(
         g.admit(&first).await.unwrap(),
@@ -154,7 +155,6 @@ async fn refusals_change_nothing() {
             Refusal::AlreadyPurchased,
         ),
         (purchase(&p, "bob", 3, Some("k3")), Refusal::LimitExceeded),
-        (purchase(&p, "carol", 1, Some("k4")), Refusal::SoldOut),
         // Same key, another quantity: the IETF draft's 422.
         (purchase(&p, "alice", 2, Some("k1")), Refusal::KeyReused),
     ];
@@ -171,6 +171,17 @@ async fn refusals_change_nothing() {
             "{expected:?} wrote to Redis"
         );
     }
+    // Sold out: answered before everything but a replay (even a buyer who
+    // already has a unit hears "sold out").
+    admitted(&g, &purchase(&p, "carol", 1, Some("k4"))).await;
+    let before = snapshot(&g, &p).await;
+    for user in ["dave", "alice"] {
+        assert_eq!(
+            g.admit(&purchase(&p, user, 1, Some("k5"))).await.unwrap(),
+            Admission::Refused(Refusal::SoldOut)
+        );
+    }
+    assert_eq!(snapshot(&g, &p).await, before, "SoldOut wrote to Redis");
     let unknown = unique("nope");
     assert_eq!(
         g.admit(&purchase(&unknown, "bob", 1, None)).await.unwrap(),
@@ -772,6 +783,7 @@ async fn a_paused_sale_refuses_without_a_trace_and_an_ended_one_is_over() {
     let mut live = product(&p, 5, 1, -1);
     warm_with(&g, &live).await;
     live.paused = true;
+    live.control_seq = 1;
     assert!(g.apply_controls(&live).await.unwrap());
     let before = snapshot(&g, &p).await;
     for _ in 0..3 {
@@ -787,12 +799,14 @@ async fn a_paused_sale_refuses_without_a_trace_and_an_ended_one_is_over() {
         "a paused refusal wrote to Redis"
     );
     live.paused = false;
+    live.control_seq = 2;
     assert!(g.apply_controls(&live).await.unwrap());
     assert!(matches!(
         g.admit(&purchase(&p, "u1", 1, None)).await.unwrap(),
         Admission::Admitted { .. }
     ));
     live.ends_at = OffsetDateTime::now_utc();
+    live.control_seq = 3;
     assert!(g.apply_controls(&live).await.unwrap());
     assert_eq!(
         g.admit(&purchase(&p, "u2", 1, None)).await.unwrap(),
@@ -803,5 +817,50 @@ async fn a_paused_sale_refuses_without_a_trace_and_an_ended_one_is_over() {
         !g.apply_controls(&product(&unique("cold"), 1, 1, -1))
             .await
             .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_stale_copy_of_the_controls_cannot_undo_a_newer_one() {
+    let g = gate();
+    let p = unique("ctl-seq");
+    let stale = product(&p, 5, 1, -1);
+    warm_with(&g, &stale).await;
+    let mut newer = stale.clone();
+    newer.paused = true;
+    newer.control_seq = 1;
+    assert!(g.apply_controls(&newer).await.unwrap());
+    // A sweep (or a forced re-warm) that read the product before the pause.
+    g.apply_controls(&stale).await.unwrap();
+    g.warm(&stale, true, 5, 0).await.unwrap();
+    assert_eq!(
+        g.admit(&purchase(&p, "u1", 1, None)).await.unwrap(),
+        Admission::Refused(Refusal::SalePaused)
+    );
+}
+
+#[tokio::test]
+async fn an_ended_or_sold_out_sale_says_so_even_when_paused() {
+    let g = gate();
+    let p = unique("ctl-final");
+    let mut sale = product(&p, 1, 1, -1);
+    warm_with(&g, &sale).await;
+    assert!(matches!(
+        g.admit(&purchase(&p, "u1", 1, None)).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    sale.paused = true;
+    sale.control_seq = 1;
+    g.apply_controls(&sale).await.unwrap();
+    assert_eq!(
+        g.admit(&purchase(&p, "u2", 1, None)).await.unwrap(),
+        Admission::Refused(Refusal::SoldOut)
+    );
+    sale.ends_at = OffsetDateTime::now_utc();
+    sale.control_seq = 2;
+    g.apply_controls(&sale).await.unwrap();
+    assert_eq!(
+        g.admit(&purchase(&p, "u2", 1, None)).await.unwrap(),
+        Admission::Refused(Refusal::SaleEnded)
     );
 }

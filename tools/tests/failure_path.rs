@@ -36,6 +36,7 @@ fn product(id: &str, stock: u32) -> Product {
         rebuy_after_release: false,
         rate_limits: Default::default(),
         paused: false,
+        control_seq: 0,
     }
 }
 

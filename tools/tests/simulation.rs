@@ -492,6 +492,7 @@ impl World {
             rebuy_after_release: self.rebuy,
             rate_limits: Default::default(),
             paused: false,
+            control_seq: 0,
         };
         self.store
             .create_product(&p)

@@ -34,17 +34,19 @@ pub struct Admin<G, S> {
     pub token: Option<String>,
 }
 
-/// Who is calling: the IAM caller API Gateway authorised, else the
-/// operator's own `X-Flashsale-Operator` name (local runs), else the token.
+/// Who is calling: the IAM caller API Gateway authorised; else the admin
+/// token, with the name its holder gives in `X-Flashsale-Operator` (a
+/// claim, recorded as such).
 fn actor(req: &Request) -> String {
-    api::iam_caller(req)
-        .or_else(|| {
-            api::header(req, "x-flashsale-operator")
-                .map(str::trim)
-                .filter(|n| !n.is_empty() && n.len() <= 100)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "admin-token".to_owned())
+    api::iam_caller(req).unwrap_or_else(|| {
+        match api::header(req, "x-flashsale-operator")
+            .map(str::trim)
+            .filter(|n| !n.is_empty() && n.len() <= 100)
+        {
+            Some(name) => format!("admin-token ({name})"),
+            None => "admin-token".to_owned(),
+        }
+    })
 }
 
 impl<G: StockGate, S: OrderStore> Admin<G, S> {
@@ -83,7 +85,7 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
                 self.warm(&ProductId::parse(*id)?, force).await
             }
             (Method::GET, [id]) => self.stats(&ProductId::parse(*id)?).await,
-            (Method::POST, [id, action]) if Control::parse(action).is_some() => {
+            (Method::POST, [id, action @ ("pause" | "resume" | "end")]) => {
                 let control =
                     Control::parse(action).ok_or_else(|| ApiError::new(404, "not_found"))?;
                 self.control(req, &ProductId::parse(*id)?, control).await
@@ -177,11 +179,14 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
             action: control.as_str().to_owned(),
             reason: reason.to_owned(),
         };
-        let product = self
-            .store
-            .control(id, control, &entry)
-            .await?
-            .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
+        // The product's item is the stock ledger's too: a transaction
+        // conflict with the sale is retried here, when a pause matters most.
+        let product = shared::retry::transient(shared::retry::Backoff::DEFAULT, || {
+            self.store.control(id, control, &entry)
+        })
+        .await
+        .map_err(|e| ApiError::from(e).with_message("not recorded: repeat the call"))?
+        .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
         let live = self.gate.apply_controls(&product).await.map_err(|e| {
             ApiError::from(e).with_message(
                 "recorded, but not yet applied to the live sale: repeat the call (it is safe) or wait for the next sweep",

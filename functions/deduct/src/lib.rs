@@ -430,8 +430,6 @@ mod tests {
         assert_ne!(f["request_id"], g["request_id"], "key-less ids are fresh");
     }
 
-    /// Hole 4: asking for more than is left is the buyer's problem, not a
-    /// sold-out product: 409 with what is left, and nothing cached.
     #[tokio::test]
     async fn a_throttled_buyer_gets_429_with_retry_after() {
         let d = deduct(true);
@@ -474,6 +472,8 @@ mod tests {
         }
     }
 
+    /// Hole 4: asking for more than is left is the buyer's problem, not a
+    /// sold-out product: 409 with what is left, and nothing cached.
     #[tokio::test]
     async fn too_few_left_is_a_409_and_never_cached_as_sold_out() {
         let d = deduct(true);

@@ -105,8 +105,15 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
     ) -> Result<(), InfraError> {
         // The operator's controls as DynamoDB records them: a failover must
         // not resume a paused sale or prolong an ended one.
-        if let Some(p) = self.store.product(product).await? {
-            self.gate.apply_controls(&p).await?;
+        // Never at the cost of the outbox below: a failure waits a run.
+        let controls = async {
+            if let Some(p) = self.store.product(product).await? {
+                self.gate.apply_controls(&p).await?;
+            }
+            Ok::<_, InfraError>(())
+        };
+        if let Err(e) = controls.await {
+            tracing::warn!(error = %e, product_id = %product, "controls not re-applied; next run retries");
         }
         // Healed first, so a long backlog below cannot keep the shelf wrong;
         // healed again if following DynamoDB settled requests meanwhile.
@@ -373,8 +380,9 @@ mod tests {
         };
         *s.gate.stats.lock().unwrap() = Some(ProductStats::default());
         *s.gate.pending.lock().unwrap() = vec![pending("p1", 1, 0), pending("p2", 1, 0)];
-        // DynamoDB's product list (tolerated), then p1's first read.
-        s.store.failures.fail_next(2);
+        // DynamoDB's product list and p1's controls (both tolerated), then
+        // p1's order read.
+        s.store.failures.fail_next(3);
         let report = s.sweep().await.unwrap();
         assert_eq!((report.errors, report.republished), (1, 1));
         assert_eq!(s.queue.sent()[0].0.product_id.as_str(), "p2");

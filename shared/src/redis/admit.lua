@@ -47,16 +47,24 @@ local meta = redis.call("HMGET", KEYS[1], "limit", "starts_at", "ends_at", "rl_b
 if not meta[1] then
   return {"unknown_product", "", ""}
 end
+-- Server time, never the client's clock.
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Final answers first: an ended or sold-out sale says so, paused or not,
+-- and costs nobody a rate-limit token.
+if now >= tonumber(meta[3]) then
+  return {"sale_ended", "", ""}
+end
+local left = tonumber(redis.call("GET", KEYS[2]) or "0")
+if left < 1 then
+  return {"sold_out", "", ""}
+end
 -- An operator's pause: nothing else is looked at or moved.
 if meta[6] == "1" then
   return {"sale_paused", "", ""}
 end
 
--- Server time, never the client's clock.
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
--- Rate limits (GCRA), before anything else is looked at: the countdown's
+-- Rate limits (GCRA), before the sale's own checks: the countdown's
 -- hammering is limited too. A request may run `burst - 1` intervals ahead of
 -- its limiter's schedule; a limited request moves no limiter.
 local function schedule(key, spec)
@@ -91,18 +99,11 @@ end
 if now < tonumber(meta[2]) then
   return {"sale_not_started", "", ""}
 end
-if now >= tonumber(meta[3]) then
-  return {"sale_ended", "", ""}
-end
 if qty > tonumber(meta[1]) then
   return {"limit_exceeded", "", ""}
 end
 if redis.call("HEXISTS", KEYS[3], user) == 1 then
   return {"already_purchased", "", ""}
-end
-local left = tonumber(redis.call("GET", KEYS[2]) or "0")
-if left < 1 then
-  return {"sold_out", "", ""}
 end
 -- Some left, not enough: only this request is refused, the product is not sold out.
 if left < qty then

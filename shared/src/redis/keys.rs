@@ -62,10 +62,10 @@ impl Keys {
             self.pending(),
             self.stats(),
             self.key(&format!("rl:u:{}", p.user_id)),
-            // A key in the slot even when there is no IP to limit.
+            // A key in the slot even when there is no address to limit.
             self.key(&format!(
                 "rl:ip:{}",
-                p.client_ip.map_or_else(String::new, |ip| ip.to_string())
+                p.client_ip.map_or_else(String::new, limited_address)
             )),
         ]
     }
@@ -76,9 +76,29 @@ impl Keys {
     }
 }
 
+/// The address a limit counts: an IPv4 address (also IPv4-mapped IPv6), or
+/// an IPv6 address's /64, which one client holds whole.
+fn limited_address(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_client_is_limited_by_its_64() {
+        let ip = |s: &str| limited_address(s.parse().unwrap());
+        assert_eq!(ip("2001:db8:1:2:aaaa::1"), ip("2001:db8:1:2:bbbb::9"));
+        assert_eq!(ip("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(ip("::ffff:192.0.2.7"), "192.0.2.7");
+    }
 
     #[test]
     fn every_key_carries_the_product_hash_tag() {

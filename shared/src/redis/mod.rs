@@ -430,10 +430,11 @@ impl StockGate for RedisGate {
             .key(k.meta())
             .arg(if p.paused { "1" } else { "0" })
             .arg(unix_ms(p.ends_at))
+            .arg(p.control_seq)
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;
-        Ok(applied == 1)
+        Ok(applied != 0)
     }
 
     async fn warm(
@@ -462,6 +463,7 @@ impl StockGate for RedisGate {
             .arg(RateLimit::spec(p.rate_limits.buyer))
             .arg(RateLimit::spec(p.rate_limits.ip))
             .arg(if p.paused { "1" } else { "0" })
+            .arg(p.control_seq)
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;

@@ -9,7 +9,8 @@
 -- ARGV[5] "1" = force  ARGV[6] ledger units remaining
 -- ARGV[7] `placed_units` read before the ledger (see resync.lua; 0 before any sale)
 -- ARGV[8] / ARGV[9] the sale's own buyer / IP rate limit ("<ms>:<burst>", "" = the default)
--- ARGV[10] "1" when an operator paused the sale
+-- ARGV[10] "1" when an operator paused the sale  ARGV[11] its control_seq: the
+--   pause and the end are taken only over older controls (see controls.lua)
 -- Returns {"warmed", stock_left} | {"started", stock_left}
 
 for i = 1, 4 do
@@ -41,9 +42,12 @@ local left = ledger - pending_units - placed_since
 if left < 0 then
   left = 0
 end
-redis.call("HSET", KEYS[1], "stock_total", ARGV[1], "limit", ARGV[2],
-  "starts_at", ARGV[3], "ends_at", ARGV[4])
-redis.call("HSET", KEYS[1], "paused", ARGV[10] == "1" and "1" or "0")
+redis.call("HSET", KEYS[1], "stock_total", ARGV[1], "limit", ARGV[2], "starts_at", ARGV[3])
+local seq = tonumber(ARGV[11] or "0") or 0
+if tonumber(redis.call("HGET", KEYS[1], "control_seq") or "0") <= seq then
+  redis.call("HSET", KEYS[1], "ends_at", ARGV[4], "paused", ARGV[10] == "1" and "1" or "0",
+    "control_seq", seq)
+end
 for i, field in ipairs({"rl_buyer", "rl_ip"}) do
   local spec = ARGV[7 + i] or ""
   if spec == "" then

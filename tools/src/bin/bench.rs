@@ -125,6 +125,7 @@ fn bench_product(id: &str, stock: u32) -> Product {
         rebuy_after_release: false,
         rate_limits: Default::default(),
         paused: false,
+        control_seq: 0,
     }
 }
 
