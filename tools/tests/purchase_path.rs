@@ -162,8 +162,8 @@ async fn a_sale_admits_exactly_the_stock_and_places_every_admitted_order() {
 async fn every_answer_of_the_api() {
     let s = TestStack::start("codes", 30).await;
     let p = unique("codes");
-    assert_eq!(create(&s, &p, 1, -1, 3600).await, 201);
-    assert_eq!(create(&s, &p, 1, -1, 3600).await, 409, "product_exists");
+    assert_eq!(create(&s, &p, 2, -1, 3600).await, 201);
+    assert_eq!(create(&s, &p, 2, -1, 3600).await, 409, "product_exists");
     assert_eq!(warm(&s, &p, false).await.0, 200);
     let (code, body) = warm(&s, &p, false).await;
     assert_eq!((code, body["error"].as_str()), (409, Some("sale_started")));
@@ -201,8 +201,12 @@ async fn every_answer_of_the_api() {
     assert_eq!(replay["request_id"], first["request_id"]);
     let (code, resp) = buy(buy_body(&p, "alice", 1), Some("alice-2")).await;
     assert_eq!((code, err(&resp)), (409, "already_purchased".into()));
-    let (code, resp) = buy(buy_body(&p, "bob", 1), None).await;
-    assert_eq!((code, err(&resp)), (410, "sold_out".into()));
+    assert_eq!(buy(buy_body(&p, "bob", 1), None).await.0, 202);
+    // Sold out is the answer for everyone then, even a buyer who has a unit.
+    for user in ["carol", "alice"] {
+        let (code, resp) = buy(buy_body(&p, user, 1), None).await;
+        assert_eq!((code, err(&resp)), (410, "sold_out".into()), "{user}");
+    }
     let (code, resp) = buy(buy_body(&unique("ghost"), "bob", 1), None).await;
     assert_eq!((code, err(&resp)), (404, "unknown_product".into()));
 
@@ -242,7 +246,7 @@ async fn every_answer_of_the_api() {
             stats.body["stock_total"].as_i64(),
             stats.body["stock_left"].as_i64()
         ),
-        (Some(1), Some(0))
+        (Some(2), Some(0))
     );
     assert_eq!(
         (
@@ -250,7 +254,7 @@ async fn every_answer_of_the_api() {
             stats.body["placed"].as_i64(),
             stats.body["pending"].as_i64()
         ),
-        (Some(1), Some(1), Some(0))
+        (Some(2), Some(2), Some(0))
     );
     let anon = s
         .api
@@ -278,7 +282,7 @@ async fn every_answer_of_the_api() {
     );
     let resp = down.route(req).await;
     assert_eq!(resp.status().as_u16(), 503);
-    assert_eq!(s.gate.stats(&pid).await.unwrap().unwrap().admitted, 1);
+    assert_eq!(s.gate.stats(&pid).await.unwrap().unwrap().admitted, 2);
     s.running.stop().await;
 }
 
