@@ -5,8 +5,6 @@ mod common;
 use std::time::Duration;
 
 use serde_json::json;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use common::{TestStack, unique};
 use shared::domain::ProductId;
@@ -19,29 +17,17 @@ use tools::audit::audit;
 async fn abusers_are_limited_and_everyone_else_is_served() {
     let s = TestStack::start("controls", 30).await;
     let product = unique("limits");
-    let now = OffsetDateTime::now_utc();
     let created = s
-        .api
-        .admin(
-            "POST",
-            "/api/admin/products",
-            Some(&json!({
-                "product_id": product, "name": "Limited", "stock": 1000, "per_buyer_limit": 1,
-                "price": 100, "currency": "EUR",
-                "starts_at": (now - time::Duration::seconds(1)).format(&Rfc3339).unwrap(),
-                "ends_at": (now + time::Duration::hours(1)).format(&Rfc3339).unwrap(),
-                "rate_limits": {
-                    "buyer": { "per_second": 1, "burst": 3 },
-                    "ip": { "per_second": 2, "burst": 5 },
-                },
-            })),
+        .on_sale(
+            &product,
+            1000,
+            json!({ "rate_limits": {
+                "buyer": { "per_second": 1, "burst": 3 },
+                "ip": { "per_second": 2, "burst": 5 },
+            }}),
         )
-        .await
-        .unwrap();
-    assert_eq!(created.status, 201, "{}", created.body);
+        .await;
     assert_eq!(created.body["rate_limits"]["ip"]["burst"], 5);
-    let warm = format!("/api/admin/products/{product}/warm");
-    assert_eq!(s.api.admin("POST", &warm, None).await.unwrap().status, 200);
 
     let buy = |user: String, ip: Option<&'static str>| {
         let api = s.api.clone();
@@ -138,31 +124,8 @@ impl<F: std::future::Future> Tagged for F {}
 async fn an_operator_pauses_resumes_and_ends_a_sale_and_the_audit_says_so() {
     let s = TestStack::start("operator", 30).await;
     let product = unique("live");
-    let now = OffsetDateTime::now_utc();
-    let created = s
-        .api
-        .admin(
-            "POST",
-            "/api/admin/products",
-            Some(&json!({
-                "product_id": product, "name": "Live", "stock": 10, "per_buyer_limit": 1,
-                "price": 100, "currency": "EUR",
-                "starts_at": (now - time::Duration::seconds(1)).format(&Rfc3339).unwrap(),
-                "ends_at": (now + time::Duration::hours(1)).format(&Rfc3339).unwrap(),
-            })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(created.status, 201, "{}", created.body);
+    s.on_sale(&product, 10, json!({})).await;
     let base = format!("/api/admin/products/{product}");
-    assert_eq!(
-        s.api
-            .admin("POST", &format!("{base}/warm"), None)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
     let control = |action: &'static str, reason: &'static str| {
         let (api, path) = (s.api.clone(), format!("{base}/{action}"));
         async move {

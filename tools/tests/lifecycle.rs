@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use common::{TestStack, WEBHOOK_SECRET, unique};
 use shared::domain::ProductId;
@@ -49,25 +48,12 @@ fn now_secs() -> i64 {
 async fn pay_cancel_expire_and_every_refusal() {
     let s = TestStack::start("lifecycle", 30).await;
     let product = unique("life");
-    let now = OffsetDateTime::now_utc();
-    let created = s
-        .api
-        .admin(
-            "POST",
-            "/api/admin/products",
-            Some(&json!({
-                "product_id": product, "name": "Lifecycle item", "stock": 5,
-                "per_buyer_limit": 1, "price": 1250, "currency": "EUR",
-                "payment_window_secs": 3,
-                "starts_at": (now - time::Duration::seconds(1)).format(&Rfc3339).unwrap(),
-                "ends_at": (now + time::Duration::hours(1)).format(&Rfc3339).unwrap(),
-            })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(created.status, 201, "{}", created.body);
-    let warm = format!("/api/admin/products/{product}/warm");
-    assert_eq!(s.api.admin("POST", &warm, None).await.unwrap().status, 200);
+    s.on_sale(
+        &product,
+        5,
+        json!({ "name": "Lifecycle item", "price": 1250, "payment_window_secs": 3 }),
+    )
+    .await;
 
     let [paid, cancelled, expired, late] = [
         buy_placed(&s, &product, "u1").await,

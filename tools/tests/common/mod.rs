@@ -145,6 +145,40 @@ impl TestStack {
         }
     }
 
+    /// Creates a product on sale from a second ago for an hour (price 100
+    /// EUR cents, one per buyer; `extra` fields override or add to the
+    /// admin body) and warms it; the create's answer.
+    pub async fn on_sale(
+        &self,
+        product: &str,
+        stock: u32,
+        extra: serde_json::Value,
+    ) -> tools::client::Answer {
+        use time::format_description::well_known::Rfc3339;
+        let now = time::OffsetDateTime::now_utc();
+        let mut body = serde_json::json!({
+            "product_id": product, "name": "Test item", "stock": stock, "per_buyer_limit": 1,
+            "price": 100, "currency": "EUR",
+            "starts_at": (now - time::Duration::seconds(1)).format(&Rfc3339).unwrap(),
+            "ends_at": (now + time::Duration::hours(1)).format(&Rfc3339).unwrap(),
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        let created = self
+            .api
+            .admin("POST", "/api/admin/products", Some(&body))
+            .await
+            .unwrap();
+        assert_eq!(created.status, 201, "{}", created.body);
+        let warm = format!("/api/admin/products/{product}/warm");
+        assert_eq!(
+            self.api.admin("POST", &warm, None).await.unwrap().status,
+            200
+        );
+        created
+    }
+
     /// The same handlers with other settings, called without HTTP.
     pub fn app_with(&self, edit: impl FnOnce(&mut RunnerConfig)) -> App {
         let mut cfg = self.config.clone();
