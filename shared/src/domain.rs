@@ -708,13 +708,17 @@ impl Product {
     }
 
     /// What the storefront shows, given the shelf (None before the warm-up).
+    /// Final states first, as the admission script answers.
     pub fn sale_state(&self, now_ms: i64, stock_left: Option<i64>) -> SaleState {
+        let started = now_ms >= unix_ms(self.starts_at);
         if now_ms >= unix_ms(self.ends_at) {
             SaleState::Ended
-        } else if now_ms < unix_ms(self.starts_at) {
-            SaleState::Upcoming
-        } else if stock_left.unwrap_or(0) <= 0 {
+        } else if started && stock_left.unwrap_or(0) <= 0 {
             SaleState::SoldOut
+        } else if self.paused {
+            SaleState::Paused
+        } else if !started {
+            SaleState::Upcoming
         } else {
             SaleState::OnSale
         }
@@ -729,6 +733,8 @@ pub const MAX_PRICE: u64 = 1_000_000_000_000;
 pub enum SaleState {
     Upcoming,
     OnSale,
+    /// An operator paused it; it may resume.
+    Paused,
     SoldOut,
     Ended,
 }
@@ -819,6 +825,21 @@ pub fn from_unix_ms(ms: i64) -> OffsetDateTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_storefront_state_says_the_final_answer_first() {
+        let mut p = crate::fakes::product("p1");
+        let (start, end) = (unix_ms(p.starts_at), unix_ms(p.ends_at));
+        let state = |p: &Product, now: i64, left: i64| p.sale_state(now, Some(left));
+        assert_eq!(state(&p, start - 1, 5), SaleState::Upcoming);
+        assert_eq!(state(&p, start, 5), SaleState::OnSale);
+        assert_eq!(state(&p, start, 0), SaleState::SoldOut);
+        p.paused = true;
+        assert_eq!(state(&p, start - 1, 5), SaleState::Paused);
+        assert_eq!(state(&p, start, 5), SaleState::Paused);
+        assert_eq!(state(&p, start, 0), SaleState::SoldOut);
+        assert_eq!(state(&p, end, 5), SaleState::Ended);
+    }
 
     #[test]
     fn ids_reject_key_breaking_characters() {

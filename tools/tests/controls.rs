@@ -161,6 +161,10 @@ async fn an_operator_pauses_resumes_and_ends_a_sale_and_the_audit_says_so() {
         (refused.status, &refused.body["error"]),
         (503, &json!("sale_paused"))
     );
+    // The storefront says so too.
+    let page = format!("/api/flash-sale/products/{product}");
+    let shown = s.api.call("GET", &page, &[], None).await.unwrap();
+    assert_eq!(shown.body["state"], "paused", "{}", shown.body);
     assert_eq!(control("resume", "waf rule live").await.status, 200);
     assert_eq!(buy("u2").await.status, 202);
     let ended = control("end", "sold offline").await;
