@@ -21,8 +21,9 @@ use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use crate::domain::{
-    AuditEntry, Control, Currency, Ledger, OrderMessage, OrderStatus, Product, ProductId, Quantity,
-    RateLimits, RequestId, RequestView, Reservation, UserId, from_unix_ms, unix_ms,
+    AuditEntry, Control, Controlled, Currency, Ledger, OrderMessage, OrderStatus, Product,
+    ProductId, Quantity, RateLimits, RequestId, RequestView, Reservation, UserId, from_unix_ms,
+    unix_ms,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
@@ -808,7 +809,7 @@ impl OrderStore for DynamoStore {
         id: &ProductId,
         control: Control,
         entry: &AuditEntry,
-    ) -> PortResult<Option<Product>> {
+    ) -> PortResult<Option<Controlled>> {
         let at = unix_ms(entry.at);
         let product = Update::builder()
             .table_name(&self.table)
@@ -858,10 +859,13 @@ impl OrderStore for DynamoStore {
                 .put(audit.build().map_err(|_| corrupt("audit"))?)
                 .build(),
         ];
-        // Committed or refused by its condition (unknown, or nothing to
+        // Committed, or refused by its condition (unknown, or nothing to
         // change): either way the product as it now is.
-        self.transact(items).await?;
-        self.product(id).await
+        let changed = self.transact(items).await?.is_none();
+        Ok(self
+            .product(id)
+            .await?
+            .map(|product| Controlled { product, changed }))
     }
 
     async fn audit(&self, id: &ProductId) -> PortResult<Vec<AuditEntry>> {

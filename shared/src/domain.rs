@@ -511,6 +511,14 @@ impl Control {
     }
 }
 
+/// A sale after a control, and whether the control changed it (a repeat
+/// does not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controlled {
+    pub product: Product,
+    pub changed: bool,
+}
+
 /// Who changed what about a sale, when and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {

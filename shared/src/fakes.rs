@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
 use crate::domain::{
-    Admission, AuditEntry, Control, Ledger, OrderMessage, OrderStatus, Product, ProductId,
-    ProductStats, Purchase, RequestId, RequestView, Reservation, from_unix_ms,
+    Admission, AuditEntry, Control, Controlled, Ledger, OrderMessage, OrderStatus, Product,
+    ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation, from_unix_ms,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
@@ -445,18 +445,22 @@ impl OrderStore for FakeStore {
         id: &ProductId,
         control: Control,
         entry: &AuditEntry,
-    ) -> PortResult<Option<Product>> {
+    ) -> PortResult<Option<Controlled>> {
         self.failures.check("dynamodb").await?;
         let mut products = lock(&self.products);
         let Some(p) = products.get_mut(id) else {
             return Ok(None);
         };
         let after = p.clone().controlled(control, entry.at);
-        if (after.paused, after.ends_at) != (p.paused, p.ends_at) {
+        let changed = (after.paused, after.ends_at) != (p.paused, p.ends_at);
+        if changed {
             *p = after;
             lock(&self.audits).push(entry.clone());
         }
-        Ok(Some(p.clone()))
+        Ok(Some(Controlled {
+            product: p.clone(),
+            changed,
+        }))
     }
     async fn audit(&self, id: &ProductId) -> PortResult<Vec<AuditEntry>> {
         self.failures.check("dynamodb").await?;

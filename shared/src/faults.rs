@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::domain::{
-    Admission, AuditEntry, Control, Ledger, OrderMessage, OrderStatus, Product, ProductId,
-    ProductStats, Purchase, RequestId, RequestView, Reservation,
+    Admission, AuditEntry, Control, Controlled, Ledger, OrderMessage, OrderStatus, Product,
+    ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
 };
 use crate::error::{ConfigError, InfraError};
 use crate::payment::{EventId, PaymentEvent, PaymentRecord};
@@ -268,7 +268,7 @@ impl<T: OrderStore> OrderStore for Faulty<T> {
         product: &ProductId,
         control: Control,
         entry: &AuditEntry,
-    ) -> PortResult<Option<Product>> {
+    ) -> PortResult<Option<Controlled>> {
         self.plan.check(FaultPoint::StorePut, "dynamodb")?;
         self.inner.control(product, control, entry).await
     }

@@ -4,8 +4,8 @@
 use std::future::Future;
 
 use crate::domain::{
-    Admission, AuditEntry, Control, Ledger, OrderMessage, OrderStatus, Product, ProductId,
-    ProductStats, Purchase, RequestId, RequestView, Reservation,
+    Admission, AuditEntry, Control, Controlled, Ledger, OrderMessage, OrderStatus, Product,
+    ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentRecord};
@@ -290,14 +290,14 @@ pub trait OrderStore: Send + Sync {
     fn create_product(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send;
 
     /// Records an operator's control on the product (paused, or its end
-    /// now) together with its audit entry, atomically; the product as it
-    /// now is, None when unknown. Ending an ended sale changes nothing.
+    /// now) together with its audit entry, atomically, when it changes the
+    /// product; the product as it now is, None when unknown.
     fn control(
         &self,
         product: &ProductId,
         control: Control,
         entry: &AuditEntry,
-    ) -> impl Future<Output = PortResult<Option<Product>>> + Send;
+    ) -> impl Future<Output = PortResult<Option<Controlled>>> + Send;
 
     /// A product's audit entries, oldest first.
     fn audit(
@@ -495,7 +495,7 @@ impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
         product: &ProductId,
         control: Control,
         entry: &AuditEntry,
-    ) -> impl Future<Output = PortResult<Option<Product>>> + Send {
+    ) -> impl Future<Output = PortResult<Option<Controlled>>> + Send {
         (**self).control(product, control, entry)
     }
     fn audit(

@@ -11,7 +11,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use serde::Serialize;
-use shared::domain::{AuditEntry, Control, Ledger, Product, ProductId, ProductStats};
+use shared::domain::{AuditEntry, Control, Controlled, Ledger, Product, ProductId, ProductStats};
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::ports::{OrderStore, StockGate, Warm};
 
@@ -181,12 +181,13 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
         };
         // The product's item is the stock ledger's too: a transaction
         // conflict with the sale is retried here, when a pause matters most.
-        let product = shared::retry::transient(shared::retry::Backoff::DEFAULT, || {
-            self.store.control(id, control, &entry)
-        })
-        .await
-        .map_err(|e| ApiError::from(e).with_message("not recorded: repeat the call"))?
-        .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
+        let Controlled { product, changed } =
+            shared::retry::transient(shared::retry::Backoff::DEFAULT, || {
+                self.store.control(id, control, &entry)
+            })
+            .await
+            .map_err(|e| ApiError::from(e).with_message("not recorded: repeat the call"))?
+            .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
         let live = self.gate.apply_controls(&product).await.map_err(|e| {
             ApiError::from(e).with_message(
                 "recorded, but not yet applied to the live sale: repeat the call (it is safe) or wait for the next sweep",
@@ -200,6 +201,8 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
                 "paused": product.paused,
                 "ends_at": product.ends_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
                 "live": live,
+                // False for a repeat: already so, and not audited again.
+                "changed": changed,
             }),
         ))
     }
@@ -298,11 +301,10 @@ mod tests {
         let path = "/api/admin/products/p1/pause";
         let (status, body) = call(&a, "POST", path, "s3cret", &pause("bots")).await;
         assert_eq!((status, &body["paused"]), (200, &json!(true)));
+        assert_eq!(body["changed"], json!(true));
         // Repeated (a retry after a Redis error): applied again, audited once.
-        assert_eq!(
-            call(&a, "POST", path, "s3cret", &pause("bots")).await.0,
-            200
-        );
+        let (status, body) = call(&a, "POST", path, "s3cret", &pause("bots")).await;
+        assert_eq!((status, &body["changed"]), (200, &json!(false)));
         let (status, body) = call(
             &a,
             "POST",
