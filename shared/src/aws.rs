@@ -21,9 +21,9 @@ use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use crate::domain::{
-    AuditEntry, Control, Controlled, Currency, Ledger, OrderMessage, OrderStatus, Product,
-    ProductId, Quantity, RateLimits, RequestId, RequestView, Reservation, UserId, from_unix_ms,
-    unix_ms,
+    AuditEntry, Control, Controlled, Currency, KillSwitch, Ledger, OrderMessage, OrderStatus,
+    Product, ProductId, Quantity, RateLimits, RequestId, RequestView, Reservation, UserId,
+    from_unix_ms, unix_ms,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
@@ -280,10 +280,13 @@ pub mod table {
     pub fn sale_end(ends_at_ms: i64) -> String {
         format!("{:015}", ends_at_ms.max(0))
     }
-    /// A product's audit entries (gsi1), by time.
-    pub fn audit(product: &str) -> String {
-        format!("AUDIT#{product}")
+    /// A product's audit entries (gsi1), by time; `AUDIT` alone those about
+    /// every sale (product ids are never empty).
+    pub fn audit(product: Option<&str>) -> String {
+        format!("AUDIT#{}", product.unwrap_or_default())
     }
+    /// The kill switch's item.
+    pub const KILL_SWITCH: &str = "SWITCH#admissions";
 }
 
 /// Buyer guards outlive their sale by this much, then expire (table TTL):
@@ -487,6 +490,29 @@ impl DynamoStore {
             ("admitted_at".into(), n(msg.admitted_at)),
             ("updated_at".into(), n(now)),
         ])
+    }
+
+    /// An audit entry's item (gsi1 `AUDIT#<product>`, by time), for the
+    /// transaction that makes the change it records.
+    fn audit_put(&self, entry: &AuditEntry) -> PortResult<TransactWriteItem> {
+        let at = unix_ms(entry.at);
+        let scope = table::audit(entry.product_id.as_ref().map(ProductId::as_str));
+        let id_part = uuid::Uuid::now_v7().simple().to_string();
+        let mut put = Put::builder()
+            .table_name(&self.table)
+            .item(table::PK, s(format!("{scope}#{at:015}#{id_part}")))
+            .item(table::GSI1_PK, s(scope))
+            .item(table::GSI1_SK, s(format!("{at:015}#{id_part}")))
+            .item("at", n(at))
+            .item("actor", s(&entry.actor))
+            .item("action", s(&entry.action))
+            .item("reason", s(&entry.reason));
+        if let Some(p) = &entry.product_id {
+            put = put.item("product_id", s(p.as_str()));
+        }
+        Ok(TransactWriteItem::builder()
+            .put(put.build().map_err(invalid)?)
+            .build())
     }
 
     /// A consistent read of one item by key.
@@ -837,27 +863,11 @@ impl OrderStore for DynamoStore {
                 .expression_attribute_values(":sk", s(table::sale_end(at))),
         };
         let product = product.expression_attribute_values(":one", n(1));
-        let id_part = uuid::Uuid::now_v7().simple().to_string();
-        let audit = Put::builder()
-            .table_name(&self.table)
-            .item(
-                table::PK,
-                s(format!("{}#{at:015}#{id_part}", table::audit(id.as_str()))),
-            )
-            .item(table::GSI1_PK, s(table::audit(id.as_str())))
-            .item(table::GSI1_SK, s(format!("{at:015}#{id_part}")))
-            .item("product_id", s(id.as_str()))
-            .item("at", n(at))
-            .item("actor", s(&entry.actor))
-            .item("action", s(&entry.action))
-            .item("reason", s(&entry.reason));
         let items = vec![
             TransactWriteItem::builder()
                 .update(product.build().map_err(|_| corrupt("control"))?)
                 .build(),
-            TransactWriteItem::builder()
-                .put(audit.build().map_err(|_| corrupt("audit"))?)
-                .build(),
+            self.audit_put(entry)?,
         ];
         // Committed, or refused by its condition (unknown, or nothing to
         // change): either way the product as it now is.
@@ -868,14 +878,17 @@ impl OrderStore for DynamoStore {
             .map(|product| Controlled { product, changed }))
     }
 
-    async fn audit(&self, id: &ProductId) -> PortResult<Vec<AuditEntry>> {
-        self.query_gsi1(&table::audit(id.as_str()), None, None)
+    async fn audit(&self, id: Option<&ProductId>) -> PortResult<Vec<AuditEntry>> {
+        self.query_gsi1(&table::audit(id.map(ProductId::as_str)), None, None)
             .await?
             .iter()
             .map(|item| {
                 let entry = || {
                     Some(AuditEntry {
-                        product_id: ProductId::parse(get_s(item, "product_id")?).ok()?,
+                        product_id: match get_s(item, "product_id") {
+                            Some(p) => Some(ProductId::parse(p).ok()?),
+                            None => None,
+                        },
                         at: from_unix_ms(get_n(item, "at")?),
                         actor: get_s(item, "actor")?.to_owned(),
                         action: get_s(item, "action")?.to_owned(),
@@ -885,6 +898,42 @@ impl OrderStore for DynamoStore {
                 entry().ok_or_else(|| corrupt("audit"))
             })
             .collect()
+    }
+
+    async fn switch_admissions(
+        &self,
+        engaged: bool,
+        entry: &AuditEntry,
+    ) -> PortResult<(KillSwitch, bool)> {
+        // Only a change is written and audited, as for a sale's controls.
+        let switch = Update::builder()
+            .table_name(&self.table)
+            .key(table::PK, s(table::KILL_SWITCH))
+            .update_expression("SET engaged = :to ADD seq :one")
+            .condition_expression(if engaged {
+                "attribute_not_exists(engaged) OR engaged = :from"
+            } else {
+                "engaged = :from"
+            })
+            .expression_attribute_values(":to", Av::Bool(engaged))
+            .expression_attribute_values(":from", Av::Bool(!engaged))
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(invalid)?;
+        let items = vec![
+            TransactWriteItem::builder().update(switch).build(),
+            self.audit_put(entry)?,
+        ];
+        let changed = self.transact(items).await?.is_none();
+        Ok((OrderStore::kill_switch(self).await?, changed))
+    }
+
+    async fn kill_switch(&self) -> PortResult<KillSwitch> {
+        let item = self.get(table::KILL_SWITCH.to_owned()).await?;
+        Ok(item.map_or_else(KillSwitch::default, |item| KillSwitch {
+            engaged: matches!(item.get("engaged"), Some(Av::Bool(true))),
+            seq: get_n(&item, "seq").unwrap_or(0),
+        }))
     }
 
     async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {

@@ -233,6 +233,12 @@ pub fn sold_out_cache() -> Result<Duration, ConfigError> {
     millis("FLASHSALE_SOLD_OUT_CACHE_MS", 1000)
 }
 
+/// How stale one deduct instance's copy of the kill switch may be
+/// (`FLASHSALE_KILL_SWITCH_CACHE_MS`, default 500; 0 reads it every request).
+pub fn kill_switch_cache() -> Result<Duration, ConfigError> {
+    millis("FLASHSALE_KILL_SWITCH_CACHE_MS", 500)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

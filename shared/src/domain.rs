@@ -296,6 +296,8 @@ pub enum Refusal {
     KeyReused,
     /// An operator paused the sale; it may resume.
     SalePaused,
+    /// The buyer is on the operators' deny list.
+    BuyerBlocked,
 }
 
 impl Refusal {
@@ -310,6 +312,7 @@ impl Refusal {
             Self::SoldOut => "sold_out",
             Self::KeyReused => "idempotency_key_reused",
             Self::SalePaused => "sale_paused",
+            Self::BuyerBlocked => "buyer_blocked",
         }
     }
     pub fn from_code(code: &str) -> Option<Self> {
@@ -322,6 +325,7 @@ impl Refusal {
             Self::SoldOut,
             Self::KeyReused,
             Self::SalePaused,
+            Self::BuyerBlocked,
         ]
         .into_iter()
         .find(|r| r.code() == code)
@@ -329,7 +333,7 @@ impl Refusal {
     pub fn http_status(self) -> u16 {
         match self {
             Self::UnknownProduct => 404,
-            Self::SaleNotStarted | Self::SaleEnded => 403,
+            Self::SaleNotStarted | Self::SaleEnded | Self::BuyerBlocked => 403,
             Self::LimitExceeded | Self::AlreadyPurchased => 409,
             Self::SoldOut => 410,
             Self::KeyReused => 422,
@@ -519,15 +523,26 @@ pub struct Controlled {
     pub changed: bool,
 }
 
-/// Who changed what about a sale, when and why.
+/// Who changed what, when and why: about one sale, or (no product) about
+/// every sale: the kill switch, the deny list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
-    pub product_id: ProductId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<ProductId>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
     pub actor: String,
     pub action: String,
     pub reason: String,
+}
+
+/// The global kill switch: engaged, no sale admits anyone. `seq` counts its
+/// changes (DynamoDB's order), so Redis never takes a stale copy over a
+/// newer one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillSwitch {
+    pub engaged: bool,
+    pub seq: u64,
 }
 
 /// A GCRA limit: `per_second` requests sustained, `burst` at once.

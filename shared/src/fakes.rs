@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
 use crate::domain::{
-    Admission, AuditEntry, Control, Controlled, Ledger, OrderMessage, OrderStatus, Product,
-    ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation, from_unix_ms,
+    Admission, AuditEntry, Control, Controlled, KillSwitch, Ledger, OrderMessage, OrderStatus,
+    Product, ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation, from_unix_ms,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
@@ -93,6 +93,7 @@ impl Failures {
 pub struct FakeGate {
     /// The controls applied, in order.
     pub controlled: Mutex<Vec<Product>>,
+    pub kill_switch: Mutex<KillSwitch>,
     pub admissions: Mutex<VecDeque<Admission>>,
     pub purchases: Mutex<Vec<Purchase>>,
     pub requests: Mutex<HashMap<RequestId, RequestView>>,
@@ -195,6 +196,18 @@ impl StockGate for FakeGate {
         self.failures.check("redis").await?;
         lock(&self.controlled).push(product.clone());
         Ok(true)
+    }
+    async fn apply_kill_switch(&self, switch: KillSwitch) -> PortResult<()> {
+        self.failures.check("redis").await?;
+        let mut held = lock(&self.kill_switch);
+        if held.seq <= switch.seq {
+            *held = switch;
+        }
+        Ok(())
+    }
+    async fn kill_switch(&self) -> PortResult<KillSwitch> {
+        self.failures.check("redis").await?;
+        Ok(*lock(&self.kill_switch))
     }
     async fn warm(
         &self,
@@ -330,6 +343,7 @@ impl OrderQueue for FakeQueue {
 #[derive(Default)]
 pub struct FakeStore {
     pub audits: Mutex<Vec<AuditEntry>>,
+    pub kill_switch: Mutex<KillSwitch>,
     pub orders: Mutex<HashMap<RequestId, RequestView>>,
     pub guards: Mutex<HashMap<(ProductId, String), RequestId>>,
     pub products: Mutex<HashMap<ProductId, Product>>,
@@ -462,13 +476,34 @@ impl OrderStore for FakeStore {
             changed,
         }))
     }
-    async fn audit(&self, id: &ProductId) -> PortResult<Vec<AuditEntry>> {
+    async fn audit(&self, id: Option<&ProductId>) -> PortResult<Vec<AuditEntry>> {
         self.failures.check("dynamodb").await?;
         Ok(lock(&self.audits)
             .iter()
-            .filter(|e| e.product_id == *id)
+            .filter(|e| e.product_id.as_ref() == id)
             .cloned()
             .collect())
+    }
+    async fn switch_admissions(
+        &self,
+        engaged: bool,
+        entry: &AuditEntry,
+    ) -> PortResult<(KillSwitch, bool)> {
+        self.failures.check("dynamodb").await?;
+        let mut switch = lock(&self.kill_switch);
+        let changed = switch.engaged != engaged;
+        if changed {
+            *switch = KillSwitch {
+                engaged,
+                seq: switch.seq + 1,
+            };
+            lock(&self.audits).push(entry.clone());
+        }
+        Ok((*switch, changed))
+    }
+    async fn kill_switch(&self) -> PortResult<KillSwitch> {
+        self.failures.check("dynamodb").await?;
+        Ok(*lock(&self.kill_switch))
     }
     async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {
         self.failures.check("dynamodb").await?;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::domain::{
-    Admission, AuditEntry, Control, Controlled, Ledger, OrderMessage, OrderStatus, Product,
-    ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
+    Admission, AuditEntry, Control, Controlled, KillSwitch, Ledger, OrderMessage, OrderStatus,
+    Product, ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
 };
 use crate::error::{ConfigError, InfraError};
 use crate::payment::{EventId, PaymentEvent, PaymentRecord};
@@ -177,6 +177,14 @@ impl<T: StockGate> StockGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.apply_controls(product).await
     }
+    async fn apply_kill_switch(&self, switch: KillSwitch) -> PortResult<()> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.apply_kill_switch(switch).await
+    }
+    async fn kill_switch(&self) -> PortResult<KillSwitch> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        StockGate::kill_switch(&self.inner).await
+    }
     async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.stats(product).await
@@ -272,9 +280,21 @@ impl<T: OrderStore> OrderStore for Faulty<T> {
         self.plan.check(FaultPoint::StorePut, "dynamodb")?;
         self.inner.control(product, control, entry).await
     }
-    async fn audit(&self, product: &ProductId) -> PortResult<Vec<AuditEntry>> {
+    async fn audit(&self, product: Option<&ProductId>) -> PortResult<Vec<AuditEntry>> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
         self.inner.audit(product).await
+    }
+    async fn switch_admissions(
+        &self,
+        engaged: bool,
+        entry: &AuditEntry,
+    ) -> PortResult<(KillSwitch, bool)> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.switch_admissions(engaged, entry).await
+    }
+    async fn kill_switch(&self) -> PortResult<KillSwitch> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        OrderStore::kill_switch(&self.inner).await
     }
     async fn pay(
         &self,

@@ -4,8 +4,8 @@
 use std::future::Future;
 
 use crate::domain::{
-    Admission, AuditEntry, Control, Controlled, Ledger, OrderMessage, OrderStatus, Product,
-    ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
+    Admission, AuditEntry, Control, Controlled, KillSwitch, Ledger, OrderMessage, OrderStatus,
+    Product, ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentRecord};
@@ -141,6 +141,13 @@ pub trait StockGate: Send + Sync {
     /// Applies the operator's controls the product records (pause, end) to
     /// a warmed sale; false when it is not warmed (its warm-up copies them).
     fn apply_controls(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send;
+
+    /// Holds the kill switch where every deduct instance reads it, only
+    /// over an older copy (`seq`): a slow sweep cannot undo a newer change.
+    fn apply_kill_switch(&self, switch: KillSwitch) -> impl Future<Output = PortResult<()>> + Send;
+
+    /// The kill switch as Redis holds it (disengaged when never set).
+    fn kill_switch(&self) -> impl Future<Output = PortResult<KillSwitch>> + Send;
 
     fn stats(
         &self,
@@ -299,11 +306,23 @@ pub trait OrderStore: Send + Sync {
         entry: &AuditEntry,
     ) -> impl Future<Output = PortResult<Option<Controlled>>> + Send;
 
-    /// A product's audit entries, oldest first.
+    /// A product's audit entries (None: those about every sale), oldest
+    /// first.
     fn audit(
         &self,
-        product: &ProductId,
+        product: Option<&ProductId>,
     ) -> impl Future<Output = PortResult<Vec<AuditEntry>>> + Send;
+
+    /// Engages or releases the kill switch with its audit entry, atomically,
+    /// when that changes it; the switch as it now is, and whether it changed.
+    fn switch_admissions(
+        &self,
+        engaged: bool,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<(KillSwitch, bool)>> + Send;
+
+    /// The kill switch as recorded (disengaged when never set).
+    fn kill_switch(&self) -> impl Future<Output = PortResult<KillSwitch>> + Send;
 
     fn product(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Product>>> + Send;
 
@@ -418,6 +437,12 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
     fn apply_controls(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send {
         (**self).apply_controls(product)
     }
+    fn apply_kill_switch(&self, switch: KillSwitch) -> impl Future<Output = PortResult<()>> + Send {
+        (**self).apply_kill_switch(switch)
+    }
+    fn kill_switch(&self) -> impl Future<Output = PortResult<KillSwitch>> + Send {
+        StockGate::kill_switch(&**self)
+    }
     fn stats(
         &self,
         product: &ProductId,
@@ -500,9 +525,19 @@ impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
     }
     fn audit(
         &self,
-        product: &ProductId,
+        product: Option<&ProductId>,
     ) -> impl Future<Output = PortResult<Vec<AuditEntry>>> + Send {
         (**self).audit(product)
+    }
+    fn switch_admissions(
+        &self,
+        engaged: bool,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<(KillSwitch, bool)>> + Send {
+        (**self).switch_admissions(engaged, entry)
+    }
+    fn kill_switch(&self) -> impl Future<Output = PortResult<KillSwitch>> + Send {
+        OrderStore::kill_switch(&**self)
     }
     fn create_product(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send {
         (**self).create_product(product)

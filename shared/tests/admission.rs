@@ -864,3 +864,34 @@ async fn an_ended_or_sold_out_sale_says_so_even_when_paused() {
         Admission::Refused(Refusal::SaleEnded)
     );
 }
+
+#[tokio::test]
+async fn the_kill_switch_is_taken_only_over_an_older_copy() {
+    use shared::domain::KillSwitch;
+    // Its own namespace: the switch is global, other tests must not see it.
+    let url = std::env::var("FLASHSALE_REDIS_URL").expect("FLASHSALE_REDIS_URL (make test)");
+    let mut s = settings(url);
+    s.namespace = format!("ks-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let g = RedisGate::new(s);
+    assert_eq!(g.kill_switch().await.unwrap(), KillSwitch::default());
+    let thrown = KillSwitch {
+        engaged: true,
+        seq: 3,
+    };
+    g.apply_kill_switch(thrown).await.unwrap();
+    assert_eq!(g.kill_switch().await.unwrap(), thrown);
+    // A sweep that read DynamoDB before the switch was thrown.
+    g.apply_kill_switch(KillSwitch {
+        engaged: false,
+        seq: 2,
+    })
+    .await
+    .unwrap();
+    assert_eq!(g.kill_switch().await.unwrap(), thrown);
+    let released = KillSwitch {
+        engaged: false,
+        seq: 4,
+    };
+    g.apply_kill_switch(released).await.unwrap();
+    assert_eq!(g.kill_switch().await.unwrap(), released);
+}

@@ -71,6 +71,7 @@ pub struct RunnerConfig {
     /// Chaos runs only (`FLASHSALE_FAULTS`).
     pub faults: Arc<FaultPlan>,
     pub sold_out_cache: Duration,
+    pub kill_switch_cache: Duration,
     /// The payment webhook's signing secret; None answers 503 there.
     pub webhook_secret: Option<Vec<u8>>,
     /// The expirer's timer (EventBridge's schedule in AWS) and batch.
@@ -110,6 +111,7 @@ impl RunnerConfig {
             resend_after_ms: 600_000,
             faults: FaultPlan::none(),
             sold_out_cache: Duration::from_secs(1),
+            kill_switch_cache: Duration::from_millis(500),
             webhook_secret: Some(webhook_secret.to_vec()),
             expire_every: Duration::from_millis(500),
             expiry_batch: 100,
@@ -152,6 +154,7 @@ impl App {
                 store: store.clone(),
                 insecure_user_from_body: cfg.insecure_user_from_body,
                 sold_out: deduct::SoldOutCache::new(cfg.sold_out_cache),
+                kill_switch: deduct::KillSwitchCache::new(cfg.kill_switch_cache),
             },
             status: OrderStatusApi {
                 gate: gate.clone(),

@@ -34,6 +34,7 @@ async fn deduct_buy_takes_the_buyer_from_the_jwt() {
         store: FakeStore::default(),
         insecure_user_from_body: false,
         sold_out: deduct::SoldOutCache::new(std::time::Duration::from_secs(1)),
+        kill_switch: deduct::KillSwitchCache::new(std::time::Duration::from_secs(1)),
     };
     let resp = d.handle(http("deduct-buy.json")).await;
     assert_eq!(resp.status().as_u16(), 202, "{}", body(&resp));

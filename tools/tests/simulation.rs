@@ -35,7 +35,7 @@ use lambda_http::{Body, http};
 use time::OffsetDateTime;
 
 use compensation::Compensation;
-use deduct::{Deduct, SoldOutCache};
+use deduct::{Deduct, KillSwitchCache, SoldOutCache};
 use order_consumer::Consumer;
 use order_expirer::Expirer;
 use order_status::OrderStatusApi;
@@ -382,6 +382,7 @@ impl World {
             insecure_user_from_body: true,
             // Wall-clock based; the simulation's clock is Redis' own.
             sold_out: SoldOutCache::new(Duration::ZERO),
+            kill_switch: KillSwitchCache::new(Duration::from_secs(3600)),
         };
         let clock = || Arc::new(SimClock(redis.clone()));
         let consumer = Consumer {

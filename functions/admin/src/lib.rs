@@ -3,7 +3,10 @@
 //! - `POST /api/admin/products/{id}/warm[?force=true]` loads it into Redis;
 //! - `GET /api/admin/products/{id}` reports its counters;
 //! - `POST /api/admin/products/{id}/{pause,resume,end}` `{"reason"}` controls
-//!   a live sale, audited (`GET /api/admin/products/{id}/audit`).
+//!   a live sale, audited (`GET /api/admin/products/{id}/audit`);
+//! - `GET|POST /api/admin/kill-switch` `{"engaged","reason"}` reads or
+//!   throws the switch that stops every sale's admissions, audited with the
+//!   other changes to every sale (`GET /api/admin/audit`).
 
 use lambda_http::Request;
 use lambda_http::http::Method;
@@ -49,6 +52,37 @@ fn actor(req: &Request) -> String {
     })
 }
 
+/// The audit entry of a change the request asks for: its body's `reason`
+/// (required), who asks, now.
+fn audit_entry(
+    req: &Request,
+    product_id: Option<&ProductId>,
+    action: &str,
+) -> Result<AuditEntry, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        reason: String,
+    }
+    let body: Body = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
+        ApiError::invalid(format!(
+            "body must carry {{\"reason\": \"why\"}} (it is audited): {e}"
+        ))
+    })?;
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(ApiError::invalid(
+            "reason must be 1-500 characters (it is audited)",
+        ));
+    }
+    Ok(AuditEntry {
+        product_id: product_id.cloned(),
+        at: time::OffsetDateTime::now_utc(),
+        actor: actor(req),
+        action: action.to_owned(),
+        reason: reason.to_owned(),
+    })
+}
+
 impl<G: StockGate, S: OrderStore> Admin<G, S> {
     fn authorised(&self, req: &Request) -> bool {
         let Some(expected) = self.token.as_deref() else {
@@ -76,9 +110,33 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
         if !self.authorised(req) {
             return Err(ApiError::new(401, "unauthenticated"));
         }
-        let segments = api::segments_after(req, "/api/admin/products")
+        let segments = api::segments_after(req, "/api/admin")
             .ok_or_else(|| ApiError::new(404, "not_found"))?;
-        match (req.method().clone(), segments.as_slice()) {
+        let (scope, segments) = segments
+            .split_first()
+            .ok_or_else(|| ApiError::new(404, "not_found"))?;
+        match (req.method().clone(), *scope, segments) {
+            (_, "products", segments) => self.product_route(req, segments).await,
+            (Method::GET, "kill-switch", []) => {
+                let switch = OrderStore::kill_switch(&self.store).await?;
+                Ok(api::json_response(200, &switch))
+            }
+            (Method::POST, "kill-switch", []) => self.kill_switch(req).await,
+            (Method::GET, "audit", []) => {
+                let entries = self.store.audit(None).await?;
+                Ok(api::json_response(200, &json!({ "entries": entries })))
+            }
+            (_, "kill-switch" | "audit", []) => Err(ApiError::new(405, "method_not_allowed")),
+            _ => Err(ApiError::new(404, "not_found")),
+        }
+    }
+
+    async fn product_route(
+        &self,
+        req: &Request,
+        segments: &[&str],
+    ) -> Result<HttpResponse, ApiError> {
+        match (req.method().clone(), segments) {
             (Method::POST, []) => self.create(req).await,
             (Method::POST, [id, "warm"]) => {
                 let force = api::query_param(req, "force").as_deref() == Some("true");
@@ -92,7 +150,7 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
             }
             (Method::GET, [id, "audit"]) => {
                 let id = ProductId::parse(*id)?;
-                let entries = self.store.audit(&id).await?;
+                let entries = self.store.audit(Some(&id)).await?;
                 Ok(api::json_response(
                     200,
                     &json!({ "product_id": id, "entries": entries }),
@@ -157,28 +215,8 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
         id: &ProductId,
         control: Control,
     ) -> Result<HttpResponse, ApiError> {
-        #[derive(serde::Deserialize)]
-        struct Body {
-            reason: String,
-        }
-        let body: Body = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
-            ApiError::invalid(format!(
-                "body must be {{\"reason\": \"why\"}} (it is audited): {e}"
-            ))
-        })?;
-        let reason = body.reason.trim();
-        if reason.is_empty() || reason.len() > 500 {
-            return Err(ApiError::invalid(
-                "reason must be 1-500 characters (it is audited)",
-            ));
-        }
-        let entry = AuditEntry {
-            product_id: id.clone(),
-            at: time::OffsetDateTime::now_utc(),
-            actor: actor(req),
-            action: control.as_str().to_owned(),
-            reason: reason.to_owned(),
-        };
+        let entry = audit_entry(req, Some(id), control.as_str())?;
+        let reason = entry.reason.as_str();
         // The product's item is the stock ledger's too: a transaction
         // conflict with the sale is retried here, when a pause matters most.
         let Controlled { product, changed } =
@@ -204,6 +242,41 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
                 // False for a repeat: already so, and not audited again.
                 "changed": changed,
             }),
+        ))
+    }
+
+    /// Records the switch, then tells Redis, where every deduct instance
+    /// reads it (each at most `FLASHSALE_KILL_SWITCH_CACHE_MS` late).
+    async fn kill_switch(&self, req: &Request) -> Result<HttpResponse, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            engaged: bool,
+        }
+        let body: Body = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
+            ApiError::invalid(format!(
+                "body must be {{\"engaged\": true|false, \"reason\": \"why\"}} (it is audited): {e}"
+            ))
+        })?;
+        let action = if body.engaged {
+            "stop_admissions"
+        } else {
+            "resume_admissions"
+        };
+        let entry = audit_entry(req, None, action)?;
+        let (switch, changed) = shared::retry::transient(shared::retry::Backoff::DEFAULT, || {
+            self.store.switch_admissions(body.engaged, &entry)
+        })
+        .await
+        .map_err(|e| ApiError::from(e).with_message("not recorded: repeat the call"))?;
+        self.gate.apply_kill_switch(switch).await.map_err(|e| {
+            ApiError::from(e).with_message(
+                "recorded, but not yet applied to the live sales: repeat the call (it is safe) or wait for the next sweep",
+            )
+        })?;
+        tracing::warn!(engaged = switch.engaged, actor = %entry.actor, reason = %entry.reason, "kill switch");
+        Ok(api::json_response(
+            200,
+            &json!({ "engaged": switch.engaged, "seq": switch.seq, "changed": changed }),
         ))
     }
 
@@ -291,6 +364,50 @@ mod tests {
         let (status, body) = call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
         assert_eq!((status, body["stock_left"].as_i64()), (200, Some(100)));
         assert_eq!(a.gate.warmed.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_kill_switch_is_recorded_once_applied_every_time_and_audited() {
+        let a = admin();
+        let path = "/api/admin/kill-switch";
+        let stop = r#"{"engaged":true,"reason":"redis latency"}"#;
+        let (status, body) = call(&a, "POST", path, "s3cret", stop).await;
+        assert_eq!(status, 200);
+        assert_eq!(body, json!({"engaged": true, "seq": 1, "changed": true}));
+        let (_, body) = call(&a, "POST", path, "s3cret", stop).await;
+        assert_eq!(body, json!({"engaged": true, "seq": 1, "changed": false}));
+        let (status, body) = call(&a, "GET", path, "s3cret", "").await;
+        assert_eq!((status, body), (200, json!({"engaged": true, "seq": 1})));
+        let go = r#"{"engaged":false,"reason":"recovered"}"#;
+        let (_, body) = call(&a, "POST", path, "s3cret", go).await;
+        assert_eq!(body["seq"], 2);
+        assert_eq!(
+            *a.gate.kill_switch.lock().unwrap(),
+            shared::domain::KillSwitch {
+                engaged: false,
+                seq: 2
+            }
+        );
+        let (status, _) = call(&a, "POST", path, "s3cret", r#"{"engaged":true}"#).await;
+        assert_eq!(status, 400, "a reason is required");
+
+        let (status, body) = call(&a, "GET", "/api/admin/audit", "s3cret", "").await;
+        assert_eq!(status, 200);
+        let actions: Vec<(&str, &str)> = body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["action"].as_str().unwrap(), e["reason"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("stop_admissions", "redis latency"),
+                ("resume_admissions", "recovered")
+            ]
+        );
+        assert!(body["entries"][0].get("product_id").is_none());
+        assert_eq!(call(&a, "DELETE", path, "s3cret", "").await.0, 405);
     }
 
     #[tokio::test]

@@ -33,6 +33,45 @@ pub struct Deduct<G, Q, S> {
     /// Local runner and tests: take the buyer from the body's `user_id`.
     pub insecure_user_from_body: bool,
     pub sold_out: SoldOutCache,
+    pub kill_switch: KillSwitchCache,
+}
+
+/// Per instance: the global kill switch as Redis last said, read again
+/// once it is older than `ttl`, so a thrown switch stops this instance
+/// within `ttl` without costing every request a round trip.
+pub struct KillSwitchCache {
+    ttl: Duration,
+    last: Mutex<Option<(Instant, bool)>>,
+}
+
+impl KillSwitchCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            last: Mutex::new(None),
+        }
+    }
+
+    async fn engaged<G: StockGate>(&self, gate: &G) -> bool {
+        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, engaged)) = last
+            && at.elapsed() < self.ttl
+        {
+            return engaged;
+        }
+        let engaged = match gate.kill_switch().await {
+            Ok(switch) => switch.engaged,
+            // Redis is failing: the admission is likely to fail too, and the
+            // sweeper re-asserts the switch once it is back. Keep what was
+            // known rather than ask again on every request meanwhile.
+            Err(e) => {
+                tracing::warn!(error = %e, "kill switch unreadable; keeping the last known state");
+                last.is_some_and(|(_, engaged)| engaged)
+            }
+        };
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), engaged));
+        engaged
+    }
 }
 
 /// Per instance: after Redis said a product is sold out, answer 410 from
@@ -120,6 +159,8 @@ fn parse(req: &Request, insecure: bool) -> Result<Purchase, ApiError> {
 
 /// How long a buyer of a paused sale is asked to wait before asking again.
 const PAUSED_RETRY_AFTER_SECS: i64 = 5;
+/// The same while the kill switch is thrown: an incident, likely longer.
+const STOPPED_RETRY_AFTER_SECS: i64 = 30;
 
 fn retry_after(error: ApiError, secs: i64) -> HttpResponse {
     let mut resp = error.into_response();
@@ -161,6 +202,15 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
     }
 
     async fn buy(&self, purchase: Purchase, traceparent: String) -> Result<HttpResponse, ApiError> {
+        if self.kill_switch.engaged(&self.gate).await {
+            metrics::counter!("flashsale_rejected_total", "reason" => "admissions_stopped")
+                .increment(1);
+            return Ok(retry_after(
+                ApiError::new(503, "admissions_stopped")
+                    .with_message("an operator stopped every sale's admissions; try again later"),
+                STOPPED_RETRY_AFTER_SECS,
+            ));
+        }
         if purchase.idempotency_key.is_none() && self.sold_out.is_sold_out(&purchase.product_id) {
             metrics::counter!("flashsale_rejected_total", "reason" => "sold_out").increment(1);
             return Err(ApiError::new(410, "sold_out"));
@@ -329,6 +379,7 @@ mod tests {
             store: FakeStore::default(),
             insecure_user_from_body: insecure,
             sold_out: SoldOutCache::new(Duration::from_secs(60)),
+            kill_switch: KillSwitchCache::new(Duration::ZERO),
         }
     }
 
@@ -453,6 +504,38 @@ mod tests {
         assert_eq!(resp.headers()["retry-after"], "5");
         let body: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
         assert_eq!(body["error"], "sale_paused");
+    }
+
+    #[tokio::test]
+    async fn a_thrown_kill_switch_stops_admissions_within_the_cache_period() {
+        use shared::domain::KillSwitch;
+        let mut d = deduct(true);
+        d.kill_switch = KillSwitchCache::new(Duration::from_millis(200));
+        let thrown = KillSwitch {
+            engaged: true,
+            seq: 1,
+        };
+        let body = r#"{"product_id":"p1","user_id":"u1"}"#;
+        assert_eq!(d.handle(buy(body)).await.status(), 202);
+        d.gate.apply_kill_switch(thrown).await.unwrap();
+        // This instance read the switch on the first request: not yet.
+        assert_eq!(d.handle(buy(body)).await.status(), 202);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let admitted = d.gate.purchases.lock().unwrap().len();
+        let resp = d.handle(buy(body)).await;
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "30");
+        let json: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+        assert_eq!(json["error"], "admissions_stopped");
+        assert_eq!(
+            d.gate.purchases.lock().unwrap().len(),
+            admitted,
+            "not admitted"
+        );
+        // Unreadable: the last known state holds.
+        d.gate.failures.fail_next(1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(d.handle(buy(body)).await.status(), 503);
     }
 
     #[tokio::test]
@@ -600,7 +683,8 @@ mod tests {
     #[tokio::test]
     async fn redis_down_fails_closed_with_503() {
         let d = deduct(true);
-        d.gate.failures.fail_next(1);
+        // The kill switch's read (tolerated), then the admission.
+        d.gate.failures.fail_next(2);
         let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
         assert_eq!(
             (status, body["error"].as_str().unwrap()),

@@ -13,6 +13,7 @@ async fn main() -> Result<(), Error> {
         store: env.store(),
         insecure_user_from_body: config::insecure_user_from_body(),
         sold_out: deduct::SoldOutCache::new(config::sold_out_cache()?),
+        kill_switch: deduct::KillSwitchCache::new(config::kill_switch_cache()?),
     };
     let handler = &handler;
     env.run_http(move |req: Request| async move { Ok::<_, Infallible>(handler.handle(req).await) })

@@ -63,6 +63,15 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
         let started = std::time::Instant::now();
         let now = self.gate.now_ms().await?;
         let mut report = SweepReport::default();
+        // The kill switch as DynamoDB records it: a failover that forgot it
+        // must not reopen every sale for longer than one run.
+        let switch = async {
+            let switch = OrderStore::kill_switch(&self.store).await?;
+            self.gate.apply_kill_switch(switch).await
+        };
+        if let Err(e) = switch.await {
+            tracing::warn!(error = %e, "kill switch not re-asserted; next run retries");
+        }
         for product in self.products(now).await? {
             report.products += 1;
             if let Err(e) = self.sweep_product(&product, now, &mut report).await {
@@ -302,6 +311,24 @@ mod tests {
         assert_eq!(s.sweep().await.unwrap().republished, 0);
     }
 
+    /// A failover that forgot the thrown kill switch reopens the sales for
+    /// at most one run.
+    #[tokio::test]
+    async fn the_kill_switch_is_re_asserted_from_dynamodb_every_run() {
+        use shared::domain::KillSwitch;
+        let s = sweeper();
+        let thrown = KillSwitch {
+            engaged: true,
+            seq: 7,
+        };
+        *s.store.kill_switch.lock().unwrap() = thrown;
+        s.store.failures.fail_next(1);
+        s.sweep().await.unwrap();
+        assert_eq!(*s.gate.kill_switch.lock().unwrap(), KillSwitch::default());
+        s.sweep().await.unwrap();
+        assert_eq!(*s.gate.kill_switch.lock().unwrap(), thrown);
+    }
+
     /// Hole 5: a message SQS may still deliver is not copied every run; only
     /// once its redeliveries are surely over is it sent again.
     #[tokio::test]
@@ -380,9 +407,9 @@ mod tests {
         };
         *s.gate.stats.lock().unwrap() = Some(ProductStats::default());
         *s.gate.pending.lock().unwrap() = vec![pending("p1", 1, 0), pending("p2", 1, 0)];
-        // DynamoDB's product list and p1's controls (both tolerated), then
-        // p1's order read.
-        s.store.failures.fail_next(3);
+        // The kill switch, DynamoDB's product list and p1's controls (all
+        // tolerated), then p1's order read.
+        s.store.failures.fail_next(4);
         let report = s.sweep().await.unwrap();
         assert_eq!((report.errors, report.republished), (1, 1));
         assert_eq!(s.queue.sent()[0].0.product_id.as_str(), "p2");

@@ -14,6 +14,12 @@ pub fn products(namespace: &str) -> String {
     format!("{namespace}:products")
 }
 
+/// Hash: the global kill switch (`kill_switch.lua`). No hash tag: deduct
+/// reads it with its own command, cached, never inside a script.
+pub fn kill_switch(namespace: &str) -> String {
+    format!("{namespace}:kill_switch")
+}
+
 pub struct Keys {
     prefix: String,
 }

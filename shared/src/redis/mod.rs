@@ -10,8 +10,9 @@ use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script, 
 use tokio::sync::OnceCell;
 
 use crate::domain::{
-    Admission, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase, Quantity,
-    RateLimit, RateLimits, Refusal, RequestId, RequestView, UserId, from_unix_ms, unix_ms,
+    Admission, KillSwitch, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase,
+    Quantity, RateLimit, RateLimits, Refusal, RequestId, RequestView, UserId, from_unix_ms,
+    unix_ms,
 };
 use crate::error::InfraError;
 use crate::ports::{PendingPage, PendingRequest, PortResult, SendMark, StockGate, Warm};
@@ -95,6 +96,7 @@ struct Scripts {
     resync: Script,
     mark_sent: Script,
     controls: Script,
+    kill_switch: Script,
 }
 
 /// Cheap to clone: clones share one connection and the loaded scripts.
@@ -145,6 +147,7 @@ impl RedisGate {
                     resync: Script::new(include_str!("resync.lua")),
                     mark_sent: Script::new(include_str!("mark_sent.lua")),
                     controls: Script::new(include_str!("controls.lua")),
+                    kill_switch: Script::new(include_str!("kill_switch.lua")),
                 },
             }),
         }
@@ -435,6 +438,35 @@ impl StockGate for RedisGate {
             .await
             .map_err(classify)?;
         Ok(applied != 0)
+    }
+
+    async fn apply_kill_switch(&self, switch: KillSwitch) -> PortResult<()> {
+        let mut c = self.conn().await?;
+        self.inner
+            .scripts
+            .kill_switch
+            .key(keys::kill_switch(&self.inner.settings.namespace))
+            .arg(if switch.engaged { "1" } else { "0" })
+            .arg(switch.seq)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn kill_switch(&self) -> PortResult<KillSwitch> {
+        let mut c = self.conn().await?;
+        let (engaged, seq): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(keys::kill_switch(&self.inner.settings.namespace))
+            .arg("engaged")
+            .arg("seq")
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(KillSwitch {
+            engaged: engaged.as_deref() == Some("1"),
+            seq: seq.unwrap_or(0),
+        })
     }
 
     async fn warm(

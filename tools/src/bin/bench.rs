@@ -18,7 +18,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use deduct::{Deduct, SoldOutCache};
+use deduct::{Deduct, KillSwitchCache, SoldOutCache};
 use order_consumer::Consumer;
 use shared::aws::{DynamoStore, SqsQueue};
 use shared::config;
@@ -173,6 +173,7 @@ fn deduct<Q>(gate: &RedisGate, queue: Q) -> Deduct<RedisGate, Q, DynamoStore> {
         store: DynamoStore::new(&unused, "bench-unused"),
         insecure_user_from_body: true,
         sold_out: SoldOutCache::new(Duration::ZERO),
+        kill_switch: KillSwitchCache::new(Duration::from_millis(500)),
     }
 }
 
@@ -396,6 +397,7 @@ async fn sold_out_short_circuit(args: &Args, gate: &RedisGate) -> Result<Vec<Row
         .await?;
     let cached = Deduct {
         sold_out: SoldOutCache::new(Duration::from_secs(60)),
+        kill_switch: KillSwitchCache::new(Duration::from_millis(500)),
         ..deduct(gate, Discard)
     };
     let uncached = deduct(gate, Discard);
