@@ -66,12 +66,16 @@ pub async fn finish<G: StockGate, S: OrderStore>(
 }
 
 /// What the consumer places an order on: the product's terms (price,
-/// payment window), cached per process since a product never changes once
-/// created, and the clock its deadline starts from.
+/// payment window), and the clock its deadline starts from. Products are
+/// cached per process for [`PRODUCT_MAX_AGE_MS`]: their terms never change,
+/// but an operator's controls (pause, end) and stock changes do.
 pub struct Terms {
     pub clock: Arc<dyn Clock>,
-    products: Mutex<HashMap<ProductId, Product>>,
+    products: Mutex<HashMap<ProductId, (Product, i64)>>,
 }
+
+/// How long a cached product is used: the product page's own cache period.
+pub const PRODUCT_MAX_AGE_MS: i64 = 1_000;
 
 impl Terms {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
@@ -91,12 +95,15 @@ impl Terms {
         store: &S,
         id: &ProductId,
     ) -> Result<Option<Product>, InfraError> {
-        if let Some(p) = lock(&self.products).get(id) {
+        let now = self.clock.now_ms();
+        if let Some((p, at)) = lock(&self.products).get(id)
+            && now - at < PRODUCT_MAX_AGE_MS
+        {
             return Ok(Some(p.clone()));
         }
         let found = store.product(id).await?;
         if let Some(p) = &found {
-            lock(&self.products).insert(p.product_id.clone(), p.clone());
+            lock(&self.products).insert(p.product_id.clone(), (p.clone(), now));
         }
         Ok(found)
     }

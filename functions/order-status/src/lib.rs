@@ -196,7 +196,9 @@ impl<G: StockGate, S: OrderStore> OrderStatusApi<G, S> {
 mod tests {
     use super::*;
     use lambda_http::{Body, http};
-    use shared::domain::{OrderMessage, ProductStats, Quantity, UserId, from_unix_ms, unix_ms};
+    use shared::domain::{
+        Control, OrderMessage, ProductStats, Quantity, UserId, from_unix_ms, unix_ms,
+    };
     use shared::fakes::{FakeGate, FakeStore, ManualClock, order_message, terms};
     use shared::payment::{EventId, PaymentEvent};
     use shared::ports::PaymentWrite;
@@ -435,6 +437,22 @@ mod tests {
             assert!(body.get(field).is_some(), "{field} missing: {body}");
         }
         clock.set(start);
+        assert_eq!(state(&page().await), ("on_sale".into(), 3));
+        // Found in review: an operator's pause shows within the page's own
+        // cache period, and so does the resume.
+        let id = ProductId::parse("p1").unwrap();
+        let entry = shared::domain::AuditEntry {
+            product_id: Some(id.clone()),
+            at: from_unix_ms(start),
+            actor: "ops".into(),
+            action: "pause".into(),
+            reason: "bots".into(),
+        };
+        a.store.control(&id, Control::Pause, &entry).await.unwrap();
+        clock.set(start + 1_000);
+        assert_eq!(state(&page().await), ("paused".into(), 3));
+        a.store.control(&id, Control::Resume, &entry).await.unwrap();
+        clock.set(start + 2_000);
         assert_eq!(state(&page().await), ("on_sale".into(), 3));
         a.gate.stats.lock().unwrap().as_mut().unwrap().stock_left = 0;
         assert_eq!(state(&page().await), ("sold_out".into(), 0));
