@@ -21,9 +21,9 @@ use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use crate::domain::{
-    AuditEntry, Control, Controlled, Currency, KillSwitch, Ledger, OrderMessage, OrderStatus,
-    Product, ProductId, Quantity, RateLimits, RequestId, RequestView, Reservation, UserId,
-    from_unix_ms, unix_ms,
+    AuditEntry, Control, Controlled, Currency, Denial, KillSwitch, Ledger, OrderMessage,
+    OrderStatus, Product, ProductId, Quantity, RateLimits, RequestId, RequestView, Reservation,
+    UserId, from_unix_ms, unix_ms,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
@@ -287,6 +287,12 @@ pub mod table {
     }
     /// The kill switch's item.
     pub const KILL_SWITCH: &str = "SWITCH#admissions";
+    /// A buyer's deny-list entry.
+    pub fn denial(user: &str) -> String {
+        format!("DENY#{user}")
+    }
+    /// `gsi1pk` of every deny-list entry (sorted by buyer).
+    pub const DENIED: &str = "DENIED";
 }
 
 /// Buyer guards outlive their sale by this much, then expire (table TTL):
@@ -409,6 +415,19 @@ fn payment_item(r: &PaymentRecord, now_ms: i64) -> Item {
         );
     }
     item
+}
+
+fn denial_of(item: &Item) -> PortResult<Denial> {
+    let parse = || {
+        Some(Denial {
+            user_id: UserId::parse(get_s(item, "user_id")?).ok()?,
+            reason: get_s(item, "reason")?.to_owned(),
+            actor: get_s(item, "actor")?.to_owned(),
+            at: from_unix_ms(get_n(item, "at")?),
+            until: get_n(item, "until").map(from_unix_ms),
+        })
+    };
+    parse().ok_or_else(|| corrupt("deny-list entry"))
 }
 
 fn invalid(e: impl std::fmt::Display) -> InfraError {
@@ -934,6 +953,65 @@ impl OrderStore for DynamoStore {
             engaged: matches!(item.get("engaged"), Some(Av::Bool(true))),
             seq: get_n(&item, "seq").unwrap_or(0),
         }))
+    }
+
+    async fn set_denial(
+        &self,
+        user: &UserId,
+        denial: Option<&Denial>,
+        entry: &AuditEntry,
+    ) -> PortResult<bool> {
+        let pk = table::denial(user.as_str());
+        let change = match denial {
+            Some(d) => {
+                let mut put = Put::builder()
+                    .table_name(&self.table)
+                    .item(table::PK, s(pk))
+                    .item(table::GSI1_PK, s(table::DENIED))
+                    .item(table::GSI1_SK, s(user.as_str()))
+                    .item("user_id", s(user.as_str()))
+                    .item("reason", s(&d.reason))
+                    .item("actor", s(&d.actor))
+                    .item("at", n(unix_ms(d.at)));
+                if let Some(until) = d.until {
+                    // Gone from the table a week after it lapsed.
+                    put = put
+                        .item("until", n(unix_ms(until)))
+                        .item(table::TTL, n(until.unix_timestamp() + 7 * 24 * 3600));
+                }
+                TransactWriteItem::builder()
+                    .put(put.build().map_err(invalid)?)
+                    .build()
+            }
+            None => TransactWriteItem::builder()
+                .delete(
+                    Delete::builder()
+                        .table_name(&self.table)
+                        .key(table::PK, s(pk))
+                        .condition_expression("attribute_exists(pk)")
+                        .build()
+                        .map_err(invalid)?,
+                )
+                .build(),
+        };
+        let items = vec![change, self.audit_put(entry)?];
+        Ok(self.transact(items).await?.is_none())
+    }
+
+    async fn denials(&self) -> PortResult<Vec<Denial>> {
+        self.query_gsi1(table::DENIED, None, None)
+            .await?
+            .iter()
+            .map(denial_of)
+            .collect()
+    }
+
+    async fn denial(&self, user: &UserId) -> PortResult<Option<Denial>> {
+        self.get(table::denial(user.as_str()))
+            .await?
+            .as_ref()
+            .map(denial_of)
+            .transpose()
     }
 
     async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {

@@ -545,6 +545,29 @@ pub struct KillSwitch {
     pub seq: u64,
 }
 
+/// A buyer on the operators' deny list: refused by every sale (403
+/// `buyer_blocked`) until `until`, or until removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    pub user_id: UserId,
+    pub reason: String,
+    pub actor: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub until: Option<OffsetDateTime>,
+}
+
+impl Denial {
+    /// What a sale's copy holds: the end in ms, 0 for none.
+    pub fn until_ms(&self) -> i64 {
+        self.until.map_or(0, unix_ms)
+    }
+    pub fn active(&self, now_ms: i64) -> bool {
+        self.until.is_none_or(|u| now_ms < unix_ms(u))
+    }
+}
+
 /// A GCRA limit: `per_second` requests sustained, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {

@@ -9,8 +9,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
 use crate::domain::{
-    Admission, AuditEntry, Control, Controlled, KillSwitch, Ledger, OrderMessage, OrderStatus,
-    Product, ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation, from_unix_ms,
+    Admission, AuditEntry, Control, Controlled, Denial, KillSwitch, Ledger, OrderMessage,
+    OrderStatus, Product, ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
+    UserId, from_unix_ms,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
@@ -94,6 +95,8 @@ pub struct FakeGate {
     /// The controls applied, in order.
     pub controlled: Mutex<Vec<Product>>,
     pub kill_switch: Mutex<KillSwitch>,
+    /// Each sale's copy of the deny list.
+    pub denials: Mutex<HashMap<ProductId, HashMap<UserId, i64>>>,
     pub admissions: Mutex<VecDeque<Admission>>,
     pub purchases: Mutex<Vec<Purchase>>,
     pub requests: Mutex<HashMap<RequestId, RequestView>>,
@@ -208,6 +211,28 @@ impl StockGate for FakeGate {
     async fn kill_switch(&self) -> PortResult<KillSwitch> {
         self.failures.check("redis").await?;
         Ok(*lock(&self.kill_switch))
+    }
+    async fn set_denials(
+        &self,
+        product: &ProductId,
+        add: &[(UserId, i64)],
+        remove: &[UserId],
+    ) -> PortResult<()> {
+        self.failures.check("redis").await?;
+        let mut all = lock(&self.denials);
+        let sale = all.entry(product.clone()).or_default();
+        sale.extend(add.iter().cloned());
+        for user in remove {
+            sale.remove(user);
+        }
+        Ok(())
+    }
+    async fn denials(&self, product: &ProductId) -> PortResult<Vec<(UserId, i64)>> {
+        self.failures.check("redis").await?;
+        Ok(lock(&self.denials)
+            .get(product)
+            .map(|sale| sale.iter().map(|(u, t)| (u.clone(), *t)).collect())
+            .unwrap_or_default())
     }
     async fn warm(
         &self,
@@ -344,6 +369,7 @@ impl OrderQueue for FakeQueue {
 pub struct FakeStore {
     pub audits: Mutex<Vec<AuditEntry>>,
     pub kill_switch: Mutex<KillSwitch>,
+    pub denials: Mutex<HashMap<UserId, Denial>>,
     pub orders: Mutex<HashMap<RequestId, RequestView>>,
     pub guards: Mutex<HashMap<(ProductId, String), RequestId>>,
     pub products: Mutex<HashMap<ProductId, Product>>,
@@ -504,6 +530,36 @@ impl OrderStore for FakeStore {
     async fn kill_switch(&self) -> PortResult<KillSwitch> {
         self.failures.check("dynamodb").await?;
         Ok(*lock(&self.kill_switch))
+    }
+    async fn set_denial(
+        &self,
+        user: &UserId,
+        denial: Option<&Denial>,
+        entry: &AuditEntry,
+    ) -> PortResult<bool> {
+        self.failures.check("dynamodb").await?;
+        let mut all = lock(&self.denials);
+        let changed = match denial {
+            Some(d) => {
+                all.insert(user.clone(), d.clone());
+                true
+            }
+            None => all.remove(user).is_some(),
+        };
+        if changed {
+            lock(&self.audits).push(entry.clone());
+        }
+        Ok(changed)
+    }
+    async fn denials(&self) -> PortResult<Vec<Denial>> {
+        self.failures.check("dynamodb").await?;
+        let mut all: Vec<Denial> = lock(&self.denials).values().cloned().collect();
+        all.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        Ok(all)
+    }
+    async fn denial(&self, user: &UserId) -> PortResult<Option<Denial>> {
+        self.failures.check("dynamodb").await?;
+        Ok(lock(&self.denials).get(user).cloned())
     }
     async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {
         self.failures.check("dynamodb").await?;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::domain::{
-    Admission, AuditEntry, Control, Controlled, KillSwitch, Ledger, OrderMessage, OrderStatus,
-    Product, ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
+    Admission, AuditEntry, Control, Controlled, Denial, KillSwitch, Ledger, OrderMessage,
+    OrderStatus, Product, ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
+    UserId,
 };
 use crate::error::{ConfigError, InfraError};
 use crate::payment::{EventId, PaymentEvent, PaymentRecord};
@@ -185,6 +186,19 @@ impl<T: StockGate> StockGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         StockGate::kill_switch(&self.inner).await
     }
+    async fn set_denials(
+        &self,
+        product: &ProductId,
+        add: &[(UserId, i64)],
+        remove: &[UserId],
+    ) -> PortResult<()> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.set_denials(product, add, remove).await
+    }
+    async fn denials(&self, product: &ProductId) -> PortResult<Vec<(UserId, i64)>> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        StockGate::denials(&self.inner, product).await
+    }
     async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.stats(product).await
@@ -295,6 +309,23 @@ impl<T: OrderStore> OrderStore for Faulty<T> {
     async fn kill_switch(&self) -> PortResult<KillSwitch> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
         OrderStore::kill_switch(&self.inner).await
+    }
+    async fn set_denial(
+        &self,
+        user: &UserId,
+        denial: Option<&Denial>,
+        entry: &AuditEntry,
+    ) -> PortResult<bool> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.set_denial(user, denial, entry).await
+    }
+    async fn denials(&self) -> PortResult<Vec<Denial>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        OrderStore::denials(&self.inner).await
+    }
+    async fn denial(&self, user: &UserId) -> PortResult<Option<Denial>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.denial(user).await
     }
     async fn pay(
         &self,

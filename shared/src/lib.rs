@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod batch;
 pub mod config;
+pub mod deny;
 pub mod domain;
 pub mod error;
 pub mod faults;

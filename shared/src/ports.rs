@@ -4,8 +4,9 @@
 use std::future::Future;
 
 use crate::domain::{
-    Admission, AuditEntry, Control, Controlled, KillSwitch, Ledger, OrderMessage, OrderStatus,
-    Product, ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
+    Admission, AuditEntry, Control, Controlled, Denial, KillSwitch, Ledger, OrderMessage,
+    OrderStatus, Product, ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
+    UserId,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentRecord};
@@ -148,6 +149,21 @@ pub trait StockGate: Send + Sync {
 
     /// The kill switch as Redis holds it (disengaged when never set).
     fn kill_switch(&self) -> impl Future<Output = PortResult<KillSwitch>> + Send;
+
+    /// Changes a sale's copy of the deny list: `add` (user, blocked until
+    /// ms, 0 = until removed), then `remove`.
+    fn set_denials(
+        &self,
+        product: &ProductId,
+        add: &[(UserId, i64)],
+        remove: &[UserId],
+    ) -> impl Future<Output = PortResult<()>> + Send;
+
+    /// A sale's copy of the deny list: (user, blocked until ms or 0).
+    fn denials(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<(UserId, i64)>>> + Send;
 
     fn stats(
         &self,
@@ -324,6 +340,22 @@ pub trait OrderStore: Send + Sync {
     /// The kill switch as recorded (disengaged when never set).
     fn kill_switch(&self) -> impl Future<Output = PortResult<KillSwitch>> + Send;
 
+    /// Puts a buyer on the deny list (Some, replacing an entry) or takes
+    /// them off (None) with the audit entry, atomically; false when taking
+    /// off a buyer not listed.
+    fn set_denial(
+        &self,
+        user: &UserId,
+        denial: Option<&Denial>,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+
+    /// The deny list (from an index: may lag a change by a moment).
+    fn denials(&self) -> impl Future<Output = PortResult<Vec<Denial>>> + Send;
+
+    /// One buyer's entry, read consistently.
+    fn denial(&self, user: &UserId) -> impl Future<Output = PortResult<Option<Denial>>> + Send;
+
     fn product(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Product>>> + Send;
 
     /// Every order of a product (for audits and reconcile, not the hot path).
@@ -443,6 +475,20 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
     fn kill_switch(&self) -> impl Future<Output = PortResult<KillSwitch>> + Send {
         StockGate::kill_switch(&**self)
     }
+    fn set_denials(
+        &self,
+        product: &ProductId,
+        add: &[(UserId, i64)],
+        remove: &[UserId],
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        (**self).set_denials(product, add, remove)
+    }
+    fn denials(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<(UserId, i64)>>> + Send {
+        StockGate::denials(&**self, product)
+    }
     fn stats(
         &self,
         product: &ProductId,
@@ -538,6 +584,20 @@ impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
     }
     fn kill_switch(&self) -> impl Future<Output = PortResult<KillSwitch>> + Send {
         OrderStore::kill_switch(&**self)
+    }
+    fn set_denial(
+        &self,
+        user: &UserId,
+        denial: Option<&Denial>,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).set_denial(user, denial, entry)
+    }
+    fn denials(&self) -> impl Future<Output = PortResult<Vec<Denial>>> + Send {
+        OrderStore::denials(&**self)
+    }
+    fn denial(&self, user: &UserId) -> impl Future<Output = PortResult<Option<Denial>>> + Send {
+        (**self).denial(user)
     }
     fn create_product(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send {
         (**self).create_product(product)

@@ -895,3 +895,57 @@ async fn the_kill_switch_is_taken_only_over_an_older_copy() {
     g.apply_kill_switch(released).await.unwrap();
     assert_eq!(g.kill_switch().await.unwrap(), released);
 }
+
+#[tokio::test]
+async fn a_denied_buyer_is_refused_without_a_trace_until_their_entry_lapses() {
+    let g = limited_gate("1/1", "off");
+    let p = unique("deny");
+    warm_with(&g, &product(&p, 5, 1, -1)).await;
+    let now = shared::domain::unix_ms(OffsetDateTime::now_utc());
+    let user = |u: &str| UserId::parse(u).unwrap();
+    g.set_denials(
+        &p,
+        &[
+            (user("bot"), 0),
+            (user("brief"), now + 1_500),
+            (user("lapsed"), now - 1),
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    let before = snapshot(&g, &p).await;
+    for _ in 0..3 {
+        for u in ["bot", "brief"] {
+            assert_eq!(
+                g.admit(&purchase(&p, u, 1, None)).await.unwrap(),
+                Admission::Refused(Refusal::BuyerBlocked)
+            );
+        }
+    }
+    assert_eq!(
+        snapshot(&g, &p).await,
+        before,
+        "a denied buyer moved something"
+    );
+    assert!(matches!(
+        g.admit(&purchase(&p, "lapsed", 1, None)).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    assert!(matches!(
+        g.admit(&purchase(&p, "brief", 1, None)).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    g.set_denials(&p, &[], &[user("bot")]).await.unwrap();
+    assert!(matches!(
+        g.admit(&purchase(&p, "bot", 1, None)).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    let mut held = g.denials(&p).await.unwrap();
+    held.sort();
+    assert_eq!(
+        held,
+        [(user("brief"), now + 1_500), (user("lapsed"), now - 1)]
+    );
+}

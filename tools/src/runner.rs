@@ -276,7 +276,7 @@ impl App {
                     .with_message("set FLASHSALE_PAYMENT_WEBHOOK_SECRET")
                     .into_response(),
             }
-        } else if path.starts_with("/api/admin/products") {
+        } else if path.starts_with("/api/admin/") {
             self.admin.handle(req).await
         } else if path == "/health" {
             self.health().await

@@ -481,12 +481,11 @@ fn buyer_routes_use_the_jwt_authorizer_and_admin_routes_iam() {
         )]
     );
     let admin = routes("admin");
-    // create, warm, stats, the live controls (pause/resume/end), the audit.
-    assert_eq!(admin.len(), 5);
-    assert!(
-        admin
-            .iter()
-            .all(|(_, path, auth)| path.starts_with("/api/admin/products")
-                && auth.as_deref() == Some("AWS_IAM"))
-    );
+    // create, warm, stats, the live controls (pause/resume/end/stock), a
+    // sale's audit; the kill switch (read, throw), the audit of every sale;
+    // the deny list (read, add, remove).
+    assert_eq!(admin.len(), 11);
+    assert!(admin.iter().all(
+        |(_, path, auth)| path.starts_with("/api/admin/") && auth.as_deref() == Some("AWS_IAM")
+    ));
 }

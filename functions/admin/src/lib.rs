@@ -6,7 +6,9 @@
 //!   a live sale, audited (`GET /api/admin/products/{id}/audit`);
 //! - `GET|POST /api/admin/kill-switch` `{"engaged","reason"}` reads or
 //!   throws the switch that stops every sale's admissions, audited with the
-//!   other changes to every sale (`GET /api/admin/audit`).
+//!   other changes to every sale (`GET /api/admin/audit`);
+//! - `GET /api/admin/deny-list`, `PUT|DELETE /api/admin/deny-list/{user}`
+//!   `{"reason","until"?}`: buyers every sale refuses (403 `buyer_blocked`).
 
 use lambda_http::Request;
 use lambda_http::http::Method;
@@ -14,7 +16,11 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use serde::Serialize;
-use shared::domain::{AuditEntry, Control, Controlled, Ledger, Product, ProductId, ProductStats};
+use shared::deny::DenyList;
+use shared::domain::{
+    AuditEntry, Control, Controlled, Denial, Ledger, Product, ProductId, ProductStats, UserId,
+    unix_ms,
+};
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::ports::{OrderStore, StockGate, Warm};
 
@@ -122,6 +128,14 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
                 Ok(api::json_response(200, &switch))
             }
             (Method::POST, "kill-switch", []) => self.kill_switch(req).await,
+            (Method::GET, "deny-list", []) => {
+                let entries = OrderStore::denials(&self.store).await?;
+                Ok(api::json_response(200, &json!({ "entries": entries })))
+            }
+            (Method::PUT | Method::DELETE, "deny-list", [user]) => {
+                self.deny(req, &UserId::parse(*user)?).await
+            }
+            (_, "deny-list", [] | [_]) => Err(ApiError::new(405, "method_not_allowed")),
             (Method::GET, "audit", []) => {
                 let entries = self.store.audit(None).await?;
                 Ok(api::json_response(200, &json!({ "entries": entries })))
@@ -193,6 +207,13 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
             .shelf_units();
         match self.gate.warm(&product, force, ledger, seen).await? {
             Warm::Warmed { stock_left } => {
+                // The deny list travels with the sale (admit.lua reads it
+                // in the sale's slot); the sweeper keeps it in line after.
+                let now = unix_ms(time::OffsetDateTime::now_utc());
+                DenyList::read(&self.store, now)
+                    .await?
+                    .sync(&self.gate, &self.store, id)
+                    .await?;
                 tracing::info!(product_id = %id, stock_left, force, "product warmed");
                 Ok(api::json_response(
                     200,
@@ -277,6 +298,73 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
         Ok(api::json_response(
             200,
             &json!({ "engaged": switch.engaged, "seq": switch.seq, "changed": changed }),
+        ))
+    }
+
+    /// PUT puts a buyer on the deny list `{"reason", "until"?}` (RFC 3339;
+    /// none = until taken off), DELETE `{"reason"}` takes them off: recorded
+    /// with its audit entry, then copied into every sale Redis holds (the
+    /// sweeper copies it into any it missed).
+    async fn deny(&self, req: &Request, user: &UserId) -> Result<HttpResponse, ApiError> {
+        let put = req.method() == Method::PUT;
+        let entry = audit_entry(
+            req,
+            None,
+            &format!("{} {user}", if put { "deny" } else { "allow" }),
+        )?;
+        let denial = if put {
+            #[derive(serde::Deserialize)]
+            struct Body {
+                #[serde(default, with = "time::serde::rfc3339::option")]
+                until: Option<time::OffsetDateTime>,
+            }
+            let body: Body = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
+                ApiError::invalid(format!(
+                    "body must be {{\"reason\": \"why\", \"until\": \"<RFC 3339, optional>\"}}: {e}"
+                ))
+            })?;
+            if body.until.is_some_and(|u| u <= entry.at) {
+                return Err(ApiError::invalid("until must be in the future"));
+            }
+            Some(Denial {
+                user_id: user.clone(),
+                reason: entry.reason.clone(),
+                actor: entry.actor.clone(),
+                at: entry.at,
+                until: body.until,
+            })
+        } else {
+            None
+        };
+        let changed = shared::retry::transient(shared::retry::Backoff::DEFAULT, || {
+            self.store.set_denial(user, denial.as_ref(), &entry)
+        })
+        .await
+        .map_err(|e| ApiError::from(e).with_message("not recorded: repeat the call"))?;
+        if !changed {
+            return Err(ApiError::new(404, "not_listed"));
+        }
+        let copy: Vec<(UserId, i64)> = denial
+            .iter()
+            .map(|d| (user.clone(), d.until_ms()))
+            .collect();
+        let gone: Vec<UserId> = if put { Vec::new() } else { vec![user.clone()] };
+        let not_applied = |e: shared::error::InfraError| {
+            ApiError::from(e).with_message(
+                "recorded, but not yet applied to every live sale: repeat the call (it is safe) or wait for the next sweep",
+            )
+        };
+        let sales = self.gate.products().await.map_err(not_applied)?;
+        for product in &sales {
+            self.gate
+                .set_denials(product, &copy, &gone)
+                .await
+                .map_err(not_applied)?;
+        }
+        tracing::warn!(user_id = %user, denied = put, actor = %entry.actor, reason = %entry.reason, "deny list");
+        Ok(api::json_response(
+            200,
+            &json!({ "user_id": user, "denied": put, "until": denial.and_then(|d| d.until).map(|u| u.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()), "sales": sales.len() }),
         ))
     }
 
@@ -408,6 +496,53 @@ mod tests {
         );
         assert!(body["entries"][0].get("product_id").is_none());
         assert_eq!(call(&a, "DELETE", path, "s3cret", "").await.0, 405);
+    }
+
+    #[tokio::test]
+    async fn the_deny_list_is_recorded_audited_and_copied_into_every_sale() {
+        let a = admin();
+        call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await;
+        call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
+        let path = "/api/admin/deny-list/bot7";
+        let (status, body) = call(&a, "PUT", path, "s3cret", r#"{"reason":"scripted"}"#).await;
+        assert_eq!((status, &body["denied"]), (200, &json!(true)));
+        let p1 = ProductId::parse("p1").unwrap();
+        let copy = |a: &Admin<FakeGate, FakeStore>| {
+            a.gate
+                .denials
+                .lock()
+                .unwrap()
+                .get(&p1)
+                .map(|sale| sale.keys().map(ToString::to_string).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(copy(&a), ["bot7"]);
+        let (status, body) = call(&a, "GET", "/api/admin/deny-list", "s3cret", "").await;
+        assert_eq!(
+            (status, &body["entries"][0]["user_id"]),
+            (200, &json!("bot7"))
+        );
+        let past = r#"{"reason":"x","until":"2001-01-01T00:00:00Z"}"#;
+        assert_eq!(call(&a, "PUT", path, "s3cret", past).await.0, 400);
+
+        let (status, _) = call(&a, "DELETE", path, "s3cret", r#"{"reason":"appeal"}"#).await;
+        assert_eq!(status, 200);
+        assert!(copy(&a).is_empty());
+        let (status, body) = call(&a, "DELETE", path, "s3cret", r#"{"reason":"again"}"#).await;
+        assert_eq!((status, &body["error"]), (404, &json!("not_listed")));
+        let (_, body) = call(&a, "GET", "/api/admin/audit", "s3cret", "").await;
+        let actions: Vec<&str> = body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, ["deny bot7", "allow bot7"]);
+        // A sale warmed later starts with the list.
+        call(&a, "PUT", path, "s3cret", r#"{"reason":"back"}"#).await;
+        a.gate.denials.lock().unwrap().clear();
+        call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
+        assert_eq!(copy(&a), ["bot7"]);
     }
 
     #[tokio::test]

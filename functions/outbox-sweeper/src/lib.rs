@@ -19,6 +19,7 @@
 
 use serde::Serialize;
 
+use shared::deny::DenyList;
 use shared::domain::{ProductId, ProductStats, republish_due};
 use shared::error::InfraError;
 use shared::ports::{OrderQueue, OrderStore, SendMark, StockGate};
@@ -56,6 +57,8 @@ pub struct SweepReport {
     /// Products whose sweep failed (retried next run).
     pub errors: usize,
     pub retired: usize,
+    /// Deny-list entries a sale's copy gained or lost.
+    pub deny_list_fixes: usize,
 }
 
 impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
@@ -72,8 +75,21 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
         if let Err(e) = switch.await {
             tracing::warn!(error = %e, "kill switch not re-asserted; next run retries");
         }
+        // The deny list as DynamoDB records it, into every sale's copy.
+        let mut deny = DenyList::read(&self.store, now)
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "deny list unreadable; next run retries"))
+            .ok();
         for product in self.products(now).await? {
             report.products += 1;
+            if let Some(deny) = deny.as_mut() {
+                match deny.sync(&self.gate, &self.store, &product).await {
+                    Ok((added, removed)) => report.deny_list_fixes += added + removed,
+                    Err(e) => {
+                        tracing::warn!(error = %e, product_id = %product, "deny list not copied; next run retries")
+                    }
+                }
+            }
             if let Err(e) = self.sweep_product(&product, now, &mut report).await {
                 report.errors += 1;
                 tracing::warn!(error = %e, product_id = %product, "product not swept; next run retries");
@@ -407,9 +423,9 @@ mod tests {
         };
         *s.gate.stats.lock().unwrap() = Some(ProductStats::default());
         *s.gate.pending.lock().unwrap() = vec![pending("p1", 1, 0), pending("p2", 1, 0)];
-        // The kill switch, DynamoDB's product list and p1's controls (all
-        // tolerated), then p1's order read.
-        s.store.failures.fail_next(4);
+        // The kill switch, the deny list, DynamoDB's product list and p1's
+        // controls (all tolerated), then p1's order read.
+        s.store.failures.fail_next(5);
         let report = s.sweep().await.unwrap();
         assert_eq!((report.errors, report.republished), (1, 1));
         assert_eq!(s.queue.sent()[0].0.product_id.as_str(), "p2");

@@ -10,6 +10,8 @@
 -- KEYS[6] stats    hash: admitted, placed, ..., pending_units, placed_units
 -- KEYS[7] the buyer's rate limiter, KEYS[8] the client IP's (string: GCRA's
 --         theoretical arrival time, ms)
+-- KEYS[9] deny     hash: user -> blocked until (ms; "0" = until removed), the
+--         operators' deny list as this sale holds it
 -- ARGV[1] request_id  ARGV[2] user  ARGV[3] quantity
 -- ARGV[4] "1" when the id was derived from an Idempotency-Key  ARGV[5] request ttl (s)
 -- ARGV[6] the default buyer limit, ARGV[7] the default IP limit:
@@ -62,6 +64,11 @@ end
 -- An operator's pause: nothing else is looked at or moved.
 if meta[6] == "1" then
   return {"sale_paused", "", ""}
+end
+-- A denied buyer costs no limiter either: they are refused outright.
+local blocked = redis.call("HGET", KEYS[9], user)
+if blocked and (blocked == "0" or now < tonumber(blocked)) then
+  return {"buyer_blocked", "", ""}
 end
 
 -- Rate limits (GCRA), before the sale's own checks: the countdown's

@@ -57,9 +57,14 @@ impl Keys {
     pub fn pending(&self) -> String {
         self.key("pending")
     }
+    /// Hash: user -> blocked until (ms; 0 = until removed): the operators'
+    /// deny list, copied into every sale so admission reads it in its slot.
+    pub fn deny(&self) -> String {
+        self.key("deny")
+    }
     /// The KEYS of `admit.lua`, in order: every key a request touches,
     /// all in the product's slot.
-    pub fn admission(&self, p: &Purchase) -> [String; 8] {
+    pub fn admission(&self, p: &Purchase) -> [String; 9] {
         [
             self.meta(),
             self.stock(),
@@ -73,6 +78,7 @@ impl Keys {
                 "rl:ip:{}",
                 p.client_ip.map_or_else(String::new, limited_address)
             )),
+            self.deny(),
         ]
     }
     /// Hash: admitted, placed, rejected, compensated, restocked,

@@ -514,6 +514,42 @@ impl StockGate for RedisGate {
         }
     }
 
+    async fn set_denials(
+        &self,
+        product: &ProductId,
+        add: &[(UserId, i64)],
+        remove: &[UserId],
+    ) -> PortResult<()> {
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        let deny = self.keys(product).deny();
+        let mut pipe = redis::pipe();
+        for chunk in add.chunks(500) {
+            let pairs: Vec<(&str, i64)> = chunk.iter().map(|(u, t)| (u.as_str(), *t)).collect();
+            pipe.hset_multiple(&deny, &pairs).ignore();
+        }
+        for chunk in remove.chunks(500) {
+            let users: Vec<&str> = chunk.iter().map(UserId::as_str).collect();
+            pipe.hdel(&deny, users).ignore();
+        }
+        let mut c = self.conn().await?;
+        pipe.query_async::<()>(&mut c).await.map_err(classify)
+    }
+
+    async fn denials(&self, product: &ProductId) -> PortResult<Vec<(UserId, i64)>> {
+        let mut c = self.conn().await?;
+        let held: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(self.keys(product).deny())
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(held
+            .into_iter()
+            .filter_map(|(u, t)| Some((UserId::parse(u).ok()?, t)))
+            .collect())
+    }
+
     async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
         let k = self.keys(product);
         let mut c = self.conn().await?;
