@@ -219,3 +219,97 @@ async fn an_operator_pauses_resumes_and_ends_a_sale_and_the_audit_says_so() {
     assert!(books.balanced(), "{books}: {:?}", books.problems());
     s.running.stop().await;
 }
+
+/// The kill switch stops every sale within a second and starts them again;
+/// a denied buyer is refused by every sale until taken off; both audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_switch_and_the_deny_list_reach_every_sale() {
+    let s = TestStack::start("switch", 30).await;
+    let (a, b) = (unique("switch-a"), unique("switch-b"));
+    s.on_sale(&a, 100, json!({})).await;
+    s.on_sale(&b, 100, json!({})).await;
+    let buy = |product: &str, user: &str| {
+        let (api, body) = (
+            s.api.clone(),
+            json!({ "product_id": product, "user_id": user }),
+        );
+        async move { api.buy(&body, None).await.unwrap() }
+    };
+    let admin = |method: &'static str, path: &'static str, body: serde_json::Value| {
+        let api = s.api.clone();
+        async move { api.admin(method, path, Some(&body)).await.unwrap() }
+    };
+    assert_eq!(buy(&a, "u1").await.status, 202);
+
+    let thrown = admin(
+        "POST",
+        "/api/admin/kill-switch",
+        json!({ "engaged": true, "reason": "incident 42" }),
+    )
+    .await;
+    assert_eq!(thrown.body["engaged"], true, "{}", thrown.body);
+    // The runner's deduct reads the switch at most every 500 ms.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for (product, user) in [(&a, "u2"), (&b, "u3")] {
+        let refused = buy(product, user).await;
+        assert_eq!(
+            (refused.status, &refused.body["error"]),
+            (503, &json!("admissions_stopped")),
+            "{}",
+            refused.body
+        );
+    }
+    admin(
+        "POST",
+        "/api/admin/kill-switch",
+        json!({ "engaged": false, "reason": "resolved" }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(buy(&a, "u2").await.status, 202);
+
+    let denied = admin(
+        "PUT",
+        "/api/admin/deny-list/bot9",
+        json!({ "reason": "scripted checkout" }),
+    )
+    .await;
+    assert_eq!(
+        (denied.status, &denied.body["sales"]),
+        (200, &json!(2)),
+        "{}",
+        denied.body
+    );
+    for product in [&a, &b] {
+        let refused = buy(product, "bot9").await;
+        assert_eq!(
+            (refused.status, &refused.body["error"]),
+            (403, &json!("buyer_blocked"))
+        );
+    }
+    admin(
+        "DELETE",
+        "/api/admin/deny-list/bot9",
+        json!({ "reason": "appeal granted" }),
+    )
+    .await;
+    assert_eq!(buy(&b, "bot9").await.status, 202);
+
+    let log = s.api.admin("GET", "/api/admin/audit", None).await.unwrap();
+    let actions: Vec<&str> = log.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "stop_admissions",
+            "resume_admissions",
+            "deny bot9",
+            "allow bot9"
+        ]
+    );
+    s.running.stop().await;
+}
