@@ -21,9 +21,9 @@ use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 
 use crate::domain::{
-    AuditEntry, Control, Controlled, Currency, Denial, KillSwitch, Ledger, OrderMessage,
-    OrderStatus, Product, ProductId, Quantity, RateLimits, RequestId, RequestView, Reservation,
-    UserId, from_unix_ms, unix_ms,
+    AuditEntry, Control, Controlled, Currency, Denial, IdempotencyKey, KillSwitch, Ledger,
+    OrderMessage, OrderStatus, Product, ProductId, Quantity, RateLimits, RequestId, RequestView,
+    Reservation, StockChange, StockChangeRecord, UserId, from_unix_ms, unix_ms,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
@@ -293,6 +293,14 @@ pub mod table {
     }
     /// `gsi1pk` of every deny-list entry (sorted by buyer).
     pub const DENIED: &str = "DENIED";
+    /// An operator's stock change, by its Idempotency-Key.
+    pub fn stock_change(product: &str, key: &str) -> String {
+        format!("STOCK#{product}#{key}")
+    }
+    /// `gsi1pk` of a product's additions whose shelf step is due.
+    pub fn stock_due(product: &str) -> String {
+        format!("STOCK_DUE#{product}")
+    }
 }
 
 /// Buyer guards outlive their sale by this much, then expire (table TTL):
@@ -998,6 +1006,162 @@ impl OrderStore for DynamoStore {
         Ok(self.transact(items).await?.is_none())
     }
 
+    async fn change_stock(
+        &self,
+        change: &StockChange,
+        entry: &AuditEntry,
+    ) -> PortResult<Option<(StockChangeRecord, bool)>> {
+        let (p, key) = (change.product_id.as_str(), change.key.as_str());
+        let units = change.units();
+        let adding = change.delta > 0;
+        let record = |applied: bool| {
+            let mut put = Put::builder()
+                .table_name(&self.table)
+                .item(table::PK, s(table::stock_change(p, key)))
+                .item("product_id", s(p))
+                .item("key", s(key))
+                .item("delta", n(change.delta))
+                .item("applied", Av::Bool(applied))
+                .item("at", n(unix_ms(entry.at)))
+                .condition_expression("attribute_not_exists(pk)");
+            if applied && adding {
+                // Due (its shelf step) until confirmed: the sweeper finds it.
+                put = put
+                    .item("shelf_due", Av::Bool(true))
+                    .item(table::GSI1_PK, s(table::stock_due(p)))
+                    .item(table::GSI1_SK, s(key));
+            }
+            put.build().map_err(invalid)
+        };
+        let counters: &[(&str, i64)] = if adding {
+            &[
+                ("stock", change.delta),
+                ("remaining", change.delta),
+                ("releasing", units),
+                ("added", units),
+            ]
+        } else {
+            &[
+                ("stock", change.delta),
+                ("remaining", change.delta),
+                ("withdrawn", units),
+            ]
+        };
+        // A withdrawal takes units the ledger still holds: never an order's.
+        let ledger = self.count(&change.product_id, counters);
+        let ledger = if adding {
+            ledger.condition_expression("attribute_exists(pk)")
+        } else {
+            ledger
+                .condition_expression("attribute_exists(pk) AND remaining >= :need")
+                .expression_attribute_values(":need", n(units))
+        }
+        .build()
+        .map_err(invalid)?;
+        let items = vec![
+            TransactWriteItem::builder().put(record(true)?).build(),
+            TransactWriteItem::builder().update(ledger).build(),
+            self.audit_put(entry)?,
+        ];
+        let Some(failed) = self.transact(items).await? else {
+            let rec = StockChangeRecord {
+                delta: change.delta,
+                applied: true,
+                shelf_due: adding,
+            };
+            return Ok(Some((rec, true)));
+        };
+        if failed.first().copied().unwrap_or(false) {
+            return Ok(self.stock_change(change).await?.map(|rec| (rec, false)));
+        }
+        if self.get(table::product(p)).await?.is_none() {
+            return Ok(None);
+        }
+        // The units are no longer in the ledger: recorded as refused, so a
+        // retry answers alike.
+        let refused = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(record(false)?.item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match refused {
+            Ok(_) => Ok(Some((
+                StockChangeRecord {
+                    delta: change.delta,
+                    applied: false,
+                    shelf_due: false,
+                },
+                true,
+            ))),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(self.stock_change(change).await?.map(|rec| (rec, false)))
+            }
+            Err(e) => Err(classify("dynamodb", e)),
+        }
+    }
+
+    async fn stock_change(&self, change: &StockChange) -> PortResult<Option<StockChangeRecord>> {
+        let item = self
+            .get(table::stock_change(
+                change.product_id.as_str(),
+                change.key.as_str(),
+            ))
+            .await?;
+        item.map(|item| {
+            Ok(StockChangeRecord {
+                delta: get_n(&item, "delta").ok_or_else(|| corrupt("stock change"))?,
+                applied: matches!(item.get("applied"), Some(Av::Bool(true))),
+                shelf_due: item.contains_key("shelf_due"),
+            })
+        })
+        .transpose()
+    }
+
+    async fn stock_change_shelved(&self, change: &StockChange) -> PortResult<bool> {
+        let record = Update::builder()
+            .table_name(&self.table)
+            .key(
+                table::PK,
+                s(table::stock_change(
+                    change.product_id.as_str(),
+                    change.key.as_str(),
+                )),
+            )
+            .update_expression("REMOVE shelf_due, gsi1pk, gsi1sk")
+            .condition_expression("attribute_exists(shelf_due)")
+            .build()
+            .map_err(invalid)?;
+        let counters = self
+            .count(&change.product_id, &[("releasing", -change.units())])
+            .build()
+            .map_err(invalid)?;
+        let items = vec![
+            TransactWriteItem::builder().update(record).build(),
+            TransactWriteItem::builder().update(counters).build(),
+        ];
+        Ok(self.transact(items).await?.is_none())
+    }
+
+    async fn stock_changes_due(&self, product: &ProductId) -> PortResult<Vec<StockChange>> {
+        self.query_gsi1(&table::stock_due(product.as_str()), None, None)
+            .await?
+            .iter()
+            .map(|item| {
+                let parse = || {
+                    let key = IdempotencyKey::parse(get_s(item, "key")?).ok()?;
+                    StockChange::new(product.clone(), key, get_n(item, "delta")?).ok()
+                };
+                parse().ok_or_else(|| corrupt("stock change"))
+            })
+            .collect()
+    }
+
     async fn denials(&self) -> PortResult<Vec<Denial>> {
         self.query_gsi1(table::DENIED, None, None)
             .await?
@@ -1047,6 +1211,8 @@ impl OrderStore for DynamoStore {
             expired: count("expired"),
             released: count("released"),
             refund_due: count("refund_due"),
+            added: count("added"),
+            withdrawn: count("withdrawn"),
         }))
     }
 

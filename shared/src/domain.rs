@@ -545,6 +545,51 @@ pub struct KillSwitch {
     pub seq: u64,
 }
 
+/// An operator's change of a sale's stock, made once per `key` (the call's
+/// Idempotency-Key): units added (`delta` > 0) or withdrawn (< 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockChange {
+    pub product_id: ProductId,
+    pub key: IdempotencyKey,
+    pub delta: i64,
+}
+
+/// The largest change one call makes.
+pub const MAX_STOCK_DELTA: i64 = 1_000_000;
+
+impl StockChange {
+    pub fn new(
+        product_id: ProductId,
+        key: IdempotencyKey,
+        delta: i64,
+    ) -> Result<Self, ValidationError> {
+        if delta == 0 || delta.abs() > MAX_STOCK_DELTA {
+            return Err(ValidationError::BadStockDelta {
+                max: MAX_STOCK_DELTA,
+            });
+        }
+        Ok(Self {
+            product_id,
+            key,
+            delta,
+        })
+    }
+    /// The units moved, whichever way.
+    pub fn units(&self) -> i64 {
+        self.delta.abs()
+    }
+}
+
+/// A stock change as DynamoDB recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockChangeRecord {
+    pub delta: i64,
+    /// False: a withdrawal refused because the units were no longer there.
+    pub applied: bool,
+    /// An addition whose units are not confirmed on the Redis shelf yet.
+    pub shelf_due: bool,
+}
+
 /// A buyer on the operators' deny list: refused by every sale (403
 /// `buyer_blocked`) until `until`, or until removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -799,10 +844,23 @@ pub struct ProductStats {
     pub restocked: i64,
     /// Units of the requests still pending: what the shelf owes the queue.
     pub pending_units: i64,
-    /// Units of requests settled as placed: the resync's fence.
+    /// Units of requests settled as placed.
     pub placed_units: i64,
+    /// Units an operator's withdrawal took off the shelf, not yet confirmed
+    /// in DynamoDB: not the shelf's to offer.
+    pub withdrawing: i64,
+    /// Units of confirmed withdrawals.
+    pub withdrawn_units: i64,
     /// The sale's end, ms since the epoch.
     pub ends_at_ms: i64,
+}
+
+impl ProductStats {
+    /// Units that left this Redis' own accounting for the ledger's (placed,
+    /// withdrawn): the resync reads it before the ledger as its fence.
+    pub fn fence(&self) -> i64 {
+        self.placed_units + self.withdrawn_units
+    }
 }
 
 /// The product's item in DynamoDB: the stock ledger and the lifecycle's
@@ -823,6 +881,9 @@ pub struct Ledger {
     /// Payments recorded for refund: late, for an order no longer payable,
     /// a second payment, or the wrong amount.
     pub refund_due: i64,
+    /// Units operators added to and withdrew from the sale.
+    pub added: i64,
+    pub withdrawn: i64,
 }
 
 impl Ledger {

@@ -10,6 +10,10 @@ pub enum ValidationError {
     BadId { field: &'static str, rule: String },
     #[error("quantity is invalid: it must be an integer from 1 to {max}")]
     BadQuantity { max: u32 },
+    #[error(
+        "delta is invalid: a non-zero integer from -{max} to {max} (units added, or withdrawn when negative)"
+    )]
+    BadStockDelta { max: i64 },
     #[error("{0}")]
     BadField(String),
     #[error("{0}; such a message is sent to the dead-letter queue untouched")]

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use crate::domain::{
     Admission, AuditEntry, Control, Controlled, Denial, KillSwitch, Ledger, OrderMessage,
     OrderStatus, Product, ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
-    UserId, from_unix_ms,
+    StockChange, StockChangeRecord, UserId, from_unix_ms,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
 use crate::ports::{
     Clock, Fate, FateNote, OrderQueue, OrderStore, PaymentWrite, PendingPage, PendingRequest,
-    Placement, PortResult, SendMark, StockGate, Transition, Warm,
+    Placement, PortResult, SendMark, ShelfChange, ShelfStep, StockGate, Transition, Warm,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -90,6 +90,9 @@ impl Failures {
     }
 }
 
+/// A stock change's state on the fake shelf and a taken one's audit entry.
+type ShelfRecord = (String, Option<AuditEntry>);
+
 #[derive(Default)]
 pub struct FakeGate {
     /// The controls applied, in order.
@@ -97,6 +100,9 @@ pub struct FakeGate {
     pub kill_switch: Mutex<KillSwitch>,
     /// Each sale's copy of the deny list.
     pub denials: Mutex<HashMap<ProductId, HashMap<UserId, i64>>>,
+    /// Stock changes' states (`taken:<n>`, ...) and a taken one's audit entry,
+    /// by (product, key); the shelf is `stats` (absent = not warmed).
+    pub stock_changes: Mutex<HashMap<(ProductId, String), ShelfRecord>>,
     pub admissions: Mutex<VecDeque<Admission>>,
     pub purchases: Mutex<Vec<Purchase>>,
     pub requests: Mutex<HashMap<RequestId, RequestView>>,
@@ -227,6 +233,76 @@ impl StockGate for FakeGate {
         }
         Ok(())
     }
+    async fn change_shelf(
+        &self,
+        change: &StockChange,
+        step: ShelfStep,
+        entry: Option<&AuditEntry>,
+    ) -> PortResult<ShelfChange> {
+        self.failures.check("redis").await?;
+        let mut stats = lock(&self.stats);
+        let Some(stats) = stats.as_mut() else {
+            return Ok(ShelfChange::Cold);
+        };
+        let mut changes = lock(&self.stock_changes);
+        let id = (change.product_id.clone(), change.key.as_str().to_owned());
+        let n = change.units();
+        let state = changes.get(&id).map(|(s, _)| s.clone());
+        let taken = format!("taken:{n}");
+        let to = match step {
+            ShelfStep::Take | ShelfStep::Add if state.is_some() => {
+                return Ok(ShelfChange::Seen(state.unwrap_or_default()));
+            }
+            ShelfStep::Settle | ShelfStep::Undo if state.as_deref() != Some(taken.as_str()) => {
+                return Ok(ShelfChange::Seen(state.unwrap_or_default()));
+            }
+            ShelfStep::Take if stats.stock_left < n => {
+                return Ok(ShelfChange::Short {
+                    on_shelf: stats.stock_left,
+                });
+            }
+            ShelfStep::Take => {
+                stats.stock_left -= n;
+                stats.stock_total -= n;
+                stats.withdrawing += n;
+                "taken"
+            }
+            ShelfStep::Settle => {
+                stats.withdrawing -= n;
+                stats.withdrawn_units += n;
+                "withdrawn"
+            }
+            ShelfStep::Undo => {
+                stats.withdrawing -= n;
+                stats.stock_left += n;
+                stats.stock_total += n;
+                "refused"
+            }
+            ShelfStep::Add => {
+                stats.stock_left += n;
+                stats.stock_total += n;
+                "added"
+            }
+        };
+        let keep = if to == "taken" { entry.cloned() } else { None };
+        changes.insert(id, (format!("{to}:{n}"), keep));
+        Ok(ShelfChange::Done)
+    }
+    async fn withdrawals_taken(
+        &self,
+        product: &ProductId,
+    ) -> PortResult<Vec<(StockChange, AuditEntry)>> {
+        self.failures.check("redis").await?;
+        Ok(lock(&self.stock_changes)
+            .iter()
+            .filter(|((p, _), (state, _))| p == product && state.starts_with("taken:"))
+            .filter_map(|((p, key), (state, entry))| {
+                let n: i64 = state.strip_prefix("taken:")?.parse().ok()?;
+                let key = crate::domain::IdempotencyKey::parse(key).ok()?;
+                Some((StockChange::new(p.clone(), key, -n).ok()?, entry.clone()?))
+            })
+            .collect())
+    }
     async fn denials(&self, product: &ProductId) -> PortResult<Vec<(UserId, i64)>> {
         self.failures.check("redis").await?;
         Ok(lock(&self.denials)
@@ -239,7 +315,7 @@ impl StockGate for FakeGate {
         product: &Product,
         force: bool,
         ledger: i64,
-        _placed_units_seen: i64,
+        _fence_seen: i64,
     ) -> PortResult<Warm> {
         self.failures.check("redis").await?;
         if self.started.load(Ordering::SeqCst) && !force {
@@ -313,7 +389,7 @@ impl StockGate for FakeGate {
         &self,
         product: &ProductId,
         remaining: i64,
-        placed_units_seen: i64,
+        fence_seen: i64,
     ) -> PortResult<Option<i64>> {
         self.failures.check("redis").await?;
         let pending_units: i64 = lock(&self.pending)
@@ -323,13 +399,13 @@ impl StockGate for FakeGate {
             .sum();
         let mut stats = lock(&self.stats);
         let stats = stats.get_or_insert_with(ProductStats::default);
-        if stats.placed_units < placed_units_seen {
+        if stats.fence() < fence_seen {
             return Ok(None);
         }
         let target = crate::domain::shelf_target(
             remaining,
-            pending_units,
-            stats.placed_units - placed_units_seen,
+            pending_units + stats.withdrawing,
+            stats.fence() - fence_seen,
         );
         let drift = target - stats.stock_left;
         stats.stock_left = target;
@@ -370,6 +446,7 @@ pub struct FakeStore {
     pub audits: Mutex<Vec<AuditEntry>>,
     pub kill_switch: Mutex<KillSwitch>,
     pub denials: Mutex<HashMap<UserId, Denial>>,
+    pub stock_changes: Mutex<HashMap<(ProductId, String), StockChangeRecord>>,
     pub orders: Mutex<HashMap<RequestId, RequestView>>,
     pub guards: Mutex<HashMap<(ProductId, String), RequestId>>,
     pub products: Mutex<HashMap<ProductId, Product>>,
@@ -560,6 +637,79 @@ impl OrderStore for FakeStore {
     async fn denial(&self, user: &UserId) -> PortResult<Option<Denial>> {
         self.failures.check("dynamodb").await?;
         Ok(lock(&self.denials).get(user).cloned())
+    }
+    async fn change_stock(
+        &self,
+        change: &StockChange,
+        entry: &AuditEntry,
+    ) -> PortResult<Option<(StockChangeRecord, bool)>> {
+        self.failures.check("dynamodb").await?;
+        let id = (change.product_id.clone(), change.key.as_str().to_owned());
+        if let Some(rec) = lock(&self.stock_changes).get(&id) {
+            return Ok(Some((*rec, false)));
+        }
+        let mut products = lock(&self.products);
+        let mut ledgers = lock(&self.ledgers);
+        let (Some(product), Some(ledger)) = (
+            products.get_mut(&change.product_id),
+            ledgers.get_mut(&change.product_id),
+        ) else {
+            return Ok(None);
+        };
+        let n = change.units();
+        let adding = change.delta > 0;
+        let applied = adding || ledger.remaining >= n;
+        if applied {
+            product.stock = u32::try_from(i64::from(product.stock) + change.delta)
+                .map_err(|_| InfraError::permanent("dynamodb", "stock out of range"))?;
+            ledger.remaining += change.delta;
+            if adding {
+                ledger.releasing += n;
+                ledger.added += n;
+            } else {
+                ledger.withdrawn += n;
+            }
+            lock(&self.audits).push(entry.clone());
+        }
+        let rec = StockChangeRecord {
+            delta: change.delta,
+            applied,
+            shelf_due: applied && adding,
+        };
+        lock(&self.stock_changes).insert(id, rec);
+        Ok(Some((rec, true)))
+    }
+    async fn stock_change(&self, change: &StockChange) -> PortResult<Option<StockChangeRecord>> {
+        self.failures.check("dynamodb").await?;
+        Ok(lock(&self.stock_changes)
+            .get(&(change.product_id.clone(), change.key.as_str().to_owned()))
+            .copied())
+    }
+    async fn stock_change_shelved(&self, change: &StockChange) -> PortResult<bool> {
+        self.failures.check("dynamodb").await?;
+        let mut changes = lock(&self.stock_changes);
+        let Some(rec) = changes
+            .get_mut(&(change.product_id.clone(), change.key.as_str().to_owned()))
+            .filter(|r| r.shelf_due)
+        else {
+            return Ok(false);
+        };
+        rec.shelf_due = false;
+        if let Some(ledger) = lock(&self.ledgers).get_mut(&change.product_id) {
+            ledger.releasing -= change.units();
+        }
+        Ok(true)
+    }
+    async fn stock_changes_due(&self, product: &ProductId) -> PortResult<Vec<StockChange>> {
+        self.failures.check("dynamodb").await?;
+        Ok(lock(&self.stock_changes)
+            .iter()
+            .filter(|((p, _), r)| p == product && r.shelf_due)
+            .filter_map(|((p, key), r)| {
+                let key = crate::domain::IdempotencyKey::parse(key).ok()?;
+                StockChange::new(p.clone(), key, r.delta).ok()
+            })
+            .collect())
     }
     async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {
         self.failures.check("dynamodb").await?;

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::domain::{
     Admission, AuditEntry, Control, Controlled, Denial, KillSwitch, Ledger, OrderMessage,
     OrderStatus, Product, ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
-    UserId,
+    StockChange, StockChangeRecord, UserId,
 };
 use crate::error::{ConfigError, InfraError};
 use crate::payment::{EventId, PaymentEvent, PaymentRecord};
 use crate::ports::{
     Fate, FateNote, OrderQueue, OrderStore, PaymentWrite, PendingPage, Placement, PortResult,
-    SendMark, StockGate, Transition, Warm,
+    SendMark, ShelfChange, ShelfStep, StockGate, Transition, Warm,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,12 +167,10 @@ impl<T: StockGate> StockGate for Faulty<T> {
         product: &Product,
         force: bool,
         ledger: i64,
-        placed_units_seen: i64,
+        fence_seen: i64,
     ) -> PortResult<Warm> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner
-            .warm(product, force, ledger, placed_units_seen)
-            .await
+        self.inner.warm(product, force, ledger, fence_seen).await
     }
     async fn apply_controls(&self, product: &Product) -> PortResult<bool> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
@@ -198,6 +196,22 @@ impl<T: StockGate> StockGate for Faulty<T> {
     async fn denials(&self, product: &ProductId) -> PortResult<Vec<(UserId, i64)>> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         StockGate::denials(&self.inner, product).await
+    }
+    async fn change_shelf(
+        &self,
+        change: &StockChange,
+        step: ShelfStep,
+        entry: Option<&AuditEntry>,
+    ) -> PortResult<ShelfChange> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.change_shelf(change, step, entry).await
+    }
+    async fn withdrawals_taken(
+        &self,
+        product: &ProductId,
+    ) -> PortResult<Vec<(StockChange, AuditEntry)>> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.withdrawals_taken(product).await
     }
     async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
@@ -231,12 +245,10 @@ impl<T: StockGate> StockGate for Faulty<T> {
         &self,
         product: &ProductId,
         remaining: i64,
-        placed_units_seen: i64,
+        fence_seen: i64,
     ) -> PortResult<Option<i64>> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner
-            .resync(product, remaining, placed_units_seen)
-            .await
+        self.inner.resync(product, remaining, fence_seen).await
     }
 }
 
@@ -326,6 +338,26 @@ impl<T: OrderStore> OrderStore for Faulty<T> {
     async fn denial(&self, user: &UserId) -> PortResult<Option<Denial>> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
         self.inner.denial(user).await
+    }
+    async fn change_stock(
+        &self,
+        change: &StockChange,
+        entry: &AuditEntry,
+    ) -> PortResult<Option<(StockChangeRecord, bool)>> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.change_stock(change, entry).await
+    }
+    async fn stock_change(&self, change: &StockChange) -> PortResult<Option<StockChangeRecord>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.stock_change(change).await
+    }
+    async fn stock_change_shelved(&self, change: &StockChange) -> PortResult<bool> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.stock_change_shelved(change).await
+    }
+    async fn stock_changes_due(&self, product: &ProductId) -> PortResult<Vec<StockChange>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.stock_changes_due(product).await
     }
     async fn pay(
         &self,

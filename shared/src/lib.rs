@@ -15,6 +15,7 @@ pub mod payment;
 pub mod ports;
 pub mod redis;
 pub mod retry;
+pub mod stock;
 pub mod telemetry;
 pub mod wiring;
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use crate::domain::{
     Admission, AuditEntry, Control, Controlled, Denial, KillSwitch, Ledger, OrderMessage,
     OrderStatus, Product, ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
-    UserId,
+    StockChange, StockChangeRecord, UserId,
 };
 use crate::error::InfraError;
 use crate::payment::{EventId, PaymentEvent, PaymentRecord};
@@ -44,6 +44,45 @@ impl SendMark {
             Self::Unclaimed => "unclaimed",
         }
     }
+}
+
+/// A Redis step of a stock change (`stock_change.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShelfStep {
+    /// A withdrawal's first step: the units off the shelf, held aside.
+    Take,
+    /// DynamoDB recorded the withdrawal: the units are gone.
+    Settle,
+    /// DynamoDB refused it: the units back on the shelf.
+    Undo,
+    /// An addition DynamoDB recorded: the units on the shelf.
+    Add,
+}
+
+impl ShelfStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Take => "take",
+            Self::Settle => "settle",
+            Self::Undo => "undo",
+            Self::Add => "add",
+        }
+    }
+}
+
+/// What a shelf step found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShelfChange {
+    /// The sale is not warmed here: nothing to change (its warm-up reads
+    /// the ledger).
+    Cold,
+    /// Take: fewer units on the shelf than asked; nothing changed.
+    Short { on_shelf: i64 },
+    /// This call moved the units.
+    Done,
+    /// Done before (or, for settle and undo, nothing taken): the change's
+    /// state, e.g. `withdrawn:10`.
+    Seen(String),
 }
 
 /// A request still in a product's outbox index, as the sweeper sees it.
@@ -129,14 +168,14 @@ pub trait StockGate: Send + Sync {
     ) -> impl Future<Output = PortResult<bool>> + Send;
 
     /// Loads a product; the shelf is [`crate::domain::shelf_target`] of the
-    /// ledger's `ledger_remaining`, read after `placed_units_seen` (0 before
+    /// ledger's `ledger_remaining`, read after `fence_seen` (0 before
     /// any sale), as the resync computes it.
     fn warm(
         &self,
         product: &Product,
         force: bool,
         ledger_remaining: i64,
-        placed_units_seen: i64,
+        fence_seen: i64,
     ) -> impl Future<Output = PortResult<Warm>> + Send;
 
     /// Applies the operator's controls the product records (pause, end) to
@@ -158,6 +197,22 @@ pub trait StockGate: Send + Sync {
         add: &[(UserId, i64)],
         remove: &[UserId],
     ) -> impl Future<Output = PortResult<()>> + Send;
+
+    /// One step of a stock change on the shelf, once per change key; `Take`
+    /// keeps the audit entry, for whoever finishes the change.
+    fn change_shelf(
+        &self,
+        change: &StockChange,
+        step: ShelfStep,
+        entry: Option<&AuditEntry>,
+    ) -> impl Future<Output = PortResult<ShelfChange>> + Send;
+
+    /// Withdrawals taken off a sale's shelf and not yet settled or undone,
+    /// with their audit entries.
+    fn withdrawals_taken(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<(StockChange, AuditEntry)>>> + Send;
 
     /// A sale's copy of the deny list: (user, blocked until ms or 0).
     fn denials(
@@ -190,13 +245,13 @@ pub trait StockGate: Send + Sync {
     fn now_ms(&self) -> impl Future<Output = PortResult<i64>> + Send;
 
     /// Sets the shelf to [`crate::domain::shelf_target`] of the DynamoDB
-    /// ledger's `remaining`, read after `placed_units_seen`. Returns the
+    /// ledger's `remaining`, read after `fence_seen`. Returns the
     /// correction applied, or None when Redis went back in time meanwhile.
     fn resync(
         &self,
         product: &ProductId,
         remaining: i64,
-        placed_units_seen: i64,
+        fence_seen: i64,
     ) -> impl Future<Output = PortResult<Option<i64>>> + Send;
 }
 
@@ -350,6 +405,37 @@ pub trait OrderStore: Send + Sync {
         entry: &AuditEntry,
     ) -> impl Future<Output = PortResult<bool>> + Send;
 
+    /// Records a stock change once per key, with its audit entry,
+    /// atomically: the product's stock and ledger, and the change's own
+    /// item. A withdrawal needs the ledger to hold its units, else it is
+    /// recorded as not applied; an addition's units stay `releasing` (and
+    /// the change due) until its shelf step is confirmed. The record, and
+    /// whether this call made it; None for an unknown product.
+    fn change_stock(
+        &self,
+        change: &StockChange,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<Option<(StockChangeRecord, bool)>>> + Send;
+
+    /// A change's record, read consistently.
+    fn stock_change(
+        &self,
+        change: &StockChange,
+    ) -> impl Future<Output = PortResult<Option<StockChangeRecord>>> + Send;
+
+    /// Confirms an addition's units are on the shelf (`releasing` back
+    /// down), only if it is still due; true when this call did.
+    fn stock_change_shelved(
+        &self,
+        change: &StockChange,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+
+    /// A sale's additions whose shelf step is not confirmed.
+    fn stock_changes_due(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<StockChange>>> + Send;
+
     /// The deny list (from an index: may lag a change by a moment).
     fn denials(&self) -> impl Future<Output = PortResult<Vec<Denial>>> + Send;
 
@@ -462,9 +548,9 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
         product: &Product,
         force: bool,
         ledger_remaining: i64,
-        placed_units_seen: i64,
+        fence_seen: i64,
     ) -> impl Future<Output = PortResult<Warm>> + Send {
-        (**self).warm(product, force, ledger_remaining, placed_units_seen)
+        (**self).warm(product, force, ledger_remaining, fence_seen)
     }
     fn apply_controls(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send {
         (**self).apply_controls(product)
@@ -488,6 +574,20 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
         product: &ProductId,
     ) -> impl Future<Output = PortResult<Vec<(UserId, i64)>>> + Send {
         StockGate::denials(&**self, product)
+    }
+    fn change_shelf(
+        &self,
+        change: &StockChange,
+        step: ShelfStep,
+        entry: Option<&AuditEntry>,
+    ) -> impl Future<Output = PortResult<ShelfChange>> + Send {
+        (**self).change_shelf(change, step, entry)
+    }
+    fn withdrawals_taken(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<(StockChange, AuditEntry)>>> + Send {
+        (**self).withdrawals_taken(product)
     }
     fn stats(
         &self,
@@ -517,9 +617,9 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
         &self,
         product: &ProductId,
         remaining: i64,
-        placed_units_seen: i64,
+        fence_seen: i64,
     ) -> impl Future<Output = PortResult<Option<i64>>> + Send {
-        (**self).resync(product, remaining, placed_units_seen)
+        (**self).resync(product, remaining, fence_seen)
     }
 }
 
@@ -595,6 +695,31 @@ impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
     }
     fn denials(&self) -> impl Future<Output = PortResult<Vec<Denial>>> + Send {
         OrderStore::denials(&**self)
+    }
+    fn change_stock(
+        &self,
+        change: &StockChange,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<Option<(StockChangeRecord, bool)>>> + Send {
+        (**self).change_stock(change, entry)
+    }
+    fn stock_change(
+        &self,
+        change: &StockChange,
+    ) -> impl Future<Output = PortResult<Option<StockChangeRecord>>> + Send {
+        (**self).stock_change(change)
+    }
+    fn stock_change_shelved(
+        &self,
+        change: &StockChange,
+    ) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).stock_change_shelved(change)
+    }
+    fn stock_changes_due(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<StockChange>>> + Send {
+        (**self).stock_changes_due(product)
     }
     fn denial(&self, user: &UserId) -> impl Future<Output = PortResult<Option<Denial>>> + Send {
         (**self).denial(user)

@@ -949,3 +949,85 @@ async fn a_denied_buyer_is_refused_without_a_trace_until_their_entry_lapses() {
         [(user("brief"), now + 1_500), (user("lapsed"), now - 1)]
     );
 }
+
+#[tokio::test]
+async fn stock_changes_move_the_shelf_once_and_the_resync_never_offers_a_withdrawn_unit() {
+    use shared::domain::{AuditEntry, StockChange};
+    use shared::ports::{ShelfChange, ShelfStep};
+    let (g, p) = warmed(10, 1).await;
+    let change = |key: &str, delta: i64| {
+        StockChange::new(p.clone(), IdempotencyKey::parse(key).unwrap(), delta).unwrap()
+    };
+    let entry = AuditEntry {
+        product_id: Some(p.clone()),
+        at: OffsetDateTime::now_utc(),
+        actor: "ops".into(),
+        action: "withdraw_stock 4".into(),
+        reason: "damaged".into(),
+    };
+    let left = |g: RedisGate, p: ProductId| async move { g.stats(&p).await.unwrap().unwrap() };
+    let w = change("w1", -4);
+    assert_eq!(
+        g.change_shelf(&w, ShelfStep::Take, Some(&entry))
+            .await
+            .unwrap(),
+        ShelfChange::Done
+    );
+    assert_eq!(
+        g.change_shelf(&w, ShelfStep::Take, Some(&entry))
+            .await
+            .unwrap(),
+        ShelfChange::Seen("taken:4".into())
+    );
+    assert_eq!(
+        g.withdrawals_taken(&p).await.unwrap(),
+        [(w.clone(), entry.clone())]
+    );
+    let s = left(g.clone(), p.clone()).await;
+    assert_eq!((s.stock_left, s.withdrawing, s.stock_total), (6, 4, 6));
+    // A resync from a ledger that does not know of the withdrawal yet.
+    let fence = s.fence();
+    g.resync(&p, 10, fence).await.unwrap();
+    assert_eq!(left(g.clone(), p.clone()).await.stock_left, 6);
+    // Settled between a sweep's fence read and its (older) ledger read.
+    assert_eq!(
+        g.change_shelf(&w, ShelfStep::Settle, None).await.unwrap(),
+        ShelfChange::Done
+    );
+    g.resync(&p, 10, fence).await.unwrap();
+    let s = left(g.clone(), p.clone()).await;
+    assert_eq!((s.stock_left, s.withdrawing, s.withdrawn_units), (6, 0, 4));
+    g.resync(&p, 6, s.fence()).await.unwrap();
+    assert_eq!(left(g.clone(), p.clone()).await.stock_left, 6);
+    assert!(g.withdrawals_taken(&p).await.unwrap().is_empty());
+
+    // Refused by the ledger: undone, once.
+    let r = change("w2", -2);
+    g.change_shelf(&r, ShelfStep::Take, Some(&entry))
+        .await
+        .unwrap();
+    assert_eq!(left(g.clone(), p.clone()).await.stock_left, 4);
+    for _ in 0..2 {
+        g.change_shelf(&r, ShelfStep::Undo, None).await.unwrap();
+    }
+    assert_eq!(left(g.clone(), p.clone()).await.stock_left, 6);
+    assert_eq!(
+        g.change_shelf(&change("w3", -7), ShelfStep::Take, Some(&entry))
+            .await
+            .unwrap(),
+        ShelfChange::Short { on_shelf: 6 }
+    );
+    // An addition, once.
+    let a = change("a1", 3);
+    for _ in 0..2 {
+        g.change_shelf(&a, ShelfStep::Add, None).await.unwrap();
+    }
+    let s = left(g.clone(), p.clone()).await;
+    assert_eq!((s.stock_left, s.stock_total), (9, 9));
+    // A sale not warmed here: nothing to change.
+    let cold = StockChange::new(unique("cold"), IdempotencyKey::parse("k").unwrap(), 5).unwrap();
+    assert_eq!(
+        g.change_shelf(&cold, ShelfStep::Add, None).await.unwrap(),
+        ShelfChange::Cold
+    );
+}

@@ -12,8 +12,9 @@ use shared::redis::RedisGate;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Audit {
-    // Redis.
+    /// The sale's stock now (DynamoDB's product, after operators' changes).
     pub stock_total: i64,
+    // Redis.
     /// Units on the shelf.
     pub stock_left: i64,
     pub admitted: i64,
@@ -21,7 +22,12 @@ pub struct Audit {
     /// Compensations that put units back (at most one per compensated
     /// request; none for one Redis had forgotten).
     pub restocked: i64,
+    /// Units an operator's withdrawal took off the shelf, not yet recorded.
+    pub withdrawing: i64,
     // DynamoDB.
+    /// Units operators added and withdrew (the ledger's counts).
+    pub added: i64,
+    pub withdrawn: i64,
     /// Orders ever placed (whatever they became after).
     pub placed: i64,
     /// Units held by orders: placed and not released (reserved or paid).
@@ -71,6 +77,12 @@ impl Audit {
                 self.releasing
             ));
         }
+        if self.withdrawing > 0 {
+            p.push(format!(
+                "{} units taken off the shelf by a withdrawal not yet recorded",
+                self.withdrawing
+            ));
+        }
         if self.paid_miscount != 0 {
             p.push(format!(
                 "the ledger counts {} paid orders more than DynamoDB holds",
@@ -113,7 +125,7 @@ impl fmt::Display for Audit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "admitted={} placed={} stock_left={} oversold={} duplicate_buyers={} rejected={} compensated={} pending={} restocked={} ledger_remaining={} stock_total={} paid={} cancelled={} expired={} released={} refund_due={} open={}",
+            "admitted={} placed={} stock_left={} oversold={} duplicate_buyers={} rejected={} compensated={} pending={} restocked={} ledger_remaining={} stock_total={} added={} withdrawn={} paid={} cancelled={} expired={} released={} refund_due={} open={}",
             self.admitted,
             self.placed,
             self.stock_left,
@@ -125,6 +137,8 @@ impl fmt::Display for Audit {
             self.restocked,
             self.ledger_remaining,
             self.stock_total,
+            self.added,
+            self.withdrawn,
             self.paid,
             self.cancelled,
             self.expired,
@@ -144,8 +158,16 @@ pub async fn audit(gate: &RedisGate, store: &DynamoStore, product: &ProductId) -
         .ledger(product)
         .await?
         .with_context(|| format!("product {product} has no stock ledger in DynamoDB"))?;
+    let stock_total = store
+        .product(product)
+        .await?
+        .with_context(|| format!("product {product} is not in DynamoDB"))?
+        .stock;
     let mut a = Audit {
-        stock_total: stats.stock_total,
+        stock_total: i64::from(stock_total),
+        withdrawing: stats.withdrawing,
+        added: ledger.added,
+        withdrawn: ledger.withdrawn,
         stock_left: stats.stock_left,
         admitted: stats.admitted,
         pending: stats.pending,

@@ -313,3 +313,190 @@ async fn the_kill_switch_and_the_deny_list_reach_every_sale() {
     );
     s.running.stop().await;
 }
+
+/// Issue 11's whole day: a buyer and an address hammer the sale while fair
+/// buyers buy; mid-flight an operator pauses, withdraws 10 units, resumes
+/// and ends it. The abusers get 429s, every fair buyer is served, and the
+/// books balance with the withdrawal accounted for, as the audit says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_day_with_abusers_and_an_operator_ends_with_balanced_books() {
+    let s = TestStack::start("saleday", 30).await;
+    let product = unique("saleday");
+    s.on_sale(
+        &product,
+        100,
+        json!({ "rate_limits": {
+            "buyer": { "per_second": 1, "burst": 3 },
+            "ip": { "per_second": 2, "burst": 5 },
+        }}),
+    )
+    .await;
+    let buy = |user: String, ip: Option<&'static str>| {
+        let (api, product) = (s.api.clone(), product.clone());
+        async move {
+            let body = json!({ "product_id": product, "user_id": user });
+            let headers: Vec<(&str, &str)> =
+                ip.map(|ip| ("X-Forwarded-For", ip)).into_iter().collect();
+            api.call("POST", "/api/flash-sale/buy", &headers, Some(&body))
+                .await
+                .unwrap()
+        }
+    };
+    let fair = |range: std::ops::Range<usize>| {
+        let mut set = tokio::task::JoinSet::new();
+        for i in range {
+            let (api, product) = (s.api.clone(), product.clone());
+            set.spawn(async move {
+                api.buy(
+                    &json!({ "product_id": product, "user_id": format!("fair{i}") }),
+                    None,
+                )
+                .await
+                .unwrap()
+            });
+        }
+        set
+    };
+    let operator =
+        |method: &'static str, path: String, key: Option<&'static str>, body: serde_json::Value| {
+            let api = s.api.clone();
+            async move {
+                let auth = format!("Bearer {}", common::ADMIN_TOKEN);
+                let mut headers = vec![
+                    ("Authorization", auth.as_str()),
+                    ("X-Flashsale-Operator", "ops-bob"),
+                ];
+                if let Some(key) = key {
+                    headers.push(("Idempotency-Key", key));
+                }
+                api.call(method, &path, &headers, Some(&body))
+                    .await
+                    .unwrap()
+            }
+        };
+    let base = format!("/api/admin/products/{product}");
+
+    // The first wave, with the abusers.
+    let mut abusers = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        abusers.spawn(buy("hammer".into(), None));
+        abusers.spawn(buy(format!("bot{i}"), Some("192.0.2.66")));
+    }
+    let mut wave = fair(0..30);
+    let limited = abusers
+        .join_all()
+        .await
+        .iter()
+        .filter(|a| a.status == 429)
+        .count();
+    assert!(limited >= 40, "the abusers got only {limited} 429s of 60");
+    let first: Vec<u16> = std::mem::take(&mut wave)
+        .join_all()
+        .await
+        .iter()
+        .map(|a| a.status)
+        .collect();
+    assert!(first.iter().all(|s| *s == 202), "fair buyers: {first:?}");
+
+    // The operator steps in.
+    let paused = operator(
+        "POST",
+        format!("{base}/pause"),
+        None,
+        json!({ "reason": "bot wave" }),
+    )
+    .await;
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    let waiting: Vec<u16> = fair(30..35)
+        .join_all()
+        .await
+        .iter()
+        .map(|a| a.status)
+        .collect();
+    assert_eq!(waiting, [503; 5]);
+    let withdraw = json!({ "delta": -10, "reason": "damaged in transit" });
+    let withdrawn = operator(
+        "POST",
+        format!("{base}/stock"),
+        Some("saleday-w1"),
+        withdraw.clone(),
+    )
+    .await;
+    assert_eq!(
+        (withdrawn.status, &withdrawn.body["stock_total"]),
+        (200, &json!(90)),
+        "{}",
+        withdrawn.body
+    );
+    // The operator's retry of the same call withdraws nothing more.
+    let again = operator(
+        "POST",
+        format!("{base}/stock"),
+        Some("saleday-w1"),
+        withdraw,
+    )
+    .await;
+    assert_eq!((again.status, &again.body["changed"]), (200, &json!(false)));
+    let resumed = operator(
+        "POST",
+        format!("{base}/resume"),
+        None,
+        json!({ "reason": "WAF rule live" }),
+    )
+    .await;
+    assert_eq!(resumed.status, 200);
+    let second: Vec<u16> = fair(30..60)
+        .join_all()
+        .await
+        .iter()
+        .map(|a| a.status)
+        .collect();
+    assert!(
+        second.iter().all(|s| *s == 202),
+        "fair buyers after the resume: {second:?}"
+    );
+    let ended = operator(
+        "POST",
+        format!("{base}/end"),
+        None,
+        json!({ "reason": "sold offline" }),
+    )
+    .await;
+    assert_eq!(ended.status, 200);
+    assert_eq!(buy("late".into(), None).await.status, 403);
+
+    // The books, as `flashsale reconcile` reads them, and the audit agree.
+    let pid = ProductId::parse(product.as_str()).unwrap();
+    let mut books = audit(&s.gate, &s.store, &pid).await.unwrap();
+    for _ in 0..150 {
+        if books.pending == 0 && books.balanced() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        books = audit(&s.gate, &s.store, &pid).await.unwrap();
+    }
+    assert!(books.balanced(), "{books}: {:?}", books.problems());
+    let admitted_fair = 60;
+    assert!(books.placed >= admitted_fair, "{books}");
+    assert_eq!((books.withdrawn, books.stock_total), (10, 90), "{books}");
+    assert_eq!(books.placed_units + books.stock_left, 90, "{books}");
+    let log = s
+        .api
+        .admin("GET", &format!("{base}/audit"), None)
+        .await
+        .unwrap();
+    let actions: Vec<&str> = log.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["pause", "withdraw_stock 10", "resume", "end"]);
+    let withdrawn_by_audit: i64 = actions
+        .iter()
+        .filter_map(|a| a.strip_prefix("withdraw_stock "))
+        .map(|n| n.parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(withdrawn_by_audit, books.withdrawn);
+    s.running.stop().await;
+}

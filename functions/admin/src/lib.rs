@@ -18,11 +18,12 @@ use subtle::ConstantTimeEq;
 use serde::Serialize;
 use shared::deny::DenyList;
 use shared::domain::{
-    AuditEntry, Control, Controlled, Denial, Ledger, Product, ProductId, ProductStats, UserId,
-    unix_ms,
+    AuditEntry, Control, Controlled, Denial, IdempotencyKey, Ledger, Product, ProductId,
+    ProductStats, StockChange, UserId, unix_ms,
 };
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::ports::{OrderStore, StockGate, Warm};
+use shared::stock;
 
 #[derive(Serialize)]
 struct Stats<'a> {
@@ -162,6 +163,7 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
                     Control::parse(action).ok_or_else(|| ApiError::new(404, "not_found"))?;
                 self.control(req, &ProductId::parse(*id)?, control).await
             }
+            (Method::POST, [id, "stock"]) => self.change_stock(req, &ProductId::parse(*id)?).await,
             (Method::GET, [id, "audit"]) => {
                 let id = ProductId::parse(*id)?;
                 let entries = self.store.audit(Some(&id)).await?;
@@ -170,7 +172,7 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
                     &json!({ "product_id": id, "entries": entries }),
                 ))
             }
-            (_, [] | [_] | [_, "warm" | "pause" | "resume" | "end" | "audit"]) => {
+            (_, [] | [_] | [_, "warm" | "pause" | "resume" | "end" | "stock" | "audit"]) => {
                 Err(ApiError::new(405, "method_not_allowed"))
             }
             _ => Err(ApiError::new(404, "not_found")),
@@ -198,7 +200,7 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
             .await?
             .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
         // The fence before the ledger, as the sweeper's resync reads them.
-        let seen = self.gate.stats(id).await?.map_or(0, |s| s.placed_units);
+        let seen = self.gate.stats(id).await?.map_or(0, |s| s.fence());
         let ledger = self
             .store
             .ledger(id)
@@ -264,6 +266,64 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
                 "changed": changed,
             }),
         ))
+    }
+
+    /// `{"delta": ±n, "reason"}` with an Idempotency-Key: units added to
+    /// or withdrawn from the sale, shelf and ledger together, never below
+    /// what buyers were admitted to (see `shared::stock`).
+    async fn change_stock(&self, req: &Request, id: &ProductId) -> Result<HttpResponse, ApiError> {
+        let key = api::ascii_header(req, "idempotency-key")?
+            .map(IdempotencyKey::parse)
+            .transpose()?
+            .ok_or_else(|| {
+                ApiError::invalid("an Idempotency-Key header is required: a retry must not change the stock twice")
+            })?;
+        #[derive(serde::Deserialize)]
+        struct Body {
+            delta: i64,
+        }
+        let body: Body = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
+            ApiError::invalid(format!(
+                "body must be {{\"delta\": <units, negative to withdraw>, \"reason\": \"why\"}}: {e}"
+            ))
+        })?;
+        let change = StockChange::new(id.clone(), key, body.delta)?;
+        let action = if change.delta > 0 {
+            "add_stock"
+        } else {
+            "withdraw_stock"
+        };
+        let entry = audit_entry(req, Some(id), &format!("{action} {}", change.units()))?;
+        let unfinished = |e: shared::error::InfraError| {
+            ApiError::from(e).with_message(
+                "the change may be part done: repeat the call with the same Idempotency-Key (it is safe), or the next sweep finishes it",
+            )
+        };
+        let outcome = stock::change(&self.gate, &self.store, &change, &entry)
+            .await
+            .map_err(unfinished)?;
+        match outcome {
+            stock::Outcome::Applied { new } => {
+                let product = self
+                    .store
+                    .product(id)
+                    .await?
+                    .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
+                tracing::info!(product_id = %id, delta = change.delta, actor = %entry.actor, reason = %entry.reason, new, "stock change");
+                Ok(api::json_response(
+                    200,
+                    &json!({ "product_id": id, "delta": change.delta, "stock_total": product.stock, "changed": new }),
+                ))
+            }
+            stock::Outcome::Short { on_shelf } => Err(ApiError::new(409, "insufficient_stock")
+                .with_message(match on_shelf {
+                    Some(n) => format!("only {n} units are on the shelf (the rest are admitted or sold); withdraw at most {n}"),
+                    None => "the units were sold or admitted meanwhile; nothing was withdrawn".to_owned(),
+                })),
+            stock::Outcome::KeyReused => Err(ApiError::new(422, "idempotency_key_reused")
+                .with_message("this Idempotency-Key was used for another change; use a new key")),
+            stock::Outcome::UnknownProduct => Err(ApiError::new(404, "unknown_product")),
+        }
     }
 
     /// Records the switch, then tells Redis, where every deduct instance
@@ -543,6 +603,69 @@ mod tests {
         a.gate.denials.lock().unwrap().clear();
         call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
         assert_eq!(copy(&a), ["bot7"]);
+    }
+
+    #[tokio::test]
+    async fn stock_changes_need_a_key_and_stop_at_what_buyers_were_admitted_to() {
+        let a = admin();
+        call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await;
+        *a.gate.stats.lock().unwrap() = Some(shared::domain::ProductStats {
+            stock_total: 100,
+            stock_left: 40,
+            ..Default::default()
+        });
+        let change = |key: Option<&str>, body: &str| {
+            let mut req = http::Request::builder()
+                .method("POST")
+                .uri("/api/admin/products/p1/stock")
+                .header("Authorization", "Bearer s3cret");
+            if let Some(key) = key {
+                req = req.header("Idempotency-Key", key);
+            }
+            let req = req.body(Body::from(body.to_owned())).unwrap();
+            let a = &a;
+            async move {
+                let resp = a.handle(req).await;
+                let body: serde_json::Value =
+                    serde_json::from_slice(resp.body().as_ref()).unwrap_or_default();
+                (resp.status().as_u16(), body)
+            }
+        };
+        let withdraw = r#"{"delta":-10,"reason":"damaged in transit"}"#;
+        assert_eq!(change(None, withdraw).await.0, 400, "a key is required");
+        assert_eq!(
+            change(Some("k1"), r#"{"delta":0,"reason":"x"}"#).await.0,
+            400
+        );
+        let (status, body) = change(Some("k1"), withdraw).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (&body["stock_total"], &body["changed"]),
+            (&json!(90), &json!(true))
+        );
+        let (status, body) = change(Some("k1"), withdraw).await;
+        assert_eq!((status, &body["changed"]), (200, &json!(false)));
+        let (status, body) = change(Some("k2"), r#"{"delta":-31,"reason":"x"}"#).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (409, &json!("insufficient_stock"))
+        );
+        let (status, _) = change(Some("k1"), r#"{"delta":-3,"reason":"x"}"#).await;
+        assert_eq!(status, 422);
+        let (status, body) = change(Some("k3"), r#"{"delta":5,"reason":"found a pallet"}"#).await;
+        assert_eq!((status, &body["stock_total"]), (200, &json!(95)));
+        assert_eq!(
+            a.gate.stats.lock().unwrap().as_ref().unwrap().stock_left,
+            35
+        );
+        let (_, body) = call(&a, "GET", "/api/admin/products/p1/audit", "s3cret", "").await;
+        let actions: Vec<&str> = body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, ["withdraw_stock 10", "add_stock 5"]);
     }
 
     #[tokio::test]

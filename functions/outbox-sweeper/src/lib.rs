@@ -20,9 +20,10 @@
 use serde::Serialize;
 
 use shared::deny::DenyList;
-use shared::domain::{ProductId, ProductStats, republish_due};
+use shared::domain::{ProductId, ProductStats, republish_due, unix_ms};
 use shared::error::InfraError;
 use shared::ports::{OrderQueue, OrderStore, SendMark, StockGate};
+use shared::stock;
 
 /// Index entries read from Redis per call.
 const PAGE: usize = 100;
@@ -140,6 +141,23 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
         if let Err(e) = controls.await {
             tracing::warn!(error = %e, product_id = %product, "controls not re-applied; next run retries");
         }
+        // Stock changes a crash interrupted: additions whose shelf step is
+        // due, and withdrawals taken off the shelf but never recorded (left
+        // to the call that took them for the re-publish threshold).
+        let changes = async {
+            for change in self.store.stock_changes_due(product).await? {
+                stock::shelve_addition(&self.gate, &self.store, &change).await?;
+            }
+            for (change, entry) in self.gate.withdrawals_taken(product).await? {
+                if now - unix_ms(entry.at) >= self.older_than_ms {
+                    stock::record(&self.gate, &self.store, &change, &entry).await?;
+                }
+            }
+            Ok::<_, InfraError>(())
+        };
+        if let Err(e) = changes.await {
+            tracing::warn!(error = %e, product_id = %product, "stock changes not finished; next run retries");
+        }
         // Healed first, so a long backlog below cannot keep the shelf wrong;
         // healed again if following DynamoDB settled requests meanwhile.
         let mut stats = self.heal(product, report).await?;
@@ -170,13 +188,13 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
             return Ok(None);
         };
         for _ in 0..RESYNC_ATTEMPTS {
-            report.resync_drift += self.resync(product, stats.placed_units).await?;
-            let seen = stats.placed_units;
+            report.resync_drift += self.resync(product, stats.fence()).await?;
+            let seen = stats.fence();
             stats = match self.gate.stats(product).await? {
                 Some(s) => s,
                 None => return Ok(None),
             };
-            if stats.placed_units == seen {
+            if stats.fence() == seen {
                 break;
             }
         }
@@ -249,14 +267,15 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
     }
 
     /// The shelf follows the ledger; returns the drift corrected.
-    /// `placed_units_seen` must be read before the ledger: see resync.lua.
-    async fn resync(&self, product: &ProductId, placed_units_seen: i64) -> Result<i64, InfraError> {
+    /// `fence_seen` ([`ProductStats::fence`]) must be read before the
+    /// ledger: see resync.lua.
+    async fn resync(&self, product: &ProductId, fence_seen: i64) -> Result<i64, InfraError> {
         let Some(remaining) = self.store.ledger(product).await?.map(|l| l.shelf_units()) else {
             return Ok(0);
         };
         let drift = self
             .gate
-            .resync(product, remaining, placed_units_seen)
+            .resync(product, remaining, fence_seen)
             .await?
             .unwrap_or(0);
         if drift != 0 {
@@ -345,6 +364,55 @@ mod tests {
         assert_eq!(*s.gate.kill_switch.lock().unwrap(), thrown);
     }
 
+    /// Stock changes whose call died midway: an addition recorded but not
+    /// on the shelf, a withdrawal taken off the shelf but not recorded (once
+    /// its call had the re-publish threshold to finish it itself).
+    #[tokio::test]
+    async fn stock_changes_a_crash_interrupted_are_finished() {
+        use shared::domain::{AuditEntry, IdempotencyKey, StockChange, from_unix_ms};
+        use shared::ports::ShelfStep;
+        let s = Sweeper {
+            store: FakeStore::default().with_stock("p1", 50),
+            ..sweeper()
+        };
+        let p = ProductId::parse("p1").unwrap();
+        s.store.products.lock().unwrap().get_mut(&p).unwrap().stock = 50;
+        *s.gate.stats.lock().unwrap() = Some(ProductStats {
+            stock_total: 50,
+            stock_left: 50,
+            ..ProductStats::default()
+        });
+        let change = |key: &str, delta: i64| {
+            StockChange::new(p.clone(), IdempotencyKey::parse(key).unwrap(), delta).unwrap()
+        };
+        let entry = |at: i64| AuditEntry {
+            product_id: Some(p.clone()),
+            at: from_unix_ms(at),
+            actor: "ops".into(),
+            action: "stock".into(),
+            reason: "r".into(),
+        };
+        let (add, old, fresh) = (change("a", 5), change("w-old", -3), change("w-new", -2));
+        s.store.change_stock(&add, &entry(NOW)).await.unwrap();
+        s.gate
+            .change_shelf(&old, ShelfStep::Take, Some(&entry(NOW - 60_000)))
+            .await
+            .unwrap();
+        s.gate
+            .change_shelf(&fresh, ShelfStep::Take, Some(&entry(NOW - 1_000)))
+            .await
+            .unwrap();
+        s.sweep().await.unwrap();
+        let ledger = s.store.ledger_of(&p);
+        // 50 + 5 - 3; the fresh withdrawal is still its call's to finish.
+        assert_eq!((ledger.remaining, ledger.releasing), (52, 0));
+        let left = s.gate.withdrawals_taken(&p).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, fresh);
+        let stats = s.gate.stats.lock().unwrap().clone().unwrap();
+        assert_eq!((stats.withdrawing, stats.withdrawn_units), (2, 3));
+    }
+
     /// Hole 5: a message SQS may still deliver is not copied every run; only
     /// once its redeliveries are surely over is it sent again.
     #[tokio::test]
@@ -423,9 +491,9 @@ mod tests {
         };
         *s.gate.stats.lock().unwrap() = Some(ProductStats::default());
         *s.gate.pending.lock().unwrap() = vec![pending("p1", 1, 0), pending("p2", 1, 0)];
-        // The kill switch, the deny list, DynamoDB's product list and p1's
-        // controls (all tolerated), then p1's order read.
-        s.store.failures.fail_next(5);
+        // The kill switch, the deny list, DynamoDB's product list, p1's
+        // controls and stock changes (all tolerated), then p1's order read.
+        s.store.failures.fail_next(6);
         let report = s.sweep().await.unwrap();
         assert_eq!((report.errors, report.republished), (1, 1));
         assert_eq!(s.queue.sent()[0].0.product_id.as_str(), "p2");

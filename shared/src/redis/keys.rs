@@ -62,6 +62,11 @@ impl Keys {
     pub fn deny(&self) -> String {
         self.key("deny")
     }
+    /// Hash: an operator's stock changes by key: their state, and a taken
+    /// withdrawal's audit entry (`stock_change.lua`).
+    pub fn stock_changes(&self) -> String {
+        self.key("stock_changes")
+    }
     /// The KEYS of `admit.lua`, in order: every key a request touches,
     /// all in the product's slot.
     pub fn admission(&self, p: &Purchase) -> [String; 9] {

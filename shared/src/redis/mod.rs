@@ -10,12 +10,14 @@ use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script, 
 use tokio::sync::OnceCell;
 
 use crate::domain::{
-    Admission, KillSwitch, OrderMessage, OrderStatus, Product, ProductId, ProductStats, Purchase,
-    Quantity, RateLimit, RateLimits, Refusal, RequestId, RequestView, UserId, from_unix_ms,
-    unix_ms,
+    Admission, AuditEntry, IdempotencyKey, KillSwitch, OrderMessage, OrderStatus, Product,
+    ProductId, ProductStats, Purchase, Quantity, RateLimit, RateLimits, Refusal, RequestId,
+    RequestView, StockChange, UserId, from_unix_ms, unix_ms,
 };
 use crate::error::InfraError;
-use crate::ports::{PendingPage, PendingRequest, PortResult, SendMark, StockGate, Warm};
+use crate::ports::{
+    PendingPage, PendingRequest, PortResult, SendMark, ShelfChange, ShelfStep, StockGate, Warm,
+};
 
 pub mod keys;
 #[cfg(feature = "sim")]
@@ -97,6 +99,7 @@ struct Scripts {
     mark_sent: Script,
     controls: Script,
     kill_switch: Script,
+    stock_change: Script,
 }
 
 /// Cheap to clone: clones share one connection and the loaded scripts.
@@ -148,6 +151,7 @@ impl RedisGate {
                     mark_sent: Script::new(include_str!("mark_sent.lua")),
                     controls: Script::new(include_str!("controls.lua")),
                     kill_switch: Script::new(include_str!("kill_switch.lua")),
+                    stock_change: Script::new(include_str!("stock_change.lua")),
                 },
             }),
         }
@@ -474,7 +478,7 @@ impl StockGate for RedisGate {
         p: &Product,
         force: bool,
         ledger_remaining: i64,
-        placed_units_seen: i64,
+        fence_seen: i64,
     ) -> PortResult<Warm> {
         let k = self.keys(&p.product_id);
         let mut c = self.conn().await?;
@@ -491,7 +495,7 @@ impl StockGate for RedisGate {
             .arg(unix_ms(p.ends_at))
             .arg(if force { "1" } else { "0" })
             .arg(ledger_remaining)
-            .arg(placed_units_seen)
+            .arg(fence_seen)
             .arg(RateLimit::spec(p.rate_limits.buyer))
             .arg(RateLimit::spec(p.rate_limits.ip))
             .arg(if p.paused { "1" } else { "0" })
@@ -537,6 +541,66 @@ impl StockGate for RedisGate {
         pipe.query_async::<()>(&mut c).await.map_err(classify)
     }
 
+    async fn change_shelf(
+        &self,
+        change: &StockChange,
+        step: ShelfStep,
+        entry: Option<&AuditEntry>,
+    ) -> PortResult<ShelfChange> {
+        let k = self.keys(&change.product_id);
+        let entry = entry
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| InfraError::permanent("redis", format!("audit entry: {e}")))?;
+        let mut c = self.conn().await?;
+        let (code, detail): (String, String) = self
+            .inner
+            .scripts
+            .stock_change
+            .key(k.meta())
+            .key(k.stock())
+            .key(k.stats())
+            .key(k.stock_changes())
+            .arg(step.as_str())
+            .arg(change.key.as_str())
+            .arg(change.units())
+            .arg(entry.unwrap_or_default())
+            .arg(STATE_TTL_SECS)
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        match code.as_str() {
+            "cold" => Ok(ShelfChange::Cold),
+            "short" => Ok(ShelfChange::Short {
+                on_shelf: detail.parse().map_err(|_| unexpected("stock change"))?,
+            }),
+            "done" => Ok(ShelfChange::Done),
+            "seen" => Ok(ShelfChange::Seen(detail)),
+            _ => Err(unexpected("stock change")),
+        }
+    }
+
+    async fn withdrawals_taken(
+        &self,
+        product: &ProductId,
+    ) -> PortResult<Vec<(StockChange, AuditEntry)>> {
+        let mut c = self.conn().await?;
+        let all: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys(product).stock_changes())
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(all
+            .iter()
+            .filter_map(|(key, state)| {
+                let n: i64 = state.strip_prefix("taken:")?.parse().ok()?;
+                let entry = serde_json::from_str(all.get(&format!("{key}|audit"))?).ok()?;
+                let key = IdempotencyKey::parse(key).ok()?;
+                Some((StockChange::new(product.clone(), key, -n).ok()?, entry))
+            })
+            .collect())
+    }
+
     async fn denials(&self, product: &ProductId) -> PortResult<Vec<(UserId, i64)>> {
         let mut c = self.conn().await?;
         let held: Vec<(String, i64)> = redis::cmd("HGETALL")
@@ -572,6 +636,8 @@ impl StockGate for RedisGate {
                     "restocked",
                     "pending_units",
                     "placed_units",
+                    "withdrawing",
+                    "withdrawn_units",
                 ],
             )
             .zcard(k.pending())
@@ -592,6 +658,8 @@ impl StockGate for RedisGate {
             restocked: n(4),
             pending_units: n(5),
             placed_units: n(6),
+            withdrawing: n(7),
+            withdrawn_units: n(8),
             pending,
             ends_at_ms: meta.get(1).copied().flatten().unwrap_or(0),
         }))
@@ -695,7 +763,7 @@ impl StockGate for RedisGate {
         &self,
         product: &ProductId,
         remaining: i64,
-        placed_units_seen: i64,
+        fence_seen: i64,
     ) -> PortResult<Option<i64>> {
         let k = self.keys(product);
         let mut c = self.conn().await?;
@@ -706,7 +774,7 @@ impl StockGate for RedisGate {
             .key(k.stock())
             .key(k.stats())
             .arg(remaining)
-            .arg(placed_units_seen)
+            .arg(fence_seen)
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;

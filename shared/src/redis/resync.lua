@@ -1,10 +1,12 @@
 -- Heals the Redis shelf from the DynamoDB stock ledger while the sale runs:
--- shelf = ledger - units still pending here - units settled as placed since
--- the caller read the ledger (they may or may not be in that read; counting
--- them twice only undersells until the next run, never oversells).
+-- shelf = ledger - units still pending here - units being withdrawn here -
+-- units that left this Redis' accounting for the ledger's (settled as placed,
+-- withdrawals confirmed) since the caller read the ledger: the fence
+-- `placed_units + withdrawn_units`. They may or may not be in that read;
+-- counting them twice only undersells until the next run, never oversells.
 --
 -- KEYS[1] stock  KEYS[2] stats
--- ARGV[1] ledger units remaining  ARGV[2] `placed_units` read before the ledger
+-- ARGV[1] ledger units remaining  ARGV[2] the fence, read before the ledger
 -- Returns {"synced", drift} (drift = new - old shelf) | {"busy", 0} when this
 -- Redis went back in time since the read (a failover): nothing changed.
 
@@ -13,13 +15,13 @@ local seen = tonumber(ARGV[2])
 if not ledger or not seen then
   return redis.error_reply("resync.lua: bad arguments: numeric ledger and placed_units")
 end
-local s = redis.call("HMGET", KEYS[2], "pending_units", "placed_units")
+local s = redis.call("HMGET", KEYS[2], "pending_units", "placed_units", "withdrawn_units", "withdrawing")
 local pending_units = tonumber(s[1] or "0")
-local placed_units = tonumber(s[2] or "0")
-if placed_units < seen then
+local fence = tonumber(s[2] or "0") + tonumber(s[3] or "0")
+if fence < seen then
   return {"busy", 0}
 end
-local target = ledger - pending_units - (placed_units - seen)
+local target = ledger - pending_units - tonumber(s[4] or "0") - (fence - seen)
 if target < 0 then
   target = 0
 end

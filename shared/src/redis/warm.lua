@@ -7,7 +7,8 @@
 -- KEYS[1] meta  KEYS[2] stock  KEYS[3] stats
 -- ARGV[1] stock_total  ARGV[2] limit  ARGV[3] starts_at (ms)  ARGV[4] ends_at (ms)
 -- ARGV[5] "1" = force  ARGV[6] ledger units remaining
--- ARGV[7] `placed_units` read before the ledger (see resync.lua; 0 before any sale)
+-- ARGV[7] the fence (placed_units + withdrawn_units) read before the ledger
+--   (see resync.lua; 0 before any sale)
 -- ARGV[8] / ARGV[9] the sale's own buyer / IP rate limit ("<ms>:<burst>", "" = the default)
 -- ARGV[10] "1" when an operator paused the sale  ARGV[11] its control_seq: the
 --   pause and the end are taken only over older controls (see controls.lua)
@@ -29,12 +30,12 @@ local started = redis.call("HGET", KEYS[1], "starts_at")
 if started and now >= tonumber(started) and ARGV[5] ~= "1" then
   return {"started", tonumber(redis.call("GET", KEYS[2]) or "0")}
 end
-local s = redis.call("HMGET", KEYS[3], "pending_units", "placed_units")
-local pending_units = tonumber(s[1] or "0")
+local s = redis.call("HMGET", KEYS[3], "pending_units", "placed_units", "withdrawn_units", "withdrawing")
+local pending_units = tonumber(s[1] or "0") + tonumber(s[4] or "0")
 -- Orders settled since the caller read the ledger may be in the read or not:
 -- counted as sold (undersell until the next sweep, never oversell). A Redis
 -- that went back in time (failover) holds those as pending again.
-local placed_since = tonumber(s[2] or "0") - seen
+local placed_since = tonumber(s[2] or "0") + tonumber(s[3] or "0") - seen
 if placed_since < 0 then
   placed_since = 0
 end

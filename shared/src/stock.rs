@@ -1,0 +1,303 @@
+//! An operator's stock change (`POST /api/admin/products/{id}/stock`),
+//! made once per Idempotency-Key on the shelf and the ledger together.
+//!
+//! A withdrawal starts on the Redis shelf, the only place that knows which
+//! units nobody was admitted to: they are taken aside (`withdrawing`, which
+//! the resync never offers), then DynamoDB records the withdrawal if its
+//! ledger still holds them, and the shelf settles (or undoes) the take. An
+//! addition starts in DynamoDB, its units `releasing` there until the shelf
+//! has them, as a release's are. Every step is idempotent per key, and
+//! whatever runs next (a retry of the call, the sweeper) finishes a change
+//! a crash interrupted.
+
+use crate::domain::{AuditEntry, StockChange};
+use crate::error::InfraError;
+use crate::ports::{OrderStore, ShelfChange, ShelfStep, StockGate};
+use crate::retry::{self, Backoff};
+
+/// How a stock change ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Made; `new` is false for a repeat of a change made before.
+    Applied {
+        new: bool,
+    },
+    /// A withdrawal of more units than nobody was admitted to: the shelf
+    /// (or, after a failover, the ledger) holds `on_shelf` (None: unknown).
+    Short {
+        on_shelf: Option<i64>,
+    },
+    /// The key was used before for another change.
+    KeyReused,
+    UnknownProduct,
+}
+
+pub async fn change<G: StockGate, S: OrderStore>(
+    gate: &G,
+    store: &S,
+    change: &StockChange,
+    entry: &AuditEntry,
+) -> Result<Outcome, InfraError> {
+    // A repeat answers as the first did, and finishes what it left.
+    if let Some(rec) = retry::transient(Backoff::DEFAULT, || store.stock_change(change)).await? {
+        if rec.delta != change.delta {
+            return Ok(Outcome::KeyReused);
+        }
+        return finish(gate, store, change, rec.applied)
+            .await
+            .map(|o| match o {
+                Outcome::Applied { .. } => Outcome::Applied { new: false },
+                other => other,
+            });
+    }
+    if change.delta > 0 {
+        return record(gate, store, change, entry).await;
+    }
+    match gate
+        .change_shelf(change, ShelfStep::Take, Some(entry))
+        .await?
+    {
+        ShelfChange::Short { on_shelf } => Ok(Outcome::Short {
+            on_shelf: Some(on_shelf),
+        }),
+        // The key's earlier change was of another size.
+        ShelfChange::Seen(state)
+            if state.rsplit(':').next() != Some(change.units().to_string().as_str()) =>
+        {
+            Ok(Outcome::KeyReused)
+        }
+        // Taken now or before (a retry), or no shelf to take from.
+        ShelfChange::Done | ShelfChange::Seen(_) | ShelfChange::Cold => {
+            record(gate, store, change, entry).await
+        }
+    }
+}
+
+/// Records the change in DynamoDB and finishes it on the shelf: the steps
+/// after a withdrawal's take, or an addition's all. Also the sweeper's, for
+/// a withdrawal whose call died after the take.
+pub async fn record<G: StockGate, S: OrderStore>(
+    gate: &G,
+    store: &S,
+    change: &StockChange,
+    entry: &AuditEntry,
+) -> Result<Outcome, InfraError> {
+    let recorded = retry::transient(Backoff::DEFAULT, || store.change_stock(change, entry)).await?;
+    let Some((rec, new)) = recorded else {
+        if change.delta < 0 {
+            gate.change_shelf(change, ShelfStep::Undo, None).await?;
+        }
+        return Ok(Outcome::UnknownProduct);
+    };
+    if rec.delta != change.delta {
+        return Ok(Outcome::KeyReused);
+    }
+    finish(gate, store, change, rec.applied)
+        .await
+        .map(|o| match o {
+            Outcome::Applied { .. } => Outcome::Applied { new },
+            other => other,
+        })
+}
+
+/// The shelf's steps after DynamoDB's record: a withdrawal settled (or,
+/// refused, undone); an addition's units put on the shelf, only while its
+/// record says they are due, then confirmed.
+async fn finish<G: StockGate, S: OrderStore>(
+    gate: &G,
+    store: &S,
+    change: &StockChange,
+    applied: bool,
+) -> Result<Outcome, InfraError> {
+    if change.delta < 0 {
+        let step = if applied {
+            ShelfStep::Settle
+        } else {
+            ShelfStep::Undo
+        };
+        gate.change_shelf(change, step, None).await?;
+        return Ok(if applied {
+            Outcome::Applied { new: true }
+        } else {
+            Outcome::Short { on_shelf: None }
+        });
+    }
+    shelve_addition(gate, store, change).await?;
+    Ok(Outcome::Applied { new: true })
+}
+
+/// An addition's shelf step and its confirmation, if still due (the
+/// sweeper finishes additions a crash interrupted through this too).
+pub async fn shelve_addition<G: StockGate, S: OrderStore>(
+    gate: &G,
+    store: &S,
+    change: &StockChange,
+) -> Result<bool, InfraError> {
+    let due = retry::transient(Backoff::DEFAULT, || store.stock_change(change))
+        .await?
+        .is_some_and(|r| r.shelf_due);
+    if !due {
+        return Ok(false);
+    }
+    gate.change_shelf(change, ShelfStep::Add, None).await?;
+    retry::transient(Backoff::DEFAULT, || store.stock_change_shelved(change)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{IdempotencyKey, ProductId, ProductStats, from_unix_ms};
+    use crate::fakes::{FakeGate, FakeStore};
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    /// A warmed sale of 30 units, 10 of them admitted (pending).
+    fn sale() -> (FakeGate, FakeStore, ProductId) {
+        let store = FakeStore::default().with_stock("p1", 30);
+        let p = ProductId::parse("p1").unwrap();
+        store.products.lock().unwrap().get_mut(&p).unwrap().stock = 30;
+        let gate = FakeGate::default();
+        *gate.stats.lock().unwrap() = Some(ProductStats {
+            stock_total: 30,
+            stock_left: 20,
+            pending_units: 10,
+            ..ProductStats::default()
+        });
+        (gate, store, p)
+    }
+
+    fn change(p: &ProductId, key: &str, delta: i64) -> StockChange {
+        StockChange::new(p.clone(), IdempotencyKey::parse(key).unwrap(), delta).unwrap()
+    }
+
+    fn entry(p: &ProductId) -> AuditEntry {
+        AuditEntry {
+            product_id: Some(p.clone()),
+            at: from_unix_ms(NOW),
+            actor: "ops".into(),
+            action: "withdraw_stock".into(),
+            reason: "damaged".into(),
+        }
+    }
+
+    fn shelf(gate: &FakeGate) -> (i64, i64, i64) {
+        let s = gate.stats.lock().unwrap().clone().unwrap();
+        (s.stock_left, s.withdrawing, s.withdrawn_units)
+    }
+
+    #[tokio::test]
+    async fn a_withdrawal_takes_only_units_nobody_was_admitted_to_once_per_key() {
+        let (gate, store, p) = sale();
+        let c = change(&p, "w1", -15);
+        assert_eq!(
+            super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
+            Outcome::Applied { new: true }
+        );
+        assert_eq!(shelf(&gate), (5, 0, 15));
+        let ledger = store.ledger_of(&p);
+        assert_eq!((ledger.remaining, ledger.withdrawn), (15, 15));
+        // A retry changes nothing and says so.
+        assert_eq!(
+            super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
+            Outcome::Applied { new: false }
+        );
+        assert_eq!(shelf(&gate), (5, 0, 15));
+        assert_eq!(store.ledger_of(&p).remaining, 15);
+        assert_eq!(store.audits.lock().unwrap().len(), 1);
+        // The admitted units are not the operator's to withdraw.
+        let more = change(&p, "w2", -6);
+        assert_eq!(
+            super::change(&gate, &store, &more, &entry(&p))
+                .await
+                .unwrap(),
+            Outcome::Short { on_shelf: Some(5) }
+        );
+        assert_eq!(shelf(&gate), (5, 0, 15));
+        assert_eq!(store.ledger_of(&p).remaining, 15);
+        // The same key for another change.
+        let other = change(&p, "w1", -3);
+        assert_eq!(
+            super::change(&gate, &store, &other, &entry(&p))
+                .await
+                .unwrap(),
+            Outcome::KeyReused
+        );
+    }
+
+    #[tokio::test]
+    async fn a_withdrawal_interrupted_after_its_take_is_finished_by_whoever_runs_next() {
+        let (gate, store, p) = sale();
+        let c = change(&p, "w1", -4);
+        // The call died right after taking the units aside.
+        gate.change_shelf(&c, ShelfStep::Take, Some(&entry(&p)))
+            .await
+            .unwrap();
+        assert_eq!(shelf(&gate), (16, 4, 0));
+        let taken = gate.withdrawals_taken(&p).await.unwrap();
+        assert_eq!(taken, [(c.clone(), entry(&p))]);
+        // The sweeper's finish.
+        assert_eq!(
+            record(&gate, &store, &taken[0].0, &taken[0].1)
+                .await
+                .unwrap(),
+            Outcome::Applied { new: true }
+        );
+        assert_eq!(shelf(&gate), (16, 0, 4));
+        assert_eq!(store.ledger_of(&p).remaining, 26);
+        assert!(gate.withdrawals_taken(&p).await.unwrap().is_empty());
+        // And the operator's retry finds it done.
+        assert_eq!(
+            super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
+            Outcome::Applied { new: false }
+        );
+        assert_eq!(store.ledger_of(&p).remaining, 26);
+    }
+
+    /// After a failover that forgot sales, the shelf may show units the
+    /// ledger no longer has: the ledger refuses and the take is undone.
+    #[tokio::test]
+    async fn a_withdrawal_the_ledger_cannot_cover_is_undone_on_the_shelf() {
+        let (gate, store, p) = sale();
+        store.ledgers.lock().unwrap().get_mut(&p).unwrap().remaining = 3;
+        let c = change(&p, "w1", -5);
+        assert_eq!(
+            super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
+            Outcome::Short { on_shelf: None }
+        );
+        assert_eq!(shelf(&gate), (20, 0, 0));
+        assert_eq!(store.ledger_of(&p).remaining, 3);
+        assert!(store.audits.lock().unwrap().is_empty());
+        // A retry answers alike and moves nothing.
+        assert_eq!(
+            super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
+            Outcome::Short { on_shelf: None }
+        );
+        assert_eq!(shelf(&gate), (20, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_addition_reaches_the_shelf_once_even_when_interrupted() {
+        let (gate, store, p) = sale();
+        let c = change(&p, "a1", 7);
+        // Recorded, then the call died before the shelf step.
+        store.change_stock(&c, &entry(&p)).await.unwrap();
+        let ledger = store.ledger_of(&p);
+        assert_eq!(
+            (ledger.remaining, ledger.releasing, ledger.added),
+            (37, 7, 7)
+        );
+        assert_eq!(store.stock_changes_due(&p).await.unwrap(), std::slice::from_ref(&c));
+        assert!(shelve_addition(&gate, &store, &c).await.unwrap());
+        assert_eq!(shelf(&gate).0, 27);
+        assert_eq!(store.ledger_of(&p).releasing, 0);
+        assert!(store.stock_changes_due(&p).await.unwrap().is_empty());
+        // Finished: neither a second finish nor the retry adds again.
+        assert!(!shelve_addition(&gate, &store, &c).await.unwrap());
+        assert_eq!(
+            super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
+            Outcome::Applied { new: false }
+        );
+        assert_eq!(shelf(&gate).0, 27);
+        assert_eq!(store.products.lock().unwrap()[&p].stock, 37);
+    }
+}
