@@ -286,7 +286,10 @@ mod tests {
             (ledger.remaining, ledger.releasing, ledger.added),
             (37, 7, 7)
         );
-        assert_eq!(store.stock_changes_due(&p).await.unwrap(), std::slice::from_ref(&c));
+        assert_eq!(
+            store.stock_changes_due(&p).await.unwrap(),
+            std::slice::from_ref(&c)
+        );
         assert!(shelve_addition(&gate, &store, &c).await.unwrap());
         assert_eq!(shelf(&gate).0, 27);
         assert_eq!(store.ledger_of(&p).releasing, 0);

@@ -278,6 +278,11 @@ enum Done {
     Expired {
         ok: bool,
     },
+    /// An operator's stock change through the admin API.
+    Stock {
+        key: String,
+        status: u16,
+    },
     /// A sweep or a forced re-warm, whether it reported no error, and what
     /// the shelf shows afterwards against the ledger minus pending units.
     Healed {
@@ -339,6 +344,9 @@ struct World {
     lifecycle: [i64; 4],
     /// Glitch odds per Redis command, in percent.
     glitch_percent: Arc<Mutex<u32>>,
+    /// Operators' stock changes: key -> delta, and every answer per key.
+    stock_changes: BTreeMap<String, i64>,
+    stock_answers: BTreeMap<String, Vec<u16>>,
 }
 
 const NAMESPACE: &str = "sim";
@@ -469,6 +477,8 @@ impl World {
             lost_writes: 0,
             lifecycle: [0; 4],
             glitch_percent,
+            stock_changes: BTreeMap::new(),
+            stock_answers: BTreeMap::new(),
         }
     }
 
@@ -725,6 +735,44 @@ impl World {
         ));
     }
 
+    /// An operator adds or withdraws a few units mid-sale, or repeats an
+    /// earlier call with its Idempotency-Key (a retry after a timeout).
+    fn spawn_stock_change(&mut self) {
+        let retry = !self.stock_changes.is_empty() && self.rng.bool();
+        let (key, delta) = if retry {
+            let i = self.rng.usize(0..self.stock_changes.len());
+            let (k, d) = self.stock_changes.iter().nth(i).expect("in range");
+            (k.clone(), *d)
+        } else {
+            let key = format!("op-{}", self.stock_changes.len());
+            let delta = *self
+                .rng
+                .choice(&[-3i64, -2, -1, 1, 2, 3])
+                .expect("not empty");
+            self.stock_changes.insert(key.clone(), delta);
+            (key, delta)
+        };
+        self.log(format!("stock change {key}: {delta:+}"));
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/api/admin/products/p1/stock")
+            .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .header("Idempotency-Key", key.as_str())
+            .body(Body::from(format!(r#"{{"delta":{delta},"reason":"sim"}}"#)))
+            .expect("a valid request");
+        let admin = self.admin.clone();
+        self.alone = false;
+        self.tasks.push((
+            format!("stock {key}"),
+            Box::pin(async move {
+                Done::Stock {
+                    key,
+                    status: admin.handle(req).await.status().as_u16(),
+                }
+            }),
+        ));
+    }
+
     /// The expirer's schedule; overlapping runs are allowed (they are safe).
     fn spawn_expire(&mut self) {
         self.log("expire".into());
@@ -788,7 +836,7 @@ impl World {
                     what,
                     clean,
                     shelf: stats.stock_left,
-                    target: (ledger - stats.pending_units).max(0),
+                    target: (ledger - stats.pending_units - stats.withdrawing).max(0),
                 }
             }),
         ));
@@ -863,6 +911,14 @@ impl World {
                 }
             }
             Done::Expired { ok } => self.log(format!("expire done, clean={ok}")),
+            Done::Stock { key, status } => {
+                self.log(format!("stock change {key} -> {status}"));
+                if !matches!(status, 200 | 409 | 503) {
+                    self.violations
+                        .push(format!("stock change {key} answered {status}"));
+                }
+                self.stock_answers.entry(key).or_default().push(status);
+            }
             Done::Healed {
                 what,
                 clean,
@@ -910,6 +966,7 @@ impl World {
                 38 => self.spawn_rewarm(),
                 39..=41 => self.spawn_pay(),
                 42 => self.spawn_cancel(),
+                45..=47 => self.spawn_stock_change(),
                 43..=44 => self.spawn_expire(),
                 28 => {
                     // A failover that forgets the last acknowledged writes.
@@ -988,20 +1045,30 @@ impl World {
                     // double or a miss in the shelf itself).
                     if self.failovers == 0 {
                         let stats = self.gate.keys(&self.product).stats();
-                        let shelved = match self.redis.command(&[
+                        let counted = |field: &[u8]| match self.redis.command(&[
                             b"HGET",
                             stats.as_bytes(),
-                            b"released_units",
+                            field,
                         ]) {
                             Ok(redis::Value::BulkString(b)) => {
                                 String::from_utf8_lossy(&b).parse().unwrap_or(-1)
                             }
                             _ => 0,
                         };
-                        let released = self.store.ledger_of(&self.product).released;
-                        if shelved != released {
+                        let shelved = counted(b"released_units");
+                        let book = self.store.ledger_of(&self.product);
+                        if shelved != book.released {
                             self.violations.push(format!(
-                                "Redis put {shelved} released units back on the shelf, DynamoDB released {released}"
+                                "Redis put {shelved} released units back on the shelf, DynamoDB released {}",
+                                book.released
+                            ));
+                        }
+                        // Each stock change moved the shelf once, too.
+                        let moved = (counted(b"added_units"), counted(b"withdrawn_units"));
+                        if moved != (book.added, book.withdrawn) {
+                            self.violations.push(format!(
+                                "Redis added/withdrew {moved:?} units, DynamoDB recorded ({}, {})",
+                                book.added, book.withdrawn
                             ));
                         }
                     }
@@ -1090,9 +1157,69 @@ impl World {
                 *ever_placed.entry(o.user_id.to_string()).or_default() += 1;
             }
         }
+        // The stock now: the sale's, with operators' changes. Every change
+        // recorded as applied counts in the ledger once; one answered 200
+        // was applied; none is left half done.
+        let stock = self
+            .store
+            .product(&self.product)
+            .await
+            .expect("fake store")
+            .map_or(0, |p| i64::from(p.stock));
+        let records: Vec<(String, Option<shared::domain::StockChangeRecord>)> = {
+            let all = self
+                .store
+                .stock_changes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.stock_changes
+                .keys()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        all.get(&(self.product.clone(), k.clone())).copied(),
+                    )
+                })
+                .collect()
+        };
+        let applied: i64 = records
+            .iter()
+            .filter_map(|(_, r)| r.filter(|r| r.applied).map(|r| r.delta))
+            .sum();
+        let unfinished = self
+            .store
+            .stock_changes_due(&self.product)
+            .await
+            .expect("fake store")
+            .len()
+            + self
+                .gate
+                .withdrawals_taken(&self.product)
+                .await
+                .map_or(1, |t| t.len());
         let v = &mut self.violations;
-        if placed_units > self.stock || ledger < 0 {
-            v.push(format!("oversold: {placed_units} placed of {}", self.stock));
+        if stock != self.stock + applied || book.added - book.withdrawn != applied {
+            v.push(format!(
+                "stock {stock} != {} + applied changes {applied} (ledger: added {}, withdrawn {})",
+                self.stock, book.added, book.withdrawn
+            ));
+        }
+        for (key, rec) in &records {
+            let ok = self
+                .stock_answers
+                .get(key)
+                .is_some_and(|a| a.contains(&200));
+            if ok && !rec.is_some_and(|r| r.applied) {
+                v.push(format!(
+                    "stock change {key} answered 200 but is not applied"
+                ));
+            }
+        }
+        if unfinished > 0 {
+            v.push(format!("{unfinished} stock changes left half done"));
+        }
+        if placed_units > stock || ledger < 0 {
+            v.push(format!("oversold: {placed_units} placed of {stock}"));
         }
         for (user, (n, units)) in &per_user {
             if *n > 1 || *units > self.limit {
@@ -1168,10 +1295,10 @@ impl World {
                 "{restocked} restocks for {compensated} compensated orders"
             ));
         }
-        if shelf != ledger || placed_units + ledger != self.stock || book.releasing != 0 {
+        if shelf != ledger || placed_units + ledger != stock || book.releasing != 0 {
             v.push(format!(
-                "books: shelf {shelf}, ledger {ledger} (releasing {}), units held by orders {placed_units}, stock {}",
-                book.releasing, self.stock
+                "books: shelf {shelf}, ledger {ledger} (releasing {}), units held by orders {placed_units}, stock {stock}",
+                book.releasing
             ));
         }
         // The lifecycle's counters agree with the orders.

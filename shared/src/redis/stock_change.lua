@@ -71,6 +71,7 @@ elseif step == "add" then
   end
   redis.call("INCRBY", KEYS[2], n)
   redis.call("HINCRBY", KEYS[1], "stock_total", n)
+  redis.call("HINCRBY", KEYS[3], "added_units", n)
   record("added")
   return {"done", ""}
 end
