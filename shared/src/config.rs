@@ -113,13 +113,17 @@ pub enum Secret {
     AdminToken,
     PaymentWebhookSecret,
     RedisAuthToken,
+    /// The header value the optional CloudFront edge adds to every request
+    /// it forwards; a function that has it refuses requests without it.
+    EdgeOriginSecret,
 }
 
 impl Secret {
-    pub const ALL: [Self; 3] = [
+    pub const ALL: [Self; 4] = [
         Self::AdminToken,
         Self::PaymentWebhookSecret,
         Self::RedisAuthToken,
+        Self::EdgeOriginSecret,
     ];
     /// The variable holding the value.
     pub fn var(self) -> &'static str {
@@ -127,6 +131,7 @@ impl Secret {
             Self::AdminToken => "FLASHSALE_ADMIN_TOKEN",
             Self::PaymentWebhookSecret => "FLASHSALE_PAYMENT_WEBHOOK_SECRET",
             Self::RedisAuthToken => "FLASHSALE_REDIS_AUTH_TOKEN",
+            Self::EdgeOriginSecret => "FLASHSALE_EDGE_ORIGIN_SECRET",
         }
     }
     /// The variable naming its SSM parameter.
@@ -135,6 +140,7 @@ impl Secret {
             Self::AdminToken => "FLASHSALE_ADMIN_TOKEN_PARAM",
             Self::PaymentWebhookSecret => "FLASHSALE_PAYMENT_WEBHOOK_SECRET_PARAM",
             Self::RedisAuthToken => "FLASHSALE_REDIS_AUTH_TOKEN_PARAM",
+            Self::EdgeOriginSecret => "FLASHSALE_EDGE_ORIGIN_SECRET_PARAM",
         }
     }
     /// The SSM parameter to read, when one is named.

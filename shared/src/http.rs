@@ -184,6 +184,24 @@ pub fn query_param(req: &Request, name: &str) -> Option<String> {
 /// Path segments after `prefix`, e.g. `/api/admin/products/p1/warm` with
 /// prefix `/api/admin/products` gives `["p1", "warm"]`. API Gateway stage
 /// prefixes before `/api` are tolerated.
+/// The header the CloudFront edge adds to every request it forwards.
+pub const EDGE_HEADER: &str = "x-flashsale-origin-verify";
+
+/// Whether the request came through the edge: it carries the edge's secret
+/// (compared in constant time).
+pub fn came_through_edge(req: &Request, secret: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    header(req, EDGE_HEADER)
+        .is_some_and(|given| bool::from(given.as_bytes().ct_eq(secret.as_bytes())))
+}
+
+/// The answer to a request that bypassed the edge.
+pub fn not_through_edge() -> HttpResponse {
+    ApiError::new(403, "forbidden")
+        .with_message("this API is served through its CloudFront distribution; use that address")
+        .into_response()
+}
+
 pub fn segments_after<'a>(req: &'a Request, prefix: &str) -> Option<Vec<&'a str>> {
     let path = req.uri().path();
     let start = path.find(prefix)?;
@@ -192,4 +210,31 @@ pub fn segments_after<'a>(req: &'a Request, prefix: &str) -> Option<Vec<&'a str>
         return None;
     }
     Some(rest.split('/').filter(|s| !s.is_empty()).collect())
+}
+
+#[cfg(test)]
+mod edge_tests {
+    use super::*;
+
+    #[test]
+    fn only_requests_carrying_the_edge_secret_came_through_it() {
+        let req = |value: Option<&str>| {
+            let mut b = lambda_http::http::Request::builder().uri("/api/flash-sale/buy");
+            if let Some(v) = value {
+                b = b.header("X-Flashsale-Origin-Verify", v);
+            }
+            b.body(lambda_http::Body::Empty).unwrap()
+        };
+        assert!(came_through_edge(
+            &req(Some("s3cret-from-cloudfront")),
+            "s3cret-from-cloudfront"
+        ));
+        assert!(!came_through_edge(
+            &req(Some("s3cret")),
+            "s3cret-from-cloudfront"
+        ));
+        assert!(!came_through_edge(&req(Some("")), "s3cret-from-cloudfront"));
+        assert!(!came_through_edge(&req(None), "s3cret-from-cloudfront"));
+        assert_eq!(not_through_edge().status(), 403);
+    }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
-use lambda_http::{IntoResponse, Request};
+use lambda_http::Request;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use metrics_cloudwatch_embedded::Collector;
 use serde::{Serialize, de::DeserializeOwned};
@@ -15,6 +15,7 @@ use crate::aws::{DynamoStore, SqsQueue};
 use crate::config::Secret;
 use crate::error::ConfigError;
 use crate::faults::{FaultPlan, Faulty};
+use crate::http::{self, HttpResponse};
 use crate::redis::RedisGate;
 use crate::{aws, config, telemetry};
 
@@ -109,15 +110,29 @@ impl Wiring {
     }
 
     /// Runs an HTTP handler behind API Gateway, flushing metrics likewise.
-    pub async fn run_http<'a, R, F, Fut>(&self, handler: F) -> Result<(), Error>
+    /// A function given the edge's origin secret answers only requests that
+    /// came through the edge (the others, 403, never reach the handler).
+    pub async fn run_http<'a, F, Fut>(&self, handler: F) -> Result<(), Error>
     where
         F: Fn(Request) -> Fut,
-        Fut: Future<Output = Result<R, std::convert::Infallible>> + Send + 'a,
-        R: IntoResponse,
+        Fut: Future<Output = HttpResponse> + Send + 'a,
     {
+        let edge = self.secret(Secret::EdgeOriginSecret).await?;
+        let edge = edge.as_deref();
         metrics_cloudwatch_embedded::lambda::service::run_http(
             self.metrics,
-            lambda_http::service_fn(handler),
+            lambda_http::service_fn(move |req: Request| {
+                let answer = match edge {
+                    Some(secret) if !http::came_through_edge(&req, secret) => None,
+                    _ => Some(handler(req)),
+                };
+                async move {
+                    Ok::<_, std::convert::Infallible>(match answer {
+                        Some(answer) => answer.await,
+                        None => http::not_through_edge(),
+                    })
+                }
+            }),
         )
         .await
     }

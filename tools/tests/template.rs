@@ -307,9 +307,10 @@ fn each_function_gets_only_the_access_it_needs() {
     let names =
         |binary: &str| -> Vec<String> { policies(binary).into_iter().map(|(k, _)| k).collect() };
     let redis_auth = "!If HasRedisAuth";
+    let edge = "!If HasEdge";
     assert_eq!(
         names("deduct"),
-        vec!["SQSSendMessagePolicy", "Statement", redis_auth]
+        vec!["SQSSendMessagePolicy", "Statement", redis_auth, edge]
     );
     // Deduct may only write and read order items.
     let statement = &policies("deduct")[1].1[0];
@@ -330,18 +331,17 @@ fn each_function_gets_only_the_access_it_needs() {
         names("outbox-sweeper"),
         vec!["SQSSendMessagePolicy", "DynamoDBReadPolicy", redis_auth]
     );
-    for binary in [
-        "order-consumer",
-        "compensation",
-        "order-status",
-        "order-expirer",
-    ] {
+    for binary in ["order-consumer", "compensation", "order-expirer"] {
         assert_eq!(
             names(binary),
             vec!["DynamoDBCrudPolicy", redis_auth],
             "{binary}"
         );
     }
+    assert_eq!(
+        names("order-status"),
+        vec!["DynamoDBCrudPolicy", redis_auth, edge]
+    );
     // Each secret is readable only by the function that needs it.
     let reads_parameter = |binary: &str, parameter: &str| {
         let statement = &policies(binary)[1].1[0];
@@ -488,4 +488,143 @@ fn buyer_routes_use_the_jwt_authorizer_and_admin_routes_iam() {
     assert!(admin.iter().all(
         |(_, path, auth)| path.starts_with("/api/admin/") && auth.as_deref() == Some("AWS_IAM")
     ));
+}
+
+/// Every function's errors and throttles, the API, both queues' age, the
+/// sweeper's gauges, DynamoDB and the cache are alarmed, each alarm
+/// notifies the topic, and the dashboard charts only metrics the code
+/// emits.
+#[test]
+fn alarms_cover_every_signal_and_the_dashboard_charts_real_metrics() {
+    let t = template();
+    let r = resources(&t);
+    let alarms: Vec<(&str, &Value)> = r
+        .iter()
+        .filter(|(_, v)| v["Type"] == "AWS::CloudWatch::Alarm")
+        .map(|(k, v)| (k.as_str().unwrap(), &v["Properties"]))
+        .collect();
+    let watches = |namespace: &str, metric: &str, target: &str| {
+        alarms.iter().any(|(_, p)| {
+            p["Namespace"] == namespace
+                && p["MetricName"] == metric
+                && p["Dimensions"][0]["Value"] != Value::Null
+                && format!("{:?}", p["Dimensions"][0]["Value"]).contains(target)
+        })
+    };
+    for (name, _) in functions(&t) {
+        for metric in ["Errors", "Throttles"] {
+            assert!(watches("AWS/Lambda", metric, &name), "{name}: {metric}");
+        }
+    }
+    for queue in ["OrdersQueue", "OrdersDLQ"] {
+        assert!(
+            watches("AWS/SQS", "ApproximateAgeOfOldestMessage", queue),
+            "{queue}"
+        );
+    }
+    assert!(watches(
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        "CompensationDLQ"
+    ));
+    assert!(watches("AWS/ApiGateway", "Latency", "FlashSaleApi"));
+    for metric in [
+        "flashsale_outbox_pending",
+        "flashsale_outbox_republished_total",
+    ] {
+        assert!(
+            watches("flashsale", metric, "OutboxSweeperFunction"),
+            "{metric}"
+        );
+    }
+    for metric in ["EngineCPUUtilization", "EvalBasedCmdsLatency"] {
+        assert!(
+            watches("AWS/ElastiCache", metric, "CacheNodeId"),
+            "{metric}"
+        );
+    }
+    let math = |id: &str| {
+        alarms
+            .iter()
+            .find(|(name, _)| *name == id)
+            .map(|(_, p)| format!("{:?}", p["Metrics"]))
+            .unwrap_or_default()
+    };
+    assert!(math("Api5xxRateAlarm").contains("5xx"));
+    assert!(math("DynamoThrottlesAlarm").contains("WriteThrottleEvents"));
+    for (name, p) in &alarms {
+        let actions = format!("{:?}", p["AlarmActions"]);
+        assert!(
+            actions.contains("HasAlarmTopic") && actions.contains("AlarmTopicArn"),
+            "{name} notifies nobody"
+        );
+    }
+
+    // Every flashsale_* metric the template names is emitted by the code.
+    let text = std::fs::read_to_string(format!("{}/template.yaml", root())).unwrap();
+    let mut sources = String::new();
+    for dir in ["shared/src", "functions"] {
+        let mut stack = vec![std::path::PathBuf::from(format!("{}/{dir}", root()))];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).unwrap().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|x| x == "rs") {
+                    sources.push_str(&std::fs::read_to_string(path).unwrap());
+                }
+            }
+        }
+    }
+    let named: BTreeSet<&str> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("flashsale_"))
+        .collect();
+    assert!(named.len() >= 8, "{named:?}");
+    for metric in named {
+        assert!(
+            sources.contains(&format!("\"{metric}\"")),
+            "the template charts or alarms on {metric}, which no code emits"
+        );
+    }
+}
+
+/// The edge is optional and whole: off by default, everything of it
+/// conditional, its header the one the functions check, and required by
+/// exactly the buyer functions.
+#[test]
+fn the_edge_is_optional_and_only_buyer_functions_require_it() {
+    let t = template();
+    assert_eq!(t["Parameters"]["EdgeEnabled"]["Default"], "false");
+    let r = resources(&t);
+    for (id, res) in r
+        .iter()
+        .filter(|(k, _)| k.as_str().unwrap().starts_with("Edge"))
+    {
+        let condition = res["Condition"].as_str().unwrap_or("");
+        assert!(
+            ["HasEdge", "CreateEdgeAcl"].contains(&condition),
+            "{id:?} is not conditional on the edge"
+        );
+    }
+    let origin = &r["EdgeDistribution"]["Properties"]["DistributionConfig"]["Origins"][0];
+    assert_eq!(
+        origin["OriginCustomHeaders"][0]["HeaderName"]
+            .as_str()
+            .unwrap()
+            .to_ascii_lowercase(),
+        shared::http::EDGE_HEADER
+    );
+    let param = shared::config::Secret::EdgeOriginSecret.param_var();
+    let requiring: Vec<String> = functions(&t)
+        .into_iter()
+        .filter(|(_, f)| !f["Properties"]["Environment"]["Variables"][param].is_null())
+        .map(|(_, f)| {
+            f["Metadata"]["BuildProperties"]["Binary"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(requiring, ["deduct", "order-status"]);
 }

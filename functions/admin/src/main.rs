@@ -1,5 +1,3 @@
-use std::convert::Infallible;
-
 use lambda_http::Request;
 use shared::wiring::{Error, Wiring};
 
@@ -12,6 +10,5 @@ async fn main() -> Result<(), Error> {
         token: env.admin_token().await?,
     };
     let admin = &admin;
-    env.run_http(move |req: Request| async move { Ok::<_, Infallible>(admin.handle(req).await) })
-        .await
+    env.run_http(move |req: Request| admin.handle(req)).await
 }

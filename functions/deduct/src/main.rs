@@ -1,5 +1,3 @@
-use std::convert::Infallible;
-
 use lambda_http::Request;
 use shared::config;
 use shared::wiring::{Error, Wiring};
@@ -16,6 +14,5 @@ async fn main() -> Result<(), Error> {
         kill_switch: deduct::KillSwitchCache::new(config::kill_switch_cache()?),
     };
     let handler = &handler;
-    env.run_http(move |req: Request| async move { Ok::<_, Infallible>(handler.handle(req).await) })
-        .await
+    env.run_http(move |req: Request| handler.handle(req)).await
 }

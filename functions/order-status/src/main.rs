@@ -1,5 +1,3 @@
-use std::convert::Infallible;
-
 use lambda_http::Request;
 use shared::config;
 use shared::wiring::{Error, Wiring};
@@ -15,6 +13,5 @@ async fn main() -> Result<(), Error> {
         faults: env.faults.clone(),
     };
     let api = &api;
-    env.run_http(move |req: Request| async move { Ok::<_, Infallible>(api.handle(req).await) })
-        .await
+    env.run_http(move |req: Request| api.handle(req)).await
 }

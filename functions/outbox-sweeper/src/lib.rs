@@ -60,6 +60,8 @@ pub struct SweepReport {
     pub retired: usize,
     /// Deny-list entries a sale's copy gained or lost.
     pub deny_list_fixes: usize,
+    /// Requests in the products' outbox indexes after the run.
+    pub pending: i64,
 }
 
 impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
@@ -98,6 +100,7 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
         }
         metrics::counter!("flashsale_outbox_republished_total")
             .increment(report.republished as u64);
+        metrics::gauge!("flashsale_outbox_pending").set(report.pending as f64);
         if report.republished + report.failed + report.errors + report.retired > 0
             || report.resync_drift != 0
         {
@@ -165,6 +168,12 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
         self.republish(product, now, report).await?;
         if report.followed > followed {
             stats = self.heal(product, report).await?;
+        }
+        if let Some(s) = &stats {
+            report.pending += s.pending;
+            // The dashboard's live shelf, per sale, once a run.
+            metrics::gauge!("flashsale_stock_left", "product" => product.to_string())
+                .set(s.stock_left as f64);
         }
         let ended_long_ago = |s: &ProductStats| {
             s.pending == 0 && s.ends_at_ms > 0 && now - s.ends_at_ms > RETIRE_AFTER_MS

@@ -1,4 +1,3 @@
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use lambda_http::Request;
@@ -14,6 +13,5 @@ async fn main() -> Result<(), Error> {
         secret: env.payment_webhook_secret().await?,
     };
     let webhook = &webhook;
-    env.run_http(move |req: Request| async move { Ok::<_, Infallible>(webhook.handle(req).await) })
-        .await
+    env.run_http(move |req: Request| webhook.handle(req)).await
 }
