@@ -42,6 +42,25 @@ impl Api {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Answer> {
+        let (status, raw) = self.raw(method, path, headers, body).await?;
+        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Ok(Answer { status, body })
+    }
+
+    /// `GET path` as text (the runner's `/metrics`).
+    pub async fn text(&self, path: &str) -> Result<String> {
+        let (status, raw) = self.raw("GET", path, &[], None).await?;
+        anyhow::ensure!(status == 200, "GET {path} answered {status}");
+        Ok(String::from_utf8_lossy(&raw).into_owned())
+    }
+
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(u16, Bytes)> {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -55,9 +74,7 @@ impl Api {
             .context("request timed out after 30 s")?
             .with_context(|| format!("{method} {path}: is the runner up at {}?", self.base))?;
         let status = resp.status().as_u16();
-        let raw = resp.into_body().collect().await?.to_bytes();
-        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-        Ok(Answer { status, body })
+        Ok((status, resp.into_body().collect().await?.to_bytes()))
     }
 
     /// A buy from the body's `user_id`, sent from that buyer's own address

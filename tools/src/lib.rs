@@ -13,3 +13,4 @@ pub mod provision;
 pub mod queues;
 pub mod runner;
 pub mod samlocal;
+pub mod top;

@@ -62,6 +62,20 @@ enum Command {
         #[arg(long)]
         product: String,
     },
+    /// A running sale, live in the terminal: per product admitted, placed,
+    /// paid, stock left and their rates, refusals by reason, latency per
+    /// handler, queue depths and the oldest pending request. q quits.
+    Top {
+        /// The products to show (repeatable); every warmed one by default.
+        #[arg(long)]
+        product: Vec<String>,
+        /// The local runner whose /metrics to read (refusals, latency);
+        /// without it those panes stay empty.
+        #[arg(long, env = "FLASHSALE_API_URL")]
+        metrics: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        refresh_ms: u64,
+    },
     /// List a product's payments recorded as due for refund (late, for an
     /// order no longer payable, a second payment, or the wrong amount).
     Refunds {
@@ -431,6 +445,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if !books.balanced() {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Top {
+            product,
+            metrics,
+            refresh_ms,
+        } => {
+            let (gate, store) = stores(&sdk)?;
+            let products = (!product.is_empty())
+                .then(|| {
+                    product
+                        .iter()
+                        .map(ProductId::parse)
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
+            let queues = [
+                ("orders", config::orders_queue_url()),
+                ("orders-dlq", config::orders_dlq_url()),
+                ("parking-lot", config::compensation_dlq_url()),
+            ]
+            .into_iter()
+            .filter_map(|(name, url)| Some((name.to_owned(), url.ok()?)))
+            .collect();
+            let reader = tools::top::Reader {
+                gate,
+                store,
+                sqs: aws_sdk_sqs::Client::new(&sdk),
+                queues,
+                metrics: metrics.map(|url| tools::client::Api::new(url, "")),
+                products,
+            };
+            tools::top::run(reader, Duration::from_millis(refresh_ms.max(100))).await?;
         }
         Command::Refunds { product } => {
             let (_, store) = stores(&sdk)?;
