@@ -104,6 +104,16 @@ pub fn body_bytes(req: &Request) -> Result<&[u8], ApiError> {
     Ok(bytes)
 }
 
+/// The request's JSON body as `T`, or a 400 saying what it must be
+/// (`shape`) and what was wrong.
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    req: &Request,
+    shape: &str,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(body_bytes(req)?)
+        .map_err(|e| ApiError::invalid(format!("body must be {shape}: {e}")))
+}
+
 /// The `sub` claim of API Gateway's JWT authorizer: the only identity we
 /// trust outside insecure mode.
 pub fn jwt_subject(req: &Request) -> Option<String> {

@@ -70,11 +70,7 @@ fn audit_entry(
     struct Body {
         reason: String,
     }
-    let body: Body = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
-        ApiError::invalid(format!(
-            "body must carry {{\"reason\": \"why\"}} (it is audited): {e}"
-        ))
-    })?;
+    let body: Body = api::json_body(req, r#"{"reason": "why"} (it is audited)"#)?;
     let reason = body.reason.trim();
     if reason.is_empty() || reason.len() > 500 {
         return Err(ApiError::invalid(
@@ -180,11 +176,10 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
     }
 
     async fn create(&self, req: &Request) -> Result<HttpResponse, ApiError> {
-        let product: Product = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
-            ApiError::invalid(format!(
-                "body must be {{\"product_id\",\"name\",\"stock\",\"per_buyer_limit\",\"starts_at\",\"ends_at\",\"price\",\"currency\"}} (optional \"payment_window_secs\", \"rebuy_after_release\") with RFC 3339 times and the price in minor units: {e}"
-            ))
-        })?;
+        let product: Product = api::json_body(
+            req,
+            r#"{"product_id","name","stock","per_buyer_limit","starts_at","ends_at","price","currency"} (optional "payment_window_secs", "rebuy_after_release") with RFC 3339 times and the price in minor units"#,
+        )?;
         product.validate()?;
         if !self.store.create_product(&product).await? {
             return Err(ApiError::new(409, "product_exists"));
@@ -282,11 +277,10 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
         struct Body {
             delta: i64,
         }
-        let body: Body = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
-            ApiError::invalid(format!(
-                "body must be {{\"delta\": <units, negative to withdraw>, \"reason\": \"why\"}}: {e}"
-            ))
-        })?;
+        let body: Body = api::json_body(
+            req,
+            r#"{"delta": <units, negative to withdraw>, "reason": "why"}"#,
+        )?;
         let change = StockChange::new(id.clone(), key, body.delta)?;
         let action = if change.delta > 0 {
             "add_stock"
@@ -333,11 +327,10 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
         struct Body {
             engaged: bool,
         }
-        let body: Body = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
-            ApiError::invalid(format!(
-                "body must be {{\"engaged\": true|false, \"reason\": \"why\"}} (it is audited): {e}"
-            ))
-        })?;
+        let body: Body = api::json_body(
+            req,
+            r#"{"engaged": true|false, "reason": "why"} (it is audited)"#,
+        )?;
         let action = if body.engaged {
             "stop_admissions"
         } else {
@@ -378,11 +371,10 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
                 #[serde(default, with = "time::serde::rfc3339::option")]
                 until: Option<time::OffsetDateTime>,
             }
-            let body: Body = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
-                ApiError::invalid(format!(
-                    "body must be {{\"reason\": \"why\", \"until\": \"<RFC 3339, optional>\"}}: {e}"
-                ))
-            })?;
+            let body: Body = api::json_body(
+                req,
+                r#"{"reason": "why", "until": "<RFC 3339, optional>"}"#,
+            )?;
             if body.until.is_some_and(|u| u <= entry.at) {
                 return Err(ApiError::invalid("until must be in the future"));
             }

@@ -125,11 +125,10 @@ fn one() -> u64 {
 
 /// A validated buy request, or the 4xx refusal explaining what is wrong.
 fn parse(req: &Request, insecure: bool) -> Result<Purchase, ApiError> {
-    let body: BuyBody = serde_json::from_slice(api::body_bytes(req)?).map_err(|e| {
-        ApiError::invalid(format!(
-            "body must be a JSON object like {{\"product_id\":\"p42\",\"quantity\":1}}: {e}"
-        ))
-    })?;
+    let body: BuyBody = api::json_body(
+        req,
+        r#"a JSON object like {"product_id":"p42","quantity":1}"#,
+    )?;
     let product_id = ProductId::parse(body.product_id)?;
     let quantity = u32::try_from(body.quantity)
         .map_err(|_| ValidationError::BadQuantity { max: MAX_QUANTITY })
