@@ -10,6 +10,37 @@ use common::{TestStack, unique};
 use shared::domain::ProductId;
 use tools::audit::audit;
 
+/// Limits a test can hit: a buyer 1/s (burst 3), an address 2/s (burst 5).
+fn tight_limits() -> serde_json::Value {
+    json!({ "rate_limits": {
+        "buyer": { "per_second": 1, "burst": 3 },
+        "ip": { "per_second": 2, "burst": 5 },
+    }})
+}
+
+/// A buy by `user`: from one shared address when `ip` is given (many buyer
+/// ids behind it), else from the buyer's own.
+async fn buy_as(
+    api: tools::client::Api,
+    product: String,
+    user: String,
+    ip: Option<&'static str>,
+) -> tools::client::Answer {
+    let body = json!({ "product_id": product, "user_id": user });
+    match ip {
+        Some(ip) => api
+            .call(
+                "POST",
+                "/api/flash-sale/buy",
+                &[("X-Forwarded-For", ip)],
+                Some(&body),
+            )
+            .await
+            .unwrap(),
+        None => api.buy(&body, None).await.unwrap(),
+    }
+}
+
 /// A buyer hammering with fresh requests and one address hammering with many
 /// buyer ids get 429s with Retry-After; the others, buying once each at the
 /// same time, are all served.
@@ -17,38 +48,9 @@ use tools::audit::audit;
 async fn abusers_are_limited_and_everyone_else_is_served() {
     let s = TestStack::start("controls", 30).await;
     let product = unique("limits");
-    let created = s
-        .on_sale(
-            &product,
-            1000,
-            json!({ "rate_limits": {
-                "buyer": { "per_second": 1, "burst": 3 },
-                "ip": { "per_second": 2, "burst": 5 },
-            }}),
-        )
-        .await;
+    let created = s.on_sale(&product, 1000, tight_limits()).await;
     assert_eq!(created.body["rate_limits"]["ip"]["burst"], 5);
-
-    let buy = |user: String, ip: Option<&'static str>| {
-        let api = s.api.clone();
-        let product = product.clone();
-        async move {
-            let body = json!({ "product_id": product, "user_id": user });
-            match ip {
-                // One address for many buyer ids.
-                Some(ip) => api
-                    .call(
-                        "POST",
-                        "/api/flash-sale/buy",
-                        &[("X-Forwarded-For", ip)],
-                        Some(&body),
-                    )
-                    .await
-                    .unwrap(),
-                None => api.buy(&body, None).await.unwrap(),
-            }
-        }
-    };
+    let buy = |user: String, ip| buy_as(s.api.clone(), product.clone(), user, ip);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..30 {
         tasks.spawn(buy("hammer".into(), None).await_with("buyer"));
@@ -322,26 +324,8 @@ async fn the_kill_switch_and_the_deny_list_reach_every_sale() {
 async fn a_sale_day_with_abusers_and_an_operator_ends_with_balanced_books() {
     let s = TestStack::start("saleday", 30).await;
     let product = unique("saleday");
-    s.on_sale(
-        &product,
-        100,
-        json!({ "rate_limits": {
-            "buyer": { "per_second": 1, "burst": 3 },
-            "ip": { "per_second": 2, "burst": 5 },
-        }}),
-    )
-    .await;
-    let buy = |user: String, ip: Option<&'static str>| {
-        let (api, product) = (s.api.clone(), product.clone());
-        async move {
-            let body = json!({ "product_id": product, "user_id": user });
-            let headers: Vec<(&str, &str)> =
-                ip.map(|ip| ("X-Forwarded-For", ip)).into_iter().collect();
-            api.call("POST", "/api/flash-sale/buy", &headers, Some(&body))
-                .await
-                .unwrap()
-        }
-    };
+    s.on_sale(&product, 100, tight_limits()).await;
+    let buy = |user: String, ip| buy_as(s.api.clone(), product.clone(), user, ip);
     let fair = |range: std::ops::Range<usize>| {
         let mut set = tokio::task::JoinSet::new();
         for i in range {

@@ -371,10 +371,8 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
                 #[serde(default, with = "time::serde::rfc3339::option")]
                 until: Option<time::OffsetDateTime>,
             }
-            let body: Body = api::json_body(
-                req,
-                r#"{"reason": "why", "until": "<RFC 3339, optional>"}"#,
-            )?;
+            let body: Body =
+                api::json_body(req, r#"{"reason": "why", "until": "<RFC 3339, optional>"}"#)?;
             if body.until.is_some_and(|u| u <= entry.at) {
                 return Err(ApiError::invalid("until must be in the future"));
             }
