@@ -98,6 +98,14 @@ async fn admin_events_create_warm_and_report() {
     let resp = admin.handle(http("admin-stats.json")).await;
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(body(&resp)["stock_total"], 100);
+    // Sale-day controls.
+    let resp = admin.handle(http("admin-stock-change.json")).await;
+    assert_eq!(resp.status().as_u16(), 200, "{}", body(&resp));
+    assert_eq!(body(&resp)["stock_total"], 90);
+    let resp = admin.handle(http("admin-kill-switch.json")).await;
+    assert_eq!(body(&resp)["engaged"], true, "{}", body(&resp));
+    let resp = admin.handle(http("admin-deny-buyer.json")).await;
+    assert_eq!(body(&resp)["denied"], true, "{}", body(&resp));
 }
 
 #[tokio::test]
