@@ -17,8 +17,6 @@ pub struct DenyList {
     now_ms: i64,
     /// Active entries: buyer -> blocked until (ms, 0 = until removed).
     listed: HashMap<UserId, i64>,
-    /// Consistent reads made so far: None = not (or no longer) blocked.
-    confirmed: HashMap<UserId, Option<i64>>,
 }
 
 impl DenyList {
@@ -33,35 +31,13 @@ impl DenyList {
                 (d.user_id, until)
             })
             .collect();
-        Ok(Self {
-            now_ms,
-            listed,
-            confirmed: HashMap::new(),
-        })
-    }
-
-    async fn confirm<S: OrderStore>(
-        &mut self,
-        store: &S,
-        user: &UserId,
-    ) -> Result<Option<i64>, InfraError> {
-        if let Some(known) = self.confirmed.get(user) {
-            return Ok(*known);
-        }
-        let now = self.now_ms;
-        let until = store
-            .denial(user)
-            .await?
-            .filter(|d| d.active(now))
-            .map(|d| d.until_ms());
-        self.confirmed.insert(user.clone(), until);
-        Ok(until)
+        Ok(Self { now_ms, listed })
     }
 
     /// Brings one sale's copy in line; returns (entries added or changed,
     /// entries removed).
     pub async fn sync<G: StockGate, S: OrderStore>(
-        &mut self,
+        &self,
         gate: &G,
         store: &S,
         product: &crate::domain::ProductId,
@@ -79,8 +55,16 @@ impl DenyList {
                 .cloned(),
         );
         let (mut add, mut remove) = (Vec::new(), Vec::new());
+        // Read just before this sale's write, not once per run: an
+        // operator's change made meanwhile must not be undone here.
         for user in differing {
-            match self.confirm(store, &user).await? {
+            let now = self.now_ms;
+            let until = store
+                .denial(&user)
+                .await?
+                .filter(|d| d.active(now))
+                .map(|d| d.until_ms());
+            match until {
                 Some(until) if held.get(&user) != Some(&until) => add.push((user, until)),
                 Some(_) => {}
                 None if held.contains_key(&user) => remove.push(user),
@@ -148,7 +132,7 @@ mod tests {
         gate.set_denials(&p, &[(gone.clone(), 0)], &[])
             .await
             .unwrap();
-        let mut list = DenyList::read(&store, NOW).await.unwrap();
+        let list = DenyList::read(&store, NOW).await.unwrap();
         assert_eq!(list.sync(&gate, &store, &p).await.unwrap(), (2, 1));
         assert_eq!(
             held(&gate, &p),
@@ -169,7 +153,7 @@ mod tests {
         gate.set_denials(&p, &[(new.user_id.clone(), 0)], &[])
             .await
             .unwrap();
-        let mut stale = stale;
+        
         stale.sync(&gate, &store, &p).await.unwrap();
         assert_eq!(
             held(&gate, &p),

@@ -250,9 +250,13 @@ impl StockGate for FakeGate {
         let state = changes.get(&id).map(|(s, _)| s.clone());
         let taken = format!("taken:{n}");
         let to = match step {
-            ShelfStep::Take | ShelfStep::Add if state.is_some() => {
+            ShelfStep::Take | ShelfStep::Claim if state.is_some() => {
                 return Ok(ShelfChange::Seen(state.unwrap_or_default()));
             }
+            ShelfStep::Add if state.is_some() && state != Some(format!("adding:{n}")) => {
+                return Ok(ShelfChange::Seen(state.unwrap_or_default()));
+            }
+            ShelfStep::Claim => "adding",
             ShelfStep::Settle | ShelfStep::Undo if state.as_deref() != Some(taken.as_str()) => {
                 return Ok(ShelfChange::Seen(state.unwrap_or_default()));
             }

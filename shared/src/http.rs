@@ -205,6 +205,25 @@ pub fn came_through_edge(req: &Request, secret: &str) -> bool {
         .is_some_and(|given| bool::from(given.as_bytes().ct_eq(secret.as_bytes())))
 }
 
+/// Behind the edge, API Gateway's `sourceIp` is CloudFront's; the viewer's
+/// address is in `CloudFront-Viewer-Address` (`<ip>:<port>`), which CloudFront
+/// sets itself. Makes it the request's source, so the per-address limit
+/// counts buyers, not edge servers. Only for a request that came through the
+/// edge (its secret checked): anyone else could send the header.
+pub fn source_is_viewer(req: &mut Request) {
+    let viewer = header(req, "cloudfront-viewer-address").and_then(|v| {
+        v.rsplit_once(':')
+            .and_then(|(ip, _port)| ip.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok())
+            .or_else(|| v.parse().ok())
+    });
+    let (Some(viewer), Some(RequestContext::ApiGatewayV2(ctx))) =
+        (viewer, req.extensions_mut().get_mut::<RequestContext>())
+    else {
+        return;
+    };
+    ctx.http.source_ip = Some(viewer.to_string());
+}
+
 /// The answer to a request that bypassed the edge.
 pub fn not_through_edge() -> HttpResponse {
     ApiError::new(403, "forbidden")
@@ -246,5 +265,26 @@ mod edge_tests {
         assert!(!came_through_edge(&req(Some("")), "s3cret-from-cloudfront"));
         assert!(!came_through_edge(&req(None), "s3cret-from-cloudfront"));
         assert_eq!(not_through_edge().status(), 403);
+    }
+
+    #[test]
+    fn behind_the_edge_the_viewer_is_the_source() {
+        let event = include_str!("../../events/deduct-buy.json");
+        for (header, want) in [
+            ("198.51.100.10:46532", "198.51.100.10"),
+            ("2001:db8::7:46532", "2001:db8::7"),
+            ("[2001:db8::7]:46532", "2001:db8::7"),
+        ] {
+            let mut req = lambda_http::request::from_str(event).unwrap();
+            assert_eq!(client_ip(&req, false), Some("203.0.113.7".parse().unwrap()));
+            req.headers_mut()
+                .insert("cloudfront-viewer-address", header.parse().unwrap());
+            source_is_viewer(&mut req);
+            assert_eq!(
+                client_ip(&req, false),
+                Some(want.parse().unwrap()),
+                "{header}"
+            );
+        }
     }
 }

@@ -55,6 +55,9 @@ pub enum ShelfStep {
     Settle,
     /// DynamoDB refused it: the units back on the shelf.
     Undo,
+    /// An addition's key, before DynamoDB records it: nothing moves, but a
+    /// key a withdrawal holds is refused.
+    Claim,
     /// An addition DynamoDB recorded: the units on the shelf.
     Add,
 }
@@ -65,6 +68,7 @@ impl ShelfStep {
             Self::Take => "take",
             Self::Settle => "settle",
             Self::Undo => "undo",
+            Self::Claim => "claim",
             Self::Add => "add",
         }
     }

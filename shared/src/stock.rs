@@ -50,27 +50,59 @@ pub async fn change<G: StockGate, S: OrderStore>(
                 other => other,
             });
     }
-    if change.delta > 0 {
-        return record(gate, store, change, entry).await;
-    }
-    match gate
-        .change_shelf(change, ShelfStep::Take, Some(entry))
-        .await?
-    {
+    // The first step is Redis' for both: a withdrawal takes its units, an
+    // addition claims its key (so it cannot be recorded over a withdrawal
+    // that took units under the same key and has yet to be recorded).
+    let first = if change.delta > 0 {
+        ShelfStep::Claim
+    } else {
+        ShelfStep::Take
+    };
+    match gate.change_shelf(change, first, Some(entry)).await? {
         ShelfChange::Short { on_shelf } => Ok(Outcome::Short {
             on_shelf: Some(on_shelf),
         }),
-        // The key's earlier change was of another size.
-        ShelfChange::Seen(state)
-            if state.rsplit(':').next() != Some(change.units().to_string().as_str()) =>
-        {
-            Ok(Outcome::KeyReused)
-        }
-        // Taken now or before (a retry), or no shelf to take from.
-        ShelfChange::Done | ShelfChange::Seen(_) | ShelfChange::Cold => {
-            record(gate, store, change, entry).await
+        ShelfChange::Seen(state) if !is_state_of(&state, change) => Ok(Outcome::KeyReused),
+        // Taken or claimed now or before (a retry).
+        ShelfChange::Done | ShelfChange::Seen(_) => record(gate, store, change, entry).await,
+        // Not warmed here: DynamoDB alone, then the shelf from it, in case
+        // a warm-up read the ledger before this change and set it after.
+        ShelfChange::Cold => {
+            let outcome = record(gate, store, change, entry).await?;
+            heal_shelf(gate, store, &change.product_id).await?;
+            Ok(outcome)
         }
     }
+}
+
+/// Whether a key's state in Redis (`taken:5`, `added:3`, ...) is that of
+/// this change, not of another made under the same key.
+fn is_state_of(state: &str, change: &StockChange) -> bool {
+    let Some((step, n)) = state.split_once(':') else {
+        return false;
+    };
+    let steps: &[&str] = if change.delta > 0 {
+        &["adding", "added"]
+    } else {
+        &["taken", "withdrawn", "refused"]
+    };
+    steps.contains(&step) && n == change.units().to_string()
+}
+
+/// Sets the shelf from the ledger as the sweeper's resync does (the fence
+/// read first); nothing when the sale is not warmed.
+pub async fn heal_shelf<G: StockGate, S: OrderStore>(
+    gate: &G,
+    store: &S,
+    product: &crate::domain::ProductId,
+) -> Result<(), InfraError> {
+    let Some(fence) = gate.stats(product).await?.map(|s| s.fence()) else {
+        return Ok(());
+    };
+    if let Some(ledger) = store.ledger(product).await? {
+        gate.resync(product, ledger.shelf_units(), fence).await?;
+    }
+    Ok(())
 }
 
 /// Records the change in DynamoDB and finishes it on the shelf: the steps
@@ -90,6 +122,10 @@ pub async fn record<G: StockGate, S: OrderStore>(
         return Ok(Outcome::UnknownProduct);
     };
     if rec.delta != change.delta {
+        // Another change holds the key: a withdrawal's take goes back.
+        if change.delta < 0 {
+            gate.change_shelf(change, ShelfStep::Undo, None).await?;
+        }
         return Ok(Outcome::KeyReused);
     }
     finish(gate, store, change, rec.applied)
@@ -273,6 +309,62 @@ mod tests {
             Outcome::Short { on_shelf: None }
         );
         assert_eq!(shelf(&gate), (20, 0, 0));
+    }
+
+    /// Found in review: a withdrawal took units under a key and died; an
+    /// addition under the same key must neither be recorded over it nor
+    /// strand its units, and the withdrawal's finish gives them back.
+    #[tokio::test]
+    async fn a_key_held_by_an_unfinished_withdrawal_is_not_taken_by_an_addition() {
+        let (gate, store, p) = sale();
+        let w = change(&p, "k", -5);
+        gate.change_shelf(&w, ShelfStep::Take, Some(&entry(&p)))
+            .await
+            .unwrap();
+        let a = change(&p, "k", 5);
+        assert_eq!(
+            super::change(&gate, &store, &a, &entry(&p)).await.unwrap(),
+            Outcome::KeyReused
+        );
+        assert!(
+            store.stock_change(&a).await.unwrap().is_none(),
+            "not recorded"
+        );
+        // And a record made under the key by another change gives a
+        // withdrawal's take back when it is finished.
+        store
+            .change_stock(&change(&p, "k", 2), &entry(&p))
+            .await
+            .unwrap();
+        assert_eq!(
+            record(&gate, &store, &w, &entry(&p)).await.unwrap(),
+            Outcome::KeyReused
+        );
+        assert_eq!(shelf(&gate), (20, 0, 0));
+        assert!(gate.withdrawals_taken(&p).await.unwrap().is_empty());
+    }
+
+    /// Found in review: a withdrawal that finds the sale cold is recorded
+    /// in DynamoDB alone; a warm-up that read the ledger before it must not
+    /// leave the shelf offering the withdrawn units.
+    #[tokio::test]
+    async fn a_cold_withdrawal_heals_a_shelf_warmed_from_an_older_ledger() {
+        let (gate, store, p) = sale();
+        let mut warmed = gate.stats.lock().unwrap().take().unwrap();
+        warmed.stock_left = 30;
+        let c = change(&p, "w1", -5);
+        assert_eq!(
+            super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
+            Outcome::Applied { new: true }
+        );
+        assert_eq!(store.ledger_of(&p).remaining, 25);
+        // The warm-up read the ledger before the withdrawal and set the
+        // shelf after it; then it heals, as the admin's warm does.
+        *gate.stats.lock().unwrap() = Some(warmed);
+        assert_eq!(shelf(&gate).0, 30, "offering the withdrawn units");
+        heal_shelf(&gate, &store, &p).await.unwrap();
+        // The ledger's 25 (the fake's outbox holds no pending request).
+        assert_eq!(shelf(&gate).0, 25);
     }
 
     #[tokio::test]

@@ -121,10 +121,14 @@ impl Wiring {
         let edge = edge.as_deref();
         metrics_cloudwatch_embedded::lambda::service::run_http(
             self.metrics,
-            lambda_http::service_fn(move |req: Request| {
+            lambda_http::service_fn(move |mut req: Request| {
                 let answer = match edge {
                     Some(secret) if !http::came_through_edge(&req, secret) => None,
-                    _ => Some(handler(req)),
+                    Some(_) => {
+                        http::source_is_viewer(&mut req);
+                        Some(handler(req))
+                    }
+                    None => Some(handler(req)),
                 };
                 async move {
                     Ok::<_, std::convert::Infallible>(match answer {

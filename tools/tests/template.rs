@@ -329,8 +329,29 @@ fn each_function_gets_only_the_access_it_needs() {
     );
     assert_eq!(
         names("outbox-sweeper"),
-        vec!["SQSSendMessagePolicy", "DynamoDBReadPolicy", redis_auth]
+        vec![
+            "SQSSendMessagePolicy",
+            "DynamoDBReadPolicy",
+            "Statement",
+            redis_auth
+        ]
     );
+    // The sweeper writes only what finishing a stock change writes.
+    let statement = &policies("outbox-sweeper")[2].1[0];
+    let keys: Vec<&str> = statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["STOCK#*", "PRODUCT#*", "AUDIT#*"]);
+    for (prefix, item) in [
+        ("STOCK#", table::stock_change("p", "k")),
+        ("PRODUCT#", table::product("p")),
+        ("AUDIT#", table::audit(Some("p"))),
+    ] {
+        assert!(item.starts_with(prefix), "{item}");
+    }
     for binary in ["order-consumer", "compensation", "order-expirer"] {
         assert_eq!(
             names(binary),

@@ -204,6 +204,9 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
             .shelf_units();
         match self.gate.warm(&product, force, ledger, seen).await? {
             Warm::Warmed { stock_left } => {
+                // A stock change that found the sale cold may have been
+                // recorded after the ledger read above: the shelf follows it.
+                stock::heal_shelf(&self.gate, &self.store, id).await?;
                 // The deny list travels with the sale (admit.lua reads it
                 // in the sale's slot); the sweeper keeps it in line after.
                 let now = unix_ms(time::OffsetDateTime::now_utc());

@@ -201,7 +201,7 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
     }
 
     async fn buy(&self, purchase: Purchase, traceparent: String) -> Result<HttpResponse, ApiError> {
-        if self.kill_switch.engaged(&self.gate).await {
+        if self.kill_switch.engaged(&self.gate).await && !self.is_replay(&purchase).await {
             metrics::counter!("flashsale_rejected_total", "reason" => "admissions_stopped")
                 .increment(1);
             return Ok(retry_after(
@@ -298,6 +298,13 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
                 Err(refused)
             }
         }
+    }
+
+    /// Whether a keyed request names one Redis already holds: a replay,
+    /// answered from its first admission even while admissions are stopped.
+    async fn is_replay(&self, purchase: &Purchase) -> bool {
+        purchase.idempotency_key.is_some()
+            && matches!(self.gate.request(&purchase.request_id).await, Ok(Some(_)))
     }
 
     async fn enqueue(
@@ -535,6 +542,42 @@ mod tests {
         d.gate.failures.fail_next(1);
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(d.handle(buy(body)).await.status(), 503);
+    }
+
+    /// Found in review: a buyer replaying an admitted request's key while
+    /// the switch is thrown still learns what became of it; a new keyed
+    /// request is refused like any other.
+    #[tokio::test]
+    async fn a_thrown_kill_switch_still_answers_replays() {
+        use shared::domain::KillSwitch;
+        let d = deduct(true);
+        d.gate
+            .apply_kill_switch(KillSwitch {
+                engaged: true,
+                seq: 1,
+            })
+            .await
+            .unwrap();
+        let keyed = |key: &str| {
+            let mut req = buy(r#"{"product_id":"p1","user_id":"u1"}"#);
+            req.headers_mut()
+                .insert("idempotency-key", key.parse().unwrap());
+            req
+        };
+        let (status, body) = call(&d, keyed("fresh")).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("admissions_stopped"))
+        );
+        // The request "k1" was admitted before the switch.
+        let first = parse(&keyed("k1"), true).unwrap();
+        d.gate.put_request(shared::fakes::view(
+            &OrderMessage::new(&first, 5, 10),
+            OrderStatus::Placed,
+        ));
+        d.gate.answer(replay(OrderStatus::Placed, true));
+        let (status, body) = call(&d, keyed("k1")).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("placed")));
     }
 
     #[tokio::test]

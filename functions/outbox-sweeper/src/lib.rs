@@ -79,13 +79,13 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
             tracing::warn!(error = %e, "kill switch not re-asserted; next run retries");
         }
         // The deny list as DynamoDB records it, into every sale's copy.
-        let mut deny = DenyList::read(&self.store, now)
+        let deny = DenyList::read(&self.store, now)
             .await
             .inspect_err(|e| tracing::warn!(error = %e, "deny list unreadable; next run retries"))
             .ok();
         for product in self.products(now).await? {
             report.products += 1;
-            if let Some(deny) = deny.as_mut() {
+            if let Some(deny) = &deny {
                 match deny.sync(&self.gate, &self.store, &product).await {
                     Ok((added, removed)) => report.deny_list_fixes += added + removed,
                     Err(e) => {

@@ -9,13 +9,15 @@
 -- `withdrawn_units` (the resync's fence, with placed_units); if DynamoDB
 -- refused it, "undo" puts them back on the shelf. The resync subtracts
 -- `withdrawing`, so it never offers a unit being withdrawn.
--- An addition starts in DynamoDB (its units `releasing` there); "add" puts
--- them on the shelf.
+-- An addition claims its key here first ("claim": nothing moves, but a key
+-- a withdrawal holds is refused), is recorded in DynamoDB (its units
+-- `releasing` there), then "add" puts them on the shelf.
 --
 -- KEYS[1] meta  KEYS[2] stock  KEYS[3] stats  KEYS[4] changes (hash: key ->
---   "taken:<n>" | "withdrawn:<n>" | "refused:<n>" | "added:<n>"; key|audit ->
+--   "taken:<n>" | "withdrawn:<n>" | "refused:<n>" | "adding:<n>" | "added:<n>";
+--   key|audit ->
 --   the change's audit entry, for a sweeper that finishes it)
--- ARGV[1] take | settle | undo | add  ARGV[2] change key  ARGV[3] n (> 0)
+-- ARGV[1] take | settle | undo | claim | add  ARGV[2] change key  ARGV[3] n (> 0)
 -- ARGV[4] the audit entry (JSON; take only)  ARGV[5] ttl of the record (s)
 -- Returns {"cold"} when the sale is not warmed here (nothing changed),
 --   {"short", units on the shelf} (take: fewer than n; nothing changed),
@@ -65,8 +67,15 @@ elseif step == "settle" or step == "undo" then
     record("refused")
   end
   return {"done", taken}
-elseif step == "add" then
+elseif step == "claim" then
   if state then
+    return {"seen", state}
+  end
+  record("adding")
+  return {"done", ""}
+elseif step == "add" then
+  -- No state: the claim was forgotten in a failover, with nothing else.
+  if state and state ~= "adding:" .. n then
     return {"seen", state}
   end
   redis.call("INCRBY", KEYS[2], n)
@@ -75,4 +84,4 @@ elseif step == "add" then
   record("added")
   return {"done", ""}
 end
-return redis.error_reply("stock_change.lua: bad step: take | settle | undo | add")
+return redis.error_reply("stock_change.lua: bad step: take | settle | undo | claim | add")
