@@ -153,7 +153,7 @@ mod tests {
         gate.set_denials(&p, &[(new.user_id.clone(), 0)], &[])
             .await
             .unwrap();
-        
+
         stale.sync(&gate, &store, &p).await.unwrap();
         assert_eq!(
             held(&gate, &p),

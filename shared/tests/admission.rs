@@ -1017,11 +1017,31 @@ async fn stock_changes_move_the_shelf_once_and_the_resync_never_offers_a_withdra
             .unwrap(),
         ShelfChange::Short { on_shelf: 6 }
     );
-    // An addition, once.
+    // An addition claims its key (a withdrawal's key is refused), then
+    // adds once.
+    assert_eq!(
+        g.change_shelf(&change("w2", 3), ShelfStep::Claim, None)
+            .await
+            .unwrap(),
+        ShelfChange::Seen("refused:2".into())
+    );
     let a = change("a1", 3);
+    assert_eq!(
+        g.change_shelf(&a, ShelfStep::Claim, None).await.unwrap(),
+        ShelfChange::Done
+    );
+    assert_eq!(
+        left(g.clone(), p.clone()).await.stock_left,
+        6,
+        "a claim moves nothing"
+    );
     for _ in 0..2 {
         g.change_shelf(&a, ShelfStep::Add, None).await.unwrap();
     }
+    assert_eq!(
+        g.change_shelf(&a, ShelfStep::Add, None).await.unwrap(),
+        ShelfChange::Seen("added:3".into())
+    );
     let s = left(g.clone(), p.clone()).await;
     assert_eq!((s.stock_left, s.stock_total), (9, 9));
     // A sale not warmed here: nothing to change.
