@@ -1,9 +1,13 @@
--- Heals the Redis shelf from the DynamoDB stock ledger while the sale runs:
--- shelf = ledger - units still pending here - units being withdrawn here -
--- units that left this Redis' accounting for the ledger's (settled as placed,
--- withdrawals confirmed) since the caller read the ledger: the fence
--- `placed_units + withdrawn_units`. They may or may not be in that read;
--- counting them twice only undersells until the next run, never oversells.
+-- Heals the Redis shelf from the DynamoDB stock ledger while the sale runs.
+-- The shelf should be: ledger - units still pending here - units being
+-- withdrawn here - those of the units that left this Redis' accounting for
+-- the ledger's (settled as placed, withdrawals confirmed: the fence
+-- `placed_units + withdrawn_units`) since the caller's fence read that the
+-- ledger read did not see yet. Which of them it saw is unknown, so the
+-- truth lies between `low` (none seen) and `high` (all seen). A shelf in
+-- that range is left as Redis' own arithmetic made it (during a burst,
+-- setting `low` would hide units from buyers until the next run); one
+-- outside is wrong for sure and set to `low`, which never oversells.
 --
 -- KEYS[1] stock  KEYS[2] stats
 -- ARGV[1] ledger units remaining  ARGV[2] the fence, read before the ledger
@@ -21,11 +25,16 @@ local fence = tonumber(s[2] or "0") + tonumber(s[3] or "0")
 if fence < seen then
   return {"busy", 0}
 end
-local target = ledger - pending_units - tonumber(s[4] or "0") - (fence - seen)
-if target < 0 then
-  target = 0
+local high = ledger - pending_units - tonumber(s[4] or "0")
+local low = high - (fence - seen)
+if low < 0 then
+  low = 0
 end
 local old = tonumber(redis.call("GET", KEYS[1]) or "0")
+local target = low
+if old >= low and old <= high then
+  target = old
+end
 if old ~= target then
   redis.call("SET", KEYS[1], target)
   redis.call("HINCRBY", KEYS[2], "resync_drift", target - old)
