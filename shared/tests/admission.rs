@@ -1073,3 +1073,41 @@ async fn stock_changes_move_the_shelf_once_and_the_resync_never_offers_a_withdra
         ShelfChange::Cold
     );
 }
+
+/// Found in review: `rebuy_after_release` frees a released buyer's slot,
+/// and by default a released buyer stays blocked (anti-hoarding).
+#[tokio::test]
+async fn a_release_frees_the_buyer_only_when_the_sale_says_so() {
+    use shared::domain::{Currency, RequestView, Reservation};
+    for rebuy in [true, false] {
+        let (g, p) = warmed(5, 1).await;
+        let msg = admitted(&g, &purchase(&p, "u1", 1, None)).await;
+        g.settle(&msg, OrderStatus::Placed).await.unwrap();
+        let order = RequestView {
+            request_id: msg.request_id.clone(),
+            product_id: p.clone(),
+            user_id: msg.user_id.clone(),
+            quantity: msg.quantity,
+            status: OrderStatus::Cancelled,
+            updated_at: OffsetDateTime::now_utc(),
+            reservation: Some(Reservation {
+                pay_by_ms: 0,
+                amount: 100,
+                currency: Currency::parse("EUR").unwrap(),
+                rebuy_after_release: rebuy,
+            }),
+        };
+        assert!(g.release(&order, OrderStatus::Cancelled).await.unwrap());
+        assert!(
+            !g.release(&order, OrderStatus::Cancelled).await.unwrap(),
+            "once"
+        );
+        assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 5);
+        let again = g.admit(&purchase(&p, "u1", 1, None)).await.unwrap();
+        if rebuy {
+            assert!(matches!(again, Admission::Admitted { .. }), "{again:?}");
+        } else {
+            assert_eq!(again, Admission::Refused(Refusal::AlreadyPurchased));
+        }
+    }
+}

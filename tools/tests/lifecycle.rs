@@ -119,6 +119,20 @@ async fn pay_cancel_expire_and_every_refusal() {
         (forged.status, &forged.body["error"]),
         (401, &json!("bad_signature"))
     );
+    let unsigned = s
+        .api
+        .call(
+            "POST",
+            "/api/payments/webhook",
+            &[],
+            Some(&payment("e2", &paid, 1250)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (unsigned.status, &unsigned.body["error"]),
+        (401, &json!("bad_signature"))
+    );
     let stale = s
         .api
         .webhook(WEBHOOK_SECRET, t - 301, &payment("e3", &paid, 1250))
@@ -167,6 +181,20 @@ async fn pay_cancel_expire_and_every_refusal() {
         (not.status, &not.body["error"], &not.body["status"]),
         (409, &json!("not_cancellable"), &json!("paid"))
     );
+    // A payment for the order its buyer cancelled is owed back.
+    let after_cancel = s
+        .api
+        .webhook(WEBHOOK_SECRET, now_secs(), &payment("e6", &cancelled, 1250))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            after_cancel.status,
+            &after_cancel.body["error"],
+            &after_cancel.body["status"]
+        ),
+        (409, &json!("order_not_payable"), &json!("cancelled"))
+    );
 
     // Expire: past the 3 s window the expirer's timer (500 ms here) releases them.
     let mut statuses = Vec::new();
@@ -214,13 +242,13 @@ async fn pay_cancel_expire_and_every_refusal() {
         ("cancelled", 1),
         ("expired", 2),
         ("released", 3),
-        ("refund_due", 2),
+        ("refund_due", 3),
         ("stock_left", 4),
     ] {
         assert_eq!(stats[field], json!(want), "{field}: {stats}");
     }
-    // The operator's list of money to give back: the wrong amount and the
-    // late payment.
+    // The operator's list of money to give back: the wrong amount, the
+    // late payment and the payment for a cancelled order.
     let pid = ProductId::parse(product.as_str()).unwrap();
     let mut refunds: Vec<String> = s
         .store
@@ -231,7 +259,7 @@ async fn pay_cancel_expire_and_every_refusal() {
         .map(|r| r.event.event_id.as_str().to_owned())
         .collect();
     refunds.sort();
-    assert_eq!(refunds, vec!["e4", "e5"]);
+    assert_eq!(refunds, vec!["e4", "e5", "e6"]);
     let books = audit(
         &s.gate,
         &s.store,
