@@ -69,8 +69,10 @@ enum Command {
         /// The products to show (repeatable); every warmed one by default.
         #[arg(long)]
         product: Vec<String>,
-        /// The local runner whose /metrics to read (refusals, latency);
-        /// without it those panes stay empty.
+        /// Where refusals and latencies come from: a local runner's URL
+        /// (its /metrics), or `cloudwatch` for a deployed stack (the
+        /// functions' metrics over the last 5 minutes); none leaves those
+        /// panes empty.
         #[arg(long, env = "FLASHSALE_API_URL")]
         metrics: Option<String>,
         #[arg(long, default_value_t = 1000)]
@@ -473,7 +475,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 store,
                 sqs: aws_sdk_sqs::Client::new(&sdk),
                 queues,
-                metrics: metrics.map(|url| tools::client::Api::new(url, "")),
+                metrics: metrics.map(|from| match from.as_str() {
+                    "cloudwatch" => tools::top::Metrics::CloudWatch(tools::top::CloudWatch::new(
+                        aws_sdk_cloudwatch::Client::new(&sdk),
+                    )),
+                    url => tools::top::Metrics::Runner(Box::new(tools::client::Api::new(url, ""))),
+                }),
                 products,
             };
             tools::top::run(reader, Duration::from_millis(refresh_ms.max(100))).await?;

@@ -1,8 +1,9 @@
 //! `flashsale top`: a sale live in the terminal. Each refresh reads what
 //! `reconcile` reads (Redis' counters, DynamoDB's ledger), the queues'
-//! depths, and the stack's metrics (the runner's Prometheus text), and
-//! draws one frame; rates and latency quantiles come from the difference
-//! between frames.
+//! depths, and the stack's metrics, and draws one frame. A local runner's
+//! metrics are counters (its Prometheus text): rates and latency quantiles
+//! come from the difference between frames. A deployed stack's are in
+//! CloudWatch (the functions' EMF lines), aggregated there over a window.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -38,16 +39,47 @@ pub struct ProductRow {
 /// Cumulative histogram buckets: (upper bound, count), ascending.
 pub type Buckets = Vec<(f64, f64)>;
 
+/// One handler's latency over a window, as CloudWatch aggregates it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub count: f64,
+}
+
+/// Refusals and latencies, as the stack's metrics give them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Figures {
+    /// A runner's counters since it started: `flashsale_rejected_total` by
+    /// reason, `flashsale_handler_seconds` buckets by handler (upper bound
+    /// s, cumulative count, ascending, the last one +Inf).
+    Counters {
+        refusals: BTreeMap<String, f64>,
+        latency: BTreeMap<String, Buckets>,
+    },
+    /// CloudWatch's aggregates over the last `secs`.
+    Window {
+        secs: f64,
+        refusals: BTreeMap<String, f64>,
+        latency: BTreeMap<String, Latency>,
+    },
+}
+
+impl Default for Figures {
+    fn default() -> Self {
+        Self::Counters {
+            refusals: BTreeMap::new(),
+            latency: BTreeMap::new(),
+        }
+    }
+}
+
 /// Everything one frame shows, read at `at_ms`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
     pub at_ms: i64,
     pub products: Vec<ProductRow>,
-    /// `flashsale_rejected_total` by reason (cumulative).
-    pub refusals: BTreeMap<String, f64>,
-    /// `flashsale_handler_seconds` buckets by handler: (upper bound s,
-    /// cumulative count), ascending, the last one +Inf.
-    pub latency: BTreeMap<String, Buckets>,
+    pub figures: Figures,
     /// (queue, messages waiting).
     pub queues: Vec<(String, i64)>,
     /// What could not be read this time (shown, not fatal).
@@ -55,7 +87,7 @@ pub struct Sample {
 }
 
 /// The metrics of a runner's Prometheus text that the view shows.
-pub fn parse_metrics(text: &str) -> Result<(BTreeMap<String, f64>, BTreeMap<String, Buckets>)> {
+pub fn parse_metrics(text: &str) -> Result<Figures> {
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     let scrape =
         prometheus_parse::Scrape::parse(lines).context("the metrics are not Prometheus text")?;
@@ -76,7 +108,175 @@ pub fn parse_metrics(text: &str) -> Result<(BTreeMap<String, f64>, BTreeMap<Stri
             _ => {}
         }
     }
-    Ok((refusals, latency))
+    Ok(Figures::Counters { refusals, latency })
+}
+
+/// Where the refusal and latency figures come from.
+pub enum Metrics {
+    /// A local runner's `/metrics`.
+    Runner(Box<Api>),
+    /// A deployed stack's CloudWatch metrics.
+    CloudWatch(CloudWatch),
+}
+
+impl Metrics {
+    async fn figures(&self) -> Result<Figures> {
+        match self {
+            Self::Runner(api) => parse_metrics(&api.text("/metrics").await?),
+            Self::CloudWatch(cw) => cw.figures().await,
+        }
+    }
+}
+
+/// The functions' metrics in CloudWatch (namespace `flashsale`): refusals
+/// summed and latency quantiles over the last `WINDOW_SECS`, read again at
+/// most every `REREAD` (GetMetricData is billed per metric read, and EMF
+/// lines reach it a minute late anyway).
+pub struct CloudWatch {
+    client: aws_sdk_cloudwatch::Client,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Figures)>>,
+}
+
+const WINDOW_SECS: i32 = 300;
+const REREAD: Duration = Duration::from_secs(30);
+const NAMESPACE: &str = "flashsale";
+
+impl CloudWatch {
+    pub fn new(client: aws_sdk_cloudwatch::Client) -> Self {
+        Self {
+            client,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn figures(&self) -> Result<Figures> {
+        let mut last = self.last.lock().await;
+        if let Some((at, figures)) = last.as_ref()
+            && at.elapsed() < REREAD
+        {
+            return Ok(figures.clone());
+        }
+        let figures = self.read().await?;
+        *last = Some((std::time::Instant::now(), figures.clone()));
+        Ok(figures)
+    }
+
+    /// Every metric of `name` in the namespace (one per function and label).
+    async fn list(&self, name: &str) -> Result<Vec<aws_sdk_cloudwatch::types::Metric>> {
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_metrics()
+                .namespace(NAMESPACE)
+                .metric_name(name)
+                .set_next_token(token)
+                .send()
+                .await
+                .context("CloudWatch ListMetrics")?;
+            all.extend(page.metrics().iter().cloned());
+            token = page.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(all);
+            }
+        }
+    }
+
+    async fn read(&self) -> Result<Figures> {
+        use aws_sdk_cloudwatch::primitives::DateTime;
+        use aws_sdk_cloudwatch::types::{MetricDataQuery, MetricStat};
+        let dim = |m: &aws_sdk_cloudwatch::types::Metric, name: &str| {
+            m.dimensions()
+                .iter()
+                .find(|d| d.name() == Some(name))
+                .and_then(|d| d.value())
+                .unwrap_or("")
+                .to_owned()
+        };
+        // (query id, what it is, its label), in the order the ids are made.
+        let mut queries = Vec::new();
+        let mut asked = Vec::new();
+        let mut query = |metric: &aws_sdk_cloudwatch::types::Metric,
+                         stat: &str,
+                         what: (char, String)|
+         -> Result<()> {
+            let id = format!("q{}", queries.len());
+            let stat = MetricStat::builder()
+                .metric(metric.clone())
+                .period(WINDOW_SECS)
+                .stat(stat)
+                .build();
+            queries.push(
+                MetricDataQuery::builder()
+                    .id(&id)
+                    .metric_stat(stat)
+                    .return_data(true)
+                    .build(),
+            );
+            asked.push((id, what));
+            Ok(())
+        };
+        for m in self.list("flashsale_rejected_total").await? {
+            query(&m, "Sum", ('r', dim(&m, "reason")))?;
+        }
+        for m in self.list("flashsale_handler_seconds").await? {
+            let handler = dim(&m, "handler");
+            query(&m, "p50", ('5', handler.clone()))?;
+            query(&m, "p99", ('9', handler.clone()))?;
+            query(&m, "SampleCount", ('n', handler))?;
+        }
+        let (mut refusals, mut latency) = (BTreeMap::new(), BTreeMap::<String, Latency>::new());
+        if queries.is_empty() {
+            return Ok(Figures::Window {
+                secs: f64::from(WINDOW_SECS),
+                refusals,
+                latency,
+            });
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let end = now - now % 60;
+        let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for batch in queries.chunks(500) {
+            let mut token = None;
+            loop {
+                let out = self
+                    .client
+                    .get_metric_data()
+                    .start_time(DateTime::from_secs(end - i64::from(WINDOW_SECS)))
+                    .end_time(DateTime::from_secs(end))
+                    .set_metric_data_queries(Some(batch.to_vec()))
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .context("CloudWatch GetMetricData")?;
+                for r in out.metric_data_results() {
+                    values
+                        .entry(r.id().unwrap_or_default().to_owned())
+                        .or_default()
+                        .extend(r.values());
+                }
+                token = out.next_token().map(str::to_owned);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        for (id, (kind, label)) in asked {
+            let got = values.get(&id).filter(|v| !v.is_empty());
+            match kind {
+                'r' => *refusals.entry(label).or_insert(0.0) += got.map_or(0.0, |v| v.iter().sum()),
+                '5' => latency.entry(label).or_default().p50 = got.map(|v| v[0]),
+                '9' => latency.entry(label).or_default().p99 = got.map(|v| v[0]),
+                _ => latency.entry(label).or_default().count += got.map_or(0.0, |v| v.iter().sum()),
+            }
+        }
+        Ok(Figures::Window {
+            secs: f64::from(WINDOW_SECS),
+            refusals,
+            latency,
+        })
+    }
 }
 
 /// The `q` quantile of the requests counted between two readings of a
@@ -123,8 +323,8 @@ pub struct Reader {
     pub sqs: aws_sdk_sqs::Client,
     /// (name, url) of the queues to show.
     pub queues: Vec<(String, String)>,
-    /// The runner whose `/metrics` to read; None shows no metrics.
-    pub metrics: Option<Api>,
+    /// Where refusals and latencies come from; None shows none.
+    pub metrics: Option<Metrics>,
     /// The products to show; None: every product Redis sweeps.
     pub products: Option<Vec<ProductId>>,
 }
@@ -137,9 +337,9 @@ impl Reader {
             Ok((at, rows)) => (s.at_ms, s.products) = (at, rows),
             Err(e) => errors.push(format!("redis/dynamodb: {e:#}")),
         }
-        if let Some(api) = &self.metrics {
-            match api.text("/metrics").await.and_then(|t| parse_metrics(&t)) {
-                Ok((refusals, latency)) => (s.refusals, s.latency) = (refusals, latency),
+        if let Some(metrics) = &self.metrics {
+            match metrics.figures().await {
+                Ok(figures) => s.figures = figures,
                 Err(e) => errors.push(format!("metrics: {e:#}")),
             }
         }
@@ -289,14 +489,7 @@ impl View {
         let [refusals, latency] =
             Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)])
                 .areas(middle);
-        let refused = now.refusals.iter().map(|(reason, total)| {
-            let before = prev.and_then(|p| p.refusals.get(reason).copied());
-            Row::new(vec![
-                reason.clone(),
-                format!("{total:.0}"),
-                per_second(*total, before.or(prev.map(|_| 0.0)), secs),
-            ])
-        });
+        let (refused, timed, span) = figure_rows(now, prev, oldest, secs);
         frame.render_widget(
             Table::new(
                 refused,
@@ -307,26 +500,9 @@ impl View {
                 ],
             )
             .header(Row::new(["reason", "total", "/s"]).style(bold))
-            .block(Block::bordered().title(" refusals ")),
+            .block(Block::bordered().title(format!(" refusals, {span} "))),
             refusals,
         );
-        let timed = now.latency.iter().map(|(handler, buckets)| {
-            let earlier = oldest
-                .and_then(|o| o.latency.get(handler))
-                .map(Vec::as_slice);
-            let count = |b: &[(f64, f64)]| b.last().map_or(0.0, |l| l.1);
-            let window = oldest.map_or(0.0, |o| (now.at_ms - o.at_ms) as f64 / 1000.0);
-            Row::new(vec![
-                handler.clone(),
-                ms(quantile(0.5, buckets, earlier)),
-                ms(quantile(0.99, buckets, earlier)),
-                per_second(
-                    count(buckets),
-                    earlier.map(count).or(oldest.map(|_| 0.0)),
-                    window,
-                ),
-            ])
-        });
         frame.render_widget(
             Table::new(
                 timed,
@@ -338,7 +514,7 @@ impl View {
                 ],
             )
             .header(Row::new(["handler", "p50 ms", "p99 ms", "req/s"]).style(bold))
-            .block(Block::bordered().title(format!(" latency, last {WINDOW} frames "))),
+            .block(Block::bordered().title(format!(" latency, {span} "))),
             latency,
         );
 
@@ -351,6 +527,82 @@ impl View {
             Paragraph::new(Line::from(now.error.clone().unwrap_or_default())),
             status,
         );
+    }
+}
+
+/// The refusal and latency rows of a frame, and the span they cover: a
+/// runner's counters against earlier frames, or CloudWatch's window.
+fn figure_rows<'a>(
+    now: &'a Sample,
+    prev: Option<&'a Sample>,
+    oldest: Option<&'a Sample>,
+    secs: f64,
+) -> (Vec<Row<'a>>, Vec<Row<'a>>, String) {
+    match &now.figures {
+        Figures::Counters { refusals, latency } => {
+            let counters = |s: Option<&'a Sample>| match s.map(|s| &s.figures) {
+                Some(Figures::Counters { refusals, latency }) => Some((refusals, latency)),
+                _ => None,
+            };
+            let refused = refusals
+                .iter()
+                .map(|(reason, total)| {
+                    let before = counters(prev).map(|(r, _)| r.get(reason).copied().unwrap_or(0.0));
+                    Row::new(vec![
+                        reason.clone(),
+                        format!("{total:.0}"),
+                        per_second(*total, before, secs),
+                    ])
+                })
+                .collect();
+            let window = oldest.map_or(0.0, |o| (now.at_ms - o.at_ms) as f64 / 1000.0);
+            let timed = latency
+                .iter()
+                .map(|(handler, buckets)| {
+                    let earlier = counters(oldest).map(|(_, l)| l.get(handler).map(Vec::as_slice));
+                    let count = |b: &[(f64, f64)]| b.last().map_or(0.0, |l| l.1);
+                    Row::new(vec![
+                        handler.clone(),
+                        ms(quantile(0.5, buckets, earlier.flatten())),
+                        ms(quantile(0.99, buckets, earlier.flatten())),
+                        per_second(
+                            count(buckets),
+                            earlier.map(|e| e.map_or(0.0, count)),
+                            window,
+                        ),
+                    ])
+                })
+                .collect();
+            (refused, timed, format!("last {WINDOW} frames"))
+        }
+        Figures::Window {
+            secs,
+            refusals,
+            latency,
+        } => {
+            let refused = refusals
+                .iter()
+                .map(|(reason, total)| {
+                    Row::new(vec![
+                        reason.clone(),
+                        format!("{total:.0}"),
+                        per_second(*total, Some(0.0), *secs),
+                    ])
+                })
+                .collect();
+            let timed = latency
+                .iter()
+                .map(|(handler, l)| {
+                    Row::new(vec![
+                        handler.clone(),
+                        ms(l.p50),
+                        ms(l.p99),
+                        per_second(l.count, Some(0.0), *secs),
+                    ])
+                })
+                .collect();
+            (refused, timed, format!("last {secs:.0} s (CloudWatch)"))
+        }
     }
 }
 
@@ -419,7 +671,9 @@ flashsale_handler_seconds_count{handler="deduct"} 100
 
     #[test]
     fn quantiles_interpolate_within_buckets_over_the_window() {
-        let (refusals, latency) = parse_metrics(METRICS).unwrap();
+        let Figures::Counters { refusals, latency } = parse_metrics(METRICS).unwrap() else {
+            panic!("a runner's metrics are counters");
+        };
         assert_eq!(refusals["sold_out"], 40.0);
         let b = &latency["deduct"];
         assert_eq!(b.len(), 4);
@@ -457,15 +711,17 @@ flashsale_handler_seconds_count{handler="deduct"} 100
                 pending: admitted - placed,
                 oldest_pending_ms: (admitted > placed).then_some(1_500),
             }],
-            refusals: BTreeMap::from([("sold_out".into(), sold_out)]),
-            latency: BTreeMap::from([(
-                "deduct".into(),
-                vec![
-                    (0.001, deduct / 2.0),
-                    (0.005, deduct),
-                    (f64::INFINITY, deduct),
-                ],
-            )]),
+            figures: Figures::Counters {
+                refusals: BTreeMap::from([("sold_out".into(), sold_out)]),
+                latency: BTreeMap::from([(
+                    "deduct".into(),
+                    vec![
+                        (0.001, deduct / 2.0),
+                        (0.005, deduct),
+                        (f64::INFINITY, deduct),
+                    ],
+                )]),
+            },
             queues: vec![
                 ("orders".into(), admitted - placed),
                 ("orders-dlq".into(), 0),
@@ -543,5 +799,37 @@ flashsale_handler_seconds_count{handler="deduct"} 100
         let deduct = cells(deduct);
         let at = deduct.iter().position(|c| c == "deduct").unwrap();
         assert_eq!(&deduct[at..at + 4], ["deduct", "1.0", "4.9", "40.0"]);
+    }
+
+    /// A deployed stack's frame: CloudWatch's window, per second over it.
+    #[test]
+    fn a_frame_from_cloudwatch_figures() {
+        let mut view = View::default();
+        let mut s = sale(1_800_000_000_000, 20, 10, 2, 0.0, 0.0);
+        s.figures = Figures::Window {
+            secs: 300.0,
+            refusals: BTreeMap::from([("sold_out".into(), 60.0)]),
+            latency: BTreeMap::from([(
+                "deduct".into(),
+                Latency {
+                    p50: Some(0.0021),
+                    p99: Some(0.0187),
+                    count: 600.0,
+                },
+            )]),
+        };
+        view.push(s);
+        let lines = frame(&view);
+        let find = |what: &str| lines.iter().find(|l| l.contains(what)).cloned().unwrap();
+        assert!(find("refusals, last 300 s (CloudWatch)").contains("latency, last 300 s"));
+        let refused = find("sold_out");
+        assert!(
+            refused.contains("60") && refused.contains("0.2"),
+            "{refused}"
+        );
+        let deduct = find("deduct");
+        for want in ["2.1", "18.7", "2.0"] {
+            assert!(deduct.contains(want), "{deduct}");
+        }
     }
 }

@@ -92,3 +92,166 @@ async fn top_draws_a_running_sale_and_quits_on_q() {
     assert!(text.contains("\u{1b}[?1049l"), "left the alternate screen");
     s.running.stop().await;
 }
+
+type Cbor = minicbor::Encoder<Vec<u8>>;
+type Written = Result<(), minicbor::encode::Error<std::convert::Infallible>>;
+
+/// A CloudWatch endpoint speaking the SDK's rpcv2Cbor: two functions'
+/// refusals by reason and deduct's latency, as EMF puts them there.
+async fn fake_cloudwatch(asked: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) -> String {
+    use http_body_util::{BodyExt, Full};
+    use hyper::server::conn::http1;
+    use hyper_util::rt::TokioIo;
+    fn metric(e: &mut Cbor, name: &str, dims: &[(&str, &str)]) -> Written {
+        e.map(3)?
+            .str("Namespace")?
+            .str("flashsale")?
+            .str("MetricName")?
+            .str(name)?;
+        e.str("Dimensions")?.array(dims.len() as u64)?;
+        for (k, v) in dims {
+            e.map(2)?.str("Name")?.str(k)?.str("Value")?.str(v)?;
+        }
+        Ok(())
+    }
+    fn list(body: &[u8]) -> Vec<u8> {
+        let has = |s: &str| body.windows(s.len()).any(|w| w == s.as_bytes());
+        let mut e = minicbor::Encoder::new(Vec::new());
+        let written: Written = (|| {
+            if has("flashsale_rejected_total") {
+                e.map(1)?.str("Metrics")?.array(3)?;
+                for (f, reason) in [
+                    ("fs-Deduct", "sold_out"),
+                    ("fs-Deduct", "rate_limited"),
+                    ("fs-Other", "sold_out"),
+                ] {
+                    metric(
+                        &mut e,
+                        "flashsale_rejected_total",
+                        &[("function", f), ("reason", reason)],
+                    )?;
+                }
+            } else {
+                e.map(1)?.str("Metrics")?.array(1)?;
+                metric(
+                    &mut e,
+                    "flashsale_handler_seconds",
+                    &[("function", "fs-Deduct"), ("handler", "deduct")],
+                )?;
+            }
+            Ok(())
+        })();
+        written.unwrap();
+        e.into_writer()
+    }
+    fn data() -> Vec<u8> {
+        // In query order: three refusal sums, then p50, p99, count.
+        let results: [(&str, &[f64]); 6] = [
+            ("q0", &[30.0, 12.0]),
+            ("q1", &[6.0]),
+            ("q2", &[4.0]),
+            ("q3", &[0.0021]),
+            ("q4", &[0.0187]),
+            ("q5", &[600.0]),
+        ];
+        let mut e = minicbor::Encoder::new(Vec::new());
+        let written: Written = (|| {
+            e.map(1)?
+                .str("MetricDataResults")?
+                .array(results.len() as u64)?;
+            for (id, values) in results {
+                e.map(3)?
+                    .str("Id")?
+                    .str(id)?
+                    .str("StatusCode")?
+                    .str("Complete")?;
+                e.str("Values")?.array(values.len() as u64)?;
+                for v in values {
+                    e.f64(*v)?;
+                }
+            }
+            Ok(())
+        })();
+        written.unwrap();
+        e.into_writer()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let asked = asked.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let asked = asked.clone();
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+                            asked.lock().unwrap().push(body.clone());
+                            let answer = if path.ends_with("/ListMetrics") {
+                                list(&body)
+                            } else {
+                                data()
+                            };
+                            hyper::Response::builder()
+                                .header("smithy-protocol", "rpc-v2-cbor")
+                                .header("content-type", "application/cbor")
+                                .body(Full::new(bytes::Bytes::from(answer)))
+                        }
+                    },
+                );
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// On a deployed stack `top` reads refusals and latencies from CloudWatch:
+/// the reasons summed across functions, the handler's p50/p99 and count
+/// over the window, through the real SDK against a scripted endpoint.
+#[tokio::test]
+async fn top_reads_a_deployed_stacks_figures_from_cloudwatch() {
+    use tools::top::{CloudWatch, Figures, Latency};
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let url = fake_cloudwatch(asked.clone()).await;
+    let conf = aws_sdk_cloudwatch::Config::builder()
+        .behavior_version(aws_sdk_cloudwatch::config::BehaviorVersion::latest())
+        .region(aws_sdk_cloudwatch::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_cloudwatch::config::Credentials::new(
+            "AKIDTEST", "secret", None, None, "test",
+        ))
+        .endpoint_url(url)
+        .build();
+    let cw = CloudWatch::new(aws_sdk_cloudwatch::Client::from_conf(conf));
+    let figures = cw.figures().await.unwrap();
+    let Figures::Window {
+        secs,
+        refusals,
+        latency,
+    } = figures
+    else {
+        panic!("CloudWatch figures are a window: {figures:?}");
+    };
+    assert_eq!(secs, 300.0);
+    assert_eq!(refusals["sold_out"], 46.0);
+    assert_eq!(refusals["rate_limited"], 6.0);
+    assert_eq!(
+        latency["deduct"],
+        Latency {
+            p50: Some(0.0021),
+            p99: Some(0.0187),
+            count: 600.0
+        }
+    );
+    // Two lists and one GetMetricData asking for the percentiles; a second
+    // read within 30 s comes from the cache.
+    cw.figures().await.unwrap();
+    let asked = asked.lock().unwrap();
+    assert_eq!(asked.len(), 3);
+    let has = |body: &[u8], s: &str| body.windows(s.len()).any(|w| w == s.as_bytes());
+    assert!(has(&asked[2], "p99") && has(&asked[2], "SampleCount"));
+}
