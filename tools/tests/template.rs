@@ -537,7 +537,7 @@ fn alarms_cover_every_signal_and_the_dashboard_charts_real_metrics() {
             assert!(watches("AWS/Lambda", metric, &name), "{name}: {metric}");
         }
     }
-    for queue in ["OrdersQueue", "OrdersDLQ"] {
+    for queue in ["OrdersQueue", "OrdersDLQ", "CompensationDLQ"] {
         assert!(
             watches("AWS/SQS", "ApproximateAgeOfOldestMessage", queue),
             "{queue}"
