@@ -75,9 +75,9 @@ impl KillSwitchCache {
 }
 
 /// Per instance: after Redis said a product is sold out, answer 410 from
-/// memory for a short while without a Redis round trip. Only requests
-/// without an Idempotency-Key are answered so: a keyed request may be the
-/// replay of an admitted one, and only Redis knows.
+/// memory for a short while without running the admission script. A keyed
+/// request may be the replay of an admitted one: one read of its state in
+/// Redis tells (a replay goes on to the script, which answers it).
 pub struct SoldOutCache {
     ttl: Duration,
     until: Mutex<HashMap<ProductId, Instant>>,
@@ -210,7 +210,7 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
                 STOPPED_RETRY_AFTER_SECS,
             ));
         }
-        if purchase.idempotency_key.is_none() && self.sold_out.is_sold_out(&purchase.product_id) {
+        if self.sold_out.is_sold_out(&purchase.product_id) && !self.is_replay(&purchase).await {
             metrics::counter!("flashsale_rejected_total", "reason" => "sold_out").increment(1);
             return Err(ApiError::new(410, "sold_out"));
         }
@@ -301,7 +301,8 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
     }
 
     /// Whether a keyed request names one Redis already holds: a replay,
-    /// answered from its first admission even while admissions are stopped.
+    /// answered from its first admission even when the sale is known sold
+    /// out or admissions are stopped.
     async fn is_replay(&self, purchase: &Purchase) -> bool {
         purchase.idempotency_key.is_some()
             && matches!(self.gate.request(&purchase.request_id).await, Ok(Some(_)))
@@ -789,7 +790,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sold_out_is_answered_from_memory_but_never_for_a_possible_replay() {
+    async fn sold_out_is_answered_from_memory_but_never_for_a_replay() {
         let d = deduct(true);
         d.gate.answer(Admission::Refused(Refusal::SoldOut));
         let body = r#"{"product_id":"p1","user_id":"u1"}"#;
@@ -797,7 +798,17 @@ mod tests {
         // No key: Redis is not asked again.
         assert_eq!(call(&d, buy(body)).await.0, 410);
         assert_eq!(d.gate.purchases.lock().unwrap().len(), 1);
-        // A keyed request may be a replay: it goes to Redis.
+        // A keyed request Redis does not hold is no replay: from memory too
+        // (issue 12: a keyed sold-out storm ran the whole script each time).
+        let (status, _) = call(&d, keyed(body, "k-2")).await;
+        assert_eq!(status, 410);
+        assert_eq!(d.gate.purchases.lock().unwrap().len(), 1);
+        // A keyed request Redis holds is a replay: the script answers it.
+        let first = parse(&keyed(body, "k-1"), true).unwrap();
+        d.gate.put_request(shared::fakes::view(
+            &OrderMessage::new(&first, 5, 10),
+            OrderStatus::Pending,
+        ));
         d.gate.answer(replay(OrderStatus::Pending, true));
         let (status, _) = call(&d, keyed(body, "k-1")).await;
         assert_eq!(status, 200);
