@@ -38,6 +38,33 @@ pub fn trace_id(traceparent: &str) -> &str {
     traceparent.split('-').nth(1).unwrap_or("")
 }
 
+/// One in `every` events is logged: a sale is mostly refusals, and a log
+/// line per refusal costs CPU here and ingestion in CloudWatch, while the
+/// metrics count every one.
+pub struct Sampler {
+    every: u64,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl Sampler {
+    pub const fn new(every: u64) -> Self {
+        Self {
+            every,
+            seen: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this event is the one in `every` to log (the first is).
+    pub fn hit(&self) -> bool {
+        let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.every <= 1 || n.is_multiple_of(self.every)
+    }
+
+    pub fn every(&self) -> u64 {
+        self.every
+    }
+}
+
 /// Records how long one handler invocation took (`flashsale_handler_seconds`).
 pub fn record_latency(handler: &'static str, started: std::time::Instant) {
     metrics::histogram!("flashsale_handler_seconds", "handler" => handler)
@@ -47,6 +74,15 @@ pub fn record_latency(handler: &'static str, started: std::time::Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sampler_logs_the_first_of_every_n() {
+        let s = Sampler::new(3);
+        let hits: Vec<bool> = (0..7).map(|_| s.hit()).collect();
+        assert_eq!(hits, [true, false, false, true, false, false, true]);
+        let all = Sampler::new(1);
+        assert!((0..3).all(|_| all.hit()));
+    }
 
     #[test]
     fn traceparent_continues_a_valid_trace_and_replaces_garbage() {

@@ -156,6 +156,9 @@ fn parse(req: &Request, insecure: bool) -> Result<Purchase, ApiError> {
     })
 }
 
+/// Refusals are counted in metrics; one in this many is also logged.
+static REFUSALS_LOGGED: telemetry::Sampler = telemetry::Sampler::new(100);
+
 /// How long a buyer of a paused sale is asked to wait before asking again.
 const PAUSED_RETRY_AFTER_SECS: i64 = 5;
 /// The same while the kill switch is thrown: an incident, likely longer.
@@ -270,7 +273,13 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
             Admission::Throttled { retry_after_ms } => {
                 metrics::counter!("flashsale_rejected_total", "reason" => "rate_limited")
                     .increment(1);
-                tracing::info!(retry_after_ms, "rate limited");
+                if REFUSALS_LOGGED.hit() {
+                    tracing::info!(
+                        retry_after_ms,
+                        sampled_1_in = REFUSALS_LOGGED.every(),
+                        "rate limited"
+                    );
+                }
                 let secs = (retry_after_ms.max(1) + 999) / 1000;
                 Ok(retry_after(
                     ApiError::new(429, "rate_limited")
@@ -286,7 +295,13 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
                 }
                 metrics::counter!("flashsale_rejected_total", "reason" => reason.code())
                     .increment(1);
-                tracing::info!(reason = reason.code(), "refused");
+                if REFUSALS_LOGGED.hit() {
+                    tracing::info!(
+                        reason = reason.code(),
+                        sampled_1_in = REFUSALS_LOGGED.every(),
+                        "refused"
+                    );
+                }
                 let refused = ApiError::new(reason.http_status(), reason.code());
                 if reason == Refusal::SalePaused {
                     return Ok(retry_after(
