@@ -1,4 +1,5 @@
-//! An operator's stock change (`POST /api/admin/products/{id}/stock`),
+//! The Redis shelf against the DynamoDB ledger: healing it from the ledger,
+//! and an operator's stock change (`POST /api/admin/products/{id}/stock`),
 //! made once per Idempotency-Key on the shelf and the ledger together.
 //!
 //! A withdrawal starts on the Redis shelf, the only place that knows which
@@ -89,20 +90,40 @@ fn is_state_of(state: &str, change: &StockChange) -> bool {
     steps.contains(&step) && n == change.units().to_string()
 }
 
-/// Sets the shelf from the ledger as the sweeper's resync does (the fence
-/// read first); nothing when the sale is not warmed.
+/// Sets the shelf from the ledger (the fence read first, see
+/// resync.lua); nothing when the sale is not warmed.
 pub async fn heal_shelf<G: StockGate, S: OrderStore>(
     gate: &G,
     store: &S,
     product: &crate::domain::ProductId,
 ) -> Result<(), InfraError> {
-    let Some(fence) = gate.stats(product).await?.map(|s| s.fence()) else {
-        return Ok(());
-    };
-    if let Some(ledger) = store.ledger(product).await? {
-        gate.resync(product, ledger.shelf_units(), fence).await?;
+    if let Some(stats) = gate.stats(product).await? {
+        resync_from_ledger(gate, store, product, stats.fence()).await?;
     }
     Ok(())
+}
+
+/// The shelf follows the ledger (`resync.lua`); the correction made.
+/// `fence_seen` ([`crate::domain::ProductStats::fence`]) must be read
+/// before the ledger.
+pub async fn resync_from_ledger<G: StockGate, S: OrderStore>(
+    gate: &G,
+    store: &S,
+    product: &crate::domain::ProductId,
+    fence_seen: i64,
+) -> Result<i64, InfraError> {
+    let Some(remaining) = store.ledger(product).await?.map(|l| l.shelf_units()) else {
+        return Ok(0);
+    };
+    let drift = gate
+        .resync(product, remaining, fence_seen)
+        .await?
+        .unwrap_or(0);
+    if drift != 0 {
+        metrics::counter!("flashsale_stock_resyncs_total").increment(1);
+        tracing::warn!(product_id = %product, drift, "Redis shelf differed from the DynamoDB ledger; corrected");
+    }
+    Ok(drift)
 }
 
 /// Records the change in DynamoDB and finishes it on the shelf: the steps

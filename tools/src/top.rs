@@ -137,6 +137,15 @@ pub struct CloudWatch {
     last: tokio::sync::Mutex<Option<(std::time::Instant, Figures)>>,
 }
 
+/// What a GetMetricData query asks, for the figure its values go to.
+#[derive(Clone, Copy)]
+enum Asked {
+    Refusals,
+    P50,
+    P99,
+    Count,
+}
+
 const WINDOW_SECS: i32 = 300;
 const REREAD: Duration = Duration::from_secs(30);
 const NAMESPACE: &str = "flashsale";
@@ -194,37 +203,34 @@ impl CloudWatch {
                 .unwrap_or("")
                 .to_owned()
         };
-        // (query id, what it is, its label), in the order the ids are made.
+        // (query id, (what it asks, the reason or handler)), in id order.
         let mut queries = Vec::new();
         let mut asked = Vec::new();
-        let mut query = |metric: &aws_sdk_cloudwatch::types::Metric,
-                         stat: &str,
-                         what: (char, String)|
-         -> Result<()> {
-            let id = format!("q{}", queries.len());
-            let stat = MetricStat::builder()
-                .metric(metric.clone())
-                .period(WINDOW_SECS)
-                .stat(stat)
-                .build();
-            queries.push(
-                MetricDataQuery::builder()
-                    .id(&id)
-                    .metric_stat(stat)
-                    .return_data(true)
-                    .build(),
-            );
-            asked.push((id, what));
-            Ok(())
-        };
+        let mut query =
+            |metric: &aws_sdk_cloudwatch::types::Metric, stat: &str, what: (Asked, String)| {
+                let id = format!("q{}", queries.len());
+                let stat = MetricStat::builder()
+                    .metric(metric.clone())
+                    .period(WINDOW_SECS)
+                    .stat(stat)
+                    .build();
+                queries.push(
+                    MetricDataQuery::builder()
+                        .id(&id)
+                        .metric_stat(stat)
+                        .return_data(true)
+                        .build(),
+                );
+                asked.push((id, what));
+            };
         for m in self.list("flashsale_rejected_total").await? {
-            query(&m, "Sum", ('r', dim(&m, "reason")))?;
+            query(&m, "Sum", (Asked::Refusals, dim(&m, "reason")));
         }
         for m in self.list("flashsale_handler_seconds").await? {
             let handler = dim(&m, "handler");
-            query(&m, "p50", ('5', handler.clone()))?;
-            query(&m, "p99", ('9', handler.clone()))?;
-            query(&m, "SampleCount", ('n', handler))?;
+            query(&m, "p50", (Asked::P50, handler.clone()));
+            query(&m, "p99", (Asked::P99, handler.clone()));
+            query(&m, "SampleCount", (Asked::Count, handler));
         }
         let (mut refusals, mut latency) = (BTreeMap::new(), BTreeMap::<String, Latency>::new());
         if queries.is_empty() {
@@ -265,10 +271,14 @@ impl CloudWatch {
         for (id, (kind, label)) in asked {
             let got = values.get(&id).filter(|v| !v.is_empty());
             match kind {
-                'r' => *refusals.entry(label).or_insert(0.0) += got.map_or(0.0, |v| v.iter().sum()),
-                '5' => latency.entry(label).or_default().p50 = got.map(|v| v[0]),
-                '9' => latency.entry(label).or_default().p99 = got.map(|v| v[0]),
-                _ => latency.entry(label).or_default().count += got.map_or(0.0, |v| v.iter().sum()),
+                Asked::Refusals => {
+                    *refusals.entry(label).or_insert(0.0) += got.map_or(0.0, |v| v.iter().sum())
+                }
+                Asked::P50 => latency.entry(label).or_default().p50 = got.map(|v| v[0]),
+                Asked::P99 => latency.entry(label).or_default().p99 = got.map(|v| v[0]),
+                Asked::Count => {
+                    latency.entry(label).or_default().count += got.map_or(0.0, |v| v.iter().sum())
+                }
             }
         }
         Ok(Figures::Window {

@@ -197,7 +197,8 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
             return Ok(None);
         };
         for _ in 0..RESYNC_ATTEMPTS {
-            report.resync_drift += self.resync(product, stats.fence()).await?;
+            report.resync_drift +=
+                stock::resync_from_ledger(&self.gate, &self.store, product, stats.fence()).await?;
             let seen = stats.fence();
             stats = match self.gate.stats(product).await? {
                 Some(s) => s,
@@ -273,25 +274,6 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
             offset += page.scanned;
         }
         Ok(())
-    }
-
-    /// The shelf follows the ledger; returns the drift corrected.
-    /// `fence_seen` ([`ProductStats::fence`]) must be read before the
-    /// ledger: see resync.lua.
-    async fn resync(&self, product: &ProductId, fence_seen: i64) -> Result<i64, InfraError> {
-        let Some(remaining) = self.store.ledger(product).await?.map(|l| l.shelf_units()) else {
-            return Ok(0);
-        };
-        let drift = self
-            .gate
-            .resync(product, remaining, fence_seen)
-            .await?
-            .unwrap_or(0);
-        if drift != 0 {
-            metrics::counter!("flashsale_stock_resyncs_total").increment(1);
-            tracing::warn!(product_id = %product, drift, "Redis shelf differed from the DynamoDB ledger; corrected");
-        }
-        Ok(drift)
     }
 }
 
