@@ -26,6 +26,7 @@ use crate::domain::{
     Reservation, StockChange, StockChangeRecord, UserId, from_unix_ms, unix_ms,
 };
 use crate::error::InfraError;
+use crate::ledger;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
 use crate::ports::{
     Fate, FateNote, OrderQueue, OrderStore, PaymentWrite, Placement, PortResult, Transition,
@@ -257,6 +258,14 @@ pub mod table {
     pub fn product(product: &str) -> String {
         format!("PRODUCT#{product}")
     }
+    /// Shard `i` of a product's stock ledger: shard 0 is the product's own
+    /// item, so a product of one shard is one item as before.
+    pub fn ledger_shard(product: &str, i: u16) -> String {
+        match i {
+            0 => self::product(product),
+            i => format!("LEDGER#{product}#{i}"),
+        }
+    }
     pub fn payment(event_id: &str) -> String {
         format!("PAYMENT#{event_id}")
     }
@@ -352,6 +361,32 @@ fn corrupt(what: &str) -> InfraError {
     )
 }
 
+/// The ledger item an order's payment and release count on.
+fn home_shard(o: &RequestView) -> String {
+    let n = o.reservation.as_ref().map_or(1, |r| r.ledger_shards);
+    table::ledger_shard(
+        o.product_id.as_str(),
+        ledger::home(o.request_id.as_str(), n),
+    )
+}
+
+/// A ledger item's counters (the product's item is shard 0).
+fn ledger_counts(item: &Item) -> Ledger {
+    let count = |k: &str| get_n::<i64>(item, k).unwrap_or(0);
+    Ledger {
+        remaining: count("remaining"),
+        releasing: count("releasing"),
+        paid: count("paid"),
+        paid_units: count("paid_units"),
+        cancelled: count("cancelled"),
+        expired: count("expired"),
+        released: count("released"),
+        refund_due: count("refund_due"),
+        added: count("added"),
+        withdrawn: count("withdrawn"),
+    }
+}
+
 fn order_view(item: &Item) -> PortResult<RequestView> {
     let parse = || -> Option<RequestView> {
         let id = RequestId::parse(get_s(item, "request_id")?).ok()?;
@@ -373,6 +408,7 @@ fn order_view(item: &Item) -> PortResult<RequestView> {
                         .and_then(|v| v.as_bool().ok())
                         .copied()
                         .unwrap_or(false),
+                    ledger_shards: get_n(item, "ledger_shards").unwrap_or(1),
                 }),
             },
         })
@@ -596,18 +632,87 @@ impl DynamoStore {
             .set_transact_items(Some(items))
             .send()
             .await;
+        if let Err(SdkError::ServiceError(se)) = &result
+            && let TransactWriteItemsError::TransactionCanceledException(tc) = se.err()
+            && tc
+                .cancellation_reasons()
+                .iter()
+                .any(|r| r.code() == Some("TransactionConflict"))
+        {
+            self.conflicts.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("flashsale_transaction_conflicts_total").increment(1);
+        }
         cancelled_conditions(result)
     }
 
-    /// An update of the product's counters: `ADD` each (name, delta).
+    /// Each of a product's `n` ledger shards, read consistently (a shard
+    /// not written yet counts as empty).
+    async fn shards(&self, product: &ProductId, n: u16) -> PortResult<Vec<Ledger>> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let keys: Vec<String> = (0..n.max(1))
+            .map(|i| table::ledger_shard(product.as_str(), i))
+            .collect();
+        let mut found: HashMap<String, Ledger> = HashMap::new();
+        let mut wanted = keys
+            .iter()
+            .map(|k| HashMap::from([(table::PK.to_owned(), s(k))]))
+            .collect::<Vec<_>>();
+        // BatchGetItem may leave keys unprocessed under load: ask again.
+        for _ in 0..10 {
+            if wanted.is_empty() {
+                break;
+            }
+            let ask = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut wanted)))
+                .consistent_read(true)
+                .build()
+                .map_err(invalid)?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, ask)
+                .send()
+                .await
+                .map_err(|e| classify("dynamodb", e))?;
+            for item in out
+                .responses
+                .unwrap_or_default()
+                .remove(&self.table)
+                .unwrap_or_default()
+            {
+                if let Some(pk) = get_s(&item, table::PK) {
+                    found.insert(pk.to_owned(), ledger_counts(&item));
+                }
+            }
+            wanted = out
+                .unprocessed_keys
+                .unwrap_or_default()
+                .remove(&self.table)
+                .map(|k| k.keys)
+                .unwrap_or_default();
+        }
+        if !wanted.is_empty() {
+            return Err(InfraError::transient(
+                "dynamodb",
+                "the ledger's shards could not all be read (throttled); retry",
+            ));
+        }
+        Ok(keys
+            .iter()
+            .map(|k| found.remove(k).unwrap_or_default())
+            .collect())
+    }
+
+    /// An update of a ledger item's counters (`pk` the product's or one of
+    /// its shards): `ADD` each (name, delta).
     fn count(
         &self,
-        product: &ProductId,
+        pk: String,
         deltas: &[(&str, i64)],
     ) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
         let mut update = Update::builder()
             .table_name(&self.table)
-            .key(table::PK, s(table::product(product.as_str())));
+            .key(table::PK, s(pk));
         let mut parts = Vec::new();
         for (i, (name, delta)) in deltas.iter().enumerate() {
             parts.push(format!("#c{i} :c{i}"));
@@ -642,6 +747,7 @@ impl OrderStore for DynamoStore {
     async fn place(&self, msg: &OrderMessage, terms: &Reservation) -> PortResult<Placement> {
         let cond = "attribute_not_exists(pk)";
         let id = msg.request_id.as_str();
+        let shards = terms.ledger_shards.max(1);
         let mut item = Self::order_item(msg, OrderStatus::Placed);
         item.extend([
             ("pay_by".into(), n(terms.pay_by_ms)),
@@ -651,6 +757,7 @@ impl OrderStore for DynamoStore {
                 "rebuy_after_release".into(),
                 Av::Bool(terms.rebuy_after_release),
             ),
+            ("ledger_shards".into(), n(shards)),
             (table::GSI2_PK.into(), s(table::due_shard(id))),
             (table::GSI2_SK.into(), s(table::due_at(terms.pay_by_ms, id))),
         ]);
@@ -659,7 +766,7 @@ impl OrderStore for DynamoStore {
             .set_item(Some(item))
             .condition_expression(cond)
             .build()
-            .map_err(|e| InfraError::permanent("dynamodb", e.to_string()))?;
+            .map_err(invalid)?;
         let guard = Put::builder()
             .table_name(&self.table)
             .item(
@@ -674,65 +781,67 @@ impl OrderStore for DynamoStore {
             .item(table::TTL, n(guard_expires_at(msg)))
             .condition_expression(cond)
             .build()
-            .map_err(|e| InfraError::permanent("dynamodb", e.to_string()))?;
-        // The stock guard: DynamoDB's own count of units, so an order Redis
-        // admitted by mistake (lost decrements after a failover) cannot land.
-        let ledger = Update::builder()
-            .table_name(&self.table)
-            .key(table::PK, s(table::product(msg.product_id.as_str())))
-            .update_expression("SET remaining = remaining - :q, sold = sold + :q")
-            .condition_expression("remaining >= :q")
-            .expression_attribute_values(":q", n(msg.quantity.get()))
-            .build()
-            .map_err(|e| InfraError::permanent("dynamodb", e.to_string()))?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(order).build())
-            .transact_items(TransactWriteItem::builder().put(guard).build())
-            .transact_items(TransactWriteItem::builder().update(ledger).build())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Placement::Placed),
-            Err(SdkError::ServiceError(se)) => {
-                if let TransactWriteItemsError::TransactionCanceledException(tc) = se.err() {
-                    let failed = |i: usize| {
-                        tc.cancellation_reasons()
-                            .get(i)
-                            .and_then(|r| r.code())
-                            .is_some_and(|c| c == "ConditionalCheckFailed")
-                    };
-                    if failed(0) {
-                        return Ok(Placement::Exists(
-                            self.existing_status(&msg.request_id).await?,
-                        ));
-                    }
-                    // Out of stock first: once the ledger is empty every
-                    // unit Redis still hands out is one it should not have.
-                    if failed(2) {
-                        return Ok(Placement::OutOfStock);
-                    }
-                    if failed(1) {
-                        return Ok(Placement::BuyerTaken);
-                    }
-                    let conflict = tc
-                        .cancellation_reasons()
-                        .iter()
-                        .any(|r| r.code() == Some("TransactionConflict"));
-                    if conflict {
-                        self.conflicts.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Cancelled for another reason (conflict, throttling): retry.
-                    return Err(InfraError::transient(
-                        "dynamodb",
-                        format!("transaction cancelled: {:?}", tc.cancellation_reasons()),
-                    ));
-                }
-                Err(classify("dynamodb", SdkError::ServiceError(se)))
+            .map_err(invalid)?;
+        let quantity = i64::from(msg.quantity.get());
+        // The order's home shard first: one transaction in the common case.
+        let mut takes = vec![(ledger::home(id, shards), quantity)];
+        // A shard that refused sends the order to a fresh read of them all;
+        // a take planned from that read loses only to a concurrent take, and
+        // each loss is a shard closer to sold out.
+        for _ in 0..=shards {
+            let mut items = vec![
+                TransactWriteItem::builder().put(order.clone()).build(),
+                TransactWriteItem::builder().put(guard.clone()).build(),
+            ];
+            // The stock guard: DynamoDB's own count of units, so an order
+            // Redis admitted by mistake (lost decrements after a failover)
+            // cannot land.
+            for (shard, take) in &takes {
+                let update = Update::builder()
+                    .table_name(&self.table)
+                    .key(
+                        table::PK,
+                        s(table::ledger_shard(msg.product_id.as_str(), *shard)),
+                    )
+                    .update_expression("SET remaining = remaining - :q, sold = sold + :q")
+                    .condition_expression("remaining >= :q")
+                    .expression_attribute_values(":q", n(take))
+                    .build()
+                    .map_err(invalid)?;
+                items.push(TransactWriteItem::builder().update(update).build());
             }
-            Err(e) => Err(classify("dynamodb", e)),
+            let Some(failed) = self.transact(items).await? else {
+                return Ok(Placement::Placed);
+            };
+            let failed_at = |i: usize| failed.get(i).copied().unwrap_or(false);
+            if failed_at(0) {
+                return Ok(Placement::Exists(
+                    self.existing_status(&msg.request_id).await?,
+                ));
+            }
+            // Out of stock first: once the ledger is empty every unit Redis
+            // still hands out is one it should not have.
+            if failed.iter().skip(2).any(|f| *f) {
+                let remaining: Vec<i64> = self
+                    .shards(&msg.product_id, shards)
+                    .await?
+                    .iter()
+                    .map(|l| l.remaining)
+                    .collect();
+                match ledger::plan_take(&remaining, takes[0].0, quantity) {
+                    Some(plan) => takes = plan,
+                    None => return Ok(Placement::OutOfStock),
+                }
+                continue;
+            }
+            if failed_at(1) {
+                return Ok(Placement::BuyerTaken);
+            }
         }
+        Err(InfraError::transient(
+            "dynamodb",
+            "the ledger's shards kept changing under this order; it is retried",
+        ))
     }
 
     async fn record_fate(
@@ -778,15 +887,16 @@ impl OrderStore for DynamoStore {
     }
 
     async fn create_product(&self, p: &Product) -> PortResult<bool> {
-        let result = self
-            .client
-            .put_item()
+        let id = p.product_id.as_str();
+        let split = ledger::split(i64::from(p.stock), p.ledger_shards);
+        let product = Put::builder()
             .table_name(&self.table)
-            .item(table::PK, s(table::product(p.product_id.as_str())))
-            .item("product_id", s(p.product_id.as_str()))
+            .item(table::PK, s(table::product(id)))
+            .item("product_id", s(id))
             .item("name", s(&p.name))
             .item("stock", n(p.stock))
-            .item("remaining", n(p.stock))
+            .item("ledger_shards", n(split.len()))
+            .item("remaining", n(split[0]))
             .item("sold", n(0))
             .item("per_buyer_limit", n(p.per_buyer_limit))
             .item("starts_at", n(unix_ms(p.starts_at)))
@@ -803,17 +913,22 @@ impl OrderStore for DynamoStore {
             .item(table::GSI1_PK, s(table::PRODUCTS))
             .item(table::GSI1_SK, s(table::sale_end(unix_ms(p.ends_at))))
             .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(se))
-                if matches!(se.err(), PutItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(classify("dynamodb", e)),
+            .build()
+            .map_err(invalid)?;
+        let mut items = vec![TransactWriteItem::builder().put(product).build()];
+        for (i, units) in split.iter().enumerate().skip(1) {
+            let shard = Put::builder()
+                .table_name(&self.table)
+                .item(table::PK, s(table::ledger_shard(id, i as u16)))
+                .item("product_id", s(id))
+                .item("remaining", n(units))
+                .item("sold", n(0))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(invalid)?;
+            items.push(TransactWriteItem::builder().put(shard).build());
         }
+        Ok(self.transact(items).await?.is_none())
     }
 
     async fn product(&self, id: &ProductId) -> PortResult<Option<Product>> {
@@ -852,6 +967,7 @@ impl OrderStore for DynamoStore {
                     .copied()
                     .unwrap_or(false),
                 control_seq: get_n(item, "control_seq").unwrap_or(0),
+                ledger_shards: get_n(item, "ledger_shards").unwrap_or(1),
             })
         };
         parse().map(Some).ok_or_else(|| corrupt("product"))
@@ -1033,49 +1149,82 @@ impl OrderStore for DynamoStore {
             }
             put.build().map_err(invalid)
         };
-        let counters: &[(&str, i64)] = if adding {
-            &[
-                ("stock", change.delta),
-                ("remaining", change.delta),
-                ("releasing", units),
-                ("added", units),
-            ]
-        } else {
-            &[
-                ("stock", change.delta),
-                ("remaining", change.delta),
-                ("withdrawn", units),
-            ]
-        };
-        // A withdrawal takes units the ledger still holds: never an order's.
-        let ledger = self.count(&change.product_id, counters);
-        let ledger = if adding {
-            ledger.condition_expression("attribute_exists(pk)")
-        } else {
-            ledger
-                .condition_expression("attribute_exists(pk) AND remaining >= :need")
-                .expression_attribute_values(":need", n(units))
-        }
-        .build()
-        .map_err(invalid)?;
-        let items = vec![
-            TransactWriteItem::builder().put(record(true)?).build(),
-            TransactWriteItem::builder().update(ledger).build(),
-            self.audit_put(entry)?,
-        ];
-        let Some(failed) = self.transact(items).await? else {
-            let rec = StockChangeRecord {
-                delta: change.delta,
-                applied: true,
-                shelf_due: adding,
+        // An addition goes to shard 0 (the product's item). A withdrawal
+        // takes units the ledger still holds, never an order's: from shard 0
+        // first, then as a plan over the shards read (as a placement does).
+        let mut takes = vec![(0, units)];
+        let mut replans: u16 = 0;
+        loop {
+            let take0 = takes.iter().find(|(i, _)| *i == 0).map_or(0, |t| t.1);
+            let counters: &[(&str, i64)] = if adding {
+                &[
+                    ("stock", change.delta),
+                    ("remaining", change.delta),
+                    ("releasing", units),
+                    ("added", units),
+                ]
+            } else {
+                &[
+                    ("stock", change.delta),
+                    ("remaining", -take0),
+                    ("withdrawn", units),
+                ]
             };
-            return Ok(Some((rec, true)));
-        };
-        if failed.first().copied().unwrap_or(false) {
-            return Ok(self.stock_change(change).await?.map(|rec| (rec, false)));
-        }
-        if self.get(table::product(p)).await?.is_none() {
-            return Ok(None);
+            let product = self.count(table::product(p), counters);
+            let product = if adding || take0 == 0 {
+                product.condition_expression("attribute_exists(pk)")
+            } else {
+                product
+                    .condition_expression("attribute_exists(pk) AND remaining >= :need")
+                    .expression_attribute_values(":need", n(take0))
+            };
+            let mut items = vec![
+                TransactWriteItem::builder().put(record(true)?).build(),
+                self.audit_put(entry)?,
+                TransactWriteItem::builder()
+                    .update(product.build().map_err(invalid)?)
+                    .build(),
+            ];
+            for (shard, take) in takes.iter().filter(|(i, _)| *i != 0 && !adding) {
+                let update = self
+                    .count(table::ledger_shard(p, *shard), &[("remaining", -take)])
+                    .condition_expression("remaining >= :need")
+                    .expression_attribute_values(":need", n(take))
+                    .build()
+                    .map_err(invalid)?;
+                items.push(TransactWriteItem::builder().update(update).build());
+            }
+            let Some(failed) = self.transact(items).await? else {
+                let rec = StockChangeRecord {
+                    delta: change.delta,
+                    applied: true,
+                    shelf_due: adding,
+                };
+                return Ok(Some((rec, true)));
+            };
+            if failed.first().copied().unwrap_or(false) {
+                return Ok(self.stock_change(change).await?.map(|rec| (rec, false)));
+            }
+            let Some(product) = self.get(table::product(p)).await? else {
+                return Ok(None);
+            };
+            // A shard refused: plan again from a fresh read, at most once
+            // per shard (each lost race is a take by an order).
+            let n = get_n(&product, "ledger_shards").unwrap_or(1);
+            replans += 1;
+            if adding || replans > n {
+                break;
+            }
+            let remaining: Vec<i64> = self
+                .shards(&change.product_id, n)
+                .await?
+                .iter()
+                .map(|l| l.remaining)
+                .collect();
+            match ledger::plan_take(&remaining, 0, units) {
+                Some(plan) => takes = plan,
+                None => break,
+            }
         }
         // The units are no longer in the ledger: recorded as refused, so a
         // retry answers alike.
@@ -1138,7 +1287,10 @@ impl OrderStore for DynamoStore {
             .build()
             .map_err(invalid)?;
         let counters = self
-            .count(&change.product_id, &[("releasing", -change.units())])
+            .count(
+                table::product(change.product_id.as_str()),
+                &[("releasing", -change.units())],
+            )
             .build()
             .map_err(invalid)?;
         let items = vec![
@@ -1201,19 +1353,13 @@ impl OrderStore for DynamoStore {
         let Some(item) = self.get(table::product(id.as_str())).await? else {
             return Ok(None);
         };
-        let count = |k: &str| get_n::<i64>(&item, k).unwrap_or(0);
-        Ok(Some(Ledger {
-            remaining: get_n(&item, "remaining").ok_or_else(|| corrupt("product"))?,
-            releasing: count("releasing"),
-            paid: count("paid"),
-            paid_units: count("paid_units"),
-            cancelled: count("cancelled"),
-            expired: count("expired"),
-            released: count("released"),
-            refund_due: count("refund_due"),
-            added: count("added"),
-            withdrawn: count("withdrawn"),
-        }))
+        if !item.contains_key("remaining") {
+            return Err(corrupt("product"));
+        }
+        match get_n::<u16>(&item, "ledger_shards").unwrap_or(1) {
+            1 => Ok(Some(ledger_counts(&item))),
+            n => Ok(Some(ledger::total(&self.shards(id, n).await?))),
+        }
     }
 
     async fn pay(
@@ -1251,7 +1397,7 @@ impl OrderStore for DynamoStore {
             .map_err(invalid)?;
         let units = i64::from(o.quantity.get());
         let counters = self
-            .count(&o.product_id, &[("paid", 1), ("paid_units", units)])
+            .count(home_shard(o), &[("paid", 1), ("paid_units", units)])
             .build()
             .map_err(invalid)?;
         let items = vec![
@@ -1277,7 +1423,10 @@ impl OrderStore for DynamoStore {
             .build()
             .map_err(invalid)?;
         let counters = self
-            .count(&record.event.request_id.product(), &[("refund_due", 1)])
+            .count(
+                table::product(record.event.request_id.product().as_str()),
+                &[("refund_due", 1)],
+            )
             .build()
             .map_err(invalid)?;
         let items = vec![
@@ -1334,7 +1483,7 @@ impl OrderStore for DynamoStore {
             .map_err(invalid)?;
         let counters = self
             .count(
-                &o.product_id,
+                home_shard(o),
                 &[
                     ("remaining", q),
                     ("releasing", q),
@@ -1380,7 +1529,7 @@ impl OrderStore for DynamoStore {
             .map_err(invalid)?;
         let counters = self
             .count(
-                &o.product_id,
+                home_shard(o),
                 &[("releasing", -i64::from(o.quantity.get()))],
             )
             .build()

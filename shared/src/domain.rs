@@ -485,6 +485,14 @@ pub struct Product {
     /// newer pause or end.
     #[serde(default)]
     pub control_seq: u64,
+    /// How many DynamoDB items hold the stock ledger ([`crate::ledger`]):
+    /// more for a sale expecting more orders per second. Fixed at creation.
+    #[serde(default = "one_shard")]
+    pub ledger_shards: u16,
+}
+
+fn one_shard() -> u16 {
+    1
 }
 
 /// An operator's live control of a sale, audited.
@@ -736,6 +744,10 @@ pub struct Reservation {
     pub currency: Currency,
     #[serde(skip)]
     pub rebuy_after_release: bool,
+    /// The product's ledger shards when placed: the order's later counters
+    /// go to its home shard ([`crate::ledger::home`]).
+    #[serde(skip)]
+    pub ledger_shards: u16,
 }
 
 fn ms_as_rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
@@ -767,6 +779,9 @@ impl Product {
         if !(1..=86_400).contains(&self.payment_window_secs) {
             return bad("payment_window_secs must be between 1 and 86400");
         }
+        if !(1..=crate::ledger::MAX_SHARDS).contains(&self.ledger_shards) {
+            return bad("ledger_shards must be between 1 and 64");
+        }
         for limit in [self.rate_limits.buyer, self.rate_limits.ip]
             .into_iter()
             .flatten()
@@ -795,6 +810,7 @@ impl Product {
             amount: self.price.saturating_mul(u64::from(quantity.get())),
             currency: self.currency.clone(),
             rebuy_after_release: self.rebuy_after_release,
+            ledger_shards: self.ledger_shards,
         }
     }
 

@@ -14,6 +14,7 @@ use crate::domain::{
     StockChange, StockChangeRecord, UserId, from_unix_ms,
 };
 use crate::error::InfraError;
+use crate::ledger;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
 use crate::ports::{
     Clock, Fate, FateNote, OrderQueue, OrderStore, PaymentWrite, PendingPage, PendingRequest,
@@ -63,6 +64,7 @@ pub fn terms(pay_by_ms: i64) -> Reservation {
         amount: 100,
         currency: crate::domain::Currency::parse("EUR").expect("valid currency"),
         rebuy_after_release: false,
+        ledger_shards: 1,
     }
 }
 
@@ -444,6 +446,31 @@ impl OrderQueue for FakeQueue {
     }
 }
 
+fn shard_ledgers(units: i64, shards: u16) -> Vec<Ledger> {
+    ledger::split(units, shards)
+        .into_iter()
+        .map(|remaining| Ledger {
+            remaining,
+            ..Ledger::default()
+        })
+        .collect()
+}
+
+/// The shard an order's payment and release count on, as the DynamoDB
+/// store picks it.
+fn home_shard<'a>(
+    ledgers: &'a mut HashMap<ProductId, Vec<Ledger>>,
+    o: &RequestView,
+) -> &'a mut Ledger {
+    let n = o.reservation.as_ref().map_or(1, |r| r.ledger_shards);
+    let shards = ledgers.entry(o.product_id.clone()).or_default();
+    let i = usize::from(ledger::home(o.request_id.as_str(), n));
+    if shards.len() <= i {
+        shards.resize(i + 1, Ledger::default());
+    }
+    &mut shards[i]
+}
+
 /// Conditional-write semantics of the DynamoDB store, in memory.
 #[derive(Default)]
 pub struct FakeStore {
@@ -454,8 +481,9 @@ pub struct FakeStore {
     pub orders: Mutex<HashMap<RequestId, RequestView>>,
     pub guards: Mutex<HashMap<(ProductId, String), RequestId>>,
     pub products: Mutex<HashMap<ProductId, Product>>,
-    /// The stock ledgers (absent = no product).
-    pub ledgers: Mutex<HashMap<ProductId, Ledger>>,
+    /// The stock ledgers, each as its shards' counters (absent = no
+    /// product).
+    pub ledgers: Mutex<HashMap<ProductId, Vec<Ledger>>>,
     pub notes: Mutex<HashMap<RequestId, FateNote>>,
     pub payments: Mutex<HashMap<EventId, PaymentRecord>>,
     /// Released orders whose shelf step is not confirmed, with the time
@@ -470,24 +498,33 @@ impl FakeStore {
     }
     /// A product (see [`product`]) whose ledger holds `units`.
     pub fn with_stock(self, product: &str, units: i64) -> Self {
+        self.with_shards(product, units, 1)
+    }
+    /// The same, its units split over `shards` ledger shards.
+    pub fn with_shards(self, product: &str, units: i64, shards: u16) -> Self {
         let id = ProductId::parse(product).expect("valid product id");
-        lock(&self.products).insert(id.clone(), self::product(product));
-        lock(&self.ledgers).insert(
-            id,
-            Ledger {
-                remaining: units,
-                ..Ledger::default()
-            },
-        );
+        let mut p = self::product(product);
+        p.ledger_shards = shards;
+        lock(&self.products).insert(id.clone(), p);
+        lock(&self.ledgers).insert(id, shard_ledgers(units, shards));
         self
     }
     pub fn remaining(&self, product: &ProductId) -> Option<i64> {
-        lock(&self.ledgers).get(product).map(|l| l.remaining)
+        lock(&self.ledgers)
+            .get(product)
+            .map(|l| ledger::total(l).remaining)
     }
     pub fn ledger_of(&self, product: &ProductId) -> Ledger {
         lock(&self.ledgers)
             .get(product)
-            .cloned()
+            .map(ledger::total)
+            .unwrap_or_default()
+    }
+    /// Each shard's units.
+    pub fn shard_units(&self, product: &ProductId) -> Vec<i64> {
+        lock(&self.ledgers)
+            .get(product)
+            .map(|l| l.iter().map(|s| s.remaining).collect())
             .unwrap_or_default()
     }
     /// Puts an order straight into the store (tests of what follows).
@@ -505,17 +542,22 @@ impl OrderStore for FakeStore {
             return Ok(Placement::Exists(o.status));
         }
         let mut ledgers = lock(&self.ledgers);
-        let Some(ledger) = ledgers
-            .get_mut(&msg.product_id)
-            .filter(|l| l.remaining >= i64::from(msg.quantity.get()))
-        else {
+        let quantity = i64::from(msg.quantity.get());
+        let home = ledger::home(msg.request_id.as_str(), terms.ledger_shards);
+        let Some((shards, takes)) = ledgers.get_mut(&msg.product_id).and_then(|shards| {
+            let remaining: Vec<i64> = shards.iter().map(|s| s.remaining).collect();
+            let takes = ledger::plan_take(&remaining, home, quantity)?;
+            Some((shards, takes))
+        }) else {
             return Ok(Placement::OutOfStock);
         };
         let guard = (msg.product_id.clone(), msg.user_id.to_string());
         if guards.contains_key(&guard) {
             return Ok(Placement::BuyerTaken);
         }
-        ledger.remaining -= i64::from(msg.quantity.get());
+        for (i, take) in takes {
+            shards[usize::from(i)].remaining -= take;
+        }
         guards.insert(guard, msg.request_id.clone());
         let mut order = view(msg, OrderStatus::Placed);
         order.reservation = Some(terms.clone());
@@ -550,10 +592,7 @@ impl OrderStore for FakeStore {
         products.insert(p.product_id.clone(), p.clone());
         lock(&self.ledgers).insert(
             p.product_id.clone(),
-            Ledger {
-                remaining: i64::from(p.stock),
-                ..Ledger::default()
-            },
+            shard_ledgers(i64::from(p.stock), p.ledger_shards),
         );
         Ok(true)
     }
@@ -654,7 +693,7 @@ impl OrderStore for FakeStore {
         }
         let mut products = lock(&self.products);
         let mut ledgers = lock(&self.ledgers);
-        let (Some(product), Some(ledger)) = (
+        let (Some(product), Some(shards)) = (
             products.get_mut(&change.product_id),
             ledgers.get_mut(&change.product_id),
         ) else {
@@ -662,12 +701,22 @@ impl OrderStore for FakeStore {
         };
         let n = change.units();
         let adding = change.delta > 0;
-        let applied = adding || ledger.remaining >= n;
-        if applied {
+        let remaining: Vec<i64> = shards.iter().map(|s| s.remaining).collect();
+        let takes = if adding {
+            Some(Vec::new())
+        } else {
+            ledger::plan_take(&remaining, 0, n)
+        };
+        let applied = takes.is_some();
+        if let Some(takes) = takes {
             product.stock = u32::try_from(i64::from(product.stock) + change.delta)
                 .map_err(|_| InfraError::permanent("dynamodb", "stock out of range"))?;
-            ledger.remaining += change.delta;
+            for (i, take) in takes {
+                shards[usize::from(i)].remaining -= take;
+            }
+            let ledger = &mut shards[0];
             if adding {
+                ledger.remaining += n;
                 ledger.releasing += n;
                 ledger.added += n;
             } else {
@@ -699,8 +748,8 @@ impl OrderStore for FakeStore {
             return Ok(false);
         };
         rec.shelf_due = false;
-        if let Some(ledger) = lock(&self.ledgers).get_mut(&change.product_id) {
-            ledger.releasing -= change.units();
+        if let Some(shards) = lock(&self.ledgers).get_mut(&change.product_id) {
+            shards[0].releasing -= change.units();
         }
         Ok(true)
     }
@@ -725,7 +774,7 @@ impl OrderStore for FakeStore {
     }
     async fn ledger(&self, id: &ProductId) -> PortResult<Option<Ledger>> {
         self.failures.check("dynamodb").await?;
-        Ok(lock(&self.ledgers).get(id).cloned())
+        Ok(lock(&self.ledgers).get(id).map(ledger::total))
     }
     async fn pay(
         &self,
@@ -760,7 +809,7 @@ impl OrderStore for FakeStore {
             },
         );
         let mut ledgers = lock(&self.ledgers);
-        let l = ledgers.entry(o.product_id.clone()).or_default();
+        let l = home_shard(&mut ledgers, o);
         l.paid += 1;
         l.paid_units += i64::from(o.quantity.get());
         Ok(PaymentWrite::Paid)
@@ -772,10 +821,14 @@ impl OrderStore for FakeStore {
             return Ok(false);
         }
         payments.insert(record.event.event_id.clone(), record.clone());
-        lock(&self.ledgers)
+        let mut ledgers = lock(&self.ledgers);
+        let shards = ledgers
             .entry(record.event.request_id.product())
-            .or_default()
-            .refund_due += 1;
+            .or_default();
+        if shards.is_empty() {
+            shards.push(Ledger::default());
+        }
+        shards[0].refund_due += 1;
         Ok(true)
     }
     async fn payment(&self, id: &EventId) -> PortResult<Option<PaymentRecord>> {
@@ -802,7 +855,7 @@ impl OrderStore for FakeStore {
         o.updated_at = from_unix_ms(now_ms);
         let q = i64::from(o.quantity.get());
         let mut ledgers = lock(&self.ledgers);
-        let l = ledgers.entry(o.product_id.clone()).or_default();
+        let l = home_shard(&mut ledgers, o);
         l.remaining += q;
         l.releasing += q;
         l.released += q;
@@ -827,10 +880,7 @@ impl OrderStore for FakeStore {
             return Ok(false);
         };
         due.remove(i);
-        lock(&self.ledgers)
-            .entry(order.product_id.clone())
-            .or_default()
-            .releasing -= i64::from(order.quantity.get());
+        home_shard(&mut lock(&self.ledgers), order).releasing -= i64::from(order.quantity.get());
         Ok(true)
     }
     async fn shelf_due(&self, id: &RequestId) -> PortResult<bool> {
@@ -901,6 +951,7 @@ pub fn product(id: &str) -> Product {
         rate_limits: Default::default(),
         paused: false,
         control_seq: 0,
+        ledger_shards: 1,
     }
 }
 

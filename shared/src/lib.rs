@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod faults;
 pub mod http;
+pub mod ledger;
 pub mod lifecycle;
 pub mod payment;
 pub mod ports;

@@ -315,7 +315,7 @@ mod tests {
     #[tokio::test]
     async fn a_withdrawal_the_ledger_cannot_cover_is_undone_on_the_shelf() {
         let (gate, store, p) = sale();
-        store.ledgers.lock().unwrap().get_mut(&p).unwrap().remaining = 3;
+        store.ledgers.lock().unwrap().get_mut(&p).unwrap()[0].remaining = 3;
         let c = change(&p, "w1", -5);
         assert_eq!(
             super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),

@@ -52,6 +52,7 @@ fn product(id: &ProductId, stock: u32, limit: u32, start_in_secs: i64) -> Produc
         rate_limits: Default::default(),
         paused: false,
         control_seq: 0,
+        ledger_shards: 1,
     }
 }
 
@@ -1095,6 +1096,7 @@ async fn a_release_frees_the_buyer_only_when_the_sale_says_so() {
                 amount: 100,
                 currency: Currency::parse("EUR").unwrap(),
                 rebuy_after_release: rebuy,
+                ledger_shards: 1,
             }),
         };
         assert!(g.release(&order, OrderStatus::Cancelled).await.unwrap());

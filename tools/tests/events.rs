@@ -176,6 +176,7 @@ fn placed_sample(store: &FakeStore, pay_by: i64) {
             amount: 12_900,
             currency: shared::domain::Currency::parse("EUR").unwrap(),
             rebuy_after_release: false,
+            ledger_shards: 1,
         }),
     });
 }

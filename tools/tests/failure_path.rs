@@ -37,6 +37,7 @@ fn product(id: &str, stock: u32) -> Product {
         rate_limits: Default::default(),
         paused: false,
         control_seq: 0,
+        ledger_shards: 1,
     }
 }
 

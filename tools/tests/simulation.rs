@@ -322,6 +322,8 @@ struct World {
     product: ProductId,
     stock: i64,
     limit: u32,
+    /// The product's ledger shards (1-4).
+    shards: u16,
     users: usize,
     tasks: Vec<(String, Task)>,
     trace: Vec<String>,
@@ -361,6 +363,8 @@ impl World {
         let stock = rng.i64(1..=8);
         let limit = rng.u32(1..=3);
         let users = rng.usize(2..=10);
+        // Drawn apart, so the other draws of a seed stay what they were.
+        let shards = fastrand::Rng::with_seed(seed.rotate_left(17)).u16(1..=4);
         let product = ProductId::parse("p1").expect("valid id");
         let store = Arc::new(FakeStore::default());
         let queues = Arc::new(Mutex::new(Queues::default()));
@@ -463,6 +467,7 @@ impl World {
             product,
             stock,
             limit,
+            shards,
             users,
             tasks: Vec::new(),
             trace: Vec::new(),
@@ -504,6 +509,7 @@ impl World {
             rate_limits: Default::default(),
             paused: false,
             control_seq: 0,
+            ledger_shards: self.shards,
         };
         self.store
             .create_product(&p)
@@ -516,8 +522,8 @@ impl World {
         // Products are warmed well before their sale: replicas have it.
         self.redis.checkpoint();
         self.log(format!(
-            "warm stock={} limit={} users={} window={}s rebuy={}",
-            self.stock, self.limit, self.users, self.window_secs, self.rebuy
+            "warm stock={} limit={} users={} window={}s rebuy={} shards={}",
+            self.stock, self.limit, self.users, self.window_secs, self.rebuy, self.shards
         ));
     }
 
@@ -1139,6 +1145,13 @@ impl World {
         let book = self.store.ledger_of(&self.product);
         self.lifecycle = [book.paid, book.cancelled, book.expired, book.refund_due];
         let ledger = book.remaining;
+        let shards = self.store.shard_units(&self.product);
+        if shards.len() != usize::from(self.shards) || shards.iter().any(|r| *r < 0) {
+            self.violations.push(format!(
+                "the ledger's shards hold {shards:?}: every one of the {} must stay >= 0",
+                self.shards
+            ));
+        }
         let mut per_user: HashMap<String, (usize, u32)> = HashMap::new();
         let mut ever_placed: HashMap<String, usize> = HashMap::new();
         let mut placed_units = 0i64;

@@ -344,7 +344,7 @@ fn each_function_gets_only_the_access_it_needs() {
         .iter()
         .map(|k| k.as_str().unwrap())
         .collect();
-    assert_eq!(keys, ["STOCK#*", "PRODUCT#*", "AUDIT#*"]);
+    assert_eq!(keys, ["STOCK#*", "PRODUCT#*", "LEDGER#*", "AUDIT#*"]);
     for (prefix, item) in [
         ("STOCK#", table::stock_change("p", "k")),
         ("PRODUCT#", table::product("p")),

@@ -22,6 +22,7 @@ use shared::domain::{
     ProductStats, StockChange, UserId, unix_ms,
 };
 use shared::http::{self as api, ApiError, HttpResponse};
+use shared::ledger;
 use shared::ports::{OrderStore, StockGate, Warm};
 use shared::stock;
 
@@ -176,10 +177,25 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
     }
 
     async fn create(&self, req: &Request) -> Result<HttpResponse, ApiError> {
-        let product: Product = api::json_body(
+        #[derive(serde::Deserialize)]
+        struct NewProduct {
+            #[serde(flatten)]
+            product: Product,
+            /// The sale's expected placed orders per second: enough ledger
+            /// shards for it (`ledger_shards` sets them directly).
+            #[serde(default)]
+            expected_orders_per_sec: u32,
+        }
+        let NewProduct {
+            mut product,
+            expected_orders_per_sec,
+        } = api::json_body(
             req,
-            r#"{"product_id","name","stock","per_buyer_limit","starts_at","ends_at","price","currency"} (optional "payment_window_secs", "rebuy_after_release") with RFC 3339 times and the price in minor units"#,
+            r#"{"product_id","name","stock","per_buyer_limit","starts_at","ends_at","price","currency"} (optional "payment_window_secs", "rebuy_after_release", "ledger_shards" or "expected_orders_per_sec") with RFC 3339 times and the price in minor units"#,
         )?;
+        product.ledger_shards = product
+            .ledger_shards
+            .max(ledger::shards_for(product.stock, expected_orders_per_sec));
         product.validate()?;
         if !self.store.create_product(&product).await? {
             return Err(ApiError::new(409, "product_exists"));
@@ -505,6 +521,57 @@ mod tests {
         let (status, body) = call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
         assert_eq!((status, body["stock_left"].as_i64()), (200, Some(100)));
         assert_eq!(a.gate.warmed.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn ledger_shards_follow_the_expected_rate_or_the_setting() {
+        let a = admin();
+        let with = |id: &str, extra: &str| {
+            PRODUCT
+                .replace(r#""p1""#, &format!(r#""{id}""#))
+                .replace(r#""stock":100"#, &format!(r#""stock":1000{extra}"#))
+        };
+        for (id, extra, shards) in [
+            ("one", "", 1),
+            ("rate", r#","expected_orders_per_sec":2000"#, 6),
+            ("set", r#","ledger_shards":16"#, 16),
+            (
+                "both",
+                r#","ledger_shards":2,"expected_orders_per_sec":2000"#,
+                6,
+            ),
+        ] {
+            let (status, body) = call(
+                &a,
+                "POST",
+                "/api/admin/products",
+                "s3cret",
+                &with(id, extra),
+            )
+            .await;
+            assert_eq!(
+                (status, body["ledger_shards"].as_u64()),
+                (201, Some(shards)),
+                "{id}"
+            );
+            assert_eq!(
+                a.store.shard_units(&ProductId::parse(id).unwrap()).len(),
+                shards as usize
+            );
+        }
+        let (status, body) = call(
+            &a,
+            "POST",
+            "/api/admin/products",
+            "s3cret",
+            &with("many", r#","ledger_shards":65"#),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("ledger_shards"),
+            "{body}"
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,205 @@
+//! The sharded stock ledger on DynamoDB Local: placements take from their
+//! home shard, move on when it is dry, split an order no shard holds alone,
+//! and sell out only when every shard is empty; withdrawals, payments and
+//! releases keep the shards' sum exact.
+
+mod common;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use shared::aws::{DynamoStore, table};
+use shared::domain::{
+    AuditEntry, IdempotencyKey, OrderMessage, OrderStatus, Product, ProductId, Quantity, RequestId,
+    StockChange, UserId,
+};
+use shared::ports::{OrderStore, Placement, Transition};
+use tools::provision::{self, Names};
+
+async fn store(hint: &str) -> DynamoStore {
+    common::require_env("AWS_ENDPOINT_URL_DYNAMODB");
+    common::require_env("AWS_ENDPOINT_URL_SQS");
+    let sdk = shared::aws::load_sdk_config().await;
+    let names = Names::with_prefix(&common::unique(hint));
+    provision::provision(&sdk, &names, 30)
+        .await
+        .expect("provisioning the table on the emulators");
+    DynamoStore::new(&sdk, &names.table)
+}
+
+fn product(id: &str, stock: u32, shards: u16) -> Product {
+    let mut p = shared::fakes::product(id);
+    p.stock = stock;
+    p.per_buyer_limit = 5;
+    p.ledger_shards = shards;
+    p
+}
+
+fn order(p: &Product, user: &str, quantity: u32) -> OrderMessage {
+    OrderMessage {
+        v: OrderMessage::VERSION,
+        request_id: RequestId::new(&p.product_id),
+        product_id: p.product_id.clone(),
+        user_id: UserId::parse(user).unwrap(),
+        quantity: Quantity::new(quantity).unwrap(),
+        admitted_at: 0,
+        sale_ends_at: 0,
+    }
+}
+
+/// Sets each shard's `remaining` as a test's starting point.
+async fn set_shards(store: &DynamoStore, p: &ProductId, remaining: &[i64]) {
+    for (i, r) in remaining.iter().enumerate() {
+        store
+            .client()
+            .update_item()
+            .table_name(store.table())
+            .key(
+                table::PK,
+                AttributeValue::S(table::ledger_shard(p.as_str(), i as u16)),
+            )
+            .update_expression("SET remaining = :r")
+            .expression_attribute_values(":r", AttributeValue::N(r.to_string()))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+async fn remaining(store: &DynamoStore, p: &ProductId) -> i64 {
+    store.ledger(p).await.unwrap().unwrap().remaining
+}
+
+#[tokio::test]
+async fn orders_take_from_the_shards_and_sell_out_only_when_all_are_empty() {
+    let store = store("shards").await;
+    let p = product("sharded", 10, 4);
+    assert!(store.create_product(&p).await.unwrap());
+    assert_eq!(
+        store
+            .product(&p.product_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .ledger_shards,
+        4
+    );
+    assert_eq!(remaining(&store, &p.product_id).await, 10);
+
+    // Ten single units: every one placed, whichever shard each starts at.
+    let terms = p.reservation(Quantity::new(1).unwrap(), 0);
+    let mut placed = Vec::new();
+    for u in 0..10 {
+        let msg = order(&p, &format!("u{u}"), 1);
+        assert_eq!(store.place(&msg, &terms).await.unwrap(), Placement::Placed);
+        placed.push(msg);
+    }
+    assert_eq!(remaining(&store, &p.product_id).await, 0);
+    let late = order(&p, "late", 1);
+    assert_eq!(
+        store.place(&late, &terms).await.unwrap(),
+        Placement::OutOfStock
+    );
+
+    // Three units no shard holds alone: split over three shards, one
+    // transaction; then nothing is left for anyone.
+    set_shards(&store, &p.product_id, &[1, 0, 1, 1]).await;
+    let terms3 = p.reservation(Quantity::new(3).unwrap(), 0);
+    let three = order(&p, "three", 3);
+    assert_eq!(
+        store.place(&three, &terms3).await.unwrap(),
+        Placement::Placed
+    );
+    assert_eq!(remaining(&store, &p.product_id).await, 0);
+    // A redelivery of it is the order it already is, not a second take.
+    assert_eq!(
+        store.place(&three, &terms3).await.unwrap(),
+        Placement::Exists(OrderStatus::Placed)
+    );
+    // More than all shards hold together: sold out, nothing taken.
+    set_shards(&store, &p.product_id, &[1, 1, 0, 0]).await;
+    let too_many = order(&p, "toomany", 3);
+    assert_eq!(
+        store.place(&too_many, &terms3).await.unwrap(),
+        Placement::OutOfStock
+    );
+    assert_eq!(remaining(&store, &p.product_id).await, 2);
+    assert!(store.order(&too_many.request_id).await.unwrap().is_none());
+
+    // A payment and a release count on the order's home shard; the sum sees
+    // both, and the release's shelf step is confirmed once.
+    let paid = store.order(&placed[0].request_id).await.unwrap().unwrap();
+    let event = shared::payment::PaymentEvent {
+        event_id: shared::payment::EventId::parse("evt-shard-1").unwrap(),
+        request_id: paid.request_id.clone(),
+        amount: 100,
+        currency: p.currency.clone(),
+        status: "succeeded".into(),
+    };
+    store.pay(&paid, &event, 0).await.unwrap();
+    let cancelled = store.order(&placed[1].request_id).await.unwrap().unwrap();
+    assert_eq!(
+        store
+            .release(&cancelled, OrderStatus::Cancelled, 0)
+            .await
+            .unwrap(),
+        Transition::Done
+    );
+    let l = store.ledger(&p.product_id).await.unwrap().unwrap();
+    assert_eq!(
+        (l.remaining, l.releasing, l.released, l.paid, l.cancelled),
+        (3, 1, 1, 1, 1)
+    );
+    assert!(store.shelved(&cancelled).await.unwrap());
+    assert!(!store.shelved(&cancelled).await.unwrap());
+    assert_eq!(
+        store
+            .ledger(&p.product_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .releasing,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_withdrawal_takes_from_several_shards_or_is_refused_whole() {
+    let store = store("shardw").await;
+    let p = product("shardw", 8, 4);
+    assert!(store.create_product(&p).await.unwrap());
+    set_shards(&store, &p.product_id, &[0, 2, 1, 2]).await;
+    let change = |key: &str, delta: i64| {
+        StockChange::new(
+            p.product_id.clone(),
+            IdempotencyKey::parse(key).unwrap(),
+            delta,
+        )
+        .unwrap()
+    };
+    let entry = AuditEntry {
+        at: time::OffsetDateTime::now_utc(),
+        actor: "test".into(),
+        product_id: Some(p.product_id.clone()),
+        action: "withdraw_stock".into(),
+        reason: "test".into(),
+    };
+    let (rec, fresh) = store
+        .change_stock(&change("w1", -4), &entry)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rec.applied && fresh);
+    let l = store.ledger(&p.product_id).await.unwrap().unwrap();
+    assert_eq!((l.remaining, l.withdrawn), (1, 4));
+    let (rec, _) = store
+        .change_stock(&change("w2", -2), &entry)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!rec.applied, "only 1 unit is left on the shards");
+    let l = store.ledger(&p.product_id).await.unwrap().unwrap();
+    assert_eq!((l.remaining, l.withdrawn), (1, 4));
+    assert_eq!(
+        store.product(&p.product_id).await.unwrap().unwrap().stock,
+        4
+    );
+}
