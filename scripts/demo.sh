@@ -40,8 +40,13 @@ if [ "${CHAOS:-0}" = 1 ]; then
   export FLASHSALE_RESEND_AFTER_MS="${FLASHSALE_RESEND_AFTER_MS:-15000}"
   visibility=2
   eval "$("$bin" cluster-up --dir "$STACK_DIR")"
+  # DynamoDB's per-item limits, scaled to the emulator (tools::capacity):
+  # 40 WCU/s per item, transactions holding their items 20 ms. The sale's
+  # ledger is 4 shards, so conflicts and throttles hit placements, payments
+  # and releases alike.
+  export FLASHSALE_DYNAMODB_CAPACITY="${FLASHSALE_DYNAMODB_CAPACITY:-wcu=40,hold_ms=20}"
   # The rush spread over 3 s; the product's primary fails over 0.5 s in.
-  args+=(--ramp-ms 3000 --failover-after-ms 500 --pay-near-deadline-ms 50)
+  args+=(--ramp-ms 3000 --failover-after-ms 500 --pay-near-deadline-ms 50 --ledger-shards 4)
   echo "chaos: FLASHSALE_FAULTS=$FLASHSALE_FAULTS, Redis Cluster failover losing acknowledged writes mid-sale" >&2
 fi
 eval "$("$bin" provision --visibility-timeout "$visibility")"
@@ -72,3 +77,7 @@ case " $(grep '^SUMMARY' "$STACK_DIR/summary.txt" | tail -n 1) " in
     echo "the sale placed or paid nothing: see $STACK_DIR/runner.log${SAM_API_URL:+ and sam-*.log}" >&2
     exit 1 ;;
 esac
+if [ "${CHAOS:-0}" = 1 ]; then
+  # What the capacity decorator refused (the runner's counters).
+  curl -fsS "http://$addr/metrics" | grep '^flashsale_capacity_refused_total' >&2 || true
+fi

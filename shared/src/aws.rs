@@ -363,11 +363,7 @@ fn corrupt(what: &str) -> InfraError {
 
 /// The ledger item an order's payment and release count on.
 fn home_shard(o: &RequestView) -> String {
-    let n = o.reservation.as_ref().map_or(1, |r| r.ledger_shards);
-    table::ledger_shard(
-        o.product_id.as_str(),
-        ledger::home(o.request_id.as_str(), n),
-    )
+    table::ledger_shard(o.product_id.as_str(), ledger::home_of(o))
 }
 
 /// A ledger item's counters (the product's item is shard 0).
@@ -519,8 +515,8 @@ impl DynamoStore {
         }
     }
 
-    /// Order transactions cancelled by a conflicting concurrent write (each
-    /// retried): the measure of contention on the stock ledger item.
+    /// Transactions cancelled by a conflicting concurrent write (each
+    /// retried): the measure of contention on the ledger's items.
     pub fn transaction_conflicts(&self) -> u64 {
         self.conflicts.load(Ordering::Relaxed)
     }
@@ -645,61 +641,25 @@ impl DynamoStore {
         cancelled_conditions(result)
     }
 
-    /// Each of a product's `n` ledger shards, read consistently (a shard
-    /// not written yet counts as empty).
+    /// Each of a product's `n` ledger shards, read as one snapshot
+    /// (TransactGetItems: a sold-out decision must not add up shards read
+    /// at different moments); a shard not written yet counts as empty.
     async fn shards(&self, product: &ProductId, n: u16) -> PortResult<Vec<Ledger>> {
-        use aws_sdk_dynamodb::types::KeysAndAttributes;
-        let keys: Vec<String> = (0..n.max(1))
-            .map(|i| table::ledger_shard(product.as_str(), i))
-            .collect();
-        let mut found: HashMap<String, Ledger> = HashMap::new();
-        let mut wanted = keys
-            .iter()
-            .map(|k| HashMap::from([(table::PK.to_owned(), s(k))]))
-            .collect::<Vec<_>>();
-        // BatchGetItem may leave keys unprocessed under load: ask again.
-        for _ in 0..10 {
-            if wanted.is_empty() {
-                break;
-            }
-            let ask = KeysAndAttributes::builder()
-                .set_keys(Some(std::mem::take(&mut wanted)))
-                .consistent_read(true)
+        use aws_sdk_dynamodb::types::{Get, TransactGetItem};
+        let mut read = self.client.transact_get_items();
+        for i in 0..n.max(1) {
+            let get = Get::builder()
+                .table_name(&self.table)
+                .key(table::PK, s(table::ledger_shard(product.as_str(), i)))
                 .build()
                 .map_err(invalid)?;
-            let out = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, ask)
-                .send()
-                .await
-                .map_err(|e| classify("dynamodb", e))?;
-            for item in out
-                .responses
-                .unwrap_or_default()
-                .remove(&self.table)
-                .unwrap_or_default()
-            {
-                if let Some(pk) = get_s(&item, table::PK) {
-                    found.insert(pk.to_owned(), ledger_counts(&item));
-                }
-            }
-            wanted = out
-                .unprocessed_keys
-                .unwrap_or_default()
-                .remove(&self.table)
-                .map(|k| k.keys)
-                .unwrap_or_default();
+            read = read.transact_items(TransactGetItem::builder().get(get).build());
         }
-        if !wanted.is_empty() {
-            return Err(InfraError::transient(
-                "dynamodb",
-                "the ledger's shards could not all be read (throttled); retry",
-            ));
-        }
-        Ok(keys
+        let out = read.send().await.map_err(|e| classify("dynamodb", e))?;
+        Ok(out
+            .responses()
             .iter()
-            .map(|k| found.remove(k).unwrap_or_default())
+            .map(|r| r.item().map(ledger_counts).unwrap_or_default())
             .collect())
     }
 
@@ -784,7 +744,8 @@ impl OrderStore for DynamoStore {
             .map_err(invalid)?;
         let quantity = i64::from(msg.quantity.get());
         // The order's home shard first: one transaction in the common case.
-        let mut takes = vec![(ledger::home(id, shards), quantity)];
+        let home = ledger::home(id, shards);
+        let mut takes = vec![(home, quantity)];
         // A shard that refused sends the order to a fresh read of them all;
         // a take planned from that read loses only to a concurrent take, and
         // each loss is a shard closer to sold out.
@@ -822,13 +783,8 @@ impl OrderStore for DynamoStore {
             // Out of stock first: once the ledger is empty every unit Redis
             // still hands out is one it should not have.
             if failed.iter().skip(2).any(|f| *f) {
-                let remaining: Vec<i64> = self
-                    .shards(&msg.product_id, shards)
-                    .await?
-                    .iter()
-                    .map(|l| l.remaining)
-                    .collect();
-                match ledger::plan_take(&remaining, takes[0].0, quantity) {
+                let remaining = ledger::units(&self.shards(&msg.product_id, shards).await?);
+                match ledger::plan_take(&remaining, home, quantity) {
                     Some(plan) => takes = plan,
                     None => return Ok(Placement::OutOfStock),
                 }
@@ -1215,12 +1171,7 @@ impl OrderStore for DynamoStore {
             if adding || replans > n {
                 break;
             }
-            let remaining: Vec<i64> = self
-                .shards(&change.product_id, n)
-                .await?
-                .iter()
-                .map(|l| l.remaining)
-                .collect();
+            let remaining = ledger::units(&self.shards(&change.product_id, n).await?);
             match ledger::plan_take(&remaining, 0, units) {
                 Some(plan) => takes = plan,
                 None => break,

@@ -779,8 +779,11 @@ impl Product {
         if !(1..=86_400).contains(&self.payment_window_secs) {
             return bad("payment_window_secs must be between 1 and 86400");
         }
-        if !(1..=crate::ledger::MAX_SHARDS).contains(&self.ledger_shards) {
-            return bad("ledger_shards must be between 1 and 64");
+        let most_shards = (self.stock / crate::ledger::MIN_UNITS_PER_SHARD).clamp(1, 64);
+        if !(1..=most_shards).contains(&u32::from(self.ledger_shards)) {
+            return bad(
+                "ledger_shards must be between 1 and 64, and leave each shard at least 10 units",
+            );
         }
         for limit in [self.rate_limits.buyer, self.rate_limits.ip]
             .into_iter()

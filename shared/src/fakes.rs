@@ -462,9 +462,8 @@ fn home_shard<'a>(
     ledgers: &'a mut HashMap<ProductId, Vec<Ledger>>,
     o: &RequestView,
 ) -> &'a mut Ledger {
-    let n = o.reservation.as_ref().map_or(1, |r| r.ledger_shards);
     let shards = ledgers.entry(o.product_id.clone()).or_default();
-    let i = usize::from(ledger::home(o.request_id.as_str(), n));
+    let i = usize::from(ledger::home_of(o));
     if shards.len() <= i {
         shards.resize(i + 1, Ledger::default());
     }
@@ -524,7 +523,7 @@ impl FakeStore {
     pub fn shard_units(&self, product: &ProductId) -> Vec<i64> {
         lock(&self.ledgers)
             .get(product)
-            .map(|l| l.iter().map(|s| s.remaining).collect())
+            .map(|l| ledger::units(l))
             .unwrap_or_default()
     }
     /// Puts an order straight into the store (tests of what follows).
@@ -545,8 +544,7 @@ impl OrderStore for FakeStore {
         let quantity = i64::from(msg.quantity.get());
         let home = ledger::home(msg.request_id.as_str(), terms.ledger_shards);
         let Some((shards, takes)) = ledgers.get_mut(&msg.product_id).and_then(|shards| {
-            let remaining: Vec<i64> = shards.iter().map(|s| s.remaining).collect();
-            let takes = ledger::plan_take(&remaining, home, quantity)?;
+            let takes = ledger::plan_take(&ledger::units(shards), home, quantity)?;
             Some((shards, takes))
         }) else {
             return Ok(Placement::OutOfStock);
@@ -701,11 +699,10 @@ impl OrderStore for FakeStore {
         };
         let n = change.units();
         let adding = change.delta > 0;
-        let remaining: Vec<i64> = shards.iter().map(|s| s.remaining).collect();
         let takes = if adding {
             Some(Vec::new())
         } else {
-            ledger::plan_take(&remaining, 0, n)
+            ledger::plan_take(&ledger::units(shards), 0, n)
         };
         let applied = takes.is_some();
         if let Some(takes) = takes {

@@ -7,7 +7,7 @@
 //! same transaction as the order itself, so the ledger's sum stays exact.
 //! No I/O here: the DynamoDB adapter and the in-memory store both follow it.
 
-use crate::domain::Ledger;
+use crate::domain::{Ledger, RequestView};
 
 /// Most shards a product may have: a placement that has to read them all
 /// (its home shard ran dry) reads them in one BatchGetItem.
@@ -47,6 +47,18 @@ pub fn home(request_id: &str, n: u16) -> u16 {
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
     // `n` is at most MAX_SHARDS, so the remainder fits.
     (h % u32::from(n.max(1))) as u16
+}
+
+/// The home shard of a placed order (of the shards its product had then;
+/// one for orders from before shards, or read without their terms).
+pub fn home_of(o: &RequestView) -> u16 {
+    let n = o.reservation.as_ref().map_or(1, |r| r.ledger_shards);
+    home(o.request_id.as_str(), n)
+}
+
+/// Each shard's units.
+pub fn units(shards: &[Ledger]) -> Vec<i64> {
+    shards.iter().map(|s| s.remaining).collect()
 }
 
 /// Where to take `quantity` units from, given each shard's `remaining`:

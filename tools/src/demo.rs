@@ -32,6 +32,7 @@ pub async fn create_and_warm(
     stock: u32,
     limit: u32,
     payment_window_secs: u32,
+    ledger_shards: u16,
 ) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let body = json!({
@@ -42,6 +43,7 @@ pub async fn create_and_warm(
         "price": DEMO_PRICE,
         "currency": "EUR",
         "payment_window_secs": payment_window_secs,
+        "ledger_shards": ledger_shards,
         "starts_at": rfc3339(now - Duration::from_secs(1))?,
         "ends_at": rfc3339(now + Duration::from_secs(3600))?,
     });

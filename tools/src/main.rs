@@ -10,7 +10,9 @@ use shared::domain::ProductId;
 use shared::faults::FaultPlan;
 use shared::redis::RedisGate;
 use shared::{config, telemetry};
-use tools::{audit, client::Api, demo, invoke, loadtest, provision, queues, runner, samlocal};
+use tools::{
+    audit, capacity, client::Api, demo, invoke, loadtest, provision, queues, runner, samlocal,
+};
 
 /// flashsale's local tools. AWS endpoints come from the SDK's environment
 /// (`AWS_ENDPOINT_URL_SQS`, `AWS_ENDPOINT_URL_DYNAMODB`, `AWS_REGION`), Redis
@@ -172,6 +174,10 @@ struct LoadArgs {
     /// Payment window of the fresh product.
     #[arg(long, default_value_t = 900)]
     payment_window_secs: u32,
+    /// Ledger shards of the fresh product (docs/architecture.md, "Ledger
+    /// shards").
+    #[arg(long, default_value_t = 1)]
+    ledger_shards: u16,
     /// After the rush, winners pay (signed webhooks, secret from
     /// FLASHSALE_PAYMENT_WEBHOOK_SECRET), cancel or walk away, and the units
     /// that come back are bought by waves of the buyers who lost.
@@ -194,7 +200,8 @@ async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> 
         Some(p) => p,
         None => {
             let p = format!("sale-{}", time::OffsetDateTime::now_utc().unix_timestamp());
-            demo::create_and_warm(&api, &p, a.stock, 1, a.payment_window_secs).await?;
+            demo::create_and_warm(&api, &p, a.stock, 1, a.payment_window_secs, a.ledger_shards)
+                .await?;
             p
         }
     };
@@ -353,6 +360,15 @@ fn yes_no(b: bool) -> &'static str {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let sdk = aws::load_sdk_config().await;
+    // Benches and chaos runs: DynamoDB's per-item limits, which the
+    // emulator does not have (tools::capacity).
+    let sdk = match capacity::Capacity::from_env()? {
+        Some(limits) => {
+            eprintln!("DynamoDB calls limited as on AWS, scaled: {limits:?}");
+            capacity::limited(&sdk, limits).0
+        }
+        None => sdk,
+    };
     match cli.command {
         Command::Serve {
             addr,

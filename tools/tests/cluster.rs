@@ -120,13 +120,19 @@ async fn a_failover_that_forgets_acknowledged_writes_keeps_the_promise() {
             resend_after_ms: 12_000,
             pollers: 2,
             cluster_url: Some(c.url()),
+            // DynamoDB's per-item limits, scaled to the emulator: the
+            // sharded ledger's placements conflict and throttle as well.
+            capacity: Some(tools::capacity::Capacity {
+                wcu_per_item: 40.0,
+                hold: Duration::from_millis(20),
+            }),
             ..Options::default()
         },
     )
     .await;
     let product = unique("failover");
     let stock = 40;
-    demo::create_and_warm(&s.api, &product, stock, 1, 900)
+    demo::create_and_warm(&s.api, &product, stock, 1, 900, 4)
         .await
         .unwrap();
     let p = ProductId::parse(&product).unwrap();
@@ -197,9 +203,11 @@ async fn a_failover_that_forgets_acknowledged_writes_keeps_the_promise() {
     };
     let stranded = i64::from(stock) - books.placed_units - books.stock_left;
     let (lost_writes, promoted_in) = (drill.lost_writes, drill.promoted_in);
+    let (passed, conflicts, throttled) = s.capacity_refusals.as_ref().unwrap().snapshot();
     println!(
         "failover figures: failovers=1 lost_writes={lost_writes} stranded={stranded} promoted_in={promoted_in:?} \
-         answers={:?} during_failover={during:?} slowest={:?}\n{books}",
+         answers={:?} during_failover={during:?} slowest={:?} dynamodb_writes={passed} \
+         conflicts={conflicts} throttled={throttled}\n{books}",
         by_status, slowest
     );
     assert!(lost_writes > 0, "the drill must lose acknowledged writes");

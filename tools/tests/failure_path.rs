@@ -359,7 +359,9 @@ async fn parked_compensations_are_listed_and_redriven() {
 async fn reconcile_exits_non_zero_when_the_books_do_not_balance() {
     let s = TestStack::start("recon", 30).await;
     let id = unique("recon");
-    demo::create_and_warm(&s.api, &id, 3, 1, 900).await.unwrap();
+    demo::create_and_warm(&s.api, &id, 3, 1, 900, 1)
+        .await
+        .unwrap();
     let a = s
         .api
         .buy(&json!({ "product_id": id, "user_id": "u1" }), None)
@@ -401,7 +403,9 @@ async fn reconcile_exits_non_zero_when_the_books_do_not_balance() {
 async fn the_sweeper_resyncs_a_shelf_that_lost_decrements() {
     let s = TestStack::start("resync", 30).await;
     let id = unique("resync");
-    demo::create_and_warm(&s.api, &id, 5, 1, 900).await.unwrap();
+    demo::create_and_warm(&s.api, &id, 5, 1, 900, 1)
+        .await
+        .unwrap();
     for user in ["u1", "u2"] {
         let a = s
             .api

@@ -82,7 +82,8 @@ async fn a_sale_admits_exactly_the_stock_and_places_every_admitted_order() {
         ramp: Duration::from_millis(200),
         progress: false,
     };
-    demo::create_and_warm(&s.api, &product, 100, 1, 900)
+    // Its ledger in 4 shards: the books below are their sums.
+    demo::create_and_warm(&s.api, &product, 100, 1, 900, 4)
         .await
         .unwrap();
     let (_, report) = demo::sale(&s.api, &spec, None, 0).await.unwrap();
@@ -290,7 +291,9 @@ async fn every_answer_of_the_api() {
 async fn duplicate_deliveries_of_a_placed_order_are_absorbed() {
     let s = TestStack::start("dup", 30).await;
     let p = unique("dup");
-    demo::create_and_warm(&s.api, &p, 3, 1, 900).await.unwrap();
+    demo::create_and_warm(&s.api, &p, 3, 1, 900, 1)
+        .await
+        .unwrap();
     let mut ids = Vec::new();
     for user in ["u1", "u2", "u3"] {
         let a = s.api.buy(&buy_body(&p, user, 1), None).await.unwrap();
@@ -335,7 +338,9 @@ async fn a_garbage_record_fails_alone_and_parks_untouched() {
     // Short visibility timeout: redeliveries come fast enough to watch.
     let s = TestStack::start("poison", 1).await;
     let p = unique("poison");
-    demo::create_and_warm(&s.api, &p, 5, 1, 900).await.unwrap();
+    demo::create_and_warm(&s.api, &p, 5, 1, 900, 1)
+        .await
+        .unwrap();
 
     // A batch straight into the consumer handler, on the real Redis and DynamoDB.
     let pid = ProductId::parse(p.as_str()).unwrap();
@@ -410,7 +415,9 @@ async fn health_checks_every_dependency_and_metrics_are_exposed() {
         assert_eq!(health.body[dep], "ok", "{}", health.body);
     }
     let p = unique("obs");
-    demo::create_and_warm(&s.api, &p, 1, 1, 900).await.unwrap();
+    demo::create_and_warm(&s.api, &p, 1, 1, 900, 1)
+        .await
+        .unwrap();
     assert_eq!(
         s.api
             .buy(&buy_body(&p, "u1", 1), None)

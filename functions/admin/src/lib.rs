@@ -182,7 +182,7 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
             #[serde(flatten)]
             product: Product,
             /// The sale's expected placed orders per second: enough ledger
-            /// shards for it (`ledger_shards` sets them directly).
+            /// shards for it (or `ledger_shards`; given both, the larger).
             #[serde(default)]
             expected_orders_per_sec: u32,
         }
@@ -193,10 +193,11 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
             req,
             r#"{"product_id","name","stock","per_buyer_limit","starts_at","ends_at","price","currency"} (optional "payment_window_secs", "rebuy_after_release", "ledger_shards" or "expected_orders_per_sec") with RFC 3339 times and the price in minor units"#,
         )?;
+        // Both given: the larger (validated, so 0 is refused, not raised).
+        product.validate()?;
         product.ledger_shards = product
             .ledger_shards
             .max(ledger::shards_for(product.stock, expected_orders_per_sec));
-        product.validate()?;
         if !self.store.create_product(&product).await? {
             return Err(ApiError::new(409, "product_exists"));
         }
@@ -559,19 +560,26 @@ mod tests {
                 shards as usize
             );
         }
-        let (status, body) = call(
-            &a,
-            "POST",
-            "/api/admin/products",
-            "s3cret",
-            &with("many", r#","ledger_shards":65"#),
-        )
-        .await;
-        assert_eq!(status, 400, "{body}");
-        assert!(
-            body["message"].as_str().unwrap().contains("ledger_shards"),
-            "{body}"
-        );
+        // Out of range, or thinner than 10 units a shard (1000 / 10 > 64,
+        // so the thin case needs a smaller stock).
+        let thin = PRODUCT
+            .replace(r#""p1""#, r#""thin""#)
+            .replace(r#""stock":100"#, r#""stock":30,"ledger_shards":4"#);
+        for body in [
+            with("many", r#","ledger_shards":65"#),
+            with("none", r#","ledger_shards":0"#),
+            thin,
+        ] {
+            let (status, answer) = call(&a, "POST", "/api/admin/products", "s3cret", &body).await;
+            assert_eq!(status, 400, "{answer}");
+            assert!(
+                answer["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("ledger_shards"),
+                "{answer}"
+            );
+        }
     }
 
     #[tokio::test]

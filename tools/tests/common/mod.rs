@@ -36,6 +36,9 @@ pub struct TestStack {
     pub gate: RedisGate,
     pub store: DynamoStore,
     pub queue: SqsQueue,
+    /// What the capacity decorator refused, when the runner has one.
+    #[allow(dead_code)]
+    pub capacity_refusals: Option<Arc<tools::capacity::Refusals>>,
 }
 
 /// Each test stack is its own deployment: its own queues, table and Redis
@@ -72,6 +75,8 @@ pub struct Options {
     pub batching_window: Duration,
     /// Queues and schedules invoke functions at this Lambda endpoint.
     pub invoke: Option<InvokeConfig>,
+    /// The runner's DynamoDB calls go through the capacity decorator.
+    pub capacity: Option<tools::capacity::Capacity>,
 }
 
 impl Default for Options {
@@ -86,6 +91,7 @@ impl Default for Options {
             wait_time_secs: 1,
             batching_window: Duration::ZERO,
             invoke: None,
+            capacity: None,
         }
     }
 }
@@ -129,7 +135,14 @@ impl TestStack {
             invoke: opts.invoke,
             ..RunnerConfig::local(redis, &names, ADMIN_TOKEN, WEBHOOK_SECRET)
         };
-        let running = runner::start(config.clone(), &sdk)
+        let (runner_sdk, capacity_refusals) = match opts.capacity {
+            Some(c) => {
+                let (sdk, refusals) = tools::capacity::limited(&sdk, c);
+                (sdk, Some(refusals))
+            }
+            None => (sdk.clone(), None),
+        };
+        let running = runner::start(config.clone(), &runner_sdk)
             .await
             .expect("starting the runner");
         let api = Api::new(format!("http://{}", running.addr), ADMIN_TOKEN);
@@ -142,6 +155,7 @@ impl TestStack {
             config,
             running,
             api,
+            capacity_refusals,
         }
     }
 
