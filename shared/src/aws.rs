@@ -121,6 +121,19 @@ pub struct SqsQueue {
 }
 
 impl SqsQueue {
+    /// One cheap call at init: resolves credentials and opens the pooled
+    /// HTTPS connection, which the first buyer would otherwise wait for.
+    pub async fn prepare(&self) -> PortResult<()> {
+        self.client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| classify("sqs", e))?;
+        Ok(())
+    }
+
     pub fn new(config: &SdkConfig, queue_url: impl Into<String>) -> Self {
         Self {
             client: aws_sdk_sqs::Client::new(config),
@@ -513,6 +526,19 @@ impl DynamoStore {
             conflicts: Arc::new(AtomicU64::new(0)),
             next_shard: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// One cheap read at init (an order key nobody writes), for the same
+    /// reason as [`SqsQueue::prepare`].
+    pub async fn prepare(&self) -> PortResult<()> {
+        self.client
+            .get_item()
+            .table_name(&self.table)
+            .key(table::PK, s(table::order("init-warm-up")))
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb", e))?;
+        Ok(())
     }
 
     /// Transactions cancelled by a conflicting concurrent write (each

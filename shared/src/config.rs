@@ -245,6 +245,27 @@ pub fn kill_switch_cache() -> Result<Duration, ConfigError> {
     millis("FLASHSALE_KILL_SWITCH_CACHE_MS", 500)
 }
 
+/// How long a function's init may spend connecting to Redis and warming
+/// its SDK clients (`FLASHSALE_INIT_WARM_MS`, default 1500; 0 skips it and
+/// everything connects on first use). Past it the function starts anyway.
+pub fn init_warm() -> Result<Duration, ConfigError> {
+    millis("FLASHSALE_INIT_WARM_MS", 1500)
+}
+
+/// One in how many refusals deduct logs (`FLASHSALE_REFUSAL_LOG_EVERY`,
+/// default 100; 1 logs every one, e.g. while investigating). Metrics count
+/// them all either way.
+pub fn refusal_log_every() -> Result<u64, ConfigError> {
+    match var("FLASHSALE_REFUSAL_LOG_EVERY") {
+        None => Ok(100),
+        Some(v) => v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            ConfigError(format!(
+                "FLASHSALE_REFUSAL_LOG_EVERY={v} must be a whole number of at least 1"
+            ))
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

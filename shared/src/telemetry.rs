@@ -42,14 +42,14 @@ pub fn trace_id(traceparent: &str) -> &str {
 /// line per refusal costs CPU here and ingestion in CloudWatch, while the
 /// metrics count every one.
 pub struct Sampler {
-    every: u64,
+    every: std::sync::atomic::AtomicU64,
     seen: std::sync::atomic::AtomicU64,
 }
 
 impl Sampler {
     pub const fn new(every: u64) -> Self {
         Self {
-            every,
+            every: std::sync::atomic::AtomicU64::new(every),
             seen: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -57,11 +57,18 @@ impl Sampler {
     /// Whether this event is the one in `every` to log (the first is).
     pub fn hit(&self) -> bool {
         let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.every <= 1 || n.is_multiple_of(self.every)
+        let every = self.every();
+        every <= 1 || n.is_multiple_of(every)
     }
 
     pub fn every(&self) -> u64 {
+        self.every.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// From configuration at init (1 logs every event).
+    pub fn set_every(&self, every: u64) {
         self.every
+            .store(every.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 }
 

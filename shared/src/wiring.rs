@@ -4,6 +4,7 @@
 //! environment, and the runtime loop.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_config::SdkConfig;
 use lambda_http::Request;
@@ -16,6 +17,7 @@ use crate::config::Secret;
 use crate::error::ConfigError;
 use crate::faults::{FaultPlan, Faulty};
 use crate::http::{self, HttpResponse};
+use crate::ports::PortResult;
 use crate::redis::RedisGate;
 use crate::{aws, config, telemetry};
 
@@ -93,6 +95,18 @@ impl Wiring {
         ))
     }
 
+    /// Connections the first request would otherwise open (`steps`), made
+    /// during init within `config::init_warm` ([`warm_up_within`]).
+    pub async fn warm_up(&self, steps: impl Future<Output = PortResult<()>>) {
+        match config::init_warm() {
+            Ok(budget) if !budget.is_zero() => {
+                warm_up_within(budget, steps).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "init warm-up skipped"),
+        }
+    }
+
     /// Runs an event handler, flushing metrics as EMF after each invocation.
     pub async fn run<E, R, F, Fut, Err>(&self, handler: F) -> Result<(), Error>
     where
@@ -139,5 +153,49 @@ impl Wiring {
             }),
         )
         .await
+    }
+}
+
+/// Runs `steps` for at most `budget`; whether they finished. Never fails:
+/// a dead Redis at init must still let the function start and answer 503,
+/// connecting on first use.
+pub async fn warm_up_within(budget: Duration, steps: impl Future<Output = PortResult<()>>) -> bool {
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(budget, steps).await {
+        Ok(Ok(())) => {
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "connections warmed at init"
+            );
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "init warm-up failed; connecting on first use");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                budget_ms = budget.as_millis() as u64,
+                "init warm-up ran out of time; connecting on first use"
+            );
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::InfraError;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_warm_up_is_bounded_and_never_fails_the_init() {
+        let budget = Duration::from_millis(500);
+        assert!(warm_up_within(budget, async { Ok(()) }).await);
+        let failed = async { Err(InfraError::transient("redis", "connection refused")) };
+        assert!(!warm_up_within(budget, failed).await);
+        let started = tokio::time::Instant::now();
+        assert!(!warm_up_within(budget, std::future::pending()).await);
+        assert_eq!(started.elapsed(), budget);
     }
 }

@@ -1113,3 +1113,25 @@ async fn a_release_frees_the_buyer_only_when_the_sale_says_so() {
         }
     }
 }
+
+#[tokio::test]
+async fn prepare_connects_and_loads_the_buy_scripts_or_fails_fast() {
+    let g = gate();
+    g.command::<()>(&redis::cmd("SCRIPT").arg("FLUSH"))
+        .await
+        .unwrap();
+    g.prepare().await.unwrap();
+    let sha = redis::Script::new(shared::redis::ADMIT_SCRIPT)
+        .get_hash()
+        .to_owned();
+    let loaded: Vec<bool> = g
+        .command(redis::cmd("SCRIPT").arg("EXISTS").arg(&sha))
+        .await
+        .unwrap();
+    assert_eq!(loaded, [true]);
+    // Nobody listens: an error within the connect timeout, not a hang.
+    let dead = RedisGate::new(settings("redis://127.0.0.1:1".into()));
+    let started = std::time::Instant::now();
+    assert!(dead.prepare().await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -339,7 +339,10 @@ mod tests {
             hold: Duration::from_secs(60),
         });
         let (a, b) = ("t|a".to_owned(), "t|b".to_owned());
-        assert!(matches!(l.admit(true, std::slice::from_ref(&a)), Verdict::Pass));
+        assert!(matches!(
+            l.admit(true, std::slice::from_ref(&a)),
+            Verdict::Pass
+        ));
         match l.admit(true, &[b.clone(), a.clone()]) {
             Verdict::Cancelled(r) => assert_eq!(r, vec![None, Some("TransactionConflict")]),
             _ => panic!("a held item must conflict"),
@@ -347,8 +350,14 @@ mod tests {
         // Plain writes do not wait for holds, but spend capacity: a had 4
         // WCU, the transaction took 2, so one plain write (1) fits and the
         // second too, then it is out.
-        assert!(matches!(l.admit(false, std::slice::from_ref(&a)), Verdict::Pass));
-        assert!(matches!(l.admit(false, std::slice::from_ref(&a)), Verdict::Pass));
+        assert!(matches!(
+            l.admit(false, std::slice::from_ref(&a)),
+            Verdict::Pass
+        ));
+        assert!(matches!(
+            l.admit(false, std::slice::from_ref(&a)),
+            Verdict::Pass
+        ));
         assert!(matches!(l.admit(false, &[a]), Verdict::Throttled));
     }
 

@@ -379,6 +379,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             invoke_names,
         } => {
             telemetry::init();
+            deduct::REFUSALS_LOGGED.set_every(config::refusal_log_every()?);
             let cfg = runner::RunnerConfig {
                 http_addr: addr,
                 redis: config::redis_settings()?,

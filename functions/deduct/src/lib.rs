@@ -156,8 +156,9 @@ fn parse(req: &Request, insecure: bool) -> Result<Purchase, ApiError> {
     })
 }
 
-/// Refusals are counted in metrics; one in this many is also logged.
-static REFUSALS_LOGGED: telemetry::Sampler = telemetry::Sampler::new(100);
+/// Refusals are counted in metrics; one in this many is also logged
+/// (`config::refusal_log_every`, set at init).
+pub static REFUSALS_LOGGED: telemetry::Sampler = telemetry::Sampler::new(100);
 
 /// How long a buyer of a paused sale is asked to wait before asking again.
 const PAUSED_RETRY_AFTER_SECS: i64 = 5;

@@ -5,6 +5,7 @@ use shared::wiring::{Error, Wiring};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let env = Wiring::from_env().await?;
+    deduct::REFUSALS_LOGGED.set_every(config::refusal_log_every()?);
     let handler = deduct::Deduct {
         gate: env.gate().await?,
         queue: env.orders_queue()?,
@@ -13,6 +14,15 @@ async fn main() -> Result<(), Error> {
         sold_out: deduct::SoldOutCache::new(config::sold_out_cache()?),
         kill_switch: deduct::KillSwitchCache::new(config::kill_switch_cache()?),
     };
+    env.warm_up(async {
+        tokio::try_join!(
+            handler.gate.inner.prepare(),
+            handler.queue.inner.prepare(),
+            handler.store.inner.prepare(),
+        )
+        .map(|_| ())
+    })
+    .await;
     let handler = &handler;
     env.run_http(move |req: Request| handler.handle(req)).await
 }

@@ -12,6 +12,12 @@ async fn main() -> Result<(), Error> {
         terms: shared::lifecycle::Terms::system(),
         faults: env.faults.clone(),
     };
+    // Its reads need no scripts loaded; the connection is what a first
+    // buyer would wait for.
+    env.warm_up(async {
+        tokio::try_join!(api.gate.inner.prepare(), api.store.inner.prepare()).map(|_| ())
+    })
+    .await;
     let api = &api;
     env.run_http(move |req: Request| api.handle(req)).await
 }

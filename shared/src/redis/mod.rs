@@ -220,6 +220,17 @@ impl RedisGate {
         Ok(conn.clone())
     }
 
+    /// Connects and loads the buy path's scripts now (at init), so a fresh
+    /// instance's first buyer does not pay the handshake and a NOSCRIPT
+    /// round trip. Optional: every call connects on first use anyway.
+    pub async fn prepare(&self) -> PortResult<()> {
+        let mut c = self.conn().await?;
+        for script in [&self.inner.scripts.admit, &self.inner.scripts.mark_sent] {
+            script.load_async(&mut c).await.map_err(classify)?;
+        }
+        Ok(())
+    }
+
     /// The key layout of one product in this gate's namespace.
     pub fn keys(&self, product: &ProductId) -> keys::Keys {
         keys::Keys::new(&self.inner.settings.namespace, product)
