@@ -1117,7 +1117,7 @@ async fn a_release_frees_the_buyer_only_when_the_sale_says_so() {
 #[tokio::test]
 async fn prepare_connects_and_loads_the_buy_scripts_or_fails_fast() {
     let g = gate();
-    g.command::<()>(&redis::cmd("SCRIPT").arg("FLUSH"))
+    g.command::<()>(redis::cmd("SCRIPT").arg("FLUSH"))
         .await
         .unwrap();
     g.prepare().await.unwrap();
