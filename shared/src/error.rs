@@ -30,7 +30,7 @@ pub enum Retry {
 }
 
 /// A failure talking to Redis, SQS or DynamoDB.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 #[error("{service} call failed ({retry:?}): {detail}. {hint}")]
 pub struct InfraError {
     pub service: &'static str,

@@ -422,6 +422,8 @@ impl StockGate for FakeGate {
 #[derive(Default)]
 pub struct FakeQueue {
     pub sent: Mutex<Vec<(OrderMessage, String)>>,
+    /// SendMessageBatch calls that went through.
+    pub batches: AtomicUsize,
     pub failures: Failures,
 }
 
@@ -440,6 +442,7 @@ impl OrderQueue for FakeQueue {
     async fn send_batch(&self, msgs: &[OrderMessage]) -> PortResult<Vec<RequestId>> {
         self.failures.check("sqs").await?;
         assert!(msgs.len() <= 10, "SQS batches hold at most 10 messages");
+        self.batches.fetch_add(1, Ordering::SeqCst);
         let mut sent = lock(&self.sent);
         sent.extend(msgs.iter().map(|m| (m.clone(), String::new())));
         Ok(Vec::new())

@@ -3,6 +3,7 @@
 
 pub mod aftersale;
 pub mod audit;
+pub mod batching;
 pub mod capacity;
 pub mod chart;
 pub mod client;

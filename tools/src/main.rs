@@ -406,6 +406,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     endpoint,
                     names: invoke_names,
                 }),
+                send_linger: send_linger()?,
             };
             let running = runner::start(cfg, &sdk).await?;
             eprintln!("flashsale runner listening on http://{}", running.addr);
@@ -568,5 +569,17 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+/// `FLASHSALE_LOCAL_SEND_LINGER_MS` (default 2): the runner's buys' order
+/// sends leave in SQS batches flushed at 10 or this long after the first;
+/// 0 sends each alone.
+fn send_linger() -> Result<Duration> {
+    match std::env::var("FLASHSALE_LOCAL_SEND_LINGER_MS") {
+        Err(_) => Ok(Duration::from_millis(2)),
+        Ok(v) => v.parse().map(Duration::from_millis).map_err(|_| {
+            anyhow::anyhow!("FLASHSALE_LOCAL_SEND_LINGER_MS={v} is not a number of milliseconds")
+        }),
     }
 }

@@ -46,6 +46,7 @@ use shared::lifecycle::Terms;
 use shared::ports::{StockGate, SystemClock};
 use shared::redis::{RedisGate, RedisSettings};
 
+use crate::batching::BatchingQueue;
 use crate::invoke::{Function, InvokeConfig, Invoker};
 use crate::provision::Provisioned;
 
@@ -83,6 +84,9 @@ pub struct RunnerConfig {
     /// Invoke the real functions for queues and timers instead of the
     /// handlers in this process.
     pub invoke: Option<InvokeConfig>,
+    /// Buys' order sends leave in SQS batches, flushed at 10 or this long
+    /// after the first (tools::batching); zero sends each alone.
+    pub send_linger: Duration,
 }
 
 impl RunnerConfig {
@@ -118,6 +122,7 @@ impl RunnerConfig {
             batch_size: 10,
             batching_window: Duration::ZERO,
             invoke: None,
+            send_linger: Duration::from_millis(2),
         }
     }
 }
@@ -125,10 +130,11 @@ impl RunnerConfig {
 type Gate = Faulty<RedisGate>;
 type Store = Faulty<DynamoStore>;
 type Queue = Faulty<SqsQueue>;
+type BuyQueue = Faulty<BatchingQueue<SqsQueue>>;
 
 /// Every handler, wired to the real adapters once per process.
 pub struct App {
-    pub deduct: Deduct<Gate, Queue, Store>,
+    pub deduct: Deduct<Gate, BuyQueue, Store>,
     pub status: OrderStatusApi<Gate, Store>,
     pub admin: Admin<Gate, Store>,
     pub consumer: Consumer<Gate, Store>,
@@ -150,7 +156,10 @@ impl App {
         Self {
             deduct: Deduct {
                 gate: gate.clone(),
-                queue: queue.clone(),
+                queue: Faulty::new(
+                    BatchingQueue::new(SqsQueue::new(sdk, &cfg.orders_queue_url), cfg.send_linger),
+                    faults.clone(),
+                ),
                 store: store.clone(),
                 insecure_user_from_body: cfg.insecure_user_from_body,
                 sold_out: deduct::SoldOutCache::new(cfg.sold_out_cache),
