@@ -30,13 +30,16 @@ build-arm64: setup
 build-x86_64: setup
 	PATH="$(TOOLS_BIN):$$PATH" cargo lambda build --release --x86-64 $(BIN_FLAGS) --lambda-dir $(CARGO_TARGET_DIR)/lambda/x86_64
 
-# Every figure of docs/benchmarks.md, on a fresh local stack. Size and cold
-# start read the x86_64 bootstraps (built first when missing).
+# Every figure of docs/benchmarks.md, on a fresh local stack (FIGURES=1,3
+# prints only those, the document left alone). Size, cold start and the
+# first request run the x86_64 release bootstraps (rebuilt when stale).
 bench: setup dev-build
-	@for f in $(FUNCTIONS); do test -x $(CARGO_TARGET_DIR)/lambda/x86_64/$$f/bootstrap || { $(MAKE) build-x86_64; break; }; done
-	cargo build -q --profile fast -p flashsale-tools --bin bench
+	$(MAKE) build-x86_64
+	cargo build -q --profile fast -p flashsale-tools --bin bench --bin flashsale
 	localstack/with-stack.sh $(CARGO_TARGET_DIR)/fast/bench --lambda-dir $(CARGO_TARGET_DIR)/lambda/x86_64 \
-	  $$(test -d $(CARGO_TARGET_DIR)/lambda/arm64 && echo --arm64-dir $(CARGO_TARGET_DIR)/lambda/arm64) --command "make bench"
+	  --client $(CARGO_TARGET_DIR)/fast/flashsale \
+	  $$(test -d $(CARGO_TARGET_DIR)/lambda/arm64 && echo --arm64-dir $(CARGO_TARGET_DIR)/lambda/arm64) \
+	  $${FIGURES:+--figures $$FIGURES} --command "make bench"
 
 # SAM builds every function with cargo-lambda, no Docker.
 sam-build: setup

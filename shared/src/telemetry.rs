@@ -3,10 +3,19 @@
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
+    init_to(std::io::stdout);
+}
+
+/// The same logs into `writer` (benches measure their cost into /dev/null).
+pub fn init_to<W>(writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // `try_init`: a second call (tests, the local runner wiring several
     // handlers) keeps the first subscriber instead of panicking.
     let _ = tracing_subscriber::fmt()
+        .with_writer(writer)
         .json()
         .with_env_filter(filter)
         .with_current_span(true)
