@@ -162,14 +162,22 @@ impl OrderQueue for SqsQueue {
         Ok(())
     }
 
-    async fn send_batch(&self, msgs: &[OrderMessage]) -> PortResult<Vec<RequestId>> {
+    async fn send_batch(
+        &self,
+        msgs: &[OrderMessage],
+        traceparents: Option<&[String]>,
+    ) -> PortResult<Vec<RequestId>> {
         let mut entries = Vec::with_capacity(msgs.len());
         for (i, msg) in msgs.iter().enumerate() {
             let body = serde_json::to_string(msg)
                 .map_err(|e| InfraError::permanent("sqs", format!("cannot encode message: {e}")))?;
+            let tp = match traceparents.and_then(|t| t.get(i)) {
+                Some(tp) => tp.clone(),
+                None => crate::telemetry::traceparent(None),
+            };
             let tp = MessageAttributeValue::builder()
                 .data_type("String")
-                .string_value(crate::telemetry::traceparent(None))
+                .string_value(tp)
                 .build()
                 .map_err(|e| InfraError::permanent("sqs", e.to_string()))?;
             entries.push(

@@ -424,6 +424,8 @@ pub struct FakeQueue {
     pub sent: Mutex<Vec<(OrderMessage, String)>>,
     /// SendMessageBatch calls that went through.
     pub batches: AtomicUsize,
+    /// Entries the next batch refuses (as SQS's `Failed` list).
+    pub refuse_entries: Mutex<Vec<RequestId>>,
     pub failures: Failures,
 }
 
@@ -439,13 +441,26 @@ impl OrderQueue for FakeQueue {
         lock(&self.sent).push((msg.clone(), traceparent.to_owned()));
         Ok(())
     }
-    async fn send_batch(&self, msgs: &[OrderMessage]) -> PortResult<Vec<RequestId>> {
+    async fn send_batch(
+        &self,
+        msgs: &[OrderMessage],
+        traceparents: Option<&[String]>,
+    ) -> PortResult<Vec<RequestId>> {
         self.failures.check("sqs").await?;
         assert!(msgs.len() <= 10, "SQS batches hold at most 10 messages");
         self.batches.fetch_add(1, Ordering::SeqCst);
+        let refused = std::mem::take(&mut *lock(&self.refuse_entries));
         let mut sent = lock(&self.sent);
-        sent.extend(msgs.iter().map(|m| (m.clone(), String::new())));
-        Ok(Vec::new())
+        let mut failed = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            if refused.contains(&m.request_id) {
+                failed.push(m.request_id.clone());
+                continue;
+            }
+            let tp = traceparents.and_then(|t| t.get(i)).cloned();
+            sent.push((m.clone(), tp.unwrap_or_default()));
+        }
+        Ok(failed)
     }
 }
 

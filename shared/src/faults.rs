@@ -257,9 +257,13 @@ impl<T: OrderQueue> OrderQueue for Faulty<T> {
         self.plan.check(FaultPoint::QueueSend, "sqs")?;
         self.inner.send(msg, traceparent).await
     }
-    async fn send_batch(&self, msgs: &[OrderMessage]) -> PortResult<Vec<RequestId>> {
+    async fn send_batch(
+        &self,
+        msgs: &[OrderMessage],
+        traceparents: Option<&[String]>,
+    ) -> PortResult<Vec<RequestId>> {
         self.plan.check(FaultPoint::QueueSend, "sqs")?;
-        self.inner.send_batch(msgs).await
+        self.inner.send_batch(msgs, traceparents).await
     }
 }
 

@@ -268,11 +268,13 @@ pub trait OrderQueue: Send + Sync {
         traceparent: &str,
     ) -> impl Future<Output = PortResult<()>> + Send;
 
-    /// Sends up to ten messages in one call; returns the request ids the
-    /// queue did not accept.
+    /// Sends up to ten messages in one call, each with its `traceparents`
+    /// entry (None: each starts a trace); returns the request ids the queue
+    /// did not accept.
     fn send_batch(
         &self,
         msgs: &[OrderMessage],
+        traceparents: Option<&[String]>,
     ) -> impl Future<Output = PortResult<Vec<RequestId>>> + Send;
 }
 
@@ -638,8 +640,9 @@ impl<T: OrderQueue> OrderQueue for std::sync::Arc<T> {
     fn send_batch(
         &self,
         msgs: &[OrderMessage],
+        traceparents: Option<&[String]>,
     ) -> impl Future<Output = PortResult<Vec<RequestId>>> + Send {
-        (**self).send_batch(msgs)
+        (**self).send_batch(msgs, traceparents)
     }
 }
 

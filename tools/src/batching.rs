@@ -19,6 +19,7 @@ const MAX_BATCH: usize = 10;
 
 struct Waiting {
     msg: OrderMessage,
+    traceparent: String,
     done: oneshot::Sender<PortResult<()>>,
 }
 
@@ -70,7 +71,8 @@ async fn flush<Q: OrderQueue + Send + Sync + 'static>(
         let inner = inner.clone();
         tokio::spawn(async move {
             let msgs: Vec<OrderMessage> = batch.iter().map(|w| w.msg.clone()).collect();
-            let answer = inner.send_batch(&msgs).await;
+            let traceparents: Vec<String> = batch.iter().map(|w| w.traceparent.clone()).collect();
+            let answer = inner.send_batch(&msgs, Some(&traceparents)).await;
             for w in batch {
                 let result = match &answer {
                     Err(e) => Err(e.clone()),
@@ -97,6 +99,7 @@ impl<Q: OrderQueue + Send + Sync + 'static> OrderQueue for BatchingQueue<Q> {
         waiting
             .send(Waiting {
                 msg: msg.clone(),
+                traceparent: traceparent.to_owned(),
                 done,
             })
             .await
@@ -104,8 +107,12 @@ impl<Q: OrderQueue + Send + Sync + 'static> OrderQueue for BatchingQueue<Q> {
         answer.await.map_err(|_| gone())?
     }
 
-    async fn send_batch(&self, msgs: &[OrderMessage]) -> PortResult<Vec<RequestId>> {
-        self.inner.send_batch(msgs).await
+    async fn send_batch(
+        &self,
+        msgs: &[OrderMessage],
+        traceparents: Option<&[String]>,
+    ) -> PortResult<Vec<RequestId>> {
+        self.inner.send_batch(msgs, traceparents).await
     }
 }
 
@@ -137,6 +144,10 @@ mod tests {
             2,
             "10, then 3 after the linger"
         );
+        assert!(
+            queue.sent().iter().all(|(_, tp)| tp == "tp"),
+            "each keeps its trace"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -151,12 +162,24 @@ mod tests {
         assert!(e.is_transient(), "{e}");
         assert!(queue.sent().is_empty());
 
+        // An entry SQS refuses fails its own send, not its batch-mates'.
+        let (refused, kept) = (order_message("p1", "u3", 0), order_message("p1", "u4", 0));
+        queue
+            .refuse_entries
+            .lock()
+            .unwrap()
+            .push(refused.request_id.clone());
+        let (a, b) = tokio::join!(batching.send(&refused, "tp"), batching.send(&kept, "tp"));
+        assert!(a.unwrap_err().is_transient());
+        b.unwrap();
+        assert_eq!(queue.sent().len(), 1);
+
         let direct = BatchingQueue::new(queue.clone(), Duration::ZERO);
         direct
             .send(&order_message("p1", "u2", 0), "tp")
             .await
             .unwrap();
-        assert_eq!(queue.sent()[0].1, "tp", "sent alone, with its traceparent");
-        assert_eq!(queue.batches.load(Ordering::SeqCst), 0);
+        assert_eq!(queue.sent()[1].1, "tp", "sent alone, with its traceparent");
+        assert_eq!(queue.batches.load(Ordering::SeqCst), 1);
     }
 }

@@ -80,7 +80,7 @@ impl Capacity {
     }
 }
 
-/// What the decorator refused.
+/// The DynamoDB writes the decorator let through and those it refused.
 #[derive(Debug, Default)]
 pub struct Refusals {
     pub conflicts: AtomicU64,
@@ -203,6 +203,8 @@ enum Verdict {
     Pass,
     /// Per item: None, or the reason it was refused.
     Cancelled(Vec<Option<&'static str>>),
+    /// A plain write to an item a transaction holds.
+    Conflict,
     Throttled,
 }
 
@@ -222,18 +224,27 @@ impl Ledger {
             s.tokens = (s.tokens + now.duration_since(s.refilled).as_secs_f64() * c.wcu_per_item)
                 .min(c.wcu_per_item);
             s.refilled = now;
-            if transaction && s.held_until > now {
+            // A plain write to a held item is refused too (DynamoDB's
+            // TransactionConflictException).
+            if s.held_until > now {
                 reasons[i] = Some("TransactionConflict");
             } else if s.tokens < cost {
                 reasons[i] = Some("ThrottlingError");
             }
         }
         if reasons.iter().any(Option::is_some) {
-            return if transaction {
-                Verdict::Cancelled(reasons)
-            } else {
-                Verdict::Throttled
+            return match (transaction, reasons[0]) {
+                (true, _) => Verdict::Cancelled(reasons),
+                (false, Some("TransactionConflict")) => Verdict::Conflict,
+                (false, _) => Verdict::Throttled,
             };
+        }
+        // Items idle for longer than a bucket takes to refill are as new:
+        // forget them, so a long run does not keep one entry per order.
+        if items.len() > 100_000 {
+            items.retain(|_, s| {
+                s.held_until > now || now.duration_since(s.refilled) < Duration::from_secs(1)
+            });
         }
         for k in keys {
             if let Some(s) = items.get_mut(k) {
@@ -262,20 +273,31 @@ impl HttpConnector for LimitedConnector {
             .get("x-amz-target")
             .unwrap_or_default()
             .to_owned();
-        let parsed = request
-            .body()
-            .bytes()
+        // Only DynamoDB's writes are limited; everything else (reads, SQS)
+        // passes untouched and uncounted.
+        let parsed = target
+            .starts_with("DynamoDB_20120810.")
+            .then(|| request.body().bytes())
+            .flatten()
             .and_then(|b| serde_json::from_slice::<Value>(b).ok())
             .and_then(|body| writes(&target, &body));
-        let verdict = match &parsed {
-            Some((transaction, keys)) => self.state.admit(*transaction, keys),
-            None => Verdict::Pass,
+        let Some((transaction, keys)) = parsed else {
+            return self.inner.call(request);
         };
         let refusals = &self.state.refusals;
-        match verdict {
+        match self.state.admit(transaction, &keys) {
             Verdict::Pass => {
                 refusals.passed.fetch_add(1, Ordering::Relaxed);
                 self.inner.call(request)
+            }
+            Verdict::Conflict => {
+                refusals.conflicts.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("flashsale_capacity_refused_total", "reason" => "conflict")
+                    .increment(1);
+                HttpConnectorFuture::ready(Ok(error_response(json!({
+                    "__type": "com.amazonaws.dynamodb.v20120810#TransactionConflictException",
+                    "message": "Transaction is ongoing for the item",
+                }))))
             }
             Verdict::Cancelled(reasons) => {
                 let conflict = reasons.contains(&Some("TransactionConflict"));
@@ -347,18 +369,20 @@ mod tests {
             Verdict::Cancelled(r) => assert_eq!(r, vec![None, Some("TransactionConflict")]),
             _ => panic!("a held item must conflict"),
         }
-        // Plain writes do not wait for holds, but spend capacity: a had 4
-        // WCU, the transaction took 2, so one plain write (1) fits and the
-        // second too, then it is out.
+        // A plain write to the held item conflicts too.
         assert!(matches!(
             l.admit(false, std::slice::from_ref(&a)),
-            Verdict::Pass
+            Verdict::Conflict
         ));
-        assert!(matches!(
-            l.admit(false, std::slice::from_ref(&a)),
-            Verdict::Pass
-        ));
-        assert!(matches!(l.admit(false, &[a]), Verdict::Throttled));
+        // Plain writes spend capacity, 1 WCU each: b (not charged for the
+        // cancelled transaction) takes four, then it is out.
+        for _ in 0..4 {
+            assert!(matches!(
+                l.admit(false, std::slice::from_ref(&b)),
+                Verdict::Pass
+            ));
+        }
+        assert!(matches!(l.admit(false, &[b]), Verdict::Throttled));
     }
 
     #[test]

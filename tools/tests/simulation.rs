@@ -161,7 +161,11 @@ impl OrderQueue for SimQueue {
         tokio::task::yield_now().await;
         self.push(std::slice::from_ref(msg))
     }
-    async fn send_batch(&self, msgs: &[OrderMessage]) -> PortResult<Vec<RequestId>> {
+    async fn send_batch(
+        &self,
+        msgs: &[OrderMessage],
+        _traceparents: Option<&[String]>,
+    ) -> PortResult<Vec<RequestId>> {
         tokio::task::yield_now().await;
         self.push(msgs).map(|()| Vec::new())
     }

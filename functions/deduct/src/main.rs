@@ -14,13 +14,15 @@ async fn main() -> Result<(), Error> {
         sold_out: deduct::SoldOutCache::new(config::sold_out_cache()?),
         kill_switch: deduct::KillSwitchCache::new(config::kill_switch_cache()?),
     };
+    // All three, each on its own: a dead Redis must not keep the SDK
+    // clients cold.
     env.warm_up(async {
-        tokio::try_join!(
+        let (redis, sqs, dynamodb) = tokio::join!(
             handler.gate.inner.prepare(),
             handler.queue.inner.prepare(),
             handler.store.inner.prepare(),
-        )
-        .map(|_| ())
+        );
+        redis.and(sqs).and(dynamodb)
     })
     .await;
     let handler = &handler;

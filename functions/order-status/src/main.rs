@@ -12,10 +12,11 @@ async fn main() -> Result<(), Error> {
         terms: shared::lifecycle::Terms::system(),
         faults: env.faults.clone(),
     };
-    // Its reads need no scripts loaded; the connection is what a first
-    // buyer would wait for.
+    // The connections are what a first buyer would wait for (the buy
+    // scripts prepare also loads are deduct's, harmless here).
     env.warm_up(async {
-        tokio::try_join!(api.gate.inner.prepare(), api.store.inner.prepare()).map(|_| ())
+        let (redis, dynamodb) = tokio::join!(api.gate.inner.prepare(), api.store.inner.prepare());
+        redis.and(dynamodb)
     })
     .await;
     let api = &api;

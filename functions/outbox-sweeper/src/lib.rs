@@ -249,7 +249,7 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
                         .mark_sent(&msg.request_id, SendMark::Claimed)
                         .await?;
                 }
-                let unsent = match self.queue.send_batch(chunk).await {
+                let unsent = match self.queue.send_batch(chunk, None).await {
                     Ok(failed) => failed,
                     Err(e) => {
                         tracing::warn!(error = %e, product_id = %product, "re-publish failed; next run retries");
