@@ -310,10 +310,20 @@ fn each_function_gets_only_the_access_it_needs() {
     let edge = "!If HasEdge";
     assert_eq!(
         names("deduct"),
-        vec!["SQSSendMessagePolicy", "Statement", redis_auth, edge]
+        vec![
+            "SQSSendMessagePolicy",
+            "Statement",
+            "Statement",
+            redis_auth,
+            edge
+        ]
     );
+    // The init warm-up's one SQS call, on the orders queue only.
+    let warm_up = &policies("deduct")[1].1[0];
+    assert_eq!(warm_up["Action"].as_str(), Some("sqs:GetQueueAttributes"));
+    assert_eq!(get_att(&warm_up["Resource"]), "OrdersQueue.Arn");
     // Deduct may only write and read order items.
-    let statement = &policies("deduct")[1].1[0];
+    let statement = &policies("deduct")[2].1[0];
     let mut actions: Vec<&str> = statement["Action"]
         .as_sequence()
         .unwrap()
