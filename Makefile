@@ -32,9 +32,11 @@ build-x86_64: setup
 
 # Every figure of docs/benchmarks.md, on a fresh local stack (FIGURES=1,3
 # prints only those, the document left alone). Size, cold start and the
-# first request run the x86_64 release bootstraps (rebuilt when stale).
+# first request run the x86_64 release bootstraps (rebuilt when stale; the
+# arm64 ones too once `make build-arm64` made them: their sizes are reported).
 bench: setup dev-build
 	$(MAKE) build-x86_64
+	test ! -d $(CARGO_TARGET_DIR)/lambda/arm64 || $(MAKE) build-arm64
 	cargo build -q --profile fast -p flashsale-tools --bin bench --bin flashsale
 	localstack/with-stack.sh $(CARGO_TARGET_DIR)/fast/bench --lambda-dir $(CARGO_TARGET_DIR)/lambda/x86_64 \
 	  --client $(CARGO_TARGET_DIR)/fast/flashsale \
