@@ -717,6 +717,25 @@ impl DynamoStore {
         update.update_expression(format!("ADD {}", parts.join(", ")))
     }
 
+    /// Takes `units` from a ledger item, only while it holds them, counting
+    /// `also` alongside.
+    fn take_units(
+        &self,
+        pk: String,
+        units: i64,
+        also: &[(&str, i64)],
+    ) -> PortResult<TransactWriteItem> {
+        let mut deltas = vec![("remaining", -units)];
+        deltas.extend_from_slice(also);
+        let update = self
+            .count(pk, &deltas)
+            .condition_expression("remaining >= :need")
+            .expression_attribute_values(":need", n(units))
+            .build()
+            .map_err(invalid)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
     /// A product's payments recorded as due for refund, oldest first (for
     /// the operator who refunds them; not a hot path).
     pub async fn refunds_due(&self, product: &ProductId) -> PortResult<Vec<PaymentRecord>> {
@@ -792,18 +811,8 @@ impl OrderStore for DynamoStore {
             // Redis admitted by mistake (lost decrements after a failover)
             // cannot land.
             for (shard, take) in &takes {
-                let update = Update::builder()
-                    .table_name(&self.table)
-                    .key(
-                        table::PK,
-                        s(table::ledger_shard(msg.product_id.as_str(), *shard)),
-                    )
-                    .update_expression("SET remaining = remaining - :q, sold = sold + :q")
-                    .condition_expression("remaining >= :q")
-                    .expression_attribute_values(":q", n(take))
-                    .build()
-                    .map_err(invalid)?;
-                items.push(TransactWriteItem::builder().update(update).build());
+                let shard = table::ledger_shard(msg.product_id.as_str(), *shard);
+                items.push(self.take_units(shard, *take, &[("sold", *take)])?);
             }
             let Some(failed) = self.transact(items).await? else {
                 return Ok(Placement::Placed);
@@ -1176,13 +1185,7 @@ impl OrderStore for DynamoStore {
                     .build(),
             ];
             for (shard, take) in takes.iter().filter(|(i, _)| *i != 0 && !adding) {
-                let update = self
-                    .count(table::ledger_shard(p, *shard), &[("remaining", -take)])
-                    .condition_expression("remaining >= :need")
-                    .expression_attribute_values(":need", n(take))
-                    .build()
-                    .map_err(invalid)?;
-                items.push(TransactWriteItem::builder().update(update).build());
+                items.push(self.take_units(table::ledger_shard(p, *shard), *take, &[])?);
             }
             let Some(failed) = self.transact(items).await? else {
                 let rec = StockChangeRecord {

@@ -89,6 +89,19 @@ pub struct Refusals {
 }
 
 impl Refusals {
+    /// Counts a refusal (a conflict, else a throttle) and answers `body`
+    /// as DynamoDB would (400).
+    fn refuse(&self, conflict: bool, body: Value) -> HttpConnectorFuture {
+        let (counter, reason) = if conflict {
+            (&self.conflicts, "conflict")
+        } else {
+            (&self.throttled, "throttled")
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("flashsale_capacity_refused_total", "reason" => reason).increment(1);
+        HttpConnectorFuture::ready(Ok(error_response(body)))
+    }
+
     pub fn snapshot(&self) -> (u64, u64, u64) {
         (
             self.passed.load(Ordering::Relaxed),
@@ -290,45 +303,34 @@ impl HttpConnector for LimitedConnector {
                 refusals.passed.fetch_add(1, Ordering::Relaxed);
                 self.inner.call(request)
             }
-            Verdict::Conflict => {
-                refusals.conflicts.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("flashsale_capacity_refused_total", "reason" => "conflict")
-                    .increment(1);
-                HttpConnectorFuture::ready(Ok(error_response(json!({
+            Verdict::Conflict => refusals.refuse(
+                true,
+                json!({
                     "__type": "com.amazonaws.dynamodb.v20120810#TransactionConflictException",
                     "message": "Transaction is ongoing for the item",
-                }))))
-            }
+                }),
+            ),
             Verdict::Cancelled(reasons) => {
-                let conflict = reasons.contains(&Some("TransactionConflict"));
-                let counter = if conflict {
-                    &refusals.conflicts
-                } else {
-                    &refusals.throttled
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                let reason = if conflict { "conflict" } else { "throttled" };
-                metrics::counter!("flashsale_capacity_refused_total", "reason" => reason)
-                    .increment(1);
                 let codes: Vec<Value> = reasons
                     .iter()
                     .map(|r| json!({ "Code": r.unwrap_or("None") }))
                     .collect();
-                HttpConnectorFuture::ready(Ok(error_response(json!({
-                    "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
-                    "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons",
-                    "CancellationReasons": codes,
-                }))))
+                refusals.refuse(
+                    reasons.contains(&Some("TransactionConflict")),
+                    json!({
+                        "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+                        "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons",
+                        "CancellationReasons": codes,
+                    }),
+                )
             }
-            Verdict::Throttled => {
-                refusals.throttled.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("flashsale_capacity_refused_total", "reason" => "throttled")
-                    .increment(1);
-                HttpConnectorFuture::ready(Ok(error_response(json!({
+            Verdict::Throttled => refusals.refuse(
+                false,
+                json!({
                     "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
                     "message": "The level of configured provisioned throughput for the table was exceeded",
-                }))))
-            }
+                }),
+            ),
         }
     }
 }

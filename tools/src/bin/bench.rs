@@ -115,6 +115,10 @@ impl Spread {
         runs.sort_by(f64::total_cmp);
         Self(runs)
     }
+    /// Run by run, `ours[i] / baseline[i]` (pairs measured side by side).
+    fn ratios(ours: &[f64], baseline: &[f64]) -> Self {
+        Self::of(ours.iter().zip(baseline).map(|(o, b)| o / b).collect())
+    }
     fn median(&self) -> f64 {
         let n = self.0.len();
         match n {
@@ -422,7 +426,7 @@ async fn admission(args: &Args, gate: &RedisGate) -> Result<Vec<Row>> {
             let raw_product = warmed("bench-r").await?;
             raw.push(redis_benchmark(gate, &raw_product, connections, in_flight, n).await?);
         }
-        let ratio = Spread::of(ours.iter().zip(&raw).map(|(o, r)| o / r).collect());
+        let ratio = Spread::ratios(&ours, &raw);
         let like_for_like = k < 2;
         rows.push(Row {
             figure: format!(
@@ -637,7 +641,7 @@ async fn log_budget(args: &Args, gate: &RedisGate) -> Result<Vec<Row>> {
         }
     }
     deduct::REFUSALS_LOGGED.set_every(config::refusal_log_every()?);
-    let ratio = Spread::of(sampled.iter().zip(&every).map(|(s, e)| s / e).collect());
+    let ratio = Spread::ratios(&sampled, &every);
     Ok(vec![Row {
         figure: "2d. log budget: process CPU µs per buy the admission script refuses (keyed, sold out, no short-circuit; JSON logs written to /dev/null), logging 1 refusal in 100 vs every one".into(),
         ours: Spread::of(sampled).show(1),
@@ -738,7 +742,9 @@ async fn http_path(args: &Args, gate: &RedisGate, sdk: &aws_config::SdkConfig) -
             }
         }
     }
-    let rate = |r: &[HttpRun]| Spread::of(r.iter().map(|r| r.requests_per_s).collect());
+    // In run order (pairs are compared run by run).
+    let rates = |r: &[HttpRun]| -> Vec<f64> { r.iter().map(|r| r.requests_per_s).collect() };
+    let rate = |r: &[HttpRun]| Spread::of(rates(r));
     let lat = |r: &[HttpRun]| {
         format!(
             "{} req/s; p50 {:.1} / p99 {:.1} ms",
@@ -747,15 +753,7 @@ async fn http_path(args: &Args, gate: &RedisGate, sdk: &aws_config::SdkConfig) -
             Spread::of(r.iter().map(|r| r.p99_ms).collect()).median(),
         )
     };
-    let ratio = |a: &[HttpRun], b: &[HttpRun]| {
-        Spread::of(
-            a.iter()
-                .zip(b)
-                .map(|(a, b)| a.requests_per_s / b.requests_per_s)
-                .collect(),
-        )
-        .show(2)
-    };
+    let ratio = |a: &[HttpRun], b: &[HttpRun]| Spread::ratios(&rates(a), &rates(b)).show(2);
     Ok(vec![
         Row {
             figure: format!(
@@ -849,13 +847,7 @@ async fn consumer(
             .push(took);
         }
     }
-    let ratio = Spread::of(
-        sequential
-            .iter()
-            .zip(&concurrent)
-            .map(|(s, c)| s / c)
-            .collect(),
-    );
+    let ratio = Spread::ratios(&sequential, &concurrent);
     // Control: the emulator alone, two-item transactions on unrelated keys,
     // 10 at once vs one by one. If this ratio is low too, the limit is
     // DynamoDB Local's handling of transactions, not the consumer.
@@ -913,13 +905,7 @@ async fn consumer(
             .push(took);
         }
     }
-    let control_ratio = Spread::of(
-        control_seq
-            .iter()
-            .zip(&control_conc)
-            .map(|(s, c)| s / c)
-            .collect(),
-    );
+    let control_ratio = Spread::ratios(&control_seq, &control_conc);
     let concurrent = Spread::of(concurrent);
     measured.consumer_batch_ms = Some(concurrent.median());
     Ok(vec![
@@ -1606,7 +1592,7 @@ async fn ledger_shards(
     }];
     for shards in [4u16, 16] {
         let n = rates.get(&shards).cloned().unwrap_or_default();
-        let scaling = Spread::of(n.iter().zip(&one).map(|(n, o)| n / o).collect());
+        let scaling = Spread::ratios(&n, &one);
         let goal = 0.7 * f64::from(shards);
         rows.push(Row {
             figure: format!("8. the same, {shards} ledger shards vs 1 shard"),
