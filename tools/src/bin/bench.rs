@@ -143,6 +143,25 @@ impl Spread {
     }
 }
 
+/// `runs` measurements of each of `sides`, alternating which goes first
+/// (the machine's drift, a warming JVM, a filling queue must not favour
+/// one); each side's figures in run order.
+async fn alternating<const N: usize>(
+    runs: usize,
+    sides: [u64; N],
+    mut measure: impl AsyncFnMut(u64, usize) -> Result<f64>,
+) -> Result<[Vec<f64>; N]> {
+    let mut figures: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
+    for run in 0..runs {
+        for k in 0..N {
+            // Odd runs go through the sides backwards.
+            let k = if run % 2 == 0 { k } else { N - 1 - k };
+            figures[k].push(measure(sides[k], run).await?);
+        }
+    }
+    Ok(figures)
+}
+
 /// Process CPU time (user + system) so far.
 fn cpu_time() -> Duration {
     let mut ts = libc::timespec {
@@ -628,18 +647,7 @@ async fn log_budget(args: &Args, gate: &RedisGate) -> Result<Vec<Row>> {
         }
         Ok((cpu_time() - started).as_secs_f64() * 1e6 / n as f64)
     };
-    let (mut sampled, mut every) = (Vec::new(), Vec::new());
-    for round in 0..args.runs {
-        for budget in if round % 2 == 0 { [100, 1] } else { [1, 100] } {
-            let cpu = run(budget, round).await?;
-            if budget == 1 {
-                &mut every
-            } else {
-                &mut sampled
-            }
-            .push(cpu);
-        }
-    }
+    let [sampled, every] = alternating(args.runs, [100, 1], run).await?;
     deduct::REFUSALS_LOGGED.set_every(config::refusal_log_every()?);
     let ratio = Spread::ratios(&sampled, &every);
     Ok(vec![Row {
@@ -834,19 +842,11 @@ async fn consumer(
     // over the first runs, and neither side may have it to itself.
     let runs = args.runs.min(3);
     let per_batch = |d: Duration| d.as_secs_f64() * 1000.0 / batches as f64;
-    let (mut sequential, mut concurrent) = (Vec::new(), Vec::new());
-    for run in 0..runs {
-        for concurrency in if run % 2 == 0 { [1, 10] } else { [10, 1] } {
-            let events: Vec<SqsEvent> = (0..batches).map(|_| batch()).collect::<Result<_>>()?;
-            let took = per_batch(timed(concurrency, events).await?);
-            if concurrency == 1 {
-                &mut sequential
-            } else {
-                &mut concurrent
-            }
-            .push(took);
-        }
-    }
+    let [sequential, concurrent] = alternating(runs, [1, 10], async |concurrency, _| {
+        let events: Vec<SqsEvent> = (0..batches).map(|_| batch()).collect::<Result<_>>()?;
+        Ok(per_batch(timed(concurrency as usize, events).await?))
+    })
+    .await?;
     let ratio = Spread::ratios(&sequential, &concurrent);
     // Control: the emulator alone, two-item transactions on unrelated keys,
     // 10 at once vs one by one. If this ratio is low too, the limit is
@@ -893,18 +893,10 @@ async fn consumer(
         }
         Ok(started.elapsed())
     };
-    let (mut control_seq, mut control_conc) = (Vec::new(), Vec::new());
-    for run in 0..runs {
-        for concurrency in if run % 2 == 0 { [1, 10] } else { [10, 1] } {
-            let took = per_batch(control(concurrency).await?);
-            if concurrency == 1 {
-                &mut control_seq
-            } else {
-                &mut control_conc
-            }
-            .push(took);
-        }
-    }
+    let [control_seq, control_conc] = alternating(runs, [1, 10], async |concurrency, _| {
+        Ok(per_batch(control(concurrency as usize).await?))
+    })
+    .await?;
     let control_ratio = Spread::ratios(&control_seq, &control_conc);
     let concurrent = Spread::of(concurrent);
     measured.consumer_batch_ms = Some(concurrent.median());
@@ -1554,20 +1546,12 @@ async fn ledger_shards(
     // (one second of capacity) are a small part of each run.
     let orders = |shards: u16| usize::from(shards) * (args.shard_wcu as usize * 2).max(40);
     let runs = args.runs.min(3);
-    let counts = [1u16, 4, 16];
-    let mut rates: BTreeMap<u16, Vec<f64>> = BTreeMap::new();
-    for run in 0..runs {
-        let mut order = counts;
-        if run % 2 == 1 {
-            order.reverse();
-        }
-        for shards in order {
-            let rate = placed_per_s(&store, gate, shards, orders(shards)).await?;
-            rates.entry(shards).or_default().push(rate);
-        }
-    }
+    let [one, four, sixteen] = alternating(runs, [1, 4, 16], async |shards, _| {
+        let shards = shards as u16;
+        placed_per_s(&store, gate, shards, orders(shards)).await
+    })
+    .await?;
     let (passed, conflicts, throttled) = refusals.snapshot();
-    let one = rates.get(&1).cloned().unwrap_or_default();
     let scale = format!(
         "scaled: {} WCU/s per item instead of ~1,000, a transaction holding its items 10 ms; {passed} writes let through, {conflicts} cancelled as conflicts, {throttled} throttled",
         args.shard_wcu
@@ -1590,8 +1574,7 @@ async fn ledger_shards(
         target: "(reported)".into(),
         met: "-",
     }];
-    for shards in [4u16, 16] {
-        let n = rates.get(&shards).cloned().unwrap_or_default();
+    for (shards, n) in [(4u16, four), (16, sixteen)] {
         let scaling = Spread::ratios(&n, &one);
         let goal = 0.7 * f64::from(shards);
         rows.push(Row {
