@@ -351,7 +351,13 @@ pub struct DynamoStore {
     /// The due index's shard a `due` query starts with, in turn, so one
     /// shard whose orders keep failing cannot starve the others.
     next_shard: Arc<AtomicU64>,
+    /// Per product, the last snapshot of its ledger shards' units this
+    /// process read: placements skip the shards it showed dry.
+    snapshots: Arc<std::sync::Mutex<HashMap<ProductId, ShardSnapshot>>>,
 }
+
+/// When a product's shards were read, and each one's units then.
+type ShardSnapshot = (tokio::time::Instant, Vec<i64>);
 
 fn s(v: impl Into<String>) -> Av {
     Av::S(v.into())
@@ -497,34 +503,76 @@ fn invalid(e: impl std::fmt::Display) -> InfraError {
 
 /// Which items of a cancelled transaction failed their condition; None when
 /// the call failed for another reason (returned as the error).
-fn cancelled_conditions(
+/// Why DynamoDB cancelled one item of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cancel {
+    /// Not the cause (DynamoDB's `None`).
+    No,
+    /// Its condition failed: a decision, not a failure.
+    Condition,
+    /// Another transaction held it, or its partition was out of capacity:
+    /// contention, which passes.
+    Contended,
+}
+
+/// Each item's cancellation reason, or None when the transaction committed.
+/// A cancellation for any other reason (validation, item size) is an error.
+fn cancellation(
     result: Result<
         aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsOutput,
         SdkError<TransactWriteItemsError, aws_sdk_dynamodb::config::http::HttpResponse>,
     >,
-) -> PortResult<Option<Vec<bool>>> {
+) -> PortResult<Option<Vec<Cancel>>> {
     match result {
         Ok(_) => Ok(None),
         Err(SdkError::ServiceError(se)) => {
-            if let TransactWriteItemsError::TransactionCanceledException(tc) = se.err() {
-                let reasons: &[CancellationReason] = tc.cancellation_reasons();
-                let failed: Vec<bool> = reasons
-                    .iter()
-                    .map(|r| r.code() == Some("ConditionalCheckFailed"))
-                    .collect();
-                if failed.iter().any(|f| *f) {
-                    return Ok(Some(failed));
-                }
-                return Err(InfraError::transient(
-                    "dynamodb",
-                    format!("transaction cancelled: {reasons:?}"),
-                ));
-            }
-            Err(classify("dynamodb", SdkError::ServiceError(se)))
+            let TransactWriteItemsError::TransactionCanceledException(tc) = se.err() else {
+                return Err(classify("dynamodb", SdkError::ServiceError(se)));
+            };
+            let reasons: &[CancellationReason] = tc.cancellation_reasons();
+            reasons
+                .iter()
+                .map(|r| match r.code() {
+                    None | Some("None") => Ok(Cancel::No),
+                    Some("ConditionalCheckFailed") => Ok(Cancel::Condition),
+                    Some(
+                        "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded",
+                    ) => Ok(Cancel::Contended),
+                    Some(_) => Err(InfraError::transient(
+                        "dynamodb",
+                        format!("transaction cancelled: {reasons:?}"),
+                    )),
+                })
+                .collect::<PortResult<Vec<_>>>()
+                .map(Some)
         }
         Err(e) => Err(classify("dynamodb", e)),
     }
 }
+
+/// Which items' conditions failed, or None when the transaction committed;
+/// a transaction cancelled by contention alone is a transient error.
+fn cancelled_conditions(reasons: Option<Vec<Cancel>>) -> PortResult<Option<Vec<bool>>> {
+    match reasons {
+        None => Ok(None),
+        Some(r) if r.contains(&Cancel::Condition) => {
+            Ok(Some(r.iter().map(|c| *c == Cancel::Condition).collect()))
+        }
+        Some(r) => Err(InfraError::transient(
+            "dynamodb",
+            format!("transaction cancelled by contention: {r:?}"),
+        )),
+    }
+}
+
+/// How long a placement keeps replanning and retrying a contended ledger in
+/// process before it leaves the message to SQS: contention passes within
+/// milliseconds, a redelivery costs a visibility timeout and a receive.
+const PLACE_CONTENTION_BUDGET: Duration = Duration::from_secs(2);
+
+/// A shard snapshot younger than this still steers a placement away from
+/// the shards it showed dry (a release may refill one later).
+const SNAPSHOT_FRESH: Duration = Duration::from_secs(1);
 
 impl DynamoStore {
     pub fn new(config: &SdkConfig, table: impl Into<String>) -> Self {
@@ -533,6 +581,7 @@ impl DynamoStore {
             table: table.into(),
             conflicts: Arc::new(AtomicU64::new(0)),
             next_shard: Arc::new(AtomicU64::new(0)),
+            snapshots: Arc::default(),
         }
     }
 
@@ -656,6 +705,14 @@ impl DynamoStore {
     /// Runs one transaction: None when it committed, else which items
     /// failed their condition (other cancellations are errors).
     async fn transact(&self, items: Vec<TransactWriteItem>) -> PortResult<Option<Vec<bool>>> {
+        cancelled_conditions(self.transact_reasons(items).await?)
+    }
+
+    /// A transaction, and each item's reason when it was cancelled.
+    async fn transact_reasons(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> PortResult<Option<Vec<Cancel>>> {
         let result = self
             .client
             .transact_write_items()
@@ -672,7 +729,38 @@ impl DynamoStore {
             self.conflicts.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("flashsale_transaction_conflicts_total").increment(1);
         }
-        cancelled_conditions(result)
+        cancellation(result)
+    }
+
+    /// Where an order of `quantity` starts: its home shard, unless this
+    /// process read the shards lately and saw it dry; then the plan that
+    /// read gives (a fresh read still decides sold out).
+    fn first_plan(&self, product: &ProductId, home: u16, quantity: i64) -> Vec<(u16, i64)> {
+        let snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        snapshots
+            .get(product)
+            .filter(|(at, remaining)| {
+                at.elapsed() < SNAPSHOT_FRESH
+                    && remaining
+                        .get(usize::from(home))
+                        .is_some_and(|r| *r < quantity)
+            })
+            .and_then(|(_, remaining)| ledger::plan_take(remaining, home, quantity))
+            .unwrap_or_else(|| vec![(home, quantity)])
+    }
+
+    /// One snapshot of a product's shards' units, remembered for
+    /// [`Self::first_plan`].
+    async fn shard_units(&self, product: &ProductId, shards: u16) -> PortResult<Vec<i64>> {
+        let remaining = ledger::units(&self.shards(product, shards).await?);
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                product.clone(),
+                (tokio::time::Instant::now(), remaining.clone()),
+            );
+        Ok(remaining)
     }
 
     /// Each of a product's `n` ledger shards, read as one snapshot
@@ -796,13 +884,13 @@ impl OrderStore for DynamoStore {
             .build()
             .map_err(invalid)?;
         let quantity = i64::from(msg.quantity.get());
-        // The order's home shard first: one transaction in the common case.
         let home = ledger::home(id, shards);
-        let mut takes = vec![(home, quantity)];
-        // A shard that refused sends the order to a fresh read of them all;
-        // a take planned from that read loses only to a concurrent take, and
-        // each loss is a shard closer to sold out.
-        for _ in 0..=shards {
+        // The home shard, one transaction, in the common case. The plan
+        // survives every retry below: only a read of all shards changes it.
+        let mut takes = self.first_plan(&msg.product_id, home, quantity);
+        let deadline = tokio::time::Instant::now() + PLACE_CONTENTION_BUDGET;
+        let mut pause = Duration::from_millis(2);
+        loop {
             let mut items = vec![
                 TransactWriteItem::builder().put(order.clone()).build(),
                 TransactWriteItem::builder().put(guard.clone()).build(),
@@ -814,33 +902,62 @@ impl OrderStore for DynamoStore {
                 let shard = table::ledger_shard(msg.product_id.as_str(), *shard);
                 items.push(self.take_units(shard, *take, &[("sold", *take)])?);
             }
-            let Some(failed) = self.transact(items).await? else {
+            let Some(reasons) = self.transact_reasons(items).await? else {
                 return Ok(Placement::Placed);
             };
-            let failed_at = |i: usize| failed.get(i).copied().unwrap_or(false);
-            if failed_at(0) {
+            let at = |i: usize| reasons.get(i).copied().unwrap_or(Cancel::No);
+            if at(0) == Cancel::Condition {
                 return Ok(Placement::Exists(
                     self.existing_status(&msg.request_id).await?,
                 ));
             }
-            // Out of stock first: once the ledger is empty every unit Redis
-            // still hands out is one it should not have.
-            if failed.iter().skip(2).any(|f| *f) {
-                let remaining = ledger::units(&self.shards(&msg.product_id, shards).await?);
-                match ledger::plan_take(&remaining, home, quantity) {
+            // A shard that refused (dry) or was held (contended) sends the
+            // order to one snapshot of them all: sold out only when all
+            // together lack the units, else a new plan, starting after a
+            // contended shard so contenders spread over the others.
+            let refused = (0..takes.len()).find(|k| {
+                at(2 + k) == Cancel::Condition || (at(2 + k) != Cancel::No && shards > 1)
+            });
+            let contended = reasons.contains(&Cancel::Contended);
+            if let Some(k) = refused {
+                let start = match at(2 + k) {
+                    Cancel::Condition => home,
+                    _ => (takes[k].0 + 1) % shards,
+                };
+                let remaining = self.shard_units(&msg.product_id, shards).await?;
+                match ledger::plan_take(&remaining, start, quantity) {
                     Some(plan) => takes = plan,
                     None => return Ok(Placement::OutOfStock),
                 }
-                continue;
-            }
-            if failed_at(1) {
+            } else if at(1) == Cancel::Condition {
                 return Ok(Placement::BuyerTaken);
+            } else if !contended {
+                return Err(InfraError::transient(
+                    "dynamodb",
+                    format!("placement cancelled without a reason: {reasons:?}"),
+                ));
             }
+            // Another transaction holds an item (a contender on a shard, or
+            // this order's own other delivery): pause, jittered so
+            // contenders part. A dry shard's replan goes on at once.
+            let wait = if contended {
+                pause / 2 + pause.mul_f64(fastrand::f64())
+            } else {
+                Duration::ZERO
+            };
+            if tokio::time::Instant::now() + wait > deadline {
+                metrics::counter!("flashsale_placement_contention_exhausted_total").increment(1);
+                return Err(InfraError::transient(
+                    "dynamodb",
+                    format!(
+                        "the ledger stayed contended for {PLACE_CONTENTION_BUDGET:?} (last reasons {reasons:?}); \
+                         the order is left to its next delivery"
+                    ),
+                ));
+            }
+            tokio::time::sleep(wait).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
-        Err(InfraError::transient(
-            "dynamodb",
-            "the ledger's shards kept changing under this order; it is retried",
-        ))
     }
 
     async fn record_fate(

@@ -460,7 +460,8 @@ pub struct Product {
     pub name: String,
     pub stock: u32,
     pub per_buyer_limit: u32,
-    #[serde(with = "time::serde::rfc3339")]
+    /// When buys open; omitted, the sale opens as it is created.
+    #[serde(with = "time::serde::rfc3339", default = "OffsetDateTime::now_utc")]
     pub starts_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub ends_at: OffsetDateTime,

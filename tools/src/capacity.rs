@@ -10,8 +10,11 @@
 //! (`FLASHSALE_DYNAMODB_CAPACITY`), never in a function.
 //!
 //! Every item is taken as its own partition (DynamoDB's adaptive capacity
-//! isolates a hot item that way at best), and a transaction holds its items
-//! for `hold` from the moment it is let through.
+//! isolates a hot item that way at best). A transaction holds its items
+//! while it is in flight, as DynamoDB's do, and is in flight for at least
+//! `hold` (its reply waits that long): once it has answered, cancelled or
+//! not, its items are free, so an order never conflicts with its own
+//! earlier attempt.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +38,8 @@ use serde_json::{Value, json};
 pub struct Capacity {
     /// Write capacity units per second of each item (its partition).
     pub wcu_per_item: f64,
-    /// How long a transaction holds its items against other transactions.
+    /// How long a transaction is in flight at least, holding its items
+    /// against other writes.
     pub hold: Duration,
 }
 
@@ -114,7 +118,8 @@ impl Refusals {
 struct ItemState {
     tokens: f64,
     refilled: Instant,
-    held_until: Instant,
+    /// A transaction in flight holds it.
+    held: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -232,14 +237,14 @@ impl Ledger {
             let s = items.entry(k.clone()).or_insert(ItemState {
                 tokens: c.wcu_per_item,
                 refilled: now,
-                held_until: now,
+                held: false,
             });
             s.tokens = (s.tokens + now.duration_since(s.refilled).as_secs_f64() * c.wcu_per_item)
                 .min(c.wcu_per_item);
             s.refilled = now;
             // A plain write to a held item is refused too (DynamoDB's
             // TransactionConflictException).
-            if s.held_until > now {
+            if s.held {
                 reasons[i] = Some("TransactionConflict");
             } else if s.tokens < cost {
                 reasons[i] = Some("ThrottlingError");
@@ -255,19 +260,38 @@ impl Ledger {
         // Items idle for longer than a bucket takes to refill are as new:
         // forget them, so a long run does not keep one entry per order.
         if items.len() > 100_000 {
-            items.retain(|_, s| {
-                s.held_until > now || now.duration_since(s.refilled) < Duration::from_secs(1)
-            });
+            items.retain(|_, s| s.held || now.duration_since(s.refilled) < Duration::from_secs(1));
         }
         for k in keys {
             if let Some(s) = items.get_mut(k) {
                 s.tokens -= cost;
-                if transaction {
-                    s.held_until = now + c.hold;
-                }
+                s.held = transaction;
             }
         }
         Verdict::Pass
+    }
+
+    /// A transaction's reply came back (or its call was dropped): its items
+    /// are free.
+    fn release(&self, keys: &[String]) {
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            if let Some(s) = items.get_mut(k) {
+                s.held = false;
+            }
+        }
+    }
+}
+
+/// A transaction in flight: its items are released when this drops.
+struct InFlight {
+    ledger: Arc<Ledger>,
+    keys: Vec<String>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.ledger.release(&self.keys);
     }
 }
 
@@ -299,6 +323,21 @@ impl HttpConnector for LimitedConnector {
         };
         let refusals = &self.state.refusals;
         match self.state.admit(transaction, &keys) {
+            Verdict::Pass if transaction => {
+                refusals.passed.fetch_add(1, Ordering::Relaxed);
+                let in_flight = InFlight {
+                    ledger: self.state.clone(),
+                    keys,
+                };
+                let done_at = tokio::time::Instant::now() + self.state.capacity.hold;
+                let reply = self.inner.call(request);
+                HttpConnectorFuture::new(async move {
+                    let reply = reply.await;
+                    tokio::time::sleep_until(done_at).await;
+                    drop(in_flight);
+                    reply
+                })
+            }
             Verdict::Pass => {
                 refusals.passed.fetch_add(1, Ordering::Relaxed);
                 self.inner.call(request)
@@ -385,6 +424,26 @@ mod tests {
             ));
         }
         assert!(matches!(l.admit(false, &[b]), Verdict::Throttled));
+    }
+
+    /// Issue 18: items stayed held for `hold` after DynamoDB Local had
+    /// answered, so an order's retry conflicted with its own earlier,
+    /// cancelled attempt. Held while in flight only.
+    #[test]
+    fn a_transaction_frees_its_items_when_it_answers() {
+        let l = Arc::new(ledger(Capacity {
+            wcu_per_item: 100.0,
+            hold: Duration::from_secs(60),
+        }));
+        let a = vec!["t|a".to_owned()];
+        assert!(matches!(l.admit(true, &a), Verdict::Pass));
+        let in_flight = InFlight {
+            ledger: l.clone(),
+            keys: a.clone(),
+        };
+        assert!(matches!(l.admit(true, &a), Verdict::Cancelled(_)));
+        drop(in_flight);
+        assert!(matches!(l.admit(true, &a), Verdict::Pass));
     }
 
     #[test]

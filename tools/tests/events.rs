@@ -95,6 +95,13 @@ async fn admin_events_create_warm_and_report() {
         .map(|(p, _)| p.clone())
         .collect();
     assert_eq!(warmed[0].stock, 100);
+    // The walkthrough buys right after: on whatever day it runs, the sample
+    // sale is open (it names no start, and ends in 2099).
+    let now = shared::domain::unix_ms(time::OffsetDateTime::now_utc());
+    assert_eq!(
+        warmed[0].sale_state(now, Some(100)),
+        shared::domain::SaleState::OnSale
+    );
     let resp = admin.handle(http("admin-stats.json")).await;
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(body(&resp)["stock_total"], 100);
@@ -106,6 +113,7 @@ async fn admin_events_create_warm_and_report() {
     assert_eq!(body(&resp)["engaged"], true, "{}", body(&resp));
     let resp = admin.handle(http("admin-deny-buyer.json")).await;
     assert_eq!(body(&resp)["denied"], true, "{}", body(&resp));
+    assert_eq!(body(&resp)["until"], "2099-12-31T00:00:00Z");
 }
 
 #[tokio::test]
