@@ -6,6 +6,11 @@ CHAOS ?= 0
 RUNTIME ?= process
 CARGO_TARGET_DIR ?= $(HOME)/.cache/flashsale-target
 export CARGO_TARGET_DIR
+# CI builds once per clone: incremental artefacts would only pile up in the
+# shared target dir (they once filled the disk).
+ifeq ($(CI),true)
+export CARGO_INCREMENTAL := 0
+endif
 NEXTEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo "nextest run" || echo test)
 
 TOOLS_BIN := $(HOME)/.cache/flashsale/tools-venv/bin

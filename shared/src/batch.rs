@@ -48,6 +48,16 @@ pub fn traceparent(record: &SqsMessage) -> &str {
         .unwrap_or("")
 }
 
+/// How many times SQS has delivered the record (its
+/// `ApproximateReceiveCount`, 1 on the first delivery).
+pub fn receive_count(record: &SqsMessage) -> u32 {
+    record
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1)
+}
+
 /// The record's order message; an error means a poison message.
 pub fn order(record: &SqsMessage) -> Result<OrderMessage, ValidationError> {
     OrderMessage::from_json(record.body.as_deref().unwrap_or(""))

@@ -568,6 +568,11 @@ fn alarms_cover_every_signal_and_the_dashboard_charts_real_metrics() {
             "{metric}"
         );
     }
+    assert!(watches(
+        "flashsale",
+        "flashsale_placements_stalled_total",
+        "OrderConsumerFunction"
+    ));
     for metric in ["EngineCPUUtilization", "EvalBasedCmdsLatency"] {
         assert!(
             watches("AWS/ElastiCache", metric, "CacheNodeId"),

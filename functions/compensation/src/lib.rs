@@ -75,7 +75,7 @@ impl<G: StockGate, S: OrderStore> Compensation<G, S> {
         let span = batch::span(record, &msg);
         let note = FateNote {
             reason: "orders queue gave up: delivery retries exhausted".into(),
-            receive_count: attr_i64(record, "ApproximateReceiveCount").unwrap_or(0) as u32,
+            receive_count: batch::receive_count(record),
             first_failure_ms: attr_i64(record, "ApproximateFirstReceiveTimestamp"),
             last_failure_ms: Some(now_ms()),
         };

@@ -22,6 +22,9 @@ use shared::lifecycle::Terms;
 use shared::ports::{Fate, FateNote, OrderStore, Placement, StockGate};
 use shared::retry::{self, Backoff};
 
+/// Deliveries after which an unplaced order is counted as stalled.
+pub const STALLED_AFTER_RECEIVES: u32 = 2;
+
 pub struct Consumer<G, S> {
     pub gate: G,
     pub store: S,
@@ -89,7 +92,16 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
                 }
                 Err(e) => {
                     metrics::counter!("flashsale_consumer_failures_total").increment(1);
-                    tracing::warn!(error = %e, transient = e.is_transient(), "will be redelivered");
+                    let receives = batch::receive_count(record);
+                    if receives >= STALLED_AFTER_RECEIVES {
+                        // A 202 still neither placed nor back on sale after
+                        // this many deliveries: contention alone is retried
+                        // in process, so this is an outage (alarmed).
+                        metrics::counter!("flashsale_placements_stalled_total").increment(1);
+                        tracing::error!(error = %e, receives, "order still unplaced; will be redelivered");
+                    } else {
+                        tracing::warn!(error = %e, transient = e.is_transient(), "will be redelivered");
+                    }
                     Outcome::Failed
                 }
             }
