@@ -1561,9 +1561,34 @@ impl OrderStore for DynamoStore {
                 format!("release to {to:?}: only cancelled or expired release an order"),
             ));
         }
+        // DynamoDB decides: the units, home shard and rebuy terms must be
+        // the stored order's, so `o` must be DynamoDB's own view (Redis' copy
+        // carries no terms, and after a failover may hold another quantity),
+        // and the condition holds the write to the order as stored.
+        let Some(terms) = &o.reservation else {
+            return Err(InfraError::permanent(
+                "dynamodb",
+                format!(
+                    "release of {} from a view without its reservation terms: read the order from \
+                     DynamoDB first (a Redis view never drives a write)",
+                    o.request_id
+                ),
+            ));
+        };
         let id = o.request_id.as_str();
         let q = i64::from(o.quantity.get());
-        let mut cond = "#st = :placed".to_owned();
+        let mut cond = "#st = :placed AND quantity = :q".to_owned();
+        // Terms an older order may lack were their defaults then.
+        cond.push_str(match terms.rebuy_after_release {
+            true => " AND rebuy_after_release = :rebuy",
+            false => {
+                " AND (rebuy_after_release = :rebuy OR attribute_not_exists(rebuy_after_release))"
+            }
+        });
+        cond.push_str(match terms.ledger_shards {
+            1 => " AND (ledger_shards = :shards OR attribute_not_exists(ledger_shards))",
+            _ => " AND ledger_shards = :shards",
+        });
         if to == OrderStatus::Expired {
             cond.push_str(" AND pay_by < :now");
         }
@@ -1584,6 +1609,9 @@ impl OrderStore for DynamoStore {
             .expression_attribute_values(":t", Av::Bool(true))
             .expression_attribute_values(":shard", s(table::due_shard(id)))
             .expression_attribute_values(":due", s(table::due_at(now_ms, id)))
+            .expression_attribute_values(":q", n(q))
+            .expression_attribute_values(":rebuy", Av::Bool(terms.rebuy_after_release))
+            .expression_attribute_values(":shards", n(terms.ledger_shards))
             .build()
             .map_err(invalid)?;
         let counters = self
@@ -1602,10 +1630,7 @@ impl OrderStore for DynamoStore {
             TransactWriteItem::builder().update(order).build(),
             TransactWriteItem::builder().update(counters).build(),
         ];
-        if o.reservation
-            .as_ref()
-            .is_some_and(|r| r.rebuy_after_release)
-        {
+        if terms.rebuy_after_release {
             let guard = Delete::builder()
                 .table_name(&self.table)
                 .key(

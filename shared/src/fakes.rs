@@ -18,7 +18,7 @@ use crate::ledger;
 use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
 use crate::ports::{
     Clock, Fate, FateNote, OrderQueue, OrderStore, PaymentWrite, PendingPage, PendingRequest,
-    Placement, PortResult, SendMark, ShelfChange, ShelfStep, StockGate, Transition, Warm,
+    Placement, PortResult, SendMark, Settled, ShelfChange, ShelfStep, StockGate, Transition, Warm,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -167,8 +167,9 @@ impl StockGate for FakeGate {
         }
         Ok(())
     }
-    async fn settle(&self, msg: &OrderMessage, status: OrderStatus) -> PortResult<bool> {
+    async fn settle(&self, msg: &OrderMessage, status: Settled) -> PortResult<bool> {
         self.failures.check("redis").await?;
+        let status = status.status();
         lock(&self.settled).push((msg.request_id.clone(), status));
         let mut reqs = lock(&self.requests);
         let cur = reqs.get(&msg.request_id).map(|v| v.status);

@@ -15,7 +15,7 @@ use crate::error::{ConfigError, InfraError};
 use crate::payment::{EventId, PaymentEvent, PaymentRecord};
 use crate::ports::{
     Fate, FateNote, OrderQueue, OrderStore, PaymentWrite, PendingPage, Placement, PortResult,
-    SendMark, ShelfChange, ShelfStep, StockGate, Transition, Warm,
+    SendMark, Settled, ShelfChange, ShelfStep, StockGate, Transition, Warm,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +150,7 @@ impl<T: StockGate> StockGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.mark_sent(id, mark).await
     }
-    async fn settle(&self, msg: &OrderMessage, status: OrderStatus) -> PortResult<bool> {
+    async fn settle(&self, msg: &OrderMessage, status: Settled) -> PortResult<bool> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.settle(msg, status).await
     }

@@ -13,6 +13,28 @@ use crate::payment::{EventId, PaymentEvent, PaymentRecord};
 
 pub type PortResult<T> = Result<T, InfraError>;
 
+/// A terminal status that returns no stock, as [`StockGate::settle`]
+/// records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Placed,
+    /// DynamoDB refused the order. `free_buyer` when it holds no order of
+    /// the buyer (the ledger was out of stock): they may buy again once
+    /// units come back. A buyer holding another order stays taken.
+    Rejected {
+        free_buyer: bool,
+    },
+}
+
+impl Settled {
+    pub fn status(self) -> OrderStatus {
+        match self {
+            Self::Placed => OrderStatus::Placed,
+            Self::Rejected { .. } => OrderStatus::Rejected,
+        }
+    }
+}
+
 /// Outcome of loading a product into the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Warm {
@@ -130,7 +152,7 @@ pub trait StockGate: Send + Sync {
     fn settle(
         &self,
         msg: &OrderMessage,
-        status: OrderStatus,
+        status: Settled,
     ) -> impl Future<Output = PortResult<bool>> + Send;
 
     /// Brings Redis in line with a fate DynamoDB already decided: a
@@ -144,14 +166,20 @@ pub trait StockGate: Send + Sync {
         async move {
             match fate {
                 OrderStatus::Compensated => self.restock(msg).await.map(drop),
-                OrderStatus::Rejected => self.settle(msg, OrderStatus::Rejected).await.map(drop),
+                // Why it was rejected is not known here: the buyer stays
+                // taken (a lost settle of an out-of-stock rejection keeps
+                // them out, never lets a holder in twice).
+                OrderStatus::Rejected => self
+                    .settle(msg, Settled::Rejected { free_buyer: false })
+                    .await
+                    .map(drop),
                 // A released order's shelf step belongs to the release
                 // (the expirer finishes it); here it only stops being pending.
                 OrderStatus::Placed
                 | OrderStatus::Pending
                 | OrderStatus::Paid
                 | OrderStatus::Cancelled
-                | OrderStatus::Expired => self.settle(msg, OrderStatus::Placed).await.map(drop),
+                | OrderStatus::Expired => self.settle(msg, Settled::Placed).await.map(drop),
             }
         }
     }
@@ -535,7 +563,7 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
     fn settle(
         &self,
         msg: &OrderMessage,
-        status: OrderStatus,
+        status: Settled,
     ) -> impl Future<Output = PortResult<bool>> + Send {
         (**self).settle(msg, status)
     }

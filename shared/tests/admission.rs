@@ -7,7 +7,7 @@ use shared::domain::{
     Admission, IdempotencyKey, OrderMessage, OrderStatus, Product, ProductId, Purchase, Quantity,
     RateLimit, RateLimits, Refusal, RequestId, UserId,
 };
-use shared::ports::{SendMark, StockGate, Warm};
+use shared::ports::{SendMark, Settled, StockGate, Warm};
 use shared::redis::{RedisGate, RedisSettings};
 use time::OffsetDateTime;
 
@@ -346,7 +346,7 @@ async fn settle_is_forward_only_and_restock_happens_once() {
     let msg = admitted(&g, &a).await;
     assert!(g.restock(&msg).await.unwrap());
     assert!(!g.restock(&msg).await.unwrap());
-    assert!(!g.settle(&msg, OrderStatus::Placed).await.unwrap());
+    assert!(!g.settle(&msg, Settled::Placed).await.unwrap());
     let view = g.request(&a.request_id).await.unwrap().unwrap();
     assert_eq!(view.status, OrderStatus::Compensated);
     let stats = g.stats(&p).await.unwrap().unwrap();
@@ -365,6 +365,35 @@ async fn settle_is_forward_only_and_restock_happens_once() {
         g.admit(&purchase(&p, "alice", 1, None)).await.unwrap(),
         Admission::Admitted { .. }
     ));
+}
+
+/// Issue 18, hole C: an order the ledger rejected as out of stock holds no
+/// unit and no DynamoDB guard, so its buyer may buy again (units come back
+/// by cancels and expiry); a buyer rejected for holding another order stays
+/// taken.
+#[tokio::test]
+async fn a_buyer_rejected_out_of_stock_may_buy_again_one_holding_an_order_may_not() {
+    let (g, p) = warmed(4, 1).await;
+    let alice = admitted(&g, &purchase(&p, "alice", 1, None)).await;
+    let bob = admitted(&g, &purchase(&p, "bob", 1, None)).await;
+    assert!(
+        g.settle(&alice, Settled::Rejected { free_buyer: true })
+            .await
+            .unwrap()
+    );
+    assert!(
+        g.settle(&bob, Settled::Rejected { free_buyer: false })
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        g.admit(&purchase(&p, "alice", 1, None)).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    assert_eq!(
+        g.admit(&purchase(&p, "bob", 1, None)).await.unwrap(),
+        Admission::Refused(Refusal::AlreadyPurchased)
+    );
 }
 
 /// Hole 7: restock is idempotent by the request's own state, not by a
@@ -434,7 +463,7 @@ async fn resync_heals_a_busy_shelf() {
     assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 7);
     // Alice is placed in DynamoDB (ledger 8) and settled after the sweeper
     // read the ledger (10) and placed_units (0): counted as placed since.
-    g.settle(&a, OrderStatus::Placed).await.unwrap();
+    g.settle(&a, Settled::Placed).await.unwrap();
     assert_eq!(g.resync(&p, 10, 0).await.unwrap(), Some(0));
     assert_eq!(g.resync(&p, 8, 2).await.unwrap(), Some(0));
     // A stale fence (Redis went back in time) changes nothing.
@@ -453,7 +482,7 @@ async fn a_resync_racing_a_placement_leaves_a_right_shelf_alone() {
     admitted(&g, &purchase(&p, "bob", 1, None)).await;
     let fence = g.stats(&p).await.unwrap().unwrap().fence();
     // Alice is placed (the ledger read says 8) and settled here.
-    g.settle(&a, OrderStatus::Placed).await.unwrap();
+    g.settle(&a, Settled::Placed).await.unwrap();
     assert_eq!(g.resync(&p, 8, fence).await.unwrap(), Some(0));
     assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 7);
     // Units Redis forgot it sold are still taken back at once.
@@ -485,7 +514,7 @@ async fn sent_requests_are_marked_and_paged_with_their_send_time() {
     assert_eq!(by_id(&b).sent_at_ms, None);
     assert_eq!(by_id(&b).msg, b);
     // A settled request is no longer marked.
-    g.settle(&b, OrderStatus::Placed).await.unwrap();
+    g.settle(&b, Settled::Placed).await.unwrap();
     g.mark_sent(&b.request_id, SendMark::Sent).await.unwrap();
     let fields: Vec<String> = g
         .command(redis::cmd("HKEYS").arg(g.keys(&p).req(&b.request_id)))
@@ -666,7 +695,7 @@ async fn a_placed_order_restores_its_buyer_after_a_failover() {
     )
     .await
     .unwrap();
-    assert!(g.settle(&msg, OrderStatus::Placed).await.unwrap());
+    assert!(g.settle(&msg, Settled::Placed).await.unwrap());
     assert_eq!(
         g.admit(&purchase(&p, "alice", 1, None)).await.unwrap(),
         Admission::Refused(Refusal::AlreadyPurchased)
@@ -681,7 +710,7 @@ async fn a_forced_rewarm_fences_orders_settled_after_its_ledger_read() {
     let seen = g.stats(&p).await.unwrap().unwrap().placed_units;
     let ledger_read = 10; // before alice's order was placed
     let a = admitted(&g, &purchase(&p, "alice", 1, None)).await;
-    g.settle(&a, OrderStatus::Placed).await.unwrap();
+    g.settle(&a, Settled::Placed).await.unwrap();
     assert_eq!(
         g.warm(&product(&p, 10, 1, -1), true, ledger_read, seen)
             .await
@@ -1083,7 +1112,7 @@ async fn a_release_frees_the_buyer_only_when_the_sale_says_so() {
     for rebuy in [true, false] {
         let (g, p) = warmed(5, 1).await;
         let msg = admitted(&g, &purchase(&p, "u1", 1, None)).await;
-        g.settle(&msg, OrderStatus::Placed).await.unwrap();
+        g.settle(&msg, Settled::Placed).await.unwrap();
         let order = RequestView {
             request_id: msg.request_id.clone(),
             product_id: p.clone(),

@@ -14,7 +14,7 @@ use common::{Options, TestStack, unique};
 use shared::domain::{
     Admission, OrderMessage, OrderStatus, ProductId, Purchase, Quantity, RequestId, UserId,
 };
-use shared::ports::{OrderStore, StockGate, Warm};
+use shared::ports::{OrderStore, Settled, StockGate, Warm};
 use shared::redis::{RedisGate, RedisSettings};
 use tools::audit::audit;
 use tools::client::Api;
@@ -71,7 +71,7 @@ async fn a_products_keys_share_one_slot_and_the_scripts_run_on_the_cluster() {
     let msg = OrderMessage::new(&purchase, admitted_at_ms, sale_ends_at_ms);
     let now = g.now_ms().await.unwrap();
     assert_eq!(g.pending_page(&p, now, 0, 10).await.unwrap().scanned, 1);
-    assert!(g.settle(&msg, OrderStatus::Placed).await.unwrap());
+    assert!(g.settle(&msg, Settled::Placed).await.unwrap());
     assert_eq!(g.resync(&p, 9, 1).await.unwrap(), Some(0));
     assert_eq!(g.products().await.unwrap(), vec![p.clone()]);
 }

@@ -270,3 +270,46 @@ async fn contended_shards_place_every_unit_in_the_first_delivery() {
     );
     assert_eq!(remaining(&consumer.store, &p.product_id).await, 0);
 }
+
+/// Issue 18, hole A, in the adapter: a release put the caller's quantity
+/// back with `status = PLACED` as its only condition, so Redis' view of an
+/// order (after a failover, a replay with another quantity) gave the ledger
+/// more units than the order held. The release now holds to the order as
+/// stored (quantity and terms in its condition) and refuses a view without
+/// DynamoDB's terms.
+#[tokio::test]
+async fn a_release_moves_only_the_stored_orders_units() {
+    let store = store("release").await;
+    let p = product("release", 10, 1);
+    assert!(store.create_product(&p).await.unwrap());
+    let msg = order(&p, "u1", 1);
+    let terms = p.reservation(Quantity::new(1).unwrap(), 0);
+    assert_eq!(store.place(&msg, &terms).await.unwrap(), Placement::Placed);
+    let stored = store.order(&msg.request_id).await.unwrap().unwrap();
+    let mut two = stored.clone();
+    two.quantity = Quantity::new(2).unwrap();
+    assert_eq!(
+        store
+            .release(&two, OrderStatus::Cancelled, 0)
+            .await
+            .unwrap(),
+        Transition::Refused(OrderStatus::Placed)
+    );
+    assert_eq!(remaining(&store, &p.product_id).await, 9);
+    let mut redis_view = stored.clone();
+    redis_view.reservation = None;
+    assert!(
+        store
+            .release(&redis_view, OrderStatus::Cancelled, 0)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        store
+            .release(&stored, OrderStatus::Cancelled, 0)
+            .await
+            .unwrap(),
+        Transition::Done
+    );
+    assert_eq!(remaining(&store, &p.product_id).await, 10);
+}

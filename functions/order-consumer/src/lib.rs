@@ -19,7 +19,7 @@ use shared::domain::{OrderMessage, OrderStatus};
 use shared::error::InfraError;
 use shared::faults::{FaultPlan, FaultPoint};
 use shared::lifecycle::Terms;
-use shared::ports::{Fate, FateNote, OrderStore, Placement, StockGate};
+use shared::ports::{Fate, FateNote, OrderStore, Placement, Settled, StockGate};
 use shared::retry::{self, Backoff};
 
 /// Deliveries after which an unplaced order is counted as stalled.
@@ -122,7 +122,7 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
                     tracing::warn!("injected crash after the DynamoDB write");
                     return Ok(Outcome::Crashed);
                 }
-                self.gate.settle(msg, OrderStatus::Placed).await?;
+                self.gate.settle(msg, Settled::Placed).await?;
                 metrics::counter!("flashsale_orders_placed_total").increment(1);
                 return Ok(Outcome::Placed);
             }
@@ -144,7 +144,12 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
         .await?;
         match fate {
             Fate::Won => {
-                self.gate.settle(msg, OrderStatus::Rejected).await?;
+                // Out of stock: DynamoDB holds no order of the buyer, so
+                // Redis lets them buy again once units come back.
+                let free_buyer = matches!(placement, Placement::OutOfStock);
+                self.gate
+                    .settle(msg, Settled::Rejected { free_buyer })
+                    .await?;
                 metrics::counter!("flashsale_business_rejections_total", "reason" => reason)
                     .increment(1);
                 tracing::warn!(

@@ -19,6 +19,14 @@ use shared::http::{self as api, ApiError, HttpResponse};
 use shared::lifecycle::{self, Terms};
 use shared::ports::{OrderStore, StockGate, Transition};
 
+/// What a lookup is for: showing an order may fall back to Redis' copy;
+/// deciding a write may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    Show,
+    Decide,
+}
+
 pub struct OrderStatusApi<G, S> {
     pub gate: G,
     pub store: S,
@@ -83,11 +91,17 @@ impl<G: StockGate, S: OrderStore> OrderStatusApi<G, S> {
         .ok_or_else(|| ApiError::new(401, "unauthenticated"))
     }
 
-    /// The caller's own request, or the refusal to show it.
-    async fn own(&self, req: &Request, id: &RequestId) -> Result<RequestView, ApiError> {
+    /// The caller's own request, or the refusal to show it. `Read::Decide`
+    /// for a write: only DynamoDB's view, 503 when it cannot be read.
+    async fn own(
+        &self,
+        req: &Request,
+        id: &RequestId,
+        read: Read,
+    ) -> Result<RequestView, ApiError> {
         let caller = self.caller(req)?;
         let view = self
-            .lookup(id)
+            .lookup(id, read)
             .await?
             .ok_or_else(|| ApiError::new(404, "unknown_request"))?;
         if view.user_id.as_str() != caller {
@@ -97,11 +111,14 @@ impl<G: StockGate, S: OrderStore> OrderStatusApi<G, S> {
     }
 
     async fn read(&self, req: &Request, id: &RequestId) -> Result<HttpResponse, ApiError> {
-        Ok(api::json_response(200, &self.own(req, id).await?))
+        Ok(api::json_response(
+            200,
+            &self.own(req, id, Read::Show).await?,
+        ))
     }
 
     async fn cancel(&self, req: &Request, id: &RequestId) -> Result<HttpResponse, ApiError> {
-        let order = self.own(req, id).await?;
+        let order = self.own(req, id, Read::Decide).await?;
         let cancelled = || {
             api::json_response(
                 200,
@@ -112,7 +129,10 @@ impl<G: StockGate, S: OrderStore> OrderStatusApi<G, S> {
         match order.status {
             // A repeated cancel (the first answer was lost) answers the same.
             OrderStatus::Cancelled => return Ok(cancelled()),
-            OrderStatus::Placed => {}
+            // Only DynamoDB's view carries the terms: one from Redis is an
+            // order not placed yet, whatever Redis says.
+            OrderStatus::Placed if order.reservation.is_some() => {}
+            OrderStatus::Placed => return Err(refused(OrderStatus::Pending)),
             other => return Err(refused(other)),
         }
         let now = self.terms.clock.now_ms();
@@ -137,12 +157,14 @@ impl<G: StockGate, S: OrderStore> OrderStatusApi<G, S> {
     /// DynamoDB decides, so it answers whenever it knows the order (Redis
     /// may still say pending after a crash before the consumer's settle, or
     /// a failover that forgot it, while the payment deadline runs). Only
-    /// requests DynamoDB has not seen yet are read from Redis.
-    /// With DynamoDB down, Redis' view is better than none.
-    async fn lookup(&self, id: &RequestId) -> Result<Option<RequestView>, ApiError> {
+    /// requests DynamoDB has not seen yet are read from Redis. With
+    /// DynamoDB down, Redis' view is better than none to show; a write
+    /// (`Read::Decide`) gets the error instead (503), never Redis' view.
+    async fn lookup(&self, id: &RequestId, read: Read) -> Result<Option<RequestView>, ApiError> {
         let store_failed = match self.store.order(id).await {
             Ok(Some(order)) => return Ok(Some(order)),
             Ok(None) => None,
+            Err(e) if read == Read::Decide => return Err(e.into()),
             Err(e) => Some(e),
         };
         match self.gate.request(id).await {
@@ -253,7 +275,10 @@ mod tests {
         let a = api();
         let msg = placed(&a).await;
         // Redis knows it as placed; only DynamoDB knows it was paid.
-        a.gate.settle(&msg, OrderStatus::Placed).await.unwrap();
+        a.gate
+            .settle(&msg, shared::ports::Settled::Placed)
+            .await
+            .unwrap();
         let order = a.store.order(&msg.request_id).await.unwrap().unwrap();
         let event = payment_event(&msg, "e1");
         assert_eq!(
@@ -343,6 +368,37 @@ mod tests {
         assert_eq!(call(&a, "GET", &cancel_path(&msg, "u1")).await.0, 405);
         a.store.failures.fail_next(1);
         assert_eq!(call(&a, "POST", &cancel_path(&msg, "u1")).await.0, 503);
+    }
+
+    /// Issue 18, hole A: with DynamoDB unreadable a cancel answered from
+    /// Redis' view and released its quantity, which a failover and a replay
+    /// with another quantity had made 2 for an order of 1 (the ledger got
+    /// back more than the order held). A write never decides from Redis: 503,
+    /// nothing moved; a Redis view saying placed is not a reservation.
+    #[tokio::test]
+    async fn a_cancel_with_dynamodb_unreadable_answers_503_and_moves_nothing() {
+        let a = api();
+        let msg = placed(&a).await;
+        let mut redis_view = shared::fakes::view(&msg, OrderStatus::Placed);
+        redis_view.quantity = Quantity::new(2).unwrap();
+        a.gate.put_request(redis_view);
+        a.store.failures.fail_next(1);
+        assert_eq!(call(&a, "POST", &cancel_path(&msg, "u1")).await.0, 503);
+        assert_eq!(a.store.remaining(&msg.product_id), Some(9));
+        assert!(a.gate.released.lock().unwrap().is_empty());
+        // Showing it may still fall back to Redis' copy.
+        a.store.failures.fail_next(1);
+        let path = format!("/api/flash-sale/orders/{}?user_id=u1", msg.request_id);
+        assert_eq!(call(&a, "GET", &path).await.0, 200);
+        // Redis says placed, DynamoDB has nothing: not placed yet.
+        let unplaced = order_message("p1", "u1", NOW);
+        a.gate
+            .put_request(shared::fakes::view(&unplaced, OrderStatus::Placed));
+        let (status, body) = call(&a, "POST", &cancel_path(&unplaced, "u1")).await;
+        assert_eq!((status, &body["status"]), (409, &"pending".into()));
+        // DynamoDB back: the cancel releases the stored single unit.
+        assert_eq!(call(&a, "POST", &cancel_path(&msg, "u1")).await.0, 200);
+        assert_eq!(a.store.remaining(&msg.product_id), Some(10));
     }
 
     /// A cancel racing a payment, interleaved at every port call: the order

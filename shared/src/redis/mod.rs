@@ -16,7 +16,8 @@ use crate::domain::{
 };
 use crate::error::InfraError;
 use crate::ports::{
-    PendingPage, PendingRequest, PortResult, SendMark, ShelfChange, ShelfStep, StockGate, Warm,
+    PendingPage, PendingRequest, PortResult, SendMark, Settled, ShelfChange, ShelfStep, StockGate,
+    Warm,
 };
 
 pub mod keys;
@@ -364,7 +365,7 @@ impl StockGate for RedisGate {
         Ok(())
     }
 
-    async fn settle(&self, msg: &OrderMessage, status: OrderStatus) -> PortResult<bool> {
+    async fn settle(&self, msg: &OrderMessage, status: Settled) -> PortResult<bool> {
         let k = self.keys(&msg.product_id);
         let mut c = self.conn().await?;
         let changed: i64 = self
@@ -376,11 +377,15 @@ impl StockGate for RedisGate {
             .key(k.stats())
             .key(k.buyers())
             .arg(msg.request_id.as_str())
-            .arg(status.as_str())
+            .arg(status.status().as_str())
             .arg(msg.user_id.as_str())
             .arg(msg.quantity.get())
             .arg(msg.admitted_at)
             .arg(STATE_TTL_SECS)
+            .arg(u8::from(matches!(
+                status,
+                Settled::Rejected { free_buyer: true }
+            )))
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;

@@ -5,6 +5,9 @@
 -- KEYS[1] req  KEYS[2] pending  KEYS[3] stats  KEYS[4] buyers
 -- ARGV[1] request_id  ARGV[2] status ("placed" | "rejected")  ARGV[3] user  ARGV[4] qty
 -- ARGV[5] admitted_at (ms)  ARGV[6] request ttl (s)
+-- ARGV[7] "1": rejected because the ledger was out of stock, so DynamoDB
+--   holds no order of this buyer and they may buy again (as a compensated
+--   buyer may); a buyer rejected for holding another order stays taken
 -- Returns 1 when the status changed, 0 when it was already terminal.
 
 local qty = tonumber(ARGV[4])
@@ -36,5 +39,7 @@ if ARGV[2] == "placed" then
   -- A failover may have forgotten the buyer with the admission: the order
   -- stands, so the buyer is taken again.
   redis.call("HSETNX", KEYS[4], ARGV[3], ARGV[1])
+elseif ARGV[7] == "1" and redis.call("HGET", KEYS[4], ARGV[3]) == ARGV[1] then
+  redis.call("HDEL", KEYS[4], ARGV[3])
 end
 return 1
