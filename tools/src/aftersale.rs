@@ -70,7 +70,10 @@ impl AfterSale<'_> {
         let started = Instant::now();
         let mut tally = Tally::default();
         let mut acting = winners;
+        // Each order acts once: its payment's event id is its own.
+        let mut seen = std::collections::HashSet::new();
         loop {
+            acting.retain(|(_, id)| seen.insert(id.clone()));
             tally.waves += 1;
             tally.winners += acting.len();
             let plans: Vec<(String, String, u8)> = acting

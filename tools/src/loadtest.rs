@@ -170,7 +170,7 @@ pub struct Report {
     pub requests_per_s: f64,
     pub all: Latency,
     pub by_status: BTreeMap<u16, Latency>,
-    /// (buyer, request id) of every 202.
+    /// (buyer, request id) of every order answered 202, once each.
     #[serde(skip)]
     pub admitted: Vec<(String, String)>,
     /// Repeated keys answered 2xx with the first request's id (a 202 after
@@ -237,12 +237,17 @@ impl Report {
                 .iter()
                 .map(|(k, h)| (*k, Latency::of(h)))
                 .collect(),
-            admitted: run
-                .samples
-                .iter()
-                .filter(|s| s.status == 202)
-                .filter_map(|s| Some((format!("buyer-{}", s.buyer), s.request_id.clone()?)))
-                .collect(),
+            admitted: {
+                // One order per id: a keyed buy admitted again after a
+                // failover forgot it is the same order, answered 202 twice.
+                let mut seen = std::collections::HashSet::new();
+                run.samples
+                    .iter()
+                    .filter(|s| s.status == 202)
+                    .filter_map(|s| Some((format!("buyer-{}", s.buyer), s.request_id.clone()?)))
+                    .filter(|(_, id)| seen.insert(id.clone()))
+                    .collect()
+            },
             replays_matched: matched,
             replays_mismatched: mismatched,
             replays_refused: refused,
@@ -376,5 +381,24 @@ mod tests {
         assert!(l.max_ms >= 13.9 && l.max_ms <= 14.1, "{l:?}");
         assert_eq!(r.admitted.len(), 3);
         assert!(r.table().contains("1 matched, 1 mismatched"));
+    }
+
+    /// Issue 18: after a failover forgot an admission, the repeat-key buy
+    /// was admitted again under the same derived id and answered 202: one
+    /// order, listed once among the winners (it was listed twice, and paid
+    /// twice by the demo under one event id).
+    #[test]
+    fn an_order_admitted_twice_is_one_winner() {
+        let s = spec(1.0);
+        let run = Run {
+            samples: vec![
+                sample(1, 1, 202, Some("a"), 10),
+                sample(1, 2, 202, Some("a"), 12),
+            ],
+            elapsed: Duration::from_secs(1),
+        };
+        let r = Report::of(&s, &run).unwrap();
+        assert_eq!(r.count(202), 2);
+        assert_eq!(r.admitted, [("buyer-1".to_owned(), "a".to_owned())]);
     }
 }
