@@ -871,6 +871,10 @@ pub struct ProductStats {
     pub withdrawing: i64,
     /// Units of confirmed withdrawals.
     pub withdrawn_units: i64,
+    /// Units this Redis put back on the shelf for DynamoDB's releases and
+    /// additions: against the ledger's own count of them
+    /// ([`Ledger::returned`]) it says which of those the shelf holds.
+    pub returned_units: i64,
     /// The sale's end, ms since the epoch.
     pub ends_at_ms: i64,
 }
@@ -907,9 +911,28 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// What the shelf may offer: [`shelf_target`]'s `ledger_remaining`.
+    /// What the shelf may offer once every release and addition recorded
+    /// here has reached it (reports; the resync uses [`Self::shelf_for`]).
     pub fn shelf_units(&self) -> i64 {
         self.remaining - self.releasing
+    }
+
+    /// Units the ledger got back from releases and added by operators: each
+    /// goes on the Redis shelf once, after it is recorded here.
+    pub fn returned(&self) -> i64 {
+        self.released + self.added
+    }
+
+    /// What a shelf that has put back `returned_units` ([`ProductStats`])
+    /// may offer of this ledger read: the exact fence of releases and
+    /// additions. Those recorded here but not on that shelf yet are not its
+    /// to offer (at most `releasing` of them: a confirmed one the shelf
+    /// lacks was forgotten in a failover and is offered again); those the
+    /// shelf put back after this read are.
+    pub fn shelf_for(&self, returned_units: i64) -> i64 {
+        let unapplied = (self.returned() - returned_units).clamp(0, self.releasing.max(0));
+        let since_read = (returned_units - self.returned()).max(0);
+        self.remaining - unapplied + since_read
     }
 }
 
@@ -1049,6 +1072,34 @@ mod tests {
         assert!(republish_due(0, None, 60_000, unsent, resend));
         assert!(!republish_due(0, Some(1_000), 1_000_000, unsent, resend));
         assert!(republish_due(0, Some(1_000), 1_201_000, unsent, resend));
+    }
+
+    /// The release fence (resync.lua holds the same arithmetic): 2 units
+    /// released of a ledger now holding 10.
+    #[test]
+    fn a_shelf_gets_the_released_units_it_put_back_and_no_others() {
+        let recorded = Ledger {
+            remaining: 10,
+            releasing: 2,
+            released: 2,
+            ..Ledger::default()
+        };
+        // Not on the shelf yet: not its to offer.
+        assert_eq!(recorded.shelf_for(0), 8);
+        // On the shelf: its own.
+        assert_eq!(recorded.shelf_for(2), 10);
+        // Put back after a read from before the release.
+        let before = Ledger {
+            remaining: 8,
+            ..Ledger::default()
+        };
+        assert_eq!(before.shelf_for(2), 10);
+        // Confirmed, and forgotten by the shelf in a failover: offered again.
+        let confirmed = Ledger {
+            releasing: 0,
+            ..recorded
+        };
+        assert_eq!(confirmed.shelf_for(0), 10);
     }
 
     #[test]

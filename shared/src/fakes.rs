@@ -201,6 +201,7 @@ impl StockGate for FakeGate {
         lock(&self.requests).insert(order.request_id.clone(), shelved);
         if let Some(stats) = lock(&self.stats).as_mut() {
             stats.stock_left += i64::from(order.quantity.get());
+            stats.returned_units += i64::from(order.quantity.get());
         }
         Ok(true)
     }
@@ -288,6 +289,7 @@ impl StockGate for FakeGate {
             ShelfStep::Add => {
                 stats.stock_left += n;
                 stats.stock_total += n;
+                stats.returned_units += n;
                 "added"
             }
         };
@@ -395,7 +397,7 @@ impl StockGate for FakeGate {
     async fn resync(
         &self,
         product: &ProductId,
-        remaining: i64,
+        ledger: &Ledger,
         fence_seen: i64,
     ) -> PortResult<Option<i64>> {
         self.failures.check("redis").await?;
@@ -410,7 +412,7 @@ impl StockGate for FakeGate {
             return Ok(None);
         }
         let target = crate::domain::shelf_target(
-            remaining,
+            ledger.shelf_for(stats.returned_units),
             pending_units + stats.withdrawing,
             stats.fence() - fence_seen,
         );

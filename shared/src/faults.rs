@@ -244,11 +244,11 @@ impl<T: StockGate> StockGate for Faulty<T> {
     async fn resync(
         &self,
         product: &ProductId,
-        remaining: i64,
+        ledger: &Ledger,
         fence_seen: i64,
     ) -> PortResult<Option<i64>> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner.resync(product, remaining, fence_seen).await
+        self.inner.resync(product, ledger, fence_seen).await
     }
 }
 

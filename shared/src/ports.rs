@@ -276,13 +276,14 @@ pub trait StockGate: Send + Sync {
     /// Redis server time in ms: the clock admission times are written in.
     fn now_ms(&self) -> impl Future<Output = PortResult<i64>> + Send;
 
-    /// Sets the shelf to [`crate::domain::shelf_target`] of the DynamoDB
-    /// ledger's `remaining`, read after `fence_seen`. Returns the
-    /// correction applied, or None when Redis went back in time meanwhile.
+    /// Sets the shelf to [`crate::domain::shelf_target`] of what the
+    /// DynamoDB `ledger` (read after `fence_seen`) allows this shelf
+    /// ([`Ledger::shelf_for`]). Returns the correction applied, or None when
+    /// Redis went back in time meanwhile.
     fn resync(
         &self,
         product: &ProductId,
-        remaining: i64,
+        ledger: &Ledger,
         fence_seen: i64,
     ) -> impl Future<Output = PortResult<Option<i64>>> + Send;
 }
@@ -650,10 +651,10 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
     fn resync(
         &self,
         product: &ProductId,
-        remaining: i64,
+        ledger: &Ledger,
         fence_seen: i64,
     ) -> impl Future<Output = PortResult<Option<i64>>> + Send {
-        (**self).resync(product, remaining, fence_seen)
+        (**self).resync(product, ledger, fence_seen)
     }
 }
 

@@ -112,11 +112,11 @@ pub async fn resync_from_ledger<G: StockGate, S: OrderStore>(
     product: &crate::domain::ProductId,
     fence_seen: i64,
 ) -> Result<i64, InfraError> {
-    let Some(remaining) = store.ledger(product).await?.map(|l| l.shelf_units()) else {
+    let Some(ledger) = store.ledger(product).await? else {
         return Ok(0);
     };
     let drift = gate
-        .resync(product, remaining, fence_seen)
+        .resync(product, &ledger, fence_seen)
         .await?
         .unwrap_or(0);
     if drift != 0 {

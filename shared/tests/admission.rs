@@ -89,6 +89,14 @@ fn purchase(p: &ProductId, user: &str, qty: u32, key: Option<&str>) -> Purchase 
     }
 }
 
+/// A ledger read of `units` remaining, nothing released or added.
+fn remaining(units: i64) -> shared::domain::Ledger {
+    shared::domain::Ledger {
+        remaining: units,
+        ..Default::default()
+    }
+}
+
 /// Admits and returns the order message deduct would send.
 async fn admitted(g: &RedisGate, p: &Purchase) -> OrderMessage {
     match g.admit(p).await.unwrap() {
@@ -459,16 +467,81 @@ async fn resync_heals_a_busy_shelf() {
         .await
         .unwrap();
     // The ledger says 10 left (nothing placed yet), 3 units pending.
-    assert_eq!(g.resync(&p, 10, 0).await.unwrap(), Some(-4));
+    assert_eq!(g.resync(&p, &remaining(10), 0).await.unwrap(), Some(-4));
     assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 7);
     // Alice is placed in DynamoDB (ledger 8) and settled after the sweeper
     // read the ledger (10) and placed_units (0): counted as placed since.
     g.settle(&a, Settled::Placed).await.unwrap();
-    assert_eq!(g.resync(&p, 10, 0).await.unwrap(), Some(0));
-    assert_eq!(g.resync(&p, 8, 2).await.unwrap(), Some(0));
+    assert_eq!(g.resync(&p, &remaining(10), 0).await.unwrap(), Some(0));
+    assert_eq!(g.resync(&p, &remaining(8), 2).await.unwrap(), Some(0));
     // A stale fence (Redis went back in time) changes nothing.
-    assert_eq!(g.resync(&p, 8, 5).await.unwrap(), None);
+    assert_eq!(g.resync(&p, &remaining(8), 5).await.unwrap(), None);
     assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 7);
+}
+
+/// Issue 18: a sweep racing a release hid its units (the chaos demo ended a
+/// unit short, the drift flipping -1, +1 as orders expired). A release
+/// records its units in the ledger, then puts them on the shelf, then
+/// confirms; the resync took the ledger less `releasing`, so a shelf that
+/// already held them lost them until a later sweep. Now the units the
+/// ledger got back are fenced against those this Redis put back.
+#[tokio::test]
+async fn a_resync_racing_a_release_neither_hides_nor_doubles_its_units() {
+    use shared::domain::Ledger;
+    let (g, p) = warmed(10, 2).await;
+    let a = admitted(&g, &purchase(&p, "alice", 2, None)).await;
+    g.settle(&a, Settled::Placed).await.unwrap();
+    let fence = g.stats(&p).await.unwrap().unwrap().fence();
+    let shelf = async || g.stats(&p).await.unwrap().unwrap().stock_left;
+    // Placed: the ledger holds 8, the shelf shows 8.
+    let placed = remaining(8);
+    // Alice cancels: the ledger took her 2 back (releasing until confirmed).
+    let recorded = Ledger {
+        remaining: 10,
+        releasing: 2,
+        released: 2,
+        ..Default::default()
+    };
+    // A sweep that read the ledger then, before the shelf step: 8 stays.
+    assert_eq!(g.resync(&p, &recorded, fence).await.unwrap(), Some(0));
+    assert_eq!(shelf().await, 8);
+    // The shelf step runs (2 back on the shelf).
+    let order = shared::domain::RequestView {
+        request_id: a.request_id.clone(),
+        product_id: a.product_id.clone(),
+        user_id: a.user_id.clone(),
+        quantity: a.quantity,
+        status: OrderStatus::Placed,
+        updated_at: OffsetDateTime::now_utc(),
+        reservation: None,
+    };
+    assert!(g.release(&order, OrderStatus::Cancelled).await.unwrap());
+    assert_eq!(shelf().await, 10);
+    // Sweeps that read the ledger before the release, or after it but
+    // before its confirmation, leave the 10 alone.
+    assert_eq!(g.resync(&p, &placed, fence).await.unwrap(), Some(0));
+    assert_eq!(g.resync(&p, &recorded, fence).await.unwrap(), Some(0));
+    // Confirmed: still 10.
+    let confirmed = Ledger {
+        releasing: 0,
+        ..recorded.clone()
+    };
+    assert_eq!(g.resync(&p, &confirmed, fence).await.unwrap(), Some(0));
+    assert_eq!(shelf().await, 10);
+    // A failover forgot the shelf step after the confirmation: offered again.
+    let k = g.keys(&p);
+    g.command::<()>(redis::cmd("DECRBY").arg(k.stock()).arg(2))
+        .await
+        .unwrap();
+    g.command::<()>(
+        redis::cmd("HINCRBY")
+            .arg(k.stats())
+            .arg("released_units")
+            .arg(-2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(g.resync(&p, &confirmed, fence).await.unwrap(), Some(2));
 }
 
 /// A sweep racing a burst: an order placed in DynamoDB before the sweep's
@@ -483,13 +556,13 @@ async fn a_resync_racing_a_placement_leaves_a_right_shelf_alone() {
     let fence = g.stats(&p).await.unwrap().unwrap().fence();
     // Alice is placed (the ledger read says 8) and settled here.
     g.settle(&a, Settled::Placed).await.unwrap();
-    assert_eq!(g.resync(&p, 8, fence).await.unwrap(), Some(0));
+    assert_eq!(g.resync(&p, &remaining(8), fence).await.unwrap(), Some(0));
     assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 7);
     // Units Redis forgot it sold are still taken back at once.
     g.command::<()>(redis::cmd("INCRBY").arg(g.keys(&p).stock()).arg(3))
         .await
         .unwrap();
-    assert_eq!(g.resync(&p, 8, fence).await.unwrap(), Some(-5));
+    assert_eq!(g.resync(&p, &remaining(8), fence).await.unwrap(), Some(-5));
     assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 5);
 }
 
@@ -1039,17 +1112,17 @@ async fn stock_changes_move_the_shelf_once_and_the_resync_never_offers_a_withdra
     assert_eq!((s.stock_left, s.withdrawing, s.stock_total), (6, 4, 6));
     // A resync from a ledger that does not know of the withdrawal yet.
     let fence = s.fence();
-    g.resync(&p, 10, fence).await.unwrap();
+    g.resync(&p, &remaining(10), fence).await.unwrap();
     assert_eq!(left(g.clone(), p.clone()).await.stock_left, 6);
     // Settled between a sweep's fence read and its (older) ledger read.
     assert_eq!(
         g.change_shelf(&w, ShelfStep::Settle, None).await.unwrap(),
         ShelfChange::Done
     );
-    g.resync(&p, 10, fence).await.unwrap();
+    g.resync(&p, &remaining(10), fence).await.unwrap();
     let s = left(g.clone(), p.clone()).await;
     assert_eq!((s.stock_left, s.withdrawing, s.withdrawn_units), (6, 0, 4));
-    g.resync(&p, 6, s.fence()).await.unwrap();
+    g.resync(&p, &remaining(6), s.fence()).await.unwrap();
     assert_eq!(left(g.clone(), p.clone()).await.stock_left, 6);
     assert!(g.withdrawals_taken(&p).await.unwrap().is_empty());
 

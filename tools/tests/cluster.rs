@@ -72,7 +72,11 @@ async fn a_products_keys_share_one_slot_and_the_scripts_run_on_the_cluster() {
     let now = g.now_ms().await.unwrap();
     assert_eq!(g.pending_page(&p, now, 0, 10).await.unwrap().scanned, 1);
     assert!(g.settle(&msg, Settled::Placed).await.unwrap());
-    assert_eq!(g.resync(&p, 9, 1).await.unwrap(), Some(0));
+    let ledger = shared::domain::Ledger {
+        remaining: 9,
+        ..Default::default()
+    };
+    assert_eq!(g.resync(&p, &ledger, 1).await.unwrap(), Some(0));
     assert_eq!(g.products().await.unwrap(), vec![p.clone()]);
 }
 

@@ -654,6 +654,8 @@ impl StockGate for RedisGate {
                     "placed_units",
                     "withdrawing",
                     "withdrawn_units",
+                    "released_units",
+                    "added_units",
                 ],
             )
             .zcard(k.pending())
@@ -676,6 +678,7 @@ impl StockGate for RedisGate {
             placed_units: n(6),
             withdrawing: n(7),
             withdrawn_units: n(8),
+            returned_units: n(9) + n(10),
             pending,
             ends_at_ms: meta.get(1).copied().flatten().unwrap_or(0),
         }))
@@ -778,7 +781,7 @@ impl StockGate for RedisGate {
     async fn resync(
         &self,
         product: &ProductId,
-        remaining: i64,
+        ledger: &crate::domain::Ledger,
         fence_seen: i64,
     ) -> PortResult<Option<i64>> {
         let k = self.keys(product);
@@ -789,8 +792,10 @@ impl StockGate for RedisGate {
             .resync
             .key(k.stock())
             .key(k.stats())
-            .arg(remaining)
+            .arg(ledger.remaining)
             .arg(fence_seen)
+            .arg(ledger.returned())
+            .arg(ledger.releasing)
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;
