@@ -413,11 +413,13 @@ impl StockGate for FakeGate {
         }
         let target = crate::domain::shelf_target(
             ledger.shelf_for(stats.returned_units),
-            pending_units + stats.withdrawing,
+            pending_units
+                + ledger.unrecorded_withdrawals(stats.withdrawing + stats.withdrawn_units),
             stats.fence() - fence_seen,
         );
         let drift = target - stats.stock_left;
         stats.stock_left = target;
+        stats.returned_units += ledger.adoptable(stats.returned_units);
         Ok(Some(drift))
     }
 }

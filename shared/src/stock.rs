@@ -183,6 +183,22 @@ async fn finish<G: StockGate, S: OrderStore>(
     Ok(Outcome::Applied { new: true })
 }
 
+/// A withdrawal taken off the shelf, finished if DynamoDB has recorded it
+/// (applied: settled; refused: undone); else left alone. True when it was.
+pub async fn finish_recorded<G: StockGate, S: OrderStore>(
+    gate: &G,
+    store: &S,
+    change: &StockChange,
+) -> Result<bool, InfraError> {
+    match retry::transient(Backoff::DEFAULT, || store.stock_change(change)).await? {
+        Some(rec) if rec.delta == change.delta => {
+            finish(gate, store, change, rec.applied).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// An addition's shelf step and its confirmation, if still due (the
 /// sweeper finishes additions a crash interrupted through this too).
 pub async fn shelve_addition<G: StockGate, S: OrderStore>(

@@ -542,6 +542,59 @@ async fn a_resync_racing_a_release_neither_hides_nor_doubles_its_units() {
     .await
     .unwrap();
     assert_eq!(g.resync(&p, &confirmed, fence).await.unwrap(), Some(2));
+    assert_eq!(g.resync(&p, &confirmed, fence).await.unwrap(), Some(0));
+    // The forgotten count (adopted) does not hide the next release in flight.
+    let b = admitted(&g, &purchase(&p, "bob", 1, None)).await;
+    g.settle(&b, Settled::Placed).await.unwrap();
+    let fence = g.stats(&p).await.unwrap().unwrap().fence();
+    let order = shared::domain::RequestView {
+        request_id: b.request_id.clone(),
+        user_id: b.user_id.clone(),
+        quantity: b.quantity,
+        ..order
+    };
+    assert!(g.release(&order, OrderStatus::Expired).await.unwrap());
+    let in_flight = Ledger {
+        remaining: 10,
+        releasing: 1,
+        released: 3,
+        ..Default::default()
+    };
+    assert_eq!(g.resync(&p, &in_flight, fence).await.unwrap(), Some(0));
+    assert_eq!(shelf().await, 10);
+}
+
+/// Issue 18, hole D: a failover that forgot only a withdrawal's settle left
+/// its units `withdrawing` here while the ledger had already dropped them,
+/// and every sweep subtracted them again (hidden until the sweeper
+/// re-recorded the change, a minute later). Taken units are now fenced
+/// against the ledger's own count of withdrawn units.
+#[tokio::test]
+async fn a_withdrawal_whose_settle_was_forgotten_is_not_subtracted_twice() {
+    use shared::domain::{AuditEntry, Ledger, StockChange};
+    use shared::ports::ShelfStep;
+    let (g, p) = warmed(10, 1).await;
+    let w = StockChange::new(p.clone(), IdempotencyKey::parse("w1").unwrap(), -3).unwrap();
+    let entry = AuditEntry {
+        product_id: Some(p.clone()),
+        at: OffsetDateTime::now_utc(),
+        actor: "ops".into(),
+        action: "withdraw_stock 3".into(),
+        reason: "damaged".into(),
+    };
+    g.change_shelf(&w, ShelfStep::Take, Some(&entry))
+        .await
+        .unwrap();
+    let fence = g.stats(&p).await.unwrap().unwrap().fence();
+    // The ledger before the record still holds the 3: they are not offered.
+    assert_eq!(g.resync(&p, &remaining(10), fence).await.unwrap(), Some(0));
+    // Recorded in DynamoDB; the settle here is lost (a failover forgot it).
+    let recorded = Ledger {
+        withdrawn: 3,
+        ..remaining(7)
+    };
+    assert_eq!(g.resync(&p, &recorded, fence).await.unwrap(), Some(0));
+    assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 7);
 }
 
 /// A sweep racing a burst: an order placed in DynamoDB before the sweep's
@@ -1122,7 +1175,11 @@ async fn stock_changes_move_the_shelf_once_and_the_resync_never_offers_a_withdra
     g.resync(&p, &remaining(10), fence).await.unwrap();
     let s = left(g.clone(), p.clone()).await;
     assert_eq!((s.stock_left, s.withdrawing, s.withdrawn_units), (6, 0, 4));
-    g.resync(&p, &remaining(6), s.fence()).await.unwrap();
+    let recorded = shared::domain::Ledger {
+        withdrawn: 4,
+        ..remaining(6)
+    };
+    g.resync(&p, &recorded, s.fence()).await.unwrap();
     assert_eq!(left(g.clone(), p.clone()).await.stock_left, 6);
     assert!(g.withdrawals_taken(&p).await.unwrap().is_empty());
 

@@ -656,6 +656,7 @@ impl StockGate for RedisGate {
                     "withdrawn_units",
                     "released_units",
                     "added_units",
+                    "adopted_units",
                 ],
             )
             .zcard(k.pending())
@@ -678,7 +679,7 @@ impl StockGate for RedisGate {
             placed_units: n(6),
             withdrawing: n(7),
             withdrawn_units: n(8),
-            returned_units: n(9) + n(10),
+            returned_units: n(9) + n(10) + n(11),
             pending,
             ends_at_ms: meta.get(1).copied().flatten().unwrap_or(0),
         }))
@@ -796,6 +797,7 @@ impl StockGate for RedisGate {
             .arg(fence_seen)
             .arg(ledger.returned())
             .arg(ledger.releasing)
+            .arg(ledger.withdrawn)
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;

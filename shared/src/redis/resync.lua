@@ -16,11 +16,19 @@
 -- release.lua and stock_change.lua). Recorded there but not put back here:
 -- not the shelf's yet (at most the ledger's `releasing`: one confirmed
 -- there and missing here was forgotten in a failover, and is offered
--- again). Put back here after the ledger read: the shelf's.
+-- again, and adopted into this count, `adopted_units`, so that it cannot
+-- hide a later release in flight; so is a return added while the sale was
+-- cold, which the warm-up offered). Put back here after the ledger read:
+-- the shelf's.
+-- Withdrawals likewise: of the units this Redis took off the shelf for them
+-- (withdrawing + withdrawn_units), only those the ledger does not count as
+-- withdrawn yet are still in its `remaining`; one recorded there whose
+-- settle step a failover forgot is not subtracted twice.
 --
 -- KEYS[1] stock  KEYS[2] stats
 -- ARGV[1] ledger units remaining  ARGV[2] the fence, read before the ledger
 -- ARGV[3] the ledger's released + added units  ARGV[4] the ledger's releasing
+-- ARGV[5] the ledger's withdrawn units
 -- Returns {"synced", drift} (drift = new - old shelf) | {"busy", 0} when this
 -- Redis went back in time since the read (a failover): nothing changed.
 
@@ -28,17 +36,18 @@ local ledger = tonumber(ARGV[1])
 local seen = tonumber(ARGV[2])
 local returned = tonumber(ARGV[3])
 local releasing = tonumber(ARGV[4])
-if not ledger or not seen or not returned or not releasing then
-  return redis.error_reply("resync.lua: bad arguments: numeric remaining, fence, returned and releasing units")
+local withdrawn = tonumber(ARGV[5])
+if not ledger or not seen or not returned or not releasing or not withdrawn then
+  return redis.error_reply("resync.lua: bad arguments: numeric remaining, fence, returned, releasing and withdrawn units")
 end
 local s = redis.call("HMGET", KEYS[2], "pending_units", "placed_units", "withdrawn_units", "withdrawing",
-  "released_units", "added_units")
+  "released_units", "added_units", "adopted_units")
 local pending_units = tonumber(s[1] or "0")
 local fence = tonumber(s[2] or "0") + tonumber(s[3] or "0")
 if fence < seen then
   return {"busy", 0}
 end
-local put_back = tonumber(s[5] or "0") + tonumber(s[6] or "0")
+local put_back = tonumber(s[5] or "0") + tonumber(s[6] or "0") + tonumber(s[7] or "0")
 local unapplied = returned - put_back
 if unapplied > releasing then
   unapplied = releasing
@@ -50,7 +59,11 @@ local since_read = put_back - returned
 if since_read < 0 then
   since_read = 0
 end
-local high = ledger - unapplied + since_read - pending_units - tonumber(s[4] or "0")
+local unrecorded = tonumber(s[4] or "0") + tonumber(s[3] or "0") - withdrawn
+if unrecorded < 0 then
+  unrecorded = 0
+end
+local high = ledger - unapplied + since_read - pending_units - unrecorded
 local low = high - (fence - seen)
 if low < 0 then
   low = 0
@@ -63,5 +76,8 @@ end
 if old ~= target then
   redis.call("SET", KEYS[1], target)
   redis.call("HINCRBY", KEYS[2], "resync_drift", target - old)
+end
+if returned - put_back > releasing then
+  redis.call("HINCRBY", KEYS[2], "adopted_units", returned - put_back - releasing)
 end
 return {"synced", target - old}
