@@ -911,6 +911,11 @@ impl OrderStore for DynamoStore {
                     self.existing_status(&msg.request_id).await?,
                 ));
             }
+            // A buyer holding another order is refused as such, whatever the
+            // shards say: as out of stock, Redis would free them to buy again.
+            if at(1) == Cancel::Condition {
+                return Ok(Placement::BuyerTaken);
+            }
             // A shard that refused (dry) or was held (contended) sends the
             // order to one snapshot of them all: sold out only when all
             // together lack the units, else a new plan, starting after a
@@ -929,8 +934,6 @@ impl OrderStore for DynamoStore {
                     Some(plan) => takes = plan,
                     None => return Ok(Placement::OutOfStock),
                 }
-            } else if at(1) == Cancel::Condition {
-                return Ok(Placement::BuyerTaken);
             } else if !contended {
                 return Err(InfraError::transient(
                     "dynamodb",

@@ -563,6 +563,11 @@ impl OrderStore for FakeStore {
         if let Some(o) = orders.get(&msg.request_id) {
             return Ok(Placement::Exists(o.status));
         }
+        // The buyer's other order first, as the adapter decides it.
+        let guard = (msg.product_id.clone(), msg.user_id.to_string());
+        if guards.contains_key(&guard) {
+            return Ok(Placement::BuyerTaken);
+        }
         let mut ledgers = lock(&self.ledgers);
         let quantity = i64::from(msg.quantity.get());
         let home = ledger::home(msg.request_id.as_str(), terms.ledger_shards);
@@ -572,10 +577,6 @@ impl OrderStore for FakeStore {
         }) else {
             return Ok(Placement::OutOfStock);
         };
-        let guard = (msg.product_id.clone(), msg.user_id.to_string());
-        if guards.contains_key(&guard) {
-            return Ok(Placement::BuyerTaken);
-        }
         for (i, take) in takes {
             shards[usize::from(i)].remaining -= take;
         }

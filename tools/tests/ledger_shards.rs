@@ -313,3 +313,24 @@ async fn a_release_moves_only_the_stored_orders_units() {
     );
     assert_eq!(remaining(&store, &p.product_id).await, 10);
 }
+
+/// Issue 18, hole C: a buyer's second order when the ledger is empty too is
+/// refused for the buyer's other order, not as out of stock (which would
+/// free them in Redis to buy again).
+#[tokio::test]
+async fn a_buyer_holding_an_order_is_refused_as_such_when_stock_is_out_too() {
+    let store = store("buyer-first").await;
+    let p = product("buyer-first", 1, 1);
+    assert!(store.create_product(&p).await.unwrap());
+    let terms = p.reservation(Quantity::new(1).unwrap(), 0);
+    let first = order(&p, "u1", 1);
+    assert_eq!(
+        store.place(&first, &terms).await.unwrap(),
+        Placement::Placed
+    );
+    let second = order(&p, "u1", 1);
+    assert_eq!(
+        store.place(&second, &terms).await.unwrap(),
+        Placement::BuyerTaken
+    );
+}

@@ -254,6 +254,23 @@ mod tests {
         assert_eq!(c.store.remaining(&first.product_id), Some(9));
     }
 
+    /// Issue 18, hole C: a buyer who holds an order is refused as such even
+    /// when the ledger is empty too; as `out_of_stock` Redis would free them.
+    #[tokio::test]
+    async fn a_buyer_holding_an_order_is_rejected_as_such_when_stock_is_out_too() {
+        let c = Consumer {
+            store: FakeStore::default().with_stock("p1", 1),
+            ..consumer()
+        };
+        let (first, second) = (order("u1"), order("u1"));
+        assert_eq!(c.process(&record("m1", &first)).await, Outcome::Placed);
+        assert_eq!(c.process(&record("m2", &second)).await, Outcome::Rejected);
+        let reason = c.store.notes.lock().unwrap()[&second.request_id]
+            .reason
+            .clone();
+        assert_eq!(reason, "buyer_has_order");
+    }
+
     #[tokio::test]
     async fn the_stock_ledger_rejects_what_redis_over_admitted() {
         let c = Consumer {

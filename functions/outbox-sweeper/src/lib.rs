@@ -405,7 +405,10 @@ mod tests {
             .change_shelf(&lost, ShelfStep::Take, Some(&entry(NOW - 1_000)))
             .await
             .unwrap();
-        s.store.change_stock(&lost, &entry(NOW - 1_000)).await.unwrap();
+        s.store
+            .change_stock(&lost, &entry(NOW - 1_000))
+            .await
+            .unwrap();
         s.sweep().await.unwrap();
         let ledger = s.store.ledger_of(&p);
         // 50 + 5 - 3 - 4; the fresh unrecorded withdrawal is still its call's.
