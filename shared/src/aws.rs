@@ -777,7 +777,19 @@ impl DynamoStore {
                 .map_err(invalid)?;
             read = read.transact_items(TransactGetItem::builder().get(get).build());
         }
-        let out = read.send().await.map_err(|e| classify("dynamodb", e))?;
+        // DynamoDB cancels a transactional read that meets a write in
+        // flight on one of its items: contention, read again.
+        let out = read.send().await.map_err(|e| match &e {
+            SdkError::ServiceError(se)
+                if se.err().code() == Some("TransactionCanceledException") =>
+            {
+                InfraError::transient(
+                    "dynamodb",
+                    "the ledger shards' snapshot read met a write in flight; it is read again",
+                )
+            }
+            _ => classify("dynamodb", e),
+        })?;
         Ok(out
             .responses()
             .iter()
@@ -923,16 +935,33 @@ impl OrderStore for DynamoStore {
             let refused = (0..takes.len()).find(|k| {
                 at(2 + k) == Cancel::Condition || (at(2 + k) != Cancel::No && shards > 1)
             });
-            let contended = reasons.contains(&Cancel::Contended);
+            let mut contended = reasons.contains(&Cancel::Contended);
             if let Some(k) = refused {
                 let start = match at(2 + k) {
                     Cancel::Condition => home,
                     _ => (takes[k].0 + 1) % shards,
                 };
-                let remaining = self.shard_units(&msg.product_id, shards).await?;
-                match ledger::plan_take(&remaining, start, quantity) {
-                    Some(plan) => takes = plan,
-                    None => return Ok(Placement::OutOfStock),
+                // One shard that refused the units: sold out, nothing to read.
+                let snapshot = match shards {
+                    1 => Ok(vec![0]),
+                    _ => self.shard_units(&msg.product_id, shards).await,
+                };
+                match snapshot.map(|remaining| ledger::plan_take(&remaining, start, quantity)) {
+                    Ok(Some(plan)) => takes = plan,
+                    // The buyer's guard is held by their other order in
+                    // flight: if it lands they hold an order, so wait for
+                    // it rather than answer out of stock (which frees them).
+                    Ok(None) if at(1) == Cancel::Contended => {}
+                    Ok(None) => return Ok(Placement::OutOfStock),
+                    // The snapshot met writes in flight (DynamoDB cancels a
+                    // transactional read then; on a busy sale it would keep
+                    // doing so): try the next shard whole, and decide sold
+                    // out only from a snapshot that gets through.
+                    Err(e) if e.is_transient() => {
+                        contended = true;
+                        takes = vec![((takes[k].0 + 1) % shards, quantity)];
+                    }
+                    Err(e) => return Err(e),
                 }
             } else if !contended {
                 return Err(InfraError::transient(

@@ -923,21 +923,12 @@ impl Ledger {
         self.released + self.added
     }
 
-    /// Of the units a shelf's withdrawals took (`withdrawing +
-    /// withdrawn_units`, [`ProductStats`]), those this ledger does not count
-    /// as withdrawn yet: still in its `remaining`, not the shelf's. A
-    /// withdrawal recorded here whose settle Redis lost is not subtracted
-    /// twice.
     /// Confirmed returns a shelf's count (`returned_units`) lacks for sure:
     /// forgotten in a failover, or added while the sale was cold. The
     /// resync adopts them into the count, so they cannot hide a later
     /// release in flight.
     pub fn adoptable(&self, returned_units: i64) -> i64 {
-        (self.returned() - returned_units - self.releasing.max(0)).max(0)
-    }
-
-    pub fn unrecorded_withdrawals(&self, taken_units: i64) -> i64 {
-        (taken_units - self.withdrawn).max(0)
+        (self.returned() - returned_units - self.releasing).max(0)
     }
 
     /// What a shelf that has put back `returned_units` ([`ProductStats`])

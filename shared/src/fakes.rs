@@ -413,8 +413,7 @@ impl StockGate for FakeGate {
         }
         let target = crate::domain::shelf_target(
             ledger.shelf_for(stats.returned_units),
-            pending_units
-                + ledger.unrecorded_withdrawals(stats.withdrawing + stats.withdrawn_units),
+            pending_units + stats.withdrawing,
             stats.fence() - fence_seen,
         );
         let drift = target - stats.stock_left;

@@ -10,7 +10,8 @@
 use crate::domain::{Ledger, RequestView};
 
 /// Most shards a product may have: a placement that has to read them all
-/// (its home shard ran dry) reads them in one BatchGetItem.
+/// (its home shard ran dry) reads them in one TransactGetItems (100 items
+/// at most).
 pub const MAX_SHARDS: u16 = 64;
 
 /// Orders per second one shard is planned for: 70% of the ~500

@@ -564,37 +564,35 @@ async fn a_resync_racing_a_release_neither_hides_nor_doubles_its_units() {
     assert_eq!(shelf().await, 10);
 }
 
-/// Issue 18, hole D: a failover that forgot only a withdrawal's settle left
-/// its units `withdrawing` here while the ledger had already dropped them,
-/// and every sweep subtracted them again (hidden until the sweeper
-/// re-recorded the change, a minute later). Taken units are now fenced
-/// against the ledger's own count of withdrawn units.
+/// Found in review of a withdrawal fence (ledger `withdrawn` against this
+/// Redis' takes, since dropped): a withdrawal made while the sale was cold
+/// must not shield a later take in flight, whose units would be offered
+/// again. The resync subtracts every unit being withdrawn.
 #[tokio::test]
-async fn a_withdrawal_whose_settle_was_forgotten_is_not_subtracted_twice() {
+async fn a_cold_withdrawal_does_not_put_a_later_take_back_on_sale() {
     use shared::domain::{AuditEntry, Ledger, StockChange};
     use shared::ports::ShelfStep;
-    let (g, p) = warmed(10, 1).await;
-    let w = StockChange::new(p.clone(), IdempotencyKey::parse("w1").unwrap(), -3).unwrap();
+    // 100 units, 10 withdrawn while cold: warmed from the ledger's 90.
+    let (g, p) = warmed(90, 1).await;
+    let w = StockChange::new(p.clone(), IdempotencyKey::parse("w2").unwrap(), -5).unwrap();
     let entry = AuditEntry {
         product_id: Some(p.clone()),
         at: OffsetDateTime::now_utc(),
         actor: "ops".into(),
-        action: "withdraw_stock 3".into(),
+        action: "withdraw_stock 5".into(),
         reason: "damaged".into(),
     };
     g.change_shelf(&w, ShelfStep::Take, Some(&entry))
         .await
         .unwrap();
     let fence = g.stats(&p).await.unwrap().unwrap().fence();
-    // The ledger before the record still holds the 3: they are not offered.
-    assert_eq!(g.resync(&p, &remaining(10), fence).await.unwrap(), Some(0));
-    // Recorded in DynamoDB; the settle here is lost (a failover forgot it).
-    let recorded = Ledger {
-        withdrawn: 3,
-        ..remaining(7)
+    let cold = Ledger {
+        withdrawn: 10,
+        ..remaining(90)
     };
-    assert_eq!(g.resync(&p, &recorded, fence).await.unwrap(), Some(0));
-    assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 7);
+    assert_eq!(g.resync(&p, &cold, fence).await.unwrap(), Some(0));
+    assert_eq!(g.resync(&p, &cold, fence).await.unwrap(), Some(0));
+    assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 85);
 }
 
 /// A sweep racing a burst: an order placed in DynamoDB before the sweep's

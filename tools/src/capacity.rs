@@ -217,6 +217,35 @@ fn writes(target: &str, body: &Value) -> Option<(bool, Vec<String>)> {
     }
 }
 
+/// The items of a transactional read (table + key).
+fn reads(body: &Value) -> Option<Vec<String>> {
+    body["TransactItems"]
+        .as_array()?
+        .iter()
+        .map(|op| {
+            let get = &op["Get"];
+            Some(format!(
+                "{}|{}",
+                get["TableName"].as_str()?,
+                get["Key"]["pk"]
+            ))
+        })
+        .collect()
+}
+
+/// DynamoDB's answer to a cancelled transaction, one reason per item.
+fn cancelled(reasons: &[Option<&'static str>]) -> Value {
+    let codes: Vec<Value> = reasons
+        .iter()
+        .map(|r| json!({ "Code": r.unwrap_or("None") }))
+        .collect();
+    json!({
+        "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+        "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons",
+        "CancellationReasons": codes,
+    })
+}
+
 enum Verdict {
     Pass,
     /// Per item: None, or the reason it was refused.
@@ -271,6 +300,22 @@ impl Ledger {
         Verdict::Pass
     }
 
+    /// Per item of a transactional read, whether a transaction in flight
+    /// holds it; None when none does.
+    fn held(&self, keys: &[String]) -> Option<Vec<Option<&'static str>>> {
+        let items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        let reasons: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                items
+                    .get(k)
+                    .is_some_and(|s| s.held)
+                    .then_some("TransactionConflict")
+            })
+            .collect();
+        reasons.iter().any(Option::is_some).then_some(reasons)
+    }
+
     /// A transaction's reply came back (or its call was dropped): its items
     /// are free.
     fn release(&self, keys: &[String]) {
@@ -319,6 +364,18 @@ impl HttpConnector for LimitedConnector {
             .and_then(|b| serde_json::from_slice::<Value>(b).ok())
             .and_then(|body| writes(&target, &body));
         let Some((transaction, keys)) = parsed else {
+            // A transactional read meeting a write in flight is cancelled
+            // too (it takes no write capacity).
+            if target == "DynamoDB_20120810.TransactGetItems"
+                && let Some(reasons) = request
+                    .body()
+                    .bytes()
+                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                    .and_then(|body| reads(&body))
+                    .and_then(|keys| self.state.held(&keys))
+            {
+                return self.state.refusals.refuse(true, cancelled(&reasons));
+            }
             return self.inner.call(request);
         };
         let refusals = &self.state.refusals;
@@ -349,20 +406,10 @@ impl HttpConnector for LimitedConnector {
                     "message": "Transaction is ongoing for the item",
                 }),
             ),
-            Verdict::Cancelled(reasons) => {
-                let codes: Vec<Value> = reasons
-                    .iter()
-                    .map(|r| json!({ "Code": r.unwrap_or("None") }))
-                    .collect();
-                refusals.refuse(
-                    reasons.contains(&Some("TransactionConflict")),
-                    json!({
-                        "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
-                        "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons",
-                        "CancellationReasons": codes,
-                    }),
-                )
-            }
+            Verdict::Cancelled(reasons) => refusals.refuse(
+                reasons.contains(&Some("TransactionConflict")),
+                cancelled(&reasons),
+            ),
             Verdict::Throttled => refusals.refuse(
                 false,
                 json!({
@@ -442,7 +489,12 @@ mod tests {
             keys: a.clone(),
         };
         assert!(matches!(l.admit(true, &a), Verdict::Cancelled(_)));
+        // A transactional read of it is cancelled too, and only while held.
+        let body = json!({"TransactItems": [{"Get": {"TableName": "t", "Key": {"pk": "a"}}}]});
+        assert_eq!(reads(&body).unwrap(), [r#"t|"a""#]);
+        assert_eq!(l.held(&a), Some(vec![Some("TransactionConflict")]));
         drop(in_flight);
+        assert_eq!(l.held(&a), None);
         assert!(matches!(l.admit(true, &a), Verdict::Pass));
     }
 

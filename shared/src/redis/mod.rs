@@ -797,7 +797,6 @@ impl StockGate for RedisGate {
             .arg(fence_seen)
             .arg(ledger.returned())
             .arg(ledger.releasing)
-            .arg(ledger.withdrawn)
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;

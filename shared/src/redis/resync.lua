@@ -20,15 +20,14 @@
 -- hide a later release in flight; so is a return added while the sale was
 -- cold, which the warm-up offered). Put back here after the ledger read:
 -- the shelf's.
--- Withdrawals likewise: of the units this Redis took off the shelf for them
--- (withdrawing + withdrawn_units), only those the ledger does not count as
--- withdrawn yet are still in its `remaining`; one recorded there whose
--- settle step a failover forgot is not subtracted twice.
+-- Units being withdrawn (`withdrawing`) are never offered. (Counting them
+-- against the ledger's `withdrawn` cannot tell a take in flight from a
+-- withdrawal made while the sale was cold; a settle a failover forgot is
+-- instead redone by the sweeper before its resync.)
 --
 -- KEYS[1] stock  KEYS[2] stats
 -- ARGV[1] ledger units remaining  ARGV[2] the fence, read before the ledger
 -- ARGV[3] the ledger's released + added units  ARGV[4] the ledger's releasing
--- ARGV[5] the ledger's withdrawn units
 -- Returns {"synced", drift} (drift = new - old shelf) | {"busy", 0} when this
 -- Redis went back in time since the read (a failover): nothing changed.
 
@@ -36,9 +35,8 @@ local ledger = tonumber(ARGV[1])
 local seen = tonumber(ARGV[2])
 local returned = tonumber(ARGV[3])
 local releasing = tonumber(ARGV[4])
-local withdrawn = tonumber(ARGV[5])
-if not ledger or not seen or not returned or not releasing or not withdrawn then
-  return redis.error_reply("resync.lua: bad arguments: numeric remaining, fence, returned, releasing and withdrawn units")
+if not ledger or not seen or not returned or not releasing then
+  return redis.error_reply("resync.lua: bad arguments: numeric remaining, fence, returned and releasing units")
 end
 local s = redis.call("HMGET", KEYS[2], "pending_units", "placed_units", "withdrawn_units", "withdrawing",
   "released_units", "added_units", "adopted_units")
@@ -59,11 +57,7 @@ local since_read = put_back - returned
 if since_read < 0 then
   since_read = 0
 end
-local unrecorded = tonumber(s[4] or "0") + tonumber(s[3] or "0") - withdrawn
-if unrecorded < 0 then
-  unrecorded = 0
-end
-local high = ledger - unapplied + since_read - pending_units - unrecorded
+local high = ledger - unapplied + since_read - pending_units - tonumber(s[4] or "0")
 local low = high - (fence - seen)
 if low < 0 then
   low = 0
