@@ -501,8 +501,6 @@ fn invalid(e: impl std::fmt::Display) -> InfraError {
     InfraError::permanent("dynamodb", e.to_string())
 }
 
-/// Which items of a cancelled transaction failed their condition; None when
-/// the call failed for another reason (returned as the error).
 /// Why DynamoDB cancelled one item of a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cancel {
