@@ -11,10 +11,10 @@
 //!
 //! Every item is taken as its own partition (DynamoDB's adaptive capacity
 //! isolates a hot item that way at best). A transaction holds its items
-//! while it is in flight, as DynamoDB's do, and is in flight for at least
-//! `hold` (its reply waits that long): once it has answered, cancelled or
-//! not, its items are free, so an order never conflicts with its own
-//! earlier attempt.
+//! while it is in flight, as DynamoDB's do: one that commits is in flight
+//! for at least `hold` (its reply waits that long), one the emulator
+//! cancels on a condition until it answers. Once it has answered its items
+//! are free, so an order never conflicts with its own earlier attempt.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -390,7 +390,11 @@ impl HttpConnector for LimitedConnector {
                 let reply = self.inner.call(request);
                 HttpConnectorFuture::new(async move {
                     let reply = reply.await;
-                    tokio::time::sleep_until(done_at).await;
+                    // One the emulator cancelled (a condition failed) is
+                    // over when it answers; one that commits takes `hold`.
+                    if reply.as_ref().is_ok_and(|r| r.status().is_success()) {
+                        tokio::time::sleep_until(done_at).await;
+                    }
                     drop(in_flight);
                     reply
                 })
