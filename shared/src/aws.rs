@@ -31,6 +31,7 @@ use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
 use crate::ports::{
     Fate, FateNote, OrderQueue, OrderStore, PaymentWrite, Placement, PortResult, Transition,
 };
+use crate::retry::{self, Backoff};
 
 /// The AWS SDK's HTTPS client trusts the system's CA certificates and
 /// panics, deep inside its first use, when there are none (a container image
@@ -1493,7 +1494,16 @@ impl OrderStore for DynamoStore {
         }
         match get_n::<u16>(&item, "ledger_shards").unwrap_or(1) {
             1 => Ok(Some(ledger_counts(&item))),
-            n => Ok(Some(ledger::total(&self.shards(id, n).await?))),
+            // Its readers (the sweep, admin stats, warm-up) can wait a few
+            // pauses for writes in flight to land; a placement cannot.
+            n => {
+                let snapshot = Backoff {
+                    attempts: 6,
+                    first: Duration::from_millis(5),
+                };
+                let shards = retry::transient(snapshot, || self.shards(id, n)).await?;
+                Ok(Some(ledger::total(&shards)))
+            }
         }
     }
 

@@ -178,9 +178,24 @@ impl AfterSale<'_> {
         Ok(tally)
     }
 
+    /// The product's stats; a 503 (its ledger read met writes in flight) is
+    /// asked again, so a busy moment does not read as "nothing left".
     async fn stats(&self) -> Result<Value> {
         let path = format!("/api/admin/products/{}", self.product);
-        Ok(self.api.admin("GET", &path, None).await?.body)
+        for _ in 0..20 {
+            let answer = self.api.admin("GET", &path, None).await?;
+            if answer.status == 200 {
+                return Ok(answer.body);
+            }
+            ensure!(
+                answer.status == 503,
+                "product stats answered {} {}",
+                answer.status,
+                answer.body
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        bail!("product stats answered 503 for 5 s")
     }
 
     /// Waits for the order to be placed (its reservation is what a payment

@@ -246,3 +246,91 @@ async fn a_failover_that_forgets_acknowledged_writes_keeps_the_promise() {
     }
     s.running.stop().await;
 }
+
+/// Buyers keep the gate busy while the product's primary dies: redis-rs
+/// 1.8's cluster client then deadlocked (a slot refresh waiting for a lock a
+/// request it stopped polling held), and every call of every slot timed out
+/// for the rest of the run. The gate replaces a connection that gets no
+/// answer for four response timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_gate_answers_again_after_its_primary_dies() {
+    let mut c = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap()
+        .expect("a Redis Cluster on loopback");
+    let g = RedisGate::new(RedisSettings {
+        cluster: true,
+        response_timeout: Duration::from_millis(500),
+        ..common::redis_settings(c.url(), "fs-busy")
+    });
+    let p = ProductId::parse(unique("busy")).unwrap();
+    let product = shared::fakes::product(p.as_str());
+    g.warm(&product, false, 1_000_000, 0).await.unwrap();
+    let slot = c.slot_of(&g.keys(&p).stock()).unwrap();
+    let (primary, replica) = c.primary_and_replica(slot).unwrap();
+
+    // 64 buyers in a loop; each answer is logged as (when, answered).
+    let start = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Vec::<(Duration, bool)>::new()));
+    let buyers: Vec<_> = (0..64)
+        .map(|i| {
+            let (g, p, stop, answers) = (g.clone(), p.clone(), stop.clone(), answers.clone());
+            tokio::spawn(async move {
+                for n in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let purchase = Purchase {
+                        request_id: RequestId::new(&p),
+                        product_id: p.clone(),
+                        user_id: UserId::parse(format!("u{i}-{n}")).unwrap(),
+                        quantity: Quantity::new(1).unwrap(),
+                        idempotency_key: None,
+                        client_ip: None,
+                    };
+                    let ok = g.admit(&purchase).await.is_ok();
+                    answers.lock().unwrap().push((start.elapsed(), ok));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.isolate_replica(primary, replica).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats_key = g.keys(&p).stats();
+    let (_c, drill) = tokio::task::spawn_blocking(move || {
+        let d = c.fail_over(primary, replica, slot, (&stats_key, "admitted"));
+        (c, d)
+    })
+    .await
+    .unwrap();
+    drill.expect("the replica is promoted");
+    let promoted = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in buyers {
+        b.await.unwrap();
+    }
+
+    // From 4 s after the promotion (the replacement's bound, 2 s, plus
+    // the calls in flight then), every call is answered.
+    let answers = answers.lock().unwrap();
+    let late: Vec<_> = answers
+        .iter()
+        .filter(|(at, _)| *at > promoted + Duration::from_secs(4))
+        .collect();
+    let failed = late.iter().filter(|(_, ok)| !ok).count();
+    assert!(
+        late.len() > 100,
+        "only {} calls after the promotion",
+        late.len()
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} calls failed after the promotion",
+        late.len()
+    );
+}
