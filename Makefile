@@ -18,7 +18,7 @@ export SAM_CLI_TELEMETRY := 0
 FUNCTIONS := deduct order-consumer order-status admin compensation outbox-sweeper payment-webhook order-expirer
 BIN_FLAGS := $(foreach f,$(FUNCTIONS),--bin $(f))
 
-.PHONY: setup build build-arm64 build-x86_64 bench dev-build demo test lint template-lint unit stack-up stack-down sam-build sam-local sam-sale deploy-localstack
+.PHONY: setup build build-arm64 build-x86_64 bench dev-build demo test lint template-lint unit stack-up stack-down sam-build sam-local sam-sale deploy-localstack test-embedded
 
 setup:
 	@localstack/install.sh
@@ -77,12 +77,19 @@ template-lint:
 	$(TOOLS_BIN)/cfn-lint template.yaml
 	$(TOOLS_BIN)/sam validate --lint --region eu-west-1 >/dev/null
 
+# The stack tests that drive DynamoDB again, on dynoxide embedded in the test
+# process (tools::embedded) instead of DynamoDB Local: both must agree.
+test-embedded: setup dev-build
+	FLASHSALE_TEST_DYNAMODB=embedded localstack/with-stack.sh cargo $(NEXTEST) -p flashsale-tools \
+	  --test purchase_path --test ledger_shards --test lifecycle --test failure_path --test controls --test secrets
+
 # Handler and domain unit tests only: no stack needed.
 unit:
 	cargo $(NEXTEST) --workspace --lib --bins
 
 test: setup lint dev-build
 	localstack/with-stack.sh cargo $(NEXTEST) --workspace
+	@$(MAKE) --no-print-directory test-embedded
 	@$(MAKE) --no-print-directory sam-sale
 
 # A stack left running for manual work: `source .stack/env` afterwards.

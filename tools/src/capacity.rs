@@ -142,16 +142,21 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
-/// `sdk` with its DynamoDB calls going through the decorator; the counters
-/// of what it refused.
-pub fn limited(sdk: &SdkConfig, capacity: Capacity) -> (SdkConfig, Arc<Refusals>) {
-    // The one the SDK would pick itself when the config names none.
-    let inner = sdk.http_client().unwrap_or_else(|| {
+/// `sdk`'s HTTP client: the one it names, or the one the SDK would pick
+/// itself when it names none.
+pub fn http_client_of(sdk: &SdkConfig) -> SharedHttpClient {
+    sdk.http_client().unwrap_or_else(|| {
         use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
         aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
             .build_https()
-    });
+    })
+}
+
+/// `sdk` with its DynamoDB calls going through the decorator; the counters
+/// of what it refused.
+pub fn limited(sdk: &SdkConfig, capacity: Capacity) -> (SdkConfig, Arc<Refusals>) {
+    let inner = http_client_of(sdk);
     let refusals = Arc::new(Refusals::default());
     let client = Limited {
         inner,

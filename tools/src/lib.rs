@@ -9,6 +9,7 @@ pub mod chart;
 pub mod client;
 pub mod cluster;
 pub mod demo;
+pub mod embedded;
 pub mod invoke;
 pub mod loadtest;
 pub mod provision;

@@ -124,7 +124,7 @@ async fn redrive_to(
     Ok((QueueAttributeName::RedrivePolicy, policy.to_string()))
 }
 
-async fn create_table(sdk: &SdkConfig, name: &str) -> Result<()> {
+pub async fn create_table(sdk: &SdkConfig, name: &str) -> Result<()> {
     let ddb = aws_sdk_dynamodb::Client::new(sdk);
     let attr = |n: &str| {
         AttributeDefinition::builder()

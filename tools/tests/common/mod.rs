@@ -55,6 +55,12 @@ pub fn redis_settings(url: String, namespace: &str) -> RedisSettings {
     }
 }
 
+/// `FLASHSALE_TEST_DYNAMODB=embedded`: the stack tests run on dynoxide in
+/// this process (tools::embedded) instead of DynamoDB Local.
+pub fn embedded_dynamodb() -> bool {
+    std::env::var("FLASHSALE_TEST_DYNAMODB").as_deref() == Ok("embedded")
+}
+
 pub fn unique(prefix: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}-{}", &id[..10])
@@ -111,8 +117,17 @@ impl TestStack {
     pub async fn start_with(hint: &str, opts: Options) -> Self {
         let redis_url = require_env("FLASHSALE_REDIS_URL");
         require_env("AWS_ENDPOINT_URL_SQS");
-        require_env("AWS_ENDPOINT_URL_DYNAMODB");
+        // FLASHSALE_TEST_DYNAMODB=embedded: the same tests on dynoxide in
+        // process instead of DynamoDB Local (tools::embedded).
         let sdk = shared::aws::load_sdk_config().await;
+        let sdk = if embedded_dynamodb() {
+            tools::embedded::Embedded::new()
+                .expect("an embedded DynamoDB")
+                .over(&sdk)
+        } else {
+            require_env("AWS_ENDPOINT_URL_DYNAMODB");
+            sdk
+        };
         let prefix = unique(hint);
         let names =
             provision::provision(&sdk, &Names::with_prefix(&prefix), opts.visibility_timeout)

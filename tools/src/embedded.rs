@@ -1,0 +1,167 @@
+//! DynamoDB inside this process: dynoxide's engine (SQLite in memory) behind
+//! the SDK's HTTP client, so the real `DynamoStore` runs unchanged, through
+//! the real SDK, with no emulator to start. The simulation drives it; its
+//! faults (conflicts, lost replies) are decorators around this client, as
+//! [`crate::capacity`] is around a real one.
+//!
+//! This module only routes: each operation's JSON goes to dynoxide's typed
+//! request and its typed answer (or error, with the `__type` and
+//! cancellation reasons DynamoDB writes) comes back. It holds no DynamoDB rule
+//! and no flashsale one.
+
+use anyhow::{Context, Result};
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_runtime_api::client::result::ConnectorError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_runtime_api::http::StatusCode;
+use aws_smithy_types::body::SdkBody;
+use dynoxide::{Database, DynoxideError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// One in-memory DynamoDB; clones share it.
+#[derive(Clone)]
+pub struct Embedded {
+    db: Database,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Embedded DynamoDB")
+    }
+}
+
+impl Embedded {
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            db: Database::memory().context("opening dynoxide's in-memory database")?,
+        })
+    }
+
+    /// An SDK configuration whose DynamoDB calls all land here (the
+    /// credentials and endpoint are placeholders the SDK needs to sign).
+    pub fn sdk(&self) -> SdkConfig {
+        SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "embedded", "embedded", None, None, "embedded",
+            )))
+            .endpoint_url("http://dynamodb.embedded.invalid")
+            .http_client(SharedHttpClient::new(Client {
+                embedded: self.clone(),
+                others: None,
+            }))
+            .build()
+    }
+
+    /// `base` with its DynamoDB calls landing here and every other call
+    /// (SQS) going where it went.
+    pub fn over(&self, base: &SdkConfig) -> SdkConfig {
+        base.to_builder()
+            .http_client(SharedHttpClient::new(Client {
+                embedded: self.clone(),
+                others: Some(crate::capacity::http_client_of(base)),
+            }))
+            .build()
+    }
+
+    /// One request: its status and JSON body.
+    pub fn dispatch(&self, operation: &str, body: &[u8]) -> (u16, String) {
+        let db = &self.db;
+        let out = match operation {
+            "CreateTable" => run(body, |r| db.create_table(r)),
+            "DescribeTable" => run(body, |r| db.describe_table(r)),
+            "DeleteTable" => run(body, |r| db.delete_table(r)),
+            "ListTables" => run(body, |r| db.list_tables(r)),
+            "UpdateTimeToLive" => run(body, |r| db.update_time_to_live(r)),
+            "DescribeTimeToLive" => run(body, |r| db.describe_time_to_live(r)),
+            "PutItem" => run(body, |r| db.put_item(r)),
+            "GetItem" => run(body, |r| db.get_item(r)),
+            "UpdateItem" => run(body, |r| db.update_item(r)),
+            "DeleteItem" => run(body, |r| db.delete_item(r)),
+            "Query" => run(body, |r| db.query(r)),
+            "Scan" => run(body, |r| db.scan(r)),
+            "BatchGetItem" => run(body, |r| db.batch_get_item(r)),
+            "BatchWriteItem" => run(body, |r| db.batch_write_item(r)),
+            "TransactWriteItems" => run(body, |r| db.transact_write_items(r)),
+            "TransactGetItems" => run(body, |r| db.transact_get_items(r)),
+            other => Err(DynoxideError::ValidationException(format!(
+                "the embedded DynamoDB does not route {other}: add it to tools::embedded"
+            ))),
+        };
+        match out {
+            Ok(json) => (200, json),
+            Err(e) => (e.status_code(), e.to_json()),
+        }
+    }
+}
+
+fn run<Q: DeserializeOwned, R: Serialize>(
+    body: &[u8],
+    call: impl FnOnce(Q) -> dynoxide::Result<R>,
+) -> dynoxide::Result<String> {
+    let request = serde_json::from_slice(body)
+        .map_err(|e| DynoxideError::SerializationException(e.to_string()))?;
+    let answer = call(request)?;
+    serde_json::to_string(&answer).map_err(|e| DynoxideError::InternalServerError(e.to_string()))
+}
+
+#[derive(Debug)]
+struct Client {
+    embedded: Embedded,
+    others: Option<SharedHttpClient>,
+}
+
+impl HttpClient for Client {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(Connector {
+            embedded: self.embedded.clone(),
+            others: self
+                .others
+                .as_ref()
+                .map(|c| c.http_connector(settings, components)),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Connector {
+    embedded: Embedded,
+    others: Option<SharedHttpConnector>,
+}
+
+impl HttpConnector for Connector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let target = request.headers().get("x-amz-target").unwrap_or_default();
+        let Some(operation) = target.strip_prefix("DynamoDB_20120810.") else {
+            return match &self.others {
+                Some(others) => others.call(request),
+                None => HttpConnectorFuture::ready(Err(ConnectorError::user(
+                    format!("the embedded DynamoDB got a call for another service ({target:?})")
+                        .into(),
+                ))),
+            };
+        };
+        let body = request.body().bytes().unwrap_or_default();
+        let (status, json) = self.embedded.dispatch(operation, body);
+        let status = StatusCode::try_from(status)
+            .unwrap_or_else(|_| StatusCode::try_from(500).unwrap_or_else(|_| unreachable!()));
+        let mut response = HttpResponse::new(status, SdkBody::from(json));
+        response
+            .headers_mut()
+            .insert("content-type", "application/x-amz-json-1.0");
+        HttpConnectorFuture::ready(Ok(response))
+    }
+}
