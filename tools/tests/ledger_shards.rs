@@ -79,7 +79,10 @@ async fn remaining(store: &DynamoStore, p: &ProductId) -> i64 {
 
 #[tokio::test]
 async fn orders_take_from_the_shards_and_sell_out_only_when_all_are_empty() {
-    let store = store("shards").await;
+    sell_out(&store("shards").await).await;
+}
+
+async fn sell_out(store: &DynamoStore) {
     let p = product("sharded", 10, 4);
     assert!(store.create_product(&p).await.unwrap());
     assert_eq!(
@@ -91,7 +94,7 @@ async fn orders_take_from_the_shards_and_sell_out_only_when_all_are_empty() {
             .ledger_shards,
         4
     );
-    assert_eq!(remaining(&store, &p.product_id).await, 10);
+    assert_eq!(remaining(store, &p.product_id).await, 10);
 
     // Ten single units: every one placed, whichever shard each starts at.
     let terms = p.reservation(Quantity::new(1).unwrap(), 0);
@@ -101,7 +104,7 @@ async fn orders_take_from_the_shards_and_sell_out_only_when_all_are_empty() {
         assert_eq!(store.place(&msg, &terms).await.unwrap(), Placement::Placed);
         placed.push(msg);
     }
-    assert_eq!(remaining(&store, &p.product_id).await, 0);
+    assert_eq!(remaining(store, &p.product_id).await, 0);
     let late = order(&p, "late", 1);
     assert_eq!(
         store.place(&late, &terms).await.unwrap(),
@@ -110,27 +113,27 @@ async fn orders_take_from_the_shards_and_sell_out_only_when_all_are_empty() {
 
     // Three units no shard holds alone: split over three shards, one
     // transaction; then nothing is left for anyone.
-    set_shards(&store, &p.product_id, &[1, 0, 1, 1]).await;
+    set_shards(store, &p.product_id, &[1, 0, 1, 1]).await;
     let terms3 = p.reservation(Quantity::new(3).unwrap(), 0);
     let three = order(&p, "three", 3);
     assert_eq!(
         store.place(&three, &terms3).await.unwrap(),
         Placement::Placed
     );
-    assert_eq!(remaining(&store, &p.product_id).await, 0);
+    assert_eq!(remaining(store, &p.product_id).await, 0);
     // A redelivery of it is the order it already is, not a second take.
     assert_eq!(
         store.place(&three, &terms3).await.unwrap(),
         Placement::Exists(OrderStatus::Placed)
     );
     // More than all shards hold together: sold out, nothing taken.
-    set_shards(&store, &p.product_id, &[1, 1, 0, 0]).await;
+    set_shards(store, &p.product_id, &[1, 1, 0, 0]).await;
     let too_many = order(&p, "toomany", 3);
     assert_eq!(
         store.place(&too_many, &terms3).await.unwrap(),
         Placement::OutOfStock
     );
-    assert_eq!(remaining(&store, &p.product_id).await, 2);
+    assert_eq!(remaining(store, &p.product_id).await, 2);
     assert!(store.order(&too_many.request_id).await.unwrap().is_none());
 
     // A payment and a release count on the order's home shard; the sum sees
@@ -172,10 +175,13 @@ async fn orders_take_from_the_shards_and_sell_out_only_when_all_are_empty() {
 
 #[tokio::test]
 async fn a_withdrawal_takes_from_several_shards_or_is_refused_whole() {
-    let store = store("shardw").await;
+    withdrawal(&store("shardw").await).await;
+}
+
+async fn withdrawal(store: &DynamoStore) {
     let p = product("shardw", 8, 4);
     assert!(store.create_product(&p).await.unwrap());
-    set_shards(&store, &p.product_id, &[0, 2, 1, 2]).await;
+    set_shards(store, &p.product_id, &[0, 2, 1, 2]).await;
     let change = |key: &str, delta: i64| {
         StockChange::new(
             p.product_id.clone(),
@@ -279,7 +285,10 @@ async fn contended_shards_place_every_unit_in_the_first_delivery() {
 /// DynamoDB's terms.
 #[tokio::test]
 async fn a_release_moves_only_the_stored_orders_units() {
-    let store = store("release").await;
+    stored_release(&store("release").await).await;
+}
+
+async fn stored_release(store: &DynamoStore) {
     let p = product("release", 10, 1);
     assert!(store.create_product(&p).await.unwrap());
     let msg = order(&p, "u1", 1);
@@ -295,7 +304,7 @@ async fn a_release_moves_only_the_stored_orders_units() {
             .unwrap(),
         Transition::Refused(OrderStatus::Placed)
     );
-    assert_eq!(remaining(&store, &p.product_id).await, 9);
+    assert_eq!(remaining(store, &p.product_id).await, 9);
     let mut redis_view = stored.clone();
     redis_view.reservation = None;
     assert!(
@@ -311,7 +320,7 @@ async fn a_release_moves_only_the_stored_orders_units() {
             .unwrap(),
         Transition::Done
     );
-    assert_eq!(remaining(&store, &p.product_id).await, 10);
+    assert_eq!(remaining(store, &p.product_id).await, 10);
 }
 
 /// Issue 18, hole C: a buyer's second order when the ledger is empty too is
@@ -319,7 +328,10 @@ async fn a_release_moves_only_the_stored_orders_units() {
 /// free them in Redis to buy again).
 #[tokio::test]
 async fn a_buyer_holding_an_order_is_refused_as_such_when_stock_is_out_too() {
-    let store = store("buyer-first").await;
+    buyer_first(&store("buyer-first").await).await;
+}
+
+async fn buyer_first(store: &DynamoStore) {
     let p = product("buyer-first", 1, 1);
     assert!(store.create_product(&p).await.unwrap());
     let terms = p.reservation(Quantity::new(1).unwrap(), 0);
@@ -333,4 +345,55 @@ async fn a_buyer_holding_an_order_is_refused_as_such_when_stock_is_out_too() {
         store.place(&second, &terms).await.unwrap(),
         Placement::BuyerTaken
     );
+}
+
+/// Issue 19: the embedded store (tools::embedded) answers the adapter as
+/// DynamoDB Local does. The scenarios above run on DynamoDB Local with every
+/// call recorded; the requests are replayed in order on a fresh embedded
+/// store, and each answer must match: status, error type, every
+/// cancellation reason's code, and a success's body.
+#[tokio::test]
+async fn the_embedded_store_answers_the_adapter_as_dynamodb_local_does() {
+    common::require_env("AWS_ENDPOINT_URL_DYNAMODB");
+    let (sdk, recording) = tools::embedded::recording(&shared::aws::load_sdk_config().await);
+    let table = common::unique("differential");
+    provision::create_table(&sdk, &table).await.unwrap();
+    let store = DynamoStore::new(&sdk, &table);
+    sell_out(&store).await;
+    withdrawal(&store).await;
+    stored_release(&store).await;
+    buyer_first(&store).await;
+    let exchanges = recording.exchanges();
+    let refused = exchanges.iter().filter(|x| x.status != 200).count();
+    // Which refusals the scenarios met (the type, and a cancellation's codes).
+    let kinds: std::collections::BTreeSet<String> = exchanges
+        .iter()
+        .filter(|x| x.status != 200)
+        .map(|x| {
+            let v: serde_json::Value = serde_json::from_str(&x.response).unwrap_or_default();
+            let codes: Vec<&str> = v["CancellationReasons"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|r| r["Code"].as_str()).collect())
+                .unwrap_or_default();
+            format!(
+                "{} {}{codes:?}",
+                x.operation,
+                v["__type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .rsplit('#')
+                    .next()
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    println!("refusals met: {kinds:?}");
+    let differences = recording.replay_differences().unwrap();
+    println!(
+        "differential: {} exchanges ({refused} refused) replayed, {} differ",
+        exchanges.len(),
+        differences.len()
+    );
+    assert!(refused > 3, "the scenarios must meet condition failures");
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
