@@ -111,8 +111,22 @@ fn run<Q: DeserializeOwned, R: Serialize>(
     body: &[u8],
     call: impl FnOnce(Q) -> dynoxide::Result<R>,
 ) -> dynoxide::Result<String> {
-    let request = serde_json::from_slice(body)
-        .map_err(|e| DynoxideError::SerializationException(e.to_string()))?;
+    // dynoxide's request types mark which DynamoDB error a value they
+    // refuse is (a name too short is a ValidationException, a number where
+    // a string belongs a SerializationException).
+    let request = serde_json::from_slice(body).map_err(|e| {
+        let message = e.to_string();
+        match ["VALIDATION_REQUEST:", "VALIDATION_AS_READ:", "VALIDATION:"]
+            .iter()
+            .find_map(|marker| message.strip_prefix(marker))
+        {
+            Some(m) => DynoxideError::ValidationException(m.to_owned()),
+            None if message.contains("missing field") || message.contains("unknown variant") => {
+                DynoxideError::ValidationException(message)
+            }
+            None => DynoxideError::SerializationException(message),
+        }
+    })?;
     let answer = call(request)?;
     serde_json::to_string(&answer).map_err(|e| DynoxideError::InternalServerError(e.to_string()))
 }
