@@ -29,10 +29,60 @@ use dynoxide::{Database, DynoxideError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// One in-memory DynamoDB; clones share it.
+/// One in-memory DynamoDB; clones share it and its [`Faults`].
 #[derive(Clone)]
 pub struct Embedded {
     db: Database,
+    pub faults: Faults,
+}
+
+/// What dynoxide does not do by itself, ordered by the caller (a test, the
+/// simulation's scheduler): refuse the next calls before they run, as
+/// DynamoDB does under contention, or run them and lose their replies (the
+/// write committed, the caller sees a 500 and retries).
+#[derive(Clone, Default, Debug)]
+pub struct Faults(Arc<Mutex<FaultCounts>>);
+
+#[derive(Default, Debug)]
+struct FaultCounts {
+    refuse: usize,
+    lose_reply: usize,
+}
+
+impl Faults {
+    /// The next `n` calls are refused unrun: a transaction with
+    /// TransactionConflict, anything else throttled.
+    pub fn refuse_next(&self, n: usize) {
+        self.counts().refuse = n;
+    }
+
+    /// The next `n` calls run, and their replies are lost.
+    pub fn lose_next_replies(&self, n: usize) {
+        self.counts().lose_reply = n;
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, FaultCounts> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one of the ordered faults, if any is left.
+    fn take(&self) -> Option<Fault> {
+        let mut c = self.counts();
+        if c.refuse > 0 {
+            c.refuse -= 1;
+            return Some(Fault::Refuse);
+        }
+        if c.lose_reply > 0 {
+            c.lose_reply -= 1;
+            return Some(Fault::LoseReply);
+        }
+        None
+    }
+}
+
+enum Fault {
+    Refuse,
+    LoseReply,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -45,6 +95,7 @@ impl Embedded {
     pub fn new() -> Result<Self> {
         Ok(Self {
             db: Database::memory().context("opening dynoxide's in-memory database")?,
+            faults: Faults::default(),
         })
     }
 
@@ -172,7 +223,38 @@ impl HttpConnector for Connector {
             };
         };
         let body = request.body().bytes().unwrap_or_default();
-        let (status, json) = self.embedded.dispatch(operation, body);
+        let (status, json) = match self.embedded.faults.take() {
+            None => self.embedded.dispatch(operation, body),
+            // As DynamoDB cancels a transaction that meets another in flight
+            // on its items (here: all of them).
+            Some(Fault::Refuse) if operation.starts_with("Transact") => {
+                let items = serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|b| b["TransactItems"].as_array().map(Vec::len))
+                    .unwrap_or(1);
+                let reasons = vec![serde_json::json!({ "Code": "TransactionConflict" }); items];
+                (
+                    400,
+                    serde_json::json!({
+                        "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+                        "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons",
+                        "CancellationReasons": reasons,
+                    })
+                    .to_string(),
+                )
+            }
+            Some(Fault::Refuse) => (
+                400,
+                r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded"}"#.to_owned(),
+            ),
+            Some(Fault::LoseReply) => {
+                let _ = self.embedded.dispatch(operation, body);
+                (
+                    500,
+                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"the reply was lost (injected)"}"#.to_owned(),
+                )
+            }
+        };
         let status = StatusCode::try_from(status)
             .unwrap_or_else(|_| StatusCode::try_from(500).unwrap_or_else(|_| unreachable!()));
         let mut response = HttpResponse::new(status, SdkBody::from(json));

@@ -1,0 +1,133 @@
+//! The adapter on the embedded DynamoDB (tools::embedded) under the faults
+//! the emulators cannot show: a write that committed but whose reply was
+//! lost (the SDK retries it with its idempotency token), and calls refused
+//! for contention. No stack needed.
+
+use shared::aws::DynamoStore;
+use shared::domain::{
+    AuditEntry, IdempotencyKey, OrderMessage, OrderStatus, Product, Quantity, RequestId,
+    StockChange, UserId,
+};
+use shared::payment::{EventId, PaymentEvent};
+use shared::ports::{OrderStore, PaymentWrite, Placement, Transition};
+use tools::embedded::Embedded;
+
+async fn store() -> (Embedded, DynamoStore) {
+    let e = Embedded::new().unwrap();
+    let sdk = e.sdk();
+    tools::provision::create_table(&sdk, "flashsale")
+        .await
+        .unwrap();
+    (e.clone(), DynamoStore::new(&sdk, "flashsale"))
+}
+
+fn product(stock: u32, shards: u16) -> Product {
+    let mut p = shared::fakes::product("lost");
+    p.stock = stock;
+    p.per_buyer_limit = 5;
+    p.ledger_shards = shards;
+    p
+}
+
+fn order(p: &Product, user: &str) -> OrderMessage {
+    OrderMessage {
+        v: OrderMessage::VERSION,
+        request_id: RequestId::new(&p.product_id),
+        product_id: p.product_id.clone(),
+        user_id: UserId::parse(user).unwrap(),
+        quantity: Quantity::new(1).unwrap(),
+        admitted_at: 0,
+        sale_ends_at: 0,
+    }
+}
+
+/// Every write of the lifecycle, each with its first reply lost: each
+/// lands once and answers as if nothing had happened.
+// Paused: the SDK's retry backoff passes at once.
+#[tokio::test(start_paused = true)]
+async fn writes_whose_replies_were_lost_land_once() {
+    let (e, store) = store().await;
+    let p = product(4, 2);
+    e.faults.lose_next_replies(1);
+    assert!(store.create_product(&p).await.unwrap(), "created");
+
+    let terms = p.reservation(Quantity::new(1).unwrap(), 0);
+    let (a, b) = (order(&p, "a"), order(&p, "b"));
+    e.faults.lose_next_replies(1);
+    assert_eq!(store.place(&a, &terms).await.unwrap(), Placement::Placed);
+    e.faults.lose_next_replies(1);
+    assert_eq!(store.place(&b, &terms).await.unwrap(), Placement::Placed);
+
+    let paid = store.order(&a.request_id).await.unwrap().unwrap();
+    let event = PaymentEvent {
+        event_id: EventId::parse("evt-lost-1").unwrap(),
+        request_id: paid.request_id.clone(),
+        amount: 100,
+        currency: p.currency.clone(),
+        status: "succeeded".into(),
+    };
+    e.faults.lose_next_replies(1);
+    let first = store.pay(&paid, &event, 0).await.unwrap();
+    let again = store.pay(&paid, &event, 0).await.unwrap();
+    assert_eq!(
+        (first, again),
+        (PaymentWrite::Paid, PaymentWrite::EventExists)
+    );
+
+    let released = store.order(&b.request_id).await.unwrap().unwrap();
+    e.faults.lose_next_replies(1);
+    assert_eq!(
+        store
+            .release(&released, OrderStatus::Cancelled, 0)
+            .await
+            .unwrap(),
+        Transition::Done
+    );
+
+    let change = StockChange::new(
+        p.product_id.clone(),
+        IdempotencyKey::parse("w1").unwrap(),
+        -1,
+    )
+    .unwrap();
+    let entry = AuditEntry {
+        at: time::OffsetDateTime::now_utc(),
+        actor: "test".into(),
+        product_id: Some(p.product_id.clone()),
+        action: "withdraw_stock".into(),
+        reason: "test".into(),
+    };
+    e.faults.lose_next_replies(1);
+    let (rec, fresh) = store.change_stock(&change, &entry).await.unwrap().unwrap();
+    assert!(rec.applied, "{rec:?} fresh={fresh}");
+
+    let l = store.ledger(&p.product_id).await.unwrap().unwrap();
+    // 4 units: 2 placed, 1 of them paid, 1 released, 1 withdrawn.
+    assert_eq!(
+        (l.remaining, l.paid, l.released, l.withdrawn),
+        (2, 1, 1, 1),
+        "{l:?}"
+    );
+}
+
+/// A transaction refused for contention three times in a row (the SDK's
+/// own retries, then the adapter's) still places the order once.
+#[tokio::test(start_paused = true)]
+async fn a_placement_refused_for_contention_is_placed_once() {
+    let (e, store) = store().await;
+    let p = product(2, 1);
+    assert!(store.create_product(&p).await.unwrap());
+    let terms = p.reservation(Quantity::new(1).unwrap(), 0);
+    let a = order(&p, "a");
+    e.faults.refuse_next(3);
+    assert_eq!(store.place(&a, &terms).await.unwrap(), Placement::Placed);
+    assert_eq!(
+        store
+            .ledger(&p.product_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .remaining,
+        1
+    );
+}
