@@ -1,13 +1,13 @@
 //! DynamoDB inside this process: dynoxide's engine (SQLite in memory) behind
 //! the SDK's HTTP client, so the real `DynamoStore` runs unchanged, through
-//! the real SDK, with no emulator to start. The simulation drives it; its
-//! faults (conflicts, lost replies) are decorators around this client, as
-//! [`crate::capacity`] is around a real one.
+//! the real SDK, with no emulator to start.
 //!
-//! This module only routes: each operation's JSON goes to dynoxide's typed
-//! request and its typed answer (or error, with the `__type` and
-//! cancellation reasons DynamoDB writes) comes back. It holds no DynamoDB rule
-//! and no flashsale one.
+//! The routing holds no DynamoDB rule and no flashsale one: each operation's
+//! JSON goes to dynoxide's typed request and its typed answer (or error, with
+//! the `__type` and cancellation reasons DynamoDB writes) comes back. Beside
+//! it: [`Faults`] dynoxide cannot make (contention, lost replies), ordered by
+//! the caller, and [`recording`], which records a real server's answers for
+//! the differential test ([`Recording::replay_differences`]).
 
 use std::sync::{Arc, Mutex};
 
