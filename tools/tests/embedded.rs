@@ -3,11 +3,11 @@
 //! lost (the SDK retries it with its idempotency token), and calls refused
 //! for contention. No stack needed.
 
+mod common;
+
+use common::{order, product};
 use shared::aws::DynamoStore;
-use shared::domain::{
-    AuditEntry, IdempotencyKey, OrderMessage, OrderStatus, Product, Quantity, RequestId,
-    StockChange, UserId,
-};
+use shared::domain::{AuditEntry, IdempotencyKey, OrderStatus, Quantity, StockChange};
 use shared::payment::{EventId, PaymentEvent};
 use shared::ports::{OrderStore, PaymentWrite, Placement, Transition};
 use tools::embedded::Embedded;
@@ -21,38 +21,18 @@ async fn store() -> (Embedded, DynamoStore) {
     (e.clone(), DynamoStore::new(&sdk, "flashsale"))
 }
 
-fn product(stock: u32, shards: u16) -> Product {
-    let mut p = shared::fakes::product("lost");
-    p.stock = stock;
-    p.per_buyer_limit = 5;
-    p.ledger_shards = shards;
-    p
-}
-
-fn order(p: &Product, user: &str) -> OrderMessage {
-    OrderMessage {
-        v: OrderMessage::VERSION,
-        request_id: RequestId::new(&p.product_id),
-        product_id: p.product_id.clone(),
-        user_id: UserId::parse(user).unwrap(),
-        quantity: Quantity::new(1).unwrap(),
-        admitted_at: 0,
-        sale_ends_at: 0,
-    }
-}
-
 /// Every write of the lifecycle, each with its first reply lost: each
 /// lands once and answers as if nothing had happened.
 // Paused: the SDK's retry backoff passes at once.
 #[tokio::test(start_paused = true)]
 async fn writes_whose_replies_were_lost_land_once() {
     let (e, store) = store().await;
-    let p = product(4, 2);
+    let p = product("lost", 4, 2);
     e.faults.lose_next_replies(1);
     assert!(store.create_product(&p).await.unwrap(), "created");
 
     let terms = p.reservation(Quantity::new(1).unwrap(), 0);
-    let (a, b) = (order(&p, "a"), order(&p, "b"));
+    let (a, b) = (order(&p, "a", 1), order(&p, "b", 1));
     e.faults.lose_next_replies(1);
     assert_eq!(store.place(&a, &terms).await.unwrap(), Placement::Placed);
     e.faults.lose_next_replies(1);
@@ -115,10 +95,10 @@ async fn writes_whose_replies_were_lost_land_once() {
 #[tokio::test(start_paused = true)]
 async fn a_placement_refused_for_contention_is_placed_once() {
     let (e, store) = store().await;
-    let p = product(2, 1);
+    let p = product("lost", 2, 1);
     assert!(store.create_product(&p).await.unwrap());
     let terms = p.reservation(Quantity::new(1).unwrap(), 0);
-    let a = order(&p, "a");
+    let a = order(&p, "a", 1);
     e.faults.refuse_next(3);
     assert_eq!(store.place(&a, &terms).await.unwrap(), Placement::Placed);
     assert_eq!(

@@ -6,10 +6,10 @@
 mod common;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use common::{order, product};
 use shared::aws::{DynamoStore, table};
 use shared::domain::{
-    AuditEntry, IdempotencyKey, OrderMessage, OrderStatus, Product, ProductId, Quantity, RequestId,
-    StockChange, UserId,
+    AuditEntry, IdempotencyKey, OrderMessage, OrderStatus, ProductId, Quantity, StockChange,
 };
 use shared::ports::{OrderStore, Placement, Transition};
 use tools::provision::{self, Names};
@@ -31,26 +31,6 @@ async fn store_under(hint: &str, capacity: Option<tools::capacity::Capacity>) ->
     match capacity {
         Some(c) => DynamoStore::new(&tools::capacity::limited(&sdk, c).0, &names.table),
         None => DynamoStore::new(&sdk, &names.table),
-    }
-}
-
-fn product(id: &str, stock: u32, shards: u16) -> Product {
-    let mut p = shared::fakes::product(id);
-    p.stock = stock;
-    p.per_buyer_limit = 5;
-    p.ledger_shards = shards;
-    p
-}
-
-fn order(p: &Product, user: &str, quantity: u32) -> OrderMessage {
-    OrderMessage {
-        v: OrderMessage::VERSION,
-        request_id: RequestId::new(&p.product_id),
-        product_id: p.product_id.clone(),
-        user_id: UserId::parse(user).unwrap(),
-        quantity: Quantity::new(quantity).unwrap(),
-        admitted_at: 0,
-        sale_ends_at: 0,
     }
 }
 

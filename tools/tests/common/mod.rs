@@ -282,3 +282,30 @@ pub fn message_of(o: &shared::domain::RequestView) -> shared::domain::OrderMessa
         sale_ends_at: 0,
     }
 }
+
+/// A product of `stock` units over `shards` ledger shards, five per buyer.
+pub fn product(id: &str, stock: u32, shards: u16) -> shared::domain::Product {
+    let mut p = shared::fakes::product(id);
+    p.stock = stock;
+    p.per_buyer_limit = 5;
+    p.ledger_shards = shards;
+    p
+}
+
+/// An order message of `user` for `quantity` units of `p`.
+pub fn order(
+    p: &shared::domain::Product,
+    user: &str,
+    quantity: u32,
+) -> shared::domain::OrderMessage {
+    use shared::domain::{OrderMessage, Quantity, RequestId, UserId};
+    OrderMessage {
+        v: OrderMessage::VERSION,
+        request_id: RequestId::new(&p.product_id),
+        product_id: p.product_id.clone(),
+        user_id: UserId::parse(user).unwrap(),
+        quantity: Quantity::new(quantity).unwrap(),
+        admitted_at: 0,
+        sale_ends_at: 0,
+    }
+}
