@@ -100,8 +100,18 @@ impl Embedded {
     }
 
     /// An SDK configuration whose DynamoDB calls all land here (the
-    /// credentials and endpoint are placeholders the SDK needs to sign).
+    /// credentials and endpoint are placeholders the SDK needs to sign) and
+    /// meet the ordered [`Faults`].
     pub fn sdk(&self) -> SdkConfig {
+        self.sdk_with(true)
+    }
+
+    /// The same, meeting no fault: a checker's reads.
+    pub fn sdk_without_faults(&self) -> SdkConfig {
+        self.sdk_with(false)
+    }
+
+    fn sdk_with(&self, faulty: bool) -> SdkConfig {
         SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("eu-west-1"))
@@ -112,6 +122,7 @@ impl Embedded {
             .http_client(SharedHttpClient::new(Client {
                 embedded: self.clone(),
                 others: None,
+                faulty,
             }))
             .build()
     }
@@ -123,6 +134,7 @@ impl Embedded {
             .http_client(SharedHttpClient::new(Client {
                 embedded: self.clone(),
                 others: Some(crate::capacity::http_client_of(base)),
+                faulty: true,
             }))
             .build()
     }
@@ -186,6 +198,7 @@ fn run<Q: DeserializeOwned, R: Serialize>(
 struct Client {
     embedded: Embedded,
     others: Option<SharedHttpClient>,
+    faulty: bool,
 }
 
 impl HttpClient for Client {
@@ -195,6 +208,7 @@ impl HttpClient for Client {
         components: &RuntimeComponents,
     ) -> SharedHttpConnector {
         SharedHttpConnector::new(Connector {
+            faulty: self.faulty,
             embedded: self.embedded.clone(),
             others: self
                 .others
@@ -208,6 +222,7 @@ impl HttpClient for Client {
 struct Connector {
     embedded: Embedded,
     others: Option<SharedHttpConnector>,
+    faulty: bool,
 }
 
 impl HttpConnector for Connector {
@@ -223,7 +238,8 @@ impl HttpConnector for Connector {
             };
         };
         let body = request.body().bytes().unwrap_or_default();
-        let (status, json) = match self.embedded.faults.take() {
+        let fault = self.faulty.then(|| self.embedded.faults.take()).flatten();
+        let (status, json) = match fault {
             None => self.embedded.dispatch(operation, body),
             // As DynamoDB cancels a transaction that meets another in flight
             // on its items (here: all of them).
