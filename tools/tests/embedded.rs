@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::{order, product};
+use common::{order, payment, product, stock_change};
 use shared::aws::DynamoStore;
-use shared::domain::{AuditEntry, IdempotencyKey, OrderStatus, Quantity, StockChange};
-use shared::payment::{EventId, PaymentEvent};
+use shared::domain::{OrderStatus, Quantity};
 use shared::ports::{OrderStore, PaymentWrite, Placement, Transition};
 use tools::embedded::Embedded;
 
@@ -39,13 +38,7 @@ async fn writes_whose_replies_were_lost_land_once() {
     assert_eq!(store.place(&b, &terms).await.unwrap(), Placement::Placed);
 
     let paid = store.order(&a.request_id).await.unwrap().unwrap();
-    let event = PaymentEvent {
-        event_id: EventId::parse("evt-lost-1").unwrap(),
-        request_id: paid.request_id.clone(),
-        amount: 100,
-        currency: p.currency.clone(),
-        status: "succeeded".into(),
-    };
+    let event = payment(&paid, "evt-lost-1");
     e.faults.lose_next_replies(1);
     let first = store.pay(&paid, &event, 0).await.unwrap();
     let again = store.pay(&paid, &event, 0).await.unwrap();
@@ -64,19 +57,7 @@ async fn writes_whose_replies_were_lost_land_once() {
         Transition::Done
     );
 
-    let change = StockChange::new(
-        p.product_id.clone(),
-        IdempotencyKey::parse("w1").unwrap(),
-        -1,
-    )
-    .unwrap();
-    let entry = AuditEntry {
-        at: time::OffsetDateTime::now_utc(),
-        actor: "test".into(),
-        product_id: Some(p.product_id.clone()),
-        action: "withdraw_stock".into(),
-        reason: "test".into(),
-    };
+    let (change, entry) = stock_change(&p, "w1", -1);
     e.faults.lose_next_replies(1);
     let (rec, fresh) = store.change_stock(&change, &entry).await.unwrap().unwrap();
     assert!(rec.applied, "{rec:?} fresh={fresh}");

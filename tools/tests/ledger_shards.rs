@@ -6,11 +6,9 @@
 mod common;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::{order, product};
+use common::{order, payment, product, stock_change};
 use shared::aws::{DynamoStore, table};
-use shared::domain::{
-    AuditEntry, IdempotencyKey, OrderMessage, OrderStatus, ProductId, Quantity, StockChange,
-};
+use shared::domain::{OrderMessage, OrderStatus, ProductId, Quantity};
 use shared::ports::{OrderStore, Placement, Transition};
 use tools::provision::{self, Names};
 
@@ -119,13 +117,7 @@ async fn sell_out(store: &DynamoStore) {
     // A payment and a release count on the order's home shard; the sum sees
     // both, and the release's shelf step is confirmed once.
     let paid = store.order(&placed[0].request_id).await.unwrap().unwrap();
-    let event = shared::payment::PaymentEvent {
-        event_id: shared::payment::EventId::parse("evt-shard-1").unwrap(),
-        request_id: paid.request_id.clone(),
-        amount: 100,
-        currency: p.currency.clone(),
-        status: "succeeded".into(),
-    };
+    let event = payment(&paid, "evt-shard-1");
     store.pay(&paid, &event, 0).await.unwrap();
     let cancelled = store.order(&placed[1].request_id).await.unwrap().unwrap();
     assert_eq!(
@@ -162,34 +154,13 @@ async fn withdrawal(store: &DynamoStore) {
     let p = product("shardw", 8, 4);
     assert!(store.create_product(&p).await.unwrap());
     set_shards(store, &p.product_id, &[0, 2, 1, 2]).await;
-    let change = |key: &str, delta: i64| {
-        StockChange::new(
-            p.product_id.clone(),
-            IdempotencyKey::parse(key).unwrap(),
-            delta,
-        )
-        .unwrap()
-    };
-    let entry = AuditEntry {
-        at: time::OffsetDateTime::now_utc(),
-        actor: "test".into(),
-        product_id: Some(p.product_id.clone()),
-        action: "withdraw_stock".into(),
-        reason: "test".into(),
-    };
-    let (rec, fresh) = store
-        .change_stock(&change("w1", -4), &entry)
-        .await
-        .unwrap()
-        .unwrap();
+    let (change, entry) = stock_change(&p, "w1", -4);
+    let (rec, fresh) = store.change_stock(&change, &entry).await.unwrap().unwrap();
     assert!(rec.applied && fresh);
     let l = store.ledger(&p.product_id).await.unwrap().unwrap();
     assert_eq!((l.remaining, l.withdrawn), (1, 4));
-    let (rec, _) = store
-        .change_stock(&change("w2", -2), &entry)
-        .await
-        .unwrap()
-        .unwrap();
+    let (change, entry) = stock_change(&p, "w2", -2);
+    let (rec, _) = store.change_stock(&change, &entry).await.unwrap().unwrap();
     assert!(!rec.applied, "only 1 unit is left on the shards");
     let l = store.ledger(&p.product_id).await.unwrap().unwrap();
     assert_eq!((l.remaining, l.withdrawn), (1, 4));

@@ -309,3 +309,44 @@ pub fn order(
         sale_ends_at: 0,
     }
 }
+
+/// A succeeded payment of 100 (the helpers' price) for `order`.
+pub fn payment(
+    order: &shared::domain::RequestView,
+    event_id: &str,
+) -> shared::payment::PaymentEvent {
+    shared::payment::PaymentEvent {
+        event_id: shared::payment::EventId::parse(event_id).unwrap(),
+        request_id: order.request_id.clone(),
+        amount: 100,
+        currency: shared::domain::Currency::parse("EUR").unwrap(),
+        status: "succeeded".into(),
+    }
+}
+
+/// An operator's stock change of `delta` under `key`, with its audit entry.
+pub fn stock_change(
+    p: &shared::domain::Product,
+    key: &str,
+    delta: i64,
+) -> (shared::domain::StockChange, shared::domain::AuditEntry) {
+    let change = shared::domain::StockChange::new(
+        p.product_id.clone(),
+        shared::domain::IdempotencyKey::parse(key).unwrap(),
+        delta,
+    )
+    .unwrap();
+    let entry = shared::domain::AuditEntry {
+        at: time::OffsetDateTime::now_utc(),
+        actor: "test".into(),
+        product_id: Some(p.product_id.clone()),
+        action: if delta < 0 {
+            "withdraw_stock"
+        } else {
+            "add_stock"
+        }
+        .into(),
+        reason: "test".into(),
+    };
+    (change, entry)
+}
