@@ -329,24 +329,22 @@ async fn parked_compensations_are_listed_and_redriven() {
     .await
     .unwrap();
     assert_eq!(moved, 4);
-    // Compensation decides the three; the garbage parks again.
+    // Compensation decides the three, then puts their units back in Redis
+    // (its second step: the order reads COMPENSATED a moment before the
+    // restock lands, so wait for the books, not the orders); the garbage
+    // parks again.
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let decided = futures::future::join_all(msgs.iter().map(|m| s.store.order(&m.request_id)))
-            .await
-            .into_iter()
-            .filter(|o| matches!(o, Ok(Some(v)) if v.status == OrderStatus::Compensated))
-            .count();
-        if decided == 3 {
-            break;
+    let books = loop {
+        let books = audit(&s.gate, &s.store, &p).await.unwrap();
+        if books.compensated == 3 && books.restocked == 3 {
+            break books;
         }
         assert!(
             Instant::now() < deadline,
-            "redriven compensations not processed"
+            "redriven compensations not processed: {books}"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let books = audit(&s.gate, &s.store, &p).await.unwrap();
+    };
     assert_eq!(
         (books.compensated, books.restocked, books.stock_left),
         (3, 3, 5)
