@@ -10,6 +10,7 @@
 //! the differential test ([`Recording::replay_differences`]).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -28,6 +29,7 @@ use aws_smithy_types::byte_stream::ByteStream;
 use dynoxide::{Database, DynoxideError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
 /// One in-memory DynamoDB; clones share it and its [`Faults`].
 #[derive(Clone)]
@@ -38,8 +40,9 @@ pub struct Embedded {
 
 /// What dynoxide does not do by itself, ordered by the caller (a test, the
 /// simulation's scheduler): refuse the next calls before they run, as
-/// DynamoDB does under contention, or run them and lose their replies (the
-/// write committed, the caller sees a 500 and retries).
+/// DynamoDB does under contention; run them and lose their replies (the
+/// write committed, the caller sees a 500 and retries); hold items as a
+/// transaction in flight does; or be unreachable for a stretch.
 #[derive(Clone, Default, Debug)]
 pub struct Faults(Arc<Mutex<FaultCounts>>);
 
@@ -47,6 +50,11 @@ pub struct Faults(Arc<Mutex<FaultCounts>>);
 struct FaultCounts {
     refuse: usize,
     lose_reply: usize,
+    /// No call gets through before then (tokio's clock).
+    down_until: Option<Instant>,
+    /// Items held by another transaction in flight: (key attribute, its
+    /// string value, until when).
+    held: Vec<(String, String, Instant)>,
 }
 
 impl Faults {
@@ -61,13 +69,53 @@ impl Faults {
         self.counts().lose_reply = n;
     }
 
+    /// For `stretch` (tokio's clock), every call fails to connect.
+    pub fn unreachable_for(&self, stretch: Duration) {
+        self.counts().down_until = Some(Instant::now() + stretch);
+    }
+
+    /// For `stretch`, the item whose `attribute` is the string `value` is
+    /// held by a transaction in flight: a write or transactional read that
+    /// touches it is refused with TransactionConflict (DynamoDB's answer),
+    /// while a plain read sees its last committed state.
+    pub fn hold(&self, attribute: &str, value: &str, stretch: Duration) {
+        self.counts()
+            .held
+            .push((attribute.to_owned(), value.to_owned(), Instant::now() + stretch));
+    }
+
+    /// Ends every ordered fault.
+    pub fn clear(&self) {
+        *self.counts() = FaultCounts::default();
+    }
+
     fn counts(&self) -> std::sync::MutexGuard<'_, FaultCounts> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes one of the ordered faults, if any is left.
-    fn take(&self) -> Option<Fault> {
+    /// Takes the fault this call meets, if any.
+    fn take(&self, operation: &str, body: &[u8]) -> Option<Fault> {
         let mut c = self.counts();
+        let now = Instant::now();
+        if c.down_until.is_some_and(|t| t > now) {
+            return Some(Fault::Unreachable);
+        }
+        c.held.retain(|(_, _, until)| *until > now);
+        if !c.held.is_empty()
+            && let Some(items) = written_items(operation, body)
+        {
+            let held: Vec<bool> = items
+                .iter()
+                .map(|item| {
+                    c.held.iter().any(|(attribute, value, _)| {
+                        item.get(attribute).and_then(|v| v["S"].as_str()) == Some(value)
+                    })
+                })
+                .collect();
+            if held.contains(&true) {
+                return Some(Fault::Held(held));
+            }
+        }
         if c.refuse > 0 {
             c.refuse -= 1;
             return Some(Fault::Refuse);
@@ -83,6 +131,29 @@ impl Faults {
 enum Fault {
     Refuse,
     LoseReply,
+    Unreachable,
+    /// Which of the call's items are held.
+    Held(Vec<bool>),
+}
+
+/// The items a write (or a transactional read) touches, each as its key or
+/// whole item; None for a plain read or a table operation.
+fn written_items(operation: &str, body: &[u8]) -> Option<Vec<serde_json::Value>> {
+    let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let key = |op: &serde_json::Value| op.get("Item").or_else(|| op.get("Key")).cloned();
+    match operation {
+        "PutItem" | "UpdateItem" | "DeleteItem" => key(&body).map(|k| vec![k]),
+        "TransactWriteItems" | "TransactGetItems" => body["TransactItems"].as_array().map(|items| {
+            items
+                .iter()
+                .map(|item| {
+                    let op = item.as_object().and_then(|o| o.values().next());
+                    op.and_then(key).unwrap_or_default()
+                })
+                .collect()
+        }),
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for Embedded {
@@ -237,48 +308,71 @@ impl HttpConnector for Connector {
                 ))),
             };
         };
-        let body = request.body().bytes().unwrap_or_default();
-        let fault = self.faulty.then(|| self.embedded.faults.take()).flatten();
-        let (status, json) = match fault {
-            None => self.embedded.dispatch(operation, body),
-            // As DynamoDB cancels a transaction that meets another in flight
-            // on its items (here: all of them).
-            Some(Fault::Refuse) if operation.starts_with("Transact") => {
-                let items = serde_json::from_slice::<serde_json::Value>(body)
-                    .ok()
-                    .and_then(|b| b["TransactItems"].as_array().map(Vec::len))
-                    .unwrap_or(1);
-                let reasons = vec![serde_json::json!({ "Code": "TransactionConflict" }); items];
-                (
+        let body = request.body().bytes().unwrap_or_default().to_vec();
+        let operation = operation.to_owned();
+        let (embedded, faulty) = (self.embedded.clone(), self.faulty);
+        HttpConnectorFuture::new(async move {
+            // A call is I/O: other tasks run before it lands, as they would
+            // while it crossed the network.
+            tokio::task::yield_now().await;
+            let fault = faulty.then(|| embedded.faults.take(&operation, &body)).flatten();
+            let (status, json) = match fault {
+                None => embedded.dispatch(&operation, &body),
+                Some(Fault::Unreachable) => {
+                    return Err(ConnectorError::io(
+                        "connection refused: the embedded DynamoDB is unreachable (injected)".into(),
+                    ));
+                }
+                Some(Fault::Held(held)) if operation.starts_with("Transact") => {
+                    cancelled(held.iter().map(|h| if *h { "TransactionConflict" } else { "None" }))
+                }
+                Some(Fault::Held(_)) => (
                     400,
-                    serde_json::json!({
-                        "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
-                        "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons",
-                        "CancellationReasons": reasons,
-                    })
-                    .to_string(),
-                )
-            }
-            Some(Fault::Refuse) => (
-                400,
-                r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded"}"#.to_owned(),
-            ),
-            Some(Fault::LoseReply) => {
-                let _ = self.embedded.dispatch(operation, body);
-                (
-                    500,
-                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"the reply was lost (injected)"}"#.to_owned(),
-                )
-            }
-        };
-        let status = StatusCode::try_from(status)
-            .unwrap_or_else(|_| StatusCode::try_from(500).unwrap_or_else(|_| unreachable!()));
-        let mut response = HttpResponse::new(status, SdkBody::from(json));
-        response
-            .headers_mut()
-            .insert("content-type", "application/x-amz-json-1.0");
-        HttpConnectorFuture::ready(Ok(response))
+                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionConflictException","message":"Transaction is ongoing for the item"}"#.to_owned(),
+                ),
+                // As DynamoDB cancels a transaction that meets another in
+                // flight on its items (here: all of them).
+                Some(Fault::Refuse) if operation.starts_with("Transact") => {
+                    let items = written_items(&operation, &body).map_or(1, |i| i.len());
+                    cancelled(std::iter::repeat_n("TransactionConflict", items))
+                }
+                Some(Fault::Refuse) => (
+                    400,
+                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded"}"#.to_owned(),
+                ),
+                Some(Fault::LoseReply) => {
+                    let _ = embedded.dispatch(&operation, &body);
+                    (
+                        500,
+                        r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"the reply was lost (injected)"}"#.to_owned(),
+                    )
+                }
+            };
+            let status = StatusCode::try_from(status)
+                .unwrap_or_else(|_| StatusCode::try_from(500).unwrap_or_else(|_| unreachable!()));
+            let mut response = HttpResponse::new(status, SdkBody::from(json));
+            response
+                .headers_mut()
+                .insert("content-type", "application/x-amz-json-1.0");
+            Ok(response)
+        })
     }
+}
+
+/// A transaction cancelled with these reasons, one per item.
+fn cancelled<'a>(codes: impl Iterator<Item = &'a str>) -> (u16, String) {
+    let reasons: Vec<serde_json::Value> = codes
+        .map(|code| serde_json::json!({ "Code": code }))
+        .collect();
+    (
+        400,
+        serde_json::json!({
+            "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+            "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons",
+            "CancellationReasons": reasons,
+        })
+        .to_string(),
+    )
 }
 
 /// One DynamoDB call as the adapter made it and as a server answered it.
