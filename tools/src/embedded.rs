@@ -79,9 +79,11 @@ impl Faults {
     /// touches it is refused with TransactionConflict (DynamoDB's answer),
     /// while a plain read sees its last committed state.
     pub fn hold(&self, attribute: &str, value: &str, stretch: Duration) {
-        self.counts()
-            .held
-            .push((attribute.to_owned(), value.to_owned(), Instant::now() + stretch));
+        self.counts().held.push((
+            attribute.to_owned(),
+            value.to_owned(),
+            Instant::now() + stretch,
+        ));
     }
 
     /// Ends every ordered fault.
@@ -143,15 +145,17 @@ fn written_items(operation: &str, body: &[u8]) -> Option<Vec<serde_json::Value>>
     let key = |op: &serde_json::Value| op.get("Item").or_else(|| op.get("Key")).cloned();
     match operation {
         "PutItem" | "UpdateItem" | "DeleteItem" => key(&body).map(|k| vec![k]),
-        "TransactWriteItems" | "TransactGetItems" => body["TransactItems"].as_array().map(|items| {
-            items
-                .iter()
-                .map(|item| {
-                    let op = item.as_object().and_then(|o| o.values().next());
-                    op.and_then(key).unwrap_or_default()
-                })
-                .collect()
-        }),
+        "TransactWriteItems" | "TransactGetItems" => {
+            body["TransactItems"].as_array().map(|items| {
+                items
+                    .iter()
+                    .map(|item| {
+                        let op = item.as_object().and_then(|o| o.values().next());
+                        op.and_then(key).unwrap_or_default()
+                    })
+                    .collect()
+            })
+        }
         _ => None,
     }
 }
@@ -315,7 +319,9 @@ impl HttpConnector for Connector {
             // A call is I/O: other tasks run before it lands, as they would
             // while it crossed the network.
             tokio::task::yield_now().await;
-            let fault = faulty.then(|| embedded.faults.take(&operation, &body)).flatten();
+            let fault = faulty
+                .then(|| embedded.faults.take(&operation, &body))
+                .flatten();
             let (status, json) = match fault {
                 None => embedded.dispatch(&operation, &body),
                 Some(Fault::Unreachable) => {

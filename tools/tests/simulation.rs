@@ -47,7 +47,6 @@ use order_status::OrderStatusApi;
 use outbox_sweeper::Sweeper;
 use payment_webhook::Webhook;
 use shared::aws::DynamoStore;
-use tools::embedded::{Embedded, Faults};
 use shared::domain::{
     IdempotencyKey, Ledger, OrderMessage, OrderStatus, Product, ProductId, RequestId,
     StockChangeRecord, UserId,
@@ -60,6 +59,7 @@ use shared::payment::{EventId, PaymentRecord};
 use shared::ports::{Clock, OrderQueue, OrderStore, PortResult, StockGate};
 use shared::redis::RedisGate;
 use shared::redis::sim::{Glitch, SimRedis};
+use tools::embedded::{Embedded, Faults};
 
 const VISIBILITY_MS: i64 = 30_000;
 /// The longest a simulated transaction holds a ledger shard: well within
@@ -622,6 +622,19 @@ impl World {
         }
     }
 
+    /// Another writer's transaction holds a ledger shard for a while: it
+    /// passes, and must cost no delivery (the liveness check).
+    fn hold_a_shard(&mut self) {
+        let shard = self.rng.u16(0..self.shards);
+        let ms = self.rng.u64(20..=CONTENTION_HOLD_MAX_MS);
+        self.faults.hold(
+            shared::aws::table::PK,
+            &shared::aws::table::ledger_shard(self.product.as_str(), shard),
+            Duration::from_millis(ms),
+        );
+        self.log(format!("ledger shard {shard} held for {ms} ms"));
+    }
+
     fn log(&mut self, line: String) {
         self.trace
             .push(format!("t={} {line}", self.redis.now_ms() % 10_000_000));
@@ -658,7 +671,13 @@ impl World {
         self.redis.checkpoint();
         self.log(format!(
             "warm stock={} limit={} users={} window={}s rebuy={} shards={} calm={}",
-            self.stock, self.limit, self.users, self.window_secs, self.rebuy, self.shards, self.calm
+            self.stock,
+            self.limit,
+            self.users,
+            self.window_secs,
+            self.rebuy,
+            self.shards,
+            self.calm
         ));
     }
 
@@ -1158,18 +1177,9 @@ impl World {
                     self.faults.lose_next_replies(n);
                     self.log(format!("DynamoDB loses the replies of its next {n} calls"));
                 }
-                50..=51 => {
-                    // Another writer's transaction holds a ledger shard: it
-                    // passes, and must cost no delivery (the liveness check).
-                    let shard = self.rng.u16(0..self.shards);
-                    let ms = self.rng.u64(20..=CONTENTION_HOLD_MAX_MS);
-                    self.faults.hold(
-                        shared::aws::table::PK,
-                        &shared::aws::table::ledger_shard(self.product.as_str(), shard),
-                        Duration::from_millis(ms),
-                    );
-                    self.log(format!("ledger shard {shard} held for {ms} ms"));
-                }
+                // A calm seed's faults are all contention.
+                28..=32 | 48..=51 if self.calm => self.hold_a_shard(),
+                50..=51 => self.hold_a_shard(),
                 33..=37 => {
                     let ms = self.rng.i64(0..=VISIBILITY_MS);
                     self.redis.advance(ms);
