@@ -93,6 +93,8 @@ struct NodeLine {
     port: u16,
     primary: bool,
     primary_id: String,
+    /// The line of the node that answered.
+    myself: bool,
     failed: bool,
     slots: Vec<(u16, u16)>,
 }
@@ -117,6 +119,7 @@ fn parse_nodes(text: &str) -> Vec<NodeLine> {
                 port,
                 primary: flags.contains("master"),
                 primary_id: f.get(3)?.to_string(),
+                myself: flags.contains("myself"),
                 failed: flags.contains("fail") && !flags.contains("pfail"),
                 slots,
             })
@@ -275,9 +278,18 @@ impl RedisCluster {
                 n.primary && !n.failed && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
             })
             .with_context(|| format!("no primary serves slot {slot}"))?;
-        let replica = nodes
-            .iter()
-            .find(|n| !n.primary && n.primary_id == primary.id)
+        // Each node's own line says its role at once; another node learns
+        // it by gossip, a round or more later (a fresh cluster's first node
+        // may still list a replica as a primary without slots).
+        let replica = self
+            .alive()
+            .find(|n| {
+                cli(n.port, &["cluster", "nodes"]).is_ok_and(|text| {
+                    parse_nodes(&text)
+                        .iter()
+                        .any(|l| l.myself && !l.primary && l.primary_id == primary.id)
+                })
+            })
             .with_context(|| format!("the primary of slot {slot} has no replica"))?;
         Ok((primary.port, replica.port))
     }
