@@ -573,6 +573,84 @@ const PLACE_CONTENTION_BUDGET: Duration = Duration::from_secs(2);
 /// the shards it showed dry (a release may refill one later).
 const SNAPSHOT_FRESH: Duration = Duration::from_secs(1);
 
+/// Creates the table (its key and both indexes) unless it exists, and
+/// waits until it is ACTIVE: `flashsale provision`, the stack tests and the
+/// embedded DynamoDB. template.yaml declares the same table on AWS.
+pub async fn create_table(sdk: &SdkConfig, name: &str) -> PortResult<()> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+        Projection, ProjectionType, ScalarAttributeType, TableStatus,
+    };
+    let ddb = aws_sdk_dynamodb::Client::new(sdk);
+    let attr = |n: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(invalid)
+    };
+    let key = |n: &str, t: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(t)
+            .build()
+            .map_err(invalid)
+    };
+    let gsi = |name: &str, pk: &str, sk: &str| {
+        GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .key_schema(key(pk, KeyType::Hash)?)
+            .key_schema(key(sk, KeyType::Range)?)
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::All)
+                    .build(),
+            )
+            .build()
+            .map_err(invalid)
+    };
+    let created = ddb
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr(table::PK)?)
+        .attribute_definitions(attr(table::GSI1_PK)?)
+        .attribute_definitions(attr(table::GSI1_SK)?)
+        .attribute_definitions(attr(table::GSI2_PK)?)
+        .attribute_definitions(attr(table::GSI2_SK)?)
+        .key_schema(key(table::PK, KeyType::Hash)?)
+        .global_secondary_indexes(gsi(table::GSI1, table::GSI1_PK, table::GSI1_SK)?)
+        .global_secondary_indexes(gsi(table::GSI2, table::GSI2_PK, table::GSI2_SK)?)
+        .send()
+        .await;
+    if let Err(e) = created {
+        let exists = e
+            .as_service_error()
+            .is_some_and(|s| s.is_resource_in_use_exception());
+        if !exists {
+            return Err(classify("dynamodb", e));
+        }
+    }
+    for _ in 0..120 {
+        let status = ddb
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb", e))?
+            .table
+            .and_then(|t| t.table_status);
+        if status == Some(TableStatus::Active) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(InfraError::transient(
+        "dynamodb",
+        format!("table {name} did not become ACTIVE in 30 s: check the DynamoDB endpoint"),
+    ))
+}
+
 impl DynamoStore {
     pub fn new(config: &SdkConfig, table: impl Into<String>) -> Self {
         Self {

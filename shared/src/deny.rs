@@ -80,7 +80,7 @@ impl DenyList {
 mod tests {
     use super::*;
     use crate::domain::{AuditEntry, Denial, ProductId, from_unix_ms};
-    use crate::fakes::{FakeGate, FakeStore};
+    use crate::fakes::FakeGate;
 
     const NOW: i64 = 1_700_000_000_000;
 
@@ -115,7 +115,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sale_copy_follows_the_record_and_a_stale_list_changes_nothing() {
-        let (gate, store) = (FakeGate::default(), FakeStore::default());
+        let (gate, store) = (FakeGate::default(), crate::fakes::store().await.0);
         let p = ProductId::parse("p1").unwrap();
         for d in [
             denial("bot", None),

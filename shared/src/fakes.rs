@@ -1,24 +1,26 @@
-//! In-memory fakes of the ports for fast handler unit tests. They do not
-//! re-implement the admission rule (that lives in `redis/admit.lua` and is
-//! tested on a real Redis): the fake gate answers what a test scripts.
+//! Test support for handler unit tests. DynamoDB is the real adapter on the
+//! embedded DynamoDB ([`store`]): no second copy of its writes. Redis and SQS
+//! are in-memory fakes that do not re-implement the admission rule (that
+//! lives in `redis/admit.lua` and is tested on a real Redis): the fake gate
+//! answers what a test scripts.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
+use crate::aws::DynamoStore;
 use crate::domain::{
-    Admission, AuditEntry, Control, Controlled, Denial, KillSwitch, Ledger, OrderMessage,
-    OrderStatus, Product, ProductId, ProductStats, Purchase, RequestId, RequestView, Reservation,
-    StockChange, StockChangeRecord, UserId, from_unix_ms,
+    Admission, AuditEntry, KillSwitch, Ledger, OrderMessage, OrderStatus, Product, ProductId,
+    ProductStats, Purchase, RequestId, RequestView, Reservation, StockChange, UserId, from_unix_ms,
 };
+use crate::embedded::{Embedded, Faults};
 use crate::error::InfraError;
-use crate::ledger;
-use crate::payment::{EventId, PaymentEvent, PaymentOutcome, PaymentRecord};
 use crate::ports::{
-    Clock, Fate, FateNote, OrderQueue, OrderStore, PaymentWrite, PendingPage, PendingRequest,
-    Placement, PortResult, SendMark, Settled, ShelfChange, ShelfStep, StockGate, Transition, Warm,
+    Clock, OrderQueue, OrderStore, PendingPage, PendingRequest, PortResult, SendMark, Settled,
+    ShelfChange, ShelfStep, StockGate, Warm,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -468,475 +470,88 @@ impl OrderQueue for FakeQueue {
     }
 }
 
-fn shard_ledgers(units: i64, shards: u16) -> Vec<Ledger> {
-    ledger::split(units, shards)
-        .into_iter()
-        .map(|remaining| Ledger {
-            remaining,
-            ..Ledger::default()
-        })
-        .collect()
+/// The real DynamoDB adapter on a fresh embedded DynamoDB (no hand-written
+/// copy of its writes), and the faults a test orders there. The SDK's own
+/// retries are off, so one ordered fault fails one port call's attempt, as
+/// a test expects from "the next call fails".
+pub async fn store() -> (DynamoStore, Faults) {
+    let embedded = Embedded::new().expect("an embedded DynamoDB");
+    let sdk = embedded
+        .sdk()
+        .to_builder()
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .build();
+    crate::aws::create_table(&sdk, "flashsale")
+        .await
+        .expect("the embedded table");
+    (DynamoStore::new(&sdk, "flashsale"), embedded.faults.clone())
 }
 
-/// The shard an order's payment and release count on, as the DynamoDB
-/// store picks it.
-fn home_shard<'a>(
-    ledgers: &'a mut HashMap<ProductId, Vec<Ledger>>,
-    o: &RequestView,
-) -> &'a mut Ledger {
-    let shards = ledgers.entry(o.product_id.clone()).or_default();
-    let i = usize::from(ledger::home_of(o));
-    if shards.len() <= i {
-        shards.resize(i + 1, Ledger::default());
-    }
-    &mut shards[i]
+/// [`store`] with a product (see [`product`]) whose ledger holds `units`.
+pub async fn stocked(product: &str, units: u32) -> (DynamoStore, Faults) {
+    let (store, faults) = store().await;
+    add_product(&store, product, units).await;
+    (store, faults)
 }
 
-/// Conditional-write semantics of the DynamoDB store, in memory.
-#[derive(Default)]
-pub struct FakeStore {
-    pub audits: Mutex<Vec<AuditEntry>>,
-    pub kill_switch: Mutex<KillSwitch>,
-    pub denials: Mutex<HashMap<UserId, Denial>>,
-    pub stock_changes: Mutex<HashMap<(ProductId, String), StockChangeRecord>>,
-    pub orders: Mutex<HashMap<RequestId, RequestView>>,
-    pub guards: Mutex<HashMap<(ProductId, String), RequestId>>,
-    pub products: Mutex<HashMap<ProductId, Product>>,
-    /// The stock ledgers, each as its shards' counters (absent = no
-    /// product).
-    pub ledgers: Mutex<HashMap<ProductId, Vec<Ledger>>>,
-    pub notes: Mutex<HashMap<RequestId, FateNote>>,
-    pub payments: Mutex<HashMap<EventId, PaymentRecord>>,
-    /// Released orders whose shelf step is not confirmed, with the time
-    /// they were released (due from then on).
-    pub shelf_due: Mutex<Vec<(RequestId, i64)>>,
-    pub failures: Failures,
+/// Creates a product (see [`product`]) whose ledger holds `units`.
+pub async fn add_product(store: &impl OrderStore, id: &str, units: u32) {
+    let mut p = product(id);
+    p.stock = units;
+    store
+        .create_product(&p)
+        .await
+        .expect("the embedded store takes the product");
 }
 
-impl FakeStore {
-    pub fn status_of(&self, id: &RequestId) -> Option<OrderStatus> {
-        lock(&self.orders).get(id).map(|o| o.status)
+/// A string or number attribute of a stored order's item, as DynamoDB holds it (the
+/// fate note's `reason`, which no port reads back).
+pub async fn order_attribute(store: &DynamoStore, id: &RequestId, name: &str) -> Option<String> {
+    let item = store
+        .client()
+        .get_item()
+        .table_name(store.table())
+        .key(
+            crate::aws::table::PK,
+            aws_sdk_dynamodb::types::AttributeValue::S(crate::aws::table::order(id.as_str())),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("the embedded store answers")
+        .item?;
+    let v = item.get(name)?;
+    v.as_s().or_else(|_| v.as_n()).ok().cloned()
+}
+
+/// What a test reads back through the store's own port.
+pub trait Probe {
+    /// The stored order's status.
+    fn status_of(&self, id: &RequestId) -> impl Future<Output = Option<OrderStatus>>;
+    /// The product's ledger, all shards summed (empty without a product).
+    fn ledger_of(&self, id: &ProductId) -> impl Future<Output = Ledger>;
+    /// The ledger's remaining units, None without a product.
+    fn remaining(&self, id: &ProductId) -> impl Future<Output = Option<i64>>;
+}
+
+impl<S: OrderStore> Probe for S {
+    async fn status_of(&self, id: &RequestId) -> Option<OrderStatus> {
+        self.order(id)
+            .await
+            .expect("the store answers")
+            .map(|o| o.status)
     }
-    /// A product (see [`product`]) whose ledger holds `units`.
-    pub fn with_stock(self, product: &str, units: i64) -> Self {
-        self.with_shards(product, units, 1)
-    }
-    /// The same, its units split over `shards` ledger shards.
-    pub fn with_shards(self, product: &str, units: i64, shards: u16) -> Self {
-        let id = ProductId::parse(product).expect("valid product id");
-        let mut p = self::product(product);
-        p.ledger_shards = shards;
-        lock(&self.products).insert(id.clone(), p);
-        lock(&self.ledgers).insert(id, shard_ledgers(units, shards));
-        self
-    }
-    pub fn remaining(&self, product: &ProductId) -> Option<i64> {
-        lock(&self.ledgers)
-            .get(product)
-            .map(|l| ledger::total(l).remaining)
-    }
-    pub fn ledger_of(&self, product: &ProductId) -> Ledger {
-        lock(&self.ledgers)
-            .get(product)
-            .map(ledger::total)
+    async fn ledger_of(&self, id: &ProductId) -> Ledger {
+        self.ledger(id)
+            .await
+            .expect("the store answers")
             .unwrap_or_default()
     }
-    /// Each shard's units.
-    pub fn shard_units(&self, product: &ProductId) -> Vec<i64> {
-        lock(&self.ledgers)
-            .get(product)
-            .map(|l| ledger::units(l))
-            .unwrap_or_default()
-    }
-    /// Puts an order straight into the store (tests of what follows).
-    pub fn put_order(&self, order: RequestView) {
-        lock(&self.orders).insert(order.request_id.clone(), order);
-    }
-}
-
-impl OrderStore for FakeStore {
-    async fn place(&self, msg: &OrderMessage, terms: &Reservation) -> PortResult<Placement> {
-        self.failures.check("dynamodb").await?;
-        let mut orders = lock(&self.orders);
-        let mut guards = lock(&self.guards);
-        if let Some(o) = orders.get(&msg.request_id) {
-            return Ok(Placement::Exists(o.status));
-        }
-        // The buyer's other order first, as the adapter decides it.
-        let guard = (msg.product_id.clone(), msg.user_id.to_string());
-        if guards.contains_key(&guard) {
-            return Ok(Placement::BuyerTaken);
-        }
-        let mut ledgers = lock(&self.ledgers);
-        let quantity = i64::from(msg.quantity.get());
-        let home = ledger::home(msg.request_id.as_str(), terms.ledger_shards);
-        let Some((shards, takes)) = ledgers.get_mut(&msg.product_id).and_then(|shards| {
-            let takes = ledger::plan_take(&ledger::units(shards), home, quantity)?;
-            Some((shards, takes))
-        }) else {
-            return Ok(Placement::OutOfStock);
-        };
-        for (i, take) in takes {
-            shards[usize::from(i)].remaining -= take;
-        }
-        guards.insert(guard, msg.request_id.clone());
-        let mut order = view(msg, OrderStatus::Placed);
-        order.reservation = Some(terms.clone());
-        orders.insert(msg.request_id.clone(), order);
-        Ok(Placement::Placed)
-    }
-    async fn record_fate(
-        &self,
-        msg: &OrderMessage,
-        status: OrderStatus,
-        note: &FateNote,
-    ) -> PortResult<Fate> {
-        self.failures.check("dynamodb").await?;
-        let mut orders = lock(&self.orders);
-        if let Some(o) = orders.get(&msg.request_id) {
-            return Ok(Fate::Exists(o.status));
-        }
-        orders.insert(msg.request_id.clone(), view(msg, status));
-        lock(&self.notes).insert(msg.request_id.clone(), note.clone());
-        Ok(Fate::Won)
-    }
-    async fn order(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
-        self.failures.check("dynamodb").await?;
-        Ok(lock(&self.orders).get(id).cloned())
-    }
-    async fn create_product(&self, p: &Product) -> PortResult<bool> {
-        self.failures.check("dynamodb").await?;
-        let mut products = lock(&self.products);
-        if products.contains_key(&p.product_id) {
-            return Ok(false);
-        }
-        products.insert(p.product_id.clone(), p.clone());
-        lock(&self.ledgers).insert(
-            p.product_id.clone(),
-            shard_ledgers(i64::from(p.stock), p.ledger_shards),
-        );
-        Ok(true)
-    }
-    async fn product(&self, id: &ProductId) -> PortResult<Option<Product>> {
-        self.failures.check("dynamodb").await?;
-        Ok(lock(&self.products).get(id).cloned())
-    }
-    async fn control(
-        &self,
-        id: &ProductId,
-        control: Control,
-        entry: &AuditEntry,
-    ) -> PortResult<Option<Controlled>> {
-        self.failures.check("dynamodb").await?;
-        let mut products = lock(&self.products);
-        let Some(p) = products.get_mut(id) else {
-            return Ok(None);
-        };
-        let after = p.clone().controlled(control, entry.at);
-        let changed = (after.paused, after.ends_at) != (p.paused, p.ends_at);
-        if changed {
-            *p = after;
-            lock(&self.audits).push(entry.clone());
-        }
-        Ok(Some(Controlled {
-            product: p.clone(),
-            changed,
-        }))
-    }
-    async fn audit(&self, id: Option<&ProductId>) -> PortResult<Vec<AuditEntry>> {
-        self.failures.check("dynamodb").await?;
-        Ok(lock(&self.audits)
-            .iter()
-            .filter(|e| e.product_id.as_ref() == id)
-            .cloned()
-            .collect())
-    }
-    async fn switch_admissions(
-        &self,
-        engaged: bool,
-        entry: &AuditEntry,
-    ) -> PortResult<(KillSwitch, bool)> {
-        self.failures.check("dynamodb").await?;
-        let mut switch = lock(&self.kill_switch);
-        let changed = switch.engaged != engaged;
-        if changed {
-            *switch = KillSwitch {
-                engaged,
-                seq: switch.seq + 1,
-            };
-            lock(&self.audits).push(entry.clone());
-        }
-        Ok((*switch, changed))
-    }
-    async fn kill_switch(&self) -> PortResult<KillSwitch> {
-        self.failures.check("dynamodb").await?;
-        Ok(*lock(&self.kill_switch))
-    }
-    async fn set_denial(
-        &self,
-        user: &UserId,
-        denial: Option<&Denial>,
-        entry: &AuditEntry,
-    ) -> PortResult<bool> {
-        self.failures.check("dynamodb").await?;
-        let mut all = lock(&self.denials);
-        let changed = match denial {
-            Some(d) => {
-                all.insert(user.clone(), d.clone());
-                true
-            }
-            None => all.remove(user).is_some(),
-        };
-        if changed {
-            lock(&self.audits).push(entry.clone());
-        }
-        Ok(changed)
-    }
-    async fn denials(&self) -> PortResult<Vec<Denial>> {
-        self.failures.check("dynamodb").await?;
-        let mut all: Vec<Denial> = lock(&self.denials).values().cloned().collect();
-        all.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        Ok(all)
-    }
-    async fn denial(&self, user: &UserId) -> PortResult<Option<Denial>> {
-        self.failures.check("dynamodb").await?;
-        Ok(lock(&self.denials).get(user).cloned())
-    }
-    async fn change_stock(
-        &self,
-        change: &StockChange,
-        entry: &AuditEntry,
-    ) -> PortResult<Option<(StockChangeRecord, bool)>> {
-        self.failures.check("dynamodb").await?;
-        let id = (change.product_id.clone(), change.key.as_str().to_owned());
-        if let Some(rec) = lock(&self.stock_changes).get(&id) {
-            return Ok(Some((*rec, false)));
-        }
-        let mut products = lock(&self.products);
-        let mut ledgers = lock(&self.ledgers);
-        let (Some(product), Some(shards)) = (
-            products.get_mut(&change.product_id),
-            ledgers.get_mut(&change.product_id),
-        ) else {
-            return Ok(None);
-        };
-        let n = change.units();
-        let adding = change.delta > 0;
-        let takes = if adding {
-            Some(Vec::new())
-        } else {
-            ledger::plan_take(&ledger::units(shards), 0, n)
-        };
-        let applied = takes.is_some();
-        if let Some(takes) = takes {
-            product.stock = u32::try_from(i64::from(product.stock) + change.delta)
-                .map_err(|_| InfraError::permanent("dynamodb", "stock out of range"))?;
-            for (i, take) in takes {
-                shards[usize::from(i)].remaining -= take;
-            }
-            let ledger = &mut shards[0];
-            if adding {
-                ledger.remaining += n;
-                ledger.releasing += n;
-                ledger.added += n;
-            } else {
-                ledger.withdrawn += n;
-            }
-            lock(&self.audits).push(entry.clone());
-        }
-        let rec = StockChangeRecord {
-            delta: change.delta,
-            applied,
-            shelf_due: applied && adding,
-        };
-        lock(&self.stock_changes).insert(id, rec);
-        Ok(Some((rec, true)))
-    }
-    async fn stock_change(&self, change: &StockChange) -> PortResult<Option<StockChangeRecord>> {
-        self.failures.check("dynamodb").await?;
-        Ok(lock(&self.stock_changes)
-            .get(&(change.product_id.clone(), change.key.as_str().to_owned()))
-            .copied())
-    }
-    async fn stock_change_shelved(&self, change: &StockChange) -> PortResult<bool> {
-        self.failures.check("dynamodb").await?;
-        let mut changes = lock(&self.stock_changes);
-        let Some(rec) = changes
-            .get_mut(&(change.product_id.clone(), change.key.as_str().to_owned()))
-            .filter(|r| r.shelf_due)
-        else {
-            return Ok(false);
-        };
-        rec.shelf_due = false;
-        if let Some(shards) = lock(&self.ledgers).get_mut(&change.product_id) {
-            shards[0].releasing -= change.units();
-        }
-        Ok(true)
-    }
-    async fn stock_changes_due(&self, product: &ProductId) -> PortResult<Vec<StockChange>> {
-        self.failures.check("dynamodb").await?;
-        Ok(lock(&self.stock_changes)
-            .iter()
-            .filter(|((p, _), r)| p == product && r.shelf_due)
-            .filter_map(|((p, key), r)| {
-                let key = crate::domain::IdempotencyKey::parse(key).ok()?;
-                StockChange::new(p.clone(), key, r.delta).ok()
-            })
-            .collect())
-    }
-    async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {
-        self.failures.check("dynamodb").await?;
-        Ok(lock(&self.orders)
-            .values()
-            .filter(|o| o.product_id == *id)
-            .cloned()
-            .collect())
-    }
-    async fn ledger(&self, id: &ProductId) -> PortResult<Option<Ledger>> {
-        self.failures.check("dynamodb").await?;
-        Ok(lock(&self.ledgers).get(id).map(ledger::total))
-    }
-    async fn pay(
-        &self,
-        order: &RequestView,
-        event: &PaymentEvent,
-        now_ms: i64,
-    ) -> PortResult<PaymentWrite> {
-        self.failures.check("dynamodb").await?;
-        let mut orders = lock(&self.orders);
-        let mut payments = lock(&self.payments);
-        let Some(o) = orders.get_mut(&order.request_id) else {
-            return Err(InfraError::transient("dynamodb", "no such order"));
-        };
-        let payable = o.status == OrderStatus::Placed
-            && o.reservation
-                .as_ref()
-                .is_some_and(|r| now_ms <= r.pay_by_ms);
-        if payments.contains_key(&event.event_id) {
-            return Ok(PaymentWrite::EventExists);
-        }
-        if !payable {
-            return Ok(PaymentWrite::Refused(o.status));
-        }
-        o.status = OrderStatus::Paid;
-        o.updated_at = from_unix_ms(now_ms);
-        payments.insert(
-            event.event_id.clone(),
-            PaymentRecord {
-                event: event.clone(),
-                outcome: PaymentOutcome::Paid,
-                order_status: OrderStatus::Placed,
-            },
-        );
-        let mut ledgers = lock(&self.ledgers);
-        let l = home_shard(&mut ledgers, o);
-        l.paid += 1;
-        l.paid_units += i64::from(o.quantity.get());
-        Ok(PaymentWrite::Paid)
-    }
-    async fn record_refund(&self, record: &PaymentRecord) -> PortResult<bool> {
-        self.failures.check("dynamodb").await?;
-        let mut payments = lock(&self.payments);
-        if payments.contains_key(&record.event.event_id) {
-            return Ok(false);
-        }
-        payments.insert(record.event.event_id.clone(), record.clone());
-        let mut ledgers = lock(&self.ledgers);
-        let shards = ledgers
-            .entry(record.event.request_id.product())
-            .or_default();
-        if shards.is_empty() {
-            shards.push(Ledger::default());
-        }
-        shards[0].refund_due += 1;
-        Ok(true)
-    }
-    async fn payment(&self, id: &EventId) -> PortResult<Option<PaymentRecord>> {
-        self.failures.check("dynamodb").await?;
-        Ok(lock(&self.payments).get(id).cloned())
-    }
-    async fn release(
-        &self,
-        order: &RequestView,
-        to: OrderStatus,
-        now_ms: i64,
-    ) -> PortResult<Transition> {
-        self.failures.check("dynamodb").await?;
-        assert!(to.is_release(), "release to {to:?}");
-        let mut orders = lock(&self.orders);
-        let Some(o) = orders.get_mut(&order.request_id) else {
-            return Err(InfraError::transient("dynamodb", "no such order"));
-        };
-        let due = o.reservation.as_ref().is_some_and(|r| now_ms > r.pay_by_ms);
-        if o.status != OrderStatus::Placed || (to == OrderStatus::Expired && !due) {
-            return Ok(Transition::Refused(o.status));
-        }
-        o.status = to;
-        o.updated_at = from_unix_ms(now_ms);
-        let q = i64::from(o.quantity.get());
-        let mut ledgers = lock(&self.ledgers);
-        let l = home_shard(&mut ledgers, o);
-        l.remaining += q;
-        l.releasing += q;
-        l.released += q;
-        if to == OrderStatus::Cancelled {
-            l.cancelled += 1;
-        } else {
-            l.expired += 1;
-        }
-        if o.reservation
-            .as_ref()
-            .is_some_and(|r| r.rebuy_after_release)
-        {
-            lock(&self.guards).remove(&(o.product_id.clone(), o.user_id.to_string()));
-        }
-        lock(&self.shelf_due).push((o.request_id.clone(), now_ms));
-        Ok(Transition::Done)
-    }
-    async fn shelved(&self, order: &RequestView) -> PortResult<bool> {
-        self.failures.check("dynamodb").await?;
-        let mut due = lock(&self.shelf_due);
-        let Some(i) = due.iter().position(|(id, _)| *id == order.request_id) else {
-            return Ok(false);
-        };
-        due.remove(i);
-        home_shard(&mut lock(&self.ledgers), order).releasing -= i64::from(order.quantity.get());
-        Ok(true)
-    }
-    async fn shelf_due(&self, id: &RequestId) -> PortResult<bool> {
-        self.failures.check("dynamodb").await?;
-        Ok(lock(&self.shelf_due).iter().any(|(d, _)| d == id))
-    }
-    async fn due(&self, now_ms: i64, limit: usize) -> PortResult<Vec<RequestView>> {
-        self.failures.check("dynamodb").await?;
-        let orders = lock(&self.orders);
-        let shelf_due = lock(&self.shelf_due);
-        // As the index sorts: placed orders by pay_by, released ones by
-        // their release time, both due strictly before now.
-        let mut due: Vec<RequestView> = orders
-            .values()
-            .filter(|o| {
-                shelf_due
-                    .iter()
-                    .any(|(id, at)| *id == o.request_id && *at < now_ms)
-                    || (o.status == OrderStatus::Placed
-                        && o.reservation.as_ref().is_some_and(|r| r.pay_by_ms < now_ms))
-            })
-            .cloned()
-            .collect();
-        due.sort_by_key(|o| o.reservation.as_ref().map_or(0, |r| r.pay_by_ms));
-        due.truncate(limit);
-        Ok(due)
-    }
-    async fn live_products(&self, ends_after_ms: i64) -> PortResult<Vec<ProductId>> {
-        self.failures.check("dynamodb").await?;
-        let mut ids: Vec<ProductId> = lock(&self.products)
-            .values()
-            .filter(|p| crate::domain::unix_ms(p.ends_at) > ends_after_ms)
-            .map(|p| p.product_id.clone())
-            .collect();
-        ids.sort();
-        Ok(ids)
+    async fn remaining(&self, id: &ProductId) -> Option<i64> {
+        self.ledger(id)
+            .await
+            .expect("the store answers")
+            .map(|l| l.remaining)
     }
 }
 

@@ -20,5 +20,7 @@ pub mod stock;
 pub mod telemetry;
 pub mod wiring;
 
+#[cfg(any(test, feature = "embedded"))]
+pub mod embedded;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;

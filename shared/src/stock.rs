@@ -219,16 +219,22 @@ pub async fn shelve_addition<G: StockGate, S: OrderStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aws::DynamoStore;
     use crate::domain::{IdempotencyKey, ProductId, ProductStats, from_unix_ms};
-    use crate::fakes::{FakeGate, FakeStore};
+    use crate::fakes::{FakeGate, Probe, stocked};
 
     const NOW: i64 = 1_700_000_000_000;
 
     /// A warmed sale of 30 units, 10 of them admitted (pending).
-    fn sale() -> (FakeGate, FakeStore, ProductId) {
-        let store = FakeStore::default().with_stock("p1", 30);
+    async fn sale() -> (FakeGate, DynamoStore, ProductId) {
+        sale_with_ledger(30).await
+    }
+
+    /// The same shelf, the ledger holding `units` (a failover may leave the
+    /// shelf showing more than the ledger has).
+    async fn sale_with_ledger(units: u32) -> (FakeGate, DynamoStore, ProductId) {
+        let store = stocked("p1", units).await.0;
         let p = ProductId::parse("p1").unwrap();
-        store.products.lock().unwrap().get_mut(&p).unwrap().stock = 30;
         let gate = FakeGate::default();
         *gate.stats.lock().unwrap() = Some(ProductStats {
             stock_total: 30,
@@ -260,14 +266,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_withdrawal_takes_only_units_nobody_was_admitted_to_once_per_key() {
-        let (gate, store, p) = sale();
+        let (gate, store, p) = sale().await;
         let c = change(&p, "w1", -15);
         assert_eq!(
             super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
             Outcome::Applied { new: true }
         );
         assert_eq!(shelf(&gate), (5, 0, 15));
-        let ledger = store.ledger_of(&p);
+        let ledger = store.ledger_of(&p).await;
         assert_eq!((ledger.remaining, ledger.withdrawn), (15, 15));
         // A retry changes nothing and says so.
         assert_eq!(
@@ -275,8 +281,8 @@ mod tests {
             Outcome::Applied { new: false }
         );
         assert_eq!(shelf(&gate), (5, 0, 15));
-        assert_eq!(store.ledger_of(&p).remaining, 15);
-        assert_eq!(store.audits.lock().unwrap().len(), 1);
+        assert_eq!(store.ledger_of(&p).await.remaining, 15);
+        assert_eq!(store.audit(Some(&p)).await.unwrap().len(), 1);
         // The admitted units are not the operator's to withdraw.
         let more = change(&p, "w2", -6);
         assert_eq!(
@@ -286,7 +292,7 @@ mod tests {
             Outcome::Short { on_shelf: Some(5) }
         );
         assert_eq!(shelf(&gate), (5, 0, 15));
-        assert_eq!(store.ledger_of(&p).remaining, 15);
+        assert_eq!(store.ledger_of(&p).await.remaining, 15);
         // The same key for another change.
         let other = change(&p, "w1", -3);
         assert_eq!(
@@ -299,7 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_withdrawal_interrupted_after_its_take_is_finished_by_whoever_runs_next() {
-        let (gate, store, p) = sale();
+        let (gate, store, p) = sale().await;
         let c = change(&p, "w1", -4);
         // The call died right after taking the units aside.
         gate.change_shelf(&c, ShelfStep::Take, Some(&entry(&p)))
@@ -316,30 +322,29 @@ mod tests {
             Outcome::Applied { new: true }
         );
         assert_eq!(shelf(&gate), (16, 0, 4));
-        assert_eq!(store.ledger_of(&p).remaining, 26);
+        assert_eq!(store.ledger_of(&p).await.remaining, 26);
         assert!(gate.withdrawals_taken(&p).await.unwrap().is_empty());
         // And the operator's retry finds it done.
         assert_eq!(
             super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
             Outcome::Applied { new: false }
         );
-        assert_eq!(store.ledger_of(&p).remaining, 26);
+        assert_eq!(store.ledger_of(&p).await.remaining, 26);
     }
 
     /// After a failover that forgot sales, the shelf may show units the
     /// ledger no longer has: the ledger refuses and the take is undone.
     #[tokio::test]
     async fn a_withdrawal_the_ledger_cannot_cover_is_undone_on_the_shelf() {
-        let (gate, store, p) = sale();
-        store.ledgers.lock().unwrap().get_mut(&p).unwrap()[0].remaining = 3;
+        let (gate, store, p) = sale_with_ledger(3).await;
         let c = change(&p, "w1", -5);
         assert_eq!(
             super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
             Outcome::Short { on_shelf: None }
         );
         assert_eq!(shelf(&gate), (20, 0, 0));
-        assert_eq!(store.ledger_of(&p).remaining, 3);
-        assert!(store.audits.lock().unwrap().is_empty());
+        assert_eq!(store.ledger_of(&p).await.remaining, 3);
+        assert!(store.audit(Some(&p)).await.unwrap().is_empty());
         // A retry answers alike and moves nothing.
         assert_eq!(
             super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
@@ -353,7 +358,7 @@ mod tests {
     /// strand its units, and the withdrawal's finish gives them back.
     #[tokio::test]
     async fn a_key_held_by_an_unfinished_withdrawal_is_not_taken_by_an_addition() {
-        let (gate, store, p) = sale();
+        let (gate, store, p) = sale().await;
         let w = change(&p, "k", -5);
         gate.change_shelf(&w, ShelfStep::Take, Some(&entry(&p)))
             .await
@@ -386,7 +391,7 @@ mod tests {
     /// leave the shelf offering the withdrawn units.
     #[tokio::test]
     async fn a_cold_withdrawal_heals_a_shelf_warmed_from_an_older_ledger() {
-        let (gate, store, p) = sale();
+        let (gate, store, p) = sale().await;
         let mut warmed = gate.stats.lock().unwrap().take().unwrap();
         warmed.stock_left = 30;
         let c = change(&p, "w1", -5);
@@ -394,7 +399,7 @@ mod tests {
             super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
             Outcome::Applied { new: true }
         );
-        assert_eq!(store.ledger_of(&p).remaining, 25);
+        assert_eq!(store.ledger_of(&p).await.remaining, 25);
         // The warm-up read the ledger before the withdrawal and set the
         // shelf after it; then it heals, as the admin's warm does.
         *gate.stats.lock().unwrap() = Some(warmed);
@@ -406,11 +411,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_addition_reaches_the_shelf_once_even_when_interrupted() {
-        let (gate, store, p) = sale();
+        let (gate, store, p) = sale().await;
         let c = change(&p, "a1", 7);
         // Recorded, then the call died before the shelf step.
         store.change_stock(&c, &entry(&p)).await.unwrap();
-        let ledger = store.ledger_of(&p);
+        let ledger = store.ledger_of(&p).await;
         assert_eq!(
             (ledger.remaining, ledger.releasing, ledger.added),
             (37, 7, 7)
@@ -421,7 +426,7 @@ mod tests {
         );
         assert!(shelve_addition(&gate, &store, &c).await.unwrap());
         assert_eq!(shelf(&gate).0, 27);
-        assert_eq!(store.ledger_of(&p).releasing, 0);
+        assert_eq!(store.ledger_of(&p).await.releasing, 0);
         assert!(store.stock_changes_due(&p).await.unwrap().is_empty());
         // Finished: neither a second finish nor the retry adds again.
         assert!(!shelve_addition(&gate, &store, &c).await.unwrap());
@@ -430,6 +435,6 @@ mod tests {
             Outcome::Applied { new: false }
         );
         assert_eq!(shelf(&gate).0, 27);
-        assert_eq!(store.products.lock().unwrap()[&p].stock, 37);
+        assert_eq!(store.product(&p).await.unwrap().unwrap().stock, 37);
     }
 }

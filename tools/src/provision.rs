@@ -1,16 +1,9 @@
 //! Creates the queues and the table, idempotently: the docker-less
 //! equivalent of what `template.yaml` declares for AWS.
 
-use std::time::Duration;
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use aws_config::SdkConfig;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TableStatus,
-};
 use aws_sdk_sqs::types::QueueAttributeName;
-use shared::aws::table;
 
 /// Deliveries before a message moves on to the next queue.
 pub const MAX_RECEIVE_COUNT: u32 = 5;
@@ -125,66 +118,7 @@ async fn redrive_to(
 }
 
 pub async fn create_table(sdk: &SdkConfig, name: &str) -> Result<()> {
-    let ddb = aws_sdk_dynamodb::Client::new(sdk);
-    let attr = |n: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(n)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-    };
-    let key = |n: &str, t: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(n)
-            .key_type(t)
-            .build()
-    };
-    let gsi = |name: &str, pk: &str, sk: &str| {
-        GlobalSecondaryIndex::builder()
-            .index_name(name)
-            .key_schema(key(pk, KeyType::Hash)?)
-            .key_schema(key(sk, KeyType::Range)?)
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::All)
-                    .build(),
-            )
-            .build()
-    };
-    let created = ddb
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attr(table::PK)?)
-        .attribute_definitions(attr(table::GSI1_PK)?)
-        .attribute_definitions(attr(table::GSI1_SK)?)
-        .attribute_definitions(attr(table::GSI2_PK)?)
-        .attribute_definitions(attr(table::GSI2_SK)?)
-        .key_schema(key(table::PK, KeyType::Hash)?)
-        .global_secondary_indexes(gsi(table::GSI1, table::GSI1_PK, table::GSI1_SK)?)
-        .global_secondary_indexes(gsi(table::GSI2, table::GSI2_PK, table::GSI2_SK)?)
-        .send()
-        .await;
-    if let Err(e) = created {
-        let exists = e
-            .as_service_error()
-            .is_some_and(|s| s.is_resource_in_use_exception());
-        if !exists {
-            return Err(e).with_context(|| format!("creating table {name}"));
-        }
-    }
-    for _ in 0..120 {
-        let status = ddb
-            .describe_table()
-            .table_name(name)
-            .send()
-            .await
-            .with_context(|| format!("describing table {name}"))?
-            .table
-            .and_then(|t| t.table_status);
-        if status == Some(TableStatus::Active) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    bail!("table {name} did not become ACTIVE in 30 s")
+    shared::aws::create_table(sdk, name)
+        .await
+        .with_context(|| format!("creating table {name}"))
 }

@@ -1,13 +1,17 @@
 //! Every sample event under `events/` goes through its handler, as
 //! `cargo lambda invoke --data-file events/<file>` would send it, with
-//! in-memory ports; the answers are checked.
+//! the real DynamoDB adapter on the embedded DynamoDB and in-memory Redis
+//! and SQS; the answers are checked.
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::sqs::SqsEvent;
 use serde_json::Value;
 
-use shared::domain::{OrderStatus, Product, RequestId, RequestView, UserId, from_unix_ms};
-use shared::fakes::{FakeGate, FakeQueue, FakeStore, failed_ids};
+use shared::aws::DynamoStore;
+use shared::domain::{
+    OrderMessage, OrderStatus, Product, RequestId, RequestView, UserId, from_unix_ms,
+};
+use shared::fakes::{FakeGate, FakeQueue, Probe, failed_ids, stocked};
 use shared::faults::FaultPlan;
 
 fn event(name: &str) -> String {
@@ -31,7 +35,7 @@ async fn deduct_buy_takes_the_buyer_from_the_jwt() {
     let d = deduct::Deduct {
         gate: FakeGate::default(),
         queue: FakeQueue::default(),
-        store: FakeStore::default(),
+        store: shared::fakes::store().await.0,
         insecure_user_from_body: false,
         sold_out: deduct::SoldOutCache::new(std::time::Duration::from_secs(1)),
         kill_switch: deduct::KillSwitchCache::new(std::time::Duration::from_secs(1)),
@@ -55,7 +59,7 @@ async fn deduct_buy_takes_the_buyer_from_the_jwt() {
 async fn order_status_reads_the_callers_request() {
     let api = order_status::OrderStatusApi {
         gate: FakeGate::default(),
-        store: FakeStore::default(),
+        store: shared::fakes::store().await.0,
         insecure_user_from_body: false,
         terms: shared::lifecycle::Terms::system(),
         faults: FaultPlan::none(),
@@ -79,7 +83,7 @@ async fn order_status_reads_the_callers_request() {
 async fn admin_events_create_warm_and_report() {
     let admin = admin::Admin {
         gate: FakeGate::default(),
-        store: FakeStore::default(),
+        store: shared::fakes::store().await.0,
         token: Some("change-me-admin-token".into()),
     };
     let resp = admin.handle(http("admin-create-product.json")).await;
@@ -120,7 +124,7 @@ async fn admin_events_create_warm_and_report() {
 async fn consumer_batch_fails_only_the_garbage_record() {
     let consumer = order_consumer::Consumer {
         gate: FakeGate::default(),
-        store: FakeStore::default().with_stock("p42", 100),
+        store: stocked("p42", 100).await.0,
         concurrency: 10,
         faults: FaultPlan::none(),
         terms: shared::lifecycle::Terms::system(),
@@ -132,7 +136,10 @@ async fn consumer_batch_fails_only_the_garbage_record() {
         vec!["4a3646f6-1918-47bc-a3a6-1eb4884d08fc"]
     );
     let id = RequestId::parse(RID).unwrap();
-    assert_eq!(consumer.store.status_of(&id), Some(OrderStatus::Placed));
+    assert_eq!(
+        consumer.store.status_of(&id).await,
+        Some(OrderStatus::Placed)
+    );
     // The answer is what Lambda expects back.
     let json = serde_json::to_value(&resp).unwrap();
     assert_eq!(
@@ -145,7 +152,7 @@ async fn consumer_batch_fails_only_the_garbage_record() {
 async fn compensation_batch_compensates() {
     let compensation = compensation::Compensation {
         gate: FakeGate::default(),
-        store: FakeStore::default(),
+        store: shared::fakes::store().await.0,
         concurrency: 10,
     };
     let batch: SqsEvent = serde_json::from_str(&event("compensation-dlq-batch.json")).unwrap();
@@ -160,7 +167,7 @@ async fn sweeper_accepts_the_scheduled_event() {
     let sweeper = outbox_sweeper::Sweeper {
         gate: FakeGate::default(),
         queue: FakeQueue::default(),
-        store: FakeStore::default(),
+        store: shared::fakes::store().await.0,
         older_than_ms: 60_000,
         resend_after_ms: 1_200_000,
         max_per_product: 10_000,
@@ -169,24 +176,28 @@ async fn sweeper_accepts_the_scheduled_event() {
     assert_eq!(report.republished, 0);
 }
 
-/// The sample order (RID) of user-123, placed for 129.00 EUR, payable until `pay_by`.
-fn placed_sample(store: &FakeStore, pay_by: i64) {
+/// The sample order (RID) of user-123, placed for 129.00 EUR, payable until
+/// `pay_by` (its product p42 is in the store).
+async fn placed_sample(store: &DynamoStore, pay_by: i64) {
+    use shared::ports::OrderStore;
     let id = RequestId::parse(RID).unwrap();
-    store.put_order(RequestView {
+    let msg = OrderMessage {
+        v: OrderMessage::VERSION,
         product_id: id.product(),
         request_id: id,
         user_id: UserId::parse("user-123").unwrap(),
         quantity: shared::domain::Quantity::new(1).unwrap(),
-        status: OrderStatus::Placed,
-        updated_at: from_unix_ms(1_795_338_000_000),
-        reservation: Some(shared::domain::Reservation {
-            pay_by_ms: pay_by,
-            amount: 12_900,
-            currency: shared::domain::Currency::parse("EUR").unwrap(),
-            rebuy_after_release: false,
-            ledger_shards: 1,
-        }),
-    });
+        admitted_at: SAMPLE_TIME_MS - 60_000,
+        sale_ends_at: SAMPLE_TIME_MS + 3_600_000,
+    };
+    let terms = shared::domain::Reservation {
+        pay_by_ms: pay_by,
+        amount: 12_900,
+        currency: shared::domain::Currency::parse("EUR").unwrap(),
+        rebuy_after_release: false,
+        ledger_shards: 1,
+    };
+    store.place(&msg, &terms).await.unwrap();
 }
 
 /// The sample's signature was made with this secret at 1795338000.
@@ -198,10 +209,10 @@ fn clock() -> std::sync::Arc<shared::fakes::ManualClock> {
 }
 
 /// The buyer's side over fakes, with the clock at the samples' time.
-fn orders_api() -> order_status::OrderStatusApi<FakeGate, FakeStore> {
+async fn orders_api() -> order_status::OrderStatusApi<FakeGate, DynamoStore> {
     order_status::OrderStatusApi {
         gate: FakeGate::default(),
-        store: FakeStore::default().with_stock("p42", 10),
+        store: stocked("p42", 10).await.0,
         insecure_user_from_body: false,
         terms: shared::lifecycle::Terms::new(clock()),
         faults: FaultPlan::none(),
@@ -210,8 +221,8 @@ fn orders_api() -> order_status::OrderStatusApi<FakeGate, FakeStore> {
 
 #[tokio::test]
 async fn order_cancel_releases_the_callers_reservation() {
-    let api = orders_api();
-    placed_sample(&api.store, SAMPLE_TIME_MS + 900_000);
+    let api = orders_api().await;
+    placed_sample(&api.store, SAMPLE_TIME_MS + 900_000).await;
     let resp = api.handle(http("order-cancel.json")).await;
     assert_eq!(resp.status().as_u16(), 200, "{}", body(&resp));
     assert_eq!(body(&resp)["status"], "cancelled");
@@ -220,7 +231,7 @@ async fn order_cancel_releases_the_callers_reservation() {
 
 #[tokio::test]
 async fn product_page_is_public_and_cacheable() {
-    let api = orders_api();
+    let api = orders_api().await;
     let resp = api.handle(http("product-page.json")).await;
     assert_eq!(resp.status().as_u16(), 200, "{}", body(&resp));
     assert_eq!(resp.headers()["cache-control"], "public, max-age=1");
@@ -230,11 +241,11 @@ async fn product_page_is_public_and_cacheable() {
 #[tokio::test]
 async fn payment_webhook_sample_pays_the_order() {
     let hook = payment_webhook::Webhook {
-        store: FakeStore::default().with_stock("p42", 10),
+        store: stocked("p42", 10).await.0,
         clock: clock(),
         secret: SAMPLE_WEBHOOK_SECRET.to_vec(),
     };
-    placed_sample(&hook.store, SAMPLE_TIME_MS + 900_000);
+    placed_sample(&hook.store, SAMPLE_TIME_MS + 900_000).await;
     let resp = hook.handle(http("payment-webhook.json")).await;
     assert_eq!(resp.status().as_u16(), 200, "{}", body(&resp));
     assert_eq!(body(&resp)["status"], "paid");
@@ -245,14 +256,14 @@ async fn expirer_accepts_the_scheduled_event_and_expires_what_is_due() {
     let _: EventBridgeEvent = serde_json::from_str(&event("order-expirer-schedule.json")).unwrap();
     let expirer = order_expirer::Expirer {
         gate: FakeGate::default(),
-        store: FakeStore::default().with_stock("p42", 10),
+        store: stocked("p42", 10).await.0,
         clock: clock(),
         faults: FaultPlan::none(),
         batch: 100,
         concurrency: 8,
         budget: std::time::Duration::from_secs(5),
     };
-    placed_sample(&expirer.store, SAMPLE_TIME_MS - 1);
+    placed_sample(&expirer.store, SAMPLE_TIME_MS - 1).await;
     let run = expirer.run().await.unwrap();
     assert_eq!(run.expired, 1);
 }

@@ -470,22 +470,31 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
 mod tests {
     use super::*;
     use lambda_http::{Body, http};
-    use shared::fakes::{FakeGate, FakeStore};
+    use shared::aws::DynamoStore;
+    use shared::fakes::FakeGate;
     use std::sync::atomic::Ordering;
 
-    fn admin() -> Admin<FakeGate, FakeStore> {
+    type TestAdmin = Admin<FakeGate, DynamoStore>;
+
+    async fn admin() -> TestAdmin {
         Admin {
             gate: FakeGate::default(),
-            store: FakeStore::default(),
+            store: shared::fakes::store().await.0,
             token: Some("s3cret".into()),
         }
+    }
+
+    /// The product as DynamoDB stores it.
+    async fn stored(a: &TestAdmin, id: &str) -> Option<Product> {
+        let id = ProductId::parse(id).unwrap();
+        a.store.product(&id).await.unwrap()
     }
 
     const PRODUCT: &str = r#"{"product_id":"p1","name":"Phone","stock":100,"per_buyer_limit":1,"price":49900,"currency":"EUR",
         "starts_at":"2026-01-01T00:00:00Z","ends_at":"2026-01-02T00:00:00Z"}"#;
 
     async fn call(
-        a: &Admin<FakeGate, FakeStore>,
+        a: &TestAdmin,
         method: &str,
         path: &str,
         token: &str,
@@ -504,7 +513,7 @@ mod tests {
 
     #[tokio::test]
     async fn create_warm_and_read_a_product() {
-        let a = admin();
+        let a = admin().await;
         assert_eq!(
             call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT)
                 .await
@@ -526,7 +535,7 @@ mod tests {
 
     #[tokio::test]
     async fn ledger_shards_follow_the_expected_rate_or_the_setting() {
-        let a = admin();
+        let a = admin().await;
         let with = |id: &str, extra: &str| {
             PRODUCT
                 .replace(r#""p1""#, &format!(r#""{id}""#))
@@ -556,8 +565,8 @@ mod tests {
                 "{id}"
             );
             assert_eq!(
-                a.store.shard_units(&ProductId::parse(id).unwrap()).len(),
-                shards as usize
+                u64::from(stored(&a, id).await.unwrap().ledger_shards),
+                shards
             );
         }
         // Out of range, or thinner than 10 units a shard (1000 / 10 > 64,
@@ -584,7 +593,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_kill_switch_is_recorded_once_applied_every_time_and_audited() {
-        let a = admin();
+        let a = admin().await;
         let path = "/api/admin/kill-switch";
         let stop = r#"{"engaged":true,"reason":"redis latency"}"#;
         let (status, body) = call(&a, "POST", path, "s3cret", stop).await;
@@ -628,14 +637,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_deny_list_is_recorded_audited_and_copied_into_every_sale() {
-        let a = admin();
+        let a = admin().await;
         call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await;
         call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
         let path = "/api/admin/deny-list/bot7";
         let (status, body) = call(&a, "PUT", path, "s3cret", r#"{"reason":"scripted"}"#).await;
         assert_eq!((status, &body["denied"]), (200, &json!(true)));
         let p1 = ProductId::parse("p1").unwrap();
-        let copy = |a: &Admin<FakeGate, FakeStore>| {
+        let copy = |a: &TestAdmin| {
             a.gate
                 .denials
                 .lock()
@@ -675,7 +684,7 @@ mod tests {
 
     #[tokio::test]
     async fn stock_changes_need_a_key_and_stop_at_what_buyers_were_admitted_to() {
-        let a = admin();
+        let a = admin().await;
         call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await;
         *a.gate.stats.lock().unwrap() = Some(shared::domain::ProductStats {
             stock_total: 100,
@@ -738,7 +747,7 @@ mod tests {
 
     #[tokio::test]
     async fn controls_are_recorded_once_applied_every_time_and_audited() {
-        let a = admin();
+        let a = admin().await;
         call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await;
         let pause = |reason: &str| format!(r#"{{"reason":"{reason}"}}"#);
         let path = "/api/admin/products/p1/pause";
@@ -812,13 +821,13 @@ mod tests {
                 .unwrap()
                 .contains("repeat the call")
         );
-        let ended = a.store.products.lock().unwrap()[&ProductId::parse("p1").unwrap()].ends_at;
+        let ended = stored(&a, "p1").await.unwrap().ends_at;
         assert!(ended <= time::OffsetDateTime::now_utc());
     }
 
     #[tokio::test]
     async fn rewarm_after_start_needs_force() {
-        let a = admin();
+        let a = admin().await;
         call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await;
         a.gate.started.store(true, Ordering::SeqCst);
         let (status, body) = call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
@@ -834,7 +843,7 @@ mod tests {
     /// Bearer token (nor stand for an empty one).
     #[tokio::test]
     async fn an_empty_admin_header_is_no_token() {
-        let a = admin();
+        let a = admin().await;
         let req = |header: &str, bearer: &str| {
             http::Request::builder()
                 .method("GET")
@@ -851,7 +860,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_wrong_tokens_and_bad_input() {
-        let a = admin();
+        let a = admin().await;
         assert_eq!(
             call(&a, "GET", "/api/admin/products/p1", "wrong", "")
                 .await
@@ -864,7 +873,7 @@ mod tests {
         );
         let unset = Admin {
             token: None,
-            ..admin()
+            ..admin().await
         };
         assert_eq!(
             call(&unset, "GET", "/api/admin/products/p1", "", "")
@@ -906,6 +915,6 @@ mod tests {
                 "{body}"
             );
         }
-        assert!(a.store.products.lock().unwrap().is_empty());
+        assert_eq!(stored(&a, "p1").await, None);
     }
 }

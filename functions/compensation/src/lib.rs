@@ -123,19 +123,22 @@ mod tests {
 
     use super::*;
     use order_consumer::Consumer;
-    use shared::fakes::{FakeGate, FakeStore, failed_ids, order_message, sqs_event, sqs_record};
+    use shared::aws::DynamoStore;
+    use shared::fakes::{
+        FakeGate, Probe, failed_ids, order_attribute, order_message, sqs_event, sqs_record, stocked,
+    };
     use shared::faults::FaultPlan;
 
-    type Shared = (Arc<FakeGate>, Arc<FakeStore>);
+    type Shared = (Arc<FakeGate>, Arc<DynamoStore>);
 
-    fn shared_ports() -> Shared {
+    async fn shared_ports() -> Shared {
         (
             Arc::new(FakeGate::default()),
-            Arc::new(FakeStore::default().with_stock("p1", 10)),
+            Arc::new(stocked("p1", 10).await.0),
         )
     }
 
-    fn compensation((gate, store): &Shared) -> Compensation<Arc<FakeGate>, Arc<FakeStore>> {
+    fn compensation((gate, store): &Shared) -> Compensation<Arc<FakeGate>, Arc<DynamoStore>> {
         Compensation {
             gate: gate.clone(),
             store: store.clone(),
@@ -143,7 +146,7 @@ mod tests {
         }
     }
 
-    fn consumer((gate, store): &Shared) -> Consumer<Arc<FakeGate>, Arc<FakeStore>> {
+    fn consumer((gate, store): &Shared) -> Consumer<Arc<FakeGate>, Arc<DynamoStore>> {
         Consumer {
             gate: gate.clone(),
             store: store.clone(),
@@ -172,7 +175,7 @@ mod tests {
 
     #[tokio::test]
     async fn compensates_once_and_records_why() {
-        let ports = shared_ports();
+        let ports = shared_ports().await;
         let c = compensation(&ports);
         let a = order("u1");
         let r = record("d1", &json(&a));
@@ -182,16 +185,19 @@ mod tests {
             Outcome::AlreadyDecided(OrderStatus::Compensated)
         );
         assert_eq!(ports.0.restocked(), vec![a.request_id.clone()]);
-        let note = ports.1.notes.lock().unwrap()[&a.request_id].clone();
-        assert_eq!(note.receive_count, 1);
-        assert_eq!(note.first_failure_ms, Some(1_700_000_000_000));
-        assert!(note.last_failure_ms.is_some());
-        assert!(note.reason.contains("retries exhausted"));
+        let note = async |name| order_attribute(&ports.1, &a.request_id, name).await;
+        assert_eq!(note("receive_count").await.as_deref(), Some("1"));
+        assert_eq!(
+            note("first_failure_at").await.as_deref(),
+            Some("1700000000000")
+        );
+        assert!(note("last_failure_at").await.is_some());
+        assert!(note("reason").await.unwrap().contains("retries exhausted"));
     }
 
     #[tokio::test]
     async fn a_placed_order_is_never_restocked() {
-        let ports = shared_ports();
+        let ports = shared_ports().await;
         let a = order("u1");
         let consumed = consumer(&ports).process(&record("m1", &json(&a))).await;
         assert_eq!(consumed, order_consumer::Outcome::Placed);
@@ -201,7 +207,10 @@ mod tests {
             Outcome::AlreadyDecided(OrderStatus::Placed)
         );
         assert!(ports.0.restocked().is_empty());
-        assert_eq!(ports.1.status_of(&a.request_id), Some(OrderStatus::Placed));
+        assert_eq!(
+            ports.1.status_of(&a.request_id).await,
+            Some(OrderStatus::Placed)
+        );
     }
 
     #[tokio::test]
@@ -210,7 +219,7 @@ mod tests {
         // fate, and the unit is restocked if and only if it is COMPENSATED.
         let mut fates = std::collections::HashSet::new();
         for round in 0..200 {
-            let ports = shared_ports();
+            let ports = shared_ports().await;
             let a = order(&format!("u{round}"));
             let body = json(&a);
             let (comp, cons) = (compensation(&ports), consumer(&ports));
@@ -233,7 +242,7 @@ mod tests {
                 });
                 (c, s)
             };
-            let fate = ports.1.status_of(&a.request_id).unwrap();
+            let fate = ports.1.status_of(&a.request_id).await.unwrap();
             let restocked = ports.0.restocked();
             match fate {
                 OrderStatus::Compensated => {
@@ -243,13 +252,13 @@ mod tests {
                         order_consumer::Outcome::Duplicate(OrderStatus::Compensated)
                     );
                     assert_eq!(restocked, vec![a.request_id.clone()]);
-                    assert_eq!(ports.1.remaining(&a.product_id), Some(10));
+                    assert_eq!(ports.1.remaining(&a.product_id).await, Some(10));
                 }
                 OrderStatus::Placed => {
                     assert_eq!(s_out, order_consumer::Outcome::Placed);
                     assert_eq!(c_out, Outcome::AlreadyDecided(OrderStatus::Placed));
                     assert!(restocked.is_empty());
-                    assert_eq!(ports.1.remaining(&a.product_id), Some(9));
+                    assert_eq!(ports.1.remaining(&a.product_id).await, Some(9));
                 }
                 other => panic!("unexpected fate {other:?}"),
             }
@@ -260,7 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_reported_per_record() {
-        let ports = shared_ports();
+        let ports = shared_ports().await;
         let c = compensation(&ports);
         let (a, b) = (order("u1"), order("u2"));
         ports.0.failures.fail_next(1);
@@ -270,7 +279,7 @@ mod tests {
         // The Redis failure after the fate was decided retries; the junk parks.
         assert_eq!(failed, vec!["a", "junk"]);
         assert_eq!(
-            ports.1.status_of(&a.request_id),
+            ports.1.status_of(&a.request_id).await,
             Some(OrderStatus::Compensated)
         );
         assert_eq!(

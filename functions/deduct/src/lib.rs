@@ -391,19 +391,23 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
 mod tests {
     use super::*;
     use lambda_http::{Body, http};
-    use shared::fakes::{FakeGate, FakeQueue, FakeStore};
+    use shared::aws::DynamoStore;
+    use shared::embedded::Faults;
+    use shared::fakes::{FakeGate, FakeQueue, Probe};
 
-    type TestDeduct = Deduct<FakeGate, FakeQueue, FakeStore>;
+    type TestDeduct = Deduct<FakeGate, FakeQueue, DynamoStore>;
 
-    fn deduct(insecure: bool) -> TestDeduct {
-        Deduct {
+    async fn deduct(insecure: bool) -> (TestDeduct, Faults) {
+        let (store, faults) = shared::fakes::store().await;
+        let d = Deduct {
             gate: FakeGate::default(),
             queue: FakeQueue::default(),
-            store: FakeStore::default(),
+            store,
             insecure_user_from_body: insecure,
             sold_out: SoldOutCache::new(Duration::from_secs(60)),
             kill_switch: KillSwitchCache::new(Duration::ZERO),
-        }
+        };
+        (d, faults)
     }
 
     fn buy(body: &str) -> Request {
@@ -422,7 +426,7 @@ mod tests {
 
     #[tokio::test]
     async fn admitted_purchase_is_enqueued_with_trace_context() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         let (status, body) = call(
             &d,
             buy(r#"{"product_id":"p1","quantity":2,"user_id":"u1"}"#),
@@ -440,7 +444,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sent_request_is_marked_so_the_sweeper_leaves_it_alone() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
         assert_eq!(status, 202);
         let id = RequestId::parse(body["request_id"].as_str().unwrap()).unwrap();
@@ -451,14 +455,14 @@ mod tests {
     /// request as COMPENSATED in DynamoDB, puts the unit back, answers 503.
     #[tokio::test]
     async fn failed_send_compensates_and_answers_503_never_202() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         d.queue.failures.fail_next(1);
         let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
         assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
         assert!(d.queue.sent().is_empty());
         let purchase = d.gate.purchases.lock().unwrap()[0].clone();
         assert_eq!(
-            d.store.status_of(&purchase.request_id),
+            d.store.status_of(&purchase.request_id).await,
             Some(OrderStatus::Compensated)
         );
         assert_eq!(d.gate.restocked(), vec![purchase.request_id]);
@@ -466,9 +470,9 @@ mod tests {
 
     #[tokio::test]
     async fn failed_send_and_failed_fate_answer_503_with_the_id_to_check() {
-        let d = deduct(true);
+        let (d, faults) = deduct(true).await;
         d.queue.failures.fail_next(1);
-        d.store.failures.fail_next(1);
+        faults.fail_next(1);
         let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
         assert_eq!(status, 503);
         let purchase = d.gate.purchases.lock().unwrap()[0].clone();
@@ -485,7 +489,7 @@ mod tests {
     /// so a replay after Redis forgot the key lands on the same fate item.
     #[tokio::test]
     async fn keyed_requests_get_derived_ids() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         let keyed = |user: &str, key: &str| {
             let mut req = buy(&format!(r#"{{"product_id":"p1","user_id":"{user}"}}"#));
             req.headers_mut()
@@ -506,7 +510,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_throttled_buyer_gets_429_with_retry_after() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         d.gate.answer(Admission::Throttled {
             retry_after_ms: 1_200,
         });
@@ -520,7 +524,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_paused_sale_is_a_503_with_retry_after() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         d.gate.answer(Admission::Refused(Refusal::SalePaused));
         let resp = d.handle(buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
         assert_eq!(resp.status(), 503);
@@ -532,7 +536,7 @@ mod tests {
     #[tokio::test]
     async fn a_thrown_kill_switch_stops_admissions_within_the_cache_period() {
         use shared::domain::KillSwitch;
-        let mut d = deduct(true);
+        let (mut d, _) = deduct(true).await;
         d.kill_switch = KillSwitchCache::new(Duration::from_millis(200));
         let thrown = KillSwitch {
             engaged: true,
@@ -567,7 +571,7 @@ mod tests {
     #[tokio::test]
     async fn a_thrown_kill_switch_still_answers_replays() {
         use shared::domain::KillSwitch;
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         d.gate
             .apply_kill_switch(KillSwitch {
                 engaged: true,
@@ -605,7 +609,7 @@ mod tests {
                 .insert("x-forwarded-for", "198.51.100.9, 10.0.0.1".parse().unwrap());
         };
         for (insecure, want) in [(false, "203.0.113.7"), (true, "198.51.100.9")] {
-            let d = deduct(insecure);
+            let d = deduct(insecure).await.0;
             let mut req = lambda_http::request::from_str(event).unwrap();
             forwarded(&mut req);
             d.handle(req).await;
@@ -618,7 +622,7 @@ mod tests {
     /// sold-out product: 409 with what is left, and nothing cached.
     #[tokio::test]
     async fn too_few_left_is_a_409_and_never_cached_as_sold_out() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         d.gate.answer(Admission::Short { stock_left: 2 });
         let (status, body) = call(
             &d,
@@ -641,7 +645,7 @@ mod tests {
     /// Hole 12: a key reused with another quantity, or one that is not ASCII.
     #[tokio::test]
     async fn reused_or_non_ascii_keys_are_refused() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         d.gate.answer(Admission::Refused(Refusal::KeyReused));
         let mut req = buy(r#"{"product_id":"p1","quantity":2,"user_id":"u1"}"#);
         req.headers_mut()
@@ -662,7 +666,7 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_map_to_their_status_codes() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         for (refusal, code) in [
             (Refusal::AlreadyPurchased, 409),
             (Refusal::LimitExceeded, 409),
@@ -701,7 +705,7 @@ mod tests {
 
     #[tokio::test]
     async fn replay_returns_the_earlier_request_and_its_status() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         let p = ProductId::parse("p1").unwrap();
         let u = UserId::parse("u1").unwrap();
         let earlier = RequestId::derived(&p, &u, &IdempotencyKey::parse("k-1").unwrap());
@@ -718,7 +722,7 @@ mod tests {
     /// rest on Redis alone, so a pending replay is (re-)enqueued.
     #[tokio::test]
     async fn a_pending_replay_is_enqueued_before_it_is_answered() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         // Sent before: its message is in the queue, nothing to add.
         d.gate.answer(replay(OrderStatus::Pending, true));
         let (status, _) = call(&d, keyed(r#"{"product_id":"p1","user_id":"u1"}"#, "k-1")).await;
@@ -741,7 +745,7 @@ mod tests {
 
     #[tokio::test]
     async fn redis_down_fails_closed_with_503() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         // The kill switch's read (tolerated), then the admission.
         d.gate.failures.fail_next(2);
         let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
@@ -764,7 +768,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_input_is_a_400_and_reaches_nothing() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         let big = format!(
             r#"{{"product_id":"p1","user_id":"u1","pad":"{}"}}"#,
             "x".repeat(5000)
@@ -796,7 +800,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_insecure_mode_a_body_user_id_is_not_an_identity() {
-        let d = deduct(false);
+        let (d, _) = deduct(false).await;
         let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
         assert_eq!(
             (status, body["error"].as_str().unwrap()),
@@ -807,7 +811,7 @@ mod tests {
 
     #[tokio::test]
     async fn sold_out_is_answered_from_memory_but_never_for_a_replay() {
-        let d = deduct(true);
+        let (d, _) = deduct(true).await;
         d.gate.answer(Admission::Refused(Refusal::SoldOut));
         let body = r#"{"product_id":"p1","user_id":"u1"}"#;
         assert_eq!(call(&d, buy(body)).await.0, 410);

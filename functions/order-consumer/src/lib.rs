@@ -169,18 +169,24 @@ impl<G: StockGate, S: OrderStore> Consumer<G, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::aws::DynamoStore;
+    use shared::embedded::Faults;
     use shared::fakes::{
-        FakeGate, FakeStore, failed_ids, order_message, sqs_event as event, sqs_record,
+        FakeGate, Probe, failed_ids, order_attribute, order_message, sqs_event as event,
+        sqs_record, stocked,
     };
 
-    fn consumer() -> Consumer<FakeGate, FakeStore> {
-        Consumer {
+    /// A consumer over 10 units of p1, and DynamoDB's faults.
+    async fn consumer() -> (Consumer<FakeGate, DynamoStore>, Faults) {
+        let (store, faults) = stocked("p1", 10).await;
+        let c = Consumer {
             gate: FakeGate::default(),
-            store: FakeStore::default().with_stock("p1", 10),
+            store,
             concurrency: 4,
             faults: FaultPlan::none(),
             terms: shared::lifecycle::Terms::system(),
-        }
+        };
+        (c, faults)
     }
 
     fn order(user: &str) -> OrderMessage {
@@ -193,21 +199,27 @@ mod tests {
 
     #[tokio::test]
     async fn places_orders_and_settles_redis() {
-        let c = consumer();
+        let (c, _) = consumer().await;
         let (a, b) = (order("u1"), order("u2"));
         let resp = c
             .handle(event(vec![record("m1", &a), record("m2", &b)]))
             .await;
         assert!(failed_ids(&resp).is_empty());
-        assert_eq!(c.store.status_of(&a.request_id), Some(OrderStatus::Placed));
-        assert_eq!(c.store.status_of(&b.request_id), Some(OrderStatus::Placed));
+        assert_eq!(
+            c.store.status_of(&a.request_id).await,
+            Some(OrderStatus::Placed)
+        );
+        assert_eq!(
+            c.store.status_of(&b.request_id).await,
+            Some(OrderStatus::Placed)
+        );
         assert_eq!(c.gate.settled().len(), 2);
-        assert_eq!(c.store.remaining(&a.product_id), Some(8));
+        assert_eq!(c.store.remaining(&a.product_id).await, Some(8));
     }
 
     #[tokio::test]
     async fn a_garbage_record_fails_alone() {
-        let c = consumer();
+        let (c, _) = consumer().await;
         let a = order("u1");
         let resp = c
             .handle(event(vec![
@@ -216,24 +228,27 @@ mod tests {
             ]))
             .await;
         assert_eq!(failed_ids(&resp), vec!["bad"]);
-        assert_eq!(c.store.status_of(&a.request_id), Some(OrderStatus::Placed));
+        assert_eq!(
+            c.store.status_of(&a.request_id).await,
+            Some(OrderStatus::Placed)
+        );
     }
 
     #[tokio::test]
     async fn duplicate_delivery_is_absorbed() {
-        let c = consumer();
+        let (c, _) = consumer().await;
         let a = order("u1");
         let r = record("m1", &a);
         assert_eq!(c.process(&r).await, Outcome::Placed);
         assert_eq!(c.process(&r).await, Outcome::Duplicate(OrderStatus::Placed));
-        assert_eq!(c.store.orders.lock().unwrap().len(), 1);
-        assert_eq!(c.store.remaining(&a.product_id), Some(9));
+        assert_eq!(c.store.orders_of(&a.product_id).await.unwrap().len(), 1);
+        assert_eq!(c.store.remaining(&a.product_id).await, Some(9));
         assert!(c.gate.restocked().is_empty());
     }
 
     #[tokio::test]
     async fn second_request_of_a_buyer_is_rejected_without_restock() {
-        let c = consumer();
+        let (c, _) = consumer().await;
         let (first, second) = (order("u1"), order("u1"));
         assert_eq!(c.process(&record("m1", &first)).await, Outcome::Placed);
         let r2 = record("m2", &second);
@@ -243,15 +258,13 @@ mod tests {
             Outcome::Duplicate(OrderStatus::Rejected)
         );
         assert_eq!(
-            c.store.status_of(&second.request_id),
+            c.store.status_of(&second.request_id).await,
             Some(OrderStatus::Rejected)
         );
-        let reason = c.store.notes.lock().unwrap()[&second.request_id]
-            .reason
-            .clone();
-        assert_eq!(reason, "buyer_has_order");
+        let reason = order_attribute(&c.store, &second.request_id, "reason").await;
+        assert_eq!(reason.as_deref(), Some("buyer_has_order"));
         assert!(c.gate.restocked().is_empty());
-        assert_eq!(c.store.remaining(&first.product_id), Some(9));
+        assert_eq!(c.store.remaining(&first.product_id).await, Some(9));
     }
 
     /// Issue 18, hole C: a buyer who holds an order is refused as such even
@@ -259,23 +272,21 @@ mod tests {
     #[tokio::test]
     async fn a_buyer_holding_an_order_is_rejected_as_such_when_stock_is_out_too() {
         let c = Consumer {
-            store: FakeStore::default().with_stock("p1", 1),
-            ..consumer()
+            store: stocked("p1", 1).await.0,
+            ..consumer().await.0
         };
         let (first, second) = (order("u1"), order("u1"));
         assert_eq!(c.process(&record("m1", &first)).await, Outcome::Placed);
         assert_eq!(c.process(&record("m2", &second)).await, Outcome::Rejected);
-        let reason = c.store.notes.lock().unwrap()[&second.request_id]
-            .reason
-            .clone();
-        assert_eq!(reason, "buyer_has_order");
+        let reason = order_attribute(&c.store, &second.request_id, "reason").await;
+        assert_eq!(reason.as_deref(), Some("buyer_has_order"));
     }
 
     #[tokio::test]
     async fn the_stock_ledger_rejects_what_redis_over_admitted() {
         let c = Consumer {
-            store: FakeStore::default().with_stock("p1", 2),
-            ..consumer()
+            store: stocked("p1", 2).await.0,
+            ..consumer().await.0
         };
         let orders: Vec<OrderMessage> = (0..5).map(|i| order(&format!("u{i}"))).collect();
         let records = orders
@@ -284,17 +295,16 @@ mod tests {
             .map(|(i, o)| record(&format!("m{i}"), o))
             .collect();
         assert!(failed_ids(&c.handle(event(records)).await).is_empty());
-        let count = |status| {
-            orders
-                .iter()
-                .filter(|o| c.store.status_of(&o.request_id) == Some(status))
-                .count()
-        };
+        let mut statuses = Vec::new();
+        for o in &orders {
+            statuses.push(c.store.status_of(&o.request_id).await);
+        }
+        let count = |status| statuses.iter().filter(|s| **s == Some(status)).count();
         assert_eq!(
             (count(OrderStatus::Placed), count(OrderStatus::Rejected)),
             (2, 3)
         );
-        assert_eq!(c.store.remaining(&orders[0].product_id), Some(0));
+        assert_eq!(c.store.remaining(&orders[0].product_id).await, Some(0));
         assert!(
             c.gate.restocked().is_empty(),
             "phantom units must not go back"
@@ -313,12 +323,15 @@ mod tests {
         let c = Consumer {
             faults: Arc::new(FaultPlan::parse("consumer.crash_after_write:1").unwrap()),
             terms: shared::lifecycle::Terms::system(),
-            ..consumer()
+            ..consumer().await.0
         };
         let (a, b) = (order("u1"), order("u2"));
         let batch = || event(vec![record("a", &a), record("b", &b)]);
         assert_eq!(failed_ids(&c.handle(batch()).await), vec!["a", "b"]);
-        assert_eq!(c.store.status_of(&a.request_id), Some(OrderStatus::Placed));
+        assert_eq!(
+            c.store.status_of(&a.request_id).await,
+            Some(OrderStatus::Placed)
+        );
         assert!(c.gate.settled().is_empty());
         // The redelivery finds the orders written and settles Redis.
         let healthy = Consumer {
@@ -328,35 +341,39 @@ mod tests {
         };
         assert!(failed_ids(&healthy.handle(batch()).await).is_empty());
         assert_eq!(healthy.gate.settled().len(), 2);
-        assert_eq!(healthy.store.remaining(&a.product_id), Some(8));
+        assert_eq!(healthy.store.remaining(&a.product_id).await, Some(8));
     }
 
     /// Hole 5: transaction conflicts on the ledger item are retried in
     /// process, not left to a 200 s redelivery that spends a receive.
     #[tokio::test(start_paused = true)]
     async fn conflicts_are_retried_in_process() {
-        let c = consumer();
+        let (c, faults) = consumer().await;
         let a = order("u1");
-        c.store.failures.fail_next(3);
+        faults.fail_next(3);
         let resp = c.handle(event(vec![record("m1", &a)])).await;
         assert!(failed_ids(&resp).is_empty());
-        assert_eq!(c.store.status_of(&a.request_id), Some(OrderStatus::Placed));
+        assert_eq!(
+            c.store.status_of(&a.request_id).await,
+            Some(OrderStatus::Placed)
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_reported_for_redelivery() {
-        let c = consumer();
+        let (c, faults) = consumer().await;
         let a = order("u1");
-        c.store
-            .failures
-            .fail_next(Backoff::DEFAULT.attempts as usize);
+        faults.fail_next(Backoff::DEFAULT.attempts as usize);
         let resp = c.handle(event(vec![record("m1", &a)])).await;
         assert_eq!(failed_ids(&resp), vec!["m1"]);
         // Redis down after the DynamoDB write: reported, then absorbed on redelivery.
         c.gate.failures.fail_next(1);
         let resp = c.handle(event(vec![record("m1", &a)])).await;
         assert_eq!(failed_ids(&resp), vec!["m1"]);
-        assert_eq!(c.store.status_of(&a.request_id), Some(OrderStatus::Placed));
+        assert_eq!(
+            c.store.status_of(&a.request_id).await,
+            Some(OrderStatus::Placed)
+        );
         let resp = c.handle(event(vec![record("m1", &a)])).await;
         assert!(failed_ids(&resp).is_empty());
         assert_eq!(
@@ -367,7 +384,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_order_compensated_elsewhere_is_never_placed() {
-        let c = consumer();
+        let (c, _) = consumer().await;
         let a = order("u1");
         let note = FateNote::default();
         let fate = c.store.record_fate(&a, OrderStatus::Compensated, &note);
@@ -377,11 +394,11 @@ mod tests {
             Outcome::Duplicate(OrderStatus::Compensated)
         );
         assert_eq!(
-            c.store.status_of(&a.request_id),
+            c.store.status_of(&a.request_id).await,
             Some(OrderStatus::Compensated)
         );
         assert!(c.gate.settled().is_empty());
-        assert_eq!(c.store.remaining(&a.product_id), Some(10));
+        assert_eq!(c.store.remaining(&a.product_id).await, Some(10));
         // Redis follows DynamoDB: the compensation's restock (idempotent).
         assert_eq!(c.gate.restocked(), vec![a.request_id.clone()]);
     }

@@ -143,30 +143,33 @@ impl<G: StockGate, S: OrderStore> Expirer<G, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::aws::DynamoStore;
     use shared::domain::OrderMessage;
-    use shared::fakes::{FakeGate, FakeStore, ManualClock, order_message, terms};
+    use shared::embedded::Faults;
+    use shared::fakes::{FakeGate, ManualClock, Probe, order_message, stocked, terms};
 
     const NOW: i64 = 1_800_000_000_000;
 
-    fn expirer(faults: &str) -> (Expirer<Arc<FakeGate>, Arc<FakeStore>>, Arc<ManualClock>) {
+    type TestExpirer = Expirer<Arc<FakeGate>, Arc<DynamoStore>>;
+
+    /// An expirer over 100 units of p1 with these injected crashes, its
+    /// clock, and DynamoDB's faults.
+    async fn expirer(faults: &str) -> (TestExpirer, Arc<ManualClock>, Faults) {
         let clock = Arc::new(ManualClock::at(NOW));
+        let (store, dynamodb) = stocked("p1", 100).await;
         let e = Expirer {
             gate: Arc::new(FakeGate::default()),
-            store: Arc::new(FakeStore::default().with_stock("p1", 100)),
+            store: Arc::new(store),
             clock: clock.clone(),
             faults: Arc::new(FaultPlan::parse(faults).unwrap()),
             batch: 3,
             concurrency: 2,
             budget: Duration::from_secs(5),
         };
-        (e, clock)
+        (e, clock, dynamodb)
     }
 
-    async fn place(
-        e: &Expirer<Arc<FakeGate>, Arc<FakeStore>>,
-        user: &str,
-        pay_by: i64,
-    ) -> OrderMessage {
+    async fn place(e: &TestExpirer, user: &str, pay_by: i64) -> OrderMessage {
         let msg = order_message("p1", user, NOW - 10_000);
         e.store.place(&msg, &terms(pay_by)).await.unwrap();
         msg
@@ -174,7 +177,7 @@ mod tests {
 
     #[tokio::test]
     async fn expires_only_what_is_past_due_in_batches() {
-        let (e, _) = expirer("");
+        let (e, _, _) = expirer("").await;
         let mut due = Vec::new();
         for i in 0..7 {
             due.push(place(&e, &format!("d{i}"), NOW - 1 - i).await);
@@ -185,12 +188,18 @@ mod tests {
         assert_eq!((run.expired, run.batches, run.failed), (7, 3, 0));
         assert!(run.lateness_ms.iter().all(|l| (1..=7).contains(l)));
         for m in &due {
-            assert_eq!(e.store.status_of(&m.request_id), Some(OrderStatus::Expired));
+            assert_eq!(
+                e.store.status_of(&m.request_id).await,
+                Some(OrderStatus::Expired)
+            );
         }
         for m in [&on_time, &at_deadline] {
-            assert_eq!(e.store.status_of(&m.request_id), Some(OrderStatus::Placed));
+            assert_eq!(
+                e.store.status_of(&m.request_id).await,
+                Some(OrderStatus::Placed)
+            );
         }
-        let ledger = e.store.ledger_of(&on_time.product_id);
+        let ledger = e.store.ledger_of(&on_time.product_id).await;
         assert_eq!(
             (ledger.remaining, ledger.releasing, ledger.expired),
             (91 + 7, 0, 7)
@@ -205,15 +214,15 @@ mod tests {
     /// shelf exactly once, however often the crash repeats.
     #[tokio::test]
     async fn a_crash_mid_release_is_finished_by_the_next_run() {
-        let (e, clock) = expirer("release.crash_mid:1");
+        let (e, clock, _) = expirer("release.crash_mid:1").await;
         let msg = place(&e, "u1", NOW - 1).await;
         let run = e.run().await.unwrap();
         assert_eq!((run.expired, run.failed), (0, 1));
         assert_eq!(
-            e.store.status_of(&msg.request_id),
+            e.store.status_of(&msg.request_id).await,
             Some(OrderStatus::Expired)
         );
-        let ledger = e.store.ledger_of(&msg.product_id);
+        let ledger = e.store.ledger_of(&msg.product_id).await;
         assert_eq!((ledger.remaining, ledger.releasing), (100, 1));
         assert!(e.gate.released.lock().unwrap().is_empty());
         // The next run (no crash this time) finishes it.
@@ -224,7 +233,7 @@ mod tests {
         };
         let run = e.run().await.unwrap();
         assert_eq!(run.finished, 1);
-        assert_eq!(e.store.ledger_of(&msg.product_id).releasing, 0);
+        assert_eq!(e.store.ledger_of(&msg.product_id).await.releasing, 0);
         assert_eq!(e.gate.released.lock().unwrap().len(), 1);
         assert_eq!(e.run().await.unwrap(), Run::default());
     }
@@ -232,19 +241,22 @@ mod tests {
     /// Failing stores: nothing is lost or doubled, and a later run completes.
     #[tokio::test]
     async fn failures_leave_work_for_the_next_run() {
-        let (e, clock) = expirer("");
+        let (e, clock, dynamodb) = expirer("").await;
         let msgs = [place(&e, "a", NOW - 5).await, place(&e, "b", NOW - 4).await];
         e.gate.failures.fail_next(1);
         let run = e.run().await.unwrap();
         assert_eq!(run.expired + run.failed, 2);
-        e.store.failures.fail_next(1);
+        dynamodb.fail_next(1);
         assert!(e.run().await.is_err(), "the index read failed");
         clock.set(NOW + 60_000);
         e.run().await.unwrap();
         for m in &msgs {
-            assert_eq!(e.store.status_of(&m.request_id), Some(OrderStatus::Expired));
+            assert_eq!(
+                e.store.status_of(&m.request_id).await,
+                Some(OrderStatus::Expired)
+            );
         }
-        let ledger = e.store.ledger_of(&msgs[0].product_id);
+        let ledger = e.store.ledger_of(&msgs[0].product_id).await;
         assert_eq!(
             (ledger.remaining, ledger.releasing, ledger.released),
             (100, 0, 2)
@@ -258,7 +270,7 @@ mod tests {
     /// a second time.
     #[tokio::test]
     async fn a_confirmed_release_is_not_put_back_twice() {
-        let (e, _) = expirer("");
+        let (e, _, _) = expirer("").await;
         let msg = place(&e, "u1", NOW - 1).await;
         assert_eq!(e.run().await.unwrap().expired, 1);
         let order = e.store.order(&msg.request_id).await.unwrap().unwrap();
@@ -268,14 +280,14 @@ mod tests {
             .unwrap();
         assert!(!done, "nothing was left to do");
         assert!(e.gate.released.lock().unwrap().is_empty());
-        assert_eq!(e.store.ledger_of(&msg.product_id).releasing, 0);
+        assert_eq!(e.store.ledger_of(&msg.product_id).await.releasing, 0);
     }
 
     /// Two expirer runs overlapping (a slow run and the next schedule)
     /// release each order once.
     #[tokio::test]
     async fn overlapping_runs_release_once() {
-        let (e, _) = expirer("");
+        let (e, _, _) = expirer("").await;
         for i in 0..6 {
             place(&e, &format!("u{i}"), NOW - 1).await;
         }
@@ -284,7 +296,8 @@ mod tests {
         assert_eq!(a.expired + b.expired, 6);
         let ledger = e
             .store
-            .ledger_of(&shared::domain::ProductId::parse("p1").unwrap());
+            .ledger_of(&shared::domain::ProductId::parse("p1").unwrap())
+            .await;
         assert_eq!(
             (ledger.remaining, ledger.releasing, ledger.expired),
             (100, 0, 6)

@@ -218,41 +218,44 @@ impl<G: StockGate, S: OrderStore> OrderStatusApi<G, S> {
 mod tests {
     use super::*;
     use lambda_http::{Body, http};
+    use shared::aws::DynamoStore;
     use shared::domain::{
         Control, OrderMessage, ProductStats, Quantity, UserId, from_unix_ms, unix_ms,
     };
-    use shared::fakes::{FakeGate, FakeStore, ManualClock, order_message, terms};
+    use shared::embedded::Faults;
+    use shared::fakes::{FakeGate, ManualClock, Probe, order_message, stocked, terms};
     use shared::payment::{EventId, PaymentEvent};
     use shared::ports::PaymentWrite;
 
     const NOW: i64 = 1_800_000_000_000;
 
-    fn api() -> OrderStatusApi<FakeGate, FakeStore> {
-        with_clock(Arc::new(ManualClock::at(NOW)))
+    type TestApi = OrderStatusApi<FakeGate, DynamoStore>;
+
+    async fn api() -> (TestApi, Faults) {
+        with_clock(Arc::new(ManualClock::at(NOW))).await
     }
 
-    fn with_clock(clock: Arc<ManualClock>) -> OrderStatusApi<FakeGate, FakeStore> {
-        OrderStatusApi {
+    /// The API over 10 units of p1 on this clock, and DynamoDB's faults.
+    async fn with_clock(clock: Arc<ManualClock>) -> (TestApi, Faults) {
+        let (store, faults) = stocked("p1", 10).await;
+        let a = OrderStatusApi {
             gate: FakeGate::default(),
-            store: FakeStore::default().with_stock("p1", 10),
+            store,
             insecure_user_from_body: true,
             terms: Terms::new(clock),
             faults: FaultPlan::none(),
-        }
+        };
+        (a, faults)
     }
 
     /// An order of u1 placed in the store, due a minute from NOW.
-    async fn placed(a: &OrderStatusApi<FakeGate, FakeStore>) -> OrderMessage {
+    async fn placed(a: &TestApi) -> OrderMessage {
         let msg = order_message("p1", "u1", NOW - 1_000);
         a.store.place(&msg, &terms(NOW + 60_000)).await.unwrap();
         msg
     }
 
-    async fn call(
-        a: &OrderStatusApi<FakeGate, FakeStore>,
-        method: &str,
-        path: &str,
-    ) -> (u16, serde_json::Value) {
+    async fn call(a: &TestApi, method: &str, path: &str) -> (u16, serde_json::Value) {
         let req = http::Request::builder()
             .method(method)
             .uri(path)
@@ -272,7 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn decided_orders_are_read_from_dynamodb_with_their_terms() {
-        let a = api();
+        let (a, _) = api().await;
         let msg = placed(&a).await;
         // Redis knows it as placed; only DynamoDB knows it was paid.
         a.gate
@@ -311,20 +314,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancel_releases_the_reservation_once() {
-        let a = api();
+        let (a, _) = api().await;
         let msg = placed(&a).await;
-        assert_eq!(a.store.remaining(&msg.product_id), Some(9));
+        assert_eq!(a.store.remaining(&msg.product_id).await, Some(9));
         let (status, body) = call(&a, "POST", &cancel_path(&msg, "u1")).await;
         assert_eq!((status, &body["status"]), (200, &"cancelled".into()));
         assert_eq!(body["request_id"], msg.request_id.as_str());
-        let ledger = a.store.ledger_of(&msg.product_id);
+        let ledger = a.store.ledger_of(&msg.product_id).await;
         assert_eq!((ledger.remaining, ledger.releasing), (10, 0));
         assert_eq!((ledger.cancelled, ledger.released), (1, 1));
         assert_eq!(a.gate.released.lock().unwrap().len(), 1);
         // Repeated (its answer was lost): the same answer, nothing new.
         let (status, _) = call(&a, "POST", &cancel_path(&msg, "u1")).await;
         assert_eq!(status, 200);
-        assert_eq!(a.store.ledger_of(&msg.product_id).released, 1);
+        assert_eq!(a.store.ledger_of(&msg.product_id).await.released, 1);
         assert_eq!(a.gate.released.lock().unwrap().len(), 1);
     }
 
@@ -333,7 +336,7 @@ mod tests {
     /// and its deadline runs: the buyer sees the reservation and can cancel.
     #[tokio::test]
     async fn a_placed_order_redis_thinks_pending_is_shown_and_cancellable() {
-        let a = api();
+        let (a, _) = api().await;
         let msg = placed(&a).await;
         a.gate
             .put_request(shared::fakes::view(&msg, OrderStatus::Pending));
@@ -346,7 +349,7 @@ mod tests {
 
     #[tokio::test]
     async fn cancel_refusals() {
-        let a = api();
+        let (a, faults) = api().await;
         let msg = placed(&a).await;
         assert_eq!(call(&a, "POST", &cancel_path(&msg, "u2")).await.0, 403);
         let unauthenticated = format!("/api/flash-sale/orders/{}/cancel", msg.request_id);
@@ -366,7 +369,7 @@ mod tests {
         let (status, body) = call(&a, "POST", &cancel_path(&msg, "u1")).await;
         assert_eq!((status, &body["status"]), (409, &"paid".into()));
         assert_eq!(call(&a, "GET", &cancel_path(&msg, "u1")).await.0, 405);
-        a.store.failures.fail_next(1);
+        faults.fail_next(1);
         assert_eq!(call(&a, "POST", &cancel_path(&msg, "u1")).await.0, 503);
     }
 
@@ -377,17 +380,17 @@ mod tests {
     /// nothing moved; a Redis view saying placed is not a reservation.
     #[tokio::test]
     async fn a_cancel_with_dynamodb_unreadable_answers_503_and_moves_nothing() {
-        let a = api();
+        let (a, faults) = api().await;
         let msg = placed(&a).await;
         let mut redis_view = shared::fakes::view(&msg, OrderStatus::Placed);
         redis_view.quantity = Quantity::new(2).unwrap();
         a.gate.put_request(redis_view);
-        a.store.failures.fail_next(1);
+        faults.fail_next(1);
         assert_eq!(call(&a, "POST", &cancel_path(&msg, "u1")).await.0, 503);
-        assert_eq!(a.store.remaining(&msg.product_id), Some(9));
+        assert_eq!(a.store.remaining(&msg.product_id).await, Some(9));
         assert!(a.gate.released.lock().unwrap().is_empty());
         // Showing it may still fall back to Redis' copy.
-        a.store.failures.fail_next(1);
+        faults.fail_next(1);
         let path = format!("/api/flash-sale/orders/{}?user_id=u1", msg.request_id);
         assert_eq!(call(&a, "GET", &path).await.0, 200);
         // Redis says placed, DynamoDB has nothing: not placed yet.
@@ -398,7 +401,7 @@ mod tests {
         assert_eq!((status, &body["status"]), (409, &"pending".into()));
         // DynamoDB back: the cancel releases the stored single unit.
         assert_eq!(call(&a, "POST", &cancel_path(&msg, "u1")).await.0, 200);
-        assert_eq!(a.store.remaining(&msg.product_id), Some(10));
+        assert_eq!(a.store.remaining(&msg.product_id).await, Some(10));
     }
 
     /// A cancel racing a payment, interleaved at every port call: the order
@@ -407,7 +410,7 @@ mod tests {
     async fn cancel_racing_a_payment_ends_once() {
         let mut seen = std::collections::HashSet::new();
         for round in 0..40 {
-            let a = api();
+            let (a, _) = api().await;
             let msg = placed(&a).await;
             let order = a.store.order(&msg.request_id).await.unwrap().unwrap();
             let event = payment_event(&msg, "e1");
@@ -427,8 +430,8 @@ mod tests {
                     a.store.pay(&order, &event, NOW).await.unwrap()
                 }
             );
-            let end = a.store.status_of(&msg.request_id).unwrap();
-            let ledger = a.store.ledger_of(&msg.product_id);
+            let end = a.store.status_of(&msg.request_id).await.unwrap();
+            let ledger = a.store.ledger_of(&msg.product_id).await;
             match end {
                 OrderStatus::Paid => {
                     assert_eq!(paid, PaymentWrite::Paid);
@@ -450,7 +453,7 @@ mod tests {
     #[tokio::test]
     async fn the_product_page_follows_the_sale() {
         let clock = Arc::new(ManualClock::at(NOW));
-        let a = with_clock(clock.clone());
+        let (a, _) = with_clock(clock.clone()).await;
         let p = a
             .store
             .product(&ProductId::parse("p1").unwrap())
@@ -535,13 +538,13 @@ mod tests {
         }
     }
 
-    async fn get(a: &OrderStatusApi<FakeGate, FakeStore>, path: &str) -> (u16, serde_json::Value) {
+    async fn get(a: &TestApi, path: &str) -> (u16, serde_json::Value) {
         call(a, "GET", path).await
     }
 
     #[tokio::test]
     async fn redis_first() {
-        let a = api();
+        let (a, _) = api().await;
         let v = view(OrderStatus::Pending);
         a.gate.put_request(v.clone());
         let (status, body) = get(
@@ -559,13 +562,8 @@ mod tests {
 
     #[tokio::test]
     async fn dynamodb_when_redis_has_nothing_or_is_down() {
-        let a = api();
-        let v = view(OrderStatus::Placed);
-        a.store
-            .orders
-            .lock()
-            .unwrap()
-            .insert(v.request_id.clone(), v.clone());
+        let (a, _) = api().await;
+        let v = placed(&a).await;
         let path = format!("/api/flash-sale/orders/{}?user_id=u1", v.request_id);
         assert_eq!(get(&a, &path).await.1["status"], "placed");
         a.gate.failures.fail_next(1);
@@ -574,7 +572,7 @@ mod tests {
 
     #[tokio::test]
     async fn errors() {
-        let a = api();
+        let (a, faults) = api().await;
         let v = view(OrderStatus::Placed);
         a.gate.put_request(v.clone());
         let base = format!("/api/flash-sale/orders/{}", v.request_id);
@@ -591,7 +589,7 @@ mod tests {
                 .0,
             404
         );
-        a.store.failures.fail_next(1);
+        faults.fail_next(1);
         assert_eq!(
             get(&a, &format!("/api/flash-sale/orders/{unknown}?user_id=u1"))
                 .await

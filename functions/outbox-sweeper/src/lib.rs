@@ -284,8 +284,10 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::aws::DynamoStore;
     use shared::domain::{OrderMessage, OrderStatus};
-    use shared::fakes::{FakeGate, FakeQueue, FakeStore, order_message};
+    use shared::embedded::Faults;
+    use shared::fakes::{FakeGate, FakeQueue, Probe, add_product, order_message};
     use std::sync::atomic::Ordering;
 
     const NOW: i64 = 10_000_000;
@@ -294,20 +296,33 @@ mod tests {
         order_message(product, &format!("u{user}"), admitted_at)
     }
 
-    fn sweeper() -> Sweeper<FakeGate, FakeQueue, FakeStore> {
+    type TestSweeper = Sweeper<FakeGate, FakeQueue, DynamoStore>;
+
+    /// A sweeper over an empty store, and DynamoDB's faults.
+    async fn sweeper() -> (TestSweeper, Faults) {
+        let (store, faults) = shared::fakes::store().await;
         let s = Sweeper {
             gate: FakeGate::default(),
             queue: FakeQueue::default(),
-            store: FakeStore::default(),
+            store,
             older_than_ms: 60_000,
             resend_after_ms: 1_200_000,
             max_per_product: 10_000,
         };
         s.gate.now_ms.store(NOW, Ordering::SeqCst);
-        s
+        (s, faults)
     }
 
-    fn sent_ids(s: &Sweeper<FakeGate, FakeQueue, FakeStore>) -> Vec<String> {
+    /// [`sweeper`] over these products and their units.
+    async fn sweeper_of(products: &[(&str, u32)]) -> (TestSweeper, Faults) {
+        let (s, faults) = sweeper().await;
+        for (id, units) in products {
+            add_product(&s.store, id, *units).await;
+        }
+        (s, faults)
+    }
+
+    fn sent_ids(s: &TestSweeper) -> Vec<String> {
         s.queue
             .sent()
             .iter()
@@ -317,7 +332,7 @@ mod tests {
 
     #[tokio::test]
     async fn republishes_never_sent_requests_older_than_the_threshold() {
-        let s = sweeper();
+        let (s, _) = sweeper().await;
         let mut all = Vec::new();
         for i in 0..250 {
             all.push(pending("p1", i, NOW - 100_000));
@@ -346,13 +361,16 @@ mod tests {
     #[tokio::test]
     async fn the_kill_switch_is_re_asserted_from_dynamodb_every_run() {
         use shared::domain::KillSwitch;
-        let s = sweeper();
-        let thrown = KillSwitch {
-            engaged: true,
-            seq: 7,
+        let (s, faults) = sweeper().await;
+        let entry = shared::domain::AuditEntry {
+            product_id: None,
+            at: shared::domain::from_unix_ms(NOW),
+            actor: "ops".into(),
+            action: "kill_switch".into(),
+            reason: "r".into(),
         };
-        *s.store.kill_switch.lock().unwrap() = thrown;
-        s.store.failures.fail_next(1);
+        let (thrown, _) = s.store.switch_admissions(true, &entry).await.unwrap();
+        faults.fail_next(1);
         s.sweep().await.unwrap();
         assert_eq!(*s.gate.kill_switch.lock().unwrap(), KillSwitch::default());
         s.sweep().await.unwrap();
@@ -366,12 +384,8 @@ mod tests {
     async fn stock_changes_a_crash_interrupted_are_finished() {
         use shared::domain::{AuditEntry, IdempotencyKey, StockChange, from_unix_ms};
         use shared::ports::ShelfStep;
-        let s = Sweeper {
-            store: FakeStore::default().with_stock("p1", 50),
-            ..sweeper()
-        };
+        let (s, _) = sweeper_of(&[("p1", 50)]).await;
         let p = ProductId::parse("p1").unwrap();
-        s.store.products.lock().unwrap().get_mut(&p).unwrap().stock = 50;
         *s.gate.stats.lock().unwrap() = Some(ProductStats {
             stock_total: 50,
             stock_left: 50,
@@ -410,7 +424,7 @@ mod tests {
             .await
             .unwrap();
         s.sweep().await.unwrap();
-        let ledger = s.store.ledger_of(&p);
+        let ledger = s.store.ledger_of(&p).await;
         // 50 + 5 - 3 - 4; the fresh unrecorded withdrawal is still its call's.
         assert_eq!((ledger.remaining, ledger.releasing), (48, 0));
         let left = s.gate.withdrawals_taken(&p).await.unwrap();
@@ -424,7 +438,7 @@ mod tests {
     /// once its redeliveries are surely over is it sent again.
     #[tokio::test]
     async fn a_sent_message_is_left_to_sqs_until_its_redeliveries_are_over() {
-        let s = sweeper();
+        let (s, _) = sweeper().await;
         let m = pending("p1", 1, NOW - 600_000);
         s.gate.pending.lock().unwrap().push(m.clone());
         s.gate
@@ -445,10 +459,7 @@ mod tests {
     /// shelf until their resend; the sweeper asks DynamoDB first.
     #[tokio::test]
     async fn a_request_decided_in_dynamodb_is_followed_not_resent() {
-        let s = Sweeper {
-            store: FakeStore::default().with_stock("p1", 5),
-            ..sweeper()
-        };
+        let (s, _) = sweeper_of(&[("p1", 5)]).await;
         let (placed, compensated) = (
             pending("p1", 1, NOW - 100_000),
             pending("p1", 2, NOW - 100_000),
@@ -473,7 +484,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_is_counted_and_left_for_the_next_run() {
-        let s = sweeper();
+        let (s, _) = sweeper().await;
         *s.gate.pending.lock().unwrap() = (0..15).map(|i| pending("p1", i, 0)).collect();
         s.queue.failures.fail_next(1);
         let report = s.sweep().await.unwrap();
@@ -484,7 +495,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_pending_sends_nothing() {
-        let s = sweeper();
+        let (s, _) = sweeper().await;
         assert_eq!(s.sweep().await.unwrap(), SweepReport::default());
         assert!(s.queue.sent().is_empty());
     }
@@ -492,15 +503,12 @@ mod tests {
     /// Hole 8: one product's failure does not abort the sweep.
     #[tokio::test]
     async fn a_failing_product_does_not_stop_the_others() {
-        let s = Sweeper {
-            store: FakeStore::default().with_stock("p1", 5).with_stock("p2", 5),
-            ..sweeper()
-        };
+        let (s, faults) = sweeper_of(&[("p1", 5), ("p2", 5)]).await;
         *s.gate.stats.lock().unwrap() = Some(ProductStats::default());
         *s.gate.pending.lock().unwrap() = vec![pending("p1", 1, 0), pending("p2", 1, 0)];
         // The kill switch, the deny list, DynamoDB's product list, p1's
         // controls and stock changes (all tolerated), then p1's order read.
-        s.store.failures.fail_next(6);
+        faults.fail_next(6);
         let report = s.sweep().await.unwrap();
         assert_eq!((report.errors, report.republished), (1, 1));
         assert_eq!(s.queue.sent()[0].0.product_id.as_str(), "p2");
@@ -511,7 +519,7 @@ mod tests {
     /// swept.
     #[tokio::test]
     async fn a_product_redis_forgot_is_still_swept() {
-        let s = sweeper();
+        let (s, _) = sweeper().await;
         s.store
             .create_product(&shared::fakes::product("p9"))
             .await
@@ -534,7 +542,7 @@ mod tests {
     /// Hole 8: a sale that ended long ago, with nothing pending, is retired.
     #[tokio::test]
     async fn ended_quiet_products_are_retired() {
-        let s = sweeper();
+        let (s, _) = sweeper().await;
         s.gate
             .pending
             .lock()
@@ -559,10 +567,7 @@ mod tests {
     /// ledger minus the units still pending.
     #[tokio::test]
     async fn a_busy_shelf_follows_the_ledger_minus_what_is_pending() {
-        let s = Sweeper {
-            store: FakeStore::default().with_stock("p1", 3),
-            ..sweeper()
-        };
+        let (s, _) = sweeper_of(&[("p1", 3)]).await;
         // Redis shows 7 units (it lost decrements); DynamoDB has 3 left, one
         // request (1 unit) is still on its way to DynamoDB.
         *s.gate.stats.lock().unwrap() = Some(ProductStats {

@@ -141,8 +141,10 @@ impl<S: OrderStore> Webhook<S> {
 mod tests {
     use super::*;
     use lambda_http::{Body, http};
+    use shared::aws::DynamoStore;
     use shared::domain::{OrderMessage, OrderStatus};
-    use shared::fakes::{FakeStore, ManualClock, order_message, terms};
+    use shared::fakes::{ManualClock, Probe, order_message, stocked, terms};
+    use shared::payment::EventId;
     use shared::ports::Transition;
 
     const NOW: i64 = 1_800_000_000_000;
@@ -150,14 +152,14 @@ mod tests {
     const SECRET: &[u8] = b"whsec_0123456789abcdef";
 
     struct Setup {
-        hook: Webhook<Arc<FakeStore>>,
+        hook: Webhook<Arc<DynamoStore>>,
         clock: Arc<ManualClock>,
-        store: Arc<FakeStore>,
+        store: Arc<DynamoStore>,
         msg: OrderMessage,
     }
 
     async fn setup() -> Setup {
-        let store = Arc::new(FakeStore::default().with_stock("p1", 10));
+        let store = Arc::new(stocked("p1", 10).await.0);
         let clock = Arc::new(ManualClock::at(NOW));
         let msg = order_message("p1", "u1", NOW - 1_000);
         store.place(&msg, &terms(PAY_BY)).await.unwrap();
@@ -171,6 +173,12 @@ mod tests {
             store,
             msg,
         }
+    }
+
+    /// Whether the store recorded this payment event.
+    async fn recorded(s: &Setup, event: &str) -> bool {
+        let id = EventId::parse(event).unwrap();
+        s.store.payment(&id).await.unwrap().is_some()
     }
 
     fn body(msg: &OrderMessage, event: &str, amount: u64) -> String {
@@ -201,12 +209,12 @@ mod tests {
         let (status, answer) = deliver(&s, &b).await;
         assert_eq!((status, &answer["status"]), (200, &"paid".into()));
         assert_eq!(
-            s.store.status_of(&s.msg.request_id),
+            s.store.status_of(&s.msg.request_id).await,
             Some(OrderStatus::Paid)
         );
         // Delivered again: the same answer, nothing new written.
         assert_eq!(deliver(&s, &b).await, (status, answer));
-        let ledger = s.store.ledger_of(&s.msg.product_id);
+        let ledger = s.store.ledger_of(&s.msg.product_id).await;
         assert_eq!(
             (ledger.paid, ledger.paid_units, ledger.refund_due),
             (1, 1, 0)
@@ -246,10 +254,10 @@ mod tests {
             (401, "stale_signature".into())
         );
         assert_eq!(
-            s.store.status_of(&s.msg.request_id),
+            s.store.status_of(&s.msg.request_id).await,
             Some(OrderStatus::Placed)
         );
-        assert!(s.store.payments.lock().unwrap().is_empty());
+        assert!(!recorded(&s, "e1").await);
     }
 
     #[tokio::test]
@@ -258,10 +266,10 @@ mod tests {
         let (status, answer) = deliver(&s, &body(&s.msg, "e1", 99)).await;
         assert_eq!((status, &answer["error"]), (409, &"amount_mismatch".into()));
         assert_eq!(
-            s.store.status_of(&s.msg.request_id),
+            s.store.status_of(&s.msg.request_id).await,
             Some(OrderStatus::Placed)
         );
-        assert_eq!(s.store.ledger_of(&s.msg.product_id).refund_due, 1);
+        assert_eq!(s.store.ledger_of(&s.msg.product_id).await.refund_due, 1);
         // The right amount still pays.
         assert_eq!(deliver(&s, &body(&s.msg, "e2", 100)).await.0, 200);
     }
@@ -292,7 +300,7 @@ mod tests {
         assert_eq!(deliver(&s, &body(&s.msg, "e1", 100)).await.0, 200);
         let (status, answer) = deliver(&s, &body(&s.msg, "e2", 100)).await;
         assert_eq!((status, &answer["status"]), (409, &"paid".into()));
-        let ledger = s.store.ledger_of(&s.msg.product_id);
+        let ledger = s.store.ledger_of(&s.msg.product_id).await;
         assert_eq!((ledger.paid, ledger.refund_due), (1, 1));
     }
 
@@ -302,11 +310,11 @@ mod tests {
         let queued = order_message("p1", "u2", NOW);
         let (status, answer) = deliver(&s, &body(&queued, "e1", 100)).await;
         assert_eq!((status, &answer["error"]), (503, &"order_not_ready".into()));
-        assert!(s.store.payments.lock().unwrap().is_empty());
+        assert!(!recorded(&s, "e1").await);
         let ignored = body(&s.msg, "e9", 100).replace("succeeded", "failed");
         assert_eq!(deliver(&s, &ignored).await.1["status"], "ignored");
         assert_eq!(
-            s.store.status_of(&s.msg.request_id),
+            s.store.status_of(&s.msg.request_id).await,
             Some(OrderStatus::Placed)
         );
     }
@@ -345,8 +353,8 @@ mod tests {
                 }
             );
             assert_eq!(first, second, "a duplicate answered differently");
-            let end = s.store.status_of(&s.msg.request_id).unwrap();
-            let ledger = s.store.ledger_of(&s.msg.product_id);
+            let end = s.store.status_of(&s.msg.request_id).await.unwrap();
+            let ledger = s.store.ledger_of(&s.msg.product_id).await;
             assert_eq!(
                 ledger.paid + ledger.refund_due,
                 1,

@@ -121,9 +121,8 @@ impl TestStack {
         // process instead of DynamoDB Local (tools::embedded).
         let sdk = shared::aws::load_sdk_config().await;
         let sdk = if embedded_dynamodb() {
-            tools::embedded::Embedded::new()
-                .expect("an embedded DynamoDB")
-                .over(&sdk)
+            let embedded = tools::embedded::Embedded::new().expect("an embedded DynamoDB");
+            tools::embedded::over(&embedded, &sdk)
         } else {
             require_env("AWS_ENDPOINT_URL_DYNAMODB");
             sdk
