@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::domain::UserId;
 use crate::error::InfraError;
-use crate::ports::{OrderStore, StockGate};
+use crate::ports::{ControlGate, ControlStore};
 
 /// One run's view of the recorded list, to bring sales' copies in line.
 /// The list comes from an index that may lag a change by a moment, so a
@@ -20,7 +20,7 @@ pub struct DenyList {
 }
 
 impl DenyList {
-    pub async fn read<S: OrderStore>(store: &S, now_ms: i64) -> Result<Self, InfraError> {
+    pub async fn read<S: ControlStore>(store: &S, now_ms: i64) -> Result<Self, InfraError> {
         let listed = store
             .denials()
             .await?
@@ -36,7 +36,7 @@ impl DenyList {
 
     /// Brings one sale's copy in line; returns (entries added or changed,
     /// entries removed).
-    pub async fn sync<G: StockGate, S: OrderStore>(
+    pub async fn sync<G: ControlGate, S: ControlStore>(
         &self,
         gate: &G,
         store: &S,

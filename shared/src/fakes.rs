@@ -19,8 +19,8 @@ use crate::domain::{
 use crate::embedded::{Embedded, Faults};
 use crate::error::InfraError;
 use crate::ports::{
-    Clock, OrderQueue, OrderStore, PendingPage, PendingRequest, PortResult, SendMark, Settled,
-    ShelfChange, ShelfStep, StockGate, Warm,
+    AdmissionGate, Clock, ControlGate, OrderQueue, OrderStore, PendingPage, PendingRequest,
+    PortResult, SaleGate, SendMark, Settled, ShelfChange, ShelfGate, ShelfStep, Warm,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -141,7 +141,7 @@ impl FakeGate {
     }
 }
 
-impl StockGate for FakeGate {
+impl AdmissionGate for FakeGate {
     async fn admit(&self, p: &Purchase) -> PortResult<Admission> {
         self.failures.check("redis").await?;
         lock(&self.purchases).push(p.clone());
@@ -191,6 +191,38 @@ impl StockGate for FakeGate {
         lock(&self.requests).insert(msg.request_id.clone(), view(msg, OrderStatus::Compensated));
         Ok(true)
     }
+    async fn pending_page(
+        &self,
+        product: &ProductId,
+        cutoff_ms: i64,
+        offset: usize,
+        limit: usize,
+    ) -> PortResult<PendingPage> {
+        self.failures.check("redis").await?;
+        let mut due: Vec<OrderMessage> = lock(&self.pending)
+            .iter()
+            .filter(|m| m.product_id == *product && m.admitted_at <= cutoff_ms)
+            .cloned()
+            .collect();
+        due.sort_by_key(|m| m.admitted_at);
+        let sent_at = lock(&self.sent_at);
+        let requests: Vec<PendingRequest> = due
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|msg| PendingRequest {
+                sent_at_ms: sent_at.get(&msg.request_id).copied(),
+                msg,
+            })
+            .collect();
+        Ok(PendingPage {
+            scanned: requests.len(),
+            requests,
+        })
+    }
+}
+
+impl ShelfGate for FakeGate {
     async fn release(&self, order: &RequestView, to: OrderStatus) -> PortResult<bool> {
         self.failures.check("redis").await?;
         let mut done = lock(&self.released);
@@ -206,38 +238,6 @@ impl StockGate for FakeGate {
             stats.returned_units += i64::from(order.quantity.get());
         }
         Ok(true)
-    }
-    async fn apply_controls(&self, product: &Product) -> PortResult<bool> {
-        self.failures.check("redis").await?;
-        lock(&self.controlled).push(product.clone());
-        Ok(true)
-    }
-    async fn apply_kill_switch(&self, switch: KillSwitch) -> PortResult<()> {
-        self.failures.check("redis").await?;
-        let mut held = lock(&self.kill_switch);
-        if held.seq <= switch.seq {
-            *held = switch;
-        }
-        Ok(())
-    }
-    async fn kill_switch(&self) -> PortResult<KillSwitch> {
-        self.failures.check("redis").await?;
-        Ok(*lock(&self.kill_switch))
-    }
-    async fn set_denials(
-        &self,
-        product: &ProductId,
-        add: &[(UserId, i64)],
-        remove: &[UserId],
-    ) -> PortResult<()> {
-        self.failures.check("redis").await?;
-        let mut all = lock(&self.denials);
-        let sale = all.entry(product.clone()).or_default();
-        sale.extend(add.iter().cloned());
-        for user in remove {
-            sale.remove(user);
-        }
-        Ok(())
     }
     async fn change_shelf(
         &self,
@@ -314,6 +314,68 @@ impl StockGate for FakeGate {
             })
             .collect())
     }
+    async fn resync(
+        &self,
+        product: &ProductId,
+        ledger: &Ledger,
+        fence_seen: i64,
+    ) -> PortResult<Option<i64>> {
+        self.failures.check("redis").await?;
+        let pending_units: i64 = lock(&self.pending)
+            .iter()
+            .filter(|m| m.product_id == *product)
+            .map(|m| i64::from(m.quantity.get()))
+            .sum();
+        let mut stats = lock(&self.stats);
+        let stats = stats.get_or_insert_with(ProductStats::default);
+        if stats.fence() < fence_seen {
+            return Ok(None);
+        }
+        let target = crate::domain::shelf_target(
+            ledger.shelf_for(stats.returned_units),
+            pending_units + stats.withdrawing,
+            stats.fence() - fence_seen,
+        );
+        let drift = target - stats.stock_left;
+        stats.stock_left = target;
+        stats.returned_units += ledger.adoptable(stats.returned_units);
+        Ok(Some(drift))
+    }
+}
+
+impl ControlGate for FakeGate {
+    async fn apply_controls(&self, product: &Product) -> PortResult<bool> {
+        self.failures.check("redis").await?;
+        lock(&self.controlled).push(product.clone());
+        Ok(true)
+    }
+    async fn apply_kill_switch(&self, switch: KillSwitch) -> PortResult<()> {
+        self.failures.check("redis").await?;
+        let mut held = lock(&self.kill_switch);
+        if held.seq <= switch.seq {
+            *held = switch;
+        }
+        Ok(())
+    }
+    async fn kill_switch(&self) -> PortResult<KillSwitch> {
+        self.failures.check("redis").await?;
+        Ok(*lock(&self.kill_switch))
+    }
+    async fn set_denials(
+        &self,
+        product: &ProductId,
+        add: &[(UserId, i64)],
+        remove: &[UserId],
+    ) -> PortResult<()> {
+        self.failures.check("redis").await?;
+        let mut all = lock(&self.denials);
+        let sale = all.entry(product.clone()).or_default();
+        sale.extend(add.iter().cloned());
+        for user in remove {
+            sale.remove(user);
+        }
+        Ok(())
+    }
     async fn denials(&self, product: &ProductId) -> PortResult<Vec<(UserId, i64)>> {
         self.failures.check("redis").await?;
         Ok(lock(&self.denials)
@@ -321,6 +383,9 @@ impl StockGate for FakeGate {
             .map(|sale| sale.iter().map(|(u, t)| (u.clone(), *t)).collect())
             .unwrap_or_default())
     }
+}
+
+impl SaleGate for FakeGate {
     async fn warm(
         &self,
         product: &Product,
@@ -363,65 +428,9 @@ impl StockGate for FakeGate {
         lock(&self.retired).push(product.clone());
         Ok(())
     }
-    async fn pending_page(
-        &self,
-        product: &ProductId,
-        cutoff_ms: i64,
-        offset: usize,
-        limit: usize,
-    ) -> PortResult<PendingPage> {
-        self.failures.check("redis").await?;
-        let mut due: Vec<OrderMessage> = lock(&self.pending)
-            .iter()
-            .filter(|m| m.product_id == *product && m.admitted_at <= cutoff_ms)
-            .cloned()
-            .collect();
-        due.sort_by_key(|m| m.admitted_at);
-        let sent_at = lock(&self.sent_at);
-        let requests: Vec<PendingRequest> = due
-            .into_iter()
-            .skip(offset)
-            .take(limit)
-            .map(|msg| PendingRequest {
-                sent_at_ms: sent_at.get(&msg.request_id).copied(),
-                msg,
-            })
-            .collect();
-        Ok(PendingPage {
-            scanned: requests.len(),
-            requests,
-        })
-    }
     async fn now_ms(&self) -> PortResult<i64> {
         self.failures.check("redis").await?;
         Ok(self.now_ms.load(Ordering::SeqCst))
-    }
-    async fn resync(
-        &self,
-        product: &ProductId,
-        ledger: &Ledger,
-        fence_seen: i64,
-    ) -> PortResult<Option<i64>> {
-        self.failures.check("redis").await?;
-        let pending_units: i64 = lock(&self.pending)
-            .iter()
-            .filter(|m| m.product_id == *product)
-            .map(|m| i64::from(m.quantity.get()))
-            .sum();
-        let mut stats = lock(&self.stats);
-        let stats = stats.get_or_insert_with(ProductStats::default);
-        if stats.fence() < fence_seen {
-            return Ok(None);
-        }
-        let target = crate::domain::shelf_target(
-            ledger.shelf_for(stats.returned_units),
-            pending_units + stats.withdrawing,
-            stats.fence() - fence_seen,
-        );
-        let drift = target - stats.stock_left;
-        stats.stock_left = target;
-        stats.returned_units += ledger.adoptable(stats.returned_units);
-        Ok(Some(drift))
     }
 }
 

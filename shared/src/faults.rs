@@ -14,8 +14,9 @@ use crate::domain::{
 use crate::error::{ConfigError, InfraError};
 use crate::payment::{EventId, PaymentEvent, PaymentRecord};
 use crate::ports::{
-    Fate, FateNote, OrderQueue, OrderStore, PaymentWrite, PendingPage, Placement, PortResult,
-    SendMark, Settled, ShelfChange, ShelfStep, StockGate, Transition, Warm,
+    AdmissionGate, Catalogue, ControlGate, ControlStore, Fate, FateNote, LifecycleStore, OrderBook,
+    OrderQueue, PaymentWrite, PendingPage, Placement, PortResult, SaleGate, SendMark, Settled,
+    ShelfChange, ShelfGate, ShelfStep, StockLedger, Transition, Warm,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +138,7 @@ impl<T> Faulty<T> {
     }
 }
 
-impl<T: StockGate> StockGate for Faulty<T> {
+impl<T: AdmissionGate> AdmissionGate for Faulty<T> {
     async fn admit(&self, p: &Purchase) -> PortResult<Admission> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.admit(p).await
@@ -158,44 +159,24 @@ impl<T: StockGate> StockGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.restock(msg).await
     }
+    async fn pending_page(
+        &self,
+        product: &ProductId,
+        cutoff_ms: i64,
+        offset: usize,
+        limit: usize,
+    ) -> PortResult<PendingPage> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner
+            .pending_page(product, cutoff_ms, offset, limit)
+            .await
+    }
+}
+
+impl<T: ShelfGate> ShelfGate for Faulty<T> {
     async fn release(&self, order: &RequestView, to: OrderStatus) -> PortResult<bool> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.release(order, to).await
-    }
-    async fn warm(
-        &self,
-        product: &Product,
-        force: bool,
-        ledger: i64,
-        fence_seen: i64,
-    ) -> PortResult<Warm> {
-        self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner.warm(product, force, ledger, fence_seen).await
-    }
-    async fn apply_controls(&self, product: &Product) -> PortResult<bool> {
-        self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner.apply_controls(product).await
-    }
-    async fn apply_kill_switch(&self, switch: KillSwitch) -> PortResult<()> {
-        self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner.apply_kill_switch(switch).await
-    }
-    async fn kill_switch(&self) -> PortResult<KillSwitch> {
-        self.plan.check(FaultPoint::RedisCall, "redis")?;
-        StockGate::kill_switch(&self.inner).await
-    }
-    async fn set_denials(
-        &self,
-        product: &ProductId,
-        add: &[(UserId, i64)],
-        remove: &[UserId],
-    ) -> PortResult<()> {
-        self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner.set_denials(product, add, remove).await
-    }
-    async fn denials(&self, product: &ProductId) -> PortResult<Vec<(UserId, i64)>> {
-        self.plan.check(FaultPoint::RedisCall, "redis")?;
-        StockGate::denials(&self.inner, product).await
     }
     async fn change_shelf(
         &self,
@@ -213,6 +194,56 @@ impl<T: StockGate> StockGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.withdrawals_taken(product).await
     }
+    async fn resync(
+        &self,
+        product: &ProductId,
+        ledger: &Ledger,
+        fence_seen: i64,
+    ) -> PortResult<Option<i64>> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.resync(product, ledger, fence_seen).await
+    }
+}
+
+impl<T: ControlGate> ControlGate for Faulty<T> {
+    async fn apply_controls(&self, product: &Product) -> PortResult<bool> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.apply_controls(product).await
+    }
+    async fn apply_kill_switch(&self, switch: KillSwitch) -> PortResult<()> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.apply_kill_switch(switch).await
+    }
+    async fn kill_switch(&self) -> PortResult<KillSwitch> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        ControlGate::kill_switch(&self.inner).await
+    }
+    async fn set_denials(
+        &self,
+        product: &ProductId,
+        add: &[(UserId, i64)],
+        remove: &[UserId],
+    ) -> PortResult<()> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.set_denials(product, add, remove).await
+    }
+    async fn denials(&self, product: &ProductId) -> PortResult<Vec<(UserId, i64)>> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        ControlGate::denials(&self.inner, product).await
+    }
+}
+
+impl<T: SaleGate> SaleGate for Faulty<T> {
+    async fn warm(
+        &self,
+        product: &Product,
+        force: bool,
+        ledger: i64,
+        fence_seen: i64,
+    ) -> PortResult<Warm> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.warm(product, force, ledger, fence_seen).await
+    }
     async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.stats(product).await
@@ -225,30 +256,9 @@ impl<T: StockGate> StockGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.retire(product).await
     }
-    async fn pending_page(
-        &self,
-        product: &ProductId,
-        cutoff_ms: i64,
-        offset: usize,
-        limit: usize,
-    ) -> PortResult<PendingPage> {
-        self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner
-            .pending_page(product, cutoff_ms, offset, limit)
-            .await
-    }
     async fn now_ms(&self) -> PortResult<i64> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.now_ms().await
-    }
-    async fn resync(
-        &self,
-        product: &ProductId,
-        ledger: &Ledger,
-        fence_seen: i64,
-    ) -> PortResult<Option<i64>> {
-        self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner.resync(product, ledger, fence_seen).await
     }
 }
 
@@ -267,7 +277,7 @@ impl<T: OrderQueue> OrderQueue for Faulty<T> {
     }
 }
 
-impl<T: OrderStore> OrderStore for Faulty<T> {
+impl<T: OrderBook> OrderBook for Faulty<T> {
     async fn place(&self, msg: &OrderMessage, terms: &Reservation) -> PortResult<Placement> {
         self.plan.check(FaultPoint::StorePut, "dynamodb")?;
         self.inner.place(msg, terms).await
@@ -285,84 +295,13 @@ impl<T: OrderStore> OrderStore for Faulty<T> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
         self.inner.order(id).await
     }
-    async fn create_product(&self, product: &Product) -> PortResult<bool> {
-        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
-        self.inner.create_product(product).await
-    }
-    async fn product(&self, id: &ProductId) -> PortResult<Option<Product>> {
-        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
-        self.inner.product(id).await
-    }
     async fn orders_of(&self, id: &ProductId) -> PortResult<Vec<RequestView>> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
         self.inner.orders_of(id).await
     }
-    async fn ledger(&self, id: &ProductId) -> PortResult<Option<Ledger>> {
-        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
-        self.inner.ledger(id).await
-    }
-    async fn control(
-        &self,
-        product: &ProductId,
-        control: Control,
-        entry: &AuditEntry,
-    ) -> PortResult<Option<Controlled>> {
-        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
-        self.inner.control(product, control, entry).await
-    }
-    async fn audit(&self, product: Option<&ProductId>) -> PortResult<Vec<AuditEntry>> {
-        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
-        self.inner.audit(product).await
-    }
-    async fn switch_admissions(
-        &self,
-        engaged: bool,
-        entry: &AuditEntry,
-    ) -> PortResult<(KillSwitch, bool)> {
-        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
-        self.inner.switch_admissions(engaged, entry).await
-    }
-    async fn kill_switch(&self) -> PortResult<KillSwitch> {
-        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
-        OrderStore::kill_switch(&self.inner).await
-    }
-    async fn set_denial(
-        &self,
-        user: &UserId,
-        denial: Option<&Denial>,
-        entry: &AuditEntry,
-    ) -> PortResult<bool> {
-        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
-        self.inner.set_denial(user, denial, entry).await
-    }
-    async fn denials(&self) -> PortResult<Vec<Denial>> {
-        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
-        OrderStore::denials(&self.inner).await
-    }
-    async fn denial(&self, user: &UserId) -> PortResult<Option<Denial>> {
-        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
-        self.inner.denial(user).await
-    }
-    async fn change_stock(
-        &self,
-        change: &StockChange,
-        entry: &AuditEntry,
-    ) -> PortResult<Option<(StockChangeRecord, bool)>> {
-        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
-        self.inner.change_stock(change, entry).await
-    }
-    async fn stock_change(&self, change: &StockChange) -> PortResult<Option<StockChangeRecord>> {
-        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
-        self.inner.stock_change(change).await
-    }
-    async fn stock_change_shelved(&self, change: &StockChange) -> PortResult<bool> {
-        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
-        self.inner.stock_change_shelved(change).await
-    }
-    async fn stock_changes_due(&self, product: &ProductId) -> PortResult<Vec<StockChange>> {
-        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
-        self.inner.stock_changes_due(product).await
-    }
+}
+
+impl<T: LifecycleStore> LifecycleStore for Faulty<T> {
     async fn pay(
         &self,
         order: &RequestView,
@@ -413,9 +352,92 @@ impl<T: OrderStore> OrderStore for Faulty<T> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
         self.inner.due(now_ms, limit).await
     }
+}
+
+impl<T: Catalogue> Catalogue for Faulty<T> {
+    async fn create_product(&self, product: &Product) -> PortResult<bool> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.create_product(product).await
+    }
+    async fn product(&self, id: &ProductId) -> PortResult<Option<Product>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.product(id).await
+    }
+    async fn ledger(&self, id: &ProductId) -> PortResult<Option<Ledger>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.ledger(id).await
+    }
     async fn live_products(&self, ends_after_ms: i64) -> PortResult<Vec<ProductId>> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
         self.inner.live_products(ends_after_ms).await
+    }
+}
+
+impl<T: ControlStore> ControlStore for Faulty<T> {
+    async fn control(
+        &self,
+        product: &ProductId,
+        control: Control,
+        entry: &AuditEntry,
+    ) -> PortResult<Option<Controlled>> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.control(product, control, entry).await
+    }
+    async fn audit(&self, product: Option<&ProductId>) -> PortResult<Vec<AuditEntry>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.audit(product).await
+    }
+    async fn switch_admissions(
+        &self,
+        engaged: bool,
+        entry: &AuditEntry,
+    ) -> PortResult<(KillSwitch, bool)> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.switch_admissions(engaged, entry).await
+    }
+    async fn kill_switch(&self) -> PortResult<KillSwitch> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        ControlStore::kill_switch(&self.inner).await
+    }
+    async fn set_denial(
+        &self,
+        user: &UserId,
+        denial: Option<&Denial>,
+        entry: &AuditEntry,
+    ) -> PortResult<bool> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.set_denial(user, denial, entry).await
+    }
+    async fn denials(&self) -> PortResult<Vec<Denial>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        ControlStore::denials(&self.inner).await
+    }
+    async fn denial(&self, user: &UserId) -> PortResult<Option<Denial>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.denial(user).await
+    }
+}
+
+impl<T: StockLedger> StockLedger for Faulty<T> {
+    async fn change_stock(
+        &self,
+        change: &StockChange,
+        entry: &AuditEntry,
+    ) -> PortResult<Option<(StockChangeRecord, bool)>> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.change_stock(change, entry).await
+    }
+    async fn stock_change(&self, change: &StockChange) -> PortResult<Option<StockChangeRecord>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.stock_change(change).await
+    }
+    async fn stock_change_shelved(&self, change: &StockChange) -> PortResult<bool> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.stock_change_shelved(change).await
+    }
+    async fn stock_changes_due(&self, product: &ProductId) -> PortResult<Vec<StockChange>> {
+        self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
+        self.inner.stock_changes_due(product).await
     }
 }
 

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use crate::domain::{OrderMessage, OrderStatus, Product, ProductId, RequestView, Reservation};
 use crate::error::InfraError;
 use crate::faults::{FaultPlan, FaultPoint};
-use crate::ports::{Clock, OrderStore, StockGate, SystemClock, Transition};
+use crate::ports::{Catalogue, Clock, LifecycleStore, ShelfGate, SystemClock, Transition};
 use crate::retry::{self, Backoff};
 
 /// Moves a placed order to `to` (cancelled or expired) and puts its units
 /// back on sale. `Refused` carries the status that won instead.
-pub async fn release<G: StockGate, S: OrderStore>(
+pub async fn release<G: ShelfGate, S: LifecycleStore>(
     gate: &G,
     store: &S,
     faults: &FaultPlan,
@@ -51,7 +51,7 @@ pub async fn release<G: StockGate, S: OrderStore>(
 /// due index may be stale, and a Redis that forgot the step after it was
 /// confirmed has had the unit put back by the resync).
 /// False when there was nothing left to do.
-pub async fn finish<G: StockGate, S: OrderStore>(
+pub async fn finish<G: ShelfGate, S: LifecycleStore>(
     gate: &G,
     store: &S,
     order: &RequestView,
@@ -90,7 +90,7 @@ impl Terms {
     }
 
     /// A product, from this process's cache or DynamoDB.
-    pub async fn product<S: OrderStore>(
+    pub async fn product<S: Catalogue>(
         &self,
         store: &S,
         id: &ProductId,
@@ -109,7 +109,7 @@ impl Terms {
     }
 
     /// The reservation of `msg` placed now.
-    pub async fn reservation<S: OrderStore>(
+    pub async fn reservation<S: Catalogue>(
         &self,
         store: &S,
         msg: &OrderMessage,

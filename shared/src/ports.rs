@@ -13,7 +13,7 @@ use crate::payment::{EventId, PaymentEvent, PaymentRecord};
 
 pub type PortResult<T> = Result<T, InfraError>;
 
-/// A terminal status that returns no stock, as [`StockGate::settle`]
+/// A terminal status that returns no stock, as [`AdmissionGate::settle`]
 /// records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
@@ -129,8 +129,14 @@ pub struct PendingPage {
     pub requests: Vec<PendingRequest>,
 }
 
-/// The stock gate (Redis): admission, request state, restock.
-pub trait StockGate: Send + Sync {
+// The ports are cut by capability: a handler names the ones it uses, and a
+// feature adds a method to one of them. `StockGate` (Redis) and
+// `OrderStore` (DynamoDB) are the whole of each, for the wiring that builds
+// one adapter for every capability.
+
+/// The stock gate (Redis), for the purchase path: admission, request
+/// state, the outbox's marks, settle and restock.
+pub trait AdmissionGate: Send + Sync {
     /// Runs the admission rule atomically.
     fn admit(&self, purchase: &Purchase) -> impl Future<Output = PortResult<Admission>> + Send;
 
@@ -189,6 +195,20 @@ pub trait StockGate: Send + Sync {
     /// request id). True when this call restocked.
     fn restock(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<bool>> + Send;
 
+    /// A page of a product's requests pending since before `cutoff_ms`
+    /// (Redis server time), oldest first.
+    fn pending_page(
+        &self,
+        product: &ProductId,
+        cutoff_ms: i64,
+        offset: usize,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<PendingPage>> + Send;
+}
+
+/// The stock gate's shelf: units back from releases, operators' stock
+/// changes, and the resync from the ledger.
+pub trait ShelfGate: Send + Sync {
     /// The Redis step of a release (`release.lua`): puts a cancelled or
     /// expired order's units back on the shelf and records its status, once
     /// per request id; frees the buyer when its terms say so. True when this
@@ -199,17 +219,37 @@ pub trait StockGate: Send + Sync {
         to: OrderStatus,
     ) -> impl Future<Output = PortResult<bool>> + Send;
 
-    /// Loads a product; the shelf is [`crate::domain::shelf_target`] of the
-    /// ledger's `ledger_remaining`, read after `fence_seen` (0 before
-    /// any sale), as the resync computes it.
-    fn warm(
+    /// One step of a stock change on the shelf, once per change key; `Take`
+    /// keeps the audit entry, for whoever finishes the change.
+    fn change_shelf(
         &self,
-        product: &Product,
-        force: bool,
-        ledger_remaining: i64,
-        fence_seen: i64,
-    ) -> impl Future<Output = PortResult<Warm>> + Send;
+        change: &StockChange,
+        step: ShelfStep,
+        entry: Option<&AuditEntry>,
+    ) -> impl Future<Output = PortResult<ShelfChange>> + Send;
 
+    /// Withdrawals taken off a sale's shelf and not yet settled or undone,
+    /// with their audit entries.
+    fn withdrawals_taken(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<(StockChange, AuditEntry)>>> + Send;
+
+    /// Sets the shelf to [`crate::domain::shelf_target`] of what the
+    /// DynamoDB `ledger` (read after `fence_seen`) allows this shelf
+    /// ([`Ledger::shelf_for`]). Returns the correction applied, or None when
+    /// Redis went back in time meanwhile.
+    fn resync(
+        &self,
+        product: &ProductId,
+        ledger: &Ledger,
+        fence_seen: i64,
+    ) -> impl Future<Output = PortResult<Option<i64>>> + Send;
+}
+
+/// The stock gate's copies of the operator's controls: pause and end, the
+/// kill switch, the deny list.
+pub trait ControlGate: Send + Sync {
     /// Applies the operator's controls the product records (pause, end) to
     /// a warmed sale; false when it is not warmed (its warm-up copies them).
     fn apply_controls(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send;
@@ -230,27 +270,26 @@ pub trait StockGate: Send + Sync {
         remove: &[UserId],
     ) -> impl Future<Output = PortResult<()>> + Send;
 
-    /// One step of a stock change on the shelf, once per change key; `Take`
-    /// keeps the audit entry, for whoever finishes the change.
-    fn change_shelf(
-        &self,
-        change: &StockChange,
-        step: ShelfStep,
-        entry: Option<&AuditEntry>,
-    ) -> impl Future<Output = PortResult<ShelfChange>> + Send;
-
-    /// Withdrawals taken off a sale's shelf and not yet settled or undone,
-    /// with their audit entries.
-    fn withdrawals_taken(
-        &self,
-        product: &ProductId,
-    ) -> impl Future<Output = PortResult<Vec<(StockChange, AuditEntry)>>> + Send;
-
     /// A sale's copy of the deny list: (user, blocked until ms or 0).
     fn denials(
         &self,
         product: &ProductId,
     ) -> impl Future<Output = PortResult<Vec<(UserId, i64)>>> + Send;
+}
+
+/// The stock gate's sales: warm-up, counters, the set of live sales, and
+/// Redis' clock.
+pub trait SaleGate: Send + Sync {
+    /// Loads a product; the shelf is [`crate::domain::shelf_target`] of the
+    /// ledger's `ledger_remaining`, read after `fence_seen` (0 before
+    /// any sale), as the resync computes it.
+    fn warm(
+        &self,
+        product: &Product,
+        force: bool,
+        ledger_remaining: i64,
+        fence_seen: i64,
+    ) -> impl Future<Output = PortResult<Warm>> + Send;
 
     fn stats(
         &self,
@@ -263,29 +302,8 @@ pub trait StockGate: Send + Sync {
     /// Stops sweeping a product whose sale is long over.
     fn retire(&self, product: &ProductId) -> impl Future<Output = PortResult<()>> + Send;
 
-    /// A page of a product's requests pending since before `cutoff_ms`
-    /// (Redis server time), oldest first.
-    fn pending_page(
-        &self,
-        product: &ProductId,
-        cutoff_ms: i64,
-        offset: usize,
-        limit: usize,
-    ) -> impl Future<Output = PortResult<PendingPage>> + Send;
-
     /// Redis server time in ms: the clock admission times are written in.
     fn now_ms(&self) -> impl Future<Output = PortResult<i64>> + Send;
-
-    /// Sets the shelf to [`crate::domain::shelf_target`] of what the
-    /// DynamoDB `ledger` (read after `fence_seen`) allows this shelf
-    /// ([`Ledger::shelf_for`]). Returns the correction applied, or None when
-    /// Redis went back in time meanwhile.
-    fn resync(
-        &self,
-        product: &ProductId,
-        ledger: &Ledger,
-        fence_seen: i64,
-    ) -> impl Future<Output = PortResult<Option<i64>>> + Send;
 }
 
 /// The orders queue (SQS).
@@ -378,8 +396,14 @@ impl<T: Clock> Clock for std::sync::Arc<T> {
     }
 }
 
-/// The order store (DynamoDB): the key `ORDER#<request_id>` decides a fate.
-pub trait OrderStore: Send + Sync {
+/// The whole stock gate.
+pub trait StockGate: AdmissionGate + ShelfGate + ControlGate + SaleGate {}
+
+impl<T: AdmissionGate + ShelfGate + ControlGate + SaleGate> StockGate for T {}
+
+/// The order store (DynamoDB): placing orders, whose key
+/// `ORDER#<request_id>` decides a fate, and reading them.
+pub trait OrderBook: Send + Sync {
     /// Writes the order as PLACED on `terms` together with the buyer guard
     /// and the product's stock ledger decrement, atomically.
     fn place(
@@ -399,9 +423,86 @@ pub trait OrderStore: Send + Sync {
     fn order(&self, id: &RequestId)
     -> impl Future<Output = PortResult<Option<RequestView>>> + Send;
 
+    /// Every order of a product (for audits and reconcile, not the hot path).
+    fn orders_of(
+        &self,
+        id: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send;
+}
+
+/// The order store's lifecycle after placement: payments and refunds,
+/// releases (cancel, expiry) and their shelf steps, the due index.
+pub trait LifecycleStore: Send + Sync {
+    /// placed -> paid, if the order is placed and `now_ms` is not past its
+    /// `pay_by`, recording the event (once per event id) and counting it.
+    fn pay(
+        &self,
+        order: &RequestView,
+        event: &PaymentEvent,
+        now_ms: i64,
+    ) -> impl Future<Output = PortResult<PaymentWrite>> + Send;
+
+    /// Records a payment that bought nothing as due for refund; false when
+    /// the event was recorded before.
+    fn record_refund(
+        &self,
+        record: &PaymentRecord,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+
+    fn payment(
+        &self,
+        id: &EventId,
+    ) -> impl Future<Output = PortResult<Option<PaymentRecord>>> + Send;
+
+    /// placed -> cancelled (any time) or -> expired (only past `pay_by`),
+    /// returning the units to the ledger in the same transaction. The order
+    /// stays in the due index until [`LifecycleStore::shelved`].
+    fn release(
+        &self,
+        order: &RequestView,
+        to: OrderStatus,
+        now_ms: i64,
+    ) -> impl Future<Output = PortResult<Transition>> + Send;
+
+    /// Confirms a release's Redis step: the units leave `releasing`. Once
+    /// per order; false when it was confirmed before.
+    fn shelved(&self, order: &RequestView) -> impl Future<Output = PortResult<bool>> + Send;
+
+    /// Whether a release's Redis step is still to be confirmed (a
+    /// consistent read, not the due index's eventually consistent one).
+    fn shelf_due(&self, id: &RequestId) -> impl Future<Output = PortResult<bool>> + Send;
+
+    /// Up to `limit` orders that owe work at `now_ms`, from the sparse due
+    /// index: placed past `pay_by`, or released with the shelf step due.
+    fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send;
+}
+
+/// The order store's products: creation, the product and its ledger, the
+/// sales still live.
+pub trait Catalogue: Send + Sync {
     /// Creates a product and its stock ledger; false when it already exists.
     fn create_product(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send;
 
+    fn product(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Product>>> + Send;
+
+    /// The product's ledger, read consistently; None without a product.
+    fn ledger(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Ledger>>> + Send;
+
+    /// Products whose sale ends after `ends_after_ms`: the sweeper's list,
+    /// kept where a Redis failover cannot make it forget one.
+    fn live_products(
+        &self,
+        ends_after_ms: i64,
+    ) -> impl Future<Output = PortResult<Vec<ProductId>>> + Send;
+}
+
+/// The order store's record of the operator's controls, the kill switch,
+/// the deny list and the audit trail.
+pub trait ControlStore: Send + Sync {
     /// Records an operator's control on the product (paused, or its end
     /// now) together with its audit entry, atomically, when it changes the
     /// product; the product as it now is, None when unknown.
@@ -440,6 +541,15 @@ pub trait OrderStore: Send + Sync {
         entry: &AuditEntry,
     ) -> impl Future<Output = PortResult<bool>> + Send;
 
+    /// The deny list (from an index: may lag a change by a moment).
+    fn denials(&self) -> impl Future<Output = PortResult<Vec<Denial>>> + Send;
+
+    /// One buyer's entry, read consistently.
+    fn denial(&self, user: &UserId) -> impl Future<Output = PortResult<Option<Denial>>> + Send;
+}
+
+/// The order store's stock changes by operators, in the ledger.
+pub trait StockLedger: Send + Sync {
     /// Records a stock change once per key, with its audit entry,
     /// atomically: the product's stock and ledger, and the change's own
     /// item. A withdrawal needs the ledger to hold its units, else it is
@@ -470,81 +580,24 @@ pub trait OrderStore: Send + Sync {
         &self,
         product: &ProductId,
     ) -> impl Future<Output = PortResult<Vec<StockChange>>> + Send;
+}
 
-    /// The deny list (from an index: may lag a change by a moment).
-    fn denials(&self) -> impl Future<Output = PortResult<Vec<Denial>>> + Send;
+/// The whole order store.
+pub trait OrderStore: OrderBook + LifecycleStore + Catalogue + ControlStore + StockLedger {}
 
-    /// One buyer's entry, read consistently.
-    fn denial(&self, user: &UserId) -> impl Future<Output = PortResult<Option<Denial>>> + Send;
+impl<T: OrderBook + LifecycleStore + Catalogue + ControlStore + StockLedger> OrderStore for T {}
 
-    fn product(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Product>>> + Send;
-
-    /// Every order of a product (for audits and reconcile, not the hot path).
-    fn orders_of(
-        &self,
-        id: &ProductId,
-    ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send;
-
-    /// The product's ledger, read consistently; None without a product.
-    fn ledger(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Ledger>>> + Send;
-
-    /// placed -> paid, if the order is placed and `now_ms` is not past its
-    /// `pay_by`, recording the event (once per event id) and counting it.
-    fn pay(
-        &self,
-        order: &RequestView,
-        event: &PaymentEvent,
-        now_ms: i64,
-    ) -> impl Future<Output = PortResult<PaymentWrite>> + Send;
-
-    /// Records a payment that bought nothing as due for refund; false when
-    /// the event was recorded before.
-    fn record_refund(
-        &self,
-        record: &PaymentRecord,
-    ) -> impl Future<Output = PortResult<bool>> + Send;
-
-    fn payment(
-        &self,
-        id: &EventId,
-    ) -> impl Future<Output = PortResult<Option<PaymentRecord>>> + Send;
-
-    /// placed -> cancelled (any time) or -> expired (only past `pay_by`),
-    /// returning the units to the ledger in the same transaction. The order
-    /// stays in the due index until [`OrderStore::shelved`].
-    fn release(
-        &self,
-        order: &RequestView,
-        to: OrderStatus,
-        now_ms: i64,
-    ) -> impl Future<Output = PortResult<Transition>> + Send;
-
-    /// Confirms a release's Redis step: the units leave `releasing`. Once
-    /// per order; false when it was confirmed before.
-    fn shelved(&self, order: &RequestView) -> impl Future<Output = PortResult<bool>> + Send;
-
-    /// Whether a release's Redis step is still to be confirmed (a
-    /// consistent read, not the due index's eventually consistent one).
-    fn shelf_due(&self, id: &RequestId) -> impl Future<Output = PortResult<bool>> + Send;
-
-    /// Up to `limit` orders that owe work at `now_ms`, from the sparse due
-    /// index: placed past `pay_by`, or released with the shelf step due.
-    fn due(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send;
-
-    /// Products whose sale ends after `ends_after_ms`: the sweeper's list,
-    /// kept where a Redis failover cannot make it forget one.
-    fn live_products(
-        &self,
-        ends_after_ms: i64,
-    ) -> impl Future<Output = PortResult<Vec<ProductId>>> + Send;
+/// Every capability trait, for code that holds a concrete adapter (tests,
+/// tools) and calls across capabilities.
+pub mod prelude {
+    pub use super::{
+        AdmissionGate, Catalogue, ControlGate, ControlStore, LifecycleStore, OrderBook, OrderQueue,
+        OrderStore, SaleGate, ShelfGate, StockGate, StockLedger,
+    };
 }
 
 // Shared ports: one adapter (or fake) behind several handlers.
-impl<T: StockGate> StockGate for std::sync::Arc<T> {
+impl<T: AdmissionGate> AdmissionGate for std::sync::Arc<T> {
     fn admit(&self, p: &Purchase) -> impl Future<Output = PortResult<Admission>> + Send {
         (**self).admit(p)
     }
@@ -571,44 +624,24 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
     fn restock(&self, msg: &OrderMessage) -> impl Future<Output = PortResult<bool>> + Send {
         (**self).restock(msg)
     }
+    fn pending_page(
+        &self,
+        product: &ProductId,
+        cutoff_ms: i64,
+        offset: usize,
+        limit: usize,
+    ) -> impl Future<Output = PortResult<PendingPage>> + Send {
+        (**self).pending_page(product, cutoff_ms, offset, limit)
+    }
+}
+
+impl<T: ShelfGate> ShelfGate for std::sync::Arc<T> {
     fn release(
         &self,
         order: &RequestView,
         to: OrderStatus,
     ) -> impl Future<Output = PortResult<bool>> + Send {
         (**self).release(order, to)
-    }
-    fn warm(
-        &self,
-        product: &Product,
-        force: bool,
-        ledger_remaining: i64,
-        fence_seen: i64,
-    ) -> impl Future<Output = PortResult<Warm>> + Send {
-        (**self).warm(product, force, ledger_remaining, fence_seen)
-    }
-    fn apply_controls(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send {
-        (**self).apply_controls(product)
-    }
-    fn apply_kill_switch(&self, switch: KillSwitch) -> impl Future<Output = PortResult<()>> + Send {
-        (**self).apply_kill_switch(switch)
-    }
-    fn kill_switch(&self) -> impl Future<Output = PortResult<KillSwitch>> + Send {
-        StockGate::kill_switch(&**self)
-    }
-    fn set_denials(
-        &self,
-        product: &ProductId,
-        add: &[(UserId, i64)],
-        remove: &[UserId],
-    ) -> impl Future<Output = PortResult<()>> + Send {
-        (**self).set_denials(product, add, remove)
-    }
-    fn denials(
-        &self,
-        product: &ProductId,
-    ) -> impl Future<Output = PortResult<Vec<(UserId, i64)>>> + Send {
-        StockGate::denials(&**self, product)
     }
     fn change_shelf(
         &self,
@@ -624,6 +657,52 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
     ) -> impl Future<Output = PortResult<Vec<(StockChange, AuditEntry)>>> + Send {
         (**self).withdrawals_taken(product)
     }
+    fn resync(
+        &self,
+        product: &ProductId,
+        ledger: &Ledger,
+        fence_seen: i64,
+    ) -> impl Future<Output = PortResult<Option<i64>>> + Send {
+        (**self).resync(product, ledger, fence_seen)
+    }
+}
+
+impl<T: ControlGate> ControlGate for std::sync::Arc<T> {
+    fn apply_controls(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).apply_controls(product)
+    }
+    fn apply_kill_switch(&self, switch: KillSwitch) -> impl Future<Output = PortResult<()>> + Send {
+        (**self).apply_kill_switch(switch)
+    }
+    fn kill_switch(&self) -> impl Future<Output = PortResult<KillSwitch>> + Send {
+        ControlGate::kill_switch(&**self)
+    }
+    fn set_denials(
+        &self,
+        product: &ProductId,
+        add: &[(UserId, i64)],
+        remove: &[UserId],
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        (**self).set_denials(product, add, remove)
+    }
+    fn denials(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<(UserId, i64)>>> + Send {
+        ControlGate::denials(&**self, product)
+    }
+}
+
+impl<T: SaleGate> SaleGate for std::sync::Arc<T> {
+    fn warm(
+        &self,
+        product: &Product,
+        force: bool,
+        ledger_remaining: i64,
+        fence_seen: i64,
+    ) -> impl Future<Output = PortResult<Warm>> + Send {
+        (**self).warm(product, force, ledger_remaining, fence_seen)
+    }
     fn stats(
         &self,
         product: &ProductId,
@@ -636,25 +715,8 @@ impl<T: StockGate> StockGate for std::sync::Arc<T> {
     fn retire(&self, product: &ProductId) -> impl Future<Output = PortResult<()>> + Send {
         (**self).retire(product)
     }
-    fn pending_page(
-        &self,
-        product: &ProductId,
-        cutoff_ms: i64,
-        offset: usize,
-        limit: usize,
-    ) -> impl Future<Output = PortResult<PendingPage>> + Send {
-        (**self).pending_page(product, cutoff_ms, offset, limit)
-    }
     fn now_ms(&self) -> impl Future<Output = PortResult<i64>> + Send {
         (**self).now_ms()
-    }
-    fn resync(
-        &self,
-        product: &ProductId,
-        ledger: &Ledger,
-        fence_seen: i64,
-    ) -> impl Future<Output = PortResult<Option<i64>>> + Send {
-        (**self).resync(product, ledger, fence_seen)
     }
 }
 
@@ -675,7 +737,7 @@ impl<T: OrderQueue> OrderQueue for std::sync::Arc<T> {
     }
 }
 
-impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
+impl<T: OrderBook> OrderBook for std::sync::Arc<T> {
     fn place(
         &self,
         msg: &OrderMessage,
@@ -697,84 +759,15 @@ impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
     ) -> impl Future<Output = PortResult<Option<RequestView>>> + Send {
         (**self).order(id)
     }
-    fn control(
-        &self,
-        product: &ProductId,
-        control: Control,
-        entry: &AuditEntry,
-    ) -> impl Future<Output = PortResult<Option<Controlled>>> + Send {
-        (**self).control(product, control, entry)
-    }
-    fn audit(
-        &self,
-        product: Option<&ProductId>,
-    ) -> impl Future<Output = PortResult<Vec<AuditEntry>>> + Send {
-        (**self).audit(product)
-    }
-    fn switch_admissions(
-        &self,
-        engaged: bool,
-        entry: &AuditEntry,
-    ) -> impl Future<Output = PortResult<(KillSwitch, bool)>> + Send {
-        (**self).switch_admissions(engaged, entry)
-    }
-    fn kill_switch(&self) -> impl Future<Output = PortResult<KillSwitch>> + Send {
-        OrderStore::kill_switch(&**self)
-    }
-    fn set_denial(
-        &self,
-        user: &UserId,
-        denial: Option<&Denial>,
-        entry: &AuditEntry,
-    ) -> impl Future<Output = PortResult<bool>> + Send {
-        (**self).set_denial(user, denial, entry)
-    }
-    fn denials(&self) -> impl Future<Output = PortResult<Vec<Denial>>> + Send {
-        OrderStore::denials(&**self)
-    }
-    fn change_stock(
-        &self,
-        change: &StockChange,
-        entry: &AuditEntry,
-    ) -> impl Future<Output = PortResult<Option<(StockChangeRecord, bool)>>> + Send {
-        (**self).change_stock(change, entry)
-    }
-    fn stock_change(
-        &self,
-        change: &StockChange,
-    ) -> impl Future<Output = PortResult<Option<StockChangeRecord>>> + Send {
-        (**self).stock_change(change)
-    }
-    fn stock_change_shelved(
-        &self,
-        change: &StockChange,
-    ) -> impl Future<Output = PortResult<bool>> + Send {
-        (**self).stock_change_shelved(change)
-    }
-    fn stock_changes_due(
-        &self,
-        product: &ProductId,
-    ) -> impl Future<Output = PortResult<Vec<StockChange>>> + Send {
-        (**self).stock_changes_due(product)
-    }
-    fn denial(&self, user: &UserId) -> impl Future<Output = PortResult<Option<Denial>>> + Send {
-        (**self).denial(user)
-    }
-    fn create_product(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send {
-        (**self).create_product(product)
-    }
-    fn product(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Product>>> + Send {
-        (**self).product(id)
-    }
     fn orders_of(
         &self,
         id: &ProductId,
     ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send {
         (**self).orders_of(id)
     }
-    fn ledger(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Ledger>>> + Send {
-        (**self).ledger(id)
-    }
+}
+
+impl<T: LifecycleStore> LifecycleStore for std::sync::Arc<T> {
     fn pay(
         &self,
         order: &RequestView,
@@ -816,10 +809,91 @@ impl<T: OrderStore> OrderStore for std::sync::Arc<T> {
     ) -> impl Future<Output = PortResult<Vec<RequestView>>> + Send {
         (**self).due(now_ms, limit)
     }
+}
+
+impl<T: Catalogue> Catalogue for std::sync::Arc<T> {
+    fn create_product(&self, product: &Product) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).create_product(product)
+    }
+    fn product(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Product>>> + Send {
+        (**self).product(id)
+    }
+    fn ledger(&self, id: &ProductId) -> impl Future<Output = PortResult<Option<Ledger>>> + Send {
+        (**self).ledger(id)
+    }
     fn live_products(
         &self,
         ends_after_ms: i64,
     ) -> impl Future<Output = PortResult<Vec<ProductId>>> + Send {
         (**self).live_products(ends_after_ms)
+    }
+}
+
+impl<T: ControlStore> ControlStore for std::sync::Arc<T> {
+    fn control(
+        &self,
+        product: &ProductId,
+        control: Control,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<Option<Controlled>>> + Send {
+        (**self).control(product, control, entry)
+    }
+    fn audit(
+        &self,
+        product: Option<&ProductId>,
+    ) -> impl Future<Output = PortResult<Vec<AuditEntry>>> + Send {
+        (**self).audit(product)
+    }
+    fn switch_admissions(
+        &self,
+        engaged: bool,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<(KillSwitch, bool)>> + Send {
+        (**self).switch_admissions(engaged, entry)
+    }
+    fn kill_switch(&self) -> impl Future<Output = PortResult<KillSwitch>> + Send {
+        ControlStore::kill_switch(&**self)
+    }
+    fn set_denial(
+        &self,
+        user: &UserId,
+        denial: Option<&Denial>,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).set_denial(user, denial, entry)
+    }
+    fn denials(&self) -> impl Future<Output = PortResult<Vec<Denial>>> + Send {
+        ControlStore::denials(&**self)
+    }
+    fn denial(&self, user: &UserId) -> impl Future<Output = PortResult<Option<Denial>>> + Send {
+        (**self).denial(user)
+    }
+}
+
+impl<T: StockLedger> StockLedger for std::sync::Arc<T> {
+    fn change_stock(
+        &self,
+        change: &StockChange,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<Option<(StockChangeRecord, bool)>>> + Send {
+        (**self).change_stock(change, entry)
+    }
+    fn stock_change(
+        &self,
+        change: &StockChange,
+    ) -> impl Future<Output = PortResult<Option<StockChangeRecord>>> + Send {
+        (**self).stock_change(change)
+    }
+    fn stock_change_shelved(
+        &self,
+        change: &StockChange,
+    ) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).stock_change_shelved(change)
+    }
+    fn stock_changes_due(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<StockChange>>> + Send {
+        (**self).stock_changes_due(product)
     }
 }

@@ -13,7 +13,7 @@
 
 use crate::domain::{AuditEntry, StockChange};
 use crate::error::InfraError;
-use crate::ports::{OrderStore, ShelfChange, ShelfStep, StockGate};
+use crate::ports::{Catalogue, SaleGate, ShelfChange, ShelfGate, ShelfStep, StockLedger};
 use crate::retry::{self, Backoff};
 
 /// How a stock change ended.
@@ -33,7 +33,7 @@ pub enum Outcome {
     UnknownProduct,
 }
 
-pub async fn change<G: StockGate, S: OrderStore>(
+pub async fn change<G: ShelfGate + SaleGate, S: StockLedger + Catalogue>(
     gate: &G,
     store: &S,
     change: &StockChange,
@@ -92,7 +92,7 @@ fn is_state_of(state: &str, change: &StockChange) -> bool {
 
 /// Sets the shelf from the ledger (the fence read first, see
 /// resync.lua); nothing when the sale is not warmed.
-pub async fn heal_shelf<G: StockGate, S: OrderStore>(
+pub async fn heal_shelf<G: ShelfGate + SaleGate, S: Catalogue>(
     gate: &G,
     store: &S,
     product: &crate::domain::ProductId,
@@ -106,7 +106,7 @@ pub async fn heal_shelf<G: StockGate, S: OrderStore>(
 /// The shelf follows the ledger (`resync.lua`); the correction made.
 /// `fence_seen` ([`crate::domain::ProductStats::fence`]) must be read
 /// before the ledger.
-pub async fn resync_from_ledger<G: StockGate, S: OrderStore>(
+pub async fn resync_from_ledger<G: ShelfGate, S: Catalogue>(
     gate: &G,
     store: &S,
     product: &crate::domain::ProductId,
@@ -129,7 +129,7 @@ pub async fn resync_from_ledger<G: StockGate, S: OrderStore>(
 /// Records the change in DynamoDB and finishes it on the shelf: the steps
 /// after a withdrawal's take, or an addition's all. Also the sweeper's, for
 /// a withdrawal whose call died after the take.
-pub async fn record<G: StockGate, S: OrderStore>(
+pub async fn record<G: ShelfGate, S: StockLedger>(
     gate: &G,
     store: &S,
     change: &StockChange,
@@ -160,7 +160,7 @@ pub async fn record<G: StockGate, S: OrderStore>(
 /// The shelf's steps after DynamoDB's record: a withdrawal settled (or,
 /// refused, undone); an addition's units put on the shelf, only while its
 /// record says they are due, then confirmed.
-async fn finish<G: StockGate, S: OrderStore>(
+async fn finish<G: ShelfGate, S: StockLedger>(
     gate: &G,
     store: &S,
     change: &StockChange,
@@ -185,7 +185,7 @@ async fn finish<G: StockGate, S: OrderStore>(
 
 /// A withdrawal taken off the shelf, finished if DynamoDB has recorded it
 /// (applied: settled; refused: undone); else left alone. True when it was.
-pub async fn finish_recorded<G: StockGate, S: OrderStore>(
+pub async fn finish_recorded<G: ShelfGate, S: StockLedger>(
     gate: &G,
     store: &S,
     change: &StockChange,
@@ -201,7 +201,7 @@ pub async fn finish_recorded<G: StockGate, S: OrderStore>(
 
 /// An addition's shelf step and its confirmation, if still due (the
 /// sweeper finishes additions a crash interrupted through this too).
-pub async fn shelve_addition<G: StockGate, S: OrderStore>(
+pub async fn shelve_addition<G: ShelfGate, S: StockLedger>(
     gate: &G,
     store: &S,
     change: &StockChange,
@@ -222,6 +222,7 @@ mod tests {
     use crate::aws::DynamoStore;
     use crate::domain::{IdempotencyKey, ProductId, ProductStats, from_unix_ms};
     use crate::fakes::{FakeGate, Probe, stocked};
+    use crate::ports::prelude::*;
 
     const NOW: i64 = 1_700_000_000_000;
 

@@ -7,7 +7,8 @@ use shared::domain::{
     Admission, IdempotencyKey, OrderMessage, OrderStatus, Product, ProductId, Purchase, Quantity,
     RateLimit, RateLimits, Refusal, RequestId, UserId,
 };
-use shared::ports::{SendMark, Settled, StockGate, Warm};
+use shared::ports::prelude::*;
+use shared::ports::{SendMark, Settled, Warm};
 use shared::redis::{RedisGate, RedisSettings};
 use time::OffsetDateTime;
 

@@ -7,7 +7,7 @@ use std::fmt;
 use anyhow::{Context, Result};
 use shared::aws::DynamoStore;
 use shared::domain::{OrderStatus, ProductId};
-use shared::ports::{OrderStore, StockGate};
+use shared::ports::prelude::*;
 use shared::redis::RedisGate;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

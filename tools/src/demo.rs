@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use shared::domain::ProductId;
-use shared::ports::StockGate;
+use shared::ports::prelude::*;
 use shared::redis::RedisGate;
 
 use crate::client::{Answer, Api};

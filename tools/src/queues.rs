@@ -11,7 +11,7 @@ use aws_sdk_sqs::types::{
 use indicatif::{ProgressBar, ProgressStyle};
 
 use shared::domain::OrderMessage;
-use shared::ports::OrderStore;
+use shared::ports::prelude::*;
 
 use crate::provision::queue_arn;
 

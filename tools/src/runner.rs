@@ -43,7 +43,8 @@ use shared::aws::{DynamoStore, SqsQueue};
 use shared::faults::{FaultPlan, Faulty};
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::lifecycle::Terms;
-use shared::ports::{StockGate, SystemClock};
+use shared::ports::SystemClock;
+use shared::ports::prelude::*;
 use shared::redis::{RedisGate, RedisSettings};
 
 use crate::batching::BatchingQueue;

@@ -17,7 +17,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 use shared::aws::DynamoStore;
 use shared::domain::ProductId;
-use shared::ports::{OrderStore, StockGate};
+use shared::ports::prelude::*;
 use shared::redis::RedisGate;
 
 use crate::client::Api;

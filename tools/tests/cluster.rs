@@ -14,7 +14,8 @@ use common::{Options, TestStack, unique};
 use shared::domain::{
     Admission, OrderMessage, OrderStatus, ProductId, Purchase, Quantity, RequestId, UserId,
 };
-use shared::ports::{OrderStore, Settled, StockGate, Warm};
+use shared::ports::prelude::*;
+use shared::ports::{Settled, Warm};
 use shared::redis::{RedisGate, RedisSettings};
 use tools::audit::audit;
 use tools::client::Api;

@@ -8,7 +8,8 @@ mod common;
 use common::{order, payment, product, stock_change};
 use shared::aws::DynamoStore;
 use shared::domain::{OrderStatus, Quantity};
-use shared::ports::{OrderStore, PaymentWrite, Placement, Transition};
+use shared::ports::prelude::*;
+use shared::ports::{PaymentWrite, Placement, Transition};
 use tools::embedded::Embedded;
 
 async fn store() -> (Embedded, DynamoStore) {

@@ -179,7 +179,7 @@ async fn sweeper_accepts_the_scheduled_event() {
 /// The sample order (RID) of user-123, placed for 129.00 EUR, payable until
 /// `pay_by` (its product p42 is in the store).
 async fn placed_sample(store: &DynamoStore, pay_by: i64) {
-    use shared::ports::OrderStore;
+    use shared::ports::prelude::*;
     let id = RequestId::parse(RID).unwrap();
     let msg = OrderMessage {
         v: OrderMessage::VERSION,

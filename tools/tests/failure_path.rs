@@ -16,7 +16,7 @@ use shared::domain::{
     Admission, OrderMessage, OrderStatus, Product, ProductId, Purchase, Quantity, RequestId, UserId,
 };
 use shared::faults::FaultPlan;
-use shared::ports::{OrderStore, StockGate};
+use shared::ports::prelude::*;
 use tools::audit::{Audit, audit};
 use tools::demo;
 use tools::loadtest::LoadSpec;

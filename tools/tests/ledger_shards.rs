@@ -9,7 +9,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use common::{order, payment, product, stock_change};
 use shared::aws::{DynamoStore, table};
 use shared::domain::{OrderMessage, OrderStatus, ProductId, Quantity};
-use shared::ports::{OrderStore, Placement, Transition};
+use shared::ports::prelude::*;
+use shared::ports::{Placement, Transition};
 use tools::provision::{self, Names};
 
 async fn store(hint: &str) -> DynamoStore {

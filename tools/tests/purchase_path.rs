@@ -13,7 +13,8 @@ use time::format_description::well_known::Rfc3339;
 
 use common::{TestStack, unique};
 use shared::domain::{OrderStatus, ProductId, RequestId};
-use shared::ports::{OrderQueue, OrderStore, StockGate};
+use shared::ports::OrderQueue;
+use shared::ports::prelude::*;
 use tools::audit::audit;
 use tools::demo;
 use tools::loadtest::LoadSpec;

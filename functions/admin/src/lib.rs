@@ -23,7 +23,7 @@ use shared::domain::{
 };
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::ledger;
-use shared::ports::{OrderStore, StockGate, Warm};
+use shared::ports::{Catalogue, ControlGate, ControlStore, SaleGate, ShelfGate, StockLedger, Warm};
 use shared::stock;
 
 #[derive(Serialize)]
@@ -87,7 +87,7 @@ fn audit_entry(
     })
 }
 
-impl<G: StockGate, S: OrderStore> Admin<G, S> {
+impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockLedger> Admin<G, S> {
     fn authorised(&self, req: &Request) -> bool {
         let Some(expected) = self.token.as_deref() else {
             tracing::error!("FLASHSALE_ADMIN_TOKEN is not set: refusing all admin calls");
@@ -122,12 +122,12 @@ impl<G: StockGate, S: OrderStore> Admin<G, S> {
         match (req.method().clone(), *scope, segments) {
             (_, "products", segments) => self.product_route(req, segments).await,
             (Method::GET, "kill-switch", []) => {
-                let switch = OrderStore::kill_switch(&self.store).await?;
+                let switch = ControlStore::kill_switch(&self.store).await?;
                 Ok(api::json_response(200, &switch))
             }
             (Method::POST, "kill-switch", []) => self.kill_switch(req).await,
             (Method::GET, "deny-list", []) => {
-                let entries = OrderStore::denials(&self.store).await?;
+                let entries = ControlStore::denials(&self.store).await?;
                 Ok(api::json_response(200, &json!({ "entries": entries })))
             }
             (Method::PUT | Method::DELETE, "deny-list", [user]) => {

@@ -15,7 +15,7 @@ use tracing::Instrument;
 use shared::batch;
 use shared::domain::{OrderMessage, OrderStatus};
 use shared::error::InfraError;
-use shared::ports::{Fate, FateNote, OrderStore, StockGate};
+use shared::ports::{AdmissionGate, Fate, FateNote, OrderBook};
 
 pub struct Compensation<G, S> {
     pub gate: G,
@@ -46,7 +46,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-impl<G: StockGate, S: OrderStore> Compensation<G, S> {
+impl<G: AdmissionGate, S: OrderBook> Compensation<G, S> {
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
         let started = std::time::Instant::now();
         let outcomes = batch::process(event, self.concurrency, |record| async move {

@@ -22,7 +22,7 @@ use shared::domain::{
 };
 use shared::error::ValidationError;
 use shared::http::{self as api, ApiError, HttpResponse};
-use shared::ports::{Fate, FateNote, OrderQueue, OrderStore, SendMark, StockGate};
+use shared::ports::{AdmissionGate, ControlGate, Fate, FateNote, OrderBook, OrderQueue, SendMark};
 use shared::telemetry;
 
 pub struct Deduct<G, Q, S> {
@@ -52,7 +52,7 @@ impl KillSwitchCache {
         }
     }
 
-    async fn engaged<G: StockGate>(&self, gate: &G) -> bool {
+    async fn engaged<G: ControlGate>(&self, gate: &G) -> bool {
         let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, engaged)) = last
             && at.elapsed() < self.ttl
@@ -174,7 +174,7 @@ fn retry_after(error: ApiError, secs: i64) -> HttpResponse {
     resp
 }
 
-impl<G: StockGate, Q: OrderQueue, S: OrderStore> Deduct<G, Q, S> {
+impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook> Deduct<G, Q, S> {
     pub async fn handle(&self, req: Request) -> HttpResponse {
         let started = std::time::Instant::now();
         let answer = self.answer(req).await;

@@ -19,7 +19,7 @@ use shared::domain::{OrderMessage, OrderStatus};
 use shared::error::InfraError;
 use shared::faults::{FaultPlan, FaultPoint};
 use shared::lifecycle::Terms;
-use shared::ports::{Fate, FateNote, OrderStore, Placement, Settled, StockGate};
+use shared::ports::{AdmissionGate, Catalogue, Fate, FateNote, OrderBook, Placement, Settled};
 use shared::retry::{self, Backoff};
 
 /// Deliveries after which an unplaced order is counted as stalled.
@@ -55,7 +55,7 @@ pub enum Outcome {
     Crashed,
 }
 
-impl<G: StockGate, S: OrderStore> Consumer<G, S> {
+impl<G: AdmissionGate, S: OrderBook + Catalogue> Consumer<G, S> {
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
         let started = std::time::Instant::now();
         let outcomes = batch::process(event, self.concurrency, |record| async move {

@@ -17,7 +17,7 @@ use shared::domain::{OrderStatus, RequestView};
 use shared::error::InfraError;
 use shared::faults::FaultPlan;
 use shared::lifecycle;
-use shared::ports::{Clock, OrderStore, StockGate, Transition};
+use shared::ports::{Clock, LifecycleStore, ShelfGate, Transition};
 
 pub struct Expirer<G, S> {
     pub gate: G,
@@ -53,7 +53,7 @@ enum Step {
     Failed,
 }
 
-impl<G: StockGate, S: OrderStore> Expirer<G, S> {
+impl<G: ShelfGate, S: LifecycleStore> Expirer<G, S> {
     pub async fn run(&self) -> Result<Run, InfraError> {
         // On the port's clock, so a simulation replays a run exactly.
         let stop_at =
@@ -147,6 +147,7 @@ mod tests {
     use shared::domain::OrderMessage;
     use shared::embedded::Faults;
     use shared::fakes::{FakeGate, ManualClock, Probe, order_message, stocked, terms};
+    use shared::ports::prelude::*;
 
     const NOW: i64 = 1_800_000_000_000;
 

@@ -17,7 +17,9 @@ use shared::domain::{OrderStatus, ProductId, RequestId, RequestView, SaleState};
 use shared::faults::FaultPlan;
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::lifecycle::{self, Terms};
-use shared::ports::{OrderStore, StockGate, Transition};
+use shared::ports::{
+    AdmissionGate, Catalogue, LifecycleStore, OrderBook, SaleGate, ShelfGate, Transition,
+};
 
 /// What a lookup is for: showing an order may fall back to Redis' copy;
 /// deciding a write may not.
@@ -56,7 +58,9 @@ struct ProductPage<'a> {
     state: SaleState,
 }
 
-impl<G: StockGate, S: OrderStore> OrderStatusApi<G, S> {
+impl<G: AdmissionGate + ShelfGate + SaleGate, S: OrderBook + LifecycleStore + Catalogue>
+    OrderStatusApi<G, S>
+{
     pub async fn handle(&self, req: Request) -> HttpResponse {
         let started = std::time::Instant::now();
         let answer = self.route(&req).await;
@@ -226,6 +230,7 @@ mod tests {
     use shared::fakes::{FakeGate, ManualClock, Probe, order_message, stocked, terms};
     use shared::payment::{EventId, PaymentEvent};
     use shared::ports::PaymentWrite;
+    use shared::ports::prelude::*;
 
     const NOW: i64 = 1_800_000_000_000;
 

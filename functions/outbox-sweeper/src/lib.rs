@@ -22,7 +22,10 @@ use serde::Serialize;
 use shared::deny::DenyList;
 use shared::domain::{ProductId, ProductStats, republish_due, unix_ms};
 use shared::error::InfraError;
-use shared::ports::{OrderQueue, OrderStore, SendMark, StockGate};
+use shared::ports::{
+    AdmissionGate, Catalogue, ControlGate, ControlStore, OrderBook, OrderQueue, SaleGate, SendMark,
+    ShelfGate, StockLedger,
+};
 use shared::stock;
 
 /// Index entries read from Redis per call.
@@ -64,7 +67,12 @@ pub struct SweepReport {
     pub pending: i64,
 }
 
-impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
+impl<
+    G: AdmissionGate + ShelfGate + ControlGate + SaleGate,
+    Q: OrderQueue,
+    S: OrderBook + Catalogue + ControlStore + StockLedger,
+> Sweeper<G, Q, S>
+{
     pub async fn sweep(&self) -> Result<SweepReport, InfraError> {
         let started = std::time::Instant::now();
         let now = self.gate.now_ms().await?;
@@ -72,7 +80,7 @@ impl<G: StockGate, Q: OrderQueue, S: OrderStore> Sweeper<G, Q, S> {
         // The kill switch as DynamoDB records it: a failover that forgot it
         // must not reopen every sale for longer than one run.
         let switch = async {
-            let switch = OrderStore::kill_switch(&self.store).await?;
+            let switch = ControlStore::kill_switch(&self.store).await?;
             self.gate.apply_kill_switch(switch).await
         };
         if let Err(e) = switch.await {

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::payment::{self, PaymentEvent, PaymentOutcome, PaymentRecord};
-use shared::ports::{Clock, OrderStore, PaymentWrite};
+use shared::ports::{Clock, LifecycleStore, OrderBook, PaymentWrite};
 use shared::retry::{self, Backoff};
 
 pub const SIGNATURE_HEADER: &str = "flashsale-signature";
@@ -40,7 +40,7 @@ fn answer(record: &PaymentRecord) -> Result<HttpResponse, ApiError> {
     }
 }
 
-impl<S: OrderStore> Webhook<S> {
+impl<S: OrderBook + LifecycleStore> Webhook<S> {
     pub async fn handle(&self, req: Request) -> HttpResponse {
         let started = std::time::Instant::now();
         let result = self.receive(&req).await;

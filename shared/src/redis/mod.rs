@@ -1,4 +1,4 @@
-//! The Redis adapter of [`StockGate`]: the Lua scripts next to this file hold
+//! The Redis adapter of [`StockGate`](crate::ports::StockGate): the Lua scripts next to this file hold
 //! the rules; this module only builds keys, passes arguments and maps results.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,8 +20,8 @@ use crate::domain::{
 };
 use crate::error::InfraError;
 use crate::ports::{
-    PendingPage, PendingRequest, PortResult, SendMark, Settled, ShelfChange, ShelfStep, StockGate,
-    Warm,
+    AdmissionGate, ControlGate, PendingPage, PendingRequest, PortResult, SaleGate, SendMark,
+    Settled, ShelfChange, ShelfGate, ShelfStep, Warm,
 };
 
 pub mod keys;
@@ -400,7 +400,7 @@ fn request_view(id: &RequestId, fields: Vec<(String, String)>) -> Option<Request
     })
 }
 
-impl StockGate for RedisGate {
+impl AdmissionGate for RedisGate {
     async fn admit(&self, p: &Purchase) -> PortResult<Admission> {
         let k = self.keys(&p.product_id);
         let mut c = self.conn().await?;
@@ -448,7 +448,6 @@ impl StockGate for RedisGate {
                 .ok_or_else(|| unexpected("admission")),
         }
     }
-
     async fn request(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
         let k = self.keys(&id.product());
         let mut c = self.conn().await?;
@@ -464,7 +463,6 @@ impl StockGate for RedisGate {
             .map(Some)
             .ok_or_else(|| unexpected("request state (corrupt hash)"))
     }
-
     async fn mark_sent(&self, id: &RequestId, mark: SendMark) -> PortResult<()> {
         let k = self.keys(&id.product());
         let mut c = self.conn().await?;
@@ -478,7 +476,6 @@ impl StockGate for RedisGate {
             .map_err(classify)?;
         Ok(())
     }
-
     async fn settle(&self, msg: &OrderMessage, status: Settled) -> PortResult<bool> {
         let k = self.keys(&msg.product_id);
         let mut c = self.conn().await?;
@@ -505,7 +502,6 @@ impl StockGate for RedisGate {
             .map_err(classify)?;
         Ok(changed == 1)
     }
-
     async fn restock(&self, msg: &OrderMessage) -> PortResult<bool> {
         let k = self.keys(&msg.product_id);
         let mut c = self.conn().await?;
@@ -528,300 +524,6 @@ impl StockGate for RedisGate {
             .map_err(classify)?;
         Ok(done == 1)
     }
-
-    async fn release(&self, order: &RequestView, to: OrderStatus) -> PortResult<bool> {
-        let k = self.keys(&order.product_id);
-        let free_buyer = order
-            .reservation
-            .as_ref()
-            .is_some_and(|r| r.rebuy_after_release);
-        let mut c = self.conn().await?;
-        let done: i64 = self
-            .inner
-            .scripts
-            .release
-            .key(k.stock())
-            .key(k.buyers())
-            .key(k.req(&order.request_id))
-            .key(k.pending())
-            .key(k.stats())
-            .arg(order.request_id.as_str())
-            .arg(order.user_id.as_str())
-            .arg(order.quantity.get())
-            .arg(to.as_str())
-            .arg(if free_buyer { "1" } else { "0" })
-            .arg(STATE_TTL_SECS)
-            .invoke_async(&mut c)
-            .await
-            .map_err(classify)?;
-        Ok(done == 1)
-    }
-
-    async fn apply_controls(&self, p: &Product) -> PortResult<bool> {
-        let k = self.keys(&p.product_id);
-        let mut c = self.conn().await?;
-        let applied: i64 = self
-            .inner
-            .scripts
-            .controls
-            .key(k.meta())
-            .arg(if p.paused { "1" } else { "0" })
-            .arg(unix_ms(p.ends_at))
-            .arg(p.control_seq)
-            .invoke_async(&mut c)
-            .await
-            .map_err(classify)?;
-        Ok(applied != 0)
-    }
-
-    async fn apply_kill_switch(&self, switch: KillSwitch) -> PortResult<()> {
-        let mut c = self.conn().await?;
-        self.inner
-            .scripts
-            .kill_switch
-            .key(keys::kill_switch(&self.inner.settings.namespace))
-            .arg(if switch.engaged { "1" } else { "0" })
-            .arg(switch.seq)
-            .invoke_async::<i64>(&mut c)
-            .await
-            .map_err(classify)?;
-        Ok(())
-    }
-
-    async fn kill_switch(&self) -> PortResult<KillSwitch> {
-        let mut c = self.conn().await?;
-        let (engaged, seq): (Option<String>, Option<u64>) = redis::cmd("HMGET")
-            .arg(keys::kill_switch(&self.inner.settings.namespace))
-            .arg("engaged")
-            .arg("seq")
-            .query_async(&mut c)
-            .await
-            .map_err(classify)?;
-        Ok(KillSwitch {
-            engaged: engaged.as_deref() == Some("1"),
-            seq: seq.unwrap_or(0),
-        })
-    }
-
-    async fn warm(
-        &self,
-        p: &Product,
-        force: bool,
-        ledger_remaining: i64,
-        fence_seen: i64,
-    ) -> PortResult<Warm> {
-        let k = self.keys(&p.product_id);
-        let mut c = self.conn().await?;
-        let (code, left): (String, i64) = self
-            .inner
-            .scripts
-            .warm
-            .key(k.meta())
-            .key(k.stock())
-            .key(k.stats())
-            .arg(p.stock)
-            .arg(p.per_buyer_limit)
-            .arg(unix_ms(p.starts_at))
-            .arg(unix_ms(p.ends_at))
-            .arg(if force { "1" } else { "0" })
-            .arg(ledger_remaining)
-            .arg(fence_seen)
-            .arg(RateLimit::spec(p.rate_limits.buyer))
-            .arg(RateLimit::spec(p.rate_limits.ip))
-            .arg(if p.paused { "1" } else { "0" })
-            .arg(p.control_seq)
-            .invoke_async(&mut c)
-            .await
-            .map_err(classify)?;
-        // Also when the sale had started: the set lives on another slot and
-        // may have forgotten the product in a failover of its own.
-        redis::cmd("SADD")
-            .arg(keys::products(&self.inner.settings.namespace))
-            .arg(p.product_id.as_str())
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(classify)?;
-        match code.as_str() {
-            "warmed" => Ok(Warm::Warmed { stock_left: left }),
-            "started" => Ok(Warm::AlreadyStarted { stock_left: left }),
-            _ => Err(unexpected("warm")),
-        }
-    }
-
-    async fn set_denials(
-        &self,
-        product: &ProductId,
-        add: &[(UserId, i64)],
-        remove: &[UserId],
-    ) -> PortResult<()> {
-        if add.is_empty() && remove.is_empty() {
-            return Ok(());
-        }
-        let deny = self.keys(product).deny();
-        let mut pipe = redis::pipe();
-        for chunk in add.chunks(500) {
-            let pairs: Vec<(&str, i64)> = chunk.iter().map(|(u, t)| (u.as_str(), *t)).collect();
-            pipe.hset_multiple(&deny, &pairs).ignore();
-        }
-        for chunk in remove.chunks(500) {
-            let users: Vec<&str> = chunk.iter().map(UserId::as_str).collect();
-            pipe.hdel(&deny, users).ignore();
-        }
-        let mut c = self.conn().await?;
-        pipe.query_async::<()>(&mut c).await.map_err(classify)
-    }
-
-    async fn change_shelf(
-        &self,
-        change: &StockChange,
-        step: ShelfStep,
-        entry: Option<&AuditEntry>,
-    ) -> PortResult<ShelfChange> {
-        let k = self.keys(&change.product_id);
-        let entry = entry
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| InfraError::permanent("redis", format!("audit entry: {e}")))?;
-        let mut c = self.conn().await?;
-        let (code, detail): (String, String) = self
-            .inner
-            .scripts
-            .stock_change
-            .key(k.meta())
-            .key(k.stock())
-            .key(k.stats())
-            .key(k.stock_changes())
-            .arg(step.as_str())
-            .arg(change.key.as_str())
-            .arg(change.units())
-            .arg(entry.unwrap_or_default())
-            .arg(STATE_TTL_SECS)
-            .invoke_async(&mut c)
-            .await
-            .map_err(classify)?;
-        match code.as_str() {
-            "cold" => Ok(ShelfChange::Cold),
-            "short" => Ok(ShelfChange::Short {
-                on_shelf: detail.parse().map_err(|_| unexpected("stock change"))?,
-            }),
-            "done" => Ok(ShelfChange::Done),
-            "seen" => Ok(ShelfChange::Seen(detail)),
-            _ => Err(unexpected("stock change")),
-        }
-    }
-
-    async fn withdrawals_taken(
-        &self,
-        product: &ProductId,
-    ) -> PortResult<Vec<(StockChange, AuditEntry)>> {
-        let mut c = self.conn().await?;
-        let all: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.keys(product).stock_changes())
-            .query_async(&mut c)
-            .await
-            .map_err(classify)?;
-        Ok(all
-            .iter()
-            .filter_map(|(key, state)| {
-                let n: i64 = state.strip_prefix("taken:")?.parse().ok()?;
-                let entry = serde_json::from_str(all.get(&format!("{key}|audit"))?).ok()?;
-                let key = IdempotencyKey::parse(key).ok()?;
-                Some((StockChange::new(product.clone(), key, -n).ok()?, entry))
-            })
-            .collect())
-    }
-
-    async fn denials(&self, product: &ProductId) -> PortResult<Vec<(UserId, i64)>> {
-        let mut c = self.conn().await?;
-        let held: Vec<(String, i64)> = redis::cmd("HGETALL")
-            .arg(self.keys(product).deny())
-            .query_async(&mut c)
-            .await
-            .map_err(classify)?;
-        Ok(held
-            .into_iter()
-            .filter_map(|(u, t)| Some((UserId::parse(u).ok()?, t)))
-            .collect())
-    }
-
-    async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
-        let k = self.keys(product);
-        let mut c = self.conn().await?;
-        #[allow(clippy::type_complexity)]
-        let (meta, left, counters, pending): (
-            Vec<Option<i64>>,
-            Option<i64>,
-            Vec<Option<i64>>,
-            i64,
-        ) = redis::pipe()
-            .hmget(k.meta(), &["stock_total", "ends_at"])
-            .get(k.stock())
-            .hmget(
-                k.stats(),
-                &[
-                    "admitted",
-                    "placed",
-                    "rejected",
-                    "compensated",
-                    "restocked",
-                    "pending_units",
-                    "placed_units",
-                    "withdrawing",
-                    "withdrawn_units",
-                    "released_units",
-                    "added_units",
-                    "adopted_units",
-                ],
-            )
-            .zcard(k.pending())
-            .query_async(&mut c)
-            .await
-            .map_err(classify)?;
-        let Some(stock_total) = meta.first().copied().flatten() else {
-            return Ok(None);
-        };
-        let n = |i: usize| counters.get(i).copied().flatten().unwrap_or(0);
-        Ok(Some(ProductStats {
-            stock_total,
-            stock_left: left.unwrap_or(0),
-            admitted: n(0),
-            placed: n(1),
-            rejected: n(2),
-            compensated: n(3),
-            restocked: n(4),
-            pending_units: n(5),
-            placed_units: n(6),
-            withdrawing: n(7),
-            withdrawn_units: n(8),
-            returned_units: n(9) + n(10) + n(11),
-            pending,
-            ends_at_ms: meta.get(1).copied().flatten().unwrap_or(0),
-        }))
-    }
-
-    async fn products(&self) -> PortResult<Vec<ProductId>> {
-        let mut c = self.conn().await?;
-        let ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::products(&self.inner.settings.namespace))
-            .query_async(&mut c)
-            .await
-            .map_err(classify)?;
-        Ok(ids
-            .into_iter()
-            .filter_map(|id| ProductId::parse(id).ok())
-            .collect())
-    }
-
-    async fn retire(&self, product: &ProductId) -> PortResult<()> {
-        let mut c = self.conn().await?;
-        redis::cmd("SREM")
-            .arg(keys::products(&self.inner.settings.namespace))
-            .arg(product.as_str())
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(classify)
-    }
-
     async fn pending_page(
         &self,
         product: &ProductId,
@@ -883,16 +585,94 @@ impl StockGate for RedisGate {
         }
         Ok(page)
     }
+}
 
-    async fn now_ms(&self) -> PortResult<i64> {
+impl ShelfGate for RedisGate {
+    async fn release(&self, order: &RequestView, to: OrderStatus) -> PortResult<bool> {
+        let k = self.keys(&order.product_id);
+        let free_buyer = order
+            .reservation
+            .as_ref()
+            .is_some_and(|r| r.rebuy_after_release);
         let mut c = self.conn().await?;
-        let (secs, micros): (i64, i64) = redis::cmd("TIME")
+        let done: i64 = self
+            .inner
+            .scripts
+            .release
+            .key(k.stock())
+            .key(k.buyers())
+            .key(k.req(&order.request_id))
+            .key(k.pending())
+            .key(k.stats())
+            .arg(order.request_id.as_str())
+            .arg(order.user_id.as_str())
+            .arg(order.quantity.get())
+            .arg(to.as_str())
+            .arg(if free_buyer { "1" } else { "0" })
+            .arg(STATE_TTL_SECS)
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(done == 1)
+    }
+    async fn change_shelf(
+        &self,
+        change: &StockChange,
+        step: ShelfStep,
+        entry: Option<&AuditEntry>,
+    ) -> PortResult<ShelfChange> {
+        let k = self.keys(&change.product_id);
+        let entry = entry
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| InfraError::permanent("redis", format!("audit entry: {e}")))?;
+        let mut c = self.conn().await?;
+        let (code, detail): (String, String) = self
+            .inner
+            .scripts
+            .stock_change
+            .key(k.meta())
+            .key(k.stock())
+            .key(k.stats())
+            .key(k.stock_changes())
+            .arg(step.as_str())
+            .arg(change.key.as_str())
+            .arg(change.units())
+            .arg(entry.unwrap_or_default())
+            .arg(STATE_TTL_SECS)
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        match code.as_str() {
+            "cold" => Ok(ShelfChange::Cold),
+            "short" => Ok(ShelfChange::Short {
+                on_shelf: detail.parse().map_err(|_| unexpected("stock change"))?,
+            }),
+            "done" => Ok(ShelfChange::Done),
+            "seen" => Ok(ShelfChange::Seen(detail)),
+            _ => Err(unexpected("stock change")),
+        }
+    }
+    async fn withdrawals_taken(
+        &self,
+        product: &ProductId,
+    ) -> PortResult<Vec<(StockChange, AuditEntry)>> {
+        let mut c = self.conn().await?;
+        let all: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys(product).stock_changes())
             .query_async(&mut c)
             .await
             .map_err(classify)?;
-        Ok(secs * 1000 + micros / 1000)
+        Ok(all
+            .iter()
+            .filter_map(|(key, state)| {
+                let n: i64 = state.strip_prefix("taken:")?.parse().ok()?;
+                let entry = serde_json::from_str(all.get(&format!("{key}|audit"))?).ok()?;
+                let key = IdempotencyKey::parse(key).ok()?;
+                Some((StockChange::new(product.clone(), key, -n).ok()?, entry))
+            })
+            .collect())
     }
-
     async fn resync(
         &self,
         product: &ProductId,
@@ -915,5 +695,215 @@ impl StockGate for RedisGate {
             .await
             .map_err(classify)?;
         Ok((code == "synced").then_some(drift))
+    }
+}
+
+impl ControlGate for RedisGate {
+    async fn apply_controls(&self, p: &Product) -> PortResult<bool> {
+        let k = self.keys(&p.product_id);
+        let mut c = self.conn().await?;
+        let applied: i64 = self
+            .inner
+            .scripts
+            .controls
+            .key(k.meta())
+            .arg(if p.paused { "1" } else { "0" })
+            .arg(unix_ms(p.ends_at))
+            .arg(p.control_seq)
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(applied != 0)
+    }
+    async fn apply_kill_switch(&self, switch: KillSwitch) -> PortResult<()> {
+        let mut c = self.conn().await?;
+        self.inner
+            .scripts
+            .kill_switch
+            .key(keys::kill_switch(&self.inner.settings.namespace))
+            .arg(if switch.engaged { "1" } else { "0" })
+            .arg(switch.seq)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+    async fn kill_switch(&self) -> PortResult<KillSwitch> {
+        let mut c = self.conn().await?;
+        let (engaged, seq): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(keys::kill_switch(&self.inner.settings.namespace))
+            .arg("engaged")
+            .arg("seq")
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(KillSwitch {
+            engaged: engaged.as_deref() == Some("1"),
+            seq: seq.unwrap_or(0),
+        })
+    }
+    async fn set_denials(
+        &self,
+        product: &ProductId,
+        add: &[(UserId, i64)],
+        remove: &[UserId],
+    ) -> PortResult<()> {
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        let deny = self.keys(product).deny();
+        let mut pipe = redis::pipe();
+        for chunk in add.chunks(500) {
+            let pairs: Vec<(&str, i64)> = chunk.iter().map(|(u, t)| (u.as_str(), *t)).collect();
+            pipe.hset_multiple(&deny, &pairs).ignore();
+        }
+        for chunk in remove.chunks(500) {
+            let users: Vec<&str> = chunk.iter().map(UserId::as_str).collect();
+            pipe.hdel(&deny, users).ignore();
+        }
+        let mut c = self.conn().await?;
+        pipe.query_async::<()>(&mut c).await.map_err(classify)
+    }
+    async fn denials(&self, product: &ProductId) -> PortResult<Vec<(UserId, i64)>> {
+        let mut c = self.conn().await?;
+        let held: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(self.keys(product).deny())
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(held
+            .into_iter()
+            .filter_map(|(u, t)| Some((UserId::parse(u).ok()?, t)))
+            .collect())
+    }
+}
+
+impl SaleGate for RedisGate {
+    async fn warm(
+        &self,
+        p: &Product,
+        force: bool,
+        ledger_remaining: i64,
+        fence_seen: i64,
+    ) -> PortResult<Warm> {
+        let k = self.keys(&p.product_id);
+        let mut c = self.conn().await?;
+        let (code, left): (String, i64) = self
+            .inner
+            .scripts
+            .warm
+            .key(k.meta())
+            .key(k.stock())
+            .key(k.stats())
+            .arg(p.stock)
+            .arg(p.per_buyer_limit)
+            .arg(unix_ms(p.starts_at))
+            .arg(unix_ms(p.ends_at))
+            .arg(if force { "1" } else { "0" })
+            .arg(ledger_remaining)
+            .arg(fence_seen)
+            .arg(RateLimit::spec(p.rate_limits.buyer))
+            .arg(RateLimit::spec(p.rate_limits.ip))
+            .arg(if p.paused { "1" } else { "0" })
+            .arg(p.control_seq)
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        // Also when the sale had started: the set lives on another slot and
+        // may have forgotten the product in a failover of its own.
+        redis::cmd("SADD")
+            .arg(keys::products(&self.inner.settings.namespace))
+            .arg(p.product_id.as_str())
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(classify)?;
+        match code.as_str() {
+            "warmed" => Ok(Warm::Warmed { stock_left: left }),
+            "started" => Ok(Warm::AlreadyStarted { stock_left: left }),
+            _ => Err(unexpected("warm")),
+        }
+    }
+    async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
+        let k = self.keys(product);
+        let mut c = self.conn().await?;
+        #[allow(clippy::type_complexity)]
+        let (meta, left, counters, pending): (
+            Vec<Option<i64>>,
+            Option<i64>,
+            Vec<Option<i64>>,
+            i64,
+        ) = redis::pipe()
+            .hmget(k.meta(), &["stock_total", "ends_at"])
+            .get(k.stock())
+            .hmget(
+                k.stats(),
+                &[
+                    "admitted",
+                    "placed",
+                    "rejected",
+                    "compensated",
+                    "restocked",
+                    "pending_units",
+                    "placed_units",
+                    "withdrawing",
+                    "withdrawn_units",
+                    "released_units",
+                    "added_units",
+                    "adopted_units",
+                ],
+            )
+            .zcard(k.pending())
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        let Some(stock_total) = meta.first().copied().flatten() else {
+            return Ok(None);
+        };
+        let n = |i: usize| counters.get(i).copied().flatten().unwrap_or(0);
+        Ok(Some(ProductStats {
+            stock_total,
+            stock_left: left.unwrap_or(0),
+            admitted: n(0),
+            placed: n(1),
+            rejected: n(2),
+            compensated: n(3),
+            restocked: n(4),
+            pending_units: n(5),
+            placed_units: n(6),
+            withdrawing: n(7),
+            withdrawn_units: n(8),
+            returned_units: n(9) + n(10) + n(11),
+            pending,
+            ends_at_ms: meta.get(1).copied().flatten().unwrap_or(0),
+        }))
+    }
+    async fn products(&self) -> PortResult<Vec<ProductId>> {
+        let mut c = self.conn().await?;
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::products(&self.inner.settings.namespace))
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| ProductId::parse(id).ok())
+            .collect())
+    }
+    async fn retire(&self, product: &ProductId) -> PortResult<()> {
+        let mut c = self.conn().await?;
+        redis::cmd("SREM")
+            .arg(keys::products(&self.inner.settings.namespace))
+            .arg(product.as_str())
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(classify)
+    }
+    async fn now_ms(&self) -> PortResult<i64> {
+        let mut c = self.conn().await?;
+        let (secs, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(secs * 1000 + micros / 1000)
     }
 }

@@ -26,7 +26,8 @@ use shared::domain::{
 };
 use shared::faults::FaultPlan;
 use shared::http::HttpResponse;
-use shared::ports::{OrderQueue, OrderStore, PortResult, SendMark, StockGate};
+use shared::ports::prelude::*;
+use shared::ports::{OrderQueue, PortResult, SendMark};
 use shared::redis::{ADMIT_SCRIPT, RedisGate};
 use tools::batching::BatchingQueue;
 use tools::client::Api;
