@@ -36,8 +36,35 @@ use crate::error::InfraError;
 #[derive(Clone)]
 pub struct Embedded {
     db: Database,
+    /// The table's writes, replayed late for the secondary indexes when
+    /// they lag ([`Faults::lag_indexes`]).
+    index: Arc<Mutex<LaggingIndex>>,
     pub faults: Faults,
 }
+
+/// Secondary indexes that lag: DynamoDB updates a global secondary index
+/// asynchronously, so a query on it may not yet show the latest writes. A
+/// replica applies every write that committed, in order, once it is
+/// `lag` old, and index queries read the replica: the indexes as they were
+/// `lag` ago (a consistent prefix, the simplest model of that lag).
+#[derive(Default)]
+struct LaggingIndex {
+    /// Every write that committed: when, the operation and its request.
+    writes: Vec<(Instant, String, Vec<u8>)>,
+    /// Made at the first lagging query; how many writes it applied.
+    replica: Option<Database>,
+    applied: usize,
+}
+
+/// The operations that change items, and those that change the table.
+const ITEM_WRITES: [&str; 5] = [
+    "PutItem",
+    "UpdateItem",
+    "DeleteItem",
+    "TransactWriteItems",
+    "BatchWriteItem",
+];
+const TABLE_WRITES: [&str; 3] = ["CreateTable", "DeleteTable", "UpdateTimeToLive"];
 
 /// What dynoxide does not do by itself, ordered by the caller (a test, the
 /// simulation's scheduler): refuse the next calls before they run, as
@@ -57,6 +84,8 @@ struct FaultCounts {
     /// Items held by another transaction in flight: (key attribute, its
     /// string value, until when).
     held: Vec<(String, String, Instant)>,
+    /// How far the secondary indexes lag behind the table.
+    index_lag: Duration,
 }
 
 impl Faults {
@@ -92,6 +121,16 @@ impl Faults {
             value.to_owned(),
             Instant::now() + stretch,
         ));
+    }
+
+    /// From now on, queries on a secondary index see the table as it was
+    /// `lag` ago (tokio's clock); zero makes them current again.
+    pub fn lag_indexes(&self, lag: Duration) {
+        self.counts().index_lag = lag;
+    }
+
+    fn index_lag(&self) -> Duration {
+        self.counts().index_lag
     }
 
     /// Ends every ordered fault.
@@ -189,6 +228,7 @@ impl Embedded {
         })?;
         Ok(Self {
             db,
+            index: Arc::default(),
             faults: Faults::default(),
         })
     }
@@ -233,32 +273,81 @@ impl Embedded {
 
     /// One request: its status and JSON body.
     pub fn dispatch(&self, operation: &str, body: &[u8]) -> (u16, String) {
-        let db = &self.db;
-        let out = match operation {
-            "CreateTable" => run(body, |r| db.create_table(r)),
-            "DescribeTable" => run(body, |r| db.describe_table(r)),
-            "DeleteTable" => run(body, |r| db.delete_table(r)),
-            "ListTables" => run(body, |r| db.list_tables(r)),
-            "UpdateTimeToLive" => run(body, |r| db.update_time_to_live(r)),
-            "DescribeTimeToLive" => run(body, |r| db.describe_time_to_live(r)),
-            "PutItem" => run(body, |r| db.put_item(r)),
-            "GetItem" => run(body, |r| db.get_item(r)),
-            "UpdateItem" => run(body, |r| db.update_item(r)),
-            "DeleteItem" => run(body, |r| db.delete_item(r)),
-            "Query" => run(body, |r| db.query(r)),
-            "Scan" => run(body, |r| db.scan(r)),
-            "BatchGetItem" => run(body, |r| db.batch_get_item(r)),
-            "BatchWriteItem" => run(body, |r| db.batch_write_item(r)),
-            "TransactWriteItems" => run(body, |r| db.transact_write_items(r)),
-            "TransactGetItems" => run(body, |r| db.transact_get_items(r)),
-            other => Err(DynoxideError::ValidationException(format!(
-                "the embedded DynamoDB does not route {other}: add it to shared::embedded"
-            ))),
-        };
-        match out {
-            Ok(json) => (200, json),
-            Err(e) => (e.status_code(), e.to_json()),
+        let answer = route(&self.db, operation, body);
+        if answer.0 == 200
+            && (ITEM_WRITES.contains(&operation) || TABLE_WRITES.contains(&operation))
+        {
+            self.lagging()
+                .writes
+                .push((Instant::now(), operation.to_owned(), body.to_vec()));
         }
+        answer
+    }
+
+    /// A request whose secondary-index queries see the table as it was
+    /// `lag` ago.
+    fn dispatch_lagging(&self, operation: &str, body: &[u8], lag: Duration) -> (u16, String) {
+        let on_index = operation == "Query"
+            && serde_json::from_slice::<serde_json::Value>(body)
+                .is_ok_and(|b| b.get("IndexName").is_some());
+        if lag.is_zero() || !on_index {
+            return self.dispatch(operation, body);
+        }
+        let mut index = self.lagging();
+        let replica = match &index.replica {
+            Some(db) => db.clone(),
+            None => match Database::memory() {
+                Ok(db) => index.replica.insert(db).clone(),
+                Err(e) => {
+                    return (
+                        500,
+                        DynoxideError::InternalServerError(e.to_string()).to_json(),
+                    );
+                }
+            },
+        };
+        let cutoff = Instant::now().checked_sub(lag);
+        // Table operations are never late: the index exists with its table.
+        while let Some((at, op, request)) = index.writes.get(index.applied)
+            && (cutoff.is_some_and(|c| *at <= c) || !ITEM_WRITES.contains(&op.as_str()))
+        {
+            route(&replica, op, request);
+            index.applied += 1;
+        }
+        route(&replica, operation, body)
+    }
+
+    fn lagging(&self) -> std::sync::MutexGuard<'_, LaggingIndex> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One request on one database: its status and JSON body.
+fn route(db: &Database, operation: &str, body: &[u8]) -> (u16, String) {
+    let out = match operation {
+        "CreateTable" => run(body, |r| db.create_table(r)),
+        "DescribeTable" => run(body, |r| db.describe_table(r)),
+        "DeleteTable" => run(body, |r| db.delete_table(r)),
+        "ListTables" => run(body, |r| db.list_tables(r)),
+        "UpdateTimeToLive" => run(body, |r| db.update_time_to_live(r)),
+        "DescribeTimeToLive" => run(body, |r| db.describe_time_to_live(r)),
+        "PutItem" => run(body, |r| db.put_item(r)),
+        "GetItem" => run(body, |r| db.get_item(r)),
+        "UpdateItem" => run(body, |r| db.update_item(r)),
+        "DeleteItem" => run(body, |r| db.delete_item(r)),
+        "Query" => run(body, |r| db.query(r)),
+        "Scan" => run(body, |r| db.scan(r)),
+        "BatchGetItem" => run(body, |r| db.batch_get_item(r)),
+        "BatchWriteItem" => run(body, |r| db.batch_write_item(r)),
+        "TransactWriteItems" => run(body, |r| db.transact_write_items(r)),
+        "TransactGetItems" => run(body, |r| db.transact_get_items(r)),
+        other => Err(DynoxideError::ValidationException(format!(
+            "the embedded DynamoDB does not route {other}: add it to shared::embedded"
+        ))),
+    };
+    match out {
+        Ok(json) => (200, json),
+        Err(e) => (e.status_code(), e.to_json()),
     }
 }
 
@@ -340,7 +429,10 @@ impl HttpConnector for Connector {
                 .then(|| embedded.faults.take(&operation, &body))
                 .flatten();
             let (status, json) = match fault {
-                None => embedded.dispatch(&operation, &body),
+                None => {
+                let lag = if faulty { embedded.faults.index_lag() } else { Duration::ZERO };
+                embedded.dispatch_lagging(&operation, &body, lag)
+            }
                 Some(Fault::Unreachable) => {
                     return Err(ConnectorError::io(
                         "connection refused: the embedded DynamoDB is unreachable (injected)".into(),

@@ -1,7 +1,7 @@
-//! The adapter on the embedded DynamoDB (tools::embedded) under the faults
+//! The adapter on the embedded DynamoDB (shared::embedded) under the faults
 //! the emulators cannot show: a write that committed but whose reply was
-//! lost (the SDK retries it with its idempotency token), and calls refused
-//! for contention. No stack needed.
+//! lost (the SDK retries it with its idempotency token), calls refused for
+//! contention, and secondary indexes that lag. No stack needed.
 
 mod common;
 
@@ -92,4 +92,29 @@ async fn a_placement_refused_for_contention_is_placed_once() {
             .remaining,
         1
     );
+}
+
+/// Lagging secondary indexes: a query on the due index sees the table as
+/// it was, the base table is current, and the index catches up once the
+/// lag has passed; a client without faults reads the index current.
+#[tokio::test(start_paused = true)]
+async fn a_lagging_index_shows_the_table_as_it_was() {
+    let (e, store) = store().await;
+    let p = product("lag", 2, 1);
+    assert!(store.create_product(&p).await.unwrap());
+    // Due at once: placed with its deadline already past.
+    let terms = p.reservation(Quantity::new(1).unwrap(), -10_000_000);
+    e.faults.lag_indexes(std::time::Duration::from_secs(2));
+    let a = order(&p, "a", 1);
+    assert_eq!(store.place(&a, &terms).await.unwrap(), Placement::Placed);
+    let due = |s: &DynamoStore| {
+        let s = s.clone();
+        async move { s.due(i64::MAX / 2, 10).await.unwrap().len() }
+    };
+    assert_eq!(due(&store).await, 0, "the index has not seen the order yet");
+    assert!(store.order(&a.request_id).await.unwrap().is_some());
+    let current = DynamoStore::new(&e.sdk_without_faults(), "flashsale");
+    assert_eq!(due(&current).await, 1);
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    assert_eq!(due(&store).await, 1, "caught up");
 }

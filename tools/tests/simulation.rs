@@ -2,15 +2,16 @@
 //! compensation, sweeper, and the order lifecycle: the payment webhook, the
 //! buyer's cancel, the expirer), the real Lua scripts in a simulated Redis,
 //! the real `DynamoStore` through the real AWS SDK on DynamoDB embedded in
-//! this process (tools::embedded), and a seeded scheduler that decides
+//! this process (shared::embedded), and a seeded scheduler that decides
 //! everything else: which task runs next, when a process dies (its future is
 //! dropped between two I/O calls), when Redis fails over and forgets its
 //! last writes, when a reply is lost or a script runs twice, when SQS
 //! delivers twice, late or out of order, when DynamoDB throttles, conflicts,
-//! holds a ledger shard, loses a reply or cannot be reached. At quiescence
-//! every invariant of the promise is checked; in calm seeds (contention
-//! only) every delivery must also decide its orders (liveness). A failing
-//! seed prints its trace and the command that replays it:
+//! holds a ledger shard, loses a reply, cannot be reached, or answers index
+//! queries from a past state. At quiescence every invariant of the promise
+//! is checked; in calm seeds (contention only) every delivery must also
+//! decide its orders (liveness). A failing seed prints its trace and the
+//! command that replays it:
 //!
 //! ```sh
 //! FLASHSALE_SIM_SEED=1234 cargo test -p flashsale-tools --test simulation -- --nocapture
@@ -76,11 +77,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Deadlines are judged by the simulation's one clock, Redis' own.
-struct SimClock(SimRedis);
+/// A function's clock: Redis' simulated time, off by this function's skew
+/// (each Lambda host keeps its own time).
+struct SimClock(SimRedis, i64);
 
 impl Clock for SimClock {
     fn now_ms(&self) -> i64 {
-        self.0.now_ms()
+        self.0.now_ms() + self.1
     }
 }
 
@@ -527,7 +530,12 @@ impl World {
             sold_out: SoldOutCache::new(Duration::ZERO),
             kill_switch: KillSwitchCache::new(Duration::from_secs(3600)),
         };
-        let clock = || Arc::new(SimClock(redis.clone()));
+        // Up to 1 s of skew between the functions' clocks, in stormy seeds.
+        let mut skews = fastrand::Rng::with_seed(seed.rotate_left(41));
+        let mut clock = || {
+            let skew = if calm { 0 } else { skews.i64(-1_000..=1_000) };
+            Arc::new(SimClock(redis.clone(), skew))
+        };
         let consumer = Consumer {
             gate: gate.clone(),
             store: store.clone(),
@@ -1176,6 +1184,13 @@ impl World {
                     let n = self.rng.usize(1..=2);
                     self.faults.lose_next_replies(n);
                     self.log(format!("DynamoDB loses the replies of its next {n} calls"));
+                }
+                52 if !self.calm => {
+                    // The secondary indexes fall behind the table (the due
+                    // index, live products, stock changes due), or catch up.
+                    let ms = self.rng.u64(0..=3_000);
+                    self.faults.lag_indexes(Duration::from_millis(ms));
+                    self.log(format!("DynamoDB's indexes lag {ms} ms behind"));
                 }
                 // A calm seed's faults are all contention.
                 28..=32 | 48..=51 if self.calm => self.hold_a_shard(),
