@@ -998,11 +998,22 @@ impl World {
                 let stats = stats.unwrap_or_default();
                 let book = truth.book(&product).await;
                 let ledger = book.shelf_units();
+                // Units being withdrawn stay off the shelf only while
+                // DynamoDB has not recorded their withdrawal; one it has is
+                // the sweep's to finish before its resync (hole D).
+                let taken = gate.withdrawals_taken(&product).await;
+                let clean = clean && taken.is_ok();
+                let mut unrecorded = 0;
+                for (change, _) in taken.unwrap_or_default() {
+                    if truth.stock_change(&change).await.ok().flatten().is_none() {
+                        unrecorded -= change.delta;
+                    }
+                }
                 Done::Healed {
                     what,
                     clean,
                     shelf: stats.stock_left,
-                    target: (ledger - stats.pending_units - stats.withdrawing).max(0),
+                    target: (ledger - stats.pending_units - unrecorded).max(0),
                     releasing: book.releasing,
                 }
             }),
