@@ -296,6 +296,11 @@ enum Done {
     Expired {
         ok: bool,
     },
+    /// An operator's control through the admin API.
+    Operator {
+        path: &'static str,
+        status: u16,
+    },
     /// An operator's stock change through the admin API.
     Stock {
         key: String,
@@ -526,9 +531,10 @@ impl World {
             queue: queue(false),
             store: store.clone(),
             insecure_user_from_body: true,
-            // Wall-clock based; the simulation's clock is Redis' own.
+            // Wall-clock based; the simulation's clock is Redis' own. Every
+            // buy reads the kill switch the operator may throw.
             sold_out: SoldOutCache::new(Duration::ZERO),
-            kill_switch: KillSwitchCache::new(Duration::from_secs(3600)),
+            kill_switch: KillSwitchCache::new(Duration::ZERO),
         };
         // Up to 1 s of skew between the functions' clocks, in stormy seeds.
         let mut skews = fastrand::Rng::with_seed(seed.rotate_left(41));
@@ -938,6 +944,42 @@ impl World {
         ));
     }
 
+    /// An operator pauses or resumes the sale, throws or lifts the kill
+    /// switch, or (rarely) ends the sale early.
+    fn spawn_operator(&mut self) {
+        let (path, body) = match self.rng.u32(0..20) {
+            0..=4 => ("/api/admin/products/p1/pause", r#"{"reason":"sim"}"#),
+            5..=9 => ("/api/admin/products/p1/resume", r#"{"reason":"sim"}"#),
+            10..=13 => (
+                "/api/admin/kill-switch",
+                r#"{"engaged":true,"reason":"sim"}"#,
+            ),
+            14..=18 => (
+                "/api/admin/kill-switch",
+                r#"{"engaged":false,"reason":"sim"}"#,
+            ),
+            _ => ("/api/admin/products/p1/end", r#"{"reason":"sim"}"#),
+        };
+        self.log(format!("operator: {path} {body}"));
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Body::from(body))
+            .expect("a valid request");
+        let admin = self.admin.clone();
+        self.alone = false;
+        self.tasks.push((
+            format!("operator {path}"),
+            Box::pin(async move {
+                Done::Operator {
+                    path,
+                    status: admin.handle(req).await.status().as_u16(),
+                }
+            }),
+        ));
+    }
+
     /// The expirer's schedule; overlapping runs are allowed (they are safe).
     fn spawn_expire(&mut self) {
         self.log("expire".into());
@@ -1099,6 +1141,14 @@ impl World {
                 }
             }
             Done::Expired { ok } => self.log(format!("expire done, clean={ok}")),
+            Done::Operator { path, status } => {
+                self.log(format!("operator: {path} -> {status}"));
+                // Done, or not recorded/applied yet (repeat the call).
+                if !matches!(status, 200 | 503) {
+                    self.violations
+                        .push(format!("operator's {path} answered {status}"));
+                }
+            }
             Done::Stock { key, status } => {
                 self.log(format!("stock change {key} -> {status}"));
                 if !matches!(status, 200 | 409 | 503) {
@@ -1154,18 +1204,34 @@ impl World {
                 25 => self.spawn_late_delivery(Which::Orders),
                 26..=27 => self.spawn_sweep(),
                 38 => self.spawn_rewarm(),
+                53 => self.spawn_operator(),
                 39..=41 => self.spawn_pay().await,
                 42 => self.spawn_cancel(),
                 45..=47 => self.spawn_stock_change(),
                 43..=44 => self.spawn_expire(),
                 28 if !self.calm => {
-                    // A failover that forgets the last acknowledged writes.
-                    let n = self.redis.lose_writes(self.rng.usize(1..=6));
+                    // A failover that forgets the last acknowledged writes:
+                    // of every shard at once, or of one shard (the product's,
+                    // or the kill switch's) while the others keep theirs.
+                    let writes = self.rng.usize(1..=6);
+                    let (n, shard) = match self.rng.u32(0..4) {
+                        0..=1 => (self.redis.lose_writes(writes), "every shard"),
+                        2 => {
+                            let key = self.gate.keys(&self.product).stats();
+                            let n = self.redis.lose_slot_writes(key.as_bytes(), writes);
+                            (n, "the product's shard")
+                        }
+                        _ => {
+                            let key = shared::redis::keys::kill_switch(NAMESPACE);
+                            let n = self.redis.lose_slot_writes(key.as_bytes(), writes);
+                            (n, "the kill switch's shard")
+                        }
+                    };
                     self.failovers += 1;
                     self.lost_writes += n;
                     lock(&self.queues).last_failover_at = self.redis.now_ms();
                     self.alone = false;
-                    self.log(format!("FAILOVER: Redis forgot its last {n} writes"));
+                    self.log(format!("FAILOVER of {shard}: back {n} writes"));
                 }
                 29..=30 if !self.calm && !self.tasks.is_empty() => {
                     let i = self.rng.usize(0..self.tasks.len());

@@ -47,6 +47,18 @@ pub enum Glitch {
 
 type GlitchFn = Box<dyn FnMut(&str) -> Glitch + Send>;
 
+/// What Redis Cluster hashes to pick a key's slot: the text between the
+/// first `{` and the next `}` when that is not empty, else the whole key.
+fn hash_tag(key: &[u8]) -> &[u8] {
+    let Some(open) = key.iter().position(|b| *b == b'{') else {
+        return key;
+    };
+    match key[open + 1..].iter().position(|b| *b == b'}') {
+        Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+        _ => key,
+    }
+}
+
 struct Db {
     keys: Keyspace,
     /// Keyspaces before each write, newest last: what a failover rolls back to.
@@ -568,6 +580,31 @@ impl SimRedis {
             db.keys = db.history[at].clone();
             db.history.truncate(at);
         }
+        n
+    }
+
+    /// A failover of the one shard serving `key`'s slot: its keys go back to
+    /// where they were `n` writes ago, every other slot's stay as they are
+    /// (a cluster fails over shard by shard). Returns how many writes back
+    /// that was. Afterwards the replicas have caught up.
+    pub fn lose_slot_writes(&self, key: &[u8], n: usize) -> usize {
+        let mut db = lock(&self.db);
+        let n = n.min(db.history.len());
+        if n == 0 {
+            return 0;
+        }
+        let slot = hash_tag(key).to_vec();
+        let past = db.history[db.history.len() - n].clone();
+        let in_slot = |k: &Vec<u8>| hash_tag(k) == slot.as_slice();
+        db.keys.data.retain(|k, _| !in_slot(k));
+        db.keys.expires.retain(|k, _| !in_slot(k));
+        for (k, v) in past.data.iter().filter(|(k, _)| in_slot(k)) {
+            db.keys.data.insert(k.clone(), v.clone());
+        }
+        for (k, t) in past.expires.iter().filter(|(k, _)| in_slot(k)) {
+            db.keys.expires.insert(k.clone(), *t);
+        }
+        db.history.clear();
         n
     }
 
