@@ -9,11 +9,12 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lambda_http::Request;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use shared::domain::{
@@ -38,7 +39,8 @@ pub struct Deduct<G, Q, S> {
 
 /// Per instance: the global kill switch as Redis last said, read again
 /// once it is older than `ttl`, so a thrown switch stops this instance
-/// within `ttl` without costing every request a round trip.
+/// within `ttl` without costing every request a round trip. Timed by
+/// tokio's clock (the wall clock in a Lambda), which the simulation moves.
 pub struct KillSwitchCache {
     ttl: Duration,
     last: Mutex<Option<(Instant, bool)>>,

@@ -755,7 +755,9 @@ impl ControlGate for RedisGate {
         let mut pipe = redis::pipe();
         for chunk in add.chunks(500) {
             let pairs: Vec<(&str, i64)> = chunk.iter().map(|(u, t)| (u.as_str(), *t)).collect();
-            pipe.hset_multiple(&deny, &pairs).ignore();
+            // HSET, not redis-rs' hset_multiple: that sends HMSET,
+            // deprecated since Redis 4 (and not simulated).
+            pipe.cmd("HSET").arg(&deny).arg(&pairs).ignore();
         }
         for chunk in remove.chunks(500) {
             let users: Vec<&str> = chunk.iter().map(UserId::as_str).collect();

@@ -46,6 +46,7 @@ pub enum Glitch {
 }
 
 type GlitchFn = Box<dyn FnMut(&str) -> Glitch + Send>;
+type WatchFn = Box<dyn FnMut(&RedisResult<Value>) + Send>;
 
 /// What Redis Cluster hashes to pick a key's slot: the text between the
 /// first `{` and the next `}` when that is not empty, else the whole key.
@@ -66,6 +67,7 @@ struct Db {
     scripts: HashMap<String, String>,
     now_ms: i64,
     glitch: Option<GlitchFn>,
+    watch: Option<WatchFn>,
 }
 
 /// Cheap to clone: clones share one keyspace.
@@ -512,6 +514,7 @@ impl SimRedis {
             scripts: HashMap::new(),
             now_ms,
             glitch: None,
+            watch: None,
         }));
         let lua = Lua::new();
         if let Err(e) = Self::install_api(&lua, db.clone()) {
@@ -568,6 +571,12 @@ impl SimRedis {
     /// Decides, per command name, what the connection does wrong.
     pub fn set_glitches(&self, f: impl FnMut(&str) -> Glitch + Send + 'static) {
         lock(&self.db).glitch = Some(Box::new(f));
+    }
+
+    /// Sees every reply as the server sends it (before any glitch loses
+    /// it): what a test cannot tell from the caller's answer alone.
+    pub fn watch_replies(&self, f: impl FnMut(&RedisResult<Value>) + Send + 'static) {
+        lock(&self.db).watch = Some(Box::new(f));
     }
 
     /// A failover to a replica that missed the last `n` writes; returns how
@@ -660,6 +669,9 @@ impl SimRedis {
             if db.history.len() > HISTORY {
                 db.history.remove(0);
             }
+        }
+        if let Some(watch) = db.watch.as_mut() {
+            watch(&reply);
         }
         reply
     }
