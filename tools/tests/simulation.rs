@@ -281,7 +281,6 @@ enum Done {
         status: u16,
         request_id: Option<String>,
         error: Option<String>,
-        shelf: i64,
         /// The buyer was on the deny list when they asked (as answered).
         denied: bool,
         /// When they asked (tokio's clock, the deduct caches').
@@ -324,6 +323,7 @@ enum Done {
     /// the shelf shows afterwards against what it should.
     Healed {
         what: &'static str,
+        started: tokio::time::Instant,
         clean: bool,
         due: ShelfDue,
     },
@@ -344,6 +344,14 @@ impl ShelfDue {
     fn holds(&self) -> bool {
         (self.target..=self.target + self.releasing).contains(&self.shelf)
     }
+}
+
+/// A stretch in which the shelf held fewer units than it should: since
+/// when, how many, and how many whole sweeps ran during it.
+struct Hidden {
+    since: tokio::time::Instant,
+    units: i64,
+    sweeps: u32,
 }
 
 /// Reads Redis' counters, then DynamoDB; None when a read fails (a glitch
@@ -550,8 +558,8 @@ struct World {
     /// said sold out (tokio's clock, which the cache reads).
     sold_out_ttl: Duration,
     sold_out_at: Arc<Mutex<Option<tokio::time::Instant>>>,
-    /// A genuine sold-out answer to check against the books.
-    refusal_to_check: Option<usize>,
+    /// Units off the shelf that the ledger holds for it (calm seeds).
+    hidden: Option<Hidden>,
 }
 
 const NAMESPACE: &str = "sim";
@@ -730,7 +738,7 @@ impl World {
             ended: false,
             sold_out_ttl,
             sold_out_at,
-            refusal_to_check: None,
+            hidden: None,
         }
     }
 
@@ -804,8 +812,6 @@ impl World {
         self.log(format!("buy u{user} qty={qty} key={key:?}"));
         let denied = self.denied.contains(&user);
         let d = self.deduct.clone();
-        let redis = self.redis.clone();
-        let stock_key = self.gate.keys(&self.product).stock();
         let body = format!(r#"{{"product_id":"p1","quantity":{qty},"user_id":"u{user}"}}"#);
         let mut req = http::Request::builder()
             .method("POST")
@@ -823,17 +829,12 @@ impl World {
             let resp = d.handle(req).await;
             let json: serde_json::Value =
                 serde_json::from_slice(resp.body().as_ref()).unwrap_or_default();
-            let shelf = match redis.command(&[b"GET", stock_key.as_bytes()]) {
-                Ok(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).parse().unwrap_or(0),
-                _ => 0,
-            };
             Done::Buy {
                 user,
                 key,
                 status: resp.status().as_u16(),
                 request_id: json["request_id"].as_str().map(str::to_owned),
                 error: json["error"].as_str().map(str::to_owned),
-                shelf,
                 denied,
                 asked,
             }
@@ -1158,6 +1159,7 @@ impl World {
     fn spawn_healer(&mut self, what: &'static str, work: impl Future<Output = bool> + 'static) {
         let (gate, truth, product) = (self.gate.clone(), self.truth.clone(), self.product.clone());
         self.alone = self.tasks.is_empty();
+        let started = tokio::time::Instant::now();
         self.tasks.push((
             what.into(),
             Box::pin(async move {
@@ -1166,11 +1168,13 @@ impl World {
                 match shelf_due(&gate, &truth, &product).await {
                     Some(due) => Done::Healed {
                         what,
+                        started,
                         clean,
                         due,
                     },
                     None => Done::Healed {
                         what,
+                        started,
                         clean: false,
                         due: ShelfDue::default(),
                     },
@@ -1187,7 +1191,6 @@ impl World {
                 status,
                 request_id,
                 error,
-                shelf,
                 denied,
                 asked,
             } => {
@@ -1208,9 +1211,6 @@ impl World {
                     self.uncertain.insert(format!("u{user}"));
                 }
                 if error.as_deref() == Some("sold_out") {
-                    if shelf == 0 {
-                        self.refusal_to_check = Some(user);
-                    }
                     // Redis said so, or the instance's cache remembers it
                     // did within its TTL before the buyer asked.
                     if lock(&self.sold_out_at).is_none_or(|at| at + self.sold_out_ttl < asked) {
@@ -1311,7 +1311,12 @@ impl World {
                 }
                 self.stock_answers.entry(key).or_default().push(status);
             }
-            Done::Healed { what, clean, due } => {
+            Done::Healed {
+                what,
+                started,
+                clean,
+                due,
+            } => {
                 self.log(format!(
                     "{what} done: shelf {}, ledger - pending {}",
                     due.shelf, due.target
@@ -1325,29 +1330,44 @@ impl World {
                         due.shelf, due.target
                     ));
                 }
+                // The liveness bound: a unit the ledger holds for sale is
+                // back on the shelf by the second whole sweep after it left,
+                // whatever else runs meanwhile.
+                if let Some(h) = &mut self.hidden
+                    && what == "sweep"
+                    && clean
+                    && started >= h.since
+                {
+                    h.sweeps += 1;
+                    if h.sweeps == 2 {
+                        let (units, secs) = (h.units, (started - h.since).as_secs());
+                        self.violations.push(format!(
+                            "{units} units the ledger holds for sale stayed off the shelf through two sweeps ({secs} s and more) while the sale went on"
+                        ));
+                    }
+                }
             }
         }
     }
 
-    /// Liveness at a refusal: in a calm seed, a buyer told sold out while
-    /// nothing that moves units is in flight (only buys and payments) finds
-    /// every unit the ledger holds for the shelf on it: the bound on a unit
-    /// neither sold nor on sale is the call that moves it, not a sweep.
-    async fn no_units_hidden_from(&mut self, user: usize) {
-        let quiet = self
-            .tasks
-            .iter()
-            .all(|(name, _)| name.starts_with("buy") || name.starts_with("pay"));
-        if !self.calm || self.ended || !quiet {
+    /// In a calm seed, whether the shelf holds fewer units than the ledger
+    /// holds for it (less pending requests and withdrawals in flight), and
+    /// since when: read after every step, so no stretch goes unseen.
+    async fn watch_shelf(&mut self) {
+        if !self.calm || self.ended {
             return;
         }
-        if let Some(due) = shelf_due(&self.gate, &self.truth, &self.product).await
-            && !due.holds()
-        {
-            self.violations.push(format!(
-                "u{user} was told sold out with the shelf at {} though the ledger holds {} units for it",
-                due.shelf, due.target
-            ));
+        let Some(due) = shelf_due(&self.gate, &self.truth, &self.product).await else {
+            return;
+        };
+        if due.shelf >= due.target {
+            self.hidden = None;
+        } else if self.hidden.is_none() {
+            self.hidden = Some(Hidden {
+                since: tokio::time::Instant::now(),
+                units: due.target - due.shelf,
+                sweeps: 0,
+            });
         }
     }
 
@@ -1366,10 +1386,8 @@ impl World {
         if let Poll::Ready(done) = polled {
             drop(self.tasks.swap_remove(i));
             self.finish(done);
-            if let Some(user) = self.refusal_to_check.take() {
-                self.no_units_hidden_from(user).await;
-            }
         }
+        self.watch_shelf().await;
         // Lets the consumer's in-process retries (tokio sleeps) move on.
         self.pass(25).await;
     }
