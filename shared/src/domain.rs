@@ -177,6 +177,31 @@ impl RequestId {
     }
 }
 
+/// Where the ids of requests without an Idempotency-Key come from.
+pub enum RequestIds {
+    /// Time-ordered v7 UUIDs: what the functions use.
+    Random,
+    /// A seeded sequence, so that a simulation seed replays exactly.
+    Seeded(std::sync::Mutex<fastrand::Rng>),
+}
+
+impl RequestIds {
+    pub fn seeded(seed: u64) -> Self {
+        Self::Seeded(std::sync::Mutex::new(fastrand::Rng::with_seed(seed)))
+    }
+
+    pub fn fresh(&self, product: &ProductId) -> RequestId {
+        match self {
+            Self::Random => RequestId::new(product),
+            Self::Seeded(rng) => {
+                let bits = rng.lock().unwrap_or_else(|e| e.into_inner()).u128(..);
+                let id = uuid::Builder::from_random_bytes(bits.to_le_bytes()).into_uuid();
+                RequestId::with_uuid(product, id)
+            }
+        }
+    }
+}
+
 impl TryFrom<String> for RequestId {
     type Error = ValidationError;
     fn try_from(value: String) -> Result<Self, Self::Error> {

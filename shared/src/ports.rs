@@ -380,6 +380,10 @@ pub enum PaymentWrite {
 /// keep it NTP-synchronised); a port so tests and the simulation move it.
 pub trait Clock: Send + Sync {
     fn now_ms(&self) -> i64;
+
+    fn now(&self) -> time::OffsetDateTime {
+        crate::domain::from_unix_ms(self.now_ms())
+    }
 }
 
 pub struct SystemClock;

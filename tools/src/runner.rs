@@ -165,6 +165,7 @@ impl App {
                 insecure_user_from_body: cfg.insecure_user_from_body,
                 sold_out: deduct::SoldOutCache::new(cfg.sold_out_cache),
                 kill_switch: deduct::KillSwitchCache::new(cfg.kill_switch_cache),
+                ids: shared::domain::RequestIds::Random,
             },
             status: OrderStatusApi {
                 gate: gate.clone(),
@@ -177,6 +178,7 @@ impl App {
                 gate: gate.clone(),
                 store: store.clone(),
                 token: cfg.admin_token.clone(),
+                clock: Arc::new(SystemClock),
             },
             consumer: Consumer {
                 gate: gate.clone(),

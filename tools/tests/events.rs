@@ -39,6 +39,7 @@ async fn deduct_buy_takes_the_buyer_from_the_jwt() {
         insecure_user_from_body: false,
         sold_out: deduct::SoldOutCache::new(std::time::Duration::from_secs(1)),
         kill_switch: deduct::KillSwitchCache::new(std::time::Duration::from_secs(1)),
+        ids: shared::domain::RequestIds::Random,
     };
     let resp = d.handle(http("deduct-buy.json")).await;
     assert_eq!(resp.status().as_u16(), 202, "{}", body(&resp));
@@ -85,6 +86,7 @@ async fn admin_events_create_warm_and_report() {
         gate: FakeGate::default(),
         store: shared::fakes::store().await.0,
         token: Some("change-me-admin-token".into()),
+        clock: std::sync::Arc::new(shared::ports::SystemClock),
     };
     let resp = admin.handle(http("admin-create-product.json")).await;
     assert_eq!(resp.status().as_u16(), 201, "{}", body(&resp));

@@ -37,7 +37,6 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_http::{Body, http};
-use time::OffsetDateTime;
 
 use compensation::Compensation;
 use deduct::{Deduct, KillSwitchCache, SoldOutCache};
@@ -49,7 +48,7 @@ use payment_webhook::Webhook;
 use shared::aws::DynamoStore;
 use shared::domain::{
     IdempotencyKey, Ledger, OrderMessage, OrderStatus, Product, ProductId, RateLimit, RateLimits,
-    RequestId, StockChangeRecord, UserId,
+    RequestId, RequestIds, StockChangeRecord, UserId,
 };
 use shared::error::InfraError;
 use shared::faults::FaultPlan;
@@ -563,13 +562,20 @@ struct World {
 }
 
 const NAMESPACE: &str = "sim";
+/// Where simulated time starts: any fixed instant, since every function
+/// reads the simulated clocks, so that a seed replays exactly.
+const EPOCH_MS: i64 = 1_767_225_600_000;
 const ADMIN_TOKEN: &str = "sim-admin-token-0123";
 
 impl World {
-    fn new(seed: u64, embedded: Embedded, store: Arc<DynamoStore>, truth: Arc<DynamoStore>) -> Self {
+    fn new(
+        seed: u64,
+        embedded: Embedded,
+        store: Arc<DynamoStore>,
+        truth: Arc<DynamoStore>,
+    ) -> Self {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let start = OffsetDateTime::now_utc().unix_timestamp() * 1000;
-        let redis = SimRedis::new(start);
+        let redis = SimRedis::new(EPOCH_MS);
         let gate = RedisGate::simulated(redis.clone(), NAMESPACE);
         let stock = rng.i64(1..=8);
         let limit = rng.u32(1..=3);
@@ -632,6 +638,7 @@ impl World {
             kill_switch: KillSwitchCache::new(
                 shared::config::kill_switch_cache().expect("the default period"),
             ),
+            ids: RequestIds::seeded(seed.rotate_left(7)),
         };
         // Up to 1 s of skew between the functions' clocks, in stormy seeds.
         let mut skews = fastrand::Rng::with_seed(seed.rotate_left(41));
@@ -678,6 +685,7 @@ impl World {
             gate: gate.clone(),
             store: store.clone(),
             token: Some(ADMIN_TOKEN.into()),
+            clock: clock(),
         });
         let sweeper = Sweeper {
             gate: gate.clone(),
@@ -761,7 +769,7 @@ impl World {
     }
 
     async fn warm(&mut self) {
-        let now = time::OffsetDateTime::now_utc();
+        let now = shared::domain::from_unix_ms(self.redis.now_ms());
         let p = Product {
             product_id: self.product.clone(),
             name: "sim".into(),
@@ -1055,8 +1063,16 @@ impl World {
         let user = self.rng.usize(0..self.users);
         let deny = format!("/api/admin/deny-list/u{user}");
         let (method, path, body) = match self.rng.u32(0..28) {
-            0..=4 => ("POST", "/api/admin/products/p1/pause".into(), r#"{"reason":"sim"}"#),
-            5..=9 => ("POST", "/api/admin/products/p1/resume".into(), r#"{"reason":"sim"}"#),
+            0..=4 => (
+                "POST",
+                "/api/admin/products/p1/pause".into(),
+                r#"{"reason":"sim"}"#,
+            ),
+            5..=9 => (
+                "POST",
+                "/api/admin/products/p1/resume".into(),
+                r#"{"reason":"sim"}"#,
+            ),
             10..=13 => (
                 "POST",
                 "/api/admin/kill-switch".into(),
@@ -1074,7 +1090,11 @@ impl World {
                 self.denied.remove(&user);
                 ("DELETE", deny.clone(), r#"{"reason":"sim"}"#)
             }
-            _ => ("POST", "/api/admin/products/p1/end".into(), r#"{"reason":"sim"}"#),
+            _ => (
+                "POST",
+                "/api/admin/products/p1/end".into(),
+                r#"{"reason":"sim"}"#,
+            ),
         };
         // Which of this buyer's deny-list calls this is: only the last one
         // called decides what the list says.
@@ -1207,7 +1227,12 @@ impl World {
                     self.promised.insert(id.clone());
                     self.buyer_of.insert(id.clone(), user);
                 }
-                if status >= 500 {
+                // A 5xx whose outcome is unknown (a lost reply, a send
+                // that may yet go out); a paused sale or the kill switch is
+                // a certain no.
+                let refused =
+                    matches!(error.as_deref(), Some("sale_paused" | "admissions_stopped"));
+                if status >= 500 && !refused {
                     self.uncertain.insert(format!("u{user}"));
                 }
                 if error.as_deref() == Some("sold_out") {

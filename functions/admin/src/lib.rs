@@ -10,6 +10,8 @@
 //! - `GET /api/admin/deny-list`, `PUT|DELETE /api/admin/deny-list/{user}`
 //!   `{"reason","until"?}`: buyers every sale refuses (403 `buyer_blocked`).
 
+use std::sync::Arc;
+
 use lambda_http::Request;
 use lambda_http::http::Method;
 use serde_json::json;
@@ -19,11 +21,13 @@ use serde::Serialize;
 use shared::deny::DenyList;
 use shared::domain::{
     AuditEntry, Control, Controlled, Denial, IdempotencyKey, Ledger, Product, ProductId,
-    ProductStats, StockChange, UserId, unix_ms,
+    ProductStats, StockChange, UserId,
 };
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::ledger;
-use shared::ports::{Catalogue, ControlGate, ControlStore, SaleGate, ShelfGate, StockLedger, Warm};
+use shared::ports::{
+    Catalogue, Clock, ControlGate, ControlStore, SaleGate, ShelfGate, StockLedger, Warm,
+};
 use shared::stock;
 
 #[derive(Serialize)]
@@ -43,6 +47,8 @@ pub struct Admin<G, S> {
     pub store: S,
     /// `FLASHSALE_ADMIN_TOKEN`; when unset every admin call is refused.
     pub token: Option<String>,
+    /// Audit times, a sale's end, deny-list expiries.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Who is calling: the IAM caller API Gateway authorised; else the admin
@@ -66,6 +72,7 @@ fn audit_entry(
     req: &Request,
     product_id: Option<&ProductId>,
     action: &str,
+    now: time::OffsetDateTime,
 ) -> Result<AuditEntry, ApiError> {
     #[derive(serde::Deserialize)]
     struct Body {
@@ -80,7 +87,7 @@ fn audit_entry(
     }
     Ok(AuditEntry {
         product_id: product_id.cloned(),
-        at: time::OffsetDateTime::now_utc(),
+        at: now,
         actor: actor(req),
         action: action.to_owned(),
         reason: reason.to_owned(),
@@ -226,7 +233,7 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
                 stock::heal_shelf(&self.gate, &self.store, id).await?;
                 // The deny list travels with the sale (admit.lua reads it
                 // in the sale's slot); the sweeper keeps it in line after.
-                let now = unix_ms(time::OffsetDateTime::now_utc());
+                let now = self.clock.now_ms();
                 DenyList::read(&self.store, now)
                     .await?
                     .sync(&self.gate, &self.store, id)
@@ -253,7 +260,7 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
         id: &ProductId,
         control: Control,
     ) -> Result<HttpResponse, ApiError> {
-        let entry = audit_entry(req, Some(id), control.as_str())?;
+        let entry = audit_entry(req, Some(id), control.as_str(), self.clock.now())?;
         let reason = entry.reason.as_str();
         // The product's item is the stock ledger's too: a transaction
         // conflict with the sale is retried here, when a pause matters most.
@@ -307,7 +314,12 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
         } else {
             "withdraw_stock"
         };
-        let entry = audit_entry(req, Some(id), &format!("{action} {}", change.units()))?;
+        let entry = audit_entry(
+            req,
+            Some(id),
+            &format!("{action} {}", change.units()),
+            self.clock.now(),
+        )?;
         let unfinished = |e: shared::error::InfraError| {
             ApiError::from(e).with_message(
                 "the change may be part done: repeat the call with the same Idempotency-Key (it is safe), or the next sweep finishes it",
@@ -356,7 +368,7 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
         } else {
             "resume_admissions"
         };
-        let entry = audit_entry(req, None, action)?;
+        let entry = audit_entry(req, None, action, self.clock.now())?;
         let (switch, changed) = shared::retry::transient(shared::retry::Backoff::DEFAULT, || {
             self.store.switch_admissions(body.engaged, &entry)
         })
@@ -384,6 +396,7 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
             req,
             None,
             &format!("{} {user}", if put { "deny" } else { "allow" }),
+            self.clock.now(),
         )?;
         let denial = if put {
             #[derive(serde::Deserialize)]
@@ -481,6 +494,7 @@ mod tests {
             gate: FakeGate::default(),
             store: shared::fakes::store().await.0,
             token: Some("s3cret".into()),
+            clock: Arc::new(shared::ports::SystemClock),
         }
     }
 

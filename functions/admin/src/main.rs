@@ -8,6 +8,7 @@ async fn main() -> Result<(), Error> {
         gate: env.gate().await?,
         store: env.store(),
         token: env.admin_token().await?,
+        clock: std::sync::Arc::new(shared::ports::SystemClock),
     };
     let admin = &admin;
     env.run_http(move |req: Request| admin.handle(req)).await

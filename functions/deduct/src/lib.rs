@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use shared::domain::{
     Admission, IdempotencyKey, MAX_QUANTITY, OrderMessage, OrderStatus, ProductId, Purchase,
-    Quantity, Refusal, RequestId, UserId,
+    Quantity, Refusal, RequestId, RequestIds, UserId,
 };
 use shared::error::ValidationError;
 use shared::http::{self as api, ApiError, HttpResponse};
@@ -35,6 +35,8 @@ pub struct Deduct<G, Q, S> {
     pub insecure_user_from_body: bool,
     pub sold_out: SoldOutCache,
     pub kill_switch: KillSwitchCache,
+    /// Ids of requests without an Idempotency-Key.
+    pub ids: RequestIds,
 }
 
 /// Per instance: the global kill switch as Redis last said, read again
@@ -126,7 +128,7 @@ fn one() -> u64 {
 }
 
 /// A validated buy request, or the 4xx refusal explaining what is wrong.
-fn parse(req: &Request, insecure: bool) -> Result<Purchase, ApiError> {
+fn parse(req: &Request, insecure: bool, ids: &RequestIds) -> Result<Purchase, ApiError> {
     let body: BuyBody = api::json_body(
         req,
         r#"a JSON object like {"product_id":"p42","quantity":1}"#,
@@ -146,7 +148,7 @@ fn parse(req: &Request, insecure: bool) -> Result<Purchase, ApiError> {
         .transpose()?;
     let request_id = match &idempotency_key {
         Some(key) => RequestId::derived(&product_id, &user_id, key),
-        None => RequestId::new(&product_id),
+        None => ids.fresh(&product_id),
     };
     Ok(Purchase {
         request_id,
@@ -185,7 +187,7 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook> Deduct<G, Q, S
     }
 
     async fn answer(&self, req: Request) -> HttpResponse {
-        let purchase = match parse(&req, self.insecure_user_from_body) {
+        let purchase = match parse(&req, self.insecure_user_from_body, &self.ids) {
             Ok(p) => p,
             Err(refusal) => {
                 metrics::counter!("flashsale_rejected_total", "reason" => refusal.code)
@@ -408,6 +410,7 @@ mod tests {
             insecure_user_from_body: insecure,
             sold_out: SoldOutCache::new(Duration::from_secs(60)),
             kill_switch: KillSwitchCache::new(Duration::ZERO),
+            ids: RequestIds::Random,
         };
         (d, faults)
     }
@@ -593,7 +596,7 @@ mod tests {
             (503, Some("admissions_stopped"))
         );
         // The request "k1" was admitted before the switch.
-        let first = parse(&keyed("k1"), true).unwrap();
+        let first = parse(&keyed("k1"), true, &RequestIds::Random).unwrap();
         d.gate.put_request(shared::fakes::view(
             &OrderMessage::new(&first, 5, 10),
             OrderStatus::Placed,
@@ -826,7 +829,7 @@ mod tests {
         assert_eq!(status, 410);
         assert_eq!(d.gate.purchases.lock().unwrap().len(), 1);
         // A keyed request Redis holds is a replay: the script answers it.
-        let first = parse(&keyed(body, "k-1"), true).unwrap();
+        let first = parse(&keyed(body, "k-1"), true, &RequestIds::Random).unwrap();
         d.gate.put_request(shared::fakes::view(
             &OrderMessage::new(&first, 5, 10),
             OrderStatus::Pending,

@@ -13,6 +13,7 @@ async fn main() -> Result<(), Error> {
         insecure_user_from_body: config::insecure_user_from_body(),
         sold_out: deduct::SoldOutCache::new(config::sold_out_cache()?),
         kill_switch: deduct::KillSwitchCache::new(config::kill_switch_cache()?),
+        ids: shared::domain::RequestIds::Random,
     };
     // All three, each on its own: a dead Redis must not keep the SDK
     // clients cold.

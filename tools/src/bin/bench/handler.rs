@@ -110,6 +110,7 @@ pub(super) async fn sold_out_short_circuit(args: &Args, gate: &RedisGate) -> Res
     let cached = Deduct {
         sold_out: SoldOutCache::new(Duration::from_secs(600)),
         kill_switch: KillSwitchCache::new(Duration::from_millis(500)),
+        ids: shared::domain::RequestIds::Random,
         ..deduct(gate, Discard)
     };
     let uncached = deduct(gate, Discard);

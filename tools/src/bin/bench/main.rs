@@ -285,6 +285,7 @@ fn deduct<Q>(gate: &RedisGate, queue: Q) -> Deduct<RedisGate, Q, DynamoStore> {
         insecure_user_from_body: true,
         sold_out: SoldOutCache::new(Duration::ZERO),
         kill_switch: KillSwitchCache::new(Duration::from_millis(500)),
+        ids: shared::domain::RequestIds::Random,
     }
 }
 
