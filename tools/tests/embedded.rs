@@ -72,6 +72,82 @@ async fn writes_whose_replies_were_lost_land_once() {
     );
 }
 
+/// The same writes with the SDK's retries off: each lost reply reaches
+/// the caller as a transient error although the write committed, and the
+/// caller's repeat (a new call, as a redelivery makes) is answered as the
+/// repeat of a committed write, never applied twice.
+#[tokio::test]
+async fn a_write_whose_reply_was_lost_is_an_error_and_its_repeat_finds_it_done() {
+    let (e, _) = store().await;
+    let sdk = e
+        .sdk()
+        .into_builder()
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .build();
+    let store = DynamoStore::new(&sdk, "flashsale");
+    let p = product("once", 4, 2);
+    assert!(store.create_product(&p).await.unwrap());
+    let lost = |e: &Embedded| e.faults.lose_next_replies(1);
+
+    let terms = p.reservation(Quantity::new(1).unwrap(), 0);
+    let (a, b) = (order(&p, "a", 1), order(&p, "b", 1));
+    for o in [&a, &b] {
+        lost(&e);
+        let err = store.place(o, &terms).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert_eq!(
+            store.place(o, &terms).await.unwrap(),
+            Placement::Exists(OrderStatus::Placed)
+        );
+    }
+
+    let paid = store.order(&a.request_id).await.unwrap().unwrap();
+    let event = payment(&paid, "evt-once-1");
+    lost(&e);
+    assert!(
+        store
+            .pay(&paid, &event, 0)
+            .await
+            .unwrap_err()
+            .is_transient()
+    );
+    assert_eq!(
+        store.pay(&paid, &event, 0).await.unwrap(),
+        PaymentWrite::EventExists
+    );
+
+    let released = store.order(&b.request_id).await.unwrap().unwrap();
+    lost(&e);
+    let err = store.release(&released, OrderStatus::Cancelled, 0).await;
+    assert!(err.unwrap_err().is_transient());
+    assert_eq!(
+        store
+            .release(&released, OrderStatus::Cancelled, 0)
+            .await
+            .unwrap(),
+        Transition::Refused(OrderStatus::Cancelled)
+    );
+
+    let (change, entry) = stock_change(&p, "w1", -1);
+    lost(&e);
+    assert!(
+        store
+            .change_stock(&change, &entry)
+            .await
+            .unwrap_err()
+            .is_transient()
+    );
+    let (rec, fresh) = store.change_stock(&change, &entry).await.unwrap().unwrap();
+    assert!(rec.applied && !fresh, "{rec:?} fresh={fresh}");
+
+    let l = store.ledger(&p.product_id).await.unwrap().unwrap();
+    assert_eq!(
+        (l.remaining, l.paid, l.released, l.withdrawn),
+        (2, 1, 1, 1),
+        "{l:?}"
+    );
+}
+
 /// A transaction refused for contention three times in a row (the SDK's
 /// own retries, then the adapter's) still places the order once.
 #[tokio::test(start_paused = true)]
