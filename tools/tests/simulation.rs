@@ -575,6 +575,9 @@ impl World {
         truth: Arc<DynamoStore>,
     ) -> Self {
         let mut rng = fastrand::Rng::with_seed(seed);
+        // The functions' own jitter (retry pauses) draws from this thread's
+        // generator: seeded too, so that a seed replays exactly.
+        fastrand::seed(seed);
         let redis = SimRedis::new(EPOCH_MS);
         let gate = RedisGate::simulated(redis.clone(), NAMESPACE);
         let stock = rng.i64(1..=8);
