@@ -32,6 +32,12 @@ use tokio::time::Instant;
 
 use crate::error::InfraError;
 
+// The errors DynamoDB answers, as the SDK decodes them.
+const CONFLICT: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionConflictException","message":"Transaction is ongoing for the item"}"#;
+const THROTTLED: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded"}"#;
+const FAILED: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"internal server error (injected)"}"#;
+const REPLY_LOST: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"the reply was lost (injected)"}"#;
+
 /// One in-memory DynamoDB; clones share it and its [`Faults`].
 #[derive(Clone)]
 pub struct Embedded {
@@ -413,8 +419,11 @@ impl HttpConnector for Connector {
             return match &self.others {
                 Some(others) => others.call(request),
                 None => HttpConnectorFuture::ready(Err(ConnectorError::user(
-                    format!("the embedded DynamoDB got a call for another service ({target:?})")
-                        .into(),
+                    format!(
+                        "the embedded DynamoDB got a call for another service ({target:?}): \
+                         build the client with Embedded::http_client(Some(<that service's client>))"
+                    )
+                    .into(),
                 ))),
             };
         };
@@ -430,45 +439,39 @@ impl HttpConnector for Connector {
                 .flatten();
             let (status, json) = match fault {
                 None => {
-                let lag = if faulty { embedded.faults.index_lag() } else { Duration::ZERO };
-                embedded.dispatch_lagging(&operation, &body, lag)
-            }
+                    let lag = if faulty {
+                        embedded.faults.index_lag()
+                    } else {
+                        Duration::ZERO
+                    };
+                    embedded.dispatch_lagging(&operation, &body, lag)
+                }
                 Some(Fault::Unreachable) => {
                     return Err(ConnectorError::io(
-                        "connection refused: the embedded DynamoDB is unreachable (injected)".into(),
+                        "connection refused: the embedded DynamoDB is unreachable (injected)"
+                            .into(),
                     ));
                 }
-                Some(Fault::Held(held)) if operation.starts_with("Transact") => {
-                    cancelled(held.iter().map(|h| if *h { "TransactionConflict" } else { "None" }))
-                }
-                Some(Fault::Held(_)) => (
-                    400,
-                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionConflictException","message":"Transaction is ongoing for the item"}"#.to_owned(),
+                Some(Fault::Held(held)) if operation.starts_with("Transact") => cancelled(
+                    held.iter()
+                        .map(|h| if *h { "TransactionConflict" } else { "None" }),
                 ),
+                Some(Fault::Held(_)) => (400, CONFLICT.to_owned()),
                 // As DynamoDB cancels a transaction that meets another in
                 // flight on its items (here: all of them).
                 Some(Fault::Refuse) if operation.starts_with("Transact") => {
                     let items = written_items(&operation, &body).map_or(1, |i| i.len());
                     cancelled(std::iter::repeat_n("TransactionConflict", items))
                 }
-                Some(Fault::Refuse) => (
-                    400,
-                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded"}"#.to_owned(),
-                ),
-                Some(Fault::Fail) => (
-                    500,
-                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"internal server error (injected)"}"#.to_owned(),
-                ),
+                Some(Fault::Refuse) => (400, THROTTLED.to_owned()),
+                Some(Fault::Fail) => (500, FAILED.to_owned()),
                 Some(Fault::LoseReply) => {
                     let _ = embedded.dispatch(&operation, &body);
-                    (
-                        500,
-                        r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"the reply was lost (injected)"}"#.to_owned(),
-                    )
+                    (500, REPLY_LOST.to_owned())
                 }
             };
-            let status = StatusCode::try_from(status)
-                .unwrap_or_else(|_| StatusCode::try_from(500).unwrap_or_else(|_| unreachable!()));
+            let status =
+                StatusCode::try_from(status).map_err(|e| ConnectorError::other(e.into(), None))?;
             let mut response = HttpResponse::new(status, SdkBody::from(json));
             response
                 .headers_mut()

@@ -1,5 +1,6 @@
 //! The ports: what handlers need from the outside world. Adapters implement
-//! them for Redis, SQS and DynamoDB; `fakes` implements them in memory.
+//! them for Redis, SQS and DynamoDB; `fakes` scripts Redis and SQS in
+//! memory for the handler tests, which run DynamoDB's adapter on `embedded`.
 
 use std::future::Future;
 
