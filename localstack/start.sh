@@ -2,7 +2,8 @@
 # Starts the docker-less local stack in $STACK_DIR (default ./.stack):
 # redis-server, LocalStack (SQS) and DynamoDB Local, each on a free loopback
 # port unless REDIS_PORT / LOCALSTACK_PORT / DDB_PORT are set. Writes
-# $STACK_DIR/env (source it to reach the stack) and one pid file per process;
+# $STACK_DIR/env (source it to reach the stack; Redis' password, new per
+# stack, is in it) and one pid file per process;
 # localstack/stop.sh stops them by PID.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -26,7 +27,14 @@ REDIS_PORT="${REDIS_PORT:-$(free_port)}"
 LOCALSTACK_PORT="${LOCALSTACK_PORT:-$(free_port)}"
 DDB_PORT="${DDB_PORT:-$(free_port)}"
 
+# A password per stack: Redis also listens on the Docker bridge for the
+# functions' containers (sam local, LocalStack), where any container on the
+# engine could reach it. Clients get it in the URL; redis-cli from
+# REDISCLI_AUTH.
+REDIS_PASSWORD="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+export REDISCLI_AUTH="$REDIS_PASSWORD"
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+  --requirepass "$REDIS_PASSWORD" \
   --daemonize no --dir "$STACK_DIR" >"$STACK_DIR/redis.log" 2>&1 &
 echo $! >"$STACK_DIR/redis.pid"
 
@@ -61,7 +69,8 @@ wait_for localstack sh -c "curl -fsS http://127.0.0.1:$LOCALSTACK_PORT/_localsta
 wait_for dynamodb sh -c "curl -s -o /dev/null http://127.0.0.1:$DDB_PORT/"
 
 cat >"$STACK_DIR/env" <<ENV
-export FLASHSALE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export FLASHSALE_REDIS_URL=redis://:$REDIS_PASSWORD@127.0.0.1:$REDIS_PORT
+export REDISCLI_AUTH=$REDIS_PASSWORD
 export AWS_ENDPOINT_URL_SQS=http://127.0.0.1:$LOCALSTACK_PORT
 export AWS_ENDPOINT_URL_SSM=http://127.0.0.1:$LOCALSTACK_PORT
 export AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$DDB_PORT

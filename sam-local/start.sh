@@ -62,7 +62,8 @@ real="public.ecr.aws/lambda/provided:al2023-$arch"
 # This machine's Debian release, so host-built binaries find their glibc.
 suite="$( . /etc/os-release 2>/dev/null; [ "${ID:-}" = debian ] && echo "${VERSION_CODENAME:-}" )"
 suite="${suite:-bookworm}"
-stand_in="flashsale/lambda-stand-in:$suite"
+# -r2: / is 0755 (r1 images had 0700).
+stand_in="flashsale/lambda-stand-in:$suite-r2"
 invoke_image=()
 if docker image inspect "$real" >/dev/null 2>&1 || timeout 120 docker pull -q "$real" >/dev/null 2>&1; then
   base=real
@@ -70,11 +71,14 @@ else
   base=stand-in
   invoke_image=(--invoke-image "$stand_in")
   if ! docker image inspect "$stand_in" >/dev/null 2>&1; then
-    cache="$FLASHSALE_HOME/lambda-stand-in-$suite-$arch.tar"
+    cache="$FLASHSALE_HOME/lambda-stand-in-$suite-r2-$arch.tar"
     if [ ! -f "$cache" ]; then
       command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
       log "$real cannot be pulled; building a stand-in from Debian $suite (once, cached in $cache)"
       rootfs="$(mktemp -d -t flashsale-rootfs.XXXXXX)"
+      # mktemp makes it 0700, which would become the image's / : a
+      # function's sandbox user could not then read /proc.
+      chmod 755 "$rootfs"
       debootstrap --variant=minbase --include=ca-certificates "$suite" "$rootfs" \
         http://deb.debian.org/debian >"$STACK_DIR/debootstrap.log" 2>&1 \
         || { tail -n 20 "$STACK_DIR/debootstrap.log" >&2; rm -rf "$rootfs"; exit 1; }
@@ -106,10 +110,9 @@ gw="$(docker network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}}
 [ -n "$gw" ] || gw="$(ip -4 -o addr show docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1 || true)"
 [ -n "$gw" ] || { log "no Docker bridge gateway found (docker network inspect bridge; ip addr show docker0)"; exit 1; }
 # Redis listens there too, for the containers (LocalStack's gateway and
-# DynamoDB Local listen on every address already: ss -ltnp). Local only: no
-# password, so anything that reaches the bridge reaches this stack's Redis.
+# DynamoDB Local listen on every address already: ss -ltnp), behind the
+# stack's password (in FLASHSALE_REDIS_URL; REDISCLI_AUTH for redis-cli).
 redis-cli -p "$REDIS_PORT" config set bind "127.0.0.1 $gw" >/dev/null
-redis-cli -p "$REDIS_PORT" config set protected-mode no >/dev/null
 (
   for v in FLASHSALE_REDIS_URL AWS_ENDPOINT_URL_SQS AWS_ENDPOINT_URL_DYNAMODB \
            AWS_ENDPOINT_URL_SSM FLASHSALE_ORDERS_QUEUE_URL; do

@@ -105,7 +105,12 @@ pub(super) async fn redis_benchmark(
         &ip_spec,
         "0",
     ];
+    // The stack's Redis has a password (REDISCLI_AUTH, from its env).
+    let auth: Vec<String> = std::env::var("REDISCLI_AUTH")
+        .map(|pw| vec!["-a".to_owned(), pw])
+        .unwrap_or_default();
     let out = Command::new("redis-benchmark")
+        .args(&auth)
         .args(cmd_args)
         .output()
         .context("running redis-benchmark (apt install redis-tools)")?;
