@@ -62,9 +62,17 @@ fn free_port() -> Result<u16> {
     bail!("no free port pair (port, port + 10000) on loopback")
 }
 
+/// redis-cli for this cluster's servers, which have no password: the
+/// stack's (REDISCLI_AUTH, in its env) would make every call fail.
+fn redis_cli() -> Command {
+    let mut cli = Command::new("redis-cli");
+    cli.env_remove("REDISCLI_AUTH");
+    cli
+}
+
 /// `redis-cli -p <port> <args…>`, its stdout.
 pub fn cli(port: u16, args: &[&str]) -> Result<String> {
-    let out = Command::new("redis-cli")
+    let out = redis_cli()
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()
@@ -212,7 +220,7 @@ impl RedisCluster {
             })
             .with_context(|| format!("redis-server on :{} did not answer", n.port))?;
         }
-        let mut create = Command::new("redis-cli");
+        let mut create = redis_cli();
         create.args(["--cluster", "create"]);
         for n in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", n.port));
@@ -377,7 +385,7 @@ impl RedisCluster {
 /// A hash field as a number (0 when absent); on a replica, with READONLY.
 fn hash_number(port: u16, (key, field): (&str, &str), replica: bool) -> Result<i64> {
     let out = if replica {
-        let mut child = Command::new("redis-cli")
+        let mut child = redis_cli()
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
