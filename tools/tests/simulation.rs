@@ -566,6 +566,8 @@ const NAMESPACE: &str = "sim";
 /// reads the simulated clocks, so that a seed replays exactly.
 const EPOCH_MS: i64 = 1_767_225_600_000;
 const ADMIN_TOKEN: &str = "sim-admin-token-0123";
+/// Every operator's call gives one (it is audited).
+const REASON: &str = r#"{"reason":"sim"}"#;
 
 impl World {
     fn new(
@@ -1066,16 +1068,8 @@ impl World {
         let user = self.rng.usize(0..self.users);
         let deny = format!("/api/admin/deny-list/u{user}");
         let (method, path, body) = match self.rng.u32(0..28) {
-            0..=4 => (
-                "POST",
-                "/api/admin/products/p1/pause".into(),
-                r#"{"reason":"sim"}"#,
-            ),
-            5..=9 => (
-                "POST",
-                "/api/admin/products/p1/resume".into(),
-                r#"{"reason":"sim"}"#,
-            ),
+            0..=4 => ("POST", "/api/admin/products/p1/pause".into(), REASON),
+            5..=9 => ("POST", "/api/admin/products/p1/resume".into(), REASON),
             10..=13 => (
                 "POST",
                 "/api/admin/kill-switch".into(),
@@ -1086,18 +1080,14 @@ impl World {
                 "/api/admin/kill-switch".into(),
                 r#"{"engaged":false,"reason":"sim"}"#,
             ),
-            19..=22 => ("PUT", deny.clone(), r#"{"reason":"sim"}"#),
+            19..=22 => ("PUT", deny.clone(), REASON),
             23..=26 => {
                 // Taken off from the call on: a buy may be admitted before
                 // the answer.
                 self.denied.remove(&user);
-                ("DELETE", deny.clone(), r#"{"reason":"sim"}"#)
+                ("DELETE", deny.clone(), REASON)
             }
-            _ => (
-                "POST",
-                "/api/admin/products/p1/end".into(),
-                r#"{"reason":"sim"}"#,
-            ),
+            _ => ("POST", "/api/admin/products/p1/end".into(), REASON),
         };
         // Which of this buyer's deny-list calls this is: only the last one
         // called decides what the list says.
@@ -1188,19 +1178,15 @@ impl World {
             Box::pin(async move {
                 let clean = work.await;
                 // A read that fails (a glitch) proves nothing either way.
-                match shelf_due(&gate, &truth, &product).await {
-                    Some(due) => Done::Healed {
-                        what,
-                        started,
-                        clean,
-                        due,
-                    },
-                    None => Done::Healed {
-                        what,
-                        started,
-                        clean: false,
-                        due: ShelfDue::default(),
-                    },
+                let (clean, due) = match shelf_due(&gate, &truth, &product).await {
+                    Some(due) => (clean, due),
+                    None => (false, ShelfDue::default()),
+                };
+                Done::Healed {
+                    what,
+                    started,
+                    clean,
+                    due,
                 }
             }),
         ));

@@ -66,32 +66,34 @@ fn actor(req: &Request) -> String {
     })
 }
 
-/// The audit entry of a change the request asks for: its body's `reason`
-/// (required), who asks, now.
-fn audit_entry(
-    req: &Request,
-    product_id: Option<&ProductId>,
-    action: &str,
-    now: time::OffsetDateTime,
-) -> Result<AuditEntry, ApiError> {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        reason: String,
+impl<G, S> Admin<G, S> {
+    /// The audit entry of a change the request asks for: its body's `reason`
+    /// (required), who asks, now.
+    fn audit_entry(
+        &self,
+        req: &Request,
+        product_id: Option<&ProductId>,
+        action: &str,
+    ) -> Result<AuditEntry, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            reason: String,
+        }
+        let body: Body = api::json_body(req, r#"{"reason": "why"} (it is audited)"#)?;
+        let reason = body.reason.trim();
+        if reason.is_empty() || reason.len() > 500 {
+            return Err(ApiError::invalid(
+                "reason must be 1-500 characters (it is audited)",
+            ));
+        }
+        Ok(AuditEntry {
+            product_id: product_id.cloned(),
+            at: self.clock.now(),
+            actor: actor(req),
+            action: action.to_owned(),
+            reason: reason.to_owned(),
+        })
     }
-    let body: Body = api::json_body(req, r#"{"reason": "why"} (it is audited)"#)?;
-    let reason = body.reason.trim();
-    if reason.is_empty() || reason.len() > 500 {
-        return Err(ApiError::invalid(
-            "reason must be 1-500 characters (it is audited)",
-        ));
-    }
-    Ok(AuditEntry {
-        product_id: product_id.cloned(),
-        at: now,
-        actor: actor(req),
-        action: action.to_owned(),
-        reason: reason.to_owned(),
-    })
 }
 
 impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockLedger> Admin<G, S> {
@@ -260,7 +262,7 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
         id: &ProductId,
         control: Control,
     ) -> Result<HttpResponse, ApiError> {
-        let entry = audit_entry(req, Some(id), control.as_str(), self.clock.now())?;
+        let entry = self.audit_entry(req, Some(id), control.as_str())?;
         let reason = entry.reason.as_str();
         // The product's item is the stock ledger's too: a transaction
         // conflict with the sale is retried here, when a pause matters most.
@@ -314,12 +316,7 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
         } else {
             "withdraw_stock"
         };
-        let entry = audit_entry(
-            req,
-            Some(id),
-            &format!("{action} {}", change.units()),
-            self.clock.now(),
-        )?;
+        let entry = self.audit_entry(req, Some(id), &format!("{action} {}", change.units()))?;
         let unfinished = |e: shared::error::InfraError| {
             ApiError::from(e).with_message(
                 "the change may be part done: repeat the call with the same Idempotency-Key (it is safe), or the next sweep finishes it",
@@ -368,7 +365,7 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
         } else {
             "resume_admissions"
         };
-        let entry = audit_entry(req, None, action, self.clock.now())?;
+        let entry = self.audit_entry(req, None, action)?;
         let (switch, changed) = shared::retry::transient(shared::retry::Backoff::DEFAULT, || {
             self.store.switch_admissions(body.engaged, &entry)
         })
@@ -392,11 +389,10 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
     /// sweeper copies it into any it missed).
     async fn deny(&self, req: &Request, user: &UserId) -> Result<HttpResponse, ApiError> {
         let put = req.method() == Method::PUT;
-        let entry = audit_entry(
+        let entry = self.audit_entry(
             req,
             None,
             &format!("{} {user}", if put { "deny" } else { "allow" }),
-            self.clock.now(),
         )?;
         let denial = if put {
             #[derive(serde::Deserialize)]
