@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stops what localstack/start.sh started, by the PIDs it recorded, the
 # demo's Redis Cluster nodes (redis-cluster-<port>.pid, flashsale cluster-up)
-# and what sam-local/start.sh started (sam local, its containers, dockerd).
+# and what sam-local/start.sh started (sam local, its containers, dockerd),
+# and the containers of LocalStack's Lambda.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 STACK_DIR="${STACK_DIR:-$here/../.stack}"
@@ -27,7 +28,13 @@ if [ -d "$STACK_DIR/sam/bootstraps" ] && docker info >/dev/null 2>&1; then
     [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1
   done
 fi
-stop "$STACK_DIR"/dockerd.pid "$STACK_DIR"/localstack.pid "$STACK_DIR"/dynamodb.pid \
+stop "$STACK_DIR"/localstack.pid
+# LocalStack's Lambda containers (labelled by start.sh), if it left any.
+if [ -f "$STACK_DIR/docker-cmd" ] && docker info >/dev/null 2>&1; then
+  ids="$(docker ps -aq --filter "label=flashsale.stack=$STACK_DIR")"
+  [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1
+fi
+stop "$STACK_DIR"/dockerd.pid "$STACK_DIR"/dynamodb.pid \
      "$STACK_DIR"/redis.pid "$STACK_DIR"/redis-cluster-*.pid
 rm -f "$STACK_DIR/env" "$STACK_DIR/sam.env" "$STACK_DIR/local.env" "$STACK_DIR/cluster.nodes"
 rm -rf "$STACK_DIR/cluster"

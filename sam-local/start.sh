@@ -9,11 +9,7 @@
 # environment, and STACK_DIR. Writes $STACK_DIR/sam.env (SAM_API_URL,
 # SAM_LAMBDA_URL); localstack/stop.sh stops what this started, by PID.
 #
-# - A Docker engine: the one that answers, else dockerd started here
-#   (docker.io from apt; vfs storage, no iptables) and stopped by stop.sh.
-# - The base image: public.ecr.aws/lambda/provided:al2023 when it is there
-#   or can be pulled; else a stand-in built once from Debian packages
-#   (debootstrap bookworm + ca-certificates), cached as a tarball.
+# - Docker and the base image: localstack/docker.sh.
 # - The bootstraps: with the real image, cargo-lambda's x86_64/arm64 release
 #   builds (make build-<arch>); with the stand-in, this machine's debug build
 #   (same glibc). SAM_BOOTSTRAPS=lambda|host overrides.
@@ -25,20 +21,12 @@ root="$(cd "$here/.." && pwd)"
 : "${STACK_DIR:?run through localstack/with-stack.sh or set STACK_DIR}"
 log() { printf '[sam-local] %s\n' "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-apt_install() {
-  log "installing $* from apt"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+# shellcheck source=localstack/docker.sh
+. "$root/localstack/docker.sh"
 target="${CARGO_TARGET_DIR:-$HOME/.cache/flashsale-target}"
 sam="$TOOLS_VENV/bin/sam"
 export SAM_CLI_TELEMETRY=0
-case "$(uname -m)" in
-  x86_64) arch=x86_64 ;;
-  aarch64) arch=arm64 ;;
-  *) log "sam local runs x86_64 or arm64 bootstraps, not $(uname -m)"; exit 1 ;;
-esac
+arch="$(lambda_arch)"
 
 running() { [ -f "$STACK_DIR/$1.pid" ] && kill -0 "$(cat "$STACK_DIR/$1.pid")" 2>/dev/null; }
 if running sam-api || running sam-lambda; then
@@ -46,53 +34,11 @@ if running sam-api || running sam-lambda; then
   exit 1
 fi
 
-# The engine. Its own session: a Ctrl-C must leave it to stop.sh, which
-# removes the containers first.
-command -v dockerd >/dev/null 2>&1 || apt_install docker.io
-if ! docker info >/dev/null 2>&1; then
-  log "starting dockerd (vfs storage, no iptables); log: $STACK_DIR/dockerd.log"
-  setsid dockerd --storage-driver=vfs --iptables=false >"$STACK_DIR/dockerd.log" 2>&1 &
-  echo $! >"$STACK_DIR/dockerd.pid"
-  for _ in $(seq 1 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
-  docker info >/dev/null 2>&1 || { log "dockerd did not answer in 60 s:"; tail -n 20 "$STACK_DIR/dockerd.log" >&2; exit 1; }
-fi
-
-# The base image.
-real="public.ecr.aws/lambda/provided:al2023-$arch"
-# This machine's Debian release, so host-built binaries find their glibc.
-suite="$( . /etc/os-release 2>/dev/null; [ "${ID:-}" = debian ] && echo "${VERSION_CODENAME:-}" )"
-suite="${suite:-bookworm}"
-# -r2: / is 0755 (r1 images had 0700).
-stand_in="flashsale/lambda-stand-in:$suite-r2"
+docker_engine
+lambda_image
+base="$LAMBDA_BASE"
 invoke_image=()
-if docker image inspect "$real" >/dev/null 2>&1 || timeout 120 docker pull -q "$real" >/dev/null 2>&1; then
-  base=real
-else
-  base=stand-in
-  invoke_image=(--invoke-image "$stand_in")
-  if ! docker image inspect "$stand_in" >/dev/null 2>&1; then
-    cache="$FLASHSALE_HOME/lambda-stand-in-$suite-r2-$arch.tar"
-    if [ ! -f "$cache" ]; then
-      command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
-      log "$real cannot be pulled; building a stand-in from Debian $suite (once, cached in $cache)"
-      rootfs="$(mktemp -d -t flashsale-rootfs.XXXXXX)"
-      # mktemp makes it 0700, which would become the image's / : a
-      # function's sandbox user could not then read /proc.
-      chmod 755 "$rootfs"
-      debootstrap --variant=minbase --include=ca-certificates "$suite" "$rootfs" \
-        http://deb.debian.org/debian >"$STACK_DIR/debootstrap.log" 2>&1 \
-        || { tail -n 20 "$STACK_DIR/debootstrap.log" >&2; rm -rf "$rootfs"; exit 1; }
-      tar -C "$rootfs" -c . | docker import \
-        --change 'ENV LAMBDA_TASK_ROOT=/var/task' --change 'ENV LAMBDA_RUNTIME_DIR=/var/runtime' \
-        --change 'WORKDIR /var/task' --change "LABEL flashsale.stand-in=debian-$suite" \
-        - "$stand_in" >/dev/null
-      rm -rf "$rootfs"
-      docker save -o "$cache.tmp" "$stand_in" && mv "$cache.tmp" "$cache"
-    else
-      docker load -q -i "$cache" >/dev/null
-    fi
-  fi
-fi
+[ "$base" = real ] || invoke_image=(--invoke-image "$LAMBDA_IMAGE")
 
 mode="${SAM_BOOTSTRAPS:-$([ "$base" = real ] && echo lambda || echo host)}"
 case "$mode" in
@@ -105,10 +51,7 @@ esac
 
 # The containers reach the host at the bridge's gateway, not at loopback:
 # sam local leaves them on the default bridge whatever --docker-network says.
-gw="$(docker network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}} {{end}}' 2>/dev/null \
-  | tr ' ' '\n' | grep -m1 -E '^[0-9.]+$' || true)"
-[ -n "$gw" ] || gw="$(ip -4 -o addr show docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1 || true)"
-[ -n "$gw" ] || { log "no Docker bridge gateway found (docker network inspect bridge; ip addr show docker0)"; exit 1; }
+gw="$(bridge_gateway)"
 # Redis listens there too, for the containers (LocalStack's gateway and
 # DynamoDB Local listen on every address already: ss -ltnp), behind the
 # stack's password (in FLASHSALE_REDIS_URL; REDISCLI_AUTH for redis-cli).

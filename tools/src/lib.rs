@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod demo;
 pub mod embedded;
 pub mod invoke;
+pub mod lambda_init;
 pub mod loadtest;
 pub mod provision;
 pub mod queues;
