@@ -138,6 +138,7 @@ if [ -n "${gw:-}" ]; then
   cat >>"$STACK_DIR/env" <<ENV
 export AWS_ENDPOINT_URL=http://127.0.0.1:$LOCALSTACK_PORT
 export FLASHSALE_BRIDGE_GATEWAY=$gw
+export FLASHSALE_LAMBDA_BASE=$LAMBDA_BASE
 ENV
 fi
 log "up: redis :$REDIS_PORT, localstack (sqs) :$LOCALSTACK_PORT, dynamodb local :$DDB_PORT ($STACK_DIR/env)"

@@ -11,7 +11,8 @@ use shared::faults::FaultPlan;
 use shared::redis::RedisGate;
 use shared::{config, telemetry};
 use tools::{
-    audit, capacity, client::Api, demo, invoke, loadtest, provision, queues, runner, samlocal,
+    audit, capacity, cfnlocal, client::Api, demo, gateway, invoke, loadtest, provision, queues,
+    runner, samlocal,
 };
 
 /// flashsale's local tools. AWS endpoints come from the SDK's environment
@@ -47,6 +48,17 @@ enum Command {
         /// How that endpoint names the functions.
         #[arg(long, value_enum, default_value = "template")]
         invoke_names: invoke::Names,
+    },
+    /// The HTTP API for functions deployed into LocalStack (which has no
+    /// API Gateway v2): template.yaml's routes, each invoked as API Gateway
+    /// would (localstack/deploy.sh writes `--targets`; the Lambda endpoint
+    /// is AWS_ENDPOINT_URL's).
+    Gateway {
+        #[arg(long, env = "FLASHSALE_HTTP_ADDR", default_value = "127.0.0.1:3000")]
+        addr: SocketAddr,
+        /// JSON list of {method, path, function, name}.
+        #[arg(long)]
+        targets: std::path::PathBuf,
     },
     /// Create the queues and the table (idempotent); prints their settings.
     Provision {
@@ -115,6 +127,19 @@ enum Command {
         binaries: std::path::PathBuf,
         #[arg(long, value_enum)]
         layout: samlocal::Layout,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// template.yaml as LocalStack's CloudFormation deploys it, and what
+    /// localstack/deploy.sh does beside it (tools::cfnlocal): writes
+    /// template.json, table.json, ttl, routes.json and functions (logical id,
+    /// binary and reserved concurrency or `-`, per line) to `--out`.
+    LocalstackTemplate {
+        #[arg(long, default_value = "template.yaml")]
+        template: std::path::PathBuf,
+        /// The S3 bucket holding `<binary>.zip` per function.
+        #[arg(long)]
+        bucket: String,
         #[arg(long)]
         out: std::path::PathBuf,
     },
@@ -436,6 +461,50 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 std::fs::write(out.join(name), text)?;
             }
             std::fs::write(out.join("env.json"), samlocal::env_file_json(&vars)?)?;
+        }
+        Command::Gateway { addr, targets } => {
+            let text = std::fs::read_to_string(&targets)
+                .with_context(|| format!("reading {}", targets.display()))?;
+            let targets: Vec<gateway::Target> = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a list of {{method, path, function, name}}",
+                    targets.display()
+                )
+            })?;
+            let gateway = gateway::Gateway::new(&sdk, targets);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            eprintln!("gateway on http://{addr}: template.yaml's routes, invoked in LocalStack");
+            // Runs until killed; the channel only satisfies serve's shutdown.
+            let (_keep, shutdown) = tokio::sync::watch::channel(false);
+            runner::serve(listener, std::sync::Arc::new(gateway), shutdown).await;
+        }
+        Command::LocalstackTemplate {
+            template,
+            bucket,
+            out,
+        } => {
+            let text = std::fs::read_to_string(&template)
+                .with_context(|| format!("reading {}", template.display()))?;
+            let local = cfnlocal::local_template(&text, &bucket)?;
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("template.json"), local.template.to_string())?;
+            std::fs::write(out.join("table.json"), local.table.to_string())?;
+            std::fs::write(out.join("ttl"), local.ttl_attribute.unwrap_or_default())?;
+            std::fs::write(
+                out.join("routes.json"),
+                serde_json::to_string_pretty(&local.routes)?,
+            )?;
+            let functions: String = local
+                .functions
+                .iter()
+                .map(|f| {
+                    let reserved = f.reserved_concurrency.map_or("-".into(), |n| n.to_string());
+                    format!("{} {} {reserved}\n", f.logical_id, f.binary)
+                })
+                .collect();
+            std::fs::write(out.join("functions"), functions)?;
         }
         Command::Provision {
             prefix,

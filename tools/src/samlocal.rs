@@ -130,7 +130,7 @@ pub fn template(
 }
 
 /// The template as JSON, `!Tag` shorthands in their `Fn::` forms.
-fn to_json(v: Value) -> Result<serde_json::Value> {
+pub(crate) fn to_json(v: Value) -> Result<serde_json::Value> {
     Ok(match v {
         Value::Tagged(t) => {
             let tag = t.tag.to_string();
