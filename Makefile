@@ -2,7 +2,8 @@
 # (everything CI checks). Both install what is missing first.
 SHELL := /bin/bash
 CHAOS ?= 0
-# process: the handlers in the local runner; sam: the real bootstraps under sam local.
+# process: the handlers in the local runner; sam: the real bootstraps under
+# sam local; localstack: template.yaml deployed into LocalStack's Lambda.
 RUNTIME ?= process
 CARGO_TARGET_DIR ?= $(HOME)/.cache/flashsale-target
 export CARGO_TARGET_DIR
@@ -18,7 +19,7 @@ export SAM_CLI_TELEMETRY := 0
 FUNCTIONS := deduct order-consumer order-status admin compensation outbox-sweeper payment-webhook order-expirer
 BIN_FLAGS := $(foreach f,$(FUNCTIONS),--bin $(f))
 
-.PHONY: setup build build-arm64 build-x86_64 bench dev-build demo test lint template-lint unit stack-up stack-down sam-build sam-local sam-sale deploy-localstack test-embedded
+.PHONY: setup build build-arm64 build-x86_64 bench dev-build demo test lint template-lint unit stack-up stack-down sam-build sam-local sam-sale localstack-sale test-embedded
 
 setup:
 	@localstack/install.sh
@@ -52,13 +53,9 @@ bench: setup dev-build
 sam-build: setup
 	PATH="$(TOOLS_BIN):$$PATH" $(TOOLS_BIN)/sam build --beta-features
 
-# LocalStack in Docker (localstack/docker-compose.yml up first): deploys the
-# x86_64 bootstraps with their event source mappings. Needs a Docker engine.
-deploy-localstack: build
-	LAMBDA_DIR=$(CARGO_TARGET_DIR)/lambda/x86_64 localstack/deploy.sh
-
 demo: setup dev-build
-	@RUNTIME=$(RUNTIME) CHAOS=$(CHAOS) STACK_DIR=$(CURDIR)/.stack localstack/with-stack.sh scripts/demo.sh
+	@RUNTIME=$(RUNTIME) CHAOS=$(CHAOS) LOCALSTACK_LAMBDA=$(if $(filter localstack,$(RUNTIME)),1,0) \
+	  STACK_DIR=$(CURDIR)/.stack localstack/with-stack.sh scripts/demo.sh
 
 # The real bootstraps under sam local (Docker) on a stack left running for
 # manual work; `make stack-down` stops it all.
@@ -68,6 +65,10 @@ sam-local: setup dev-build
 # A small sale through the real bootstraps; fails unless the books balance.
 sam-sale: setup dev-build
 	RUNTIME=sam SAM_BOOTSTRAPS=host DEMO_BUYERS=100 DEMO_STOCK=20 localstack/with-stack.sh scripts/demo.sh
+
+# The same small sale with template.yaml deployed into LocalStack's Lambda.
+localstack-sale: setup dev-build
+	RUNTIME=localstack LOCALSTACK_LAMBDA=1 DEMO_BUYERS=60 DEMO_STOCK=12 localstack/with-stack.sh scripts/demo.sh
 
 lint: template-lint
 	cargo fmt --all --check
@@ -91,6 +92,7 @@ test: setup lint dev-build
 	localstack/with-stack.sh cargo $(NEXTEST) --workspace
 	@$(MAKE) --no-print-directory test-embedded
 	@$(MAKE) --no-print-directory sam-sale
+	@$(MAKE) --no-print-directory localstack-sale
 
 # A stack left running for manual work: `source .stack/env` afterwards.
 stack-up: setup

@@ -5,11 +5,17 @@
 //! sent). What API Gateway adds and this does not: the JWT and IAM
 //! authorizers and throttling.
 //!
+//! At most `concurrency` invocations per function run at once, the rest
+//! wait: LocalStack starts a container per concurrent invocation, and under
+//! Docker's vfs storage driver each one is a full copy of the image (a
+//! demo's rush once took 60 GB).
+//!
 //! Not LocalStack's function URLs: they re-encode form bodies and overwrite
 //! `X-Forwarded-For` with the caller's address, and the handlers' URI
 //! parsing refuses their host names (`<id>.lambda-url.<region>.127.0.0.1`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,6 +26,7 @@ use lambda_http::Body;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shared::http::{ApiError, HttpResponse};
+use tokio::sync::Semaphore;
 
 use crate::cfnlocal::Route;
 use crate::runner::Routes;
@@ -35,11 +42,13 @@ pub struct Target {
 
 pub struct Gateway {
     targets: Vec<Target>,
+    /// One per function name.
+    slots: HashMap<String, Arc<Semaphore>>,
     lambda: aws_sdk_lambda::Client,
 }
 
 impl Gateway {
-    pub fn new(sdk: &SdkConfig, targets: Vec<Target>) -> Self {
+    pub fn new(sdk: &SdkConfig, targets: Vec<Target>, concurrency: usize) -> Self {
         // A cold start in LocalStack (a container, the function's init) plus
         // the longest function timeout in the template (60 s).
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
@@ -51,13 +60,22 @@ impl Gateway {
             // API Gateway does not retry an integration: the client decides.
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .build();
+        let slots = targets
+            .iter()
+            .map(|t| (t.name.clone(), Arc::new(Semaphore::new(concurrency))))
+            .collect();
         Self {
             targets,
+            slots,
             lambda: aws_sdk_lambda::Client::from_conf(conf),
         }
     }
 
     async fn invoke(&self, target: &Target, event: &Value) -> anyhow::Result<HttpResponse> {
+        let _slot = match self.slots.get(&target.name) {
+            Some(s) => Some(s.acquire().await?),
+            None => None,
+        };
         let out = self
             .lambda
             .invoke()

@@ -59,6 +59,10 @@ enum Command {
         /// JSON list of {method, path, function, name}.
         #[arg(long)]
         targets: std::path::PathBuf,
+        /// Invocations in flight per function (LocalStack runs a container
+        /// for each).
+        #[arg(long, env = "FLASHSALE_GATEWAY_CONCURRENCY", default_value_t = 4)]
+        concurrency: usize,
     },
     /// Create the queues and the table (idempotent); prints their settings.
     Provision {
@@ -462,7 +466,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             std::fs::write(out.join("env.json"), samlocal::env_file_json(&vars)?)?;
         }
-        Command::Gateway { addr, targets } => {
+        Command::Gateway {
+            addr,
+            targets,
+            concurrency,
+        } => {
             let text = std::fs::read_to_string(&targets)
                 .with_context(|| format!("reading {}", targets.display()))?;
             let targets: Vec<gateway::Target> = serde_json::from_str(&text).with_context(|| {
@@ -471,7 +479,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     targets.display()
                 )
             })?;
-            let gateway = gateway::Gateway::new(&sdk, targets);
+            let gateway = gateway::Gateway::new(&sdk, targets, concurrency);
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
