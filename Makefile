@@ -68,7 +68,7 @@ sam-sale: setup dev-build
 
 # The same small sale with template.yaml deployed into LocalStack's Lambda.
 localstack-sale: setup dev-build
-	RUNTIME=localstack LOCALSTACK_LAMBDA=1 DEMO_BUYERS=60 DEMO_STOCK=12 localstack/with-stack.sh scripts/demo.sh
+	RUNTIME=localstack LOCALSTACK_LAMBDA=1 BOOTSTRAPS=host DEMO_BUYERS=60 DEMO_STOCK=12 localstack/with-stack.sh scripts/demo.sh
 
 lint: template-lint
 	cargo fmt --all --check

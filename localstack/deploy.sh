@@ -77,7 +77,16 @@ secret admin-token "$FLASHSALE_ADMIN_TOKEN"
 secret payment-webhook-secret "$FLASHSALE_PAYMENT_WEBHOOK_SECRET"
 secret redis-auth "$REDISCLI_AUTH"
 
-# The stack. Functions reach Redis and DynamoDB Local at the bridge.
+# The stack, anew (a deploy again replaces it). Functions reach Redis and
+# DynamoDB Local at the bridge.
+stack_status() {
+  aws cloudformation describe-stacks --stack-name "$stack" --query 'Stacks[0].StackStatus' --output text 2>/dev/null
+}
+if [ -n "$(stack_status)" ]; then
+  log "replacing the stack deployed before"
+  aws cloudformation delete-stack --stack-name "$stack"
+  for _ in $(seq 1 120); do [ -n "$(stack_status)" ] || break; sleep 1; done
+fi
 param() { printf 'ParameterKey=%s,ParameterValue=%s ' "$1" "$2"; }
 # shellcheck disable=SC2046
 aws cloudformation create-stack --stack-name "$stack" \
@@ -93,7 +102,7 @@ aws cloudformation create-stack --stack-name "$stack" \
     ${FLASHSALE_STACK_PARAMETERS:-} >/dev/null
 status=CREATE_IN_PROGRESS
 for _ in $(seq 1 300); do
-  status="$(aws cloudformation describe-stacks --stack-name "$stack" --query 'Stacks[0].StackStatus' --output text)"
+  status="$(stack_status)"
   case "$status" in *IN_PROGRESS) sleep 1 ;; *) break ;; esac
 done
 if [ "$status" != CREATE_COMPLETE ]; then

@@ -56,14 +56,19 @@ from localstack.services.lambda_.packages import LAMBDA_RUNTIME_VERSION as v
 from localstack.utils.platform import get_arch
 arch = "x86_64" if get_arch() == "amd64" else get_arch()
 print(f"var/lib/localstack/lib/lambda-runtime/{v}/{arch}/var/rapid/init")')"
+  init_dest="$STACK_DIR/localstack/$init_path"
+  # One of ours from an earlier run goes (it may be stale, or LocalStack's
+  # own may be downloadable now): LocalStack only checks the file exists.
+  [ ! -f "$init_dest.flashsale" ] || rm -f "$init_dest" "$init_dest.flashsale"
   if ! FILESYSTEM_ROOT="$STACK_DIR/localstack" timeout 120 "$LOCALSTACK_VENV/bin/python" -c '
 from localstack.services.lambda_.packages import lambda_runtime_package
 lambda_runtime_package.install()' >"$STACK_DIR/lambda-init-download.log" 2>&1; then
     ours="${CARGO_TARGET_DIR:-$HOME/.cache/flashsale-target}/debug/localstack-init"
     [ -x "$ours" ] || { log "LocalStack cannot download its Lambda init and $ours is not built (make dev-build)"; exit 1; }
     log "LocalStack's Lambda init cannot be downloaded here ($STACK_DIR/lambda-init-download.log); installing ours ($ours)"
-    mkdir -p "$(dirname "$STACK_DIR/localstack/$init_path")"
-    cp "$ours" "$STACK_DIR/localstack/$init_path"
+    mkdir -p "$(dirname "$init_dest")"
+    cp "$ours" "$init_dest"
+    touch "$init_dest.flashsale"
   fi
   lambda_env=(
     DOCKER_CMD="$STACK_DIR/docker-cmd"

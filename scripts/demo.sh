@@ -26,7 +26,8 @@ export FLASHSALE_PAYMENT_WEBHOOK_SECRET="${FLASHSALE_PAYMENT_WEBHOOK_SECRET:-whs
 visibility=30
 # The whole lifecycle: a 5 s payment window; winners pay, cancel or walk
 # away, and later waves of the losers buy what comes back.
-args=(--base-url "http://$addr" --payment-window-secs 5 --after-sale)
+payment_window=5
+args=(--base-url "http://$addr" --after-sale)
 runtime="${RUNTIME:-process}"
 case "$runtime" in
   process|sam|localstack) ;;
@@ -62,7 +63,7 @@ if [ "$runtime" = localstack ]; then
   # Each call crosses LocalStack and a container: a 5 s window would expire
   # orders whose payments are on their way (refund_due), and the expirer's
   # schedule is a minute there anyway.
-  args[3]=20
+  payment_window=20
 else
   eval "$("$bin" provision --visibility-timeout "$visibility")"
 fi
@@ -76,15 +77,19 @@ fi
 "$bin" "${serve[@]}" >"$STACK_DIR/runner.log" 2>&1 &
 echo $! >"$STACK_DIR/runner.pid"
 for _ in $(seq 1 100); do
-  # The gateway answers 404 there: listening is enough.
-  curl -sS -o /dev/null "http://$addr/health" >/dev/null 2>&1 && break
+  if [ "$runtime" = localstack ]; then
+    # The gateway answers 404 there: listening is enough.
+    curl -sS -o /dev/null "http://$addr/health" >/dev/null 2>&1 && break
+  else
+    curl -fsS "http://$addr/health" >/dev/null 2>&1 && break
+  fi
   kill -0 "$(cat "$STACK_DIR/runner.pid")" 2>/dev/null || { tail -n 20 "$STACK_DIR/runner.log" >&2; exit 1; }
   sleep 0.1
 done
 [ "${DEMO_BUYERS:-}" ] && args+=(--buyers "$DEMO_BUYERS")
 [ "${DEMO_STOCK:-}" ] && args+=(--stock "$DEMO_STOCK")
 echo "runner log: $STACK_DIR/runner.log" >&2
-"$bin" loadtest --summary --report "$STACK_DIR/loadtest.json" --chart "$STACK_DIR/loadtest.png" "${args[@]}" \
+"$bin" loadtest --summary --payment-window-secs "$payment_window" --report "$STACK_DIR/loadtest.json" --chart "$STACK_DIR/loadtest.png" "${args[@]}" \
   | tee "$STACK_DIR/summary.txt"
 # Balanced books alone would also hold for a sale in which nothing got
 # through (every admission compensated): the demo must have sold.

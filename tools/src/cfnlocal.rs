@@ -17,9 +17,9 @@
 //! - what LocalStack Community has no provider for: the HTTP API (with its
 //!   JWT authorizer and throttling), CloudWatch alarms and dashboard,
 //!   CloudFront and WAF. The HTTP routes are served by `flashsale gateway`
-//!   through the functions' URLs ([`Local::routes`]); without the
-//!   authorizer, buyers come from the body (`FLASHSALE_INSECURE_USER_FROM_BODY`),
-//!   as under sam local.
+//!   (tools::gateway, from [`Local::routes`]); without the authorizer,
+//!   buyers come from the body (`FLASHSALE_INSECURE_USER_FROM_BODY`), as
+//!   under sam local.
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -211,11 +211,15 @@ pub fn local_template(template: &str, bucket: &str) -> Result<Local> {
         outputs.retain(|_, o| !mentions(o, &dropped));
     }
     let t = swap_table(t);
+    // What swap_table does not know (`${FlashSaleTable.Arn}`, DependsOn)
+    // must fail here, not in LocalStack.
+    let mut gone = dropped.clone();
+    gone.push(TABLE.to_owned());
     let left: Vec<&String> = t["Resources"]
         .as_object()
         .into_iter()
         .flatten()
-        .filter(|(_, r)| mentions(r, &dropped))
+        .filter(|(_, r)| mentions(r, &gone) || depends_on(r, &gone))
         .map(|(id, _)| id)
         .collect();
     if !left.is_empty() {
@@ -249,6 +253,15 @@ fn swap_table(v: Value) -> Value {
             Value::String(s.replace(&format!("${{{TABLE}}}"), &format!("${{{TABLE_PARAM}}}")))
         }
         other => other,
+    }
+}
+
+/// Whether resource `r` names one of `ids` in its `DependsOn`.
+fn depends_on(r: &Value, ids: &[String]) -> bool {
+    let named = |v: &Value| v.as_str().is_some_and(|s| ids.iter().any(|i| i == s));
+    match &r["DependsOn"] {
+        Value::Array(a) => a.iter().any(named),
+        other => named(other),
     }
 }
 

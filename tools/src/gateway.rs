@@ -99,7 +99,19 @@ impl Gateway {
 pub fn event(route: &Route, req: &lambda_http::Request) -> Value {
     let uri = req.uri();
     let mut headers = BTreeMap::<String, String>::new();
+    let mut cookies = Vec::new();
     for (name, value) in req.headers() {
+        // Payload 2.0 carries cookies in their own list.
+        if name == hyper::header::COOKIE {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            cookies.extend(
+                value
+                    .split(';')
+                    .map(|c| c.trim().to_owned())
+                    .filter(|c| !c.is_empty()),
+            );
+            continue;
+        }
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         // Repeated headers arrive comma-joined, as API Gateway joins them.
         headers
@@ -110,14 +122,17 @@ pub fn event(route: &Route, req: &lambda_http::Request) -> Value {
             })
             .or_insert(value);
     }
-    let query: BTreeMap<String, String> = uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    // Decoded, a repeated key's values comma-joined, as API Gateway does.
+    let mut query = BTreeMap::<String, String>::new();
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
+        query
+            .entry(k.into_owned())
+            .and_modify(|joined| {
+                joined.push(',');
+                joined.push_str(&v);
+            })
+            .or_insert_with(|| v.into_owned());
+    }
     let path_parameters: BTreeMap<&str, &str> = route
         .path
         .trim_matches('/')
@@ -168,6 +183,9 @@ pub fn event(route: &Route, req: &lambda_http::Request) -> Value {
     if !query.is_empty() {
         event["queryStringParameters"] = json!(query);
     }
+    if !cookies.is_empty() {
+        event["cookies"] = json!(cookies);
+    }
     if !path_parameters.is_empty() {
         event["pathParameters"] = json!(path_parameters);
     }
@@ -182,7 +200,9 @@ pub fn event(route: &Route, req: &lambda_http::Request) -> Value {
 fn response(payload: &[u8]) -> anyhow::Result<HttpResponse> {
     let v: Value = serde_json::from_slice(payload).context("the function's answer is not JSON")?;
     let Some(status) = v.get("statusCode").and_then(Value::as_u64) else {
-        return Ok(HttpResponse::new(Body::Text(v.to_string())));
+        return Ok(lambda_http::Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::Text(v.to_string()))?);
     };
     let mut resp = lambda_http::Response::builder().status(status as u16);
     for (name, value) in v["headers"].as_object().into_iter().flatten() {
@@ -237,8 +257,9 @@ mod tests {
         };
         let req = lambda_http::http::Request::builder()
             .method("POST")
-            .uri("/api/flash-sale/orders/r1/cancel?user_id=u1")
+            .uri("/api/flash-sale/orders/r1/cancel?user_id=u1&tag=a%20b&tag=c")
             .header("x-forwarded-for", "10.1.2.3")
+            .header("cookie", "a=1; b=2")
             .header("host", "127.0.0.1:3000")
             .body(Body::Binary(b"{}".to_vec()))
             .unwrap();
@@ -248,8 +269,13 @@ mod tests {
             "POST /api/flash-sale/orders/{request_id}/cancel"
         );
         assert_eq!(e["pathParameters"], json!({"request_id": "r1"}));
-        assert_eq!(e["queryStringParameters"], json!({"user_id": "u1"}));
-        assert_eq!(e["rawQueryString"], "user_id=u1");
+        assert_eq!(
+            e["queryStringParameters"],
+            json!({"user_id": "u1", "tag": "a b,c"})
+        );
+        assert_eq!(e["rawQueryString"], "user_id=u1&tag=a%20b&tag=c");
+        assert_eq!(e["cookies"], json!(["a=1", "b=2"]));
+        assert!(e["headers"].get("cookie").is_none());
         assert_eq!(e["headers"]["x-forwarded-for"], "10.1.2.3");
         assert_eq!(
             (e["body"].as_str(), e["isBase64Encoded"].as_bool()),
@@ -268,5 +294,6 @@ mod tests {
         assert_eq!(r.body(), &Body::Text(r#"{"error":"sold_out"}"#.into()));
         let plain = response(br#"{"ok":true}"#).unwrap();
         assert_eq!(plain.status(), 200);
+        assert_eq!(plain.headers()["content-type"], "application/json");
     }
 }

@@ -41,7 +41,7 @@ use std::io::Write;
 use tokio::net::TcpListener;
 use tokio::net::unix::pipe;
 use tokio::process::Command;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 /// What the container's environment says, read once at start.
 #[derive(Debug, Clone)]
@@ -163,8 +163,14 @@ struct Init {
     ready_sent: Mutex<bool>,
     /// The runtime's output (stdout and stderr, one pipe) not yet sent.
     output: Mutex<Output>,
-    /// Asks the supervisor to kill the runtime (a timeout); it restarts it.
-    restart: Notify,
+    /// Invocations past their deadline, for the supervisor: it kills the
+    /// runtime if it still holds one, then reports it, then restarts it (in
+    /// that order, so LocalStack's next invocation meets a fresh runtime).
+    timeouts: mpsc::UnboundedSender<String>,
+    /// The runtime's pid, for the reaper: that one is tokio's to wait for.
+    runtime_pid: std::sync::atomic::AtomicU32,
+    /// The runtime reported its own init error (not to be reported twice).
+    init_error_sent: std::sync::atomic::AtomicBool,
 }
 
 /// Runs until SIGTERM (LocalStack stopping the container).
@@ -181,6 +187,15 @@ pub async fn run(settings: Settings) -> Result<()> {
             )
         })?;
     let (sender, receiver) = mpsc::unbounded_channel();
+    let (timeouts, timed_out) = mpsc::unbounded_channel();
+    // Port 0 (tests) becomes the port the runtime must be told.
+    let mut settings = settings;
+    settings.invoke_addr = invoke.local_addr()?;
+    settings.runtime_api_addr = runtime_api.local_addr()?;
+    eprintln!(
+        "[init] invocations on {}, Runtime API on {}",
+        settings.invoke_addr, settings.runtime_api_addr
+    );
     let init = Arc::new(Init {
         settings,
         http: Client::builder(TokioExecutor::new()).build_http(),
@@ -190,20 +205,25 @@ pub async fn run(settings: Settings) -> Result<()> {
         current: Mutex::new(None),
         ready_sent: Mutex::new(false),
         output: Mutex::new(Output::default()),
-        restart: Notify::new(),
+        timeouts,
+        runtime_pid: Default::default(),
+        init_error_sent: Default::default(),
     });
     tokio::spawn(serve(invoke, init.clone()));
     tokio::spawn(serve(runtime_api, init.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
+    if std::process::id() == 1 {
+        tokio::spawn(reap_orphans(init.clone()));
+    }
     tokio::select! {
-        result = supervise(init) => result,
+        result = supervise(init, timed_out) => result,
         _ = term.recv() => Ok(()),
     }
 }
 
 /// Keeps one runtime process running; `kill_on_drop` ends it with us.
-async fn supervise(init: Arc<Init>) -> Result<()> {
+async fn supervise(init: Arc<Init>, mut timed_out: mpsc::UnboundedReceiver<String>) -> Result<()> {
     loop {
         let (reader, writer) =
             std::io::pipe().context("cannot make a pipe for the runtime's output")?;
@@ -226,10 +246,21 @@ async fn supervise(init: Arc<Init>) -> Result<()> {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {}", init.settings.bootstrap.display()))?;
+        if let Some(pid) = child.id() {
+            init.runtime_pid
+                .store(pid, std::sync::atomic::Ordering::SeqCst);
+        }
         let capture = tokio::spawn(capture(pipe, init.clone()));
-        let exited = tokio::select! {
-            status = child.wait() => Some(status),
-            _ = init.restart.notified() => None,
+        let exited = loop {
+            tokio::select! {
+                status = child.wait() => break Ok(status),
+                Some(id) = timed_out.recv() => {
+                    // One it answered meanwhile is not killed for.
+                    if init.is_current(&id) {
+                        break Err(id);
+                    }
+                }
+            }
         };
         if let Some(pid) = child.id() {
             // SAFETY: kill(2) on the group we made; no memory is involved.
@@ -245,18 +276,33 @@ async fn supervise(init: Arc<Init>) -> Result<()> {
         {
             abort.abort();
         }
-        let Some(status) = exited else {
-            continue; // a timeout, already reported
+        let status = match exited {
+            Err(id) => {
+                if init.take(&id) {
+                    init.timed_out(&id).await;
+                }
+                continue;
+            }
+            Ok(status) => status,
         };
-        let status = status.context("waiting for the runtime")?;
-        let what = format!("Runtime exited with error: {status}");
+        let what = match status {
+            Ok(status) => format!("Runtime exited with error: {status}"),
+            // The reaper can win a race for a runtime that died at once.
+            Err(e) => format!("Runtime exited (its status was lost: {e})"),
+        };
         if !*lock(&init.ready_sent) {
-            // It never asked for work: the environment failed to start.
-            init.post(
-                &format!("status/{}/error", init.settings.runtime_id),
-                error_body("Runtime.ExitError", &what),
-            )
-            .await;
+            // It never asked for work: the environment failed to start
+            // (LocalStack refuses a second report of it).
+            if !init
+                .init_error_sent
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                init.post(
+                    &format!("status/{}/error", init.settings.runtime_id),
+                    error_body("Runtime.ExitError", &what),
+                )
+                .await;
+            }
             bail!(
                 "{} {what} before asking for an invocation",
                 init.settings.bootstrap.display()
@@ -323,6 +369,37 @@ async fn capture(pipe: Arc<pipe::Receiver>, init: Arc<Init>) {
     }
 }
 
+/// As PID 1 the init inherits every orphan of the container (a restarted
+/// runtime's children, killed with its group); it reaps them, leaving the
+/// runtime itself to tokio. WNOWAIT peeks without reaping.
+async fn reap_orphans(init: Arc<Init>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut children) = signal(SignalKind::child()) else {
+        return;
+    };
+    while children.recv().await.is_some() {
+        loop {
+            // SAFETY: waitid/waitpid on any child; siginfo is plain data.
+            let pid = unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+                if libc::waitid(libc::P_ALL, 0, &mut info, flags) != 0 {
+                    break;
+                }
+                info.si_pid()
+            };
+            let runtime = init.runtime_pid.load(std::sync::atomic::Ordering::SeqCst);
+            // The runtime first in line waits for tokio; orphans behind it
+            // are reaped at the next SIGCHLD.
+            if pid <= 0 || pid as u32 == runtime {
+                break;
+            }
+            // SAFETY: reaps the orphan waitid named.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+    }
+}
+
 fn error_body(error_type: &str, message: &str) -> Bytes {
     Bytes::from(json!({ "errorType": error_type, "errorMessage": message }).to_string())
 }
@@ -376,6 +453,15 @@ impl Init {
             .await;
     }
 
+    async fn timed_out(&self, id: &str) {
+        let message = format!(
+            "{id} Task timed out after {:.2} seconds",
+            self.settings.timeout.as_secs_f64()
+        );
+        self.finish(id, "error", error_body("Sandbox.Timedout", &message))
+            .await;
+    }
+
     /// Closes invocation `id`; false when it was closed already (a late
     /// answer after its timeout must not be reported twice).
     fn take(&self, id: &str) -> bool {
@@ -405,20 +491,14 @@ impl Init {
             );
         }
         let init = self.clone();
-        let timeout = self.settings.timeout;
         tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            let held = init.is_current(&id);
-            if init.take(&id) {
-                let message = format!(
-                    "{id} Task timed out after {:.2} seconds",
-                    timeout.as_secs_f64()
-                );
-                init.finish(&id, "error", error_body("Sandbox.Timedout", &message))
-                    .await;
-                if held {
-                    init.restart.notify_one();
-                }
+            tokio::time::sleep(init.settings.timeout).await;
+            if init.is_current(&id) {
+                // The supervisor kills the runtime first, then reports.
+                let _ = init.timeouts.send(id);
+            } else if init.take(&id) {
+                // Still queued (the runtime never asked again).
+                init.timed_out(&id).await;
             }
         });
         text(StatusCode::OK, String::new())
@@ -500,6 +580,8 @@ impl Init {
                 text(StatusCode::ACCEPTED, r#"{"status":"OK"}"#.into())
             }
             (&Method::POST, ["2018-06-01", "runtime", "init", "error"]) => {
+                self.init_error_sent
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 self.post(&format!("status/{}/error", self.settings.runtime_id), body)
                     .await;
                 text(StatusCode::ACCEPTED, r#"{"status":"OK"}"#.into())
@@ -524,6 +606,8 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 async fn serve(listener: TcpListener, init: Arc<Init>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let init = init.clone();

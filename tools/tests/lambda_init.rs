@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
@@ -31,6 +32,7 @@ while true; do
     '"fail"') curl -sS -X POST -d '{"errorType":"Boom","errorMessage":"asked to"}' "$api/$id/error" ;;
     '"hang"') sleep 60 ;;
     '"crash"') exit 3 ;;
+    '"late"') sleep 1.3; curl -sS -X POST -d '"late"' "$api/$id/response" ;;
     *) curl -sS -X POST -d "{\"payload\":$payload,\"deadline\":\"$(header Lambda-Runtime-Deadline-Ms)\",\"arn\":\"$(header Lambda-Runtime-Invoked-Function-Arn)\"}" "$api/$id/response" ;;
   esac
 done
@@ -54,11 +56,6 @@ mod tempdir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 async fn localstack_stand_in(calls: Calls) -> SocketAddr {
@@ -95,6 +92,10 @@ async fn localstack_stand_in(calls: Calls) -> SocketAddr {
 }
 
 async fn start(runtime: &str, timeout_secs: u32) -> Harness {
+    assert!(
+        curl_present(),
+        "the test runtime needs curl (apt install curl)"
+    );
     let work = std::env::temp_dir().join(format!("flashsale-init-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&work).unwrap();
     let bootstrap = work.join("bootstrap");
@@ -106,8 +107,7 @@ async fn start(runtime: &str, timeout_secs: u32) -> Harness {
     .unwrap();
     let calls = Calls::default();
     let localstack = localstack_stand_in(calls.clone()).await;
-    let invoke = free_addr();
-    let init = Command::new(env!("CARGO_BIN_EXE_localstack-init"))
+    let mut init = Command::new(env!("CARGO_BIN_EXE_localstack-init"))
         .env(
             "LOCALSTACK_RUNTIME_ENDPOINT",
             format!("http://{localstack}/_localstack_lambda/exec1"),
@@ -115,13 +115,36 @@ async fn start(runtime: &str, timeout_secs: u32) -> Harness {
         .env("LOCALSTACK_RUNTIME_ID", "env1")
         .env("AWS_LAMBDA_FUNCTION_TIMEOUT", timeout_secs.to_string())
         .env("FLASHSALE_INIT_BOOTSTRAP", &bootstrap)
-        .env("FLASHSALE_INIT_INVOKE_ADDR", invoke.to_string())
-        .env("FLASHSALE_INIT_RUNTIME_API_ADDR", free_addr().to_string())
+        // Ports the init picks and says (no window for another process).
+        .env("FLASHSALE_INIT_INVOKE_ADDR", "127.0.0.1:0")
+        .env("FLASHSALE_INIT_RUNTIME_API_ADDR", "127.0.0.1:0")
         .env("WORK", &work)
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let mut stderr = BufReader::new(init.stderr.take().unwrap()).lines();
+    let first = stderr
+        .next_line()
+        .await
+        .unwrap()
+        .expect("the init said nothing");
+    let invoke: SocketAddr = first
+        .strip_prefix("[init] invocations on ")
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+        .parse()
+        .unwrap();
+    // The rest (the runtime's output too) in a file, for a failure's story.
+    let log = work.join("init.log");
+    tokio::spawn(async move {
+        let mut text = String::new();
+        while let Ok(Some(line)) = stderr.next_line().await {
+            text.push_str(&line);
+            text.push('\n');
+            let _ = std::fs::write(&log, &text);
+        }
+    });
     Harness {
         init,
         invoke,
@@ -300,5 +323,25 @@ async fn a_runtime_that_exits_before_asking_for_work_fails_the_environment() {
     assert!(
         !status.success(),
         "the init must exit when its environment failed"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_after_the_timeout_does_not_cost_the_next_invocation() {
+    let h = start(RUNTIME, 1).await;
+    h.invoke("i1", json!("late")).await;
+    let error: Value = serde_json::from_str(&h.call("/invocations/i1/error").await).unwrap();
+    assert_eq!(error["errorType"], "Sandbox.Timedout");
+    // LocalStack sends the next one as soon as the error is in.
+    h.invoke("i2", json!("next")).await;
+    let answer: Value = serde_json::from_str(&h.call("/invocations/i2/response").await).unwrap();
+    assert_eq!(answer["payload"], "next");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !h.paths()
+            .iter()
+            .any(|p| p.ends_with("/invocations/i1/response")),
+        "the late answer must not be reported: {:?}",
+        h.paths()
     );
 }
