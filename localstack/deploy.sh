@@ -10,7 +10,11 @@
 #   (the admin token, the webhook secret and Redis' password);
 # - reserved concurrency, which LocalStack's CloudFormation ignores;
 # - the HTTP routes with their functions' names, for `flashsale gateway`
-#   (LocalStack has no API Gateway v2).
+#   (LocalStack has no API Gateway v2);
+# - VISIBILITY_TIMEOUT=<s>, when set: the orders queue's and its DLQ's, so
+#   a failing message reaches the next queue in 5 x that instead of 5 x
+#   200 s (the demo; the template's values are for the functions'
+#   timeouts on AWS).
 #
 # Expects the stack's env, FLASHSALE_ADMIN_TOKEN and
 # FLASHSALE_PAYMENT_WEBHOOK_SECRET. BOOTSTRAPS=host (this machine's debug
@@ -125,6 +129,12 @@ output() {
   aws cloudformation describe-stacks --stack-name "$stack" --output text \
     --query "Stacks[0].Outputs[?OutputKey=='$1'].OutputValue"
 }
+if [ -n "${VISIBILITY_TIMEOUT:-}" ]; then
+  for q in OrdersQueueUrl OrdersDlqUrl; do
+    aws sqs set-queue-attributes --endpoint-url "$AWS_ENDPOINT_URL_SQS" --queue-url "$(output "$q")" \
+      --attributes "VisibilityTimeout=$VISIBILITY_TIMEOUT"
+  done
+fi
 {
   echo "export FLASHSALE_ORDERS_QUEUE_URL=$(output OrdersQueueUrl)"
   echo "export FLASHSALE_ORDERS_DLQ_URL=$(output OrdersDlqUrl)"

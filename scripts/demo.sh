@@ -56,7 +56,9 @@ if [ "${CHAOS:-0}" = 1 ]; then
 fi
 serve=(serve)
 if [ "$runtime" = localstack ]; then
-  "$(dirname "$0")/../localstack/deploy.sh"
+  # shellcheck source=localstack/env.sh
+  . "$(dirname "$0")/../localstack/env.sh"
+  VISIBILITY_TIMEOUT=2 "$(dirname "$0")/../localstack/deploy.sh"
   # shellcheck disable=SC1091
   . "$STACK_DIR/deployed.env"
   serve=(gateway --targets "$STACK_DIR/deploy/targets.json")
@@ -89,6 +91,21 @@ done
 [ "${DEMO_BUYERS:-}" ] && args+=(--buyers "$DEMO_BUYERS")
 [ "${DEMO_STOCK:-}" ] && args+=(--stock "$DEMO_STOCK")
 echo "runner log: $STACK_DIR/runner.log" >&2
+parked() { "$bin" parked 2>&1 >/dev/null | awk '/parked message/ {print $1}'; }
+wait_parked() { # count, seconds
+  for _ in $(seq 1 "$2"); do [ "$(parked)" = "$1" ] && return 0; sleep 1; done
+  echo "the parking lot holds $(parked) message(s), not $1, after $2 s" >&2
+  return 1
+}
+if [ "$runtime" = localstack ]; then
+  # The failure path, all of it LocalStack's: a message nobody can read
+  # fails in order-consumer until the orders queue's redrive policy moves
+  # it to the DLQ, fails in compensation until the DLQ's moves it to the
+  # parking lot; checked after the sale (it runs meanwhile).
+  poison_sent=$(date +%s)
+  "$LOCALSTACK_VENV/bin/aws" --region "$AWS_REGION" --endpoint-url "$AWS_ENDPOINT_URL_SQS" sqs send-message \
+    --queue-url "$FLASHSALE_ORDERS_QUEUE_URL" --message-body "not an order" >/dev/null
+fi
 "$bin" loadtest --summary --payment-window-secs "$payment_window" --report "$STACK_DIR/loadtest.json" --chart "$STACK_DIR/loadtest.png" "${args[@]}" \
   | tee "$STACK_DIR/summary.txt"
 # Balanced books alone would also hold for a sale in which nothing got
@@ -98,6 +115,17 @@ case " $(grep '^SUMMARY' "$STACK_DIR/summary.txt" | tail -n 1) " in
     echo "the sale placed or paid nothing: see $STACK_DIR/runner.log${SAM_API_URL:+ and sam-*.log}" >&2
     exit 1 ;;
 esac
+if [ "$runtime" = localstack ]; then
+  wait_parked 1 120
+  parked_after=$(( $(date +%s) - poison_sent ))
+  # ... and `flashsale redrive` (StartMessageMoveTask) gives it back to
+  # compensation, which parks it again.
+  "$bin" redrive 2>/dev/null
+  redriven=$(date +%s)
+  wait_parked 0 30
+  wait_parked 1 120
+  echo "failure path: poison parked ${parked_after} s after it was sent (orders queue, DLQ, compensation); redriven and parked again in $(( $(date +%s) - redriven )) s" >&2
+fi
 if [ "${CHAOS:-0}" = 1 ]; then
   # What the capacity decorator refused (the runner's counters).
   curl -fsS "http://$addr/metrics" | grep '^flashsale_capacity_refused_total' >&2 || true
