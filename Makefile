@@ -18,8 +18,9 @@ TOOLS_BIN := $(HOME)/.cache/flashsale/tools-venv/bin
 export SAM_CLI_TELEMETRY := 0
 FUNCTIONS := deduct order-consumer order-status admin compensation outbox-sweeper payment-webhook order-expirer
 BIN_FLAGS := $(foreach f,$(FUNCTIONS),--bin $(f))
+LAMBDA_ARCH := $(if $(filter aarch64,$(shell uname -m)),arm64,x86_64)
 
-.PHONY: setup build build-arm64 build-x86_64 bench dev-build demo test lint template-lint unit stack-up stack-down sam-build sam-local sam-sale localstack-sale test-embedded
+.PHONY: setup build build-arm64 build-x86_64 bench dev-build demo test lint template-lint unit stack-up stack-down sam-build sam-local sam-sale localstack-sale deploy-localstack test-embedded
 
 setup:
 	@localstack/install.sh
@@ -65,6 +66,12 @@ sam-local: setup dev-build
 # A small sale through the real bootstraps; fails unless the books balance.
 sam-sale: setup dev-build
 	RUNTIME=sam SAM_BOOTSTRAPS=host DEMO_BUYERS=100 DEMO_STOCK=20 localstack/with-stack.sh scripts/demo.sh
+
+# LocalStack in Docker, for machines with the network: `docker compose -f
+# localstack/docker-compose.yml up -d` first (README, "LocalStack"); then
+# template.yaml deployed into it as `make demo RUNTIME=localstack` does.
+deploy-localstack: setup dev-build build-$(LAMBDA_ARCH)
+	@. localstack/compose.env && localstack/deploy.sh
 
 # The same small sale with template.yaml deployed into LocalStack's Lambda.
 localstack-sale: setup dev-build

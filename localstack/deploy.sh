@@ -16,8 +16,10 @@
 #   200 s (the demo; the template's values are for the functions'
 #   timeouts on AWS).
 #
-# Expects the stack's env, FLASHSALE_ADMIN_TOKEN and
-# FLASHSALE_PAYMENT_WEBHOOK_SECRET. BOOTSTRAPS=host (this machine's debug
+# Expects the stack's env (or localstack/compose.env for LocalStack in
+# Docker: FLASHSALE_REDIS_ENDPOINT, FLASHSALE_REDIS_PASSWORD and
+# FLASHSALE_FUNCTIONS_DYNAMODB say where the functions find Redis and
+# DynamoDB), FLASHSALE_ADMIN_TOKEN and FLASHSALE_PAYMENT_WEBHOOK_SECRET. BOOTSTRAPS=host (this machine's debug
 # build; the default on the Debian stand-in image) or lambda (cargo-lambda's
 # x86_64/arm64 release builds, for the real image). Writes
 # $STACK_DIR/deployed.env (queue URLs, table, function names) and
@@ -28,15 +30,21 @@ root="$(cd "$here/.." && pwd)"
 # shellcheck source=localstack/env.sh
 . "$here/env.sh"
 : "${STACK_DIR:?run through localstack/with-stack.sh or set STACK_DIR}"
-: "${FLASHSALE_BRIDGE_GATEWAY:?the stack runs without Lambda in LocalStack: start it with LOCALSTACK_LAMBDA=1}"
 : "${FLASHSALE_ADMIN_TOKEN:?}" "${FLASHSALE_PAYMENT_WEBHOOK_SECRET:?}"
 log() { printf '[deploy] %s\n' "$*" >&2; }
 aws() { AWS_DEFAULT_REGION="${AWS_REGION:-us-east-1}" "$LOCALSTACK_VENV/bin/aws" "$@"; }
 target="${CARGO_TARGET_DIR:-$HOME/.cache/flashsale-target}"
 stack=flashsale
 bucket=flashsale-code
-gw="$FLASHSALE_BRIDGE_GATEWAY"
-ddb_port="${AWS_ENDPOINT_URL_DYNAMODB##*:}"
+# Where the functions' containers find Redis and DynamoDB: by default the
+# docker-less stack's, at the Docker bridge.
+if [ -z "${FLASHSALE_REDIS_ENDPOINT:-}" ]; then
+  : "${FLASHSALE_BRIDGE_GATEWAY:?the stack runs without Lambda in LocalStack: start it with LOCALSTACK_LAMBDA=1}"
+  gw="$FLASHSALE_BRIDGE_GATEWAY"
+  FLASHSALE_REDIS_ENDPOINT="$gw:$REDIS_PORT"
+  FLASHSALE_FUNCTIONS_DYNAMODB="${FLASHSALE_FUNCTIONS_DYNAMODB-http://$gw:${AWS_ENDPOINT_URL_DYNAMODB##*:}}"
+fi
+redis_password="${FLASHSALE_REDIS_PASSWORD:-${REDISCLI_AUTH:?no Redis password: the stack has one in REDISCLI_AUTH, Docker needs FLASHSALE_REDIS_PASSWORD}}"
 arch="$(uname -m | sed 's/aarch64/arm64/')"
 work="$STACK_DIR/deploy"
 rm -rf "$work" && mkdir -p "$work"
@@ -79,10 +87,9 @@ fi
 secret() { aws ssm put-parameter --name "/$stack/$1" --type SecureString --value "$2" --overwrite >/dev/null; }
 secret admin-token "$FLASHSALE_ADMIN_TOKEN"
 secret payment-webhook-secret "$FLASHSALE_PAYMENT_WEBHOOK_SECRET"
-secret redis-auth "$REDISCLI_AUTH"
+secret redis-auth "$redis_password"
 
-# The stack, anew (a deploy again replaces it). Functions reach Redis and
-# DynamoDB Local at the bridge.
+# The stack, anew (a deploy again replaces it).
 stack_status() {
   aws cloudformation describe-stacks --stack-name "$stack" --query 'Stacks[0].StackStatus' --output text 2>/dev/null
 }
@@ -96,13 +103,13 @@ param() { printf 'ParameterKey=%s,ParameterValue=%s ' "$1" "$2"; }
 aws cloudformation create-stack --stack-name "$stack" \
   --template-url "$AWS_ENDPOINT_URL/$bucket/template.json" \
   --capabilities CAPABILITY_IAM CAPABILITY_NAMED_IAM CAPABILITY_AUTO_EXPAND \
-  --parameters $(param RedisEndpoint "$gw:$REDIS_PORT") $(param RedisTls false) \
+  --parameters $(param RedisEndpoint "$FLASHSALE_REDIS_ENDPOINT") $(param RedisTls false) \
     $(param RedisAuthTokenParameter "/$stack/redis-auth") \
     $(param AdminTokenParameter "/$stack/admin-token") \
     $(param PaymentWebhookSecretParameter "/$stack/payment-webhook-secret") \
-    $(param JwtIssuer "http://$gw/no-authorizer-locally") $(param JwtAudience flashsale) \
+    $(param JwtIssuer "http://localhost/no-authorizer-locally") $(param JwtAudience flashsale) \
     $(param Architecture "$arch") $(param FlashSaleTableName "$table") \
-    $(param DynamoDbEndpoint "http://$gw:$ddb_port") \
+    $(param DynamoDbEndpoint "${FLASHSALE_FUNCTIONS_DYNAMODB:-}") \
     ${FLASHSALE_STACK_PARAMETERS:-} >/dev/null
 status=CREATE_IN_PROGRESS
 for _ in $(seq 1 300); do
@@ -131,7 +138,7 @@ output() {
 }
 if [ -n "${VISIBILITY_TIMEOUT:-}" ]; then
   for q in OrdersQueueUrl OrdersDlqUrl; do
-    aws sqs set-queue-attributes --endpoint-url "$AWS_ENDPOINT_URL_SQS" --queue-url "$(output "$q")" \
+    aws sqs set-queue-attributes --endpoint-url "${AWS_ENDPOINT_URL_SQS:-$AWS_ENDPOINT_URL}" --queue-url "$(output "$q")" \
       --attributes "VisibilityTimeout=$VISIBILITY_TIMEOUT"
   done
 fi

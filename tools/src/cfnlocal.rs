@@ -5,11 +5,12 @@
 //! - code: each function's `CodeUri` becomes its zip in LocalStack's S3, as
 //!   `sam package` would do;
 //! - the table: LocalStack's DynamoDB downloads Java and DynamoDB Local at
-//!   first use (offline it fails), and the stack's table lives in DynamoDB
-//!   Local anyway. It is dropped; its name becomes the parameter
+//!   first use (offline it fails), so the docker-less stack keeps it in
+//!   DynamoDB Local. It is dropped; its name becomes the parameter
 //!   `FlashSaleTableName`, its definition [`Local::table`] (created by the
-//!   deploy), and the functions get `AWS_ENDPOINT_URL_DYNAMODB` from the
-//!   parameter `DynamoDbEndpoint` (LocalStack points every SDK at itself);
+//!   deploy, in DynamoDB Local or LocalStack's), and the functions get
+//!   `AWS_ENDPOINT_URL_DYNAMODB` from the parameter `DynamoDbEndpoint` when
+//!   it is set (LocalStack points every SDK at itself otherwise);
 //! - schedules: LocalStack Community's EventBridge Scheduler stores
 //!   schedules but never runs them, so `ScheduleV2` events become
 //!   `Schedule` events (EventBridge rules, which it runs);
@@ -188,10 +189,15 @@ pub fn local_template(template: &str, bucket: &str) -> Result<Local> {
         TABLE_PARAM.into(),
         json!({"Type": "String", "Default": "flashsale"}),
     );
-    params.insert("DynamoDbEndpoint".into(), json!({"Type": "String"}));
+    params.insert(
+        "DynamoDbEndpoint".into(),
+        json!({"Type": "String", "Default": ""}),
+    );
     for p in ["SubnetIds", "SecurityGroupIds"] {
         params.insert(p.into(), json!({"Type": "String", "Default": ""}));
     }
+    t["Conditions"]["HasDynamoDbEndpoint"] =
+        json!({"Fn::Not": [{"Fn::Equals": [{"Ref": "DynamoDbEndpoint"}, ""]}]});
     let globals = t["Globals"]["Function"]
         .as_object_mut()
         .ok_or_else(|| anyhow!("template.yaml has no Globals.Function"))?;
@@ -201,9 +207,10 @@ pub fn local_template(template: &str, bucket: &str) -> Result<Local> {
         .and_then(|e| e.get_mut("Variables"))
         .and_then(Value::as_object_mut)
         .ok_or_else(|| anyhow!("template.yaml has no Globals.Function.Environment.Variables"))?;
+    // An empty endpoint would be an invalid one: no variable instead.
     vars.insert(
         "AWS_ENDPOINT_URL_DYNAMODB".into(),
-        json!({"Ref": "DynamoDbEndpoint"}),
+        json!({"Fn::If": ["HasDynamoDbEndpoint", {"Ref": "DynamoDbEndpoint"}, {"Ref": "AWS::NoValue"}]}),
     );
     vars.insert("FLASHSALE_INSECURE_USER_FROM_BODY".into(), "1".into());
 
