@@ -449,9 +449,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             layout,
             out,
         } => {
-            let read = |p: &std::path::Path| {
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-            };
             let vars = samlocal::fill_env_file(&read(&env_file)?, |k| std::env::var(k).ok())
                 .with_context(|| format!("filling {}", env_file.display()))?;
             let template = read(&template)?;
@@ -471,8 +468,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             targets,
             concurrency,
         } => {
-            let text = std::fs::read_to_string(&targets)
-                .with_context(|| format!("reading {}", targets.display()))?;
+            let text = read(&targets)?;
             let targets: Vec<gateway::Target> = serde_json::from_str(&text).with_context(|| {
                 format!(
                     "{} is not a list of {{method, path, function, name}}",
@@ -493,8 +489,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             bucket,
             out,
         } => {
-            let text = std::fs::read_to_string(&template)
-                .with_context(|| format!("reading {}", template.display()))?;
+            let text = read(&template)?;
             let local = cfnlocal::local_template(&text, &bucket)?;
             std::fs::create_dir_all(&out)?;
             std::fs::write(out.join("template.json"), local.template.to_string())?;
@@ -625,6 +620,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn read(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 fn stores(sdk: &aws_config::SdkConfig) -> Result<(RedisGate, DynamoStore)> {

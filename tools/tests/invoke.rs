@@ -6,17 +6,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Options, TestStack};
-use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tools::invoke::{InvokeConfig, Names};
 
 #[derive(Default)]
@@ -58,41 +54,21 @@ fn answer(seen: &mut Seen, function: &str, event: &Value) -> (Option<&'static st
 
 /// The Lambda Invoke API (`POST /2015-03-31/functions/{name}/invocations`).
 async fn fake_lambda(seen: Arc<Mutex<Seen>>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            let name = req
-                                .uri()
-                                .path()
-                                .trim_start_matches("/2015-03-31/functions/")
-                                .trim_end_matches("/invocations")
-                                .to_owned();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let event: Value = serde_json::from_slice(&body).unwrap();
-                            let (error, payload) = answer(&mut seen.lock().unwrap(), &name, &event);
-                            let mut resp = hyper::Response::builder().status(200);
-                            if let Some(kind) = error {
-                                resp = resp.header("X-Amz-Function-Error", kind);
-                            }
-                            let bytes = Bytes::from(serde_json::to_vec(&payload).unwrap());
-                            Ok::<_, Infallible>(resp.body(Full::new(bytes)).unwrap())
-                        }
-                    },
-                );
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    let addr = common::http_stub(move |path, body| {
+        let name = path
+            .trim_start_matches("/2015-03-31/functions/")
+            .trim_end_matches("/invocations")
+            .to_owned();
+        let event: Value = serde_json::from_slice(&body).unwrap();
+        let (error, payload) = answer(&mut seen.lock().unwrap(), &name, &event);
+        let mut resp = hyper::Response::builder().status(200);
+        if let Some(kind) = error {
+            resp = resp.header("X-Amz-Function-Error", kind);
         }
-    });
+        let bytes = Bytes::from(serde_json::to_vec(&payload).unwrap());
+        resp.body(Full::new(bytes)).unwrap()
+    })
+    .await;
     format!("http://{addr}")
 }
 

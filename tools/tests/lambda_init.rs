@@ -2,6 +2,8 @@
 //! executor endpoint and a shell runtime speaking the Runtime API with curl.
 //! The real bootstraps behind it run in the LocalStack sale (scripts/demo.sh).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -9,12 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
 /// A runtime: echoes the payload with the request's headers, fails on
@@ -59,36 +58,14 @@ mod tempdir {
 }
 
 async fn localstack_stand_in(calls: Calls) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let calls = calls.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let calls = calls.clone();
-                        async move {
-                            let path = req.uri().path().to_owned();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            calls
-                                .lock()
-                                .unwrap()
-                                .push((path, String::from_utf8_lossy(&body).into_owned()));
-                            let mut resp = hyper::Response::new(Full::new(Bytes::new()));
-                            *resp.status_mut() = hyper::StatusCode::ACCEPTED;
-                            Ok::<_, std::convert::Infallible>(resp)
-                        }
-                    },
-                );
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    common::http_stub(move |path, body| {
+        let body = String::from_utf8_lossy(&body).into_owned();
+        calls.lock().unwrap().push((path, body));
+        let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = hyper::StatusCode::ACCEPTED;
+        resp
+    })
+    .await
 }
 
 async fn start(runtime: &str, timeout_secs: u32) -> Harness {
@@ -196,6 +173,11 @@ impl Harness {
         );
     }
 
+    /// The body the init posted to …`suffix`, as JSON.
+    async fn json(&self, suffix: &str) -> Value {
+        serde_json::from_str(&self.call(suffix).await).unwrap()
+    }
+
     fn paths(&self) -> Vec<String> {
         self.calls
             .lock()
@@ -225,7 +207,7 @@ async fn an_invocation_reaches_the_runtime_and_its_answer_goes_back_after_its_lo
     );
     let h = start(RUNTIME, 30).await;
     h.invoke("i1", json!({"n": 1})).await;
-    let answer: Value = serde_json::from_str(&h.call("/invocations/i1/response").await).unwrap();
+    let answer: Value = h.json("/invocations/i1/response").await;
     assert_eq!(answer["payload"], json!({"n": 1}));
     assert_eq!(
         answer["arn"],
@@ -240,7 +222,7 @@ async fn an_invocation_reaches_the_runtime_and_its_answer_goes_back_after_its_lo
         deadline > now + 25_000 && deadline <= now + 30_000,
         "deadline {deadline} is not ~30 s after {now}"
     );
-    let logs: Value = serde_json::from_str(&h.call("/invocations/i1/logs").await).unwrap();
+    let logs: Value = h.json("/invocations/i1/logs").await;
     assert!(
         logs["logs"].as_str().unwrap().contains("handling i1"),
         "logs: {logs}"
@@ -259,7 +241,7 @@ async fn an_invocation_reaches_the_runtime_and_its_answer_goes_back_after_its_lo
 async fn a_function_error_goes_back_as_an_error() {
     let h = start(RUNTIME, 30).await;
     h.invoke("i1", json!("fail")).await;
-    let error: Value = serde_json::from_str(&h.call("/invocations/i1/error").await).unwrap();
+    let error: Value = h.json("/invocations/i1/error").await;
     assert_eq!(
         error,
         json!({"errorType": "Boom", "errorMessage": "asked to"})
@@ -270,16 +252,16 @@ async fn a_function_error_goes_back_as_an_error() {
 async fn past_its_timeout_an_invocation_fails_as_timed_out_and_the_runtime_restarts() {
     let h = start(RUNTIME, 1).await;
     h.invoke("i1", json!("hang")).await;
-    let error: Value = serde_json::from_str(&h.call("/invocations/i1/error").await).unwrap();
+    let error: Value = h.json("/invocations/i1/error").await;
     assert_eq!(error["errorType"], "Sandbox.Timedout");
     assert_eq!(
         error["errorMessage"],
         "i1 Task timed out after 1.00 seconds"
     );
     h.invoke("i2", json!("after")).await;
-    let answer: Value = serde_json::from_str(&h.call("/invocations/i2/response").await).unwrap();
+    let answer: Value = h.json("/invocations/i2/response").await;
     assert_eq!(answer["payload"], "after");
-    let logs: Value = serde_json::from_str(&h.call("/invocations/i2/logs").await).unwrap();
+    let logs: Value = h.json("/invocations/i2/logs").await;
     assert!(
         logs["logs"]
             .as_str()
@@ -298,7 +280,7 @@ async fn past_its_timeout_an_invocation_fails_as_timed_out_and_the_runtime_resta
 async fn a_runtime_that_exits_mid_invocation_fails_it_and_is_restarted() {
     let h = start(RUNTIME, 30).await;
     h.invoke("i1", json!("crash")).await;
-    let error: Value = serde_json::from_str(&h.call("/invocations/i1/error").await).unwrap();
+    let error: Value = h.json("/invocations/i1/error").await;
     assert_eq!(error["errorType"], "Runtime.ExitError");
     assert!(
         error["errorMessage"]
@@ -314,7 +296,7 @@ async fn a_runtime_that_exits_mid_invocation_fails_it_and_is_restarted() {
 #[tokio::test]
 async fn a_runtime_that_exits_before_asking_for_work_fails_the_environment() {
     let mut h = start("#!/bin/sh\necho 'missing config' >&2\nexit 2\n", 30).await;
-    let error: Value = serde_json::from_str(&h.call("/status/env1/error").await).unwrap();
+    let error: Value = h.json("/status/env1/error").await;
     assert_eq!(error["errorType"], "Runtime.ExitError");
     let status = tokio::time::timeout(Duration::from_secs(10), h.init.wait())
         .await
@@ -330,11 +312,11 @@ async fn a_runtime_that_exits_before_asking_for_work_fails_the_environment() {
 async fn an_answer_after_the_timeout_does_not_cost_the_next_invocation() {
     let h = start(RUNTIME, 1).await;
     h.invoke("i1", json!("late")).await;
-    let error: Value = serde_json::from_str(&h.call("/invocations/i1/error").await).unwrap();
+    let error: Value = h.json("/invocations/i1/error").await;
     assert_eq!(error["errorType"], "Sandbox.Timedout");
     // LocalStack sends the next one as soon as the error is in.
     h.invoke("i2", json!("next")).await;
-    let answer: Value = serde_json::from_str(&h.call("/invocations/i2/response").await).unwrap();
+    let answer: Value = h.json("/invocations/i2/response").await;
     assert_eq!(answer["payload"], "next");
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(

@@ -99,9 +99,7 @@ type Written = Result<(), minicbor::encode::Error<std::convert::Infallible>>;
 /// A CloudWatch endpoint speaking the SDK's rpcv2Cbor: two functions'
 /// refusals by reason and deduct's latency, as EMF puts them there.
 async fn fake_cloudwatch(asked: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) -> String {
-    use http_body_util::{BodyExt, Full};
-    use hyper::server::conn::http1;
-    use hyper_util::rt::TokioIo;
+    use http_body_util::Full;
     fn metric(e: &mut Cbor, name: &str, dims: &[(&str, &str)]) -> Written {
         e.map(3)?
             .str("Namespace")?
@@ -175,38 +173,21 @@ async fn fake_cloudwatch(asked: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) 
         written.unwrap();
         e.into_writer()
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let asked = asked.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let asked = asked.clone();
-                        async move {
-                            let path = req.uri().path().to_owned();
-                            let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
-                            asked.lock().unwrap().push(body.clone());
-                            let answer = if path.ends_with("/ListMetrics") {
-                                list(&body)
-                            } else {
-                                data()
-                            };
-                            hyper::Response::builder()
-                                .header("smithy-protocol", "rpc-v2-cbor")
-                                .header("content-type", "application/cbor")
-                                .body(Full::new(bytes::Bytes::from(answer)))
-                        }
-                    },
-                );
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    let addr = common::http_stub(move |path, body| {
+        let body = body.to_vec();
+        asked.lock().unwrap().push(body.clone());
+        let answer = if path.ends_with("/ListMetrics") {
+            list(&body)
+        } else {
+            data()
+        };
+        hyper::Response::builder()
+            .header("smithy-protocol", "rpc-v2-cbor")
+            .header("content-type", "application/cbor")
+            .body(Full::new(bytes::Bytes::from(answer)))
+            .unwrap()
+    })
+    .await;
     format!("http://{addr}")
 }
 

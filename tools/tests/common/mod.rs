@@ -349,3 +349,40 @@ pub fn stock_change(
     };
     (change, entry)
 }
+
+/// An HTTP/1 server on a free loopback port that answers every request
+/// with `answer(path, body)`: a stand-in for an AWS or LocalStack endpoint.
+pub async fn http_stub<F>(answer: F) -> std::net::SocketAddr
+where
+    F: Fn(String, bytes::Bytes) -> hyper::Response<http_body_util::Full<bytes::Bytes>>
+        + Send
+        + Sync
+        + 'static,
+{
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let answer = answer.clone();
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            Ok::<_, std::convert::Infallible>(answer(path, body))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
