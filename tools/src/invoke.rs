@@ -121,17 +121,7 @@ impl Invoker {
     /// whole batch is then redelivered).
     pub async fn sqs(&self, f: Function, event: &SqsEvent) -> Result<SqsBatchResponse> {
         let payload = self.invoke(f, event).await?;
-        // As Lambda reads it: no response is a batch without failures.
-        if payload.iter().all(u8::is_ascii_whitespace) || payload.trim_ascii() == b"null" {
-            return Ok(SqsBatchResponse::default());
-        }
-        serde_json::from_slice(&payload).with_context(|| {
-            format!(
-                "{} answered something other than a batch response: {}",
-                self.name(f),
-                String::from_utf8_lossy(&payload)
-            )
-        })
+        batch_response(&payload).with_context(|| format!("{} answered", self.name(f)))
     }
 
     /// A scheduled run (EventBridge Scheduler's event).
@@ -140,6 +130,35 @@ impl Invoker {
             .await
             .map(drop)
     }
+}
+
+/// A batch response as Lambda reads it: nothing, `null`, `{}` or a null
+/// list is a batch without failures (AWS documents these as success; the
+/// events crate's type requires the list); anything not JSON is an error,
+/// and the whole batch is redelivered.
+pub fn batch_response(payload: &[u8]) -> Result<SqsBatchResponse> {
+    let text = payload.trim_ascii();
+    if text.is_empty() || text == b"null" {
+        return Ok(SqsBatchResponse::default());
+    }
+    let value: serde_json::Value = serde_json::from_slice(text).with_context(|| {
+        format!(
+            "something other than a batch response: {}",
+            String::from_utf8_lossy(payload)
+        )
+    })?;
+    if value
+        .get("batchItemFailures")
+        .is_none_or(serde_json::Value::is_null)
+    {
+        return Ok(SqsBatchResponse::default());
+    }
+    serde_json::from_value(value).with_context(|| {
+        format!(
+            "a batch response whose failures are not [{{\"itemIdentifier\": ...}}]: {}",
+            String::from_utf8_lossy(payload)
+        )
+    })
 }
 
 /// What EventBridge Scheduler sends a target.
@@ -158,4 +177,29 @@ pub fn scheduled_event(name: &str) -> serde_json::Value {
         "resources": [format!("arn:aws:scheduler:us-east-1:000000000000:schedule/default/{name}")],
         "detail": {},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_response;
+
+    #[test]
+    fn a_batch_response_is_read_as_lambda_reads_it() {
+        for success in [
+            "",
+            " null ",
+            "{}",
+            r#"{"batchItemFailures":null}"#,
+            r#"{"batchItemFailures":[]}"#,
+        ] {
+            let r = batch_response(success.as_bytes()).unwrap();
+            assert!(r.batch_item_failures.is_empty(), "{success:?}");
+        }
+        let r = batch_response(br#"{"batchItemFailures":[{"itemIdentifier":"m1"}]}"#).unwrap();
+        assert_eq!(r.batch_item_failures[0].item_identifier, "m1");
+        // Whole-batch failures: the mapping redelivers everything.
+        for failure in ["not json", r#"{"batchItemFailures":[{"id":"m1"}]}"#] {
+            assert!(batch_response(failure.as_bytes()).is_err(), "{failure:?}");
+        }
+    }
 }
