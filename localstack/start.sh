@@ -25,8 +25,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 running() { [ -f "$STACK_DIR/$1.pid" ] && kill -0 "$(cat "$STACK_DIR/$1.pid")" 2>/dev/null; }
 
 if running redis && running localstack && running dynamodb && [ -f "$STACK_DIR/env" ]; then
-  log "already running ($STACK_DIR)"
-  exit 0
+  # A stack without LocalStack's Lambda cannot serve one that wants it.
+  if [ "${LOCALSTACK_LAMBDA:-0}" != 1 ] || grep -q FLASHSALE_BRIDGE_GATEWAY "$STACK_DIR/env"; then
+    log "already running ($STACK_DIR)"
+    exit 0
+  fi
+  log "running without LocalStack's Lambda ($STACK_DIR): restarting it with Lambda"
 fi
 "$here/stop.sh" >/dev/null 2>&1 || true
 
