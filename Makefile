@@ -20,7 +20,7 @@ FUNCTIONS := deduct order-consumer order-status admin compensation outbox-sweepe
 BIN_FLAGS := $(foreach f,$(FUNCTIONS),--bin $(f))
 LAMBDA_ARCH := $(if $(filter aarch64,$(shell uname -m)),arm64,x86_64)
 
-.PHONY: setup build build-arm64 build-x86_64 bench dev-build demo test lint template-lint unit stack-up stack-down sam-build sam-local sam-sale localstack-sale deploy-localstack test-embedded
+.PHONY: setup build build-arm64 build-x86_64 bench dev-build demo test lint template-lint unit stack-up stack-down sam-build sam-local sam-sale localstack-sale localstack-esm deploy-localstack test-embedded
 
 setup:
 	@localstack/install.sh
@@ -77,6 +77,12 @@ deploy-localstack: setup dev-build build-$(LAMBDA_ARCH)
 localstack-sale: setup dev-build
 	RUNTIME=localstack LOCALSTACK_LAMBDA=1 BOOTSTRAPS=host DEMO_BUYERS=60 DEMO_STOCK=12 localstack/with-stack.sh scripts/demo.sh
 
+# The runner's event source mapping checked against LocalStack's on the same
+# messages (tools/tests/event_source_mapping.rs).
+localstack-esm: setup dev-build
+	LOCALSTACK_LAMBDA=1 localstack/with-stack.sh cargo $(NEXTEST) -p flashsale-tools \
+	  --test event_source_mapping --run-ignored only
+
 lint: template-lint
 	cargo fmt --all --check
 	cargo clippy -q --workspace --all-targets -- -D warnings
@@ -100,6 +106,7 @@ test: setup lint dev-build
 	@$(MAKE) --no-print-directory test-embedded
 	@$(MAKE) --no-print-directory sam-sale
 	@$(MAKE) --no-print-directory localstack-sale
+	@$(MAKE) --no-print-directory localstack-esm
 
 # A stack left running for manual work: `source .stack/env` afterwards.
 stack-up: setup

@@ -134,8 +134,8 @@ impl Invoker {
 
 /// A batch response as Lambda reads it: nothing, `null`, `{}` or a null
 /// list is a batch without failures (AWS documents these as success; the
-/// events crate's type requires the list); anything not JSON is an error,
-/// and the whole batch is redelivered.
+/// events crate's type requires the list); anything else that is not such
+/// an object is an error, and the whole batch is redelivered.
 pub fn batch_response(payload: &[u8]) -> Result<SqsBatchResponse> {
     let text = payload.trim_ascii();
     if text.is_empty() || text == b"null" {
@@ -147,6 +147,15 @@ pub fn batch_response(payload: &[u8]) -> Result<SqsBatchResponse> {
             String::from_utf8_lossy(payload)
         )
     })?;
+    // Only an object can be a response: a JSON string, number or list is
+    // as invalid as text (LocalStack's mapping and the comparison in
+    // tests/event_source_mapping.rs agree).
+    if !value.is_object() {
+        bail!(
+            "a batch response that is not a JSON object: {}",
+            String::from_utf8_lossy(payload)
+        );
+    }
     if value
         .get("batchItemFailures")
         .is_none_or(serde_json::Value::is_null)
@@ -198,7 +207,13 @@ mod tests {
         let r = batch_response(br#"{"batchItemFailures":[{"itemIdentifier":"m1"}]}"#).unwrap();
         assert_eq!(r.batch_item_failures[0].item_identifier, "m1");
         // Whole-batch failures: the mapping redelivers everything.
-        for failure in ["not json", r#"{"batchItemFailures":[{"id":"m1"}]}"#] {
+        for failure in [
+            "not json",
+            r#""a string""#,
+            "[]",
+            "1",
+            r#"{"batchItemFailures":[{"id":"m1"}]}"#,
+        ] {
             assert!(batch_response(failure.as_bytes()).is_err(), "{failure:?}");
         }
     }

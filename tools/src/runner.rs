@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aws_config::SdkConfig;
+use aws_lambda_events::encodings::Base64Data;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage, SqsMessageAttribute};
 use aws_sdk_sqs::operation::receive_message::ReceiveMessageError;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
@@ -576,13 +577,15 @@ async fn serve_one<R: Routes>(
     hyper::Response::from_parts(parts, Full::new(bytes))
 }
 
-/// An SQS API message as Lambda's event source mapping would deliver it.
-pub fn to_record(m: Message, region: &str) -> SqsMessage {
+/// An SQS API message as Lambda's event source mapping would deliver it
+/// from the queue `queue_arn`.
+pub fn to_record(m: Message, queue_arn: &str, region: &str) -> SqsMessage {
     let mut r = SqsMessage::default();
     r.message_id = m.message_id;
     r.receipt_handle = m.receipt_handle;
     r.body = m.body;
     r.md5_of_body = m.md5_of_body;
+    r.md5_of_message_attributes = m.md5_of_message_attributes;
     r.attributes = m
         .attributes
         .unwrap_or_default()
@@ -597,12 +600,28 @@ pub fn to_record(m: Message, region: &str) -> SqsMessage {
             let mut a = SqsMessageAttribute::default();
             a.data_type = Some(v.data_type);
             a.string_value = v.string_value;
+            a.binary_value = v.binary_value.map(|b| {
+                // The type is non_exhaustive: filled through DerefMut.
+                let mut data = Base64Data::default();
+                *data = b.into_inner();
+                data
+            });
             (k, a)
         })
         .collect();
     r.event_source = Some("aws:sqs".into());
+    r.event_source_arn = Some(queue_arn.to_owned());
     r.aws_region = Some(region.to_owned());
     r
+}
+
+/// A queue's ARN from its URL (`<endpoint>/<account>/<name>`, on AWS and
+/// LocalStack alike), so that records name their queue without a call.
+fn queue_arn(queue_url: &str, region: &str) -> String {
+    let mut path = queue_url.trim_end_matches('/').rsplit('/');
+    let name = path.next().unwrap_or_default();
+    let account = path.next().unwrap_or_default();
+    format!("arn:aws:sqs:{region}:{account}:{name}")
 }
 
 /// The pollers' SQS client. A long poll must not outlast the SDK's attempt
@@ -753,6 +772,7 @@ async fn poll<F, Fut>(
         .map(|r| r.to_string())
         .unwrap_or_default();
     let queue_url = &mapping.queue_url;
+    let arn = queue_arn(queue_url, &region);
     loop {
         let received = tokio::select! {
             r = mapping.receive(&sqs) => r,
@@ -772,7 +792,7 @@ async fn poll<F, Fut>(
         let mut event = SqsEvent::default();
         event.records = messages
             .into_iter()
-            .map(|m| to_record(m, &region))
+            .map(|m| to_record(m, &arn, &region))
             .collect();
         let handles: Vec<(Option<String>, Option<String>)> = event
             .records
@@ -833,6 +853,24 @@ mod tests {
             })
             .collect();
         Some(r)
+    }
+
+    #[test]
+    fn a_record_names_its_queue_as_lambda_does() {
+        for url in [
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/flashsale-orders",
+            "http://sqs.eu-west-1.localhost.localstack.cloud:4566/000000000000/flashsale-orders/",
+        ] {
+            let account = if url.contains("amazonaws") {
+                "123456789012"
+            } else {
+                "000000000000"
+            };
+            assert_eq!(
+                queue_arn(url, "eu-west-1"),
+                format!("arn:aws:sqs:eu-west-1:{account}:flashsale-orders")
+            );
+        }
     }
 
     #[test]

@@ -359,8 +359,20 @@ where
         + Sync
         + 'static,
 {
+    http_stub_on(std::net::Ipv4Addr::LOCALHOST.into(), answer).await
+}
+
+/// [`http_stub`] on a free port of `ip` (the Docker bridge's gateway, for
+/// stubs that containers call).
+pub async fn http_stub_on<F>(ip: std::net::IpAddr, answer: F) -> std::net::SocketAddr
+where
+    F: Fn(String, bytes::Bytes) -> hyper::Response<http_body_util::Full<bytes::Bytes>>
+        + Send
+        + Sync
+        + 'static,
+{
     use http_body_util::BodyExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let answer = Arc::new(answer);
     tokio::spawn(async move {
