@@ -13,7 +13,10 @@
 # RUNTIME=localstack deploys template.yaml into LocalStack
 # (localstack/deploy.sh): its Lambda runs the functions, its event source
 # mappings feed them the queues and its rules the schedules; `flashsale
-# gateway` stands in for the HTTP API.
+# gateway` stands in for the HTTP API. Beside the sale, two messages take
+# LocalStack's failure path: a poison one (parked, redriven, parked again)
+# and an admitted order of a product whose placements the consumer is made
+# to fail (compensated, its unit back on sale).
 set -euo pipefail
 bin="${CARGO_TARGET_DIR:-target}/debug/flashsale"
 addr="${FLASHSALE_HTTP_ADDR:-127.0.0.1:3000}"
@@ -62,6 +65,19 @@ if [ "$runtime" = localstack ]; then
   # shellcheck disable=SC1091
   . "$STACK_DIR/deployed.env"
   serve=(gateway --targets "$STACK_DIR/deploy/targets.json")
+  # The placement-failure drill's product: the deployed consumer fails
+  # every placement of it (shared::faults), so its one order takes the
+  # orders queue's redrive to the DLQ and compensation.
+  drill_product="drill-$(date +%s)"
+  aws=("$LOCALSTACK_VENV/bin/aws" --region "$AWS_REGION" --endpoint-url "$AWS_ENDPOINT_URL")
+  consumer_env=$("${aws[@]}" lambda get-function-configuration --function-name "$FLASHSALE_FUNCTION_ORDER_CONSUMER" \
+    --query Environment --output json | python3 -c 'import json, sys
+env = json.load(sys.stdin) or {"Variables": {}}
+env["Variables"]["FLASHSALE_FAULTS"] = "place.fail_product:" + sys.argv[1]
+print(json.dumps(env))' "$drill_product")
+  "${aws[@]}" lambda update-function-configuration --function-name "$FLASHSALE_FUNCTION_ORDER_CONSUMER" \
+    --environment "$consumer_env" >/dev/null
+  "${aws[@]}" lambda wait function-updated --function-name "$FLASHSALE_FUNCTION_ORDER_CONSUMER"
   # Each call crosses LocalStack and a container: a 5 s window would expire
   # orders whose payments are on their way (refund_due), and the expirer's
   # schedule is a minute there anyway.
@@ -105,6 +121,9 @@ if [ "$runtime" = localstack ]; then
   poison_sent=$(date +%s)
   "$LOCALSTACK_VENV/bin/aws" --region "$AWS_REGION" --endpoint-url "$AWS_ENDPOINT_URL_SQS" sqs send-message \
     --queue-url "$FLASHSALE_ORDERS_QUEUE_URL" --message-body "not an order" >/dev/null
+  # ... and an admitted order whose placement fails, during the sale.
+  "$bin" compensation-drill --base-url "http://$addr" --product "$drill_product" >"$STACK_DIR/drill.txt" 2>&1 &
+  drill_pid=$!
 fi
 "$bin" loadtest --summary --payment-window-secs "$payment_window" --report "$STACK_DIR/loadtest.json" --chart "$STACK_DIR/loadtest.png" "${args[@]}" \
   | tee "$STACK_DIR/summary.txt"
@@ -116,6 +135,8 @@ case " $(grep '^SUMMARY' "$STACK_DIR/summary.txt" | tail -n 1) " in
     exit 1 ;;
 esac
 if [ "$runtime" = localstack ]; then
+  wait "$drill_pid" || { cat "$STACK_DIR/drill.txt" >&2; exit 1; }
+  echo "failure path: $(tail -n 1 "$STACK_DIR/drill.txt") (an admitted order whose placement always fails: orders queue, DLQ, compensation)" >&2
   wait_parked 1 120
   parked_after=$(( $(date +%s) - poison_sent ))
   # ... and `flashsale redrive` (StartMessageMoveTask) gives it back to

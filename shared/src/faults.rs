@@ -2,6 +2,9 @@
 //! a chosen fraction of calls fail with a transient error. Switched on only
 //! by `FLASHSALE_FAULTS` (e.g. `store.put:0.05,queue.send:0.02,
 //! consumer.crash_after_write:0.01`); nothing in a request can enable it.
+//! `place.fail_product:<product id>` fails every placement of that
+//! product's orders: a deterministic outage of one product, which sends its
+//! orders down the DLQ to compensation (the LocalStack demo's drill).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,9 +51,14 @@ const POINTS: [(FaultPoint, &str); 7] = [
     (FaultPoint::CrashMidRelease, "release.crash_mid"),
 ];
 
+/// `place.fail_product:<product id>`.
+const FAIL_PRODUCT: &str = "place.fail_product";
+
 #[derive(Debug, Default)]
 pub struct FaultPlan {
     rates: [f64; POINTS.len()],
+    /// Products whose every placement fails.
+    failing_products: Vec<String>,
     injected: AtomicU64,
 }
 
@@ -68,11 +76,18 @@ impl FaultPlan {
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let bad = || {
                 ConfigError(format!(
-                    "FLASHSALE_FAULTS entry {part:?} must be <point>:<rate in 0..1> with point one of {}",
+                    "FLASHSALE_FAULTS entry {part:?} must be <point>:<rate in 0..1> with point one of {}, or {FAIL_PRODUCT}:<product id>",
                     POINTS.map(|(_, n)| n).join(", ")
                 ))
             };
             let (name, rate) = part.split_once(':').ok_or_else(bad)?;
+            if name == FAIL_PRODUCT {
+                if rate.is_empty() {
+                    return Err(bad());
+                }
+                plan.failing_products.push(rate.to_owned());
+                continue;
+            }
             let i = POINTS
                 .iter()
                 .position(|(_, n)| *n == name)
@@ -117,6 +132,25 @@ impl FaultPlan {
         } else {
             Ok(())
         }
+    }
+
+    /// Whether `place.fail_product` names this order's product.
+    fn check_placement(&self, msg: &OrderMessage) -> PortResult<()> {
+        if self
+            .failing_products
+            .iter()
+            .any(|p| p == msg.product_id.as_str())
+        {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            return Err(InfraError::transient(
+                "dynamodb",
+                format!(
+                    "fault injected at {FAIL_PRODUCT} for {}",
+                    msg.product_id.as_str()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Faults injected so far by this process.
@@ -279,6 +313,7 @@ impl<T: OrderQueue> OrderQueue for Faulty<T> {
 
 impl<T: OrderBook> OrderBook for Faulty<T> {
     async fn place(&self, msg: &OrderMessage, terms: &Reservation) -> PortResult<Placement> {
+        self.plan.check_placement(msg)?;
         self.plan.check(FaultPoint::StorePut, "dynamodb")?;
         self.inner.place(msg, terms).await
     }
@@ -452,7 +487,13 @@ mod tests {
                 .unwrap();
         assert_eq!(plan.rates[index(FaultPoint::StorePut)], 0.05);
         assert_eq!(plan.rates[index(FaultPoint::RedisCall)], 0.0);
-        for bad in ["store.pt:0.1", "store.put", "store.put:2", "queue.send:x"] {
+        for bad in [
+            "store.pt:0.1",
+            "store.put",
+            "store.put:2",
+            "queue.send:x",
+            "place.fail_product:",
+        ] {
             assert!(FaultPlan::parse(bad).is_err(), "{bad}");
         }
     }

@@ -160,7 +160,6 @@ pub async fn wait_drained(gate: &RedisGate, product: &ProductId, timeout: Durati
     wait_settled(gate, None, &[], product, timeout).await
 }
 
-/// Faults the runner has injected so far (its `/health`).
 /// Waits until no reservation is open (each paid, cancelled or expired)
 /// and every released unit is back on the shelf; the books then.
 pub async fn wait_reservations_closed(
@@ -177,6 +176,63 @@ pub async fn wait_reservations_closed(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The placement-failure drill: one unit of a fresh `product`, bought
+/// once, while the consumer fails every placement of it
+/// (`FLASHSALE_FAULTS=place.fail_product:<product>` on the consumer). The
+/// admitted order must travel the orders queue's redrive to the DLQ and
+/// compensation, end COMPENSATED in DynamoDB with its unit back on sale,
+/// and the product's books balance. How long that took.
+pub async fn compensation_drill(
+    api: &Api,
+    gate: &RedisGate,
+    store: &shared::aws::DynamoStore,
+    product: &str,
+    timeout: Duration,
+) -> Result<Duration> {
+    create_and_warm(api, product, 1, 1, 60, 1).await?;
+    let buyer = "drill-buyer";
+    let body = json!({ "product_id": product, "quantity": 1, "user_id": buyer });
+    let key = format!("{product}-drill");
+    let bought = retry_unavailable(|| api.buy(&body, Some(&key))).await?;
+    ensure!(
+        bought.status == 202,
+        "the drill's buy answered {} {}",
+        bought.status,
+        bought.body
+    );
+    let request_id = bought.body["request_id"]
+        .as_str()
+        .context("the drill's 202 carried no request_id")?
+        .to_owned();
+    let started = Instant::now();
+    loop {
+        let order = api.order(&request_id, buyer).await?;
+        match order.body["status"].as_str() {
+            Some("compensated") => break,
+            Some(s @ ("placed" | "paid")) => bail!(
+                "the drill's order of {product} was {s}: the consumer must fail its placements \
+                 (FLASHSALE_FAULTS=place.fail_product:{product} on the order consumer)"
+            ),
+            _ if started.elapsed() > timeout => bail!(
+                "the drill's order {request_id} of {product} is not compensated after {timeout:?} \
+                 (last answer {} {}): are the DLQ and compensation wired?",
+                order.status,
+                order.body
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    let took = started.elapsed();
+    let product = ProductId::parse(product)?;
+    let books = crate::audit::audit(gate, store, &product).await?;
+    ensure!(
+        books.balanced() && books.compensated == 1 && books.restocked == 1 && books.stock_left == 1,
+        "after the drill's compensation the books of {} should hold one compensated unit back on sale: {books}",
+        product.as_str()
+    );
+    Ok(took)
 }
 
 pub async fn faults_injected(api: &Api) -> Result<u64> {

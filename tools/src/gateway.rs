@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use aws_config::SdkConfig;
@@ -49,14 +48,8 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(sdk: &SdkConfig, targets: Vec<Target>, concurrency: usize) -> Self {
-        // A cold start in LocalStack (a container, the function's init) plus
-        // the longest function timeout in the template (60 s).
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .operation_attempt_timeout(Duration::from_secs(90))
-            .build();
         let conf = aws_sdk_lambda::config::Builder::from(sdk)
-            .timeout_config(timeouts)
+            .timeout_config(crate::invoke::invoke_timeouts())
             // API Gateway does not retry an integration: the client decides.
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .build();

@@ -62,17 +62,23 @@ pub struct Invoker {
     names: Names,
 }
 
+/// Timeouts for a synchronous Invoke: a cold start (a container, the
+/// function's init) plus the longest function timeout in the template
+/// (60 s). Both the attempt and the operation: the shared SDK config's 10 s
+/// operation timeout would otherwise cut a slow cold start short.
+pub fn invoke_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .operation_attempt_timeout(Duration::from_secs(90))
+        .operation_timeout(Duration::from_secs(90))
+        .build()
+}
+
 impl Invoker {
     pub fn new(sdk: &SdkConfig, cfg: &InvokeConfig) -> Self {
-        // A cold start (a container, the function's init) plus the longest
-        // function timeout in the template (60 s).
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .operation_attempt_timeout(Duration::from_secs(90))
-            .build();
         let conf = aws_sdk_lambda::config::Builder::from(sdk)
             .endpoint_url(&cfg.endpoint)
-            .timeout_config(timeouts)
+            .timeout_config(invoke_timeouts())
             // A timed-out invoke may still run: the caller decides what to redo.
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .build();
@@ -190,7 +196,25 @@ pub fn scheduled_event(name: &str) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::batch_response;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_slow_cold_start_is_waited_for_past_the_shared_10_s_operation_timeout() {
+        let sdk = shared::aws::load_sdk_config().await;
+        let invoker = Invoker::new(
+            &sdk,
+            &InvokeConfig {
+                endpoint: "http://127.0.0.1:1".into(),
+                names: Names::Binary,
+            },
+        );
+        let timeouts = invoker.client.config().timeout_config().cloned().unwrap();
+        assert_eq!(timeouts.operation_timeout(), Some(Duration::from_secs(90)));
+        assert_eq!(
+            timeouts.operation_attempt_timeout(),
+            Some(Duration::from_secs(90))
+        );
+    }
 
     #[test]
     fn a_batch_response_is_read_as_lambda_reads_it() {

@@ -147,6 +147,20 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// The placement-failure drill (tools::demo::compensation_drill): buys
+    /// one unit of a fresh product whose placements the deployed consumer
+    /// fails (`FLASHSALE_FAULTS=place.fail_product:<product>`), and waits
+    /// until the order is compensated and the unit back on sale.
+    CompensationDrill {
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        base_url: String,
+        #[arg(long, env = "FLASHSALE_ADMIN_TOKEN")]
+        admin_token: String,
+        #[arg(long)]
+        product: String,
+        #[arg(long, default_value_t = 180)]
+        timeout_secs: u64,
+    },
     /// Move parked messages back to the compensation queue (StartMessageMoveTask).
     Redrive {
         #[arg(long, env = "FLASHSALE_COMPENSATION_DLQ_URL")]
@@ -524,6 +538,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("export FLASHSALE_TABLE={}", p.table);
         }
         Command::Loadtest(args) => return loadtest(&sdk, args).await,
+        Command::CompensationDrill {
+            base_url,
+            admin_token,
+            product,
+            timeout_secs,
+        } => {
+            let (gate, store) = stores(&sdk)?;
+            let api = Api::new(base_url, admin_token);
+            let took = demo::compensation_drill(
+                &api,
+                &gate,
+                &store,
+                &product,
+                Duration::from_secs(timeout_secs),
+            )
+            .await?;
+            println!(
+                "DRILL product={product} compensated_after_ms={} balanced=yes",
+                took.as_millis()
+            );
+        }
         Command::Reconcile { product } => {
             let (gate, store) = stores(&sdk)?;
             let books = audit::audit(&gate, &store, &ProductId::parse(product.as_str())?).await?;

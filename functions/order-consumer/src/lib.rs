@@ -319,6 +319,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_product_made_to_fail_is_never_placed_and_its_records_fail() {
+        for (spec, placed) in [
+            ("place.fail_product:p1", false),
+            ("place.fail_product:p9", true),
+        ] {
+            let (c, _) = consumer().await;
+            let plan = Arc::new(FaultPlan::parse(spec).unwrap());
+            let c = Consumer {
+                gate: c.gate,
+                store: shared::faults::Faulty::new(c.store, plan.clone()),
+                concurrency: 4,
+                faults: plan,
+                terms: shared::lifecycle::Terms::system(),
+            };
+            let a = order("u1");
+            let resp = c.handle(event(vec![record("a", &a)])).await;
+            // Failed, it goes back to SQS: in the end to the DLQ and
+            // compensation.
+            assert_eq!(failed_ids(&resp).is_empty(), placed, "{spec}");
+            let status = c.store.inner.status_of(&a.request_id).await;
+            assert_eq!(status, placed.then_some(OrderStatus::Placed), "{spec}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_crash_after_the_write_acknowledges_nothing_and_redelivery_settles() {
         let c = Consumer {
             faults: Arc::new(FaultPlan::parse("consumer.crash_after_write:1").unwrap()),
