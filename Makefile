@@ -13,6 +13,8 @@ ifeq ($(CI),true)
 export CARGO_INCREMENTAL := 0
 endif
 NEXTEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo "nextest run" || echo test)
+# Tests ignored by default, run on their own stack (`make localstack-esm`).
+RUN_IGNORED := $(if $(findstring nextest,$(NEXTEST)),--run-ignored only,-- --ignored)
 
 TOOLS_BIN := $(HOME)/.cache/flashsale/tools-venv/bin
 export SAM_CLI_TELEMETRY := 0
@@ -81,7 +83,7 @@ localstack-sale: setup dev-build
 # messages (tools/tests/event_source_mapping.rs).
 localstack-esm: setup dev-build
 	LOCALSTACK_LAMBDA=1 localstack/with-stack.sh cargo $(NEXTEST) -p flashsale-tools \
-	  --test event_source_mapping --run-ignored only
+	  --test event_source_mapping $(RUN_IGNORED)
 
 lint: template-lint
 	cargo fmt --all --check

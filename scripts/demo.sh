@@ -119,11 +119,12 @@ if [ "$runtime" = localstack ]; then
   # it to the DLQ, fails in compensation until the DLQ's moves it to the
   # parking lot; checked after the sale (it runs meanwhile).
   poison_sent=$(date +%s)
-  "$LOCALSTACK_VENV/bin/aws" --region "$AWS_REGION" --endpoint-url "$AWS_ENDPOINT_URL_SQS" sqs send-message \
-    --queue-url "$FLASHSALE_ORDERS_QUEUE_URL" --message-body "not an order" >/dev/null
+  "${aws[@]}" sqs send-message --queue-url "$FLASHSALE_ORDERS_QUEUE_URL" --message-body "not an order" >/dev/null
   # ... and an admitted order whose placement fails, during the sale.
   "$bin" compensation-drill --base-url "http://$addr" --product "$drill_product" >"$STACK_DIR/drill.txt" 2>&1 &
   drill_pid=$!
+  # Not left polling a stopped stack when the sale fails.
+  trap 'kill "$drill_pid" 2>/dev/null || true' EXIT
 fi
 "$bin" loadtest --summary --payment-window-secs "$payment_window" --report "$STACK_DIR/loadtest.json" --chart "$STACK_DIR/loadtest.png" "${args[@]}" \
   | tee "$STACK_DIR/summary.txt"

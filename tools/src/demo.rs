@@ -217,7 +217,8 @@ pub async fn compensation_drill(
             ),
             _ if started.elapsed() > timeout => bail!(
                 "the drill's order {request_id} of {product} is not compensated after {timeout:?} \
-                 (last answer {} {}): are the DLQ and compensation wired?",
+                 (last answer {} {}): check that the orders queue's redrive policy names the DLQ, \
+                 that the DLQ feeds compensation, and compensation's log",
                 order.status,
                 order.body
             ),
@@ -235,6 +236,7 @@ pub async fn compensation_drill(
     Ok(took)
 }
 
+/// Faults the runner has injected so far (its `/health`).
 pub async fn faults_injected(api: &Api) -> Result<u64> {
     let health = api.call("GET", "/health", &[], None).await?;
     Ok(health.body["faults_injected"].as_u64().unwrap_or(0))

@@ -153,9 +153,10 @@ pub fn batch_response(payload: &[u8]) -> Result<SqsBatchResponse> {
             String::from_utf8_lossy(payload)
         )
     })?;
-    // Only an object can be a response: a JSON string, number or list is
-    // as invalid as text (LocalStack's mapping and the comparison in
-    // tests/event_source_mapping.rs agree).
+    // Only an object can be a response. AWS documents invalid JSON as a
+    // failure but says nothing of a JSON string, number or list; LocalStack
+    // fails a batch answered with a string (tests/event_source_mapping.rs),
+    // and none of them is a response, so none acknowledges a record.
     if !value.is_object() {
         bail!(
             "a batch response that is not a JSON object: {}",
@@ -199,7 +200,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_slow_cold_start_is_waited_for_past_the_shared_10_s_operation_timeout() {
+    async fn invoke_clients_wait_90_s_not_the_shared_configs_10_s() {
         let sdk = shared::aws::load_sdk_config().await;
         let invoker = Invoker::new(
             &sdk,

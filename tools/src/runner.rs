@@ -617,11 +617,18 @@ pub fn to_record(m: Message, queue_arn: &str, region: &str) -> SqsMessage {
 
 /// A queue's ARN from its URL (`<endpoint>/<account>/<name>`, on AWS and
 /// LocalStack alike), so that records name their queue without a call.
-fn queue_arn(queue_url: &str, region: &str) -> String {
+fn queue_arn_from_url(queue_url: &str, region: &str) -> String {
     let mut path = queue_url.trim_end_matches('/').rsplit('/');
     let name = path.next().unwrap_or_default();
     let account = path.next().unwrap_or_default();
-    format!("arn:aws:sqs:{region}:{account}:{name}")
+    let partition = if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    };
+    format!("arn:{partition}:sqs:{region}:{account}:{name}")
 }
 
 /// The pollers' SQS client. A long poll must not outlast the SDK's attempt
@@ -772,7 +779,7 @@ async fn poll<F, Fut>(
         .map(|r| r.to_string())
         .unwrap_or_default();
     let queue_url = &mapping.queue_url;
-    let arn = queue_arn(queue_url, &region);
+    let arn = queue_arn_from_url(queue_url, &region);
     loop {
         let received = tokio::select! {
             r = mapping.receive(&sqs) => r,
@@ -867,10 +874,17 @@ mod tests {
                 "000000000000"
             };
             assert_eq!(
-                queue_arn(url, "eu-west-1"),
+                queue_arn_from_url(url, "eu-west-1"),
                 format!("arn:aws:sqs:eu-west-1:{account}:flashsale-orders")
             );
         }
+        assert_eq!(
+            queue_arn_from_url(
+                "https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q",
+                "cn-north-1"
+            ),
+            "arn:aws-cn:sqs:cn-north-1:123456789012:q"
+        );
     }
 
     #[test]

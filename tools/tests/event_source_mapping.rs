@@ -7,31 +7,39 @@
 //! the message's `probe` attribute says. Per message the test compares how
 //! often each side delivered it and whether it reached the DLQ's function,
 //! and what a record carries. Where the two differ, AWS's documented
-//! behaviour is expected of the runner; LocalStack's own divergences are
-//! asserted as such (a LocalStack upgrade that changes them fails here).
+//! behaviour is expected of the runner, and LocalStack's where AWS says
+//! nothing; LocalStack's own divergences are asserted as such (a LocalStack
+//! upgrade that changes them fails here).
 //!
-//! Needs LocalStack with Lambda: `make localstack-sale` runs it
-//! (`LOCALSTACK_LAMBDA=1`); it is ignored elsewhere.
+//! Needs LocalStack with Lambda: `make localstack-esm` runs it on its own
+//! stack (`LOCALSTACK_LAMBDA=1`); it is ignored elsewhere. The probe is this
+//! machine's build, which LocalStack's Debian stand-in image (offline) runs.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_lambda::types::{Environment, FunctionCode, FunctionResponseType, Runtime, State};
 use aws_sdk_sqs::primitives::Blob;
-use aws_sdk_sqs::types::MessageAttributeValue;
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use bytes::Bytes;
-use common::{Options, TestStack, require_env};
+use common::{Options, TestStack};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use tools::invoke::{Function, InvokeConfig, Names};
 use tools::provision::{self, MAX_RECEIVE_COUNT};
 
-/// The queues' visibility timeout and the probes' timeout (AWS refuses a
-/// mapping whose queue hides messages for less than the function may run).
-const VISIBILITY_SECS: u32 = 4;
+/// The queues' visibility timeout: twice the probes' timeout (AWS refuses
+/// a mapping whose queue hides messages for less than the function may
+/// run), so that a slow invocation on a busy machine is not redelivered.
+const VISIBILITY_SECS: u32 = 6;
+const PROBE_TIMEOUT_SECS: i32 = 3;
+/// Both sides' batching window: a case's messages, sent in one batch, reach
+/// the function together (the partial-failure case needs that).
+const WINDOW: Duration = Duration::from_secs(1);
 
 /// What happened to one message on one side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,18 +64,19 @@ const fn twice() -> Outcome {
     }
 }
 
-/// One message of a case: its directive (see [`answer`]), what AWS
-/// documents for it, and LocalStack's outcome where that differs.
+/// One message of a case: its directive (see [`answer`]), what is expected
+/// of the runner (AWS's documented behaviour, else LocalStack's), and
+/// LocalStack's outcome where that differs.
 struct Message {
     directive: &'static str,
-    aws: Outcome,
+    expected: Outcome,
     localstack: Option<Outcome>,
 }
 
-const fn msg(directive: &'static str, aws: Outcome) -> Message {
+const fn msg(directive: &'static str, expected: Outcome) -> Message {
     Message {
         directive,
-        aws,
+        expected,
         localstack: None,
     }
 }
@@ -102,22 +111,25 @@ fn cases() -> Vec<(&'static str, Vec<Message>)> {
         ("{} response", vec![msg("shape:{}", once())]),
         ("null list", vec![msg("shape:null-list", once())]),
         ("empty list", vec![msg("shape:[]", once())]),
-        // AWS: invalid JSON, an empty or unknown itemIdentifier or a bad key
-        // name fail the whole batch; so does a function error.
+        // AWS: invalid JSON, an empty, null or unknown itemIdentifier or a
+        // bad key name fail the whole batch; so does a function error.
         ("function error", vec![msg("error<2", twice())]),
         (
             "response not JSON",
             vec![Message {
                 directive: "text<2",
-                aws: twice(),
+                expected: twice(),
                 // LocalStack reads an unparsable payload as no payload, a
                 // success, and deletes the batch.
                 localstack: Some(once()),
             }],
         ),
+        // AWS does not say; LocalStack fails the batch, and so does the
+        // runner: a string is no response.
         ("response a JSON string", vec![msg("string<2", twice())]),
         ("unknown itemIdentifier", vec![msg("stranger<2", twice())]),
         ("empty itemIdentifier", vec![msg("blank<2", twice())]),
+        ("null itemIdentifier", vec![msg("nullid<2", twice())]),
         ("bad key name", vec![msg("badkey<2", twice())]),
     ]
 }
@@ -125,13 +137,18 @@ fn cases() -> Vec<(&'static str, Vec<Message>)> {
 /// One record as a probe received it.
 #[derive(Debug, Clone)]
 struct Delivery {
+    /// Which invocation carried it (a counter over both sides).
+    invocation: u64,
     function: String,
     key: String,
     record: Value,
 }
 
 #[derive(Default)]
-struct Journal(Mutex<Vec<Delivery>>);
+struct Journal {
+    deliveries: Mutex<Vec<Delivery>>,
+    invocations: AtomicU64,
+}
 
 fn attribute<'a>(record: &'a Value, name: &str) -> &'a str {
     record["messageAttributes"][name]["stringValue"]
@@ -165,12 +182,14 @@ fn answer(journal: &Journal, function: &str, event: &[u8]) -> hyper::Response<Fu
     let ok = |body: &str| hyper::Response::new(Full::new(Bytes::from(body.to_owned())));
     let event: Value = serde_json::from_slice(event).unwrap_or(Value::Null);
     let records = event["Records"].as_array().cloned().unwrap_or_default();
+    let invocation = journal.invocations.fetch_add(1, Ordering::Relaxed);
     let mut failed = Vec::new();
     let mut verdict: Option<hyper::Response<Full<Bytes>>> = None;
     for record in &records {
         let probe = attribute(record, "probe");
         let (key, directive) = probe.rsplit_once(" ").unwrap_or((probe, ""));
-        journal.0.lock().unwrap().push(Delivery {
+        journal.deliveries.lock().unwrap().push(Delivery {
+            invocation,
             function: function.to_owned(),
             key: key.to_owned(),
             record: record.clone(),
@@ -202,6 +221,8 @@ fn answer(journal: &Journal, function: &str, event: &[u8]) -> hyper::Response<Fu
             ));
         } else if whole("blank") {
             verdict = Some(ok(r#"{"batchItemFailures":[{"itemIdentifier":""}]}"#));
+        } else if whole("nullid") {
+            verdict = Some(ok(r#"{"batchItemFailures":[{"itemIdentifier":null}]}"#));
         } else if whole("badkey") {
             verdict = Some(ok(&format!(r#"{{"batchItemFailures":[{{"id":"{id}"}}]}}"#)));
         } else if let Some(shape) = directive.strip_prefix("shape:") {
@@ -251,7 +272,7 @@ async fn deploy_probe(lambda: &aws_sdk_lambda::Client, name: &str, zip: &[u8], p
         .runtime(Runtime::Providedal2023)
         .handler("bootstrap")
         .role("arn:aws:iam::000000000000:role/flashsale-esm-probe")
-        .timeout(VISIBILITY_SECS as i32)
+        .timeout(PROBE_TIMEOUT_SECS)
         .code(
             FunctionCode::builder()
                 .zip_file(aws_sdk_lambda::primitives::Blob::new(zip.to_vec()))
@@ -288,7 +309,13 @@ async fn deploy_probe(lambda: &aws_sdk_lambda::Client, name: &str, zip: &[u8], p
                 .send()
                 .await
                 .unwrap();
-            assert!(out.function_error.is_none(), "warming {name} failed");
+            assert!(
+                out.function_error.is_none(),
+                "warming {name} failed (can its container reach the test at {probe_url}?): {}",
+                out.payload
+                    .map(|p| String::from_utf8_lossy(p.as_ref()).into_owned())
+                    .unwrap_or_default()
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -297,20 +324,21 @@ async fn deploy_probe(lambda: &aws_sdk_lambda::Client, name: &str, zip: &[u8], p
 }
 
 /// A LocalStack event source mapping as template.yaml declares the orders
-/// queue's (batch of 10, no window, ReportBatchItemFailures), enabled.
+/// queue's (batch of 10, ReportBatchItemFailures) with [`WINDOW`], enabled;
+/// its id.
 async fn map(
     lambda: &aws_sdk_lambda::Client,
     sqs: &aws_sdk_sqs::Client,
     queue_url: &str,
     function: &str,
-) {
+) -> String {
     let arn = provision::queue_arn(sqs, queue_url).await.unwrap();
     let uuid = lambda
         .create_event_source_mapping()
         .function_name(function)
         .event_source_arn(arn)
         .batch_size(10)
-        .maximum_batching_window_in_seconds(0)
+        .maximum_batching_window_in_seconds(WINDOW.as_secs() as i32)
         .function_response_types(FunctionResponseType::ReportBatchItemFailures)
         .send()
         .await
@@ -326,7 +354,7 @@ async fn map(
             .unwrap()
             .state;
         if state.as_deref() == Some("Enabled") {
-            return;
+            return uuid;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -356,6 +384,21 @@ impl Side {
         }
     }
 
+    /// The invocation that first carried `key`.
+    fn first_invocation(&self, journal: &[Delivery], key: &str) -> u64 {
+        journal
+            .iter()
+            .find(|d| d.key == key && d.function == self.consumer)
+            .unwrap_or_else(|| panic!("{}: {key} was never delivered", self.name))
+            .invocation
+    }
+
+    fn delivered_in(&self, journal: &[Delivery], key: &str, invocation: u64) -> bool {
+        journal
+            .iter()
+            .any(|d| d.key == key && d.function == self.consumer && d.invocation == invocation)
+    }
+
     fn first_record<'a>(&self, journal: &'a [Delivery], key: &str) -> &'a Value {
         &journal
             .iter()
@@ -373,11 +416,23 @@ fn attr(value: &str) -> MessageAttributeValue {
         .unwrap()
 }
 
+/// An environment variable the stack with Lambda sets.
+fn lambda_stack_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: this test needs LocalStack with Lambda; run `make localstack-esm` \
+             (LOCALSTACK_LAMBDA=1 localstack/with-stack.sh ...)"
+        )
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs LocalStack with Lambda: make localstack-sale runs it"]
+#[ignore = "needs LocalStack with Lambda: make localstack-esm runs it"]
 async fn the_runner_delivers_as_lambda_does() {
-    let gateway: std::net::IpAddr = require_env("FLASHSALE_BRIDGE_GATEWAY").parse().unwrap();
-    let endpoint = require_env("AWS_ENDPOINT_URL");
+    let gateway: std::net::IpAddr = lambda_stack_env("FLASHSALE_BRIDGE_GATEWAY")
+        .parse()
+        .unwrap();
+    let endpoint = lambda_stack_env("AWS_ENDPOINT_URL");
     let runner = TestStack::start_with(
         "esm-runner",
         Options {
@@ -389,6 +444,9 @@ async fn the_runner_delivers_as_lambda_does() {
             // LocalStack's mapping runs one batch at a time; so does this
             // runner, so that neither side's batches depend on timing.
             pollers: 1,
+            batching_window: WINDOW,
+            // Only the queues are compared: no sweeper or expirer to invoke.
+            schedules: false,
             ..Options::default()
         },
     )
@@ -396,9 +454,10 @@ async fn the_runner_delivers_as_lambda_does() {
     let sdk = runner.sdk.clone();
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let lambda = aws_sdk_lambda::Client::new(&sdk);
+    let localstack_prefix = common::unique("esm-localstack");
     let localstack_queues = provision::provision(
         &sdk,
-        &provision::Names::with_prefix(&common::unique("esm-localstack")),
+        &provision::Names::with_prefix(&localstack_prefix),
         VISIBILITY_SECS,
     )
     .await
@@ -418,9 +477,10 @@ async fn the_runner_delivers_as_lambda_does() {
             name: "LocalStack",
             orders: localstack_queues.orders_queue_url.clone(),
             dlq: localstack_queues.orders_dlq_url.clone(),
-            consumer: "esm-localstack-consumer".into(),
-            compensation: "esm-localstack-compensation".into(),
+            consumer: format!("{localstack_prefix}-consumer"),
+            compensation: format!("{localstack_prefix}-compensation"),
         },
+        // The runner invokes these names (`--invoke` with binary names).
         Side {
             name: "runner",
             orders: runner.names.orders_queue_url.clone(),
@@ -435,32 +495,45 @@ async fn the_runner_delivers_as_lambda_does() {
         deploy_probe(&lambda, &side.compensation, &zip, &probe_url).await;
     }
     let ls = &sides[0];
-    map(&lambda, &sqs, &ls.orders, &ls.consumer).await;
-    map(&lambda, &sqs, &ls.dlq, &ls.compensation).await;
+    let mappings = [
+        map(&lambda, &sqs, &ls.orders, &ls.consumer).await,
+        map(&lambda, &sqs, &ls.dlq, &ls.compensation).await,
+    ];
 
     let mut mismatches = Vec::new();
-    let mut table = String::from("case | message | AWS documents | LocalStack | runner\n");
+    let mut table = String::from("case | message | expected | LocalStack | runner\n");
     for (case, messages) in cases() {
         for side in &sides {
-            for (i, m) in messages.iter().enumerate() {
-                sqs.send_message()
-                    .queue_url(&side.orders)
-                    .message_body(format!("{case} #{i}"))
-                    .message_attributes("probe", attr(&format!("{case}#{i} {}", m.directive)))
-                    .send()
-                    .await
-                    .unwrap();
-            }
+            let entries = messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(format!("{case} #{i}"))
+                        .message_attributes("probe", attr(&format!("{case}#{i} {}", m.directive)))
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let out = sqs
+                .send_message_batch()
+                .queue_url(&side.orders)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .unwrap();
+            assert!(out.failed.is_empty(), "sending {case}: {:?}", out.failed);
         }
-        settle(&runner, &sides, case).await;
-        let journal = journal.0.lock().unwrap().clone();
+        settle(&runner, &sides, case, &probe_url).await;
+        let journal = journal.deliveries.lock().unwrap().clone();
         for (i, m) in messages.iter().enumerate() {
             let key = format!("{case}#{i}");
             let got: Vec<Outcome> = sides.iter().map(|s| s.outcome(&journal, &key)).collect();
-            let want = [m.localstack.unwrap_or(m.aws), m.aws];
+            let want = [m.localstack.unwrap_or(m.expected), m.expected];
             table.push_str(&format!(
                 "{case} | {} | {:?} | {:?} | {:?}\n",
-                m.directive, m.aws, got[0], got[1]
+                m.directive, m.expected, got[0], got[1]
             ));
             for (side, (got, want)) in sides.iter().zip(got.iter().zip(want)) {
                 if *got != want {
@@ -471,17 +544,39 @@ async fn the_runner_delivers_as_lambda_does() {
                 }
             }
         }
+        // A case's messages arrive in one batch (one send, within the
+        // window): what a partial failure does to the rest of its batch is
+        // what the outcomes above show.
+        for side in &sides {
+            let first = side.first_invocation(&journal, &format!("{case}#0"));
+            let together = (0..messages.len())
+                .all(|i| side.delivered_in(&journal, &format!("{case}#{i}"), first));
+            assert!(
+                together,
+                "{}: the messages of {case:?} did not share their first batch",
+                side.name
+            );
+        }
     }
     eprintln!("{table}");
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 
-    compare_records(&runner, &sqs, &sides, &journal).await;
+    compare_records(&runner, &sqs, &sides, &journal, &probe_url).await;
+
+    for uuid in mappings {
+        let _ = lambda.delete_event_source_mapping().uuid(uuid).send().await;
+    }
+    for side in &sides {
+        for name in [&side.consumer, &side.compensation] {
+            let _ = lambda.delete_function().function_name(name).send().await;
+        }
+    }
 }
 
 /// Waits until both sides' queues and DLQs are empty: every message was
 /// deleted by a function's success (a message in flight counts).
-async fn settle(runner: &TestStack, sides: &[Side], case: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+async fn settle(runner: &TestStack, sides: &[Side], case: &str, probe_url: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let mut depth = 0;
         for side in sides {
@@ -492,7 +587,8 @@ async fn settle(runner: &TestStack, sides: &[Side], case: &str) {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "case {case:?}: {depth} messages still queued after 90 s"
+            "case {case:?}: {depth} messages still queued after 120 s: do the probes reach the test \
+             at {probe_url} (LocalStack's log says what each invocation answered)?"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -506,6 +602,7 @@ async fn compare_records(
     sqs: &aws_sdk_sqs::Client,
     sides: &[Side],
     journal: &Journal,
+    probe_url: &str,
 ) {
     let body = r#"{ "spaced":  "é" }"#;
     let mut sent = Vec::new();
@@ -536,8 +633,8 @@ async fn compare_records(
             .unwrap();
         sent.push(out);
     }
-    settle(runner, sides, "fields").await;
-    let journal = journal.0.lock().unwrap().clone();
+    settle(runner, sides, "fields", probe_url).await;
+    let journal = journal.deliveries.lock().unwrap().clone();
     let records: Vec<&Value> = sides
         .iter()
         .map(|s| s.first_record(&journal, "fields"))

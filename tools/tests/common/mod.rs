@@ -83,6 +83,8 @@ pub struct Options {
     pub invoke: Option<InvokeConfig>,
     /// The runner's DynamoDB calls go through the capacity decorator.
     pub capacity: Option<tools::capacity::Capacity>,
+    /// The sweeper's and expirer's timers (off: once at start, then daily).
+    pub schedules: bool,
 }
 
 impl Default for Options {
@@ -98,6 +100,7 @@ impl Default for Options {
             batching_window: Duration::ZERO,
             invoke: None,
             capacity: None,
+            schedules: true,
         }
     }
 }
@@ -148,6 +151,16 @@ impl TestStack {
             batching_window: opts.batching_window,
             invoke: opts.invoke,
             ..RunnerConfig::local(redis, &names, ADMIN_TOKEN, WEBHOOK_SECRET)
+        };
+        let config = if opts.schedules {
+            config
+        } else {
+            let day = Duration::from_secs(86_400);
+            RunnerConfig {
+                sweep_every: day,
+                expire_every: day,
+                ..config
+            }
         };
         let (runner_sdk, capacity_refusals) = match opts.capacity {
             Some(c) => {
