@@ -4,6 +4,7 @@
 
 pub mod aws;
 pub mod batch;
+pub mod buckets;
 pub mod config;
 pub mod deny;
 pub mod domain;

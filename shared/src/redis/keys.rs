@@ -26,8 +26,19 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(namespace: &str, product: &ProductId) -> Self {
+        Self::bucket(namespace, product, 0)
+    }
+    /// The keys of one of the product's stock buckets ([`crate::buckets`]),
+    /// each under its own hash tag `{<product>#<bucket>}` (`#` is not
+    /// allowed in ids, so no product's tag can equal it); bucket 0 keeps
+    /// the product's own tag, so one bucket is the unbucketed layout.
+    pub fn bucket(namespace: &str, product: &ProductId, bucket: u16) -> Self {
+        let tag = match bucket {
+            0 => product.to_string(),
+            b => format!("{product}#{b}"),
+        };
         Self {
-            prefix: format!("{namespace}:{{{product}}}:"),
+            prefix: format!("{namespace}:{{{tag}}}:"),
         }
     }
     fn key(&self, rest: &str) -> String {
@@ -132,6 +143,13 @@ mod tests {
         for key in k.admission(&purchase) {
             assert!(key.starts_with("fs:{p42}:"), "{key}");
             assert_eq!(key.matches('{').count(), 1, "{key}");
+        }
+        // Bucket 0 is the product's own layout; the others their own slots.
+        assert_eq!(Keys::bucket(DEFAULT_NAMESPACE, &p, 0).stock(), k.stock());
+        for (b, tag) in [(1, "fs:{p42#1}:"), (15, "fs:{p42#15}:")] {
+            for key in Keys::bucket(DEFAULT_NAMESPACE, &p, b).admission(&purchase) {
+                assert!(key.starts_with(tag), "{key}");
+            }
         }
     }
 }

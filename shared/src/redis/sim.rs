@@ -60,10 +60,39 @@ fn hash_tag(key: &[u8]) -> &[u8] {
     }
 }
 
+/// One write a failover may still lose: the slots it changed, and the
+/// keyspace before it.
+struct Write {
+    slots: BTreeSet<Vec<u8>>,
+    before: Keyspace,
+}
+
+/// The slots (hash tags) whose keys differ between two keyspaces.
+fn changed_slots(before: &Keyspace, after: &Keyspace) -> BTreeSet<Vec<u8>> {
+    fn diff<V: PartialEq>(
+        a: &BTreeMap<Vec<u8>, V>,
+        b: &BTreeMap<Vec<u8>, V>,
+        out: &mut BTreeSet<Vec<u8>>,
+    ) {
+        for (k, v) in a {
+            if b.get(k) != Some(v) {
+                out.insert(hash_tag(k).to_vec());
+            }
+        }
+        for k in b.keys().filter(|k| !a.contains_key(*k)) {
+            out.insert(hash_tag(k).to_vec());
+        }
+    }
+    let mut slots = BTreeSet::new();
+    diff(&before.data, &after.data, &mut slots);
+    diff(&before.expires, &after.expires, &mut slots);
+    slots
+}
+
 struct Db {
     keys: Keyspace,
-    /// Keyspaces before each write, newest last: what a failover rolls back to.
-    history: Vec<Keyspace>,
+    /// Writes a failover may still lose, newest last: what it rolls back to.
+    history: Vec<Write>,
     scripts: HashMap<String, String>,
     now_ms: i64,
     glitch: Option<GlitchFn>,
@@ -586,24 +615,29 @@ impl SimRedis {
         let n = n.min(db.history.len());
         if n > 0 {
             let at = db.history.len() - n;
-            db.keys = db.history[at].clone();
+            db.keys = db.history[at].before.clone();
             db.history.truncate(at);
         }
         n
     }
 
     /// A failover of the one shard serving `key`'s slot: its keys go back to
-    /// where they were `n` writes ago, every other slot's stay as they are
-    /// (a cluster fails over shard by shard). Returns how many writes back
-    /// that was. Afterwards the replicas have caught up.
+    /// where they were `n` of its writes ago, every other slot's stay as they
+    /// are (a cluster fails over shard by shard). Returns how many writes
+    /// back that was. Afterwards that shard's replicas have caught up; the
+    /// other shards can still lose what they could before, so several slots
+    /// (a product's stock buckets) fail over independently.
     pub fn lose_slot_writes(&self, key: &[u8], n: usize) -> usize {
         let mut db = lock(&self.db);
-        let n = n.min(db.history.len());
+        let slot = hash_tag(key).to_vec();
+        let writes: Vec<usize> = (0..db.history.len())
+            .filter(|&i| db.history[i].slots.contains(&slot))
+            .collect();
+        let n = n.min(writes.len());
         if n == 0 {
             return 0;
         }
-        let slot = hash_tag(key).to_vec();
-        let past = db.history[db.history.len() - n].clone();
+        let past = db.history[writes[writes.len() - n]].before.clone();
         let in_slot = |k: &Vec<u8>| hash_tag(k) == slot.as_slice();
         db.keys.data.retain(|k, _| !in_slot(k));
         db.keys.expires.retain(|k, _| !in_slot(k));
@@ -613,7 +647,10 @@ impl SimRedis {
         for (k, t) in past.expires.iter().filter(|(k, _)| in_slot(k)) {
             db.keys.expires.insert(k.clone(), *t);
         }
-        db.history.clear();
+        for w in &mut db.history {
+            w.slots.remove(&slot);
+        }
+        db.history.retain(|w| !w.slots.is_empty());
         n
     }
 
@@ -665,7 +702,8 @@ impl SimRedis {
             _ => db.keys.exec(now, args),
         };
         if db.keys != before {
-            db.history.push(before);
+            let slots = changed_slots(&before, &db.keys);
+            db.history.push(Write { slots, before });
             if db.history.len() > HISTORY {
                 db.history.remove(0);
             }
@@ -681,6 +719,15 @@ impl SimRedis {
             .first()
             .ok_or_else(|| err("ERR wrong number of arguments"))?)? as usize;
         let (keys, argv) = rest[1..].split_at(numkeys.min(rest.len() - 1));
+        // As a cluster refuses it: one script, one slot.
+        if let Some(first) = keys.first()
+            && keys.iter().any(|k| hash_tag(k) != hash_tag(first))
+        {
+            return Err(RedisError::from((
+                ErrorKind::Server(redis::ServerErrorKind::CrossSlot),
+                "CROSSSLOT Keys in request don't hash to the same slot",
+            )));
+        }
         let lua = lock(&self.lua);
         let run = || -> mlua::Result<LuaValue> {
             let g = lua.globals();
@@ -787,5 +834,50 @@ impl ConnectionLike for SimRedis {
 
     fn get_db(&self) -> i64 {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(r: &SimRedis, key: &str) -> Value {
+        r.command(&[b"GET", key.as_bytes()]).unwrap()
+    }
+
+    fn set(r: &SimRedis, key: &str, v: &str) {
+        r.command(&[b"SET", key.as_bytes(), v.as_bytes()]).unwrap();
+    }
+
+    #[test]
+    fn slots_fail_over_independently() {
+        let r = SimRedis::new(0);
+        let one = || Value::BulkString(b"1".to_vec());
+        set(&r, "{a}:x", "1");
+        set(&r, "{b}:x", "1");
+        set(&r, "{a}:x", "2");
+        set(&r, "{b}:x", "2");
+        assert_eq!(r.lose_slot_writes(b"{a}:x", 1), 1);
+        assert_eq!(get(&r, "{a}:x"), one());
+        assert_eq!(get(&r, "{b}:x"), Value::BulkString(b"2".to_vec()));
+        // {b} can still lose its own last write after {a}'s failover ...
+        assert_eq!(r.lose_slot_writes(b"{b}:x", 1), 1);
+        assert_eq!(get(&r, "{b}:x"), one());
+        // ... while {a}'s replicas have caught up.
+        assert_eq!(r.lose_slot_writes(b"{a}:x", 5), 0);
+        assert_eq!(get(&r, "{a}:x"), one());
+    }
+
+    #[test]
+    fn a_script_spanning_two_slots_is_refused_as_a_cluster_refuses_it() {
+        let r = SimRedis::new(0);
+        let e = r
+            .command(&[b"EVAL", b"return 1", b"2", b"{a}:x", b"{b}:x"])
+            .unwrap_err();
+        assert!(e.to_string().contains("CROSSSLOT"), "{e}");
+        assert!(
+            r.command(&[b"EVAL", b"return 1", b"2", b"{a}:x", b"{a}:y"])
+                .is_ok()
+        );
     }
 }
