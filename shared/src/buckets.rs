@@ -43,6 +43,29 @@ pub fn bucket_of(user: &UserId, n: u16) -> u16 {
     (h % u64::from(n.max(1))) as u16
 }
 
+/// Units one bucket lent another and the borrower may not have received
+/// yet, as the lender lists it (`lend.lua`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub id: String,
+    pub to: u16,
+    pub units: i64,
+    pub lent_at_ms: i64,
+}
+
+impl Transfer {
+    /// A lender's record: `<to bucket>:<units>:<lent_at ms>`.
+    pub fn parse(id: &str, record: &str) -> Option<Self> {
+        let mut parts = record.splitn(3, ':');
+        Some(Self {
+            id: id.to_owned(),
+            to: parts.next()?.parse().ok()?,
+            units: parts.next()?.parse().ok()?,
+            lent_at_ms: parts.next()?.parse().ok()?,
+        })
+    }
+}
+
 /// How `stock` units start out over `n` buckets: as even as integers allow.
 pub fn split(stock: i64, n: u16) -> Vec<i64> {
     crate::ledger::split(stock, n)
@@ -89,6 +112,21 @@ mod tests {
         // Fixed forever: these change only if the hash did.
         let u = UserId::parse("buyer-42").unwrap();
         assert_eq!([2, 4, 8, 16].map(|n| bucket_of(&u, n)), [1, 1, 1, 9]);
+    }
+
+    #[test]
+    fn a_lenders_record_reads_back() {
+        assert_eq!(
+            Transfer::parse("t1", "3:5:1700000000000"),
+            Some(Transfer {
+                id: "t1".into(),
+                to: 3,
+                units: 5,
+                lent_at_ms: 1_700_000_000_000
+            })
+        );
+        assert_eq!(Transfer::parse("t1", "3:5"), None);
+        assert_eq!(Transfer::parse("t1", "x:5:1"), None);
     }
 
     #[test]

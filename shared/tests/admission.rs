@@ -1293,3 +1293,56 @@ async fn prepare_connects_and_loads_the_buy_scripts_or_fails_fast() {
     assert!(dead.prepare().await.is_err());
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// Each bucket's shelf of `p`, buckets 0 and 1.
+async fn shelves(g: &RedisGate, p: &ProductId) -> [i64; 2] {
+    let mut out = [0; 2];
+    for (b, shelf) in out.iter_mut().enumerate() {
+        let key = g.bucket_keys(p, b as u16).stock();
+        let v: Option<i64> = g.command(redis::cmd("GET").arg(key)).await.unwrap();
+        *shelf = v.unwrap_or(0);
+    }
+    out
+}
+
+async fn shelve(g: &RedisGate, p: &ProductId, bucket: u16, units: i64) {
+    let key = g.bucket_keys(p, bucket).stock();
+    let _: () = g
+        .command(redis::cmd("SET").arg(key).arg(units))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn units_move_between_buckets_at_most_what_the_lender_holds() {
+    let g = gate();
+    let p = unique("bkt");
+    shelve(&g, &p, 0, 10).await;
+    assert_eq!(g.move_units(&p, 0, 1, "t1", 4).await.unwrap(), 4);
+    assert_eq!(shelves(&g, &p).await, [6, 4]);
+    assert_eq!(g.move_units(&p, 0, 1, "t2", 100).await.unwrap(), 6);
+    assert_eq!(shelves(&g, &p).await, [0, 10]);
+    // Nothing to lend: nothing moves, nothing is listed.
+    assert_eq!(g.move_units(&p, 0, 1, "t3", 1).await.unwrap(), 0);
+    assert_eq!(shelves(&g, &p).await, [0, 10]);
+    assert!(g.transfers(&p, 0).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_transfer_its_mover_left_is_listed_and_received_once() {
+    let g = gate();
+    let p = unique("bkt");
+    shelve(&g, &p, 0, 10).await;
+    // The mover lends (a lend run twice lends once), then dies.
+    assert_eq!(g.lend(&p, 0, 1, "t1", 3).await.unwrap(), 3);
+    assert_eq!(g.lend(&p, 0, 1, "t1", 3).await.unwrap(), 3);
+    assert_eq!(shelves(&g, &p).await, [7, 0]);
+    let listed = g.transfers(&p, 0).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].to, listed[0].units), (1, 3));
+    // Whoever completes it (the sweeper, twice), the units arrive once.
+    g.complete_transfer(&p, 0, &listed[0]).await.unwrap();
+    g.complete_transfer(&p, 0, &listed[0]).await.unwrap();
+    assert_eq!(shelves(&g, &p).await, [7, 3]);
+    assert!(g.transfers(&p, 0).await.unwrap().is_empty());
+}

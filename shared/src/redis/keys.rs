@@ -97,8 +97,17 @@ impl Keys {
             self.deny(),
         ]
     }
+    /// Hash: transfers this bucket lent and its sibling has not finished
+    /// receiving: id -> "<to bucket>:<units>:<lent_at ms>" (`lend.lua`).
+    pub fn transfers(&self) -> String {
+        self.key("transfers")
+    }
+    /// String: a transfer this bucket received (`receive.lua`).
+    pub fn received(&self, transfer: &str) -> String {
+        self.key(&format!("xfer:{transfer}"))
+    }
     /// Hash: admitted, placed, rejected, compensated, restocked,
-    /// pending_units, placed_units, resync_drift.
+    /// pending_units, placed_units, resync_drift, lent_units, received_units.
     pub fn stats(&self) -> String {
         self.key("stats")
     }

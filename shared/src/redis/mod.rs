@@ -177,6 +177,8 @@ struct Scripts {
     controls: Script,
     kill_switch: Script,
     stock_change: Script,
+    lend: Script,
+    receive: Script,
 }
 
 /// Cheap to clone: clones share one connection and the loaded scripts.
@@ -237,6 +239,8 @@ impl RedisGate {
                     controls: Script::new(include_str!("controls.lua")),
                     kill_switch: Script::new(include_str!("kill_switch.lua")),
                     stock_change: Script::new(include_str!("stock_change.lua")),
+                    lend: Script::new(include_str!("lend.lua")),
+                    receive: Script::new(include_str!("receive.lua")),
                 },
             }),
         }
@@ -349,6 +353,118 @@ impl RedisGate {
     /// The key layout of one product in this gate's namespace.
     pub fn keys(&self, product: &ProductId) -> keys::Keys {
         keys::Keys::new(&self.inner.settings.namespace, product)
+    }
+
+    /// The key layout of one of the product's stock buckets.
+    pub fn bucket_keys(&self, product: &ProductId, bucket: u16) -> keys::Keys {
+        keys::Keys::bucket(&self.inner.settings.namespace, product, bucket)
+    }
+
+    /// Moves up to `want` units of `product`'s shelf from bucket `from` to
+    /// bucket `to` ([`crate::buckets`]): lends them in `from`'s slot,
+    /// receives them in `to`'s, then finishes the transfer. Each step is
+    /// once per `transfer` id, so a mover that fails between them leaves
+    /// the units listed by `from` ([`Self::transfers`]) for
+    /// [`Self::complete_transfer`] to finish, never lost or doubled. The
+    /// units moved (0 when `from` had none).
+    pub async fn move_units(
+        &self,
+        product: &ProductId,
+        from: u16,
+        to: u16,
+        transfer: &str,
+        want: i64,
+    ) -> PortResult<i64> {
+        let lent = self.lend(product, from, to, transfer, want).await?;
+        if lent > 0 {
+            let t = crate::buckets::Transfer {
+                id: transfer.to_owned(),
+                to,
+                units: lent,
+                lent_at_ms: 0,
+            };
+            self.complete_transfer(product, from, &t).await?;
+        }
+        Ok(lent)
+    }
+
+    /// The first step of [`Self::move_units`]: up to `want` units off
+    /// `from`'s shelf, listed there as in transit to `to`.
+    pub async fn lend(
+        &self,
+        product: &ProductId,
+        from: u16,
+        to: u16,
+        transfer: &str,
+        want: i64,
+    ) -> PortResult<i64> {
+        let lender = self.bucket_keys(product, from);
+        let mut c = self.conn().await?;
+        let lent: i64 = self
+            .inner
+            .scripts
+            .lend
+            .key(lender.stock())
+            .key(lender.transfers())
+            .key(lender.stats())
+            .arg(transfer)
+            .arg(to)
+            .arg(want)
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(lent)
+    }
+
+    /// Receives a transfer `from` lent (once, whoever runs it) and takes it
+    /// off `from`'s list.
+    pub async fn complete_transfer(
+        &self,
+        product: &ProductId,
+        from: u16,
+        t: &crate::buckets::Transfer,
+    ) -> PortResult<()> {
+        let borrower = self.bucket_keys(product, t.to);
+        let mut c = self.conn().await?;
+        let _added: i64 = self
+            .inner
+            .scripts
+            .receive
+            .key(borrower.stock())
+            .key(borrower.received(&t.id))
+            .key(borrower.stats())
+            .arg(t.units)
+            .arg(STATE_TTL_SECS)
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        let lender = self.bucket_keys(product, from);
+        redis::cmd("HDEL")
+            .arg(lender.transfers())
+            .arg(&t.id)
+            .query_async::<i64>(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// The transfers bucket `from` lent that are not finished: in transit,
+    /// or left by a mover that failed.
+    pub async fn transfers(
+        &self,
+        product: &ProductId,
+        from: u16,
+    ) -> PortResult<Vec<crate::buckets::Transfer>> {
+        let mut c = self.conn().await?;
+        let records: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.bucket_keys(product, from).transfers())
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        records
+            .iter()
+            .map(|(id, r)| crate::buckets::Transfer::parse(id, r).ok_or_else(|| unexpected("lend")))
+            .collect()
     }
 
     /// A raw connection for tools (audits, demo set-up); not used by handlers.
