@@ -29,17 +29,30 @@ pub fn buckets_for(stock: u32, buys_per_sec: u32) -> u16 {
     u16::try_from(n).unwrap_or(MAX_BUCKETS)
 }
 
-/// The bucket holding `user`'s records among `n`: FNV-1a of the user id.
-/// Fixed forever, as the number of buckets is fixed at creation: a buyer
-/// routed to two buckets could hold an order in each.
+/// FNV-1a, 64 bits.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// MurmurHash3's 64-bit finaliser: every input bit moves every output bit.
+fn mix(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The bucket holding `user`'s records among `n`: FNV-1a of the user id,
+/// mixed (FNV's low bits follow only each byte's low bits, its high bits
+/// barely the last bytes), modulo `n`. Fixed forever, as the number of
+/// buckets is fixed at creation: a buyer routed to two buckets could hold
+/// an order in each.
 pub fn bucket_of(user: &UserId, n: u16) -> u16 {
-    let h = user
-        .as_str()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-    // `n` is at most MAX_BUCKETS, so the remainder fits.
+    let h = mix(fnv1a(user.as_str().as_bytes()));
+    // Below `n`, which is at most MAX_BUCKETS: it fits.
     (h % u64::from(n.max(1))) as u16
 }
 
@@ -100,18 +113,20 @@ mod tests {
             let mut counts = vec![0u32; usize::from(n)];
             for i in 0..16_000 {
                 let u = UserId::parse(format!("buyer-{i}")).unwrap();
-                let b = bucket_of(&u, n);
-                assert_eq!(b, bucket_of(&u, n), "stable");
-                counts[usize::from(b)] += 1;
+                counts[usize::from(bucket_of(&u, n))] += 1;
             }
             let even = 16_000 / u32::from(n);
             for c in &counts {
                 assert!(c.abs_diff(even) * 10 < even, "{n} buckets: {counts:?}");
             }
         }
-        // Fixed forever: these change only if the hash did.
-        let u = UserId::parse("buyer-42").unwrap();
-        assert_eq!([2, 4, 8, 16].map(|n| bucket_of(&u, n)), [1, 1, 1, 9]);
+        // Fixed forever: these change only if the routing did.
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let route = |user: &str, n| bucket_of(&UserId::parse(user).unwrap(), n);
+        assert_eq!(
+            ["a", "q", "A", "1", "buyer-42"].map(|u| [3, 4, 16].map(|n| route(u, n))),
+            [[2, 3, 11], [0, 0, 12], [0, 1, 13], [1, 2, 6], [0, 1, 5]]
+        );
     }
 
     #[test]

@@ -1334,8 +1334,8 @@ async fn a_transfer_its_mover_left_is_listed_and_received_once() {
     let p = unique("bkt");
     shelve(&g, &p, 0, 10).await;
     // The mover lends (a lend run twice lends once), then dies.
-    assert_eq!(g.lend(&p, 0, 1, "t1", 3).await.unwrap(), 3);
-    assert_eq!(g.lend(&p, 0, 1, "t1", 3).await.unwrap(), 3);
+    assert_eq!(g.lend(&p, 0, 1, "t1", 3).await.unwrap().units, 3);
+    assert_eq!(g.lend(&p, 0, 1, "t1", 3).await.unwrap().units, 3);
     assert_eq!(shelves(&g, &p).await, [7, 0]);
     let listed = g.transfers(&p, 0).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -1345,4 +1345,12 @@ async fn a_transfer_its_mover_left_is_listed_and_received_once() {
     g.complete_transfer(&p, 0, &listed[0]).await.unwrap();
     assert_eq!(shelves(&g, &p).await, [7, 3]);
     assert!(g.transfers(&p, 0).await.unwrap().is_empty());
+    // A retry of the finished move (its last reply lost) moves nothing.
+    assert_eq!(g.move_units(&p, 0, 1, "t1", 3).await.unwrap(), 3);
+    assert_eq!(shelves(&g, &p).await, [7, 3]);
+    // Nor does one aimed elsewhere under the same id: it goes where it went.
+    let again = g.lend(&p, 0, 2, "t1", 5).await.unwrap();
+    assert_eq!((again.to, again.units), (1, 3));
+    assert_eq!(shelves(&g, &p).await, [7, 3]);
+    assert!(g.lend(&p, 1, 1, "t9", 1).await.is_err());
 }

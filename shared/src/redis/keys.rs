@@ -106,6 +106,10 @@ impl Keys {
     pub fn received(&self, transfer: &str) -> String {
         self.key(&format!("xfer:{transfer}"))
     }
+    /// String: a transfer this bucket lent and saw finished (`finish.lua`).
+    pub fn lent(&self, transfer: &str) -> String {
+        self.key(&format!("lent:{transfer}"))
+    }
     /// Hash: admitted, placed, rejected, compensated, restocked,
     /// pending_units, placed_units, resync_drift, lent_units, received_units.
     pub fn stats(&self) -> String {

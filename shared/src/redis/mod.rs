@@ -179,6 +179,7 @@ struct Scripts {
     stock_change: Script,
     lend: Script,
     receive: Script,
+    finish: Script,
 }
 
 /// Cheap to clone: clones share one connection and the loaded scripts.
@@ -241,6 +242,7 @@ impl RedisGate {
                     stock_change: Script::new(include_str!("stock_change.lua")),
                     lend: Script::new(include_str!("lend.lua")),
                     receive: Script::new(include_str!("receive.lua")),
+                    finish: Script::new(include_str!("finish.lua")),
                 },
             }),
         }
@@ -363,10 +365,14 @@ impl RedisGate {
     /// Moves up to `want` units of `product`'s shelf from bucket `from` to
     /// bucket `to` ([`crate::buckets`]): lends them in `from`'s slot,
     /// receives them in `to`'s, then finishes the transfer. Each step is
-    /// once per `transfer` id, so a mover that fails between them leaves
-    /// the units listed by `from` ([`Self::transfers`]) for
-    /// [`Self::complete_transfer`] to finish, never lost or doubled. The
-    /// units moved (0 when `from` had none).
+    /// once per `transfer` id (a fresh id per move), so a mover that fails
+    /// between them leaves the units listed by `from` ([`Self::transfers`])
+    /// for [`Self::complete_transfer`] to finish, and a retry moves nothing
+    /// twice. A failover can still undo one side: the lender's forgetting
+    /// the lend after the receive doubles the units, the borrower's
+    /// forgetting the receive after the finish loses them; the resync sets
+    /// the shelves from the ledger again (counting listed transfers as in
+    /// transit). The units moved (0 when `from` had none).
     pub async fn move_units(
         &self,
         product: &ProductId,
@@ -375,21 +381,16 @@ impl RedisGate {
         transfer: &str,
         want: i64,
     ) -> PortResult<i64> {
-        let lent = self.lend(product, from, to, transfer, want).await?;
-        if lent > 0 {
-            let t = crate::buckets::Transfer {
-                id: transfer.to_owned(),
-                to,
-                units: lent,
-                lent_at_ms: 0,
-            };
+        let t = self.lend(product, from, to, transfer, want).await?;
+        if t.units > 0 {
             self.complete_transfer(product, from, &t).await?;
         }
-        Ok(lent)
+        Ok(t.units)
     }
 
     /// The first step of [`Self::move_units`]: up to `want` units off
-    /// `from`'s shelf, listed there as in transit to `to`.
+    /// `from`'s shelf, listed there as in transit to `to`; the transfer as
+    /// first lent (its own `to` when the id was used before).
     pub async fn lend(
         &self,
         product: &ProductId,
@@ -397,27 +398,43 @@ impl RedisGate {
         to: u16,
         transfer: &str,
         want: i64,
-    ) -> PortResult<i64> {
+    ) -> PortResult<crate::buckets::Transfer> {
+        if from == to || want < 1 {
+            return Err(InfraError::permanent(
+                "redis",
+                format!(
+                    "a transfer moves at least one unit between two buckets, not {want} from bucket {from} to {to}"
+                ),
+            ));
+        }
         let lender = self.bucket_keys(product, from);
         let mut c = self.conn().await?;
-        let lent: i64 = self
+        let (units, to): (i64, u16) = self
             .inner
             .scripts
             .lend
             .key(lender.stock())
             .key(lender.transfers())
             .key(lender.stats())
+            .key(lender.lent(transfer))
             .arg(transfer)
             .arg(to)
             .arg(want)
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;
-        Ok(lent)
+        Ok(crate::buckets::Transfer {
+            id: transfer.to_owned(),
+            to,
+            units,
+            lent_at_ms: 0,
+        })
     }
 
     /// Receives a transfer `from` lent (once, whoever runs it) and takes it
-    /// off `from`'s list.
+    /// off `from`'s list. Both markers live as long as request state (35
+    /// days): a listed transfer must be completed within that (the sweeper
+    /// will, once buckets are in use).
     pub async fn complete_transfer(
         &self,
         product: &ProductId,
@@ -439,10 +456,16 @@ impl RedisGate {
             .await
             .map_err(classify)?;
         let lender = self.bucket_keys(product, from);
-        redis::cmd("HDEL")
-            .arg(lender.transfers())
+        let _: i64 = self
+            .inner
+            .scripts
+            .finish
+            .key(lender.transfers())
+            .key(lender.lent(&t.id))
             .arg(&t.id)
-            .query_async::<i64>(&mut c)
+            .arg(format!("{}:{}", t.to, t.units))
+            .arg(STATE_TTL_SECS)
+            .invoke_async(&mut c)
             .await
             .map_err(classify)?;
         Ok(())
@@ -463,7 +486,14 @@ impl RedisGate {
             .map_err(classify)?;
         records
             .iter()
-            .map(|(id, r)| crate::buckets::Transfer::parse(id, r).ok_or_else(|| unexpected("lend")))
+            .map(|(id, r)| {
+                crate::buckets::Transfer::parse(id, r).ok_or_else(|| {
+                    InfraError::permanent(
+                        "redis",
+                        format!("transfer {id} of {product} bucket {from} is listed as {r:?}, not <to>:<units>:<lent_at>: fix or remove that field"),
+                    )
+                })
+            })
             .collect()
     }
 

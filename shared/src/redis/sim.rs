@@ -647,8 +647,19 @@ impl SimRedis {
         for (k, t) in past.expires.iter().filter(|(k, _)| in_slot(k)) {
             db.keys.expires.insert(k.clone(), *t);
         }
+        // What the slot lost is lost for good: an older snapshot taken by a
+        // later failover of every shard must not bring it back.
+        let restored = db.keys.clone();
         for w in &mut db.history {
             w.slots.remove(&slot);
+            w.before.data.retain(|k, _| !in_slot(k));
+            w.before.expires.retain(|k, _| !in_slot(k));
+            for (k, v) in restored.data.iter().filter(|(k, _)| in_slot(k)) {
+                w.before.data.insert(k.clone(), v.clone());
+            }
+            for (k, t) in restored.expires.iter().filter(|(k, _)| in_slot(k)) {
+                w.before.expires.insert(k.clone(), *t);
+            }
         }
         db.history.retain(|w| !w.slots.is_empty());
         n
@@ -669,8 +680,11 @@ impl SimRedis {
         let name =
             String::from_utf8_lossy(args.first().map_or(&[][..], |a| a)).to_ascii_uppercase();
         let mut db = lock(&self.db);
-        let before = db.keys.clone();
         let now = db.now_ms;
+        // Keys expiring are no write of this command's (a replica expires
+        // them too): gone before the snapshot a failover would restore.
+        db.keys.purge(now);
+        let before = db.keys.clone();
         let reply = match name.as_str() {
             "EVALSHA" | "EVAL" => {
                 let src = if name == "EVAL" {
@@ -866,6 +880,20 @@ mod tests {
         // ... while {a}'s replicas have caught up.
         assert_eq!(r.lose_slot_writes(b"{a}:x", 5), 0);
         assert_eq!(get(&r, "{a}:x"), one());
+    }
+
+    #[test]
+    fn what_one_slot_lost_stays_lost_when_every_shard_fails_over_later() {
+        let r = SimRedis::new(0);
+        set(&r, "{a}:x", "1");
+        set(&r, "{b}:x", "1");
+        set(&r, "{a}:x", "2");
+        set(&r, "{b}:x", "2");
+        assert_eq!(r.lose_slot_writes(b"{a}:x", 1), 1);
+        // Back one write of every shard: {b}'s last; {a} keeps its "1".
+        assert_eq!(r.lose_writes(1), 1);
+        assert_eq!(get(&r, "{a}:x"), Value::BulkString(b"1".to_vec()));
+        assert_eq!(get(&r, "{b}:x"), Value::BulkString(b"1".to_vec()));
     }
 
     #[test]
