@@ -9,7 +9,7 @@ use shared::domain::{
 };
 use shared::ports::prelude::*;
 use shared::ports::{SendMark, Settled, Warm};
-use shared::redis::{RedisGate, RedisSettings};
+use shared::redis::{RedisGate, RedisSettings, Want};
 use time::OffsetDateTime;
 
 fn settings(url: String) -> RedisSettings {
@@ -1318,12 +1318,45 @@ async fn units_move_between_buckets_at_most_what_the_lender_holds() {
     let g = gate();
     let p = unique("bkt");
     shelve(&g, &p, 0, 10).await;
-    assert_eq!(g.move_units(&p, 0, 1, "t1", 4).await.unwrap(), 4);
+    assert_eq!(
+        g.move_units(&p, 0, 1, "t1", Want::Units(4)).await.unwrap(),
+        4
+    );
     assert_eq!(shelves(&g, &p).await, [6, 4]);
-    assert_eq!(g.move_units(&p, 0, 1, "t2", 100).await.unwrap(), 6);
+    assert_eq!(
+        g.move_units(&p, 0, 1, "t2", Want::Units(100))
+            .await
+            .unwrap(),
+        6
+    );
+    assert_eq!(shelves(&g, &p).await, [0, 10]);
+    // A dry bucket takes half its sibling's shelf when that is more.
+    shelve(&g, &p, 1, 0).await;
+    shelve(&g, &p, 0, 10).await;
+    assert_eq!(
+        g.move_units(&p, 0, 1, "h1", Want::AtLeastHalf(1))
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        g.move_units(&p, 0, 1, "h2", Want::AtLeastHalf(4))
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        g.move_units(&p, 0, 1, "h3", Want::AtLeastHalf(1))
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(shelves(&g, &p).await, [0, 10]);
     // Nothing to lend: nothing moves, nothing is listed.
-    assert_eq!(g.move_units(&p, 0, 1, "t3", 1).await.unwrap(), 0);
+    assert_eq!(
+        g.move_units(&p, 0, 1, "t3", Want::Units(1)).await.unwrap(),
+        0
+    );
     assert_eq!(shelves(&g, &p).await, [0, 10]);
     assert!(g.transfers(&p, 0).await.unwrap().is_empty());
 }
@@ -1334,8 +1367,14 @@ async fn a_transfer_its_mover_left_is_listed_and_received_once() {
     let p = unique("bkt");
     shelve(&g, &p, 0, 10).await;
     // The mover lends (a lend run twice lends once), then dies.
-    assert_eq!(g.lend(&p, 0, 1, "t1", 3).await.unwrap().units, 3);
-    assert_eq!(g.lend(&p, 0, 1, "t1", 3).await.unwrap().units, 3);
+    assert_eq!(
+        g.lend(&p, 0, 1, "t1", Want::Units(3)).await.unwrap().units,
+        3
+    );
+    assert_eq!(
+        g.lend(&p, 0, 1, "t1", Want::Units(3)).await.unwrap().units,
+        3
+    );
     assert_eq!(shelves(&g, &p).await, [7, 0]);
     let listed = g.transfers(&p, 0).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -1346,11 +1385,14 @@ async fn a_transfer_its_mover_left_is_listed_and_received_once() {
     assert_eq!(shelves(&g, &p).await, [7, 3]);
     assert!(g.transfers(&p, 0).await.unwrap().is_empty());
     // A retry of the finished move (its last reply lost) moves nothing.
-    assert_eq!(g.move_units(&p, 0, 1, "t1", 3).await.unwrap(), 3);
+    assert_eq!(
+        g.move_units(&p, 0, 1, "t1", Want::Units(3)).await.unwrap(),
+        3
+    );
     assert_eq!(shelves(&g, &p).await, [7, 3]);
     // Nor does one aimed elsewhere under the same id: it goes where it went.
-    let again = g.lend(&p, 0, 2, "t1", 5).await.unwrap();
+    let again = g.lend(&p, 0, 2, "t1", Want::Units(5)).await.unwrap();
     assert_eq!((again.to, again.units), (1, 3));
     assert_eq!(shelves(&g, &p).await, [7, 3]);
-    assert!(g.lend(&p, 1, 1, "t9", 1).await.is_err());
+    assert!(g.lend(&p, 1, 1, "t9", Want::Units(1)).await.is_err());
 }

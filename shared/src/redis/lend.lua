@@ -10,6 +10,8 @@
 -- KEYS[1] stock  KEYS[2] transfers (hash: id -> "<to bucket>:<units>:<lent_at ms>")
 -- KEYS[3] stats  KEYS[4] the transfer's finished marker ("<to bucket>:<units>")
 -- ARGV[1] transfer id (fresh per move)  ARGV[2] the borrowing bucket  ARGV[3] units wanted
+-- ARGV[4] "half": lend at least half of this shelf (a borrower that ran dry
+--   takes a share, not one buyer's units at a time, so shelves even out)
 -- Returns {units lent (0 when this bucket has none), the borrowing bucket}.
 
 local want = tonumber(ARGV[3])
@@ -23,7 +25,11 @@ if earlier then
   return {tonumber(units), tonumber(to)}
 end
 local left = tonumber(redis.call("GET", KEYS[1]) or "0")
-local n = math.min(left, want)
+local n = want
+if ARGV[4] == "half" and math.floor(left / 2) > n then
+  n = math.floor(left / 2)
+end
+n = math.min(left, n)
 if n < 1 then
   return {0, tonumber(ARGV[2])}
 end

@@ -379,7 +379,7 @@ impl RedisGate {
         from: u16,
         to: u16,
         transfer: &str,
-        want: i64,
+        want: Want,
     ) -> PortResult<i64> {
         let t = self.lend(product, from, to, transfer, want).await?;
         if t.units > 0 {
@@ -397,13 +397,17 @@ impl RedisGate {
         from: u16,
         to: u16,
         transfer: &str,
-        want: i64,
+        want: Want,
     ) -> PortResult<crate::buckets::Transfer> {
-        if from == to || want < 1 {
+        let (units, mode) = match want {
+            Want::Units(n) => (n, ""),
+            Want::AtLeastHalf(n) => (n, "half"),
+        };
+        if from == to || units < 1 {
             return Err(InfraError::permanent(
                 "redis",
                 format!(
-                    "a transfer moves at least one unit between two buckets, not {want} from bucket {from} to {to}"
+                    "a transfer moves at least one unit between two buckets, not {units} from bucket {from} to {to}"
                 ),
             ));
         }
@@ -419,7 +423,8 @@ impl RedisGate {
             .key(lender.lent(transfer))
             .arg(transfer)
             .arg(to)
-            .arg(want)
+            .arg(units)
+            .arg(mode)
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;
@@ -502,6 +507,15 @@ impl RedisGate {
         let mut c = self.conn().await?;
         cmd.query_async(&mut c).await.map_err(classify)
     }
+}
+
+/// How many units a bucket is asked to lend ([`RedisGate::lend`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Up to this many.
+    Units(i64),
+    /// Up to this many, or half the lender's shelf when that is more.
+    AtLeastHalf(i64),
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
