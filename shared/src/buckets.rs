@@ -79,6 +79,13 @@ impl Transfer {
     }
 }
 
+/// The other buckets of `n`, in ring order after `bucket`: where a bucket
+/// that ran dry borrows, nearest first.
+pub fn siblings(bucket: u16, n: u16) -> impl Iterator<Item = u16> {
+    let n = n.max(1);
+    (1..n).map(move |d| (bucket + d) % n)
+}
+
 /// How `stock` units start out over `n` buckets: as even as integers allow.
 pub fn split(stock: i64, n: u16) -> Vec<i64> {
     crate::ledger::split(stock, n)
@@ -142,6 +149,12 @@ mod tests {
         );
         assert_eq!(Transfer::parse("t1", "3:5"), None);
         assert_eq!(Transfer::parse("t1", "x:5:1"), None);
+    }
+
+    #[test]
+    fn siblings_are_every_other_bucket_once() {
+        assert_eq!(siblings(2, 4).collect::<Vec<_>>(), [3, 0, 1]);
+        assert_eq!(siblings(0, 1).count(), 0);
     }
 
     #[test]

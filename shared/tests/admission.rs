@@ -1396,3 +1396,78 @@ async fn a_transfer_its_mover_left_is_listed_and_received_once() {
     assert_eq!(shelves(&g, &p).await, [7, 3]);
     assert!(g.lend(&p, 1, 1, "t9", Want::Units(1)).await.is_err());
 }
+
+/// `p` warmed as a product of `k` stock buckets of `each` units: bucket 0
+/// warmed, its meta copied into the others, each shelf set.
+async fn bucketed(k: u16, each: i64, limit: u32) -> (RedisGate, ProductId) {
+    let (g, p) = warmed(each as u32, limit).await;
+    let meta: Vec<(String, String)> = g
+        .command(redis::cmd("HGETALL").arg(g.bucket_keys(&p, 0).meta()))
+        .await
+        .unwrap();
+    for b in 0..k {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(g.bucket_keys(&p, b).meta()).arg("buckets").arg(k);
+        for (f, v) in &meta {
+            hset.arg(f).arg(v);
+        }
+        let _: () = g.command(&hset).await.unwrap();
+        shelve(&g, &p, b, each).await;
+    }
+    (g, p)
+}
+
+#[tokio::test]
+async fn a_bucketed_sale_sells_every_unit_before_it_answers_sold_out() {
+    let (g, p) = bucketed(4, 5, 1).await;
+    assert_eq!(g.buckets(&p).await.unwrap(), 4);
+    let mut answers = Vec::new();
+    for i in 0..60 {
+        answers.push(
+            g.admit(&purchase(&p, &format!("u{i}"), 1, None))
+                .await
+                .unwrap(),
+        );
+    }
+    // Buyers spread over the buckets, and dry ones borrow: the first 20
+    // get the 20 units, whichever bucket they fell in; then sold out.
+    for (i, a) in answers.iter().enumerate() {
+        if i < 20 {
+            assert!(matches!(a, Admission::Admitted { .. }), "buyer {i}: {a:?}");
+        } else {
+            assert_eq!(*a, Admission::Refused(Refusal::SoldOut), "buyer {i}");
+        }
+    }
+    for b in 0..4 {
+        let key = g.bucket_keys(&p, b).stock();
+        let left: Option<i64> = g.command(redis::cmd("GET").arg(key)).await.unwrap();
+        assert_eq!(left, Some(0), "bucket {b}");
+        assert!(g.transfers(&p, b).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_buyer_keeps_to_one_bucket_and_a_borrow_charges_their_limiter_once() {
+    let (g, p) = bucketed(2, 5, 2).await;
+    let buyer = "u7";
+    let home = shared::buckets::bucket_of(&UserId::parse(buyer).unwrap(), 2);
+    // The buyer's bucket holds 1 of the 2 they ask for, its sibling 5; one
+    // request per 10 s for a buyer.
+    shelve(&g, &p, home, 1).await;
+    for b in 0..2 {
+        let _: () = g
+            .command(
+                redis::cmd("HSET")
+                    .arg(g.bucket_keys(&p, b).meta())
+                    .arg("rl_buyer")
+                    .arg("10000:1"),
+            )
+            .await
+            .unwrap();
+    }
+    let first = g.admit(&purchase(&p, buyer, 2, None)).await.unwrap();
+    assert!(matches!(first, Admission::Admitted { .. }), "{first:?}");
+    // Their next request is theirs alone to answer: their own bucket.
+    let again = g.admit(&purchase(&p, buyer, 1, None)).await.unwrap();
+    assert!(matches!(again, Admission::Throttled { .. }), "{again:?}");
+}

@@ -17,6 +17,8 @@
 -- ARGV[6] the default buyer limit, ARGV[7] the default IP limit:
 --         "<ms between requests>:<burst>" or "" for none; meta's rl_buyer /
 --         rl_ip (the sale's own) win. ARGV[8] "1" when the client IP is known.
+-- ARGV[9] "1" when this request's limiters were charged already: its second
+--         run, after its stock bucket borrowed from a sibling (crate::buckets).
 --
 -- Returns {"admitted", admitted_at_ms, ends_at_ms}
 --       | {"replay", admitted_at_ms, ends_at_ms, status, "1" when its message was sent}
@@ -86,8 +88,11 @@ local function schedule(key, spec)
   end
   return {key = key, next = tat + interval, wait = tat - now - (burst - 1) * interval}
 end
-local limiters = {schedule(KEYS[7], meta[4] or ARGV[6])}
-if ARGV[8] == "1" then
+local limiters = {}
+if ARGV[9] ~= "1" then
+  limiters[1] = schedule(KEYS[7], meta[4] or ARGV[6])
+end
+if ARGV[8] == "1" and ARGV[9] ~= "1" then
   limiters[#limiters + 1] = schedule(KEYS[8], meta[5] or ARGV[7])
 end
 local wait = 0

@@ -1,6 +1,7 @@
 //! The Redis adapter of [`StockGate`](crate::ports::StockGate): the Lua scripts next to this file hold
 //! the rules; this module only builds keys, passes arguments and maps results.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -196,6 +197,9 @@ struct Inner {
     conn: RwLock<Option<Conn>>,
     connecting: Mutex<()>,
     scripts: Scripts,
+    /// Each product's stock buckets, learnt from its bucket 0's meta: fixed
+    /// at creation, so never stale once known.
+    buckets: std::sync::Mutex<HashMap<ProductId, u16>>,
 }
 
 fn classify(err: RedisError) -> InfraError {
@@ -244,6 +248,7 @@ impl RedisGate {
                     receive: Script::new(include_str!("receive.lua")),
                     finish: Script::new(include_str!("finish.lua")),
                 },
+                buckets: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -355,6 +360,94 @@ impl RedisGate {
     /// The key layout of one product in this gate's namespace.
     pub fn keys(&self, product: &ProductId) -> keys::Keys {
         keys::Keys::new(&self.inner.settings.namespace, product)
+    }
+
+    /// How many stock buckets `product` has: its bucket 0's meta says (1
+    /// when it does not name any), read once per process. Not remembered
+    /// while that meta is missing (not warmed, or lost in a failover).
+    pub async fn buckets(&self, product: &ProductId) -> PortResult<u16> {
+        let known = self
+            .inner
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(product)
+            .copied();
+        if let Some(k) = known {
+            return Ok(k);
+        }
+        let mut c = self.conn().await?;
+        let (limit, buckets): (Option<String>, Option<u16>) = redis::cmd("HMGET")
+            .arg(self.keys(product).meta())
+            .arg("limit")
+            .arg("buckets")
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        let k = buckets.unwrap_or(1).clamp(1, crate::buckets::MAX_BUCKETS);
+        if limit.is_some() {
+            self.inner
+                .buckets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(product.clone(), k);
+        }
+        Ok(k)
+    }
+
+    /// One run of the admission script in bucket `bucket`.
+    async fn admit_in(
+        &self,
+        p: &Purchase,
+        bucket: u16,
+        limits_charged: bool,
+    ) -> PortResult<Admission> {
+        let k = self.bucket_keys(&p.product_id, bucket);
+        let mut c = self.conn().await?;
+        let reply: Vec<String> = self
+            .inner
+            .scripts
+            .admit
+            .key(&k.admission(p)[..])
+            .arg(p.request_id.as_str())
+            .arg(p.user_id.as_str())
+            .arg(p.quantity.get())
+            .arg(if p.idempotency_key.is_some() {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(STATE_TTL_SECS)
+            .arg(RateLimit::spec(self.inner.settings.rate_limits.buyer))
+            .arg(RateLimit::spec(self.inner.settings.rate_limits.ip))
+            .arg(if p.client_ip.is_some() { "1" } else { "0" })
+            .arg(if limits_charged { "1" } else { "0" })
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        let part = |i: usize| reply.get(i).map_or("", String::as_str);
+        let number = |i: usize| part(i).parse::<i64>().map_err(|_| unexpected("admission"));
+        match part(0) {
+            "admitted" => Ok(Admission::Admitted {
+                admitted_at_ms: number(1)?,
+                sale_ends_at_ms: number(2)?,
+            }),
+            "replay" => Ok(Admission::Replay {
+                admitted_at_ms: number(1)?,
+                sale_ends_at_ms: number(2)?,
+                status: OrderStatus::parse(part(3)).ok_or_else(|| unexpected("admission"))?,
+                sent: part(4) == "1",
+            }),
+            "short" => Ok(Admission::Short {
+                stock_left: number(1)?,
+            }),
+            "throttled" => Ok(Admission::Throttled {
+                retry_after_ms: number(1)?,
+            }),
+            other => Refusal::from_code(other)
+                .map(Admission::Refused)
+                .ok_or_else(|| unexpected("admission")),
+        }
     }
 
     /// The key layout of one of the product's stock buckets.
@@ -561,52 +654,44 @@ fn request_view(id: &RequestId, fields: Vec<(String, String)>) -> Option<Request
 }
 
 impl AdmissionGate for RedisGate {
+    /// In the buyer's stock bucket. One that ran dry (or holds fewer than
+    /// asked) borrows from its siblings, at least half of each one's shelf,
+    /// and admits again; sold out only when no sibling had any left.
     async fn admit(&self, p: &Purchase) -> PortResult<Admission> {
-        let k = self.keys(&p.product_id);
-        let mut c = self.conn().await?;
-        let reply: Vec<String> = self
-            .inner
-            .scripts
-            .admit
-            .key(&k.admission(p)[..])
-            .arg(p.request_id.as_str())
-            .arg(p.user_id.as_str())
-            .arg(p.quantity.get())
-            .arg(if p.idempotency_key.is_some() {
-                "1"
-            } else {
-                "0"
-            })
-            .arg(STATE_TTL_SECS)
-            .arg(RateLimit::spec(self.inner.settings.rate_limits.buyer))
-            .arg(RateLimit::spec(self.inner.settings.rate_limits.ip))
-            .arg(if p.client_ip.is_some() { "1" } else { "0" })
-            .invoke_async(&mut c)
-            .await
-            .map_err(classify)?;
-        let part = |i: usize| reply.get(i).map_or("", String::as_str);
-        let number = |i: usize| part(i).parse::<i64>().map_err(|_| unexpected("admission"));
-        match part(0) {
-            "admitted" => Ok(Admission::Admitted {
-                admitted_at_ms: number(1)?,
-                sale_ends_at_ms: number(2)?,
-            }),
-            "replay" => Ok(Admission::Replay {
-                admitted_at_ms: number(1)?,
-                sale_ends_at_ms: number(2)?,
-                status: OrderStatus::parse(part(3)).ok_or_else(|| unexpected("admission"))?,
-                sent: part(4) == "1",
-            }),
-            "short" => Ok(Admission::Short {
-                stock_left: number(1)?,
-            }),
-            "throttled" => Ok(Admission::Throttled {
-                retry_after_ms: number(1)?,
-            }),
-            other => Refusal::from_code(other)
-                .map(Admission::Refused)
-                .ok_or_else(|| unexpected("admission")),
+        let k = self.buckets(&p.product_id).await?;
+        let b = crate::buckets::bucket_of(&p.user_id, k);
+        let first = self.admit_in(p, b, false).await?;
+        let qty = i64::from(p.quantity.get());
+        let missing = match first {
+            _ if k == 1 => return Ok(first),
+            Admission::Refused(Refusal::SoldOut) => qty,
+            Admission::Short { stock_left } => qty - stock_left,
+            _ => return Ok(first),
+        };
+        let mut got = 0;
+        for s in crate::buckets::siblings(b, k) {
+            // One id per request and lender: a replay of this request
+            // moves nothing twice.
+            let transfer = format!("{}-{s}", p.request_id);
+            got += self
+                .move_units(
+                    &p.product_id,
+                    s,
+                    b,
+                    &transfer,
+                    Want::AtLeastHalf(missing - got),
+                )
+                .await?;
+            if got >= missing {
+                break;
+            }
         }
+        if got == 0 {
+            return Ok(first);
+        }
+        // A short answer charged the limiters; a sold-out one did not.
+        let charged = matches!(first, Admission::Short { .. });
+        self.admit_in(p, b, charged).await
     }
     async fn request(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
         let k = self.keys(&id.product());
