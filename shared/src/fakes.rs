@@ -152,11 +152,11 @@ impl AdmissionGate for FakeGate {
                 sale_ends_at_ms: 3_600_000,
             }))
     }
-    async fn request(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
+    async fn request(&self, id: &RequestId, _user: &str) -> PortResult<Option<RequestView>> {
         self.failures.check("redis").await?;
         Ok(lock(&self.requests).get(id).cloned())
     }
-    async fn mark_sent(&self, id: &RequestId, mark: SendMark) -> PortResult<()> {
+    async fn mark_sent(&self, id: &RequestId, _user: &str, mark: SendMark) -> PortResult<()> {
         self.failures.check("redis").await?;
         let now = self.now_ms.load(Ordering::SeqCst);
         match mark {

@@ -177,13 +177,13 @@ impl<T: AdmissionGate> AdmissionGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.admit(p).await
     }
-    async fn request(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
+    async fn request(&self, id: &RequestId, user: &str) -> PortResult<Option<RequestView>> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner.request(id).await
+        self.inner.request(id, user).await
     }
-    async fn mark_sent(&self, id: &RequestId, mark: SendMark) -> PortResult<()> {
+    async fn mark_sent(&self, id: &RequestId, user: &str, mark: SendMark) -> PortResult<()> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
-        self.inner.mark_sent(id, mark).await
+        self.inner.mark_sent(id, user, mark).await
     }
     async fn settle(&self, msg: &OrderMessage, status: Settled) -> PortResult<bool> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;

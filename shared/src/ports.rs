@@ -141,15 +141,18 @@ pub trait AdmissionGate: Send + Sync {
     /// Runs the admission rule atomically.
     fn admit(&self, purchase: &Purchase) -> impl Future<Output = PortResult<Admission>> + Send;
 
+    /// The request `id` of the buyer `user` (whose stock bucket holds it).
     fn request(
         &self,
         id: &RequestId,
+        user: &str,
     ) -> impl Future<Output = PortResult<Option<RequestView>>> + Send;
 
-    /// Records where the request's message stands (`mark_sent.lua`).
+    /// Records where `user`'s request's message stands (`mark_sent.lua`).
     fn mark_sent(
         &self,
         id: &RequestId,
+        user: &str,
         mark: SendMark,
     ) -> impl Future<Output = PortResult<()>> + Send;
 
@@ -609,15 +612,17 @@ impl<T: AdmissionGate> AdmissionGate for std::sync::Arc<T> {
     fn request(
         &self,
         id: &RequestId,
+        user: &str,
     ) -> impl Future<Output = PortResult<Option<RequestView>>> + Send {
-        (**self).request(id)
+        (**self).request(id, user)
     }
     fn mark_sent(
         &self,
         id: &RequestId,
+        user: &str,
         mark: SendMark,
     ) -> impl Future<Output = PortResult<()>> + Send {
-        (**self).mark_sent(id, mark)
+        (**self).mark_sent(id, user, mark)
     }
     fn settle(
         &self,

@@ -215,7 +215,7 @@ async fn idempotency_keys_replay_per_buyer() {
             sent: false,
         }
     );
-    g.mark_sent(&first.request_id, SendMark::Sent)
+    g.mark_sent(&first.request_id, first.user_id.as_str(), SendMark::Sent)
         .await
         .unwrap();
     assert!(matches!(
@@ -356,7 +356,7 @@ async fn settle_is_forward_only_and_restock_happens_once() {
     assert!(g.restock(&msg).await.unwrap());
     assert!(!g.restock(&msg).await.unwrap());
     assert!(!g.settle(&msg, Settled::Placed).await.unwrap());
-    let view = g.request(&a.request_id).await.unwrap().unwrap();
+    let view = g.request(&a.request_id, "alice").await.unwrap().unwrap();
     assert_eq!(view.status, OrderStatus::Compensated);
     let stats = g.stats(&p).await.unwrap().unwrap();
     assert_eq!(
@@ -430,7 +430,11 @@ async fn restock_of_a_request_redis_forgot_puts_nothing_back() {
     assert!(!g.restock(&msg).await.unwrap());
     let stats = g.stats(&p).await.unwrap().unwrap();
     assert_eq!((stats.stock_left, stats.compensated), (3, 1));
-    let view = g.request(&msg.request_id).await.unwrap().unwrap();
+    let view = g
+        .request(&msg.request_id, msg.user_id.as_str())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(view.status, OrderStatus::Compensated);
     let ttl: i64 = g
         .command(redis::cmd("TTL").arg(k.req(&msg.request_id)))
@@ -624,7 +628,9 @@ async fn sent_requests_are_marked_and_paged_with_their_send_time() {
     let (g, p) = warmed(5, 1).await;
     let a = admitted(&g, &purchase(&p, "alice", 1, None)).await;
     let b = admitted(&g, &purchase(&p, "bob", 1, None)).await;
-    g.mark_sent(&a.request_id, SendMark::Sent).await.unwrap();
+    g.mark_sent(&a.request_id, a.user_id.as_str(), SendMark::Sent)
+        .await
+        .unwrap();
     let now = g.now_ms().await.unwrap();
     let page = g.pending_page(&p, now, 0, 10).await.unwrap();
     assert_eq!(page.scanned, 2);
@@ -640,7 +646,9 @@ async fn sent_requests_are_marked_and_paged_with_their_send_time() {
     assert_eq!(by_id(&b).msg, b);
     // A settled request is no longer marked.
     g.settle(&b, Settled::Placed).await.unwrap();
-    g.mark_sent(&b.request_id, SendMark::Sent).await.unwrap();
+    g.mark_sent(&b.request_id, b.user_id.as_str(), SendMark::Sent)
+        .await
+        .unwrap();
     let fields: Vec<String> = g
         .command(redis::cmd("HKEYS").arg(g.keys(&p).req(&b.request_id)))
         .await
@@ -1450,7 +1458,7 @@ async fn a_bucketed_sale_sells_every_unit_before_it_answers_sold_out() {
 async fn a_buyer_keeps_to_one_bucket_and_a_borrow_charges_their_limiter_once() {
     let (g, p) = bucketed(2, 5, 2).await;
     let buyer = "u7";
-    let home = shared::buckets::bucket_of(&UserId::parse(buyer).unwrap(), 2);
+    let home = shared::buckets::bucket_of(buyer, 2);
     // The buyer's bucket holds 1 of the 2 they ask for, its sibling 5; one
     // request per 10 s for a buyer.
     shelve(&g, &p, home, 1).await;
@@ -1470,4 +1478,33 @@ async fn a_buyer_keeps_to_one_bucket_and_a_borrow_charges_their_limiter_once() {
     // Their next request is theirs alone to answer: their own bucket.
     let again = g.admit(&purchase(&p, buyer, 1, None)).await.unwrap();
     assert!(matches!(again, Admission::Throttled { .. }), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_buyers_request_lives_in_their_bucket_and_settles_there() {
+    let (g, p) = bucketed(4, 5, 1).await;
+    let a = purchase(&p, "alice", 1, None);
+    let msg = admitted(&g, &a).await;
+    let home = shared::buckets::bucket_of("alice", 4);
+    let shelf = |b: u16| {
+        let (g, key) = (g.clone(), g.bucket_keys(&p, b).stock());
+        async move { g.command::<i64>(redis::cmd("GET").arg(key)).await.unwrap() }
+    };
+    assert_eq!(shelf(home).await, 4);
+    g.mark_sent(&a.request_id, "alice", SendMark::Sent)
+        .await
+        .unwrap();
+    let view = g.request(&a.request_id, "alice").await.unwrap().unwrap();
+    assert_eq!(view.status, OrderStatus::Pending);
+    // Another buyer's bucket does not hold it.
+    let other = (0..)
+        .map(|i| format!("u{i}"))
+        .find(|u| shared::buckets::bucket_of(u, 4) != home)
+        .unwrap();
+    assert_eq!(g.request(&a.request_id, &other).await.unwrap(), None);
+    // Compensated: the unit goes back to the buyer's bucket.
+    assert!(g.restock(&msg).await.unwrap());
+    assert_eq!(shelf(home).await, 5);
+    let view = g.request(&a.request_id, "alice").await.unwrap().unwrap();
+    assert_eq!(view.status, OrderStatus::Compensated);
 }

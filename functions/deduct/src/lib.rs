@@ -325,7 +325,12 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook> Deduct<G, Q, S
     /// out or admissions are stopped.
     async fn is_replay(&self, purchase: &Purchase) -> bool {
         purchase.idempotency_key.is_some()
-            && matches!(self.gate.request(&purchase.request_id).await, Ok(Some(_)))
+            && matches!(
+                self.gate
+                    .request(&purchase.request_id, purchase.user_id.as_str())
+                    .await,
+                Ok(Some(_))
+            )
     }
 
     async fn enqueue(
@@ -335,7 +340,11 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook> Deduct<G, Q, S
     ) -> Result<(), shared::error::InfraError> {
         self.queue.send(msg, traceparent).await?;
         // Only spares the sweeper a needless re-send if it fails.
-        if let Err(e) = self.gate.mark_sent(&msg.request_id, SendMark::Sent).await {
+        if let Err(e) = self
+            .gate
+            .mark_sent(&msg.request_id, msg.user_id.as_str(), SendMark::Sent)
+            .await
+        {
             tracing::warn!(error = %e, "sent, but not marked as sent");
         }
         Ok(())

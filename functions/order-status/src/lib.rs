@@ -105,7 +105,7 @@ impl<G: AdmissionGate + ShelfGate + SaleGate, S: OrderBook + LifecycleStore + Ca
     ) -> Result<RequestView, ApiError> {
         let caller = self.caller(req)?;
         let view = self
-            .lookup(id, read)
+            .lookup(id, &caller, read)
             .await?
             .ok_or_else(|| ApiError::new(404, "unknown_request"))?;
         if view.user_id.as_str() != caller {
@@ -164,14 +164,21 @@ impl<G: AdmissionGate + ShelfGate + SaleGate, S: OrderBook + LifecycleStore + Ca
     /// requests DynamoDB has not seen yet are read from Redis. With
     /// DynamoDB down, Redis' view is better than none to show; a write
     /// (`Read::Decide`) gets the error instead (503), never Redis' view.
-    async fn lookup(&self, id: &RequestId, read: Read) -> Result<Option<RequestView>, ApiError> {
+    /// `caller`'s request: Redis keeps it in their stock bucket (someone
+    /// else's pending request is not found there, and answers 404).
+    async fn lookup(
+        &self,
+        id: &RequestId,
+        caller: &str,
+        read: Read,
+    ) -> Result<Option<RequestView>, ApiError> {
         let store_failed = match self.store.order(id).await {
             Ok(Some(order)) => return Ok(Some(order)),
             Ok(None) => None,
             Err(e) if read == Read::Decide => return Err(e.into()),
             Err(e) => Some(e),
         };
-        match self.gate.request(id).await {
+        match self.gate.request(id, caller).await {
             Ok(Some(view)) => Ok(Some(view)),
             Ok(None) => store_failed.map_or(Ok(None), |e| Err(e.into())),
             Err(e) => Err(store_failed.unwrap_or(e).into()),

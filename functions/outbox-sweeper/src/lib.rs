@@ -258,7 +258,7 @@ impl<
                 // it sent (what a replay relies on).
                 for msg in chunk {
                     self.gate
-                        .mark_sent(&msg.request_id, SendMark::Claimed)
+                        .mark_sent(&msg.request_id, msg.user_id.as_str(), SendMark::Claimed)
                         .await?;
                 }
                 let unsent = match self.queue.send_batch(chunk, None).await {
@@ -276,7 +276,9 @@ impl<
                     } else {
                         SendMark::Sent
                     };
-                    self.gate.mark_sent(&msg.request_id, mark).await?;
+                    self.gate
+                        .mark_sent(&msg.request_id, msg.user_id.as_str(), mark)
+                        .await?;
                 }
             }
             // Paging counts index entries, not the filtered page.

@@ -450,6 +450,12 @@ impl RedisGate {
         }
     }
 
+    /// The keys of the stock bucket holding `user`'s records.
+    async fn buyer_keys(&self, product: &ProductId, user: &str) -> PortResult<keys::Keys> {
+        let k = self.buckets(product).await?;
+        Ok(self.bucket_keys(product, crate::buckets::bucket_of(user, k)))
+    }
+
     /// The key layout of one of the product's stock buckets.
     pub fn bucket_keys(&self, product: &ProductId, bucket: u16) -> keys::Keys {
         keys::Keys::bucket(&self.inner.settings.namespace, product, bucket)
@@ -659,7 +665,7 @@ impl AdmissionGate for RedisGate {
     /// and admits again; sold out only when no sibling had any left.
     async fn admit(&self, p: &Purchase) -> PortResult<Admission> {
         let k = self.buckets(&p.product_id).await?;
-        let b = crate::buckets::bucket_of(&p.user_id, k);
+        let b = crate::buckets::bucket_of(p.user_id.as_str(), k);
         let first = self.admit_in(p, b, false).await?;
         let qty = i64::from(p.quantity.get());
         let missing = match first {
@@ -693,8 +699,8 @@ impl AdmissionGate for RedisGate {
         let charged = matches!(first, Admission::Short { .. });
         self.admit_in(p, b, charged).await
     }
-    async fn request(&self, id: &RequestId) -> PortResult<Option<RequestView>> {
-        let k = self.keys(&id.product());
+    async fn request(&self, id: &RequestId, user: &str) -> PortResult<Option<RequestView>> {
+        let k = self.buyer_keys(&id.product(), user).await?;
         let mut c = self.conn().await?;
         let fields: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(k.req(id))
@@ -708,8 +714,8 @@ impl AdmissionGate for RedisGate {
             .map(Some)
             .ok_or_else(|| unexpected("request state (corrupt hash)"))
     }
-    async fn mark_sent(&self, id: &RequestId, mark: SendMark) -> PortResult<()> {
-        let k = self.keys(&id.product());
+    async fn mark_sent(&self, id: &RequestId, user: &str, mark: SendMark) -> PortResult<()> {
+        let k = self.buyer_keys(&id.product(), user).await?;
         let mut c = self.conn().await?;
         self.inner
             .scripts
@@ -722,7 +728,9 @@ impl AdmissionGate for RedisGate {
         Ok(())
     }
     async fn settle(&self, msg: &OrderMessage, status: Settled) -> PortResult<bool> {
-        let k = self.keys(&msg.product_id);
+        let k = self
+            .buyer_keys(&msg.product_id, msg.user_id.as_str())
+            .await?;
         let mut c = self.conn().await?;
         let changed: i64 = self
             .inner
@@ -748,7 +756,9 @@ impl AdmissionGate for RedisGate {
         Ok(changed == 1)
     }
     async fn restock(&self, msg: &OrderMessage) -> PortResult<bool> {
-        let k = self.keys(&msg.product_id);
+        let k = self
+            .buyer_keys(&msg.product_id, msg.user_id.as_str())
+            .await?;
         let mut c = self.conn().await?;
         let done: i64 = self
             .inner
@@ -834,7 +844,9 @@ impl AdmissionGate for RedisGate {
 
 impl ShelfGate for RedisGate {
     async fn release(&self, order: &RequestView, to: OrderStatus) -> PortResult<bool> {
-        let k = self.keys(&order.product_id);
+        let k = self
+            .buyer_keys(&order.product_id, order.user_id.as_str())
+            .await?;
         let free_buyer = order
             .reservation
             .as_ref()

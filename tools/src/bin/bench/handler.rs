@@ -41,8 +41,12 @@ pub(super) async fn handler_overhead(
         ensure!(matches!(a, Admission::Admitted { .. }));
         let t = Instant::now();
         let a = gate.admit(pur_marked).await?;
-        gate.mark_sent(&pur_marked.request_id, SendMark::Sent)
-            .await?;
+        gate.mark_sent(
+            &pur_marked.request_id,
+            pur_marked.user_id.as_str(),
+            SendMark::Sent,
+        )
+        .await?;
         bare_marked.record(t.elapsed().as_micros().max(1) as u64)?;
         ensure!(matches!(a, Admission::Admitted { .. }));
     }
