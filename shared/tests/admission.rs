@@ -1508,3 +1508,59 @@ async fn a_buyers_request_lives_in_their_bucket_and_settles_there() {
     let view = g.request(&a.request_id, "alice").await.unwrap().unwrap();
     assert_eq!(view.status, OrderStatus::Compensated);
 }
+
+/// A buyer whose records live in bucket `b` of `k`.
+fn buyer_in(b: u16, k: u16, tag: &str) -> String {
+    (0..)
+        .map(|i| format!("{tag}{i}"))
+        .find(|u| shared::buckets::bucket_of(u, k) == b)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_bucketed_products_figures_pause_and_deny_list_cover_every_bucket() {
+    let (g, p) = bucketed(4, 5, 1).await;
+    let left =
+        |g: RedisGate, p: ProductId| async move { g.stats(&p).await.unwrap().unwrap().stock_left };
+    assert_eq!(left(g.clone(), p.clone()).await, 20);
+    for b in 0..4 {
+        admitted(&g, &purchase(&p, &buyer_in(b, 4, "a"), 1, None)).await;
+    }
+    let stats = g.stats(&p).await.unwrap().unwrap();
+    assert_eq!(
+        (stats.stock_left, stats.admitted, stats.pending_units),
+        (16, 4, 4)
+    );
+    // Units in transit between two buckets are still on sale.
+    assert_eq!(
+        g.lend(&p, 0, 1, "t1", Want::Units(2)).await.unwrap().units,
+        2
+    );
+    assert_eq!(left(g.clone(), p.clone()).await, 16);
+
+    // Denied: refused in their own bucket, listed with the product's.
+    let bot = buyer_in(3, 4, "bot");
+    g.set_denials(&p, &[(UserId::parse(bot.clone()).unwrap(), 0)], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        g.admit(&purchase(&p, &bot, 1, None)).await.unwrap(),
+        Admission::Refused(Refusal::BuyerBlocked)
+    );
+    assert_eq!(g.denials(&p).await.unwrap().len(), 1);
+
+    // Paused: every bucket's buyers are refused.
+    let mut paused = product(&p, 5, 1, -1);
+    paused.paused = true;
+    paused.control_seq = 1;
+    assert!(g.apply_controls(&paused).await.unwrap());
+    for b in 0..4 {
+        assert_eq!(
+            g.admit(&purchase(&p, &buyer_in(b, 4, "b"), 1, None))
+                .await
+                .unwrap(),
+            Admission::Refused(Refusal::SalePaused),
+            "bucket {b}"
+        );
+    }
+}

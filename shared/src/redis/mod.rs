@@ -456,6 +456,73 @@ impl RedisGate {
         Ok(self.bucket_keys(product, crate::buckets::bucket_of(user, k)))
     }
 
+    /// One stock bucket's figures; None when its meta is missing.
+    async fn bucket_stats(
+        &self,
+        product: &ProductId,
+        bucket: u16,
+    ) -> PortResult<Option<ProductStats>> {
+        let k = self.bucket_keys(product, bucket);
+        let mut c = self.conn().await?;
+        #[allow(clippy::type_complexity)]
+        let (meta, left, counters, pending, lent): (
+            Vec<Option<i64>>,
+            Option<i64>,
+            Vec<Option<i64>>,
+            i64,
+            Vec<(String, String)>,
+        ) = redis::pipe()
+            .hmget(k.meta(), &["stock_total", "ends_at"])
+            .get(k.stock())
+            .hmget(
+                k.stats(),
+                &[
+                    "admitted",
+                    "placed",
+                    "rejected",
+                    "compensated",
+                    "restocked",
+                    "pending_units",
+                    "placed_units",
+                    "withdrawing",
+                    "withdrawn_units",
+                    "released_units",
+                    "added_units",
+                    "adopted_units",
+                ],
+            )
+            .zcard(k.pending())
+            .hgetall(k.transfers())
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        let Some(stock_total) = meta.first().copied().flatten() else {
+            return Ok(None);
+        };
+        let n = |i: usize| counters.get(i).copied().flatten().unwrap_or(0);
+        let in_transit: i64 = lent
+            .iter()
+            .filter_map(|(id, r)| crate::buckets::Transfer::parse(id, r))
+            .map(|t| t.units)
+            .sum();
+        Ok(Some(ProductStats {
+            stock_total,
+            stock_left: left.unwrap_or(0) + in_transit,
+            admitted: n(0),
+            placed: n(1),
+            rejected: n(2),
+            compensated: n(3),
+            restocked: n(4),
+            pending_units: n(5),
+            placed_units: n(6),
+            withdrawing: n(7),
+            withdrawn_units: n(8),
+            returned_units: n(9) + n(10) + n(11),
+            pending,
+            ends_at_ms: meta.get(1).copied().flatten().unwrap_or(0),
+        }))
+    }
+
     /// The key layout of one of the product's stock buckets.
     pub fn bucket_keys(&self, product: &ProductId, bucket: u16) -> keys::Keys {
         keys::Keys::bucket(&self.inner.settings.namespace, product, bucket)
@@ -956,21 +1023,25 @@ impl ShelfGate for RedisGate {
 }
 
 impl ControlGate for RedisGate {
+    /// In every stock bucket: a pause or an end holds for every buyer.
     async fn apply_controls(&self, p: &Product) -> PortResult<bool> {
-        let k = self.keys(&p.product_id);
         let mut c = self.conn().await?;
-        let applied: i64 = self
-            .inner
-            .scripts
-            .controls
-            .key(k.meta())
-            .arg(if p.paused { "1" } else { "0" })
-            .arg(unix_ms(p.ends_at))
-            .arg(p.control_seq)
-            .invoke_async(&mut c)
-            .await
-            .map_err(classify)?;
-        Ok(applied != 0)
+        let mut any = false;
+        for b in 0..self.buckets(&p.product_id).await? {
+            let applied: i64 = self
+                .inner
+                .scripts
+                .controls
+                .key(self.bucket_keys(&p.product_id, b).meta())
+                .arg(if p.paused { "1" } else { "0" })
+                .arg(unix_ms(p.ends_at))
+                .arg(p.control_seq)
+                .invoke_async(&mut c)
+                .await
+                .map_err(classify)?;
+            any |= applied != 0;
+        }
+        Ok(any)
     }
     async fn apply_kill_switch(&self, switch: KillSwitch) -> PortResult<()> {
         let mut c = self.conn().await?;
@@ -1008,32 +1079,43 @@ impl ControlGate for RedisGate {
         if add.is_empty() && remove.is_empty() {
             return Ok(());
         }
-        let deny = self.keys(product).deny();
+        // Each entry in its buyer's stock bucket, which admits them.
+        let k = self.buckets(product).await?;
         let mut pipe = redis::pipe();
-        for chunk in add.chunks(500) {
-            let pairs: Vec<(&str, i64)> = chunk.iter().map(|(u, t)| (u.as_str(), *t)).collect();
-            // HSET, not redis-rs' hset_multiple: that sends HMSET,
-            // deprecated since Redis 4 (and not simulated).
-            pipe.cmd("HSET").arg(&deny).arg(&pairs).ignore();
-        }
-        for chunk in remove.chunks(500) {
-            let users: Vec<&str> = chunk.iter().map(UserId::as_str).collect();
-            pipe.hdel(&deny, users).ignore();
+        for b in 0..k {
+            let deny = self.bucket_keys(product, b).deny();
+            let mine = |u: &UserId| crate::buckets::bucket_of(u.as_str(), k) == b;
+            let add: Vec<&(UserId, i64)> = add.iter().filter(|(u, _)| mine(u)).collect();
+            let remove: Vec<&UserId> = remove.iter().filter(|u| mine(u)).collect();
+            for chunk in add.chunks(500) {
+                let pairs: Vec<(&str, i64)> = chunk.iter().map(|(u, t)| (u.as_str(), *t)).collect();
+                // HSET, not redis-rs' hset_multiple: that sends HMSET,
+                // deprecated since Redis 4 (and not simulated).
+                pipe.cmd("HSET").arg(&deny).arg(&pairs).ignore();
+            }
+            for chunk in remove.chunks(500) {
+                let users: Vec<&str> = chunk.iter().map(|u| u.as_str()).collect();
+                pipe.hdel(&deny, users).ignore();
+            }
         }
         let mut c = self.conn().await?;
         pipe.query_async::<()>(&mut c).await.map_err(classify)
     }
     async fn denials(&self, product: &ProductId) -> PortResult<Vec<(UserId, i64)>> {
         let mut c = self.conn().await?;
-        let held: Vec<(String, i64)> = redis::cmd("HGETALL")
-            .arg(self.keys(product).deny())
-            .query_async(&mut c)
-            .await
-            .map_err(classify)?;
-        Ok(held
-            .into_iter()
-            .filter_map(|(u, t)| Some((UserId::parse(u).ok()?, t)))
-            .collect())
+        let mut all = Vec::new();
+        for b in 0..self.buckets(product).await? {
+            let held: Vec<(String, i64)> = redis::cmd("HGETALL")
+                .arg(self.bucket_keys(product, b).deny())
+                .query_async(&mut c)
+                .await
+                .map_err(classify)?;
+            all.extend(
+                held.into_iter()
+                    .filter_map(|(u, t)| Some((UserId::parse(u).ok()?, t))),
+            );
+        }
+        Ok(all)
     }
 }
 
@@ -1082,59 +1164,31 @@ impl SaleGate for RedisGate {
             _ => Err(unexpected("warm")),
         }
     }
+    /// The product's figures: its stock buckets' summed (units lent by one
+    /// bucket and not yet received by another count as on the shelf).
     async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
-        let k = self.keys(product);
-        let mut c = self.conn().await?;
-        #[allow(clippy::type_complexity)]
-        let (meta, left, counters, pending): (
-            Vec<Option<i64>>,
-            Option<i64>,
-            Vec<Option<i64>>,
-            i64,
-        ) = redis::pipe()
-            .hmget(k.meta(), &["stock_total", "ends_at"])
-            .get(k.stock())
-            .hmget(
-                k.stats(),
-                &[
-                    "admitted",
-                    "placed",
-                    "rejected",
-                    "compensated",
-                    "restocked",
-                    "pending_units",
-                    "placed_units",
-                    "withdrawing",
-                    "withdrawn_units",
-                    "released_units",
-                    "added_units",
-                    "adopted_units",
-                ],
-            )
-            .zcard(k.pending())
-            .query_async(&mut c)
-            .await
-            .map_err(classify)?;
-        let Some(stock_total) = meta.first().copied().flatten() else {
+        let k = self.buckets(product).await?;
+        let Some(mut total) = self.bucket_stats(product, 0).await? else {
             return Ok(None);
         };
-        let n = |i: usize| counters.get(i).copied().flatten().unwrap_or(0);
-        Ok(Some(ProductStats {
-            stock_total,
-            stock_left: left.unwrap_or(0),
-            admitted: n(0),
-            placed: n(1),
-            rejected: n(2),
-            compensated: n(3),
-            restocked: n(4),
-            pending_units: n(5),
-            placed_units: n(6),
-            withdrawing: n(7),
-            withdrawn_units: n(8),
-            returned_units: n(9) + n(10) + n(11),
-            pending,
-            ends_at_ms: meta.get(1).copied().flatten().unwrap_or(0),
-        }))
+        for b in 1..k {
+            let Some(s) = self.bucket_stats(product, b).await? else {
+                continue;
+            };
+            total.stock_left += s.stock_left;
+            total.admitted += s.admitted;
+            total.placed += s.placed;
+            total.rejected += s.rejected;
+            total.compensated += s.compensated;
+            total.restocked += s.restocked;
+            total.pending_units += s.pending_units;
+            total.placed_units += s.placed_units;
+            total.withdrawing += s.withdrawing;
+            total.withdrawn_units += s.withdrawn_units;
+            total.returned_units += s.returned_units;
+            total.pending += s.pending;
+        }
+        Ok(Some(total))
     }
     async fn products(&self) -> PortResult<Vec<ProductId>> {
         let mut c = self.conn().await?;
