@@ -1564,3 +1564,26 @@ async fn a_bucketed_products_figures_pause_and_deny_list_cover_every_bucket() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_pending_index_pages_through_every_bucket() {
+    let (g, p) = bucketed(3, 5, 1).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for i in 0..9 {
+        let a = purchase(&p, &format!("p{i}"), 1, None);
+        admitted(&g, &a).await;
+        ids.insert(a.request_id.to_string());
+    }
+    let now = i64::MAX / 2;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut offset = 0;
+    loop {
+        let page = g.pending_page(&p, now, offset, 4).await.unwrap();
+        seen.extend(page.requests.iter().map(|r| r.msg.request_id.to_string()));
+        if page.scanned < 4 {
+            break;
+        }
+        offset += page.scanned;
+    }
+    assert_eq!(seen, ids);
+}

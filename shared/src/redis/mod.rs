@@ -523,6 +523,71 @@ impl RedisGate {
         }))
     }
 
+    /// One stock bucket's pending index entries admitted by `cutoff_ms`,
+    /// from `offset`, at most `limit`, with their states.
+    async fn bucket_pending_page(
+        &self,
+        product: &ProductId,
+        bucket: u16,
+        cutoff_ms: i64,
+        offset: usize,
+        limit: usize,
+    ) -> PortResult<PendingPage> {
+        let k = self.bucket_keys(product, bucket);
+        let mut c = self.conn().await?;
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(k.pending())
+            .arg("-inf")
+            .arg(cutoff_ms)
+            .arg("LIMIT")
+            .arg(offset)
+            .arg(limit)
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        let mut page = PendingPage {
+            scanned: ids.len(),
+            requests: Vec::with_capacity(ids.len()),
+        };
+        if ids.is_empty() {
+            return Ok(page);
+        }
+        let ends_at: Option<i64> = redis::cmd("HGET")
+            .arg(k.meta())
+            .arg("ends_at")
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(k.req_raw(id));
+        }
+        let states: Vec<Vec<(String, String)>> =
+            pipe.query_async(&mut c).await.map_err(classify)?;
+        let mut orphans = Vec::new();
+        for (raw, fields) in ids.iter().zip(states) {
+            let usable = RequestId::parse(raw)
+                .ok()
+                .and_then(|id| pending_request(&id, &fields, ends_at.unwrap_or(0)));
+            match usable {
+                Some(r) => page.requests.push(r),
+                None => orphans.push(raw.as_str()),
+            }
+        }
+        if !orphans.is_empty() {
+            // Nothing can be re-published without a state, and the entry
+            // would hold this page forever: drop it from the index.
+            tracing::warn!(product_id = %product, ?orphans, "pending requests without state dropped");
+            redis::cmd("ZREM")
+                .arg(k.pending())
+                .arg(&orphans)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(page)
+    }
+
     /// The key layout of one of the product's stock buckets.
     pub fn bucket_keys(&self, product: &ProductId, bucket: u16) -> keys::Keys {
         keys::Keys::bucket(&self.inner.settings.namespace, product, bucket)
@@ -846,6 +911,8 @@ impl AdmissionGate for RedisGate {
             .map_err(classify)?;
         Ok(done == 1)
     }
+    /// The buckets' pending indexes one after another: bucket 0's entries,
+    /// then bucket 1's, and so on, `offset` counting through them all.
     async fn pending_page(
         &self,
         product: &ProductId,
@@ -853,57 +920,39 @@ impl AdmissionGate for RedisGate {
         offset: usize,
         limit: usize,
     ) -> PortResult<PendingPage> {
-        let k = self.keys(product);
-        let mut c = self.conn().await?;
-        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(k.pending())
-            .arg("-inf")
-            .arg(cutoff_ms)
-            .arg("LIMIT")
-            .arg(offset)
-            .arg(limit)
-            .query_async(&mut c)
-            .await
-            .map_err(classify)?;
+        let k = self.buckets(product).await?;
+        if k == 1 {
+            return self
+                .bucket_pending_page(product, 0, cutoff_ms, offset, limit)
+                .await;
+        }
         let mut page = PendingPage {
-            scanned: ids.len(),
-            requests: Vec::with_capacity(ids.len()),
+            scanned: 0,
+            requests: Vec::new(),
         };
-        if ids.is_empty() {
-            return Ok(page);
-        }
-        let ends_at: Option<i64> = redis::cmd("HGET")
-            .arg(k.meta())
-            .arg("ends_at")
-            .query_async(&mut c)
-            .await
-            .map_err(classify)?;
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.hgetall(k.req_raw(id));
-        }
-        let states: Vec<Vec<(String, String)>> =
-            pipe.query_async(&mut c).await.map_err(classify)?;
-        let mut orphans = Vec::new();
-        for (raw, fields) in ids.iter().zip(states) {
-            let usable = RequestId::parse(raw)
-                .ok()
-                .and_then(|id| pending_request(&id, &fields, ends_at.unwrap_or(0)));
-            match usable {
-                Some(r) => page.requests.push(r),
-                None => orphans.push(raw.as_str()),
+        let mut skip = offset;
+        for b in 0..k {
+            if page.scanned >= limit {
+                break;
             }
-        }
-        if !orphans.is_empty() {
-            // Nothing can be re-published without a state, and the entry
-            // would hold this page forever: drop it from the index.
-            tracing::warn!(product_id = %product, ?orphans, "pending requests without state dropped");
-            redis::cmd("ZREM")
-                .arg(k.pending())
-                .arg(&orphans)
-                .query_async::<()>(&mut c)
+            let mut c = self.conn().await?;
+            let due: usize = redis::cmd("ZCOUNT")
+                .arg(self.bucket_keys(product, b).pending())
+                .arg("-inf")
+                .arg(cutoff_ms)
+                .query_async(&mut c)
                 .await
                 .map_err(classify)?;
+            if skip >= due {
+                skip -= due;
+                continue;
+            }
+            let part = self
+                .bucket_pending_page(product, b, cutoff_ms, skip, limit - page.scanned)
+                .await?;
+            skip = 0;
+            page.scanned += part.scanned;
+            page.requests.extend(part.requests);
         }
         Ok(page)
     }

@@ -410,6 +410,16 @@ impl Keyspace {
                     _ => 0,
                 }))
             }
+            "ZCOUNT" => {
+                need(3)?;
+                let (min, max) = (float(&a[1])?, float(&a[2])?);
+                Ok(Value::Int(match self.data.get(&a[0]) {
+                    Some(Entry::ZSet(z)) => {
+                        z.values().filter(|s| **s >= min && **s <= max).count() as i64
+                    }
+                    _ => 0,
+                }))
+            }
             "ZRANGEBYSCORE" => {
                 need(3)?;
                 let (min, max) = (float(&a[1])?, float(&a[2])?);
