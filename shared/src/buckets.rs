@@ -77,6 +77,88 @@ impl Transfer {
     }
 }
 
+/// One bucket's figures as the bucketed resync reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// Units on its shelf (not counting those it lent).
+    pub shelf: i64,
+    pub pending_units: i64,
+    pub withdrawing: i64,
+    /// placed_units + withdrawn_units (resync.lua's fence).
+    pub fence: i64,
+    /// released + added + adopted units it put back on its shelf.
+    pub put_back: i64,
+}
+
+/// What the resync does to a bucketed product's shelves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Correction {
+    /// Units to add to the sum of the shelves (negative: to take).
+    pub delta: i64,
+    /// Units to adopt (resync.lua's `adopted_units`).
+    pub adopted: i64,
+}
+
+/// resync.lua's arithmetic over the sum of the buckets. `in_transit`: units
+/// lent and not yet received, which are the shelf's. `unsure`: units moved
+/// between buckets while they were read one after the other (each such move
+/// may be counted on both sides or on neither), so the shelves are only
+/// known to within that many units: the band widens by it, and a correction
+/// aims that far below resync.lua's target, so a miscount never oversells.
+/// With `unsure` = 0 the answer is resync.lua's. None when the buckets'
+/// fence went back below `fence_seen` (a failover): busy, change nothing.
+pub fn correction(
+    ledger: &crate::domain::Ledger,
+    fence_seen: i64,
+    buckets: &[Figures],
+    in_transit: i64,
+    unsure: i64,
+) -> Option<Correction> {
+    let sum = |f: fn(&Figures) -> i64| buckets.iter().map(f).sum::<i64>();
+    let fence = sum(|b| b.fence);
+    if fence < fence_seen {
+        return None;
+    }
+    let put_back = sum(|b| b.put_back);
+    let returned = ledger.returned();
+    let unapplied = (returned - put_back).clamp(0, ledger.releasing.max(0));
+    let since_read = (put_back - returned).max(0);
+    let high = ledger.remaining - unapplied + since_read
+        - sum(|b| b.pending_units)
+        - sum(|b| b.withdrawing);
+    let low = (high - (fence - fence_seen)).max(0);
+    let shelf = sum(|b| b.shelf) + in_transit;
+    let delta = if (low - unsure..=high + unsure).contains(&shelf) {
+        0
+    } else {
+        (low - unsure).max(0) - shelf
+    };
+    Some(Correction {
+        delta,
+        adopted: (returned - put_back - ledger.releasing).max(0),
+    })
+}
+
+/// A correction of `delta` units spread over shelves holding `shelves`:
+/// units added evenly (a bucket left dry sends its buyers borrowing), units
+/// taken from the fullest first, never more than a shelf holds.
+pub fn spread(delta: i64, shelves: &[i64]) -> Vec<i64> {
+    let n = u16::try_from(shelves.len()).unwrap_or(MAX_BUCKETS);
+    if delta >= 0 {
+        return split(delta, n);
+    }
+    let mut parts = vec![0; shelves.len()];
+    let mut order: Vec<usize> = (0..shelves.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(shelves[i]));
+    let mut left = -delta;
+    for i in order {
+        let take = left.min(shelves[i].max(0));
+        parts[i] = -take;
+        left -= take;
+    }
+    parts
+}
+
 /// The other buckets of `n`, in ring order after `bucket`: where a bucket
 /// that ran dry borrows, nearest first.
 pub fn siblings(bucket: u16, n: u16) -> impl Iterator<Item = u16> {
@@ -145,6 +227,63 @@ mod tests {
         );
         assert_eq!(Transfer::parse("t1", "3:5"), None);
         assert_eq!(Transfer::parse("t1", "x:5:1"), None);
+    }
+
+    fn ledger(remaining: i64) -> crate::domain::Ledger {
+        crate::domain::Ledger {
+            remaining,
+            ..Default::default()
+        }
+    }
+
+    fn shelf(units: i64) -> Figures {
+        Figures {
+            shelf: units,
+            ..Figures::default()
+        }
+    }
+
+    #[test]
+    fn the_sum_of_the_shelves_follows_the_ledger_within_the_units_moved_meanwhile() {
+        let two = [shelf(6), shelf(6)];
+        // 12 on the shelves, 10 in the ledger: 2 too many, taken.
+        let fix = |l, unsure| correction(&ledger(l), 0, &two, 0, unsure).map(|c| c.delta);
+        assert_eq!(fix(10, 0), Some(-2));
+        assert_eq!(fix(12, 0), Some(0));
+        // 3 units moved while the buckets were read: 12 may be 9 to 15, so
+        // 10 is left alone, and 8 aims 3 below it.
+        assert_eq!(fix(10, 3), Some(0));
+        assert_eq!(fix(8, 3), Some(-7));
+        assert_eq!(fix(20, 3), Some(5));
+        // In transit counts as on the shelf.
+        assert_eq!(
+            correction(&ledger(14), 0, &two, 2, 0).map(|c| c.delta),
+            Some(0)
+        );
+        // A fence gone back: busy.
+        assert_eq!(correction(&ledger(12), 1, &two, 0, 0), None);
+        // Pending units and units being withdrawn are not the shelf's.
+        let busy = [
+            Figures {
+                shelf: 6,
+                pending_units: 3,
+                withdrawing: 1,
+                ..Figures::default()
+            },
+            shelf(6),
+        ];
+        assert_eq!(
+            correction(&ledger(16), 0, &busy, 0, 0).map(|c| c.delta),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn a_correction_adds_evenly_and_takes_from_the_fullest() {
+        assert_eq!(spread(5, &[0, 9, 2]), [2, 2, 1]);
+        assert_eq!(spread(-5, &[1, 9, 2]), [0, -5, 0]);
+        assert_eq!(spread(-10, &[1, 6, 2]), [-1, -6, -2]);
+        assert_eq!(spread(0, &[1, 6]), [0, 0]);
     }
 
     #[test]

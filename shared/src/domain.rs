@@ -515,6 +515,11 @@ pub struct Product {
     /// more for a sale expecting more orders per second. Fixed at creation.
     #[serde(default = "one_shard")]
     pub ledger_shards: u16,
+    /// How many Redis stock buckets hold the shelf ([`crate::buckets`]):
+    /// more for a sale expecting more buyers per second than one Redis
+    /// shard admits. Fixed at creation, as a buyer's bucket follows from it.
+    #[serde(default = "one_shard")]
+    pub stock_buckets: u16,
 }
 
 fn one_shard() -> u16 {
@@ -809,6 +814,13 @@ impl Product {
         if !(1..=most_shards).contains(&u32::from(self.ledger_shards)) {
             return bad(
                 "ledger_shards must be between 1 and 64, and leave each shard at least 10 units",
+            );
+        }
+        let most_buckets = (self.stock / crate::buckets::MIN_UNITS_PER_BUCKET)
+            .clamp(1, u32::from(crate::buckets::MAX_BUCKETS));
+        if !(1..=most_buckets).contains(&u32::from(self.stock_buckets)) {
+            return bad(
+                "stock_buckets must be between 1 and 16, and leave each bucket at least 10 units",
             );
         }
         for limit in [self.rate_limits.buyer, self.rate_limits.ip]

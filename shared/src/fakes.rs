@@ -341,6 +341,11 @@ impl ShelfGate for FakeGate {
         stats.returned_units += ledger.adoptable(stats.returned_units);
         Ok(Some(drift))
     }
+    /// One bucket: nothing is ever lent.
+    async fn finish_transfers(&self, _: &ProductId, _: i64) -> PortResult<usize> {
+        self.failures.check("redis").await?;
+        Ok(0)
+    }
 }
 
 impl ControlGate for FakeGate {
@@ -596,6 +601,7 @@ pub fn product(id: &str) -> Product {
         paused: false,
         control_seq: 0,
         ledger_shards: 1,
+        stock_buckets: 1,
     }
 }
 

@@ -237,6 +237,10 @@ impl<T: ShelfGate> ShelfGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.resync(product, ledger, fence_seen).await
     }
+    async fn finish_transfers(&self, product: &ProductId, lent_by_ms: i64) -> PortResult<usize> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.finish_transfers(product, lent_by_ms).await
+    }
 }
 
 impl<T: ControlGate> ControlGate for Faulty<T> {

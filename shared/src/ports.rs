@@ -249,6 +249,15 @@ pub trait ShelfGate: Send + Sync {
         ledger: &Ledger,
         fence_seen: i64,
     ) -> impl Future<Output = PortResult<Option<i64>>> + Send;
+
+    /// Units lent between the product's stock buckets by `lent_by_ms`
+    /// (Redis' clock) whose mover died before the borrower had them:
+    /// received and finished now, once each. How many transfers.
+    fn finish_transfers(
+        &self,
+        product: &ProductId,
+        lent_by_ms: i64,
+    ) -> impl Future<Output = PortResult<usize>> + Send;
 }
 
 /// The stock gate's copies of the operator's controls: pause and end, the
@@ -674,6 +683,13 @@ impl<T: ShelfGate> ShelfGate for std::sync::Arc<T> {
         fence_seen: i64,
     ) -> impl Future<Output = PortResult<Option<i64>>> + Send {
         (**self).resync(product, ledger, fence_seen)
+    }
+    fn finish_transfers(
+        &self,
+        product: &ProductId,
+        lent_by_ms: i64,
+    ) -> impl Future<Output = PortResult<usize>> + Send {
+        (**self).finish_transfers(product, lent_by_ms)
     }
 }
 

@@ -54,6 +54,7 @@ fn product(id: &ProductId, stock: u32, limit: u32, start_in_secs: i64) -> Produc
         paused: false,
         control_seq: 0,
         ledger_shards: 1,
+        stock_buckets: 1,
     }
 }
 
@@ -1405,24 +1406,73 @@ async fn a_transfer_its_mover_left_is_listed_and_received_once() {
     assert!(g.lend(&p, 1, 1, "t9", Want::Units(1)).await.is_err());
 }
 
-/// `p` warmed as a product of `k` stock buckets of `each` units: bucket 0
-/// warmed, its meta copied into the others, each shelf set.
+/// `p` warmed as a product of `k` stock buckets of `each` units.
 async fn bucketed(k: u16, each: i64, limit: u32) -> (RedisGate, ProductId) {
-    let (g, p) = warmed(each as u32, limit).await;
-    let meta: Vec<(String, String)> = g
-        .command(redis::cmd("HGETALL").arg(g.bucket_keys(&p, 0).meta()))
+    let g = gate();
+    let p = unique("bkt");
+    let mut def = product(&p, (each * i64::from(k)) as u32, limit, -1);
+    def.stock_buckets = k;
+    let all = i64::from(def.stock);
+    assert_eq!(
+        g.warm(&def, false, all, 0).await.unwrap(),
+        Warm::Warmed { stock_left: all }
+    );
+    for b in 0..k {
+        let meta: BTreeMap<String, String> = g
+            .command(redis::cmd("HGETALL").arg(g.bucket_keys(&p, b).meta()))
+            .await
+            .unwrap();
+        assert_eq!(
+            meta.get("buckets").map(String::as_str),
+            Some(k.to_string().as_str())
+        );
+        assert_eq!(meta.get("stock_total"), Some(&all.to_string()));
+    }
+    // A fresh process learns the count from the meta.
+    assert_eq!(gate().buckets(&p).await.unwrap(), k);
+    (g, p)
+}
+
+/// Every bucket's shelf of `p`, of `k`.
+async fn shelves_of(g: &RedisGate, p: &ProductId, k: u16) -> Vec<i64> {
+    let mut out = Vec::new();
+    for b in 0..k {
+        let key = g.bucket_keys(p, b).stock();
+        let v: Option<i64> = g.command(redis::cmd("GET").arg(key)).await.unwrap();
+        out.push(v.unwrap_or(0));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_bucketed_warm_up_splits_the_ledger_and_keeps_an_unbucketed_meta_as_it_was() {
+    let (g, p) = bucketed(3, 4, 1).await;
+    assert_eq!(shelves_of(&g, &p, 3).await, [4, 4, 4]);
+    // Started: refused unless forced; forced, each bucket subtracts what it
+    // settled (never more than the ledger allows) and the resync sets the sum.
+    let mut def = product(&p, 12, 1, -1);
+    def.stock_buckets = 3;
+    assert!(matches!(
+        g.warm(&def, false, 11, 0).await.unwrap(),
+        Warm::AlreadyStarted { .. }
+    ));
+    let buyer = buyer_in(1, 3, "w");
+    let m = admitted(&g, &purchase(&p, &buyer, 1, None)).await;
+    assert!(g.settle(&m, Settled::Placed).await.unwrap());
+    assert_eq!(
+        g.warm(&def, true, 11, 0).await.unwrap(),
+        Warm::Warmed { stock_left: 10 }
+    );
+    let fence = g.stats(&p).await.unwrap().unwrap().fence();
+    assert_eq!(g.resync(&p, &remaining(11), fence).await.unwrap(), Some(1));
+    assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 11);
+
+    let (g, p) = warmed(5, 1).await;
+    let meta: BTreeMap<String, String> = g
+        .command(redis::cmd("HGETALL").arg(g.keys(&p).meta()))
         .await
         .unwrap();
-    for b in 0..k {
-        let mut hset = redis::cmd("HSET");
-        hset.arg(g.bucket_keys(&p, b).meta()).arg("buckets").arg(k);
-        for (f, v) in &meta {
-            hset.arg(f).arg(v);
-        }
-        let _: () = g.command(&hset).await.unwrap();
-        shelve(&g, &p, b, each).await;
-    }
-    (g, p)
+    assert!(!meta.contains_key("buckets"), "{meta:?}");
 }
 
 #[tokio::test]
@@ -1586,4 +1636,126 @@ async fn the_pending_index_pages_through_every_bucket() {
         offset += page.scanned;
     }
     assert_eq!(seen, ids);
+}
+
+/// The bucketed resync's arithmetic (`shared::buckets::correction`) is
+/// resync.lua's: on random shelves, counters and ledgers, with one bucket
+/// and nothing moved, both correct alike.
+#[tokio::test]
+async fn the_bucketed_resync_does_resync_luas_arithmetic() {
+    use shared::buckets::{Figures, correction};
+    let (g, p) = warmed(50, 1).await;
+    let k = g.keys(&p);
+    let mut seed = 0x5eed_u64;
+    let mut draw = |n: i64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((seed >> 33) as i64) % n
+    };
+    for case in 0..300 {
+        let f = Figures {
+            shelf: draw(30),
+            pending_units: draw(8),
+            withdrawing: draw(3),
+            fence: 0,
+            put_back: 0,
+        };
+        let (placed, withdrawn, released, added, adopted) =
+            (draw(10), draw(4), draw(6), draw(3), draw(2));
+        let ledger = shared::domain::Ledger {
+            remaining: draw(60),
+            releasing: draw(5),
+            released: draw(8),
+            added: draw(4),
+            ..Default::default()
+        };
+        let seen = placed + withdrawn - draw(6) + 2;
+        let _: () = g
+            .command(redis::cmd("HSET").arg(k.stats()).arg(&[
+                ("pending_units", f.pending_units),
+                ("withdrawing", f.withdrawing),
+                ("placed_units", placed),
+                ("withdrawn_units", withdrawn),
+                ("released_units", released),
+                ("added_units", added),
+                ("adopted_units", adopted),
+            ]))
+            .await
+            .unwrap();
+        shelve(&g, &p, 0, f.shelf).await;
+        let figures = Figures {
+            fence: placed + withdrawn,
+            put_back: released + added + adopted,
+            ..f
+        };
+        let expected = correction(&ledger, seen, &[figures], 0, 0);
+        let got = g.resync(&p, &ledger, seen).await.unwrap();
+        assert_eq!(
+            got,
+            expected.map(|c| c.delta),
+            "case {case}: {figures:?} {ledger:?} seen {seen}"
+        );
+        let now: Option<i64> = g
+            .command(redis::cmd("HGET").arg(k.stats()).arg("adopted_units"))
+            .await
+            .unwrap();
+        assert_eq!(
+            now.unwrap_or(0) - adopted,
+            expected.map_or(0, |c| c.adopted),
+            "case {case}: adopted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_bucketed_shelf_follows_the_ledger_as_the_sum_of_its_buckets() {
+    let (g, p) = bucketed(4, 5, 1).await;
+    let sum = async || g.stats(&p).await.unwrap().unwrap().stock_left;
+    // A failover gave bucket 2 back 4 units: taken from the fullest.
+    shelve(&g, &p, 2, 9).await;
+    assert_eq!(g.resync(&p, &remaining(20), 0).await.unwrap(), Some(-4));
+    assert_eq!(shelves_of(&g, &p, 4).await, [5, 5, 5, 5]);
+    // Bucket 1 lost its shelf: the units come back spread over all four.
+    shelve(&g, &p, 1, 0).await;
+    assert_eq!(g.resync(&p, &remaining(20), 0).await.unwrap(), Some(5));
+    assert_eq!(sum().await, 20);
+    assert!(shelves_of(&g, &p, 4).await.iter().all(|s| *s >= 1));
+    // Units in transit are the shelf's: lent, nothing to correct.
+    let t = g.lend(&p, 0, 3, "t1", Want::Units(2)).await.unwrap();
+    assert_eq!(sum().await, 20);
+    assert_eq!(g.resync(&p, &remaining(20), 0).await.unwrap(), Some(0));
+    // Received, its mover dead before the finish: counted once.
+    let to = g.bucket_keys(&p, 3);
+    let _: () = g
+        .command(redis::cmd("SET").arg(to.received("t1")).arg(2))
+        .await
+        .unwrap();
+    let _: () = g
+        .command(redis::cmd("INCRBY").arg(to.stock()).arg(2))
+        .await
+        .unwrap();
+    assert_eq!(sum().await, 20);
+    assert_eq!(g.resync(&p, &remaining(20), 0).await.unwrap(), Some(0));
+    // The lender forgot the lend after the receive (a failover): the units
+    // are on two shelves, and the resync takes them back.
+    let from = g.bucket_keys(&p, 0);
+    let _: () = g
+        .command(redis::cmd("HDEL").arg(from.transfers()).arg("t1"))
+        .await
+        .unwrap();
+    let _: () = g
+        .command(redis::cmd("INCRBY").arg(from.stock()).arg(2))
+        .await
+        .unwrap();
+    assert_eq!(sum().await, 22);
+    assert_eq!(g.resync(&p, &remaining(20), 0).await.unwrap(), Some(-2));
+    assert_eq!(sum().await, 20);
+    // A bucket not warmed (forgotten in a failover) holds the resync off.
+    let _: () = g
+        .command(redis::cmd("DEL").arg(g.bucket_keys(&p, 2).meta()))
+        .await
+        .unwrap();
+    assert_eq!(g.resync(&p, &remaining(10), 0).await.unwrap(), None);
+    drop(t);
 }

@@ -38,6 +38,7 @@ fn product(id: &str, stock: u32) -> Product {
         paused: false,
         control_seq: 0,
         ledger_shards: 1,
+        stock_buckets: 1,
     }
 }
 

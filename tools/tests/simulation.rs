@@ -345,6 +345,35 @@ impl ShelfDue {
     }
 }
 
+/// What stood on the product's shelves, as every write left them (the
+/// simulated Redis' write watcher sees all of its stock buckets at once,
+/// which no client can).
+#[derive(Default)]
+struct Shelves {
+    /// Units on the shelves now (not counting units in transit).
+    units: i64,
+    /// Units that ever arrived on a bucket's shelf (releases, restocks,
+    /// additions, resyncs, transfers received, failovers), with when the
+    /// count last grew: a 410 may leave on sale only units that arrived
+    /// after their bucket was found dry.
+    arrived: i64,
+    arrivals: Vec<(tokio::time::Instant, i64)>,
+    by_bucket: Vec<i64>,
+}
+
+impl Shelves {
+    /// Units that arrived on a shelf after `at`.
+    fn arrived_since(&self, at: tokio::time::Instant) -> i64 {
+        let before = self
+            .arrivals
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= at)
+            .map_or(0, |(_, n)| *n);
+        self.arrived - before
+    }
+}
+
 /// A stretch in which the shelf held fewer units than it should: since
 /// when, how many, and how many whole sweeps ran during it.
 struct Hidden {
@@ -517,6 +546,12 @@ struct World {
     limit: u32,
     /// The product's ledger shards (1-4).
     shards: u16,
+    /// The product's Redis stock buckets (1-4).
+    buckets: u16,
+    shelves: Arc<Mutex<Shelves>>,
+    /// The longest a buy took to answer so far: a cached 410 repeats one
+    /// whose buckets were found dry up to this long before it was cached.
+    longest_buy: Duration,
     users: usize,
     tasks: Vec<(String, Task)>,
     trace: Vec<String>,
@@ -587,6 +622,7 @@ impl World {
         let users = rng.usize(2..=10);
         // Drawn apart, so the other draws of a seed stay what they were.
         let shards = fastrand::Rng::with_seed(seed.rotate_left(17)).u16(1..=4);
+        let buckets = fastrand::Rng::with_seed(seed.rotate_left(23)).u16(1..=4);
         let calm = fastrand::Rng::with_seed(seed.rotate_left(29)).u32(0..5) == 0;
         // Half the sales limit each buyer's rate (the admission script's
         // token bucket, on Redis' clock); buyers share no address here.
@@ -599,6 +635,27 @@ impl World {
             ip: None,
         };
         let product = ProductId::parse("p1").expect("valid id");
+        let shelves = Arc::new(Mutex::new(Shelves::default()));
+        let watched = shelves.clone();
+        let keys: Vec<shared::redis::keys::Keys> = (0..buckets)
+            .map(|b| shared::redis::keys::Keys::bucket(NAMESPACE, &product, b))
+            .collect();
+        redis.watch_writes(move |view| {
+            let now: Vec<i64> = keys.iter().map(|k| view.int(&k.stock())).collect();
+            let mut s = lock(&watched);
+            let grew: i64 = now
+                .iter()
+                .enumerate()
+                .map(|(b, units)| (units - s.by_bucket.get(b).copied().unwrap_or(0)).max(0))
+                .sum();
+            if grew > 0 {
+                s.arrived += grew;
+                let arrived = s.arrived;
+                s.arrivals.push((tokio::time::Instant::now(), arrived));
+            }
+            s.units = now.iter().sum();
+            s.by_bucket = now;
+        });
         let queues = Arc::new(Mutex::new(Queues::default()));
         let queue = |sweeper| SimQueue {
             queues: queues.clone(),
@@ -727,6 +784,9 @@ impl World {
             stock,
             limit,
             shards,
+            buckets,
+            shelves,
+            longest_buy: Duration::ZERO,
             users,
             tasks: Vec::new(),
             trace: Vec::new(),
@@ -791,6 +851,7 @@ impl World {
             paused: false,
             control_seq: 0,
             ledger_shards: self.shards,
+            stock_buckets: self.buckets,
         };
         self.store
             .create_product(&p)
@@ -802,14 +863,19 @@ impl World {
             .expect("warming the simulated redis");
         // Products are warmed well before their sale: replicas have it.
         self.redis.checkpoint();
+        let mut shelves = lock(&self.shelves);
+        shelves.arrived = 0;
+        shelves.arrivals.clear();
+        drop(shelves);
         self.log(format!(
-            "warm stock={} limit={} users={} window={}s rebuy={} shards={} calm={} buyer_rate={:?}",
+            "warm stock={} limit={} users={} window={}s rebuy={} shards={} buckets={} calm={} buyer_rate={:?}",
             self.stock,
             self.limit,
             self.users,
             self.window_secs,
             self.rebuy,
             self.shards,
+            self.buckets,
             self.calm,
             self.rate_limits.buyer
         ));
@@ -1224,10 +1290,32 @@ impl World {
                 if status >= 500 && !refused {
                     self.uncertain.insert(format!("u{user}"));
                 }
+                let now = tokio::time::Instant::now();
+                self.longest_buy = self.longest_buy.max(now - asked);
                 if error.as_deref() == Some("sold_out") {
-                    // Redis said so, or the instance's cache remembers it
-                    // did within its TTL before the buyer asked.
-                    if lock(&self.sold_out_at).is_none_or(|at| at + self.sold_out_ttl < asked) {
+                    // No unit stood on a shelf but those that arrived after
+                    // their bucket was found dry: while this buyer asked, or
+                    // while the buy whose answer the instance's cache
+                    // repeats asked (up to its TTL and a buy's length before).
+                    let since = asked
+                        .checked_sub(self.sold_out_ttl + self.longest_buy)
+                        .unwrap_or(asked);
+                    let shelves = lock(&self.shelves);
+                    let (left, arrived) = (shelves.units, shelves.arrived_since(since));
+                    drop(shelves);
+                    if left > arrived {
+                        self.violations.push(format!(
+                            "u{user} got 410 sold_out while {left} units stood on the shelves, of which only {arrived} arrived since {:?} before they asked",
+                            self.sold_out_ttl + self.longest_buy
+                        ));
+                    }
+                    // With one bucket, also: Redis said so, or the instance's
+                    // cache remembers it did within its TTL before the buyer
+                    // asked (its answer is cached right after the script's;
+                    // with several, only after every sibling was asked).
+                    if self.buckets == 1
+                        && lock(&self.sold_out_at).is_none_or(|at| at + self.sold_out_ttl < asked)
+                    {
                         self.violations.push(format!(
                             "u{user} got 410 sold_out, yet Redis had not said sold out since {:?} before they asked",
                             self.sold_out_ttl
@@ -1432,9 +1520,15 @@ impl World {
                     let (n, shard) = match self.rng.u32(0..4) {
                         0..=1 => (self.redis.lose_writes(writes), "every shard"),
                         2 => {
-                            let key = self.gate.keys(&self.product).stats();
+                            // One stock bucket's shard (drawn only when there
+                            // are several, so one-bucket seeds replay as ever).
+                            let b = match self.buckets {
+                                1 => 0,
+                                k => self.rng.u16(0..k),
+                            };
+                            let key = self.gate.bucket_keys(&self.product, b).stats();
                             let n = self.redis.lose_slot_writes(key.as_bytes(), writes);
-                            (n, "the product's shard")
+                            (n, "a stock bucket's shard")
                         }
                         _ => {
                             let key = shared::redis::keys::kill_switch(NAMESPACE);
@@ -1548,16 +1642,18 @@ impl World {
                     // once (the last sweep's resync would paper over a
                     // double or a miss in the shelf itself).
                     if self.failovers == 0 {
-                        let stats = self.gate.keys(&self.product).stats();
-                        let counted = |field: &[u8]| match self.redis.command(&[
-                            b"HGET",
-                            stats.as_bytes(),
-                            field,
-                        ]) {
-                            Ok(redis::Value::BulkString(b)) => {
-                                String::from_utf8_lossy(&b).parse().unwrap_or(-1)
-                            }
-                            _ => 0,
+                        let counted = |field: &[u8]| -> i64 {
+                            (0..self.buckets)
+                                .map(|b| {
+                                    let stats = self.gate.bucket_keys(&self.product, b).stats();
+                                    match self.redis.command(&[b"HGET", stats.as_bytes(), field]) {
+                                        Ok(redis::Value::BulkString(b)) => {
+                                            String::from_utf8_lossy(&b).parse().unwrap_or(-1)
+                                        }
+                                        _ => 0,
+                                    }
+                                })
+                                .sum()
                         };
                         let shelved = counted(b"released_units");
                         let book = self.truth.book(&self.product).await;
@@ -1579,6 +1675,16 @@ impl World {
                     self.spawn_sweep();
                     while !self.tasks.is_empty() {
                         self.step(0).await;
+                    }
+                    // Every transfer between stock buckets was received:
+                    // none holds units off every shelf.
+                    for b in 0..self.buckets {
+                        let listed = self.gate.transfers(&self.product, b).await;
+                        if !matches!(&listed, Ok(l) if l.is_empty()) {
+                            self.violations.push(format!(
+                                "bucket {b} still lists transfers at the end: {listed:?}"
+                            ));
+                        }
                     }
                     return;
                 }

@@ -24,11 +24,11 @@ use shared::domain::{
     ProductStats, StockChange, UserId,
 };
 use shared::http::{self as api, ApiError, HttpResponse};
-use shared::ledger;
 use shared::ports::{
     Catalogue, Clock, ControlGate, ControlStore, SaleGate, ShelfGate, StockLedger, Warm,
 };
 use shared::stock;
+use shared::{buckets, ledger};
 
 #[derive(Serialize)]
 struct Stats<'a> {
@@ -194,19 +194,27 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
             /// shards for it (or `ledger_shards`; given both, the larger).
             #[serde(default)]
             expected_orders_per_sec: u32,
+            /// The sale's expected buy requests per second: enough Redis
+            /// stock buckets for it (or `stock_buckets`; both: the larger).
+            #[serde(default)]
+            expected_buyers_per_sec: u32,
         }
         let NewProduct {
             mut product,
             expected_orders_per_sec,
+            expected_buyers_per_sec,
         } = api::json_body(
             req,
-            r#"{"product_id","name","stock","per_buyer_limit","starts_at","ends_at","price","currency"} (optional "payment_window_secs", "rebuy_after_release", "ledger_shards" or "expected_orders_per_sec") with RFC 3339 times and the price in minor units"#,
+            r#"{"product_id","name","stock","per_buyer_limit","starts_at","ends_at","price","currency"} (optional "payment_window_secs", "rebuy_after_release", "ledger_shards" or "expected_orders_per_sec", "stock_buckets" or "expected_buyers_per_sec") with RFC 3339 times and the price in minor units"#,
         )?;
         // Both given: the larger (validated, so 0 is refused, not raised).
         product.validate()?;
         product.ledger_shards = product
             .ledger_shards
             .max(ledger::shards_for(product.stock, expected_orders_per_sec));
+        product.stock_buckets = product
+            .stock_buckets
+            .max(buckets::buckets_for(product.stock, expected_buyers_per_sec));
         if !self.store.create_product(&product).await? {
             return Err(ApiError::new(409, "product_exists"));
         }
@@ -596,6 +604,63 @@ mod tests {
                     .as_str()
                     .unwrap()
                     .contains("ledger_shards"),
+                "{answer}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn stock_buckets_follow_the_expected_buyers_or_the_setting() {
+        let a = admin().await;
+        let with = |id: &str, stock: u32, extra: &str| {
+            PRODUCT
+                .replace(r#""p1""#, &format!(r#""{id}""#))
+                .replace(r#""stock":100"#, &format!(r#""stock":{stock}{extra}"#))
+        };
+        for (id, stock, extra, buckets) in [
+            ("one", 1000, "", 1),
+            ("rate", 1000, r#","expected_buyers_per_sec":70000"#, 4),
+            ("set", 1000, r#","stock_buckets":8"#, 8),
+            (
+                "both",
+                1000,
+                r#","stock_buckets":2,"expected_buyers_per_sec":70000"#,
+                4,
+            ),
+            // 10 units a bucket at least, 16 buckets at most.
+            ("thin", 30, r#","expected_buyers_per_sec":500000"#, 3),
+            ("huge", 100_000, r#","expected_buyers_per_sec":900000"#, 16),
+        ] {
+            let (status, body) = call(
+                &a,
+                "POST",
+                "/api/admin/products",
+                "s3cret",
+                &with(id, stock, extra),
+            )
+            .await;
+            assert_eq!(
+                (status, body["stock_buckets"].as_u64()),
+                (201, Some(buckets)),
+                "{id}"
+            );
+            assert_eq!(
+                u64::from(stored(&a, id).await.unwrap().stock_buckets),
+                buckets
+            );
+        }
+        for body in [
+            with("many", 1000, r#","stock_buckets":17"#),
+            with("none", 1000, r#","stock_buckets":0"#),
+            with("thinset", 30, r#","stock_buckets":4"#),
+        ] {
+            let (status, answer) = call(&a, "POST", "/api/admin/products", "s3cret", &body).await;
+            assert_eq!(status, 400, "{answer}");
+            assert!(
+                answer["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("stock_buckets"),
                 "{answer}"
             );
         }

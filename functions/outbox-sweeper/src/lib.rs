@@ -36,6 +36,9 @@ const BATCH: usize = 10;
 const RESYNC_ATTEMPTS: usize = 3;
 /// A product is retired this long after its sale ended.
 const RETIRE_AFTER_MS: i64 = 3_600_000;
+/// A transfer between stock buckets still listed after this long lost its
+/// mover (`shared::buckets`).
+const TRANSFERS_STALE_MS: i64 = 2_000;
 
 pub struct Sweeper<G, Q, S> {
     pub gate: G,
@@ -172,6 +175,22 @@ impl<
         };
         if let Err(e) = changes.await {
             tracing::warn!(error = %e, product_id = %product, "stock changes not finished; next run retries");
+        }
+        // Units lent between stock buckets by a mover that died: on no
+        // shelf until received (a live mover finishes in milliseconds; one
+        // racing this moves nothing twice).
+        match self
+            .gate
+            .finish_transfers(product, now - TRANSFERS_STALE_MS)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(product_id = %product, transfers = n, "transfers between stock buckets a mover left were finished")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, product_id = %product, "transfers between stock buckets not finished; next run retries")
+            }
         }
         // Healed first, so a long backlog below cannot keep the shelf wrong;
         // healed again if following DynamoDB settled requests meanwhile.

@@ -167,6 +167,16 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// One stock bucket's figures as read ([`RedisGate::bucket_read`]).
+struct BucketRead {
+    /// `stock_left`: its own shelf, without the units it lent.
+    stats: ProductStats,
+    /// Units it lent plus units it received, ever: moves between buckets.
+    moved: i64,
+    /// Its transfers lent and not finished.
+    lent: Vec<crate::buckets::Transfer>,
+}
+
 struct Scripts {
     admit: Script,
     settle: Script,
@@ -181,6 +191,7 @@ struct Scripts {
     lend: Script,
     receive: Script,
     finish: Script,
+    adjust: Script,
 }
 
 /// Cheap to clone: clones share one connection and the loaded scripts.
@@ -247,6 +258,7 @@ impl RedisGate {
                     lend: Script::new(include_str!("lend.lua")),
                     receive: Script::new(include_str!("receive.lua")),
                     finish: Script::new(include_str!("finish.lua")),
+                    adjust: Script::new(include_str!("adjust.lua")),
                 },
                 buckets: std::sync::Mutex::new(HashMap::new()),
             }),
@@ -366,13 +378,7 @@ impl RedisGate {
     /// when it does not name any), read once per process. Not remembered
     /// while that meta is missing (not warmed, or lost in a failover).
     pub async fn buckets(&self, product: &ProductId) -> PortResult<u16> {
-        let known = self
-            .inner
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(product)
-            .copied();
+        let known = self.known_buckets().get(product).copied();
         if let Some(k) = known {
             return Ok(k);
         }
@@ -386,13 +392,16 @@ impl RedisGate {
             .map_err(classify)?;
         let k = buckets.unwrap_or(1).clamp(1, crate::buckets::MAX_BUCKETS);
         if limit.is_some() {
-            self.inner
-                .buckets
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(product.clone(), k);
+            self.known_buckets().insert(product.clone(), k);
         }
         Ok(k)
+    }
+
+    fn known_buckets(&self) -> std::sync::MutexGuard<'_, HashMap<ProductId, u16>> {
+        self.inner
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// One run of the admission script in bucket `bucket`.
@@ -456,12 +465,13 @@ impl RedisGate {
         Ok(self.bucket_keys(product, crate::buckets::bucket_of(user, k)))
     }
 
-    /// One stock bucket's figures; None when its meta is missing.
-    async fn bucket_stats(
+    /// One stock bucket's figures (its `stock_left` without the units it
+    /// lent); None when its meta is missing.
+    async fn bucket_read(
         &self,
         product: &ProductId,
         bucket: u16,
-    ) -> PortResult<Option<ProductStats>> {
+    ) -> PortResult<Option<BucketRead>> {
         let k = self.bucket_keys(product, bucket);
         let mut c = self.conn().await?;
         #[allow(clippy::type_complexity)]
@@ -489,6 +499,8 @@ impl RedisGate {
                     "released_units",
                     "added_units",
                     "adopted_units",
+                    "lent_units",
+                    "received_units",
                 ],
             )
             .zcard(k.pending())
@@ -500,14 +512,9 @@ impl RedisGate {
             return Ok(None);
         };
         let n = |i: usize| counters.get(i).copied().flatten().unwrap_or(0);
-        let in_transit: i64 = lent
-            .iter()
-            .filter_map(|(id, r)| crate::buckets::Transfer::parse(id, r))
-            .map(|t| t.units)
-            .sum();
-        Ok(Some(ProductStats {
+        let stats = ProductStats {
             stock_total,
-            stock_left: left.unwrap_or(0) + in_transit,
+            stock_left: left.unwrap_or(0),
             admitted: n(0),
             placed: n(1),
             rejected: n(2),
@@ -520,7 +527,147 @@ impl RedisGate {
             returned_units: n(9) + n(10) + n(11),
             pending,
             ends_at_ms: meta.get(1).copied().flatten().unwrap_or(0),
+        };
+        Ok(Some(BucketRead {
+            stats,
+            moved: n(12) + n(13),
+            lent: lent
+                .iter()
+                .filter_map(|(id, r)| crate::buckets::Transfer::parse(id, r))
+                .collect(),
         }))
+    }
+
+    /// Every stock bucket's figures, in order; None when bucket 0's meta is
+    /// missing, and a bucket whose meta is missing is left out.
+    async fn bucket_reads(
+        &self,
+        product: &ProductId,
+    ) -> PortResult<Option<Vec<(u16, BucketRead)>>> {
+        let k = self.buckets(product).await?;
+        let Some(first) = self.bucket_read(product, 0).await? else {
+            return Ok(None);
+        };
+        let mut reads = vec![(0, first)];
+        for b in 1..k {
+            if let Some(r) = self.bucket_read(product, b).await? {
+                reads.push((b, r));
+            }
+        }
+        Ok(Some(reads))
+    }
+
+    /// The units of `reads`' lent transfers their borrowers have not
+    /// received (at the time of this call): the shelf's, in transit.
+    async fn in_transit(
+        &self,
+        product: &ProductId,
+        reads: &[(u16, BucketRead)],
+    ) -> PortResult<i64> {
+        let lent: Vec<&crate::buckets::Transfer> =
+            reads.iter().flat_map(|(_, r)| &r.lent).collect();
+        if lent.is_empty() {
+            return Ok(0);
+        }
+        let mut c = self.conn().await?;
+        let mut units = 0;
+        for t in lent {
+            let received: bool = redis::cmd("EXISTS")
+                .arg(self.bucket_keys(product, t.to).received(&t.id))
+                .query_async(&mut c)
+                .await
+                .map_err(classify)?;
+            if !received {
+                units += t.units;
+            }
+        }
+        Ok(units)
+    }
+
+    /// The bucketed resync ([`crate::buckets::correction`]): every bucket
+    /// read, the units in transit, then every bucket's moves and fence again
+    /// (the moves in between widen the band; a fence or a move count gone
+    /// back is a failover: busy); the correction spread over the buckets by
+    /// adjust.lua, each refusing if its bucket went back since its read.
+    async fn resync_buckets(
+        &self,
+        product: &ProductId,
+        ledger: &crate::domain::Ledger,
+        fence_seen: i64,
+    ) -> PortResult<Option<i64>> {
+        let k = self.buckets(product).await?;
+        let Some(reads) = self.bucket_reads(product).await? else {
+            return Ok(None);
+        };
+        // A bucket not warmed (or forgotten in a failover) holds figures
+        // nobody can read: nothing is corrected until a warm-up sets it.
+        if reads.len() != usize::from(k) {
+            return Ok(None);
+        }
+        let in_transit = self.in_transit(product, &reads).await?;
+        let mut c = self.conn().await?;
+        let mut unsure = 0;
+        for (b, r) in &reads {
+            let n: Vec<Option<i64>> = redis::cmd("HMGET")
+                .arg(self.bucket_keys(product, *b).stats())
+                .arg(&[
+                    "lent_units",
+                    "received_units",
+                    "placed_units",
+                    "withdrawn_units",
+                ])
+                .query_async(&mut c)
+                .await
+                .map_err(classify)?;
+            let n = |i: usize| n.get(i).copied().flatten().unwrap_or(0);
+            let (moved, fence) = (n(0) + n(1), n(2) + n(3));
+            if moved < r.moved || fence < r.stats.fence() {
+                return Ok(None);
+            }
+            unsure += moved - r.moved;
+        }
+        let figures: Vec<crate::buckets::Figures> = reads
+            .iter()
+            .map(|(_, r)| crate::buckets::Figures {
+                shelf: r.stats.stock_left,
+                pending_units: r.stats.pending_units,
+                withdrawing: r.stats.withdrawing,
+                fence: r.stats.fence(),
+                put_back: r.stats.returned_units,
+            })
+            .collect();
+        let Some(fix) =
+            crate::buckets::correction(ledger, fence_seen, &figures, in_transit, unsure)
+        else {
+            return Ok(None);
+        };
+        let shelves: Vec<i64> = figures.iter().map(|f| f.shelf).collect();
+        let parts = crate::buckets::spread(fix.delta, &shelves);
+        let mut applied = 0;
+        let mut adopt = fix.adopted;
+        for ((b, r), part) in reads.iter().zip(parts) {
+            if part == 0 && adopt == 0 {
+                continue;
+            }
+            let k = self.bucket_keys(product, *b);
+            let (code, moved): (String, i64) = self
+                .inner
+                .scripts
+                .adjust
+                .key(k.stock())
+                .key(k.stats())
+                .arg(part)
+                .arg(r.stats.fence())
+                .arg(adopt)
+                .invoke_async(&mut c)
+                .await
+                .map_err(classify)?;
+            if code == "synced" {
+                applied += moved;
+                adopt = 0;
+            }
+        }
+        Ok(Some(applied))
     }
 
     /// One stock bucket's pending index entries admitted by `cutoff_ms`,
@@ -586,6 +733,19 @@ impl RedisGate {
                 .map_err(classify)?;
         }
         Ok(page)
+    }
+
+    /// `warm`'s answer, once the product is in the set of warmed ones.
+    /// Also when the sale had started: the set lives on another slot and
+    /// may have forgotten the product in a failover of its own.
+    async fn listed(&self, p: &Product, answer: Warm, c: &mut Conn) -> PortResult<Warm> {
+        redis::cmd("SADD")
+            .arg(keys::products(&self.inner.settings.namespace))
+            .arg(p.product_id.as_str())
+            .query_async::<()>(c)
+            .await
+            .map_err(classify)?;
+        Ok(answer)
     }
 
     /// The key layout of one of the product's stock buckets.
@@ -1052,6 +1212,9 @@ impl ShelfGate for RedisGate {
         ledger: &crate::domain::Ledger,
         fence_seen: i64,
     ) -> PortResult<Option<i64>> {
+        if self.buckets(product).await? > 1 {
+            return self.resync_buckets(product, ledger, fence_seen).await;
+        }
         let k = self.keys(product);
         let mut c = self.conn().await?;
         let (code, drift): (String, i64) = self
@@ -1068,6 +1231,23 @@ impl ShelfGate for RedisGate {
             .await
             .map_err(classify)?;
         Ok((code == "synced").then_some(drift))
+    }
+    async fn finish_transfers(&self, product: &ProductId, lent_by_ms: i64) -> PortResult<usize> {
+        let k = self.buckets(product).await?;
+        // One bucket lends to nobody: no call.
+        if k == 1 {
+            return Ok(0);
+        }
+        let mut finished = 0;
+        for from in 0..k {
+            for t in self.transfers(product, from).await? {
+                if t.lent_at_ms <= lent_by_ms {
+                    self.complete_transfer(product, from, &t).await?;
+                    finished += 1;
+                }
+            }
+        }
+        Ok(finished)
     }
 }
 
@@ -1176,54 +1356,67 @@ impl SaleGate for RedisGate {
         ledger_remaining: i64,
         fence_seen: i64,
     ) -> PortResult<Warm> {
-        let k = self.keys(&p.product_id);
+        let buckets = p.stock_buckets.clamp(1, crate::buckets::MAX_BUCKETS);
+        let shares = crate::buckets::split(ledger_remaining, buckets);
         let mut c = self.conn().await?;
-        let (code, left): (String, i64) = self
-            .inner
-            .scripts
-            .warm
-            .key(k.meta())
-            .key(k.stock())
-            .key(k.stats())
-            .arg(p.stock)
-            .arg(p.per_buyer_limit)
-            .arg(unix_ms(p.starts_at))
-            .arg(unix_ms(p.ends_at))
-            .arg(if force { "1" } else { "0" })
-            .arg(ledger_remaining)
-            .arg(fence_seen)
-            .arg(RateLimit::spec(p.rate_limits.buyer))
-            .arg(RateLimit::spec(p.rate_limits.ip))
-            .arg(if p.paused { "1" } else { "0" })
-            .arg(p.control_seq)
-            .invoke_async(&mut c)
-            .await
-            .map_err(classify)?;
-        // Also when the sale had started: the set lives on another slot and
-        // may have forgotten the product in a failover of its own.
-        redis::cmd("SADD")
-            .arg(keys::products(&self.inner.settings.namespace))
-            .arg(p.product_id.as_str())
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(classify)?;
-        match code.as_str() {
-            "warmed" => Ok(Warm::Warmed { stock_left: left }),
-            "started" => Ok(Warm::AlreadyStarted { stock_left: left }),
-            _ => Err(unexpected("warm")),
+        let mut total = 0;
+        for (b, share) in (0..buckets).zip(shares) {
+            let k = self.bucket_keys(&p.product_id, b);
+            let (code, left): (String, i64) = self
+                .inner
+                .scripts
+                .warm
+                .key(k.meta())
+                .key(k.stock())
+                .key(k.stats())
+                .arg(p.stock)
+                .arg(p.per_buyer_limit)
+                .arg(unix_ms(p.starts_at))
+                .arg(unix_ms(p.ends_at))
+                .arg(if force { "1" } else { "0" })
+                .arg(share)
+                // With buckets, each subtracts every unit it settled, as if
+                // the ledger read had seen none (its fence is the sum's):
+                // never more than the ledger allows, exact before the sale;
+                // the caller's resync then sets the sum (admin's warm does).
+                .arg(if buckets == 1 { fence_seen } else { 0 })
+                .arg(RateLimit::spec(p.rate_limits.buyer))
+                .arg(RateLimit::spec(p.rate_limits.ip))
+                .arg(if p.paused { "1" } else { "0" })
+                .arg(p.control_seq)
+                .arg(buckets)
+                .invoke_async(&mut c)
+                .await
+                .map_err(classify)?;
+            match code.as_str() {
+                "warmed" => total += left,
+                "started" if b == 0 => {
+                    return self
+                        .listed(p, Warm::AlreadyStarted { stock_left: left }, &mut c)
+                        .await;
+                }
+                // A later bucket kept a start its bucket 0 forgot: warmed.
+                "started" => total += left,
+                _ => return Err(unexpected("warm")),
+            }
         }
+        self.known_buckets().insert(p.product_id.clone(), buckets);
+        self.listed(p, Warm::Warmed { stock_left: total }, &mut c)
+            .await
     }
     /// The product's figures: its stock buckets' summed (units lent by one
     /// bucket and not yet received by another count as on the shelf).
     async fn stats(&self, product: &ProductId) -> PortResult<Option<ProductStats>> {
-        let k = self.buckets(product).await?;
-        let Some(mut total) = self.bucket_stats(product, 0).await? else {
+        let Some(reads) = self.bucket_reads(product).await? else {
             return Ok(None);
         };
-        for b in 1..k {
-            let Some(s) = self.bucket_stats(product, b).await? else {
-                continue;
-            };
+        let in_transit = self.in_transit(product, &reads).await?;
+        let mut buckets = reads.into_iter().map(|(_, r)| r.stats);
+        let Some(mut total) = buckets.next() else {
+            return Ok(None);
+        };
+        total.stock_left += in_transit;
+        for s in buckets {
             total.stock_left += s.stock_left;
             total.admitted += s.admitted;
             total.placed += s.placed;

@@ -47,6 +47,41 @@ pub enum Glitch {
 
 type GlitchFn = Box<dyn FnMut(&str) -> Glitch + Send>;
 type WatchFn = Box<dyn FnMut(&RedisResult<Value>) + Send>;
+type WriteWatchFn = Box<dyn FnMut(&View<'_>) + Send>;
+
+/// The keyspace as a write left it, for [`SimRedis::watch_writes`].
+pub struct View<'a>(&'a Keyspace);
+
+impl View<'_> {
+    /// A string key's integer value; 0 when missing or not a number.
+    pub fn int(&self, key: &str) -> i64 {
+        match self.0.data.get(key.as_bytes()) {
+            Some(Entry::Str(v)) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+    /// A hash key's fields and values (empty when missing).
+    pub fn hash(&self, key: &str) -> Vec<(String, String)> {
+        match self.0.data.get(key.as_bytes()) {
+            Some(Entry::Hash(h)) => h
+                .iter()
+                .map(|(f, v)| {
+                    (
+                        String::from_utf8_lossy(f).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+    pub fn exists(&self, key: &str) -> bool {
+        self.0.data.contains_key(key.as_bytes())
+    }
+}
 
 /// What Redis Cluster hashes to pick a key's slot: the text between the
 /// first `{` and the next `}` when that is not empty, else the whole key.
@@ -97,6 +132,15 @@ struct Db {
     now_ms: i64,
     glitch: Option<GlitchFn>,
     watch: Option<WatchFn>,
+    watch_writes: Option<WriteWatchFn>,
+}
+
+impl Db {
+    fn written(&mut self) {
+        if let Some(f) = self.watch_writes.as_mut() {
+            f(&View(&self.keys));
+        }
+    }
 }
 
 /// Cheap to clone: clones share one keyspace.
@@ -554,6 +598,7 @@ impl SimRedis {
             now_ms,
             glitch: None,
             watch: None,
+            watch_writes: None,
         }));
         let lua = Lua::new();
         if let Err(e) = Self::install_api(&lua, db.clone()) {
@@ -618,6 +663,12 @@ impl SimRedis {
         lock(&self.db).watch = Some(Box::new(f));
     }
 
+    /// Sees the keyspace after every command that changed it, failovers
+    /// included: what no client could read atomically (several slots).
+    pub fn watch_writes(&self, f: impl FnMut(&View<'_>) + Send + 'static) {
+        lock(&self.db).watch_writes = Some(Box::new(f));
+    }
+
     /// A failover to a replica that missed the last `n` writes; returns how
     /// many were actually lost (at most the remembered history).
     pub fn lose_writes(&self, n: usize) -> usize {
@@ -627,6 +678,7 @@ impl SimRedis {
             let at = db.history.len() - n;
             db.keys = db.history[at].before.clone();
             db.history.truncate(at);
+            db.written();
         }
         n
     }
@@ -672,6 +724,7 @@ impl SimRedis {
             }
         }
         db.history.retain(|w| !w.slots.is_empty());
+        db.written();
         n
     }
 
@@ -731,6 +784,7 @@ impl SimRedis {
             if db.history.len() > HISTORY {
                 db.history.remove(0);
             }
+            db.written();
         }
         if let Some(watch) = db.watch.as_mut() {
             watch(&reply);

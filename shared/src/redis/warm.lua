@@ -12,6 +12,8 @@
 -- ARGV[8] / ARGV[9] the sale's own buyer / IP rate limit ("<ms>:<burst>", "" = the default)
 -- ARGV[10] "1" when an operator paused the sale  ARGV[11] its control_seq: the
 --   pause and the end are taken only over older controls (see controls.lua)
+-- ARGV[12] the product's stock buckets (crate::buckets; written above 1 only,
+--   so an unbucketed product's meta is as it always was)
 -- Returns {"warmed", stock_left} | {"started", stock_left}
 
 for i = 1, 4 do
@@ -44,6 +46,9 @@ if left < 0 then
   left = 0
 end
 redis.call("HSET", KEYS[1], "stock_total", ARGV[1], "limit", ARGV[2], "starts_at", ARGV[3])
+if (tonumber(ARGV[12] or "1") or 1) > 1 then
+  redis.call("HSET", KEYS[1], "buckets", ARGV[12])
+end
 local seq = tonumber(ARGV[11] or "0") or 0
 if tonumber(redis.call("HGET", KEYS[1], "control_seq") or "0") <= seq then
   redis.call("HSET", KEYS[1], "ends_at", ARGV[4], "paused", ARGV[10] == "1" and "1" or "0",

@@ -13,6 +13,7 @@ impl Catalogue for DynamoStore {
             .item("name", s(&p.name))
             .item("stock", n(p.stock))
             .item("ledger_shards", n(split.len()))
+            .item("stock_buckets", n(p.stock_buckets))
             .item("remaining", n(split[0]))
             .item("sold", n(0))
             .item("per_buyer_limit", n(p.per_buyer_limit))
@@ -84,6 +85,7 @@ impl Catalogue for DynamoStore {
                     .unwrap_or(false),
                 control_seq: get_n(item, "control_seq").unwrap_or(0),
                 ledger_shards: get_n(item, "ledger_shards").unwrap_or(1),
+                stock_buckets: get_n(item, "stock_buckets").unwrap_or(1),
             })
         };
         parse().map(Some).ok_or_else(|| corrupt("product"))

@@ -230,6 +230,7 @@ fn bench_product(id: &str, stock: u32) -> Product {
         payment_window_secs: shared::domain::DEFAULT_PAYMENT_WINDOW_SECS,
         rebuy_after_release: false,
         ledger_shards: 1,
+        stock_buckets: 1,
         rate_limits: Default::default(),
         paused: false,
         control_seq: 0,
