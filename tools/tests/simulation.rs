@@ -549,9 +549,9 @@ struct World {
     /// The product's Redis stock buckets (1-4).
     buckets: u16,
     shelves: Arc<Mutex<Shelves>>,
-    /// The longest a buy took to answer so far: a cached 410 repeats one
-    /// whose buckets were found dry up to this long before it was cached.
-    longest_buy: Duration,
+    /// Every 410 so far: when its buyer asked and when it was answered (and
+    /// so cached by the deduct instance, whose later 410s repeat it).
+    sold_outs: Vec<(tokio::time::Instant, tokio::time::Instant)>,
     users: usize,
     tasks: Vec<(String, Task)>,
     trace: Vec<String>,
@@ -786,7 +786,7 @@ impl World {
             shards,
             buckets,
             shelves,
-            longest_buy: Duration::ZERO,
+            sold_outs: Vec::new(),
             users,
             tasks: Vec::new(),
             trace: Vec::new(),
@@ -1290,25 +1290,27 @@ impl World {
                 if status >= 500 && !refused {
                     self.uncertain.insert(format!("u{user}"));
                 }
-                let now = tokio::time::Instant::now();
-                self.longest_buy = self.longest_buy.max(now - asked);
                 if error.as_deref() == Some("sold_out") {
                     // No unit stood on a shelf but those that arrived after
                     // their bucket was found dry: while this buyer asked, or
-                    // while the buy whose answer the instance's cache
-                    // repeats asked (up to its TTL and a buy's length before).
-                    let since = asked
-                        .checked_sub(self.sold_out_ttl + self.longest_buy)
-                        .unwrap_or(asked);
+                    // while a buy whose 410 the instance may have cached
+                    // (answered within the cache's TTL before) asked.
+                    let since = self
+                        .sold_outs
+                        .iter()
+                        .filter(|(_, answered)| *answered + self.sold_out_ttl > asked)
+                        .map(|(asked, _)| *asked)
+                        .fold(asked, std::cmp::min);
                     let shelves = lock(&self.shelves);
                     let (left, arrived) = (shelves.units, shelves.arrived_since(since));
                     drop(shelves);
                     if left > arrived {
                         self.violations.push(format!(
                             "u{user} got 410 sold_out while {left} units stood on the shelves, of which only {arrived} arrived since {:?} before they asked",
-                            self.sold_out_ttl + self.longest_buy
+                            asked - since
                         ));
                     }
+                    self.sold_outs.push((asked, tokio::time::Instant::now()));
                     // With one bucket, also: Redis said so, or the instance's
                     // cache remembers it did within its TTL before the buyer
                     // asked (its answer is cached right after the script's;
@@ -1762,6 +1764,17 @@ impl World {
             self.violations.push(format!(
                 "the ledger's shards hold {shards:?}, which is not the {ledger} units it reports"
             ));
+        }
+        // Without a failover Redis never admits a unit the ledger lacks
+        // (its shelf is the ledger's less what is pending, or less): a
+        // rejection in a calm seed is an over-admission.
+        if self.failovers == 0 {
+            for o in orders.iter().filter(|o| o.status == OrderStatus::Rejected) {
+                self.violations.push(format!(
+                    "{} was admitted and then rejected, with no failover",
+                    o.request_id
+                ));
+            }
         }
         let mut per_user: HashMap<String, (usize, u32)> = HashMap::new();
         let mut ever_placed: HashMap<String, usize> = HashMap::new();

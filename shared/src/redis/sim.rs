@@ -747,7 +747,29 @@ impl SimRedis {
         // Keys expiring are no write of this command's (a replica expires
         // them too): gone before the snapshot a failover would restore.
         db.keys.purge(now);
-        let before = db.keys.clone();
+        // A read changes nothing: no snapshot to take or compare (most
+        // calls are reads, and a keyspace copy per call is what costs).
+        const READS: &[&str] = &[
+            "GET",
+            "EXISTS",
+            "TTL",
+            "HGET",
+            "HMGET",
+            "HGETALL",
+            "HKEYS",
+            "HEXISTS",
+            "ZCARD",
+            "ZCOUNT",
+            "ZRANGEBYSCORE",
+            "SMEMBERS",
+            "TIME",
+        ];
+        let read = READS.contains(&name.as_str());
+        let before = if read {
+            Keyspace::default()
+        } else {
+            db.keys.clone()
+        };
         let reply = match name.as_str() {
             "EVALSHA" | "EVAL" => {
                 let src = if name == "EVAL" {
@@ -778,7 +800,7 @@ impl SimRedis {
             }
             _ => db.keys.exec(now, args),
         };
-        if db.keys != before {
+        if !read && db.keys != before {
             let slots = changed_slots(&before, &db.keys);
             db.history.push(Write { slots, before });
             if db.history.len() > HISTORY {
