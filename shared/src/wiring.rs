@@ -70,7 +70,9 @@ impl Wiring {
     pub async fn gate(&self) -> Result<Faulty<RedisGate>, ConfigError> {
         let mut settings = config::redis_settings()?;
         settings.auth_token = self.secret(Secret::RedisAuthToken).await?;
-        Ok(Faulty::new(RedisGate::new(settings), self.faults.clone()))
+        let gate = RedisGate::new(settings);
+        gate.count_buckets_with(crate::redis::buckets_from(self.store()));
+        Ok(Faulty::new(gate, self.faults.clone()))
     }
 
     pub async fn admin_token(&self) -> Result<Option<String>, ConfigError> {

@@ -1759,3 +1759,105 @@ async fn a_bucketed_shelf_follows_the_ledger_as_the_sum_of_its_buckets() {
     assert_eq!(g.resync(&p, &remaining(10), 0).await.unwrap(), None);
     drop(t);
 }
+
+#[tokio::test]
+async fn a_bucketed_withdrawal_borrows_what_bucket_0_lacks_once() {
+    use shared::domain::{AuditEntry, StockChange};
+    use shared::ports::{ShelfChange, ShelfStep};
+    let (g, p) = bucketed(3, 4, 1).await;
+    let w = StockChange::new(p.clone(), IdempotencyKey::parse("w1").unwrap(), -7).unwrap();
+    let entry = AuditEntry {
+        product_id: Some(p.clone()),
+        at: OffsetDateTime::now_utc(),
+        actor: "ops".into(),
+        action: "withdraw_stock 7".into(),
+        reason: "damaged".into(),
+    };
+    assert_eq!(
+        g.change_shelf(&w, ShelfStep::Take, Some(&entry))
+            .await
+            .unwrap(),
+        ShelfChange::Done
+    );
+    // Bucket 0 borrowed 3 from bucket 1 and took 7: 12 - 7 on the shelves.
+    assert_eq!(shelves_of(&g, &p, 3).await, [0, 1, 4]);
+    let stats = g.stats(&p).await.unwrap().unwrap();
+    assert_eq!((stats.stock_left, stats.withdrawing), (5, 7));
+    // A retry moves nothing again.
+    assert!(matches!(
+        g.change_shelf(&w, ShelfStep::Take, Some(&entry))
+            .await
+            .unwrap(),
+        ShelfChange::Seen(_)
+    ));
+    assert_eq!(shelves_of(&g, &p, 3).await, [0, 1, 4]);
+    assert_eq!(g.withdrawals_taken(&p).await.unwrap().len(), 1);
+    // More than every bucket holds: short, with what bucket 0 could gather.
+    let big = StockChange::new(p.clone(), IdempotencyKey::parse("w2").unwrap(), -9).unwrap();
+    assert_eq!(
+        g.change_shelf(&big, ShelfStep::Take, Some(&entry))
+            .await
+            .unwrap(),
+        ShelfChange::Short { on_shelf: 5 }
+    );
+    assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 5);
+}
+
+#[tokio::test]
+async fn transfers_a_mover_left_are_finished_once_they_are_old_enough() {
+    let (g, p) = bucketed(2, 5, 1).await;
+    let t = g.lend(&p, 1, 0, "left", Want::Units(2)).await.unwrap();
+    assert_eq!(t.units, 2);
+    let now = g.now_ms().await.unwrap();
+    // A mover may still be at work: not yet.
+    assert_eq!(g.finish_transfers(&p, now - 60_000).await.unwrap(), 0);
+    assert_eq!(shelves_of(&g, &p, 2).await, [5, 3]);
+    assert_eq!(g.finish_transfers(&p, now + 1).await.unwrap(), 1);
+    assert_eq!(shelves_of(&g, &p, 2).await, [7, 3]);
+    assert!(g.transfers(&p, 1).await.unwrap().is_empty());
+    assert_eq!(g.finish_transfers(&p, now + 1).await.unwrap(), 0);
+    assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 10);
+}
+
+/// Bucket 0's meta lost (a failover), a fresh process learns the count from
+/// the catalogue, or fails: a guess of one bucket would settle, restock and
+/// release every buyer's records in bucket 0.
+#[tokio::test]
+async fn a_fresh_process_learns_the_buckets_from_the_catalogue_when_bucket_0_forgot() {
+    use shared::error::InfraError;
+    let (g, p) = bucketed(4, 5, 1).await;
+    let buyer = buyer_in(2, 4, "c");
+    let m = admitted(&g, &purchase(&p, &buyer, 1, None)).await;
+    let _: () = g
+        .command(redis::cmd("DEL").arg(g.bucket_keys(&p, 0).meta()))
+        .await
+        .unwrap();
+    // Without a catalogue (tests, tools): one bucket, as before buckets.
+    assert_eq!(gate().buckets(&p).await.unwrap(), 1);
+    let fresh = gate();
+    fresh.count_buckets_with(Box::new(|_| Box::pin(async { Ok(Some(4)) })));
+    assert_eq!(fresh.buckets(&p).await.unwrap(), 4);
+    assert!(fresh.settle(&m, Settled::Placed).await.unwrap());
+    let placed: Option<i64> = g
+        .command(
+            redis::cmd("HGET")
+                .arg(g.bucket_keys(&p, 2).stats())
+                .arg("placed_units"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(placed, Some(1));
+    // The catalogue unreachable: an error, not a guess.
+    let blind = gate();
+    blind.count_buckets_with(Box::new(|_| {
+        Box::pin(async { Err(InfraError::transient("dynamodb", "unreachable")) })
+    }));
+    assert!(blind.settle(&m, Settled::Placed).await.is_err());
+    // Admission never asks: bucket 0 answers as an unwarmed product does.
+    assert!(matches!(
+        blind
+            .admit(&purchase(&p, &buyer_in(1, 4, "d"), 1, None))
+            .await,
+        Ok(Admission::Refused(_))
+    ));
+}

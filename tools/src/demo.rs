@@ -34,6 +34,29 @@ pub async fn create_and_warm(
     payment_window_secs: u32,
     ledger_shards: u16,
 ) -> Result<()> {
+    create_and_warm_bucketed(
+        api,
+        product,
+        stock,
+        limit,
+        payment_window_secs,
+        ledger_shards,
+        1,
+    )
+    .await
+}
+
+/// [`create_and_warm`] of a product whose shelf is split in
+/// `stock_buckets` Redis stock buckets.
+pub async fn create_and_warm_bucketed(
+    api: &Api,
+    product: &str,
+    stock: u32,
+    limit: u32,
+    payment_window_secs: u32,
+    ledger_shards: u16,
+    stock_buckets: u16,
+) -> Result<()> {
     let now = OffsetDateTime::now_utc();
     let body = json!({
         "product_id": product,
@@ -44,6 +67,7 @@ pub async fn create_and_warm(
         "currency": "EUR",
         "payment_window_secs": payment_window_secs,
         "ledger_shards": ledger_shards,
+        "stock_buckets": stock_buckets,
         "starts_at": rfc3339(now - Duration::from_secs(1))?,
         "ends_at": rfc3339(now + Duration::from_secs(3600))?,
     });

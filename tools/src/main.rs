@@ -221,6 +221,10 @@ struct LoadArgs {
     /// shards").
     #[arg(long, default_value_t = 1)]
     ledger_shards: u16,
+    /// Redis stock buckets of the fresh product (docs/operations.md, "Stock
+    /// buckets").
+    #[arg(long, default_value_t = 1)]
+    stock_buckets: u16,
     /// After the rush, winners pay (signed webhooks, secret from
     /// FLASHSALE_PAYMENT_WEBHOOK_SECRET), cancel or walk away, and the units
     /// that come back are bought by waves of the buyers who lost.
@@ -243,8 +247,16 @@ async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> 
         Some(p) => p,
         None => {
             let p = format!("sale-{}", time::OffsetDateTime::now_utc().unix_timestamp());
-            demo::create_and_warm(&api, &p, a.stock, 1, a.payment_window_secs, a.ledger_shards)
-                .await?;
+            demo::create_and_warm_bucketed(
+                &api,
+                &p,
+                a.stock,
+                1,
+                a.payment_window_secs,
+                a.ledger_shards,
+                a.stock_buckets,
+            )
+            .await?;
             p
         }
     };

@@ -617,6 +617,7 @@ impl World {
         fastrand::seed(seed);
         let redis = SimRedis::new(EPOCH_MS);
         let gate = RedisGate::simulated(redis.clone(), NAMESPACE);
+        gate.count_buckets_with(shared::redis::buckets_from(store.clone()));
         let stock = rng.i64(1..=8);
         let limit = rng.u32(1..=3);
         let users = rng.usize(2..=10);

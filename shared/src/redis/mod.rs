@@ -25,6 +25,8 @@ use crate::ports::{
     Settled, ShelfChange, ShelfGate, ShelfStep, Warm,
 };
 
+#[cfg(feature = "node-capacity")]
+pub mod capacity;
 pub mod keys;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -61,6 +63,8 @@ enum Conn {
     Cluster(ClusterConnection, Arc<Answers>),
     #[cfg(feature = "sim")]
     Sim(sim::SimRedis),
+    #[cfg(feature = "node-capacity")]
+    Limited(Box<Conn>, Arc<capacity::Nodes>),
 }
 
 /// Whether a cluster connection still gets answers. redis-rs 1.8's cluster
@@ -138,6 +142,11 @@ impl ConnectionLike for Conn {
             }),
             #[cfg(feature = "sim")]
             Self::Sim(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "node-capacity")]
+            Self::Limited(c, nodes) => Box::pin(async move {
+                nodes.turn(cmd).await;
+                c.req_packed_command(cmd).await
+            }),
         }
     }
     fn req_packed_commands<'a>(
@@ -155,6 +164,8 @@ impl ConnectionLike for Conn {
             }),
             #[cfg(feature = "sim")]
             Self::Sim(c) => c.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "node-capacity")]
+            Self::Limited(c, _) => c.req_packed_commands(pipeline, offset, count),
         }
     }
     fn get_db(&self) -> i64 {
@@ -163,6 +174,8 @@ impl ConnectionLike for Conn {
             Self::Cluster(c, _) => c.get_db(),
             #[cfg(feature = "sim")]
             Self::Sim(c) => c.get_db(),
+            #[cfg(feature = "node-capacity")]
+            Self::Limited(c, _) => c.get_db(),
         }
     }
 }
@@ -211,6 +224,23 @@ struct Inner {
     /// Each product's stock buckets, learnt from its bucket 0's meta: fixed
     /// at creation, so never stale once known.
     buckets: std::sync::Mutex<HashMap<ProductId, u16>>,
+    bucket_counts: std::sync::OnceLock<Box<BucketCounts>>,
+    #[cfg(feature = "node-capacity")]
+    nodes: std::sync::OnceLock<Arc<capacity::Nodes>>,
+}
+
+/// A product's stock buckets as the catalogue records them (None: no such
+/// product), for [`RedisGate::count_buckets_with`].
+pub type BucketCounts = dyn Fn(ProductId) -> std::pin::Pin<Box<dyn Future<Output = PortResult<Option<u16>>> + Send>>
+    + Send
+    + Sync;
+
+/// [`BucketCounts`] from the catalogue's products.
+pub fn buckets_from<S: crate::ports::Catalogue + Clone + 'static>(store: S) -> Box<BucketCounts> {
+    Box::new(move |product| {
+        let store = store.clone();
+        Box::pin(async move { Ok(store.product(&product).await?.map(|p| p.stock_buckets)) })
+    })
 }
 
 fn classify(err: RedisError) -> InfraError {
@@ -261,6 +291,9 @@ impl RedisGate {
                     adjust: Script::new(include_str!("adjust.lua")),
                 },
                 buckets: std::sync::Mutex::new(HashMap::new()),
+                bucket_counts: std::sync::OnceLock::new(),
+                #[cfg(feature = "node-capacity")]
+                nodes: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -319,6 +352,22 @@ impl RedisGate {
     }
 
     async fn connect(&self) -> PortResult<Conn> {
+        let conn = self.connect_to_redis().await?;
+        #[cfg(feature = "node-capacity")]
+        if let Some(nodes) = self.inner.nodes.get() {
+            return Ok(Conn::Limited(Box::new(conn), nodes.clone()));
+        }
+        Ok(conn)
+    }
+
+    /// Every hash tag's slot limited to a node's script calls a second, for
+    /// benchmarks ([`capacity::Nodes`]); set before the first call.
+    #[cfg(feature = "node-capacity")]
+    pub fn limit_nodes(&self, nodes: Arc<capacity::Nodes>) {
+        let _ = self.inner.nodes.set(nodes);
+    }
+
+    async fn connect_to_redis(&self) -> PortResult<Conn> {
         let s = &self.inner.settings;
         if s.cluster {
             let nodes: Vec<&str> = s.url.split(',').map(str::trim).collect();
@@ -377,10 +426,38 @@ impl RedisGate {
     /// How many stock buckets `product` has: its bucket 0's meta says (1
     /// when it does not name any), read once per process. Not remembered
     /// while that meta is missing (not warmed, or lost in a failover).
+    /// Meta missing, the count comes from DynamoDB's product where the gate
+    /// was given it ([`Self::count_buckets_with`]), and a failed read is an
+    /// error (a guess could route a buyer's records to another bucket).
     pub async fn buckets(&self, product: &ProductId) -> PortResult<u16> {
+        if let Some(k) = self.meta_buckets(product).await? {
+            return Ok(k);
+        }
+        let Some(source) = self.inner.bucket_counts.get() else {
+            return Ok(1);
+        };
+        let Some(k) = source(product.clone()).await? else {
+            // No such product: nothing to route.
+            return Ok(1);
+        };
+        let k = k.clamp(1, crate::buckets::MAX_BUCKETS);
+        self.known_buckets().insert(product.clone(), k);
+        Ok(k)
+    }
+
+    /// Where [`Self::buckets`] reads a product's stock buckets when its
+    /// bucket 0's meta is missing (a failover forgot it): the catalogue.
+    /// Set once, at wiring.
+    pub fn count_buckets_with(&self, source: Box<BucketCounts>) {
+        let _ = self.inner.bucket_counts.set(source);
+    }
+
+    /// The product's stock buckets as known here or as its bucket 0's meta
+    /// says (1 when that names none); None while that meta is missing.
+    async fn meta_buckets(&self, product: &ProductId) -> PortResult<Option<u16>> {
         let known = self.known_buckets().get(product).copied();
         if let Some(k) = known {
-            return Ok(k);
+            return Ok(Some(k));
         }
         let mut c = self.conn().await?;
         let (limit, buckets): (Option<String>, Option<u16>) = redis::cmd("HMGET")
@@ -390,11 +467,12 @@ impl RedisGate {
             .query_async(&mut c)
             .await
             .map_err(classify)?;
-        let k = buckets.unwrap_or(1).clamp(1, crate::buckets::MAX_BUCKETS);
-        if limit.is_some() {
-            self.known_buckets().insert(product.clone(), k);
+        if limit.is_none() {
+            return Ok(None);
         }
-        Ok(k)
+        let k = buckets.unwrap_or(1).clamp(1, crate::buckets::MAX_BUCKETS);
+        self.known_buckets().insert(product.clone(), k);
+        Ok(Some(k))
     }
 
     fn known_buckets(&self) -> std::sync::MutexGuard<'_, HashMap<ProductId, u16>> {
@@ -748,6 +826,42 @@ impl RedisGate {
         Ok(answer)
     }
 
+    /// One step of a stock change in bucket 0 (`stock_change.lua`).
+    async fn shelf_step(
+        &self,
+        change: &StockChange,
+        step: ShelfStep,
+        entry: Option<&str>,
+    ) -> PortResult<ShelfChange> {
+        let k = self.keys(&change.product_id);
+        let mut c = self.conn().await?;
+        let (code, detail): (String, String) = self
+            .inner
+            .scripts
+            .stock_change
+            .key(k.meta())
+            .key(k.stock())
+            .key(k.stats())
+            .key(k.stock_changes())
+            .arg(step.as_str())
+            .arg(change.key.as_str())
+            .arg(change.units())
+            .arg(entry.unwrap_or_default())
+            .arg(STATE_TTL_SECS)
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        match code.as_str() {
+            "cold" => Ok(ShelfChange::Cold),
+            "short" => Ok(ShelfChange::Short {
+                on_shelf: detail.parse().map_err(|_| unexpected("stock change"))?,
+            }),
+            "done" => Ok(ShelfChange::Done),
+            "seen" => Ok(ShelfChange::Seen(detail)),
+            _ => Err(unexpected("stock change")),
+        }
+    }
+
     /// The key layout of one of the product's stock buckets.
     pub fn bucket_keys(&self, product: &ProductId, bucket: u16) -> keys::Keys {
         keys::Keys::bucket(&self.inner.settings.namespace, product, bucket)
@@ -956,40 +1070,53 @@ impl AdmissionGate for RedisGate {
     /// asked) borrows from its siblings, at least half of each one's shelf,
     /// and admits again; sold out only when no sibling had any left.
     async fn admit(&self, p: &Purchase) -> PortResult<Admission> {
-        let k = self.buckets(&p.product_id).await?;
+        // Meta missing, bucket 0 answers: not warmed, as it would for one
+        // bucket (a buyer of another bucket is refused, never misrouted:
+        // nothing is admitted there without the meta).
+        let k = self.meta_buckets(&p.product_id).await?.unwrap_or(1);
         let b = crate::buckets::bucket_of(p.user_id.as_str(), k);
-        let first = self.admit_in(p, b, false).await?;
+        let mut answer = self.admit_in(p, b, false).await?;
+        if k == 1 {
+            return Ok(answer);
+        }
         let qty = i64::from(p.quantity.get());
-        let missing = match first {
-            _ if k == 1 => return Ok(first),
-            Admission::Refused(Refusal::SoldOut) => qty,
-            Admission::Short { stock_left } => qty - stock_left,
-            _ => return Ok(first),
-        };
-        let mut got = 0;
-        for s in crate::buckets::siblings(b, k) {
-            // One id per request and lender: a replay of this request
-            // moves nothing twice.
-            let transfer = format!("{}-{s}", p.request_id);
-            got += self
-                .move_units(
-                    &p.product_id,
-                    s,
-                    b,
-                    &transfer,
-                    Want::AtLeastHalf(missing - got),
-                )
-                .await?;
-            if got >= missing {
-                break;
+        // Each sibling asked once, in ring order, until the buyer is served:
+        // units borrowed may be borrowed on by another dry bucket before the
+        // admission runs again, and the siblings not yet asked still count
+        // (simulation seed 825: a 410 while a bucket never asked held one).
+        let mut lenders = crate::buckets::siblings(b, k);
+        let mut charged = false;
+        loop {
+            let missing = match answer {
+                Admission::Refused(Refusal::SoldOut) => qty,
+                Admission::Short { stock_left } => qty - stock_left,
+                _ => return Ok(answer),
+            };
+            let mut got = 0;
+            for s in lenders.by_ref() {
+                // One id per request and lender: a replay of this request
+                // moves nothing twice.
+                let transfer = format!("{}-{s}", p.request_id);
+                got += self
+                    .move_units(
+                        &p.product_id,
+                        s,
+                        b,
+                        &transfer,
+                        Want::AtLeastHalf(missing - got),
+                    )
+                    .await?;
+                if got >= missing {
+                    break;
+                }
             }
+            if got == 0 {
+                return Ok(answer);
+            }
+            // A short answer charged the limiters; a sold-out one did not.
+            charged |= matches!(answer, Admission::Short { .. });
+            answer = self.admit_in(p, b, charged).await?;
         }
-        if got == 0 {
-            return Ok(first);
-        }
-        // A short answer charged the limiters; a sold-out one did not.
-        let charged = matches!(first, Admission::Short { .. });
-        self.admit_in(p, b, charged).await
     }
     async fn request(&self, id: &RequestId, user: &str) -> PortResult<Option<RequestView>> {
         let k = self.buyer_keys(&id.product(), user).await?;
@@ -1148,43 +1275,46 @@ impl ShelfGate for RedisGate {
             .map_err(classify)?;
         Ok(done == 1)
     }
+    /// With stock buckets, bucket 0 is every stock change's home (its
+    /// meta's stock_total, its list of changes): a withdrawal it is short
+    /// for first borrows what it lacks from the siblings (once per change
+    /// key), then takes again.
     async fn change_shelf(
         &self,
         change: &StockChange,
         step: ShelfStep,
         entry: Option<&AuditEntry>,
     ) -> PortResult<ShelfChange> {
-        let k = self.keys(&change.product_id);
         let entry = entry
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| InfraError::permanent("redis", format!("audit entry: {e}")))?;
-        let mut c = self.conn().await?;
-        let (code, detail): (String, String) = self
-            .inner
-            .scripts
-            .stock_change
-            .key(k.meta())
-            .key(k.stock())
-            .key(k.stats())
-            .key(k.stock_changes())
-            .arg(step.as_str())
-            .arg(change.key.as_str())
-            .arg(change.units())
-            .arg(entry.unwrap_or_default())
-            .arg(STATE_TTL_SECS)
-            .invoke_async(&mut c)
-            .await
-            .map_err(classify)?;
-        match code.as_str() {
-            "cold" => Ok(ShelfChange::Cold),
-            "short" => Ok(ShelfChange::Short {
-                on_shelf: detail.parse().map_err(|_| unexpected("stock change"))?,
-            }),
-            "done" => Ok(ShelfChange::Done),
-            "seen" => Ok(ShelfChange::Seen(detail)),
-            _ => Err(unexpected("stock change")),
+        let first = self.shelf_step(change, step, entry.as_deref()).await?;
+        let ShelfChange::Short { on_shelf } = first else {
+            return Ok(first);
+        };
+        let k = self.buckets(&change.product_id).await?;
+        let lacking = change.units() - on_shelf;
+        let mut got = 0;
+        for s in crate::buckets::siblings(0, k) {
+            let transfer = format!("change-{}-{s}", change.key.as_str());
+            got += self
+                .move_units(
+                    &change.product_id,
+                    s,
+                    0,
+                    &transfer,
+                    Want::Units(lacking - got),
+                )
+                .await?;
+            if got >= lacking {
+                break;
+            }
         }
+        if got == 0 {
+            return Ok(first);
+        }
+        self.shelf_step(change, step, entry.as_deref()).await
     }
     async fn withdrawals_taken(
         &self,

@@ -36,6 +36,7 @@ use tools::provision::{self, Names};
 use tools::runner::{self, Routes};
 
 mod admission;
+mod buckets;
 mod cold_start;
 mod consumer;
 mod contention;
@@ -47,6 +48,7 @@ mod ledger_shards;
 mod sam_local;
 
 use admission::*;
+use buckets::*;
 use cold_start::*;
 use consumer::*;
 use contention::*;
@@ -115,6 +117,11 @@ struct Args {
     /// what the emulator can take at 16 shards).
     #[arg(long, default_value_t = 20.0)]
     shard_wcu: f64,
+    /// Script calls per second of one Redis node in figure 11 (a real
+    /// node runs tens of thousands; scaled so that 8 nodes stay below what
+    /// one redis-server and this client take on 2 cores).
+    #[arg(long, default_value_t = 1_000.0)]
+    node_script_rate: f64,
     /// The command line recorded in the document.
     #[arg(long, default_value = "make bench")]
     command: String,
@@ -391,6 +398,9 @@ async fn main() -> Result<()> {
     }
     if wanted(10) {
         show("10", contended_sale(&args, &gate, &sdk).await?);
+    }
+    if wanted(11) {
+        show("11", stock_buckets(&args).await?);
     }
     if !args.figures.is_empty() {
         return Ok(());
