@@ -113,6 +113,64 @@ async fn buyers(api: &Api, product: &str, range: std::ops::Range<usize>, a: &Mut
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failover_that_forgets_acknowledged_writes_keeps_the_promise() {
+    failover_drill(1).await;
+}
+
+/// Issue 21: a product's shelf in 4 stock buckets spread over the
+/// primaries; one bucket's primary dies having acknowledged writes its
+/// replica never got, and the sale still balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bucketed_sale_balances_after_one_buckets_primary_fails_over() {
+    failover_drill(4).await;
+}
+
+/// Script calls (EVALSHA and EVAL) each node ran so far, by port.
+fn script_calls(c: &RedisCluster) -> BTreeMap<u16, u64> {
+    c.nodes
+        .iter()
+        .filter_map(|n| {
+            let stats = tools::cluster::cli(n.port, &["info", "commandstats"]).ok()?;
+            let calls: u64 = stats
+                .lines()
+                .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+                .filter_map(|l| {
+                    l.split("calls=")
+                        .nth(1)?
+                        .split(',')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum();
+            Some((n.port, calls))
+        })
+        .collect()
+}
+
+/// A product id whose `buckets` stock buckets are served by at least two
+/// primaries (a fresh id's slots are random: 4 buckets all land on one of
+/// 3 primaries 1 time in 27), and the primary of each bucket.
+fn spread_product(c: &RedisCluster, gate: &RedisGate, buckets: u16) -> (String, Vec<u16>) {
+    loop {
+        let product = unique("failover");
+        let p = ProductId::parse(&product).unwrap();
+        let primaries: Vec<u16> = (0..buckets)
+            .map(|b| {
+                let slot = c.slot_of(&gate.bucket_keys(&p, b).stock()).unwrap();
+                c.primary_and_replica(slot).unwrap().0
+            })
+            .collect();
+        let distinct: std::collections::BTreeSet<&u16> = primaries.iter().collect();
+        if buckets == 1 || distinct.len() >= 2 {
+            return (product, primaries);
+        }
+    }
+}
+
+/// The drill: a sale of `buckets` stock buckets on the cluster, a failover
+/// of one bucket's primary (the last bucket whose primary is not bucket
+/// 0's: buckets fail over independently) in the middle of it.
+async fn failover_drill(buckets: u16) {
     let mut c = tokio::task::spawn_blocking(RedisCluster::start)
         .await
         .unwrap()
@@ -141,18 +199,33 @@ async fn a_failover_that_forgets_acknowledged_writes_keeps_the_promise() {
         },
     )
     .await;
-    let product = unique("failover");
+    let (product, primaries) = spread_product(&c, &s.gate, buckets);
     let stock = 40;
-    demo::create_and_warm(&s.api, &product, stock, 1, 900, 4)
+    demo::create_and_warm_bucketed(&s.api, &product, stock, 1, 900, 4, buckets)
         .await
         .unwrap();
     let p = ProductId::parse(&product).unwrap();
-    let slot = c.slot_of(&s.gate.keys(&p).stock()).unwrap();
+    let failing = (0..buckets)
+        .rev()
+        .find(|b| primaries[usize::from(*b)] != primaries[0])
+        .unwrap_or(0);
+    let slot = c.slot_of(&s.gate.bucket_keys(&p, failing).stock()).unwrap();
     let (primary, replica) = c.primary_and_replica(slot).unwrap();
     let answers = Arc::new(Mutex::new(Answers::default()));
 
-    // Before: a healthy sale.
+    // Before: a healthy sale, each primary serving its buckets' calls.
+    let calls_before = script_calls(&c);
     buyers(&s.api, &product, 0..12, &answers).await;
+    let calls: BTreeMap<u16, u64> = script_calls(&c)
+        .into_iter()
+        .map(|(port, n)| (port, n - calls_before.get(&port).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let total: u64 = calls.values().sum();
+    let shares: Vec<String> = calls
+        .iter()
+        .map(|(port, n)| format!(":{port} {:.0}%", 100.0 * *n as f64 / total as f64))
+        .collect();
     // The replica falls behind; these admissions are acknowledged by the
     // primary alone, and some of them placed and settled.
     c.isolate_replica(primary, replica).unwrap();
@@ -171,7 +244,7 @@ async fn a_failover_that_forgets_acknowledged_writes_keeps_the_promise() {
             statuses
         })
     };
-    let stats_key = s.gate.keys(&p).stats();
+    let stats_key = s.gate.bucket_keys(&p, failing).stats();
     let (c2, drill) = tokio::task::spawn_blocking(move || {
         let d = c.fail_over(primary, replica, slot, (&stats_key, "admitted"));
         (c, d)
@@ -216,7 +289,9 @@ async fn a_failover_that_forgets_acknowledged_writes_keeps_the_promise() {
     let (lost_writes, promoted_in) = (drill.lost_writes, drill.promoted_in);
     let (passed, conflicts, throttled) = s.capacity_refusals.as_ref().unwrap().snapshot();
     println!(
-        "failover figures: failovers=1 lost_writes={lost_writes} stranded={stranded} promoted_in={promoted_in:?} \
+        "failover figures: buckets={buckets} (primaries {primaries:?}, bucket {failing} failed over) \
+         script calls per primary in the first wave: {shares:?} \
+         failovers=1 lost_writes={lost_writes} stranded={stranded} promoted_in={promoted_in:?} \
          answers={:?} during_failover={during:?} slowest={:?} dynamodb_writes={passed} \
          conflicts={conflicts} throttled={throttled}\n{books}",
         by_status, slowest
