@@ -1722,7 +1722,7 @@ async fn a_bucketed_shelf_follows_the_ledger_as_the_sum_of_its_buckets() {
     assert_eq!(sum().await, 20);
     assert!(shelves_of(&g, &p, 4).await.iter().all(|s| *s >= 1));
     // Units in transit are the shelf's: lent, nothing to correct.
-    let t = g.lend(&p, 0, 3, "t1", Want::Units(2)).await.unwrap();
+    g.lend(&p, 0, 3, "t1", Want::Units(2)).await.unwrap();
     assert_eq!(sum().await, 20);
     assert_eq!(g.resync(&p, &remaining(20), 0).await.unwrap(), Some(0));
     // Received, its mover dead before the finish: counted once.
@@ -1757,7 +1757,6 @@ async fn a_bucketed_shelf_follows_the_ledger_as_the_sum_of_its_buckets() {
         .await
         .unwrap();
     assert_eq!(g.resync(&p, &remaining(10), 0).await.unwrap(), None);
-    drop(t);
 }
 
 #[tokio::test]
@@ -1783,7 +1782,7 @@ async fn a_bucketed_withdrawal_borrows_what_bucket_0_lacks_once() {
     assert_eq!(shelves_of(&g, &p, 3).await, [0, 1, 4]);
     let stats = g.stats(&p).await.unwrap().unwrap();
     assert_eq!((stats.stock_left, stats.withdrawing), (5, 7));
-    // A retry moves nothing again.
+    // A retry of the take is seen, and moves nothing.
     assert!(matches!(
         g.change_shelf(&w, ShelfStep::Take, Some(&entry))
             .await
@@ -1858,6 +1857,51 @@ async fn a_fresh_process_learns_the_buckets_from_the_catalogue_when_bucket_0_for
         blind
             .admit(&purchase(&p, &buyer_in(1, 4, "d"), 1, None))
             .await,
-        Ok(Admission::Refused(_))
+        Ok(Admission::Refused(Refusal::UnknownProduct))
     ));
+}
+
+/// Review of issue 21: each bucket subtracted its own pending units,
+/// floored at 0, so pending units gathered in one bucket left the others a
+/// full share: a forced warm-up shelved more than the ledger allowed.
+#[tokio::test]
+async fn a_forced_bucketed_warm_up_never_shelves_more_than_the_ledger_less_what_is_pending() {
+    let (g, p) = bucketed(2, 5, 5).await;
+    // Two buyers of bucket 0 hold all 10 units (the second borrowed).
+    admitted(&g, &purchase(&p, &buyer_in(0, 2, "f"), 5, None)).await;
+    admitted(&g, &purchase(&p, &buyer_in(0, 2, "g"), 5, None)).await;
+    assert_eq!(shelves_of(&g, &p, 2).await, [0, 0]);
+    let mut def = product(&p, 10, 5, -1);
+    def.stock_buckets = 2;
+    // Nothing placed yet: the ledger holds 10, all of them pending.
+    assert_eq!(
+        g.warm(&def, true, 10, 0).await.unwrap(),
+        Warm::Warmed { stock_left: 0 }
+    );
+    assert_eq!(shelves_of(&g, &p, 2).await, [0, 0]);
+}
+
+/// A bucket a failover forgot (its meta gone) is restored by a warm-up
+/// without force, with an empty shelf the resync then fills; the others
+/// keep theirs.
+#[tokio::test]
+async fn a_warm_up_restores_a_forgotten_bucket_empty_and_the_resync_fills_it() {
+    let (g, p) = bucketed(3, 4, 1).await;
+    let lost = g.bucket_keys(&p, 2);
+    let _: () = g
+        .command(redis::cmd("DEL").arg(lost.meta()).arg(lost.stock()))
+        .await
+        .unwrap();
+    assert_eq!(g.resync(&p, &remaining(12), 0).await.unwrap(), None);
+    let mut def = product(&p, 12, 1, -1);
+    def.stock_buckets = 3;
+    assert_eq!(
+        g.warm(&def, false, 12, 0).await.unwrap(),
+        Warm::AlreadyStarted { stock_left: 8 }
+    );
+    assert_eq!(shelves_of(&g, &p, 3).await, [4, 4, 0]);
+    assert_eq!(g.resync(&p, &remaining(12), 0).await.unwrap(), Some(4));
+    assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 12);
+    let buyer = buyer_in(2, 3, "r");
+    admitted(&g, &purchase(&p, &buyer, 1, None)).await;
 }

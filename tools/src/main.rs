@@ -674,10 +674,10 @@ fn read(path: &std::path::Path) -> Result<String> {
 }
 
 fn stores(sdk: &aws_config::SdkConfig) -> Result<(RedisGate, DynamoStore)> {
-    Ok((
-        RedisGate::new(config::redis_settings()?),
-        DynamoStore::new(sdk, config::table_name()),
-    ))
+    let store = DynamoStore::new(sdk, config::table_name());
+    let gate = RedisGate::new(config::redis_settings()?);
+    gate.count_buckets_with(shared::redis::buckets_from(store.clone()));
+    Ok((gate, store))
 }
 
 async fn shutdown_signal() {

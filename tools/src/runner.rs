@@ -152,8 +152,10 @@ pub struct App {
 impl App {
     pub fn new(cfg: &RunnerConfig, sdk: &SdkConfig) -> Self {
         let faults = cfg.faults.clone();
-        let gate = Faulty::new(RedisGate::new(cfg.redis.clone()), faults.clone());
         let store = Faulty::new(DynamoStore::new(sdk, &cfg.table), faults.clone());
+        let redis = RedisGate::new(cfg.redis.clone());
+        redis.count_buckets_with(shared::redis::buckets_from(store.clone()));
+        let gate = Faulty::new(redis, faults.clone());
         let queue = Faulty::new(SqsQueue::new(sdk, &cfg.orders_queue_url), faults.clone());
         Self {
             deduct: Deduct {

@@ -350,27 +350,35 @@ impl ShelfDue {
 /// which no client can).
 #[derive(Default)]
 struct Shelves {
-    /// Units on the shelves now (not counting units in transit).
-    units: i64,
-    /// Units that ever arrived on a bucket's shelf (releases, restocks,
+    /// Units on each bucket's shelf now (not counting units in transit).
+    units: Vec<i64>,
+    /// Units that ever arrived on each bucket's shelf (releases, restocks,
     /// additions, resyncs, transfers received, failovers), with when the
-    /// count last grew: a 410 may leave on sale only units that arrived
-    /// after their bucket was found dry.
-    arrived: i64,
-    arrivals: Vec<(tokio::time::Instant, i64)>,
-    by_bucket: Vec<i64>,
+    /// counts last grew: a 410 may leave on a bucket only units that
+    /// arrived there after it was found dry.
+    arrived: Vec<i64>,
+    arrivals: Vec<(tokio::time::Instant, Vec<i64>)>,
 }
 
 impl Shelves {
-    /// Units that arrived on a shelf after `at`.
-    fn arrived_since(&self, at: tokio::time::Instant) -> i64 {
+    /// Per bucket: units on its shelf now that cannot have arrived after
+    /// `at` (0 everywhere when a 410 since `at` was right).
+    fn stood_since(&self, at: tokio::time::Instant) -> Vec<i64> {
         let before = self
             .arrivals
             .iter()
             .rev()
             .find(|(t, _)| *t <= at)
-            .map_or(0, |(_, n)| *n);
-        self.arrived - before
+            .map(|(_, n)| n.as_slice())
+            .unwrap_or(&[]);
+        self.units
+            .iter()
+            .enumerate()
+            .map(|(b, units)| {
+                let arrived = self.arrived[b] - before.get(b).copied().unwrap_or(0);
+                (units - arrived).max(0)
+            })
+            .collect()
     }
 }
 
@@ -644,18 +652,21 @@ impl World {
         redis.watch_writes(move |view| {
             let now: Vec<i64> = keys.iter().map(|k| view.int(&k.stock())).collect();
             let mut s = lock(&watched);
-            let grew: i64 = now
-                .iter()
-                .enumerate()
-                .map(|(b, units)| (units - s.by_bucket.get(b).copied().unwrap_or(0)).max(0))
-                .sum();
-            if grew > 0 {
-                s.arrived += grew;
-                let arrived = s.arrived;
+            s.arrived.resize(now.len(), 0);
+            s.units.resize(now.len(), 0);
+            let mut grew = false;
+            for (b, units) in now.iter().enumerate() {
+                let more = units - s.units[b];
+                if more > 0 {
+                    s.arrived[b] += more;
+                    grew = true;
+                }
+            }
+            if grew {
+                let arrived = s.arrived.clone();
                 s.arrivals.push((tokio::time::Instant::now(), arrived));
             }
-            s.units = now.iter().sum();
-            s.by_bucket = now;
+            s.units = now;
         });
         let queues = Arc::new(Mutex::new(Queues::default()));
         let queue = |sweeper| SimQueue {
@@ -865,7 +876,7 @@ impl World {
         // Products are warmed well before their sale: replicas have it.
         self.redis.checkpoint();
         let mut shelves = lock(&self.shelves);
-        shelves.arrived = 0;
+        shelves.arrived.iter_mut().for_each(|n| *n = 0);
         shelves.arrivals.clear();
         drop(shelves);
         self.log(format!(
@@ -1302,12 +1313,10 @@ impl World {
                         .filter(|(_, answered)| *answered + self.sold_out_ttl > asked)
                         .map(|(asked, _)| *asked)
                         .fold(asked, std::cmp::min);
-                    let shelves = lock(&self.shelves);
-                    let (left, arrived) = (shelves.units, shelves.arrived_since(since));
-                    drop(shelves);
-                    if left > arrived {
+                    let stood = lock(&self.shelves).stood_since(since);
+                    if stood.iter().any(|n| *n > 0) {
                         self.violations.push(format!(
-                            "u{user} got 410 sold_out while {left} units stood on the shelves, of which only {arrived} arrived since {:?} before they asked",
+                            "u{user} got 410 sold_out while the buckets held {stood:?} units that were there since {:?} before they asked",
                             asked - since
                         ));
                     }

@@ -9,17 +9,22 @@
 -- ARGV[1] units to add (negative: to take; never below an empty shelf)
 -- ARGV[2] this bucket's fence (placed_units + withdrawn_units) as read
 -- ARGV[3] units to adopt (see resync.lua's adopted_units), 0 mostly
+-- ARGV[4] this bucket's moves (lent_units + received_units) as read last
 -- Returns {"synced", units added (negative: taken)} | {"busy", 0} when this
--- bucket went back in time since the read (a failover): nothing changed.
+-- bucket went back in time since the read (a failover), or lent or received
+-- units since (the correction was planned from shelves that moved): nothing
+-- changed.
 
 local delta = tonumber(ARGV[1])
 local seen = tonumber(ARGV[2])
 local adopt = tonumber(ARGV[3])
-if not delta or not seen or not adopt or adopt < 0 then
-  return redis.error_reply("adjust.lua: bad arguments: numeric units, fence and units to adopt (>= 0)")
+local moved = tonumber(ARGV[4])
+if not delta or not seen or not adopt or adopt < 0 or not moved then
+  return redis.error_reply("adjust.lua: bad arguments: numeric units, fence, units to adopt (>= 0) and moves")
 end
-local s = redis.call("HMGET", KEYS[2], "placed_units", "withdrawn_units")
-if tonumber(s[1] or "0") + tonumber(s[2] or "0") < seen then
+local s = redis.call("HMGET", KEYS[2], "placed_units", "withdrawn_units", "lent_units", "received_units")
+if tonumber(s[1] or "0") + tonumber(s[2] or "0") < seen
+    or tonumber(s[3] or "0") + tonumber(s[4] or "0") ~= moved then
   return {"busy", 0}
 end
 local old = tonumber(redis.call("GET", KEYS[1]) or "0")

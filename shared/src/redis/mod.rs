@@ -184,6 +184,8 @@ impl ConnectionLike for Conn {
 struct BucketRead {
     /// `stock_left`: its own shelf, without the units it lent.
     stats: ProductStats,
+    /// Its sale's start (ms).
+    starts_at_ms: i64,
     /// Units it lent plus units it received, ever: moves between buckets.
     moved: i64,
     /// Its transfers lent and not finished.
@@ -225,6 +227,10 @@ struct Inner {
     /// at creation, so never stale once known.
     buckets: std::sync::Mutex<HashMap<ProductId, u16>>,
     bucket_counts: std::sync::OnceLock<Box<BucketCounts>>,
+    /// Makes every transfer between buckets a fresh id: a retry of a
+    /// request or a change must ask its siblings again, not read the
+    /// answer a finished transfer left (random per process; 0 simulated).
+    transfers: AtomicU64,
     #[cfg(feature = "node-capacity")]
     nodes: std::sync::OnceLock<Arc<capacity::Nodes>>,
 }
@@ -239,7 +245,15 @@ pub type BucketCounts = dyn Fn(ProductId) -> std::pin::Pin<Box<dyn Future<Output
 pub fn buckets_from<S: crate::ports::Catalogue + Clone + 'static>(store: S) -> Box<BucketCounts> {
     Box::new(move |product| {
         let store = store.clone();
-        Box::pin(async move { Ok(store.product(&product).await?.map(|p| p.stock_buckets)) })
+        Box::pin(async move {
+            let found = store.product(&product).await.map_err(|e| {
+                InfraError::transient(
+                    "redis",
+                    format!("the stock buckets of {product} are unknown: its bucket 0's meta is gone from Redis (a failover?) and DynamoDB's product could not be read ({e}); retry, and re-warm the product if this lasts"),
+                )
+            })?;
+            Ok(found.map(|p| p.stock_buckets))
+        })
     })
 }
 
@@ -292,6 +306,7 @@ impl RedisGate {
                 },
                 buckets: std::sync::Mutex::new(HashMap::new()),
                 bucket_counts: std::sync::OnceLock::new(),
+                transfers: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0 >> 16),
                 #[cfg(feature = "node-capacity")]
                 nodes: std::sync::OnceLock::new(),
             }),
@@ -311,6 +326,8 @@ impl RedisGate {
             rate_limits: RateLimits::default(),
         });
         *write(&gate.inner.conn) = Some(Conn::Sim(redis));
+        // A seed replays exactly.
+        gate.inner.transfers.store(0, Ordering::Relaxed);
         gate
     }
 
@@ -553,14 +570,18 @@ impl RedisGate {
         let k = self.bucket_keys(product, bucket);
         let mut c = self.conn().await?;
         #[allow(clippy::type_complexity)]
-        let (meta, left, counters, pending, lent): (
+        let (moves, meta, left, counters, pending, lent): (
+            Vec<Option<i64>>,
             Vec<Option<i64>>,
             Option<i64>,
             Vec<Option<i64>>,
             i64,
             Vec<(String, String)>,
         ) = redis::pipe()
-            .hmget(k.meta(), &["stock_total", "ends_at"])
+            // The moves before the shelf: a transfer landing between the
+            // two reads shows as a move the resync's second read counts.
+            .hmget(k.stats(), &["lent_units", "received_units"])
+            .hmget(k.meta(), &["stock_total", "ends_at", "starts_at"])
             .get(k.stock())
             .hmget(
                 k.stats(),
@@ -577,8 +598,6 @@ impl RedisGate {
                     "released_units",
                     "added_units",
                     "adopted_units",
-                    "lent_units",
-                    "received_units",
                 ],
             )
             .zcard(k.pending())
@@ -606,9 +625,11 @@ impl RedisGate {
             pending,
             ends_at_ms: meta.get(1).copied().flatten().unwrap_or(0),
         };
+        let moved = moves.iter().map(|m| m.unwrap_or(0)).sum();
         Ok(Some(BucketRead {
             stats,
-            moved: n(12) + n(13),
+            starts_at_ms: meta.get(2).copied().flatten().unwrap_or(0),
+            moved,
             lent: lent
                 .iter()
                 .filter_map(|(id, r)| crate::buckets::Transfer::parse(id, r))
@@ -680,11 +701,13 @@ impl RedisGate {
         // A bucket not warmed (or forgotten in a failover) holds figures
         // nobody can read: nothing is corrected until a warm-up sets it.
         if reads.len() != usize::from(k) {
+            tracing::warn!(product_id = %product, buckets = k, warmed = reads.len(), "a stock bucket has no meta (a failover forgot it?): the shelf is not resynced until POST /api/admin/products/{{id}}/warm restores it");
             return Ok(None);
         }
         let in_transit = self.in_transit(product, &reads).await?;
         let mut c = self.conn().await?;
         let mut unsure = 0;
+        let mut moves = Vec::with_capacity(reads.len());
         for (b, r) in &reads {
             let n: Vec<Option<i64>> = redis::cmd("HMGET")
                 .arg(self.bucket_keys(product, *b).stats())
@@ -703,6 +726,7 @@ impl RedisGate {
                 return Ok(None);
             }
             unsure += moved - r.moved;
+            moves.push(moved);
         }
         let figures: Vec<crate::buckets::Figures> = reads
             .iter()
@@ -723,7 +747,7 @@ impl RedisGate {
         let parts = crate::buckets::spread(fix.delta, &shelves);
         let mut applied = 0;
         let mut adopt = fix.adopted;
-        for ((b, r), part) in reads.iter().zip(parts) {
+        for (((b, r), part), moved) in reads.iter().zip(parts).zip(moves) {
             if part == 0 && adopt == 0 {
                 continue;
             }
@@ -737,6 +761,7 @@ impl RedisGate {
                 .arg(part)
                 .arg(r.stats.fence())
                 .arg(adopt)
+                .arg(moved)
                 .invoke_async(&mut c)
                 .await
                 .map_err(classify)?;
@@ -811,6 +836,45 @@ impl RedisGate {
                 .map_err(classify)?;
         }
         Ok(page)
+    }
+
+    /// A fresh number for a transfer's id.
+    fn transfer_no(&self) -> u64 {
+        self.inner.transfers.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// warm.lua in one stock bucket: its code and shelf.
+    async fn warm_bucket(
+        &self,
+        p: &Product,
+        bucket: u16,
+        force: bool,
+        ledger: i64,
+        fence_seen: i64,
+    ) -> PortResult<(String, i64)> {
+        let k = self.bucket_keys(&p.product_id, bucket);
+        let mut c = self.conn().await?;
+        self.inner
+            .scripts
+            .warm
+            .key(k.meta())
+            .key(k.stock())
+            .key(k.stats())
+            .arg(p.stock)
+            .arg(p.per_buyer_limit)
+            .arg(unix_ms(p.starts_at))
+            .arg(unix_ms(p.ends_at))
+            .arg(if force { "1" } else { "0" })
+            .arg(ledger)
+            .arg(fence_seen)
+            .arg(RateLimit::spec(p.rate_limits.buyer))
+            .arg(RateLimit::spec(p.rate_limits.ip))
+            .arg(if p.paused { "1" } else { "0" })
+            .arg(p.control_seq)
+            .arg(p.stock_buckets.clamp(1, crate::buckets::MAX_BUCKETS))
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)
     }
 
     /// `warm`'s answer, once the product is in the set of warmed ones.
@@ -944,7 +1008,7 @@ impl RedisGate {
     /// Receives a transfer `from` lent (once, whoever runs it) and takes it
     /// off `from`'s list. Both markers live as long as request state (35
     /// days): a listed transfer must be completed within that (the sweeper
-    /// will, once buckets are in use).
+    /// finishes those left over 2 s).
     pub async fn complete_transfer(
         &self,
         product: &ProductId,
@@ -1094,9 +1158,7 @@ impl AdmissionGate for RedisGate {
             };
             let mut got = 0;
             for s in lenders.by_ref() {
-                // One id per request and lender: a replay of this request
-                // moves nothing twice.
-                let transfer = format!("{}-{s}", p.request_id);
+                let transfer = format!("{}-{s}-{}", p.request_id, self.transfer_no());
                 got += self
                     .move_units(
                         &p.product_id,
@@ -1297,7 +1359,7 @@ impl ShelfGate for RedisGate {
         let lacking = change.units() - on_shelf;
         let mut got = 0;
         for s in crate::buckets::siblings(0, k) {
-            let transfer = format!("change-{}-{s}", change.key.as_str());
+            let transfer = format!("change-{}-{s}-{}", change.key.as_str(), self.transfer_no());
             got += self
                 .move_units(
                     &change.product_id,
@@ -1487,46 +1549,62 @@ impl SaleGate for RedisGate {
         fence_seen: i64,
     ) -> PortResult<Warm> {
         let buckets = p.stock_buckets.clamp(1, crate::buckets::MAX_BUCKETS);
-        let shares = crate::buckets::split(ledger_remaining, buckets);
         let mut c = self.conn().await?;
-        let mut total = 0;
-        for (b, share) in (0..buckets).zip(shares) {
-            let k = self.bucket_keys(&p.product_id, b);
-            let (code, left): (String, i64) = self
-                .inner
-                .scripts
-                .warm
-                .key(k.meta())
-                .key(k.stock())
-                .key(k.stats())
-                .arg(p.stock)
-                .arg(p.per_buyer_limit)
-                .arg(unix_ms(p.starts_at))
-                .arg(unix_ms(p.ends_at))
-                .arg(if force { "1" } else { "0" })
-                .arg(share)
-                // With buckets, each subtracts every unit it settled, as if
-                // the ledger read had seen none (its fence is the sum's):
-                // never more than the ledger allows, exact before the sale;
-                // the caller's resync then sets the sum (admin's warm does).
-                .arg(if buckets == 1 { fence_seen } else { 0 })
-                .arg(RateLimit::spec(p.rate_limits.buyer))
-                .arg(RateLimit::spec(p.rate_limits.ip))
-                .arg(if p.paused { "1" } else { "0" })
-                .arg(p.control_seq)
-                .arg(buckets)
-                .invoke_async(&mut c)
-                .await
-                .map_err(classify)?;
-            match code.as_str() {
-                "warmed" => total += left,
-                "started" if b == 0 => {
-                    return self
-                        .listed(p, Warm::AlreadyStarted { stock_left: left }, &mut c)
-                        .await;
+        if buckets == 1 {
+            let (code, left) = self
+                .warm_bucket(p, 0, force, ledger_remaining, fence_seen)
+                .await?;
+            let answer = match code.as_str() {
+                "warmed" => Warm::Warmed { stock_left: left },
+                "started" => Warm::AlreadyStarted { stock_left: left },
+                _ => return Err(unexpected("warm")),
+            };
+            return self.listed(p, answer, &mut c).await;
+        }
+        // Several buckets: each warm.lua subtracts what its bucket holds
+        // besides its shelf (pending, withdrawing, and, its fence unknown
+        // to the caller, every unit it settled), so each is handed its
+        // share of the rest plus that: the sum never exceeds the ledger
+        // (exact before the sale; the caller's resync, as admin's warm
+        // runs, then sets it).
+        let mut held = Vec::with_capacity(usize::from(buckets));
+        for b in 0..buckets {
+            held.push(self.bucket_read(&p.product_id, b).await?);
+        }
+        let owed = |r: &Option<BucketRead>| {
+            r.as_ref().map_or(0, |r| {
+                r.stats.pending_units + r.stats.withdrawing + r.stats.fence()
+            })
+        };
+        let now = self.now_ms().await?;
+        let started = held
+            .iter()
+            .flatten()
+            .any(|r| r.starts_at_ms > 0 && r.starts_at_ms <= now);
+        if started && !force {
+            // Buckets a failover forgot get their meta back with an empty
+            // shelf (the resync fills it); the others keep theirs.
+            let mut left = 0;
+            for (b, r) in (0..buckets).zip(&held) {
+                match r {
+                    Some(r) => left += r.stats.stock_left,
+                    None => {
+                        self.warm_bucket(p, b, true, 0, 0).await?;
+                    }
                 }
-                // A later bucket kept a start its bucket 0 forgot: warmed.
-                "started" => total += left,
+            }
+            return self
+                .listed(p, Warm::AlreadyStarted { stock_left: left }, &mut c)
+                .await;
+        }
+        let owed_total: i64 = held.iter().map(owed).sum();
+        let shares = crate::buckets::split((ledger_remaining - owed_total).max(0), buckets);
+        let mut total = 0;
+        for ((b, share), r) in (0..buckets).zip(shares).zip(&held) {
+            let (code, left) = self.warm_bucket(p, b, force, share + owed(r), 0).await?;
+            match code.as_str() {
+                // Started since the read above: as warmed (its shelf set).
+                "warmed" | "started" => total += left,
                 _ => return Err(unexpected("warm")),
             }
         }
