@@ -310,7 +310,14 @@ impl RedisCluster {
     }
 
     /// Steps 1 and 2: from now on the primary's writes reach no replica.
+    /// Every write before this the replica has (WAIT): the drill loses only
+    /// writes made after it, whatever the replication lag was.
     pub fn isolate_replica(&mut self, primary: u16, replica: u16) -> Result<()> {
+        let acked = cli(primary, &["wait", "1", "5000"])?;
+        ensure!(
+            acked.trim() == "1",
+            "the replica :{replica} did not acknowledge the writes of :{primary} within 5 s (WAIT answered {acked:?}); the drill would lose more than it means to"
+        );
         signal(self.node(replica)?.pid, "-STOP")?;
         cli(primary, &["client", "kill", "type", "replica"])?;
         Ok(())

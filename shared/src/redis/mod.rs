@@ -838,6 +838,32 @@ impl RedisGate {
         Ok(page)
     }
 
+    /// Moves up to `lacking` units into bucket `to` from `lenders`, each
+    /// asked once (the iterator goes on where this call stopped), `want`
+    /// of what is still lacking from each; the units moved. Each transfer
+    /// is named `<tag>-<lender>-<fresh number>`.
+    async fn borrow(
+        &self,
+        product: &ProductId,
+        to: u16,
+        lenders: &mut impl Iterator<Item = u16>,
+        lacking: i64,
+        tag: &str,
+        want: fn(i64) -> Want,
+    ) -> PortResult<i64> {
+        let mut got = 0;
+        for s in lenders {
+            let transfer = format!("{tag}-{s}-{}", self.transfer_no());
+            got += self
+                .move_units(product, s, to, &transfer, want(lacking - got))
+                .await?;
+            if got >= lacking {
+                break;
+            }
+        }
+        Ok(got)
+    }
+
     /// A fresh number for a transfer's id.
     fn transfer_no(&self) -> u64 {
         self.inner.transfers.fetch_add(1, Ordering::Relaxed)
@@ -1156,22 +1182,16 @@ impl AdmissionGate for RedisGate {
                 Admission::Short { stock_left } => qty - stock_left,
                 _ => return Ok(answer),
             };
-            let mut got = 0;
-            for s in lenders.by_ref() {
-                let transfer = format!("{}-{s}-{}", p.request_id, self.transfer_no());
-                got += self
-                    .move_units(
-                        &p.product_id,
-                        s,
-                        b,
-                        &transfer,
-                        Want::AtLeastHalf(missing - got),
-                    )
-                    .await?;
-                if got >= missing {
-                    break;
-                }
-            }
+            let got = self
+                .borrow(
+                    &p.product_id,
+                    b,
+                    &mut lenders,
+                    missing,
+                    p.request_id.as_str(),
+                    Want::AtLeastHalf,
+                )
+                .await?;
             if got == 0 {
                 return Ok(answer);
             }
@@ -1357,22 +1377,18 @@ impl ShelfGate for RedisGate {
         };
         let k = self.buckets(&change.product_id).await?;
         let lacking = change.units() - on_shelf;
-        let mut got = 0;
-        for s in crate::buckets::siblings(0, k) {
-            let transfer = format!("change-{}-{s}-{}", change.key.as_str(), self.transfer_no());
-            got += self
-                .move_units(
-                    &change.product_id,
-                    s,
-                    0,
-                    &transfer,
-                    Want::Units(lacking - got),
-                )
-                .await?;
-            if got >= lacking {
-                break;
-            }
-        }
+        let tag = format!("change-{}", change.key.as_str());
+        let mut lenders = crate::buckets::siblings(0, k);
+        let got = self
+            .borrow(
+                &change.product_id,
+                0,
+                &mut lenders,
+                lacking,
+                &tag,
+                Want::Units,
+            )
+            .await?;
         if got == 0 {
             return Ok(first);
         }
