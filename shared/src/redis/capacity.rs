@@ -20,17 +20,7 @@ pub struct Nodes {
     nodes: Mutex<HashMap<Vec<u8>, (Instant, u64)>>,
 }
 
-/// What Redis Cluster hashes: the text between the first `{` and the next
-/// `}` when not empty, else the whole key.
-fn hash_tag(key: &[u8]) -> &[u8] {
-    let Some(open) = key.iter().position(|b| *b == b'{') else {
-        return key;
-    };
-    match key[open + 1..].iter().position(|b| *b == b'}') {
-        Some(len) if len > 0 => &key[open + 1..open + 1 + len],
-        _ => key,
-    }
-}
+use super::keys::hash_tag;
 
 impl Nodes {
     pub fn new(script_calls_per_sec: f64) -> Self {

@@ -83,17 +83,7 @@ impl View<'_> {
     }
 }
 
-/// What Redis Cluster hashes to pick a key's slot: the text between the
-/// first `{` and the next `}` when that is not empty, else the whole key.
-fn hash_tag(key: &[u8]) -> &[u8] {
-    let Some(open) = key.iter().position(|b| *b == b'{') else {
-        return key;
-    };
-    match key[open + 1..].iter().position(|b| *b == b'}') {
-        Some(len) if len > 0 => &key[open + 1..open + 1 + len],
-        _ => key,
-    }
-}
+use super::keys::hash_tag;
 
 /// One write a failover may still lose: the slots it changed, and the
 /// keyspace before it.
