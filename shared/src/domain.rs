@@ -323,6 +323,11 @@ pub enum Refusal {
     SalePaused,
     /// The buyer is on the operators' deny list.
     BuyerBlocked,
+    /// The buyer's stock bucket is dry and units were moving between the
+    /// product's buckets while the gate looked for them, so it cannot say
+    /// the product is sold out (a 410 is a promise): nothing was taken;
+    /// ask again shortly. Never cached.
+    StockMoving,
 }
 
 impl Refusal {
@@ -338,6 +343,7 @@ impl Refusal {
             Self::KeyReused => "idempotency_key_reused",
             Self::SalePaused => "sale_paused",
             Self::BuyerBlocked => "buyer_blocked",
+            Self::StockMoving => "stock_moving",
         }
     }
     pub fn from_code(code: &str) -> Option<Self> {
@@ -351,6 +357,7 @@ impl Refusal {
             Self::KeyReused,
             Self::SalePaused,
             Self::BuyerBlocked,
+            Self::StockMoving,
         ]
         .into_iter()
         .find(|r| r.code() == code)
@@ -362,7 +369,7 @@ impl Refusal {
             Self::LimitExceeded | Self::AlreadyPurchased => 409,
             Self::SoldOut => 410,
             Self::KeyReused => 422,
-            Self::SalePaused => 503,
+            Self::SalePaused | Self::StockMoving => 503,
         }
     }
 }

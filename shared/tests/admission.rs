@@ -182,14 +182,17 @@ async fn refusals_change_nothing() {
             "{expected:?} wrote to Redis"
         );
     }
-    // Sold out: answered before everything but a replay (even a buyer who
-    // already has a unit hears "sold out").
+    // Sold out: answered after every refusal that does not depend on stock
+    // (a buyer who already has a unit hears that).
     admitted(&g, &purchase(&p, "carol", 1, Some("k4"))).await;
     let before = snapshot(&g, &p).await;
-    for user in ["dave", "alice"] {
+    for (user, refusal) in [
+        ("dave", Refusal::SoldOut),
+        ("alice", Refusal::AlreadyPurchased),
+    ] {
         assert_eq!(
             g.admit(&purchase(&p, user, 1, Some("k5"))).await.unwrap(),
-            Admission::Refused(Refusal::SoldOut)
+            Admission::Refused(refusal)
         );
     }
     assert_eq!(snapshot(&g, &p).await, before, "SoldOut wrote to Redis");
@@ -1025,8 +1028,11 @@ async fn a_stale_copy_of_the_controls_cannot_undo_a_newer_one() {
     );
 }
 
+/// Refusals that do not depend on stock come before the shelf is looked
+/// at (with stock buckets a buyer refused anyway must not send their bucket
+/// borrowing): a paused sold-out sale says paused; an ended one says so.
 #[tokio::test]
-async fn an_ended_or_sold_out_sale_says_so_even_when_paused() {
+async fn a_sold_out_sale_says_paused_when_paused_and_ended_when_ended() {
     let g = gate();
     let p = unique("ctl-final");
     let mut sale = product(&p, 1, 1, -1);
@@ -1040,7 +1046,7 @@ async fn an_ended_or_sold_out_sale_says_so_even_when_paused() {
     g.apply_controls(&sale).await.unwrap();
     assert_eq!(
         g.admit(&purchase(&p, "u2", 1, None)).await.unwrap(),
-        Admission::Refused(Refusal::SoldOut)
+        Admission::Refused(Refusal::SalePaused)
     );
     sale.ends_at = OffsetDateTime::now_utc();
     sale.control_seq = 2;
@@ -1904,4 +1910,127 @@ async fn a_warm_up_restores_a_forgotten_bucket_empty_and_the_resync_fills_it() {
     assert_eq!(g.stats(&p).await.unwrap().unwrap().stock_left, 12);
     let buyer = buyer_in(2, 3, "r");
     admitted(&g, &purchase(&p, &buyer, 1, None)).await;
+}
+
+/// `n` instances connected and knowing `p`'s buckets, so their buyers
+/// reach Redis together.
+async fn instances(p: &ProductId, n: usize) -> Vec<RedisGate> {
+    let mut all = Vec::new();
+    for _ in 0..n {
+        let g = gate();
+        g.prepare().await.unwrap();
+        g.buckets(p).await.unwrap();
+        all.push(g);
+    }
+    all
+}
+
+/// Buys `user` until an answer other than "units are moving" (503, which a
+/// client repeats after its Retry-After), at most 20 times.
+async fn buy_until_answered(g: &RedisGate, p: &ProductId, user: &str) -> Admission {
+    for _ in 0..20 {
+        let a = g.admit(&purchase(p, user, 1, None)).await.unwrap();
+        if a != Admission::Refused(Refusal::StockMoving) {
+            return a;
+        }
+    }
+    panic!("{user} was told to come back 20 times");
+}
+
+/// Units lent and received ever, over every bucket: what moved.
+async fn units_moved(g: &RedisGate, p: &ProductId, k: u16) -> i64 {
+    let mut moved = 0;
+    for b in 0..k {
+        let n: Vec<Option<i64>> = g
+            .command(
+                redis::cmd("HMGET")
+                    .arg(g.bucket_keys(p, b).stats())
+                    .arg("lent_units")
+                    .arg("received_units"),
+            )
+            .await
+            .unwrap();
+        moved += n.iter().flatten().sum::<i64>();
+    }
+    moved
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_on_a_dry_bucket_hears_no_410_while_units_stand() {
+    // 4 buckets of 100 units, bucket 0 dry: 80 of bucket 0's buyers at once
+    // (issue 30: 24 admitted and 56 told 410, shelves [276, 0, 0, 0]).
+    let (g, p) = bucketed(4, 100, 1).await;
+    shelve(&g, &p, 0, 0).await;
+    let buys = (0..80).map(|i| {
+        let (g, p) = (g.clone(), p.clone());
+        let user = buyer_in(0, 4, &format!("dry{i}-"));
+        tokio::spawn(async move { buy_until_answered(&g, &p, &user).await })
+    });
+    let answers = futures::future::join_all(buys).await;
+    for a in answers {
+        let a = a.unwrap();
+        assert!(matches!(a, Admission::Admitted { .. }), "{a:?}");
+    }
+    assert_eq!(shelves_of(&g, &p, 4).await.iter().sum::<i64>(), 220);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_units_over_two_buckets_go_to_eight_of_24_buyers_every_time() {
+    // Issue 30: 4 admitted, 20 told 410 and 4 units left, in 20 of 20 runs.
+    for run in 0..20 {
+        let (g, p) = bucketed(2, 4, 1).await;
+        // Each buyer through an instance of its own, as Lambda runs them.
+        // 20 buyers of bucket 0, 4 of bucket 1, each through an instance of
+        // its own (as Lambda runs them): bucket 0 runs dry first and borrows
+        // what bucket 1's own buyers are buying.
+        let buys = instances(&p, 24)
+            .await
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let p = p.clone();
+                let user = buyer_in(u16::from(i >= 20), 2, &format!("r{run}u{i}-"));
+                tokio::spawn(async move { buy_until_answered(&g, &p, &user).await })
+            });
+        let answers: Vec<Admission> = futures::future::join_all(buys)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let admitted = answers
+            .iter()
+            .filter(|a| matches!(a, Admission::Admitted { .. }))
+            .count();
+        assert_eq!(admitted, 8, "run {run}: {answers:?}");
+        assert_eq!(shelves_of(&g, &p, 2).await, [0, 0], "run {run}");
+        for a in &answers {
+            assert!(
+                matches!(
+                    a,
+                    Admission::Admitted { .. } | Admission::Refused(Refusal::SoldOut)
+                ),
+                "run {run}: {a:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_buyer_refused_anyway_moves_no_unit() {
+    let (g, p) = bucketed(2, 5, 1).await;
+    let home = 0;
+    shelve(&g, &p, home, 0).await;
+    let mut paused = product(&p, 10, 1, -1);
+    paused.stock_buckets = 2;
+    paused.paused = true;
+    paused.control_seq = 1;
+    assert!(g.apply_controls(&paused).await.unwrap());
+    assert_eq!(
+        g.admit(&purchase(&p, &buyer_in(home, 2, "paused"), 1, None))
+            .await
+            .unwrap(),
+        Admission::Refused(Refusal::SalePaused)
+    );
+    assert_eq!(units_moved(&g, &p, 2).await, 0);
+    assert_eq!(shelves_of(&g, &p, 2).await, [0, 5]);
 }

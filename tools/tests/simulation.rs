@@ -345,40 +345,38 @@ impl ShelfDue {
     }
 }
 
-/// What stood on the product's shelves, as every write left them (the
-/// simulated Redis' write watcher sees all of its stock buckets at once,
-/// which no client can).
+/// What the product held, as every write left it: every stock bucket's
+/// shelf plus the units in transit between buckets (lent and not yet
+/// received). The simulated Redis' write watcher sees every bucket at once,
+/// which no client can: this is the truth a 410 is held to.
 #[derive(Default)]
 struct Shelves {
-    /// Units on each bucket's shelf now (not counting units in transit).
-    units: Vec<i64>,
-    /// Units that ever arrived on each bucket's shelf (releases, restocks,
-    /// additions, resyncs, transfers received, failovers), with when the
-    /// counts last grew: a 410 may leave on a bucket only units that
-    /// arrived there after it was found dry.
-    arrived: Vec<i64>,
-    arrivals: Vec<(tokio::time::Instant, Vec<i64>)>,
+    /// The total after each write that changed it, with when.
+    totals: Vec<(tokio::time::Instant, i64)>,
 }
 
 impl Shelves {
-    /// Per bucket: units on its shelf now that cannot have arrived after
-    /// `at` (0 everywhere when a 410 since `at` was right).
-    fn stood_since(&self, at: tokio::time::Instant) -> Vec<i64> {
-        let before = self
-            .arrivals
+    fn record(&mut self, total: i64) {
+        if self.totals.last().is_none_or(|(_, t)| *t != total) {
+            self.totals.push((tokio::time::Instant::now(), total));
+        }
+    }
+
+    /// Whether the product held no unit at some moment since `at` (the
+    /// total in force at `at` included).
+    fn ran_dry_since(&self, at: tokio::time::Instant) -> bool {
+        let from = self.totals.iter().rposition(|(t, _)| *t <= at).unwrap_or(0);
+        self.totals[from..].iter().any(|(_, units)| *units <= 0)
+    }
+
+    /// The least the product held since `at`.
+    fn least_since(&self, at: tokio::time::Instant) -> i64 {
+        let from = self.totals.iter().rposition(|(t, _)| *t <= at).unwrap_or(0);
+        self.totals[from..]
             .iter()
-            .rev()
-            .find(|(t, _)| *t <= at)
-            .map(|(_, n)| n.as_slice())
-            .unwrap_or(&[]);
-        self.units
-            .iter()
-            .enumerate()
-            .map(|(b, units)| {
-                let arrived = self.arrived[b] - before.get(b).copied().unwrap_or(0);
-                (units - arrived).max(0)
-            })
-            .collect()
+            .map(|(_, units)| *units)
+            .min()
+            .unwrap_or(0)
     }
 }
 
@@ -596,10 +594,9 @@ struct World {
     deny_calls: HashMap<usize, u32>,
     /// An operator ended the sale (as answered).
     ended: bool,
-    /// The deduct instance's sold-out cache period, and when Redis last
-    /// said sold out (tokio's clock, which the cache reads).
+    /// The deduct instance's sold-out cache period (tokio's clock, which
+    /// the cache reads).
     sold_out_ttl: Duration,
-    sold_out_at: Arc<Mutex<Option<tokio::time::Instant>>>,
     /// Units off the shelf that the ledger holds for it (calm seeds).
     hidden: Option<Hidden>,
 }
@@ -650,23 +647,18 @@ impl World {
             .map(|b| shared::redis::keys::Keys::bucket(NAMESPACE, &product, b))
             .collect();
         redis.watch_writes(move |view| {
-            let now: Vec<i64> = keys.iter().map(|k| view.int(&k.stock())).collect();
-            let mut s = lock(&watched);
-            s.arrived.resize(now.len(), 0);
-            s.units.resize(now.len(), 0);
-            let mut grew = false;
-            for (b, units) in now.iter().enumerate() {
-                let more = units - s.units[b];
-                if more > 0 {
-                    s.arrived[b] += more;
-                    grew = true;
-                }
-            }
-            if grew {
-                let arrived = s.arrived.clone();
-                s.arrivals.push((tokio::time::Instant::now(), arrived));
-            }
-            s.units = now;
+            let shelves: i64 = keys.iter().map(|k| view.int(&k.stock())).sum();
+            let in_transit: i64 = keys
+                .iter()
+                .flat_map(|k| view.hash(&k.transfers()))
+                .filter_map(|(id, record)| shared::buckets::Transfer::parse(&id, &record))
+                .filter(|t| {
+                    keys.get(usize::from(t.to))
+                        .is_some_and(|to| !view.exists(&to.received(&t.id)))
+                })
+                .map(|t| t.units)
+                .sum();
+            lock(&watched).record(shelves + in_transit);
         });
         let queues = Arc::new(Mutex::new(Queues::default()));
         let queue = |sweeper| SimQueue {
@@ -687,17 +679,6 @@ impl World {
                 ("EVALSHA", 0) => Glitch::RunTwice,
                 (_, 1) => Glitch::ReplyLost,
                 _ => Glitch::Unavailable,
-            }
-        });
-        // When the admission script last said sold out: what the deduct
-        // instance's cache remembers (an answer lost on its way included).
-        let sold_out_at = Arc::new(Mutex::new(None));
-        let seen = sold_out_at.clone();
-        redis.watch_replies(move |reply| {
-            if let Ok(redis::Value::Array(fields)) = reply
-                && matches!(fields.first(), Some(redis::Value::BulkString(b)) if b == b"sold_out")
-            {
-                *lock(&seen) = Some(tokio::time::Instant::now());
             }
         });
         // The caches' periods as deployed; they run on tokio's clock, which
@@ -822,7 +803,6 @@ impl World {
             deny_calls: HashMap::new(),
             ended: false,
             sold_out_ttl,
-            sold_out_at,
             hidden: None,
         }
     }
@@ -875,10 +855,6 @@ impl World {
             .expect("warming the simulated redis");
         // Products are warmed well before their sale: replicas have it.
         self.redis.checkpoint();
-        let mut shelves = lock(&self.shelves);
-        shelves.arrived.iter_mut().for_each(|n| *n = 0);
-        shelves.arrivals.clear();
-        drop(shelves);
         self.log(format!(
             "warm stock={} limit={} users={} window={}s rebuy={} shards={} buckets={} calm={} buyer_rate={:?}",
             self.stock,
@@ -1303,36 +1279,27 @@ impl World {
                     self.uncertain.insert(format!("u{user}"));
                 }
                 if error.as_deref() == Some("sold_out") {
-                    // No unit stood on a shelf but those that arrived after
-                    // their bucket was found dry: while this buyer asked, or
-                    // while a buy whose 410 the instance may have cached
-                    // (answered within the cache's TTL before) asked.
+                    // Sold out means the product as a whole (every bucket,
+                    // units in transit) held no unit at some moment while
+                    // this buyer asked, or, for an answer the instance may
+                    // have cached, while a buy whose 410 it cached (answered
+                    // within the cache's period before) asked.
                     let since = self
                         .sold_outs
                         .iter()
                         .filter(|(_, answered)| *answered + self.sold_out_ttl > asked)
                         .map(|(asked, _)| *asked)
                         .fold(asked, std::cmp::min);
-                    let stood = lock(&self.shelves).stood_since(since);
-                    if stood.iter().any(|n| *n > 0) {
+                    let shelves = lock(&self.shelves);
+                    if !shelves.ran_dry_since(since) {
                         self.violations.push(format!(
-                            "u{user} got 410 sold_out while the buckets held {stood:?} units that were there since {:?} before they asked",
+                            "u{user} got 410 sold_out, yet the product held at least {} units from {:?} before they asked until the answer",
+                            shelves.least_since(since),
                             asked - since
                         ));
                     }
+                    drop(shelves);
                     self.sold_outs.push((asked, tokio::time::Instant::now()));
-                    // With one bucket, also: Redis said so, or the instance's
-                    // cache remembers it did within its TTL before the buyer
-                    // asked (its answer is cached right after the script's;
-                    // with several, only after every sibling was asked).
-                    if self.buckets == 1
-                        && lock(&self.sold_out_at).is_none_or(|at| at + self.sold_out_ttl < asked)
-                    {
-                        self.violations.push(format!(
-                            "u{user} got 410 sold_out, yet Redis had not said sold out since {:?} before they asked",
-                            self.sold_out_ttl
-                        ));
-                    }
                 }
                 if let Some(k) = key {
                     self.answers

@@ -166,6 +166,8 @@ pub static REFUSALS_LOGGED: telemetry::Sampler = telemetry::Sampler::new(100);
 
 /// How long a buyer of a paused sale is asked to wait before asking again.
 const PAUSED_RETRY_AFTER_SECS: i64 = 5;
+/// The same while units move between a product's stock buckets: a moment.
+const STOCK_MOVING_RETRY_AFTER_SECS: i64 = 1;
 /// The same while the kill switch is thrown: an incident, likely longer.
 const STOPPED_RETRY_AFTER_SECS: i64 = 30;
 
@@ -308,14 +310,20 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook> Deduct<G, Q, S
                     );
                 }
                 let refused = ApiError::new(reason.http_status(), reason.code());
-                if reason == Refusal::SalePaused {
-                    return Ok(retry_after(
+                match reason {
+                    Refusal::SalePaused => Ok(retry_after(
                         refused
                             .with_message("the sale is paused by its operator; try again shortly"),
                         PAUSED_RETRY_AFTER_SECS,
-                    ));
+                    )),
+                    Refusal::StockMoving => Ok(retry_after(
+                        refused.with_message(
+                            "units of this product are moving between its stock buckets; nothing was taken, try again in a second",
+                        ),
+                        STOCK_MOVING_RETRY_AFTER_SECS,
+                    )),
+                    _ => Err(refused),
                 }
-                Err(refused)
             }
         }
     }
@@ -545,6 +553,20 @@ mod tests {
         assert_eq!(resp.headers()["retry-after"], "5");
         let body: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
         assert_eq!(body["error"], "sale_paused");
+    }
+
+    #[tokio::test]
+    async fn units_moving_between_buckets_is_a_503_with_retry_after_never_cached() {
+        let (d, _) = deduct(true).await;
+        d.gate.answer(Admission::Refused(Refusal::StockMoving));
+        let body = r#"{"product_id":"p1","user_id":"u1"}"#;
+        let resp = d.handle(buy(body)).await;
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        let error: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+        assert_eq!(error["error"], "stock_moving");
+        // Not a sold-out: the next buy asks the gate again.
+        assert_eq!(d.handle(buy(body)).await.status(), 202);
     }
 
     #[tokio::test]

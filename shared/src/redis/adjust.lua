@@ -35,6 +35,9 @@ end
 if new ~= old then
   redis.call("SET", KEYS[1], new)
   redis.call("HINCRBY", KEYS[2], "resync_drift", new - old)
+  if new > old then
+    redis.call("HINCRBY", KEYS[2], "arrived_units", new - old)
+  end
 end
 if adopt > 0 then
   redis.call("HINCRBY", KEYS[2], "adopted_units", adopt)

@@ -8,7 +8,67 @@ use crate::domain::{
 };
 use crate::ports::{AdmissionGate, PendingPage, PendingRequest, PortResult, SendMark, Settled};
 
+/// Rounds of borrowing (each asks every sibling once) an admission runs
+/// before it answers [`Refusal::StockMoving`] instead of a 410 it could not
+/// stand behind.
+pub const BORROW_ROUNDS: usize = 3;
+
 impl RedisGate {
+    /// The units a product's shelves held at one instant while this ran
+    /// (every bucket's shelf plus the units in transit between buckets), or
+    /// None when that cannot be told. Each bucket's `arrived_units` (units
+    /// ever put on its shelf: every script that raises a shelf counts them)
+    /// is read before its shelf and its lent transfers, and again once every
+    /// bucket and every transfer's receive marker was read. Let T be the
+    /// moment between the two passes. A bucket whose count did not move
+    /// gained nothing over a span holding T, so at T it held at most what
+    /// was read. A unit in transit at T was lent after its lender's read
+    /// (then counted on that shelf) or before (then listed, and not yet
+    /// received when its marker was read, or its receive would have moved
+    /// the borrower's count within its span). So the sum bounds what the
+    /// product held at T from above: a total below the quantity asked is a
+    /// sold-out that stands. Miscounts only overcount (a unit lent after one
+    /// read and received before another), which never makes a false 410.
+    /// Not covered: a failover that forgets a shelf's arrivals and sees as
+    /// many arrive again within the census (docs/architecture.md).
+    pub(super) async fn census(&self, product: &ProductId, k: u16) -> PortResult<Option<i64>> {
+        let mut c = self.conn().await?;
+        let mut arrived = Vec::with_capacity(usize::from(k));
+        let mut total = 0;
+        let mut lent = Vec::new();
+        for b in 0..k {
+            let keys = self.bucket_keys(product, b);
+            let (count, shelf, transfers): (Option<i64>, Option<i64>, Vec<(String, String)>) =
+                redis::pipe()
+                    .hget(keys.stats(), "arrived_units")
+                    .get(keys.stock())
+                    .hgetall(keys.transfers())
+                    .query_async(&mut c)
+                    .await
+                    .map_err(classify)?;
+            arrived.push(count.unwrap_or(0));
+            total += shelf.unwrap_or(0).max(0);
+            lent.extend(
+                transfers
+                    .iter()
+                    .filter_map(|(id, r)| crate::buckets::Transfer::parse(id, r)),
+            );
+        }
+        total += self.not_received(product, &lent).await?;
+        for (b, before) in (0..k).zip(arrived) {
+            let now: Option<i64> = redis::cmd("HGET")
+                .arg(self.bucket_keys(product, b).stats())
+                .arg("arrived_units")
+                .query_async(&mut c)
+                .await
+                .map_err(classify)?;
+            if now.unwrap_or(0) != before {
+                return Ok(None);
+            }
+        }
+        Ok(Some(total))
+    }
+
     /// One run of the admission script in bucket `bucket`.
     pub(super) async fn admit_in(
         &self,
@@ -175,7 +235,10 @@ fn request_view(id: &RequestId, fields: Vec<(String, String)>) -> Option<Request
 impl AdmissionGate for RedisGate {
     /// In the buyer's stock bucket. One that ran dry (or holds fewer than
     /// asked) borrows from its siblings, at least half of each one's shelf,
-    /// and admits again; sold out only when no sibling had any left.
+    /// admitting again after every borrow; sold out only when a census of
+    /// every bucket proves the product as a whole could not serve the buyer
+    /// ([`Self::census`]); after [`BORROW_ROUNDS`] rounds without either,
+    /// [`Refusal::StockMoving`] (503): a 410 is a promise.
     async fn admit(&self, p: &Purchase) -> PortResult<Admission> {
         // Meta missing, bucket 0 answers: not warmed, as it would for one
         // bucket (a buyer of another bucket is refused, never misrouted:
@@ -187,35 +250,50 @@ impl AdmissionGate for RedisGate {
             return Ok(answer);
         }
         let qty = i64::from(p.quantity.get());
-        // Each sibling asked once, in ring order, until the buyer is served:
-        // units borrowed may be borrowed on by another dry bucket before the
-        // admission runs again, and the siblings not yet asked still count
-        // (simulation seed 825: a 410 while a bucket never asked held one).
-        let mut lenders = crate::buckets::siblings(b, k);
-        let mut charged = false;
-        loop {
-            let missing = match answer {
-                Admission::Refused(Refusal::SoldOut) => qty,
-                Admission::Short { stock_left } => qty - stock_left,
-                _ => return Ok(answer),
-            };
-            let got = self
-                .borrow(
-                    &p.product_id,
-                    b,
-                    &mut lenders,
-                    missing,
-                    p.request_id.as_str(),
-                    Want::AtLeastHalf,
-                )
-                .await?;
-            if got == 0 {
+        // Every stock answer comes after the limiters were charged
+        // (admit.lua): later runs do not charge them again.
+        let missing = |answer: &Admission| match answer {
+            Admission::Refused(Refusal::SoldOut) => Some(qty),
+            Admission::Short { stock_left } => Some(qty - stock_left),
+            _ => None,
+        };
+        for _ in 0..BORROW_ROUNDS {
+            // Every sibling asked in ring order, the buyer's bucket again
+            // after each borrow: other buyers of this bucket may take what
+            // was borrowed, and a sibling asked may refill (or lend on)
+            // after it was asked, so no answer of one round is final.
+            let mut moved = false;
+            for s in crate::buckets::siblings(b, k) {
+                let Some(lacking) = missing(&answer) else {
+                    return Ok(answer);
+                };
+                let transfer = format!("{}-{s}-{}", p.request_id.as_str(), self.transfer_no());
+                let got = self
+                    .move_units(&p.product_id, s, b, &transfer, Want::AtLeastHalf(lacking))
+                    .await?;
+                if got > 0 {
+                    moved = true;
+                    answer = self.admit_in(p, b, true).await?;
+                }
+            }
+            if missing(&answer).is_none() {
                 return Ok(answer);
             }
-            // A short answer charged the limiters; a sold-out one did not.
-            charged |= matches!(answer, Admission::Short { .. });
-            answer = self.admit_in(p, b, charged).await?;
+            if !moved
+                && let Some(total) = self.census(&p.product_id, k).await?
+                && total < qty
+            {
+                return Ok(if total < 1 {
+                    Admission::Refused(Refusal::SoldOut)
+                } else {
+                    Admission::Short { stock_left: total }
+                });
+            }
+            // Units stand somewhere (in transit, or back since asked):
+            // the buyer's bucket first, then the siblings again.
+            answer = self.admit_in(p, b, true).await?;
         }
+        Ok(missing(&answer).map_or(answer, |_| Admission::Refused(Refusal::StockMoving)))
     }
     async fn request(&self, id: &RequestId, user: &str) -> PortResult<Option<RequestView>> {
         let k = self.buyer_keys(&id.product(), user).await?;

@@ -17,8 +17,9 @@
 -- ARGV[6] the default buyer limit, ARGV[7] the default IP limit:
 --         "<ms between requests>:<burst>" or "" for none; meta's rl_buyer /
 --         rl_ip (the sale's own) win. ARGV[8] "1" when the client IP is known.
--- ARGV[9] "1" when this request's limiters were charged already: its second
---         run, after its stock bucket borrowed from a sibling (crate::buckets).
+-- ARGV[9] "1" when this request's limiters were charged already: a run after
+--         its stock bucket borrowed from a sibling (crate::buckets); every
+--         stock answer (sold_out, short) comes after the charge.
 --
 -- Returns {"admitted", admitted_at_ms, ends_at_ms}
 --       | {"replay", admitted_at_ms, ends_at_ms, status, "1" when its message was sent}
@@ -54,14 +55,12 @@ end
 -- Server time, never the client's clock.
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- Final answers first: an ended or sold-out sale says so, paused or not,
--- and costs nobody a rate-limit token.
+-- Every refusal that does not depend on stock comes before the shelf is
+-- looked at: with stock buckets a buyer refused anyway must not send their
+-- bucket borrowing from its siblings (RedisGate::admit borrows on
+-- sold_out / short only). An ended sale is final and costs no token.
 if now >= tonumber(meta[3]) then
   return {"sale_ended", "", ""}
-end
-local left = tonumber(redis.call("GET", KEYS[2]) or "0")
-if left < 1 then
-  return {"sold_out", "", ""}
 end
 -- An operator's pause: nothing else is looked at or moved.
 if meta[6] == "1" then
@@ -116,6 +115,11 @@ if qty > tonumber(meta[1]) then
 end
 if redis.call("HEXISTS", KEYS[3], user) == 1 then
   return {"already_purchased", "", ""}
+end
+-- Sold out in this bucket (with several, the gate asks the siblings).
+local left = tonumber(redis.call("GET", KEYS[2]) or "0")
+if left < 1 then
+  return {"sold_out", "", ""}
 end
 -- Some left, not enough: only this request is refused, the product is not sold out.
 if left < qty then

@@ -125,7 +125,9 @@ impl Keys {
         self.key(&format!("lent:{transfer}"))
     }
     /// Hash: admitted, placed, rejected, compensated, restocked,
-    /// pending_units, placed_units, resync_drift, lent_units, received_units.
+    /// pending_units, placed_units, resync_drift, lent_units, received_units,
+    /// arrived_units (units ever put on the shelf, by any script: what the
+    /// admission's census watches).
     pub fn stats(&self) -> String {
         self.key("stats")
     }

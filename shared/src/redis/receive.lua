@@ -18,4 +18,5 @@ end
 redis.call("INCRBY", KEYS[1], units)
 redis.call("SET", KEYS[2], units, "EX", ttl)
 redis.call("HINCRBY", KEYS[3], "received_units", units)
+redis.call("HINCRBY", KEYS[3], "arrived_units", units)
 return 1

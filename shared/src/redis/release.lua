@@ -43,4 +43,5 @@ end
 redis.call("EXPIRE", KEYS[3], ARGV[6])
 redis.call("HINCRBY", KEYS[5], ARGV[4], 1)
 redis.call("HINCRBY", KEYS[5], "released_units", qty)
+redis.call("HINCRBY", KEYS[5], "arrived_units", qty)
 return 1

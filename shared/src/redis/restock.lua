@@ -35,6 +35,7 @@ if not cur then
   return 0
 end
 redis.call("INCRBY", KEYS[1], held)
+redis.call("HINCRBY", KEYS[5], "arrived_units", held)
 redis.call("HINCRBY", KEYS[5], "pending_units", -held)
 redis.call("HINCRBY", KEYS[5], "restocked", 1)
 return 1

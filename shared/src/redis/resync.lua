@@ -70,6 +70,9 @@ end
 if old ~= target then
   redis.call("SET", KEYS[1], target)
   redis.call("HINCRBY", KEYS[2], "resync_drift", target - old)
+  if target > old then
+    redis.call("HINCRBY", KEYS[2], "arrived_units", target - old)
+  end
 end
 if returned - put_back > releasing then
   redis.call("HINCRBY", KEYS[2], "adopted_units", returned - put_back - releasing)

@@ -46,7 +46,6 @@ pub enum Glitch {
 }
 
 type GlitchFn = Box<dyn FnMut(&str) -> Glitch + Send>;
-type WatchFn = Box<dyn FnMut(&RedisResult<Value>) + Send>;
 type WriteWatchFn = Box<dyn FnMut(&View<'_>) + Send>;
 
 /// The keyspace as a write left it, for [`SimRedis::watch_writes`].
@@ -121,7 +120,6 @@ struct Db {
     scripts: HashMap<String, String>,
     now_ms: i64,
     glitch: Option<GlitchFn>,
-    watch: Option<WatchFn>,
     watch_writes: Option<WriteWatchFn>,
 }
 
@@ -587,7 +585,6 @@ impl SimRedis {
             scripts: HashMap::new(),
             now_ms,
             glitch: None,
-            watch: None,
             watch_writes: None,
         }));
         let lua = Lua::new();
@@ -645,12 +642,6 @@ impl SimRedis {
     /// Decides, per command name, what the connection does wrong.
     pub fn set_glitches(&self, f: impl FnMut(&str) -> Glitch + Send + 'static) {
         lock(&self.db).glitch = Some(Box::new(f));
-    }
-
-    /// Sees every reply as the server sends it (before any glitch loses
-    /// it): what a test cannot tell from the caller's answer alone.
-    pub fn watch_replies(&self, f: impl FnMut(&RedisResult<Value>) + Send + 'static) {
-        lock(&self.db).watch = Some(Box::new(f));
     }
 
     /// Sees the keyspace after every command that changed it, failovers
@@ -797,9 +788,6 @@ impl SimRedis {
                 db.history.remove(0);
             }
             db.written();
-        }
-        if let Some(watch) = db.watch.as_mut() {
-            watch(&reply);
         }
         reply
     }

@@ -63,6 +63,7 @@ elseif step == "settle" or step == "undo" then
     record("withdrawn")
   else
     redis.call("INCRBY", KEYS[2], n)
+    redis.call("HINCRBY", KEYS[3], "arrived_units", n)
     redis.call("HINCRBY", KEYS[1], "stock_total", n)
     record("refused")
   end
@@ -81,6 +82,7 @@ elseif step == "add" then
   redis.call("INCRBY", KEYS[2], n)
   redis.call("HINCRBY", KEYS[1], "stock_total", n)
   redis.call("HINCRBY", KEYS[3], "added_units", n)
+  redis.call("HINCRBY", KEYS[3], "arrived_units", n)
   record("added")
   return {"done", ""}
 end

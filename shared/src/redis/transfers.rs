@@ -10,14 +10,25 @@ use crate::error::InfraError;
 use crate::ports::PortResult;
 
 impl RedisGate {
+    /// The units of `reads`' lent transfers their borrowers have not
     /// received (at the time of this call): the shelf's, in transit.
     pub(super) async fn in_transit(
         &self,
         product: &ProductId,
         reads: &[(u16, BucketRead)],
     ) -> PortResult<i64> {
-        let lent: Vec<&crate::buckets::Transfer> =
-            reads.iter().flat_map(|(_, r)| &r.lent).collect();
+        let lent: Vec<crate::buckets::Transfer> =
+            reads.iter().flat_map(|(_, r)| r.lent.clone()).collect();
+        self.not_received(product, &lent).await
+    }
+
+    /// The units of `lent` their borrowers have not received (at the time
+    /// of this call).
+    pub(super) async fn not_received(
+        &self,
+        product: &ProductId,
+        lent: &[crate::buckets::Transfer],
+    ) -> PortResult<i64> {
         if lent.is_empty() {
             return Ok(0);
         }

@@ -62,5 +62,9 @@ for i, field in ipairs({"rl_buyer", "rl_ip"}) do
     redis.call("HSET", KEYS[1], field, spec)
   end
 end
+local old = tonumber(redis.call("GET", KEYS[2]) or "0")
 redis.call("SET", KEYS[2], left)
+if left > old then
+  redis.call("HINCRBY", KEYS[3], "arrived_units", left - old)
+end
 return {"warmed", left}
