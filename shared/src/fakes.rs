@@ -346,6 +346,10 @@ impl ShelfGate for FakeGate {
         self.failures.check("redis").await?;
         Ok(0)
     }
+    async fn restore_buckets(&self, _: &ProductId) -> PortResult<Vec<u16>> {
+        self.failures.check("redis").await?;
+        Ok(Vec::new())
+    }
 }
 
 impl ControlGate for FakeGate {

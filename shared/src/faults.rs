@@ -241,6 +241,10 @@ impl<T: ShelfGate> ShelfGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.finish_transfers(product, lent_by_ms).await
     }
+    async fn restore_buckets(&self, product: &ProductId) -> PortResult<Vec<u16>> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.restore_buckets(product).await
+    }
 }
 
 impl<T: ControlGate> ControlGate for Faulty<T> {

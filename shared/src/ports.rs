@@ -258,6 +258,15 @@ pub trait ShelfGate: Send + Sync {
         product: &ProductId,
         lent_by_ms: i64,
     ) -> impl Future<Output = PortResult<usize>> + Send;
+
+    /// Stock buckets of a product whose meta a failover forgot while a
+    /// sibling kept its own: their meta restored from the sibling's, with
+    /// an empty shelf for the resync to fill. Which buckets (none with one
+    /// bucket, or when no bucket of the product is warmed).
+    fn restore_buckets(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<u16>>> + Send;
 }
 
 /// The stock gate's copies of the operator's controls: pause and end, the
@@ -690,6 +699,12 @@ impl<T: ShelfGate> ShelfGate for std::sync::Arc<T> {
         lent_by_ms: i64,
     ) -> impl Future<Output = PortResult<usize>> + Send {
         (**self).finish_transfers(product, lent_by_ms)
+    }
+    fn restore_buckets(
+        &self,
+        product: &ProductId,
+    ) -> impl Future<Output = PortResult<Vec<u16>>> + Send {
+        (**self).restore_buckets(product)
     }
 }
 

@@ -2034,3 +2034,111 @@ async fn a_buyer_refused_anyway_moves_no_unit() {
     assert_eq!(units_moved(&g, &p, 2).await, 0);
     assert_eq!(shelves_of(&g, &p, 2).await, [0, 5]);
 }
+
+/// Issue 30, item 2: a forced warm-up holds back what sold since the
+/// caller's fence read, as one bucket does, not everything ever sold (the
+/// ledger already excludes that): fence read 6, ledger 4.
+#[tokio::test]
+async fn a_forced_warm_up_shelves_what_the_ledger_holds_for_any_number_of_buckets() {
+    for k in [1u16, 2, 3] {
+        let (g, p) = if k == 1 {
+            warmed(10, 1).await
+        } else {
+            bucketed(k, 10 / i64::from(k), 1).await
+        };
+        let stock = if k == 3 { 9 } else { 10 };
+        for i in 0..6 {
+            let m = admitted(&g, &purchase(&p, &format!("w{i}"), 1, None)).await;
+            assert!(g.settle(&m, Settled::Placed).await.unwrap());
+        }
+        let seen = g.stats(&p).await.unwrap().unwrap().fence();
+        assert_eq!(seen, 6);
+        let ledger = stock - 6;
+        let mut def = product(&p, stock as u32, 1, -1);
+        def.stock_buckets = k;
+        assert_eq!(
+            g.warm(&def, true, ledger, seen).await.unwrap(),
+            Warm::Warmed { stock_left: ledger },
+            "{k} buckets"
+        );
+        assert_eq!(
+            shelves_of(&g, &p, k).await.iter().sum::<i64>(),
+            ledger,
+            "{k} buckets"
+        );
+        let next = g.admit(&purchase(&p, "next", 1, None)).await.unwrap();
+        assert!(
+            matches!(next, Admission::Admitted { .. }),
+            "{k} buckets: {next:?}"
+        );
+        // One settled after the fence read and the ledger read: held back.
+        let m = admitted(&g, &purchase(&p, "late", 1, None)).await;
+        assert!(g.settle(&m, Settled::Placed).await.unwrap());
+        assert_eq!(
+            g.warm(&def, true, ledger, seen).await.unwrap(),
+            Warm::Warmed {
+                stock_left: ledger - 2
+            },
+            "{k} buckets"
+        );
+    }
+}
+
+/// Every key of bucket `b`'s slot gone, as after a failover to a replica
+/// that never had its warm-up.
+async fn forget_bucket(g: &RedisGate, p: &ProductId, b: u16) {
+    let keys = g.bucket_keys(p, b);
+    let tagged = keys.meta().replace(":meta", ":*");
+    let all: Vec<String> = g.command(redis::cmd("KEYS").arg(&tagged)).await.unwrap();
+    assert!(all.contains(&keys.meta()), "{tagged}: {all:?}");
+    let _: () = g.command(redis::cmd("DEL").arg(&all)).await.unwrap();
+}
+
+/// Issue 30, item 3: a bucket whose warm-up a failover forgot (bucket 0 or
+/// another) is restored from a sibling's meta, empty, and the resync fills
+/// it, with no operator. Through a fresh process, as the sweeper runs.
+#[tokio::test]
+async fn a_forgotten_bucket_is_restored_and_filled_without_an_operator() {
+    for lost in [0u16, 2] {
+        let (g, p) = bucketed(3, 4, 1).await;
+        forget_bucket(&g, &p, lost).await;
+        let fresh = gate();
+        fresh.count_buckets_with(Box::new(|_| Box::pin(async { Ok(Some(3)) })));
+        let buyer = buyer_in(lost, 3, "lost");
+        assert_eq!(
+            fresh.admit(&purchase(&p, &buyer, 1, None)).await.unwrap(),
+            Admission::Refused(Refusal::UnknownProduct),
+            "bucket {lost}"
+        );
+        assert_eq!(fresh.restore_buckets(&p).await.unwrap(), [lost]);
+        assert_eq!(fresh.restore_buckets(&p).await.unwrap(), Vec::<u16>::new());
+        let meta = |b: u16| {
+            let (g, key) = (g.clone(), g.bucket_keys(&p, b).meta());
+            async move {
+                let mut m: BTreeMap<String, String> =
+                    g.command(redis::cmd("HGETALL").arg(key)).await.unwrap();
+                m.remove("control_seq");
+                m
+            }
+        };
+        assert_eq!(meta(lost).await, meta((lost + 1) % 3).await);
+        let mut shelves = vec![4, 4, 4];
+        shelves[usize::from(lost)] = 0;
+        assert_eq!(shelves_of(&g, &p, 3).await, shelves, "bucket {lost}");
+        let fence = fresh.stats(&p).await.unwrap().unwrap().fence();
+        assert_eq!(
+            fresh.resync(&p, &remaining(12), fence).await.unwrap(),
+            Some(4),
+            "bucket {lost}"
+        );
+        assert_eq!(fresh.stats(&p).await.unwrap().unwrap().stock_left, 12);
+        admitted(&fresh, &purchase(&p, &buyer, 1, None)).await;
+    }
+    // Nothing warmed at all: not the sweeper's to warm.
+    let fresh = gate();
+    fresh.count_buckets_with(Box::new(|_| Box::pin(async { Ok(Some(3)) })));
+    assert_eq!(
+        fresh.restore_buckets(&unique("cold")).await.unwrap(),
+        Vec::<u16>::new()
+    );
+}

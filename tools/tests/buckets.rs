@@ -117,3 +117,41 @@ async fn a_borrowed_unit_taken_by_another_buyer_sends_the_borrower_asking_again(
         Admission::Refused(Refusal::SoldOut)
     );
 }
+
+fn adopted(redis: &SimRedis, gate: &RedisGate, p: &ProductId, k: u16) -> i64 {
+    (0..k)
+        .map(|b| {
+            let stats = gate.bucket_keys(p, b).stats();
+            match redis
+                .command(&[b"HGET", stats.as_bytes(), b"adopted_units"])
+                .expect("HGET")
+            {
+                redis::Value::BulkString(v) => String::from_utf8_lossy(&v).parse().unwrap_or(0),
+                _ => 0,
+            }
+        })
+        .sum()
+}
+
+/// Two resyncs of a bucketed product at once (the admin's warm-up and the
+/// sweeper), both reading before either corrects, with 2 confirmed returns
+/// the shelves lack (a failover forgot them): they are offered and adopted
+/// once. The second resync's plan no longer holds once the first ran.
+#[tokio::test]
+async fn two_resyncs_at_once_offer_a_forgotten_return_once() {
+    let (redis, gate, p) = sale(2, 10).await;
+    let ledger = shared::domain::Ledger {
+        remaining: 12,
+        released: 2,
+        ..Default::default()
+    };
+    let (first, second) = tokio::join!(gate.resync(&p, &ledger, 0), gate.resync(&p, &ledger, 0));
+    let total: i64 = (0..2)
+        .map(|b| get(&redis, &gate.bucket_keys(&p, b).stock()))
+        .sum();
+    assert_eq!(
+        (total, adopted(&redis, &gate, &p, 2)),
+        (12, 2),
+        "answers {first:?} and {second:?}"
+    );
+}

@@ -576,6 +576,10 @@ struct World {
     uncertain: HashSet<String>,
     failovers: usize,
     lost_writes: usize,
+    /// A failover made a stock bucket forget its warm-up (once a seed).
+    forgot_a_bucket: bool,
+    /// An operator re-warmed with nothing else running (once a seed).
+    rewarmed_alone: bool,
     /// The ledger's paid, cancelled, expired and refund_due at the end.
     lifecycle: [i64; 4],
     /// Glitch odds per Redis command, in percent.
@@ -792,6 +796,8 @@ impl World {
             admin,
             failovers: 0,
             lost_writes: 0,
+            forgot_a_bucket: false,
+            rewarmed_alone: false,
             lifecycle: [0; 4],
             glitch_percent,
             stock_changes: BTreeMap::new(),
@@ -1221,6 +1227,60 @@ impl World {
         });
     }
 
+    /// An operator's forced re-warm with nothing else running, to its end:
+    /// its answer is what it put on the shelves, and the resync right after
+    /// it (the admin's own) must leave that as it is.
+    async fn rewarm_alone(&mut self) {
+        self.rewarmed_alone = true;
+        // Everything running finishes first (faults stay as they are).
+        while !self.tasks.is_empty() {
+            let i = self.rng.usize(0..self.tasks.len());
+            self.step(i).await;
+        }
+        self.log("rewarm alone".into());
+        let withdrawing = self
+            .gate
+            .stats(&self.product)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.withdrawing);
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/api/admin/products/p1/warm?force=true")
+            .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Body::Empty)
+            .expect("a valid request");
+        let resp = self.admin.handle(req).await;
+        let body: serde_json::Value =
+            serde_json::from_slice(resp.body().as_ref()).unwrap_or_default();
+        let due = shelf_due(&self.gate, &self.truth, &self.product).await;
+        self.log(format!(
+            "rewarm alone -> {} {body}, then shelf {:?}",
+            resp.status(),
+            due.as_ref().map(|d| d.shelf)
+        ));
+        // The margin: what the warm-up holds back because it cannot tell
+        // whether it is on the shelf, and the resync (the admin's heal) can:
+        // a return DynamoDB recorded that Redis may or may not have shelved
+        // (`releasing`; Redis' count of units put back tells), and units
+        // being withdrawn whose withdrawal DynamoDB may have recorded (the
+        // heal settles those first). Both are units held back, never
+        // offered: every unit hidden or invented beyond them is a hole.
+        if let (200, Some(warmed), Some(due), Some(withdrawing)) = (
+            resp.status().as_u16(),
+            body["stock_left"].as_i64(),
+            due,
+            withdrawing,
+        ) && !(due.shelf - due.releasing - withdrawing..=due.shelf).contains(&warmed)
+        {
+            self.violations.push(format!(
+                "a forced warm-up answered stock_left {warmed}; the resync after it left {} on the shelves ({} units releasing)",
+                due.shelf, due.releasing
+            ));
+        }
+    }
+
     /// A task after which the shelf should equal the ledger minus pending
     /// units, if nothing else ran meanwhile.
     fn spawn_healer(&mut self, what: &'static str, work: impl Future<Output = bool> + 'static) {
@@ -1486,6 +1546,7 @@ impl World {
                 25 => self.spawn_late_delivery(Which::Orders),
                 26..=27 => self.spawn_sweep(),
                 38 => self.spawn_rewarm(),
+                55 if !self.rewarmed_alone => self.rewarm_alone().await,
                 53 => self.spawn_operator(),
                 39..=41 => self.spawn_pay().await,
                 42 => self.spawn_cancel(),
@@ -1558,6 +1619,21 @@ impl World {
                     let n = self.rng.usize(1..=2);
                     self.faults.lose_next_replies(n);
                     self.log(format!("DynamoDB loses the replies of its next {n} calls"));
+                }
+                54 if !self.calm && self.buckets > 1 && !self.forgot_a_bucket => {
+                    // A failover to a replica that never had one stock
+                    // bucket's warm-up (bucket 0's too): every key of its
+                    // slot gone; the sweeper restores it from a sibling.
+                    let b = self.rng.u16(0..self.buckets);
+                    let key = self.gate.bucket_keys(&self.product, b).meta();
+                    self.redis.forget_slot(key.as_bytes());
+                    self.forgot_a_bucket = true;
+                    self.failovers += 1;
+                    lock(&self.queues).last_failover_at = self.redis.now_ms();
+                    self.alone = false;
+                    self.log(format!(
+                        "FAILOVER of bucket {b}'s shard forgets its warm-up"
+                    ));
                 }
                 52 if !self.calm => {
                     // The secondary indexes fall behind the table (the due

@@ -562,6 +562,7 @@ fn alarms_cover_every_signal_and_the_dashboard_charts_real_metrics() {
     for metric in [
         "flashsale_outbox_pending",
         "flashsale_outbox_republished_total",
+        "flashsale_stock_buckets_restored_total",
     ] {
         assert!(
             watches("flashsale", metric, "OutboxSweeperFunction"),

@@ -68,6 +68,8 @@ pub struct SweepReport {
     pub deny_list_fixes: usize,
     /// Requests in the products' outbox indexes after the run.
     pub pending: i64,
+    /// Stock buckets whose warm-up a failover forgot, restored.
+    pub buckets_restored: usize,
 }
 
 impl<
@@ -112,7 +114,14 @@ impl<
         metrics::counter!("flashsale_outbox_republished_total")
             .increment(report.republished as u64);
         metrics::gauge!("flashsale_outbox_pending").set(report.pending as f64);
-        if report.republished + report.failed + report.errors + report.retired > 0
+        metrics::counter!("flashsale_stock_buckets_restored_total")
+            .increment(report.buckets_restored as u64);
+        if report.republished
+            + report.failed
+            + report.errors
+            + report.retired
+            + report.buckets_restored
+            > 0
             || report.resync_drift != 0
         {
             tracing::info!(?report, "outbox sweep");
@@ -175,6 +184,19 @@ impl<
         };
         if let Err(e) = changes.await {
             tracing::warn!(error = %e, product_id = %product, "stock changes not finished; next run retries");
+        }
+        // Stock buckets a failover forgot the warm-up of (bucket 0's too):
+        // their buyers are refused as from an unwarmed sale and their units
+        // are on no shelf until restored; the resync below fills them.
+        match self.gate.restore_buckets(product).await {
+            Ok(b) if b.is_empty() => {}
+            Ok(b) => {
+                tracing::warn!(product_id = %product, buckets = ?b, "stock buckets a failover forgot were restored from a sibling's meta, empty; the resync fills them");
+                report.buckets_restored += b.len();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, product_id = %product, "forgotten stock buckets not restored; next run retries")
+            }
         }
         // Units lent between stock buckets by a mover that died: on no
         // shelf until received (a live mover finishes in milliseconds; one

@@ -10,21 +10,26 @@
 -- ARGV[2] this bucket's fence (placed_units + withdrawn_units) as read
 -- ARGV[3] units to adopt (see resync.lua's adopted_units), 0 mostly
 -- ARGV[4] this bucket's moves (lent_units + received_units) as read last
+-- ARGV[5] this bucket's units put back (released + added + adopted) as read
 -- Returns {"synced", units added (negative: taken)} | {"busy", 0} when this
--- bucket went back in time since the read (a failover), or lent or received
--- units since (the correction was planned from shelves that moved): nothing
--- changed.
+-- bucket went back in time since the read (a failover), lent or received
+-- units since (the correction was planned from shelves that moved), or put
+-- units back since (a concurrent resync may have adopted what this one would
+-- adopt again, and a release since is not in the plan): nothing changed.
 
 local delta = tonumber(ARGV[1])
 local seen = tonumber(ARGV[2])
 local adopt = tonumber(ARGV[3])
 local moved = tonumber(ARGV[4])
-if not delta or not seen or not adopt or adopt < 0 or not moved then
-  return redis.error_reply("adjust.lua: bad arguments: numeric units, fence, units to adopt (>= 0) and moves")
+local put_back = tonumber(ARGV[5])
+if not delta or not seen or not adopt or adopt < 0 or not moved or not put_back then
+  return redis.error_reply("adjust.lua: bad arguments: numeric units, fence, units to adopt (>= 0), moves and units put back")
 end
-local s = redis.call("HMGET", KEYS[2], "placed_units", "withdrawn_units", "lent_units", "received_units")
+local s = redis.call("HMGET", KEYS[2], "placed_units", "withdrawn_units", "lent_units", "received_units",
+  "released_units", "added_units", "adopted_units")
 if tonumber(s[1] or "0") + tonumber(s[2] or "0") < seen
-    or tonumber(s[3] or "0") + tonumber(s[4] or "0") ~= moved then
+    or tonumber(s[3] or "0") + tonumber(s[4] or "0") ~= moved
+    or tonumber(s[5] or "0") + tonumber(s[6] or "0") + tonumber(s[7] or "0") ~= put_back then
   return {"busy", 0}
 end
 local old = tonumber(redis.call("GET", KEYS[1]) or "0")

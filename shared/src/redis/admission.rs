@@ -13,6 +13,19 @@ use crate::ports::{AdmissionGate, PendingPage, PendingRequest, PortResult, SendM
 /// stand behind.
 pub const BORROW_ROUNDS: usize = 3;
 
+/// The stats fields the census compares across its two passes: units ever
+/// put on the shelf, and the counters of each way they come.
+const ARRIVALS: [&str; 7] = [
+    "arrived_units",
+    "received_units",
+    "released_units",
+    "added_units",
+    "restocked",
+    "resync_drift",
+    "adopted_units",
+];
+type ArrivalCounts = Vec<Option<i64>>;
+
 impl RedisGate {
     /// The units a product's shelves held at one instant while this ran
     /// (every bucket's shelf plus the units in transit between buckets), or
@@ -30,7 +43,10 @@ impl RedisGate {
     /// sold-out that stands. Miscounts only overcount (a unit lent after one
     /// read and received before another), which never makes a false 410.
     /// Not covered: a failover that forgets a shelf's arrivals and sees as
-    /// many arrive again within the census (docs/architecture.md).
+    /// many arrive again within the census (docs/architecture.md). The
+    /// counters scripts of a release before `arrived_units` kept (receives,
+    /// releases, additions, restocks, resyncs) are compared too, so a census
+    /// stands while a deploy still runs the older scripts somewhere.
     pub(super) async fn census(&self, product: &ProductId, k: u16) -> PortResult<Option<i64>> {
         let mut c = self.conn().await?;
         let mut arrived = Vec::with_capacity(usize::from(k));
@@ -38,15 +54,15 @@ impl RedisGate {
         let mut lent = Vec::new();
         for b in 0..k {
             let keys = self.bucket_keys(product, b);
-            let (count, shelf, transfers): (Option<i64>, Option<i64>, Vec<(String, String)>) =
+            let (count, shelf, transfers): (ArrivalCounts, Option<i64>, Vec<(String, String)>) =
                 redis::pipe()
-                    .hget(keys.stats(), "arrived_units")
+                    .hmget(keys.stats(), &ARRIVALS)
                     .get(keys.stock())
                     .hgetall(keys.transfers())
                     .query_async(&mut c)
                     .await
                     .map_err(classify)?;
-            arrived.push(count.unwrap_or(0));
+            arrived.push(count);
             total += shelf.unwrap_or(0).max(0);
             lent.extend(
                 transfers
@@ -56,13 +72,13 @@ impl RedisGate {
         }
         total += self.not_received(product, &lent).await?;
         for (b, before) in (0..k).zip(arrived) {
-            let now: Option<i64> = redis::cmd("HGET")
+            let now: ArrivalCounts = redis::cmd("HMGET")
                 .arg(self.bucket_keys(product, b).stats())
-                .arg("arrived_units")
+                .arg(&ARRIVALS)
                 .query_async(&mut c)
                 .await
                 .map_err(classify)?;
-            if now.unwrap_or(0) != before {
+            if now != before {
                 return Ok(None);
             }
         }

@@ -1,5 +1,6 @@
 -- The admission rule: the only place a unit of stock is taken.
--- Every check runs before the first write, so a refused request changes nothing.
+-- Every check runs before the first write, so a refused request changes
+-- nothing but the rate limiters it passed.
 -- All keys share the product's hash tag {<product>} (Redis Cluster safe).
 --
 -- KEYS[1] meta     hash: stock_total, limit, starts_at, ends_at (ms)

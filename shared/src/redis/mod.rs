@@ -74,6 +74,7 @@ struct Scripts {
     receive: Script,
     finish: Script,
     adjust: Script,
+    restore: Script,
 }
 
 /// Cheap to clone: clones share one connection and the loaded scripts.
@@ -148,6 +149,7 @@ impl RedisGate {
                     receive: Script::new(include_str!("receive.lua")),
                     finish: Script::new(include_str!("finish.lua")),
                     adjust: Script::new(include_str!("adjust.lua")),
+                    restore: Script::new(include_str!("restore.lua")),
                 },
                 buckets: std::sync::Mutex::new(HashMap::new()),
                 bucket_counts: std::sync::OnceLock::new(),

@@ -122,6 +122,7 @@ impl RedisGate {
         force: bool,
         ledger: i64,
         fence_seen: i64,
+        moves_seen: Option<i64>,
     ) -> PortResult<(String, i64)> {
         let k = self.bucket_keys(&p.product_id, bucket);
         let mut c = self.conn().await?;
@@ -143,6 +144,7 @@ impl RedisGate {
             .arg(if p.paused { "1" } else { "0" })
             .arg(p.control_seq)
             .arg(p.stock_buckets.clamp(1, crate::buckets::MAX_BUCKETS))
+            .arg(moves_seen.map(|m| m.to_string()).unwrap_or_default())
             .invoke_async(&mut c)
             .await
             .map_err(classify)
@@ -174,7 +176,7 @@ impl SaleGate for RedisGate {
         let mut c = self.conn().await?;
         if buckets == 1 {
             let (code, left) = self
-                .warm_bucket(p, 0, force, ledger_remaining, fence_seen)
+                .warm_bucket(p, 0, force, ledger_remaining, fence_seen, None)
                 .await?;
             let answer = match code.as_str() {
                 "warmed" => Warm::Warmed { stock_left: left },
@@ -183,21 +185,24 @@ impl SaleGate for RedisGate {
             };
             return self.listed(p, answer, &mut c).await;
         }
-        // Several buckets: each warm.lua subtracts what its bucket holds
-        // besides its shelf (pending, withdrawing, and, its fence unknown
-        // to the caller, every unit it settled), so each is handed its
-        // share of the rest plus that: the sum never exceeds the ledger
-        // (exact before the sale; the caller's resync, as admin's warm
-        // runs, then sets it).
+        // Several buckets: what one bucket's warm.lua holds back, over
+        // all of them. Read every bucket; the product has for its shelves
+        // the ledger less what every bucket holds off its shelf (pending,
+        // being withdrawn), less what settled since the caller's fence read
+        // (the ledger read may not have seen it), less the units in transit
+        // (they land on a shelf after it is set). Each bucket is handed its
+        // share plus what it held off its shelf, with its own fence as
+        // read: its warm.lua takes off what was admitted or settled there
+        // since, exactly as with one bucket.
         let mut held = Vec::with_capacity(usize::from(buckets));
         for b in 0..buckets {
             held.push(self.bucket_read(&p.product_id, b).await?);
         }
-        let owed = |r: &Option<BucketRead>| {
-            r.as_ref().map_or(0, |r| {
-                r.stats.pending_units + r.stats.withdrawing + r.stats.fence()
-            })
+        let off_shelf = |r: &Option<BucketRead>| {
+            r.as_ref()
+                .map_or(0, |r| r.stats.pending_units + r.stats.withdrawing)
         };
+        let fence = |r: &Option<BucketRead>| r.as_ref().map_or(0, |r| r.stats.fence());
         let now = self.now_ms().await?;
         let started = held
             .iter()
@@ -211,7 +216,7 @@ impl SaleGate for RedisGate {
                 match r {
                     Some(r) => left += r.stats.stock_left,
                     None => {
-                        self.warm_bucket(p, b, true, 0, 0).await?;
+                        self.warm_bucket(p, b, true, 0, 0, None).await?;
                     }
                 }
             }
@@ -219,11 +224,25 @@ impl SaleGate for RedisGate {
                 .listed(p, Warm::AlreadyStarted { stock_left: left }, &mut c)
                 .await;
         }
-        let owed_total: i64 = held.iter().map(owed).sum();
-        let shares = crate::buckets::split((ledger_remaining - owed_total).max(0), buckets);
+        let settled_since = (held.iter().map(fence).sum::<i64>() - fence_seen).max(0);
+        let lent: Vec<crate::buckets::Transfer> =
+            held.iter().flatten().flat_map(|r| r.lent.clone()).collect();
+        let in_transit = self.not_received(&p.product_id, &lent).await?;
+        let available =
+            ledger_remaining - held.iter().map(off_shelf).sum::<i64>() - settled_since - in_transit;
+        let shares = crate::buckets::split(available.max(0), buckets);
         let mut total = 0;
         for ((b, share), r) in (0..buckets).zip(shares).zip(&held) {
-            let (code, left) = self.warm_bucket(p, b, force, share + owed(r), 0).await?;
+            let (code, left) = self
+                .warm_bucket(
+                    p,
+                    b,
+                    force,
+                    share + off_shelf(r),
+                    fence(r),
+                    r.as_ref().map(|r| r.moved),
+                )
+                .await?;
             match code.as_str() {
                 // Started since the read above: as warmed (its shelf set).
                 "warmed" | "started" => total += left,
@@ -231,8 +250,9 @@ impl SaleGate for RedisGate {
             }
         }
         self.known_buckets().insert(p.product_id.clone(), buckets);
-        self.listed(p, Warm::Warmed { stock_left: total }, &mut c)
-            .await
+        // As the stats count it: units in transit are the shelf's.
+        let stock_left = total + in_transit;
+        self.listed(p, Warm::Warmed { stock_left }, &mut c).await
     }
     /// The product's figures: its stock buckets' summed (units lent by one
     /// bucket and not yet received by another count as on the shelf).

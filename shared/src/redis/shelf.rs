@@ -86,13 +86,19 @@ impl RedisGate {
                 .arg(r.stats.fence())
                 .arg(adopt)
                 .arg(moved)
+                .arg(r.stats.returned_units)
                 .invoke_async(&mut c)
                 .await
                 .map_err(classify)?;
-            if code == "synced" {
-                applied += moved;
-                adopt = 0;
+            // A bucket that moved since its read stops the plan: the rest
+            // (the adoption above all) was computed from figures that no
+            // longer hold, and a concurrent resync may be carrying it out
+            // (handing the adoption to the next bucket adopted it twice).
+            if code != "synced" {
+                return Ok(None);
             }
+            applied += moved;
+            adopt = 0;
         }
         Ok(Some(applied))
     }
@@ -263,5 +269,52 @@ impl ShelfGate for RedisGate {
             }
         }
         Ok(finished)
+    }
+    async fn restore_buckets(&self, product: &ProductId) -> PortResult<Vec<u16>> {
+        let k = self.buckets(product).await?;
+        if k == 1 {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn().await?;
+        let mut metas = Vec::with_capacity(usize::from(k));
+        for b in 0..k {
+            let meta: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(self.bucket_keys(product, b).meta())
+                .query_async(&mut c)
+                .await
+                .map_err(classify)?;
+            metas.push(meta);
+        }
+        let warmed = |m: &Vec<(String, String)>| m.iter().any(|(f, _)| f == "limit");
+        // No bucket warmed: not warmed yet (or all forgotten), the
+        // operator's warm-up to do, not the sweeper's.
+        let Some(source) = metas.iter().find(|m| warmed(m)) else {
+            return Ok(Vec::new());
+        };
+        let pairs: Vec<&str> = source
+            .iter()
+            .flat_map(|(f, v)| [f.as_str(), v.as_str()])
+            .collect();
+        let mut restored = Vec::new();
+        for (b, meta) in (0..k).zip(&metas) {
+            if warmed(meta) {
+                continue;
+            }
+            let keys = self.bucket_keys(product, b);
+            let done: i64 = self
+                .inner
+                .scripts
+                .restore
+                .key(keys.meta())
+                .key(keys.stock())
+                .arg(&pairs)
+                .invoke_async(&mut c)
+                .await
+                .map_err(classify)?;
+            if done == 1 {
+                restored.push(b);
+            }
+        }
+        Ok(restored)
     }
 }

@@ -124,6 +124,35 @@ struct Db {
 }
 
 impl Db {
+    /// `slot`'s keys as `past` holds them, every other slot's as they are;
+    /// what the slot lost is lost for good: an older snapshot taken by a
+    /// later failover of every shard must not bring it back.
+    fn restore_slot(&mut self, slot: &[u8], past: &Keyspace) {
+        let in_slot = |k: &Vec<u8>| hash_tag(k) == slot;
+        self.keys.data.retain(|k, _| !in_slot(k));
+        self.keys.expires.retain(|k, _| !in_slot(k));
+        for (k, v) in past.data.iter().filter(|(k, _)| in_slot(k)) {
+            self.keys.data.insert(k.clone(), v.clone());
+        }
+        for (k, t) in past.expires.iter().filter(|(k, _)| in_slot(k)) {
+            self.keys.expires.insert(k.clone(), *t);
+        }
+        let restored = self.keys.clone();
+        for w in &mut self.history {
+            w.slots.remove(slot);
+            w.before.data.retain(|k, _| !in_slot(k));
+            w.before.expires.retain(|k, _| !in_slot(k));
+            for (k, v) in restored.data.iter().filter(|(k, _)| in_slot(k)) {
+                w.before.data.insert(k.clone(), v.clone());
+            }
+            for (k, t) in restored.expires.iter().filter(|(k, _)| in_slot(k)) {
+                w.before.expires.insert(k.clone(), *t);
+            }
+        }
+        self.history.retain(|w| !w.slots.is_empty());
+        self.written();
+    }
+
     fn written(&mut self) {
         if let Some(f) = self.watch_writes.as_mut() {
             f(&View(&self.keys));
@@ -681,32 +710,17 @@ impl SimRedis {
             return 0;
         }
         let past = db.history[writes[writes.len() - n]].before.clone();
-        let in_slot = |k: &Vec<u8>| hash_tag(k) == slot.as_slice();
-        db.keys.data.retain(|k, _| !in_slot(k));
-        db.keys.expires.retain(|k, _| !in_slot(k));
-        for (k, v) in past.data.iter().filter(|(k, _)| in_slot(k)) {
-            db.keys.data.insert(k.clone(), v.clone());
-        }
-        for (k, t) in past.expires.iter().filter(|(k, _)| in_slot(k)) {
-            db.keys.expires.insert(k.clone(), *t);
-        }
-        // What the slot lost is lost for good: an older snapshot taken by a
-        // later failover of every shard must not bring it back.
-        let restored = db.keys.clone();
-        for w in &mut db.history {
-            w.slots.remove(&slot);
-            w.before.data.retain(|k, _| !in_slot(k));
-            w.before.expires.retain(|k, _| !in_slot(k));
-            for (k, v) in restored.data.iter().filter(|(k, _)| in_slot(k)) {
-                w.before.data.insert(k.clone(), v.clone());
-            }
-            for (k, t) in restored.expires.iter().filter(|(k, _)| in_slot(k)) {
-                w.before.expires.insert(k.clone(), *t);
-            }
-        }
-        db.history.retain(|w| !w.slots.is_empty());
-        db.written();
+        db.restore_slot(&slot, &past);
         n
+    }
+
+    /// A failover of the one shard serving `key`'s slot to a replica that
+    /// never had any of it (its warm-up included): every key of the slot
+    /// gone, for good; the other slots keep theirs.
+    pub fn forget_slot(&self, key: &[u8]) {
+        let mut db = lock(&self.db);
+        let slot = hash_tag(key).to_vec();
+        db.restore_slot(&slot, &Keyspace::default());
     }
 
     /// Every replica has caught up: no failover can lose what is written so far.

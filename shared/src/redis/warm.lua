@@ -14,6 +14,10 @@
 --   pause and the end are taken only over older controls (see controls.lua)
 -- ARGV[12] the product's stock buckets (crate::buckets; written above 1 only,
 --   so an unbucketed product's meta is as it always was)
+-- ARGV[13] this bucket's moves (lent_units + received_units) as the caller
+--   read them, or "" (one bucket): units lent since are in transit to a
+--   shelf the caller did not count them on, so they are held back here
+--   (units received since are lost to this shelf: undersold until a resync)
 -- Returns {"warmed", stock_left} | {"started", stock_left}
 
 for i = 1, 4 do
@@ -42,6 +46,14 @@ if placed_since < 0 then
   placed_since = 0
 end
 local left = ledger - pending_units - placed_since
+local moves_read = tonumber(ARGV[13] or "")
+if moves_read then
+  local m = redis.call("HMGET", KEYS[3], "lent_units", "received_units")
+  local since = tonumber(m[1] or "0") + tonumber(m[2] or "0") - moves_read
+  if since > 0 then
+    left = left - since
+  end
+end
 if left < 0 then
   left = 0
 end
