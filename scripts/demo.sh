@@ -53,8 +53,12 @@ if [ "${CHAOS:-0}" = 1 ]; then
   # ledger is 4 shards, so conflicts and throttles hit placements, payments
   # and releases alike.
   export FLASHSALE_DYNAMODB_CAPACITY="${FLASHSALE_DYNAMODB_CAPACITY:-wcu=40,hold_ms=20}"
-  # The rush spread over 3 s; the product's primary fails over 0.5 s in.
-  args+=(--ramp-ms 3000 --failover-after-ms 500 --pay-near-deadline-ms 50 --ledger-shards 4)
+  # The rush spread over 3 s; the product's primary stops replicating once
+  # a tenth of the stock is admitted (admissions still being acknowledged)
+  # and fails over 700 ms later, losing what it acknowledged meanwhile; a
+  # failover that loses nothing fails the demo.
+  args+=(--ramp-ms 3000 --failover-after-ms 0 --failover-after-admitted "$(( ${DEMO_STOCK:-100} / 10 ))"
+    --pay-near-deadline-ms 50 --ledger-shards 4)
   echo "chaos: FLASHSALE_FAULTS=$FLASHSALE_FAULTS, Redis Cluster failover losing acknowledged writes mid-sale" >&2
 fi
 serve=(serve)

@@ -199,9 +199,16 @@ struct LoadArgs {
     lose_decrements: u32,
     /// Chaos: this long into the sale, the product's primary in the Redis
     /// Cluster of `FLASHSALE_REDIS_CLUSTER_DIR` fails over to a replica that
-    /// missed its last writes (see tools::cluster).
+    /// missed its last writes (see tools::cluster); not before
+    /// `--failover-after-admitted` admissions. A failover that loses no
+    /// acknowledged write fails the run: it proved nothing.
     #[arg(long)]
     failover_after_ms: Option<u64>,
+    /// Chaos: the failover's replica stops receiving writes only once the
+    /// sale admitted this many buyers, so it misses admissions still being
+    /// acknowledged (a rush that sells out first leaves it nothing to miss).
+    #[arg(long, default_value_t = 0)]
+    failover_after_admitted: i64,
     /// Write the report as JSON here.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
@@ -279,8 +286,23 @@ async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> 
             )?;
             let gate = RedisGate::new(config::redis_settings()?);
             let keys = gate.keys(&ProductId::parse(product.as_str())?);
+            let after_admitted = a.failover_after_admitted;
             Some(tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
+                let admitted = redis::cmd("HGET")
+                    .arg(keys.stats())
+                    .arg("admitted")
+                    .to_owned();
+                while gate
+                    .command::<Option<i64>>(&admitted)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+                    < after_admitted
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 tokio::task::spawn_blocking(move || {
                     demo::failover(std::path::Path::new(&dir), &keys)
                 })
@@ -371,7 +393,13 @@ async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> 
             && books.paid_units + books.stock_left == books.stock_total
             && payments_accounted
     });
-    let ok = books.balanced() && closed && report.replays_mismatched == 0;
+    let lost_nothing = drill.as_ref().is_some_and(|d| d.lost_writes == 0);
+    if lost_nothing {
+        eprintln!(
+            "the failover lost no acknowledged write, so it proved nothing: its replica stopped receiving writes after the last admission (start it earlier with a lower --failover-after-admitted or --failover-after-ms)"
+        );
+    }
+    let ok = books.balanced() && closed && report.replays_mismatched == 0 && !lost_nothing;
     if a.summary {
         let faults = demo::faults_injected(&api).await?;
         let failover = drill.map_or(String::new(), |d| {

@@ -409,6 +409,16 @@ async fn shelf_due(gate: &RedisGate, truth: &DynamoStore, product: &ProductId) -
     })
 }
 
+/// An operator's forced re-warm of the product, through the admin API.
+fn rewarm_request() -> http::Request<Body> {
+    http::Request::builder()
+        .method("POST")
+        .uri("/api/admin/products/p1/warm?force=true")
+        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Body::Empty)
+        .expect("a valid request")
+}
+
 // ------------------------------------------------------- DynamoDB ----
 
 /// What the checker reads of DynamoDB beyond the ports.
@@ -1216,12 +1226,7 @@ impl World {
         }
         self.log("rewarm".into());
         let admin = self.admin.clone();
-        let req = http::Request::builder()
-            .method("POST")
-            .uri("/api/admin/products/p1/warm?force=true")
-            .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
-            .body(Body::Empty)
-            .expect("a valid request");
+        let req = rewarm_request();
         self.spawn_healer("rewarm", async move {
             admin.handle(req).await.status().as_u16() == 200
         });
@@ -1245,12 +1250,7 @@ impl World {
             .ok()
             .flatten()
             .map(|s| s.withdrawing);
-        let req = http::Request::builder()
-            .method("POST")
-            .uri("/api/admin/products/p1/warm?force=true")
-            .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
-            .body(Body::Empty)
-            .expect("a valid request");
+        let req = rewarm_request();
         let resp = self.admin.handle(req).await;
         let body: serde_json::Value =
             serde_json::from_slice(resp.body().as_ref()).unwrap_or_default();
