@@ -152,6 +152,21 @@ impl<
         now: i64,
         report: &mut SweepReport,
     ) -> Result<(), InfraError> {
+        // Stock buckets a failover forgot the warm-up of (bucket 0's too):
+        // their buyers are refused as from an unwarmed sale and their units
+        // are on no shelf until restored; the resync below fills them.
+        // Before the controls: a pause or end a restore's copy predates is
+        // applied to the restored bucket right after.
+        match self.gate.restore_buckets(product).await {
+            Ok(b) if b.is_empty() => {}
+            Ok(b) => {
+                tracing::warn!(product_id = %product, buckets = ?b, "stock buckets a failover forgot were restored from a sibling's meta, empty; the resync fills them");
+                report.buckets_restored += b.len();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, product_id = %product, "forgotten stock buckets not restored; next run retries")
+            }
+        }
         // The operator's controls as DynamoDB records them: a failover must
         // not resume a paused sale or prolong an ended one.
         // Never at the cost of the outbox below: a failure waits a run.
@@ -184,19 +199,6 @@ impl<
         };
         if let Err(e) = changes.await {
             tracing::warn!(error = %e, product_id = %product, "stock changes not finished; next run retries");
-        }
-        // Stock buckets a failover forgot the warm-up of (bucket 0's too):
-        // their buyers are refused as from an unwarmed sale and their units
-        // are on no shelf until restored; the resync below fills them.
-        match self.gate.restore_buckets(product).await {
-            Ok(b) if b.is_empty() => {}
-            Ok(b) => {
-                tracing::warn!(product_id = %product, buckets = ?b, "stock buckets a failover forgot were restored from a sibling's meta, empty; the resync fills them");
-                report.buckets_restored += b.len();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, product_id = %product, "forgotten stock buckets not restored; next run retries")
-            }
         }
         // Units lent between stock buckets by a mover that died: on no
         // shelf until received (a live mover finishes in milliseconds; one

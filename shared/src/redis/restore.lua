@@ -5,7 +5,7 @@
 -- resync fills it from the ledger. Fields the bucket holds already (a
 -- control applied after the loss) are kept: they are at least as new.
 --
--- KEYS[1] meta  KEYS[2] stock
+-- KEYS[1] meta  KEYS[2] stock  KEYS[3] stats
 -- ARGV: the sibling's meta as field, value, field, value, ...
 -- Returns 1 when it restored the meta, 0 when the bucket has one (nothing
 -- changed).
@@ -22,4 +22,5 @@ end
 if redis.call("EXISTS", KEYS[2]) == 0 then
   redis.call("SET", KEYS[2], 0)
 end
+redis.call("HINCRBY", KEYS[3], "shelf_version", 1)
 return 1

@@ -13,6 +13,10 @@ pub(super) struct BucketRead {
     pub(super) starts_at_ms: i64,
     /// Units it lent plus units it received, ever: moves between buckets.
     pub(super) moved: i64,
+    /// Its `shelf_version` as read before its shelf: bumped by every script
+    /// that sets or corrects the shelf from the ledger (warm.lua, adjust.lua,
+    /// restore.lua), so a correction planned before one of those is refused.
+    pub(super) version: i64,
     /// Its transfers lent and not finished.
     pub(super) lent: Vec<crate::buckets::Transfer>,
 }
@@ -38,7 +42,10 @@ impl RedisGate {
         ) = redis::pipe()
             // The moves before the shelf: a transfer landing between the
             // two reads shows as a move the resync's second read counts.
-            .hmget(k.stats(), &["lent_units", "received_units"])
+            .hmget(
+                k.stats(),
+                &["lent_units", "received_units", "shelf_version"],
+            )
             .hmget(k.meta(), &["stock_total", "ends_at", "starts_at"])
             .get(k.stock())
             .hmget(
@@ -83,11 +90,13 @@ impl RedisGate {
             pending,
             ends_at_ms: meta.get(1).copied().flatten().unwrap_or(0),
         };
-        let moved = moves.iter().map(|m| m.unwrap_or(0)).sum();
+        let m = |i: usize| moves.get(i).copied().flatten().unwrap_or(0);
+        let (moved, version) = (m(0) + m(1), m(2));
         Ok(Some(BucketRead {
             stats,
             starts_at_ms: meta.get(2).copied().flatten().unwrap_or(0),
             moved,
+            version,
             lent: lent
                 .iter()
                 .filter_map(|(id, r)| crate::buckets::Transfer::parse(id, r))
@@ -123,7 +132,7 @@ impl RedisGate {
         ledger: i64,
         fence_seen: i64,
         moves_seen: Option<i64>,
-    ) -> PortResult<(String, i64)> {
+    ) -> PortResult<(String, i64, i64)> {
         let k = self.bucket_keys(&p.product_id, bucket);
         let mut c = self.conn().await?;
         self.inner
@@ -175,7 +184,7 @@ impl SaleGate for RedisGate {
         let buckets = p.stock_buckets.clamp(1, crate::buckets::MAX_BUCKETS);
         let mut c = self.conn().await?;
         if buckets == 1 {
-            let (code, left) = self
+            let (code, left, _) = self
                 .warm_bucket(p, 0, force, ledger_remaining, fence_seen, None)
                 .await?;
             let answer = match code.as_str() {
@@ -232,17 +241,21 @@ impl SaleGate for RedisGate {
             ledger_remaining - held.iter().map(off_shelf).sum::<i64>() - settled_since - in_transit;
         let shares = crate::buckets::split(available.max(0), buckets);
         let mut total = 0;
+        // What a bucket could not hold back (it admitted, settled or lent
+        // more since the read than its share) comes off the next ones'.
+        let mut short = 0;
         for ((b, share), r) in (0..buckets).zip(shares).zip(&held) {
-            let (code, left) = self
+            let (code, left, shortfall) = self
                 .warm_bucket(
                     p,
                     b,
                     force,
-                    share + off_shelf(r),
+                    share - short + off_shelf(r),
                     fence(r),
                     r.as_ref().map(|r| r.moved),
                 )
                 .await?;
+            short = shortfall;
             match code.as_str() {
                 // Started since the read above: as warmed (its shelf set).
                 "warmed" | "started" => total += left,

@@ -86,7 +86,7 @@ impl RedisGate {
                 .arg(r.stats.fence())
                 .arg(adopt)
                 .arg(moved)
-                .arg(r.stats.returned_units)
+                .arg(r.version)
                 .invoke_async(&mut c)
                 .await
                 .map_err(classify)?;
@@ -288,7 +288,15 @@ impl ShelfGate for RedisGate {
         let warmed = |m: &Vec<(String, String)>| m.iter().any(|(f, _)| f == "limit");
         // No bucket warmed: not warmed yet (or all forgotten), the
         // operator's warm-up to do, not the sweeper's.
-        let Some(source) = metas.iter().find(|m| warmed(m)) else {
+        // The newest controls a bucket holds (controls.lua skips a bucket
+        // without meta, and siblings may lag one another).
+        let seq = |m: &Vec<(String, String)>| {
+            m.iter()
+                .find(|(f, _)| f == "control_seq")
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let Some(source) = metas.iter().filter(|m| warmed(m)).max_by_key(|m| seq(m)) else {
             return Ok(Vec::new());
         };
         let pairs: Vec<&str> = source
@@ -307,6 +315,7 @@ impl ShelfGate for RedisGate {
                 .restore
                 .key(keys.meta())
                 .key(keys.stock())
+                .key(keys.stats())
                 .arg(&pairs)
                 .invoke_async(&mut c)
                 .await

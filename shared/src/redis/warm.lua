@@ -18,7 +18,10 @@
 --   read them, or "" (one bucket): units lent since are in transit to a
 --   shelf the caller did not count them on, so they are held back here
 --   (units received since are lost to this shelf: undersold until a resync)
--- Returns {"warmed", stock_left} | {"started", stock_left}
+-- Returns {"warmed", stock_left, shortfall} | {"started", stock_left, 0};
+--   shortfall: units this shelf would need below empty to hold back all it
+--   must (admitted, settled or lent here since the caller's read), which a
+--   bucketed caller takes from the buckets it warms next.
 
 for i = 1, 4 do
   if not tonumber(ARGV[i]) then
@@ -34,7 +37,7 @@ local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local started = redis.call("HGET", KEYS[1], "starts_at")
 if started and now >= tonumber(started) and ARGV[5] ~= "1" then
-  return {"started", tonumber(redis.call("GET", KEYS[2]) or "0")}
+  return {"started", tonumber(redis.call("GET", KEYS[2]) or "0"), 0}
 end
 local s = redis.call("HMGET", KEYS[3], "pending_units", "placed_units", "withdrawn_units", "withdrawing")
 local pending_units = tonumber(s[1] or "0") + tonumber(s[4] or "0")
@@ -54,7 +57,9 @@ if moves_read then
     left = left - since
   end
 end
+local shortfall = 0
 if left < 0 then
+  shortfall = -left
   left = 0
 end
 redis.call("HSET", KEYS[1], "stock_total", ARGV[1], "limit", ARGV[2], "starts_at", ARGV[3])
@@ -79,4 +84,5 @@ redis.call("SET", KEYS[2], left)
 if left > old then
   redis.call("HINCRBY", KEYS[3], "arrived_units", left - old)
 end
-return {"warmed", left}
+redis.call("HINCRBY", KEYS[3], "shelf_version", 1)
+return {"warmed", left, shortfall}
