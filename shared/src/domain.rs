@@ -988,15 +988,6 @@ impl Ledger {
     }
 }
 
-/// What the Redis shelf should show, from the DynamoDB ledger: the ledger's
-/// units minus those admitted but not yet placed. `placed_since` counts units
-/// settled as placed after the ledger was read (they may be in the ledger
-/// read or not; subtracting them can only undercount, which the next resync
-/// heals, never oversell).
-pub fn shelf_target(ledger_remaining: i64, pending_units: i64, placed_since: i64) -> i64 {
-    (ledger_remaining - pending_units - placed_since).max(0)
-}
-
 /// When the outbox sweeper re-sends a pending request: never sent (the
 /// function died before its send) and older than `unsent_after_ms`, or last
 /// sent longer ago than SQS may still be delivering it (`resend_after_ms`,
@@ -1152,12 +1143,6 @@ mod tests {
             ..recorded
         };
         assert_eq!(confirmed.shelf_for(0), 10);
-    }
-
-    #[test]
-    fn the_shelf_target_never_goes_negative() {
-        assert_eq!(shelf_target(10, 3, 2), 5);
-        assert_eq!(shelf_target(1, 3, 0), 0);
     }
 
     #[test]

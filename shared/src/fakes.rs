@@ -1,8 +1,9 @@
 //! Test support for handler unit tests. DynamoDB is the real adapter on the
-//! embedded DynamoDB ([`store`]): no second copy of its writes. Redis and SQS
-//! are in-memory fakes that do not re-implement the admission rule (that
-//! lives in `redis/admit.lua` and is tested on a real Redis): the fake gate
-//! answers what a test scripts.
+//! embedded DynamoDB ([`store`]): no second copy of its writes. SQS and the
+//! Redis gate are in-memory fakes that re-implement no Redis rule: the fake
+//! gate answers what a test scripts. A test whose outcome is a rule of the
+//! Lua scripts (admission, stock changes, the resync) runs the real gate on
+//! a simulated Redis instead ([`simulated_gate`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -95,7 +96,6 @@ impl Failures {
 }
 
 /// A stock change's state on the fake shelf and a taken one's audit entry.
-type ShelfRecord = (String, Option<AuditEntry>);
 
 #[derive(Default)]
 pub struct FakeGate {
@@ -104,9 +104,8 @@ pub struct FakeGate {
     pub kill_switch: Mutex<KillSwitch>,
     /// Each sale's copy of the deny list.
     pub denials: Mutex<HashMap<ProductId, HashMap<UserId, i64>>>,
-    /// Stock changes' states (`taken:<n>`, ...) and a taken one's audit entry,
-    /// by (product, key); the shelf is `stats` (absent = not warmed).
-    pub stock_changes: Mutex<HashMap<(ProductId, String), ShelfRecord>>,
+    /// The resyncs asked for: product, ledger read, fence seen.
+    pub resyncs: Mutex<Vec<(ProductId, Ledger, i64)>>,
     pub admissions: Mutex<VecDeque<Admission>>,
     pub purchases: Mutex<Vec<Purchase>>,
     pub requests: Mutex<HashMap<RequestId, RequestView>>,
@@ -239,81 +238,23 @@ impl ShelfGate for FakeGate {
         }
         Ok(true)
     }
+    /// The fake holds no shelf: a stock change finds the sale cold here.
+    /// Tests whose outcome is a shelf rule (stock changes, the resync) run
+    /// the real scripts on [`simulated_gate`].
     async fn change_shelf(
         &self,
-        change: &StockChange,
-        step: ShelfStep,
-        entry: Option<&AuditEntry>,
+        _: &StockChange,
+        _: ShelfStep,
+        _: Option<&AuditEntry>,
     ) -> PortResult<ShelfChange> {
         self.failures.check("redis").await?;
-        let mut stats = lock(&self.stats);
-        let Some(stats) = stats.as_mut() else {
-            return Ok(ShelfChange::Cold);
-        };
-        let mut changes = lock(&self.stock_changes);
-        let id = (change.product_id.clone(), change.key.as_str().to_owned());
-        let n = change.units();
-        let state = changes.get(&id).map(|(s, _)| s.clone());
-        let taken = format!("taken:{n}");
-        let to = match step {
-            ShelfStep::Take | ShelfStep::Claim if state.is_some() => {
-                return Ok(ShelfChange::Seen(state.unwrap_or_default()));
-            }
-            ShelfStep::Add if state.is_some() && state != Some(format!("adding:{n}")) => {
-                return Ok(ShelfChange::Seen(state.unwrap_or_default()));
-            }
-            ShelfStep::Claim => "adding",
-            ShelfStep::Settle | ShelfStep::Undo if state.as_deref() != Some(taken.as_str()) => {
-                return Ok(ShelfChange::Seen(state.unwrap_or_default()));
-            }
-            ShelfStep::Take if stats.stock_left < n => {
-                return Ok(ShelfChange::Short {
-                    on_shelf: stats.stock_left,
-                });
-            }
-            ShelfStep::Take => {
-                stats.stock_left -= n;
-                stats.stock_total -= n;
-                stats.withdrawing += n;
-                "taken"
-            }
-            ShelfStep::Settle => {
-                stats.withdrawing -= n;
-                stats.withdrawn_units += n;
-                "withdrawn"
-            }
-            ShelfStep::Undo => {
-                stats.withdrawing -= n;
-                stats.stock_left += n;
-                stats.stock_total += n;
-                "refused"
-            }
-            ShelfStep::Add => {
-                stats.stock_left += n;
-                stats.stock_total += n;
-                stats.returned_units += n;
-                "added"
-            }
-        };
-        let keep = if to == "taken" { entry.cloned() } else { None };
-        changes.insert(id, (format!("{to}:{n}"), keep));
-        Ok(ShelfChange::Done)
+        Ok(ShelfChange::Cold)
     }
-    async fn withdrawals_taken(
-        &self,
-        product: &ProductId,
-    ) -> PortResult<Vec<(StockChange, AuditEntry)>> {
+    async fn withdrawals_taken(&self, _: &ProductId) -> PortResult<Vec<(StockChange, AuditEntry)>> {
         self.failures.check("redis").await?;
-        Ok(lock(&self.stock_changes)
-            .iter()
-            .filter(|((p, _), (state, _))| p == product && state.starts_with("taken:"))
-            .filter_map(|((p, key), (state, entry))| {
-                let n: i64 = state.strip_prefix("taken:")?.parse().ok()?;
-                let key = crate::domain::IdempotencyKey::parse(key).ok()?;
-                Some((StockChange::new(p.clone(), key, -n).ok()?, entry.clone()?))
-            })
-            .collect())
+        Ok(Vec::new())
     }
+    /// Records the call; the fake corrects nothing (see [`Self::change_shelf`]).
     async fn resync(
         &self,
         product: &ProductId,
@@ -321,25 +262,8 @@ impl ShelfGate for FakeGate {
         fence_seen: i64,
     ) -> PortResult<Option<i64>> {
         self.failures.check("redis").await?;
-        let pending_units: i64 = lock(&self.pending)
-            .iter()
-            .filter(|m| m.product_id == *product)
-            .map(|m| i64::from(m.quantity.get()))
-            .sum();
-        let mut stats = lock(&self.stats);
-        let stats = stats.get_or_insert_with(ProductStats::default);
-        if stats.fence() < fence_seen {
-            return Ok(None);
-        }
-        let target = crate::domain::shelf_target(
-            ledger.shelf_for(stats.returned_units),
-            pending_units + stats.withdrawing,
-            stats.fence() - fence_seen,
-        );
-        let drift = target - stats.stock_left;
-        stats.stock_left = target;
-        stats.returned_units += ledger.adoptable(stats.returned_units);
-        Ok(Some(drift))
+        lock(&self.resyncs).push((product.clone(), ledger.clone(), fence_seen));
+        Ok(Some(0))
     }
     /// One bucket: nothing is ever lent.
     async fn finish_transfers(&self, _: &ProductId, _: i64) -> PortResult<usize> {
@@ -634,4 +558,48 @@ pub fn failed_ids(r: &SqsBatchResponse) -> Vec<&str> {
         .collect();
     ids.sort();
     ids
+}
+
+/// The real gate over a simulated Redis running the production Lua, its
+/// clock now: for handler tests whose outcome is a Redis rule (stock
+/// changes, the resync), so that no rule is written twice in this module.
+#[cfg(any(test, feature = "sim"))]
+pub fn simulated_gate() -> (crate::redis::sim::SimRedis, crate::redis::RedisGate) {
+    let redis =
+        crate::redis::sim::SimRedis::new(time::OffsetDateTime::now_utc().unix_timestamp() * 1000);
+    let gate = crate::redis::RedisGate::simulated(redis.clone(), "fs");
+    (redis, gate)
+}
+
+/// Warms `product` on `gate` from a ledger read of `ledger_units` (a test
+/// may pass more than DynamoDB holds: a shelf a failover left too high).
+pub async fn warm(gate: &impl SaleGate, product: &Product, ledger_units: i64) {
+    let warmed = gate
+        .warm(product, false, ledger_units, 0)
+        .await
+        .expect("the gate warms the sale");
+    assert!(matches!(warmed, Warm::Warmed { .. }), "{warmed:?}");
+}
+
+/// `n` buyers admitted to one unit each (requests pending, not yet placed).
+pub async fn admit_buyers(
+    gate: &impl AdmissionGate,
+    product: &ProductId,
+    n: usize,
+) -> Vec<RequestId> {
+    let mut admitted = Vec::with_capacity(n);
+    for i in 0..n {
+        let purchase = Purchase {
+            request_id: RequestId::new(product),
+            product_id: product.clone(),
+            user_id: UserId::parse(format!("buyer{i}")).expect("valid user id"),
+            quantity: crate::domain::Quantity::new(1).expect("valid quantity"),
+            idempotency_key: None,
+            client_ip: None,
+        };
+        let answer = gate.admit(&purchase).await.expect("the gate answers");
+        assert!(matches!(answer, Admission::Admitted { .. }), "{answer:?}");
+        admitted.push(purchase.request_id);
+    }
+    admitted
 }

@@ -239,10 +239,10 @@ pub trait ShelfGate: Send + Sync {
         product: &ProductId,
     ) -> impl Future<Output = PortResult<Vec<(StockChange, AuditEntry)>>> + Send;
 
-    /// Sets the shelf to [`crate::domain::shelf_target`] of what the
-    /// DynamoDB `ledger` (read after `fence_seen`) allows this shelf
-    /// ([`Ledger::shelf_for`]). Returns the correction applied, or None when
-    /// Redis went back in time meanwhile.
+    /// Heals the shelf from what the DynamoDB `ledger` (read after
+    /// `fence_seen`) allows it ([`Ledger::shelf_for`]), less the units
+    /// pending and being withdrawn here (`resync.lua`). Returns the
+    /// correction applied, or None when Redis went back in time meanwhile.
     fn resync(
         &self,
         product: &ProductId,
@@ -302,9 +302,9 @@ pub trait ControlGate: Send + Sync {
 /// The stock gate's sales: warm-up, counters, the set of live sales, and
 /// Redis' clock.
 pub trait SaleGate: Send + Sync {
-    /// Loads a product; the shelf is [`crate::domain::shelf_target`] of the
-    /// ledger's `ledger_remaining`, read after `fence_seen` (0 before
-    /// any sale), as the resync computes it.
+    /// Loads a product; the shelf is the ledger's `ledger_remaining`, read
+    /// after `fence_seen` (0 before any sale), less the units pending,
+    /// being withdrawn and settled since that read (`warm.lua`).
     fn warm(
         &self,
         product: &Product,

@@ -220,30 +220,35 @@ pub async fn shelve_addition<G: ShelfGate, S: StockLedger>(
 mod tests {
     use super::*;
     use crate::aws::DynamoStore;
-    use crate::domain::{IdempotencyKey, ProductId, ProductStats, from_unix_ms};
-    use crate::fakes::{FakeGate, Probe, stocked};
+    use crate::domain::{IdempotencyKey, ProductId, from_unix_ms};
+    use crate::fakes::{Probe, admit_buyers, simulated_gate, stocked, warm};
     use crate::ports::prelude::*;
+    use crate::redis::RedisGate;
 
     const NOW: i64 = 1_700_000_000_000;
 
     /// A warmed sale of 30 units, 10 of them admitted (pending).
-    async fn sale() -> (FakeGate, DynamoStore, ProductId) {
+    async fn sale() -> (RedisGate, DynamoStore, ProductId) {
         sale_with_ledger(30).await
     }
 
     /// The same shelf, the ledger holding `units` (a failover may leave the
     /// shelf showing more than the ledger has).
-    async fn sale_with_ledger(units: u32) -> (FakeGate, DynamoStore, ProductId) {
-        let store = stocked("p1", units).await.0;
-        let p = ProductId::parse("p1").unwrap();
-        let gate = FakeGate::default();
-        *gate.stats.lock().unwrap() = Some(ProductStats {
-            stock_total: 30,
-            stock_left: 20,
-            pending_units: 10,
-            ..ProductStats::default()
-        });
+    async fn sale_with_ledger(units: u32) -> (RedisGate, DynamoStore, ProductId) {
+        let (store, p) = cold_sale(units).await;
+        let (_, gate) = simulated_gate();
+        let product = store.product(&p).await.unwrap().unwrap();
+        warm(&gate, &product, 30).await;
+        admit_buyers(&gate, &p, 10).await;
         (gate, store, p)
+    }
+
+    /// A product of `units` in DynamoDB, warmed nowhere.
+    async fn cold_sale(units: u32) -> (DynamoStore, ProductId) {
+        (
+            stocked("p1", units).await.0,
+            ProductId::parse("p1").unwrap(),
+        )
     }
 
     fn change(p: &ProductId, key: &str, delta: i64) -> StockChange {
@@ -260,8 +265,9 @@ mod tests {
         }
     }
 
-    fn shelf(gate: &FakeGate) -> (i64, i64, i64) {
-        let s = gate.stats.lock().unwrap().clone().unwrap();
+    /// The shelf, the units being withdrawn, the units withdrawn.
+    async fn shelf(gate: &RedisGate, p: &ProductId) -> (i64, i64, i64) {
+        let s = gate.stats(p).await.unwrap().expect("a warmed sale");
         (s.stock_left, s.withdrawing, s.withdrawn_units)
     }
 
@@ -273,7 +279,7 @@ mod tests {
             super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
             Outcome::Applied { new: true }
         );
-        assert_eq!(shelf(&gate), (5, 0, 15));
+        assert_eq!(shelf(&gate, &p).await, (5, 0, 15));
         let ledger = store.ledger_of(&p).await;
         assert_eq!((ledger.remaining, ledger.withdrawn), (15, 15));
         // A retry changes nothing and says so.
@@ -281,7 +287,7 @@ mod tests {
             super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
             Outcome::Applied { new: false }
         );
-        assert_eq!(shelf(&gate), (5, 0, 15));
+        assert_eq!(shelf(&gate, &p).await, (5, 0, 15));
         assert_eq!(store.ledger_of(&p).await.remaining, 15);
         assert_eq!(store.audit(Some(&p)).await.unwrap().len(), 1);
         // The admitted units are not the operator's to withdraw.
@@ -292,7 +298,7 @@ mod tests {
                 .unwrap(),
             Outcome::Short { on_shelf: Some(5) }
         );
-        assert_eq!(shelf(&gate), (5, 0, 15));
+        assert_eq!(shelf(&gate, &p).await, (5, 0, 15));
         assert_eq!(store.ledger_of(&p).await.remaining, 15);
         // The same key for another change.
         let other = change(&p, "w1", -3);
@@ -312,7 +318,7 @@ mod tests {
         gate.change_shelf(&c, ShelfStep::Take, Some(&entry(&p)))
             .await
             .unwrap();
-        assert_eq!(shelf(&gate), (16, 4, 0));
+        assert_eq!(shelf(&gate, &p).await, (16, 4, 0));
         let taken = gate.withdrawals_taken(&p).await.unwrap();
         assert_eq!(taken, [(c.clone(), entry(&p))]);
         // The sweeper's finish.
@@ -322,7 +328,7 @@ mod tests {
                 .unwrap(),
             Outcome::Applied { new: true }
         );
-        assert_eq!(shelf(&gate), (16, 0, 4));
+        assert_eq!(shelf(&gate, &p).await, (16, 0, 4));
         assert_eq!(store.ledger_of(&p).await.remaining, 26);
         assert!(gate.withdrawals_taken(&p).await.unwrap().is_empty());
         // And the operator's retry finds it done.
@@ -343,7 +349,7 @@ mod tests {
             super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
             Outcome::Short { on_shelf: None }
         );
-        assert_eq!(shelf(&gate), (20, 0, 0));
+        assert_eq!(shelf(&gate, &p).await, (20, 0, 0));
         assert_eq!(store.ledger_of(&p).await.remaining, 3);
         assert!(store.audit(Some(&p)).await.unwrap().is_empty());
         // A retry answers alike and moves nothing.
@@ -351,7 +357,7 @@ mod tests {
             super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
             Outcome::Short { on_shelf: None }
         );
-        assert_eq!(shelf(&gate), (20, 0, 0));
+        assert_eq!(shelf(&gate, &p).await, (20, 0, 0));
     }
 
     /// Found in review: a withdrawal took units under a key and died; an
@@ -383,7 +389,7 @@ mod tests {
             record(&gate, &store, &w, &entry(&p)).await.unwrap(),
             Outcome::KeyReused
         );
-        assert_eq!(shelf(&gate), (20, 0, 0));
+        assert_eq!(shelf(&gate, &p).await, (20, 0, 0));
         assert!(gate.withdrawals_taken(&p).await.unwrap().is_empty());
     }
 
@@ -392,9 +398,8 @@ mod tests {
     /// leave the shelf offering the withdrawn units.
     #[tokio::test]
     async fn a_cold_withdrawal_heals_a_shelf_warmed_from_an_older_ledger() {
-        let (gate, store, p) = sale().await;
-        let mut warmed = gate.stats.lock().unwrap().take().unwrap();
-        warmed.stock_left = 30;
+        let (store, p) = cold_sale(30).await;
+        let (_, gate) = simulated_gate();
         let c = change(&p, "w1", -5);
         assert_eq!(
             super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
@@ -403,11 +408,11 @@ mod tests {
         assert_eq!(store.ledger_of(&p).await.remaining, 25);
         // The warm-up read the ledger before the withdrawal and set the
         // shelf after it; then it heals, as the admin's warm does.
-        *gate.stats.lock().unwrap() = Some(warmed);
-        assert_eq!(shelf(&gate).0, 30, "offering the withdrawn units");
+        let product = store.product(&p).await.unwrap().unwrap();
+        warm(&gate, &product, 30).await;
+        assert_eq!(shelf(&gate, &p).await.0, 30, "offering the withdrawn units");
         heal_shelf(&gate, &store, &p).await.unwrap();
-        // The ledger's 25 (the fake's outbox holds no pending request).
-        assert_eq!(shelf(&gate).0, 25);
+        assert_eq!(shelf(&gate, &p).await.0, 25);
     }
 
     #[tokio::test]
@@ -426,7 +431,7 @@ mod tests {
             std::slice::from_ref(&c)
         );
         assert!(shelve_addition(&gate, &store, &c).await.unwrap());
-        assert_eq!(shelf(&gate).0, 27);
+        assert_eq!(shelf(&gate, &p).await.0, 27);
         assert_eq!(store.ledger_of(&p).await.releasing, 0);
         assert!(store.stock_changes_due(&p).await.unwrap().is_empty());
         // Finished: neither a second finish nor the retry adds again.
@@ -435,7 +440,7 @@ mod tests {
             super::change(&gate, &store, &c, &entry(&p)).await.unwrap(),
             Outcome::Applied { new: false }
         );
-        assert_eq!(shelf(&gate).0, 27);
+        assert_eq!(shelf(&gate, &p).await.0, 27);
         assert_eq!(store.product(&p).await.unwrap().unwrap().stock, 37);
     }
 }

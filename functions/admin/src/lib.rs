@@ -511,8 +511,8 @@ mod tests {
     const PRODUCT: &str = r#"{"product_id":"p1","name":"Phone","stock":100,"per_buyer_limit":1,"price":49900,"currency":"EUR",
         "starts_at":"2026-01-01T00:00:00Z","ends_at":"2026-01-02T00:00:00Z"}"#;
 
-    async fn call(
-        a: &TestAdmin,
+    async fn call<G: ShelfGate + ControlGate + SaleGate>(
+        a: &Admin<G, DynamoStore>,
         method: &str,
         path: &str,
         token: &str,
@@ -757,15 +757,32 @@ mod tests {
         assert_eq!(copy(&a), ["bot7"]);
     }
 
+    /// On the real scripts (a simulated Redis): the shelf's rules are theirs.
     #[tokio::test]
     async fn stock_changes_need_a_key_and_stop_at_what_buyers_were_admitted_to() {
-        let a = admin().await;
-        call(&a, "POST", "/api/admin/products", "s3cret", PRODUCT).await;
-        *a.gate.stats.lock().unwrap() = Some(shared::domain::ProductStats {
-            stock_total: 100,
-            stock_left: 40,
-            ..Default::default()
-        });
+        let fake = admin().await;
+        let a = Admin {
+            gate: shared::fakes::simulated_gate().1,
+            store: fake.store,
+            token: fake.token,
+            clock: fake.clock,
+        };
+        // On sale now, 60 of its 100 units admitted.
+        let rfc = |t: time::OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let on_sale = PRODUCT
+            .replace("2026-01-01T00:00:00Z", &rfc(now - time::Duration::hours(1)))
+            .replace("2026-01-02T00:00:00Z", &rfc(now + time::Duration::hours(1)));
+        call(&a, "POST", "/api/admin/products", "s3cret", &on_sale).await;
+        let (status, _) = call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
+        assert_eq!(status, 200);
+        let p = ProductId::parse("p1").unwrap();
+        shared::fakes::admit_buyers(&a.gate, &p, 60).await;
+        let shelf = || async { a.gate.stats(&p).await.unwrap().unwrap().stock_left };
+        assert_eq!(shelf().await, 40);
         let change = |key: Option<&str>, body: &str| {
             let mut req = http::Request::builder()
                 .method("POST")
@@ -806,10 +823,7 @@ mod tests {
         assert_eq!(status, 422);
         let (status, body) = change(Some("k3"), r#"{"delta":5,"reason":"found a pallet"}"#).await;
         assert_eq!((status, &body["stock_total"]), (200, &json!(95)));
-        assert_eq!(
-            a.gate.stats.lock().unwrap().as_ref().unwrap().stock_left,
-            35
-        );
+        assert_eq!(shelf().await, 35);
         let (_, body) = call(&a, "GET", "/api/admin/products/p1/audit", "s3cret", "").await;
         let actions: Vec<&str> = body["entries"]
             .as_array()

@@ -9,7 +9,7 @@
 //!   alone: copies of it would only spend receives. Duplicates are harmless
 //!   anyway: the consumer's conditional write absorbs them.
 //! - The Redis shelf is healed from the DynamoDB stock ledger, while the sale
-//!   runs: shelf = ledger - units pending here (`domain::shelf_target`). A
+//!   runs: shelf = ledger - units pending here (`resync.lua`). A
 //!   failover that forgot admissions, decrements or settlements is corrected
 //!   within one schedule period.
 //! - A product whose sale ended over an hour ago with nothing pending is
@@ -375,6 +375,34 @@ mod tests {
         (s, faults)
     }
 
+    /// A sweeper over the real gate on a simulated Redis (the shelf's rules
+    /// are its scripts'), clocked now, and a store holding these products.
+    async fn simulated_sweeper(
+        products: &[(&str, u32)],
+    ) -> Sweeper<shared::redis::RedisGate, FakeQueue, DynamoStore> {
+        let (fake, _) = sweeper_of(products).await;
+        Sweeper {
+            gate: shared::fakes::simulated_gate().1,
+            queue: fake.queue,
+            store: fake.store,
+            older_than_ms: fake.older_than_ms,
+            resend_after_ms: fake.resend_after_ms,
+            max_per_product: fake.max_per_product,
+        }
+    }
+
+    /// Warms `id` on the simulated gate from a ledger read of `units`.
+    async fn warm(
+        s: &Sweeper<shared::redis::RedisGate, FakeQueue, DynamoStore>,
+        id: &str,
+        units: i64,
+    ) -> ProductId {
+        let p = ProductId::parse(id).unwrap();
+        let product = s.store.product(&p).await.unwrap().unwrap();
+        shared::fakes::warm(&s.gate, &product, units).await;
+        p
+    }
+
     fn sent_ids(s: &TestSweeper) -> Vec<String> {
         s.queue
             .sent()
@@ -433,17 +461,14 @@ mod tests {
     /// Stock changes whose call died midway: an addition recorded but not
     /// on the shelf, a withdrawal taken off the shelf but not recorded (once
     /// its call had the re-publish threshold to finish it itself).
+    /// On the real scripts (a simulated Redis).
     #[tokio::test]
     async fn stock_changes_a_crash_interrupted_are_finished() {
         use shared::domain::{AuditEntry, IdempotencyKey, StockChange, from_unix_ms};
         use shared::ports::ShelfStep;
-        let (s, _) = sweeper_of(&[("p1", 50)]).await;
-        let p = ProductId::parse("p1").unwrap();
-        *s.gate.stats.lock().unwrap() = Some(ProductStats {
-            stock_total: 50,
-            stock_left: 50,
-            ..ProductStats::default()
-        });
+        let s = simulated_sweeper(&[("p1", 50)]).await;
+        let p = warm(&s, "p1", 50).await;
+        let now = s.gate.now_ms().await.unwrap();
         let change = |key: &str, delta: i64| {
             StockChange::new(p.clone(), IdempotencyKey::parse(key).unwrap(), delta).unwrap()
         };
@@ -455,13 +480,13 @@ mod tests {
             reason: "r".into(),
         };
         let (add, old, fresh) = (change("a", 5), change("w-old", -3), change("w-new", -2));
-        s.store.change_stock(&add, &entry(NOW)).await.unwrap();
+        s.store.change_stock(&add, &entry(now)).await.unwrap();
         s.gate
-            .change_shelf(&old, ShelfStep::Take, Some(&entry(NOW - 60_000)))
+            .change_shelf(&old, ShelfStep::Take, Some(&entry(now - 60_000)))
             .await
             .unwrap();
         s.gate
-            .change_shelf(&fresh, ShelfStep::Take, Some(&entry(NOW - 1_000)))
+            .change_shelf(&fresh, ShelfStep::Take, Some(&entry(now - 1_000)))
             .await
             .unwrap();
         // Issue 18, hole D: a fresh withdrawal DynamoDB already recorded,
@@ -469,11 +494,11 @@ mod tests {
         // the minute left to an unrecorded one's call.
         let lost = change("w-lost", -4);
         s.gate
-            .change_shelf(&lost, ShelfStep::Take, Some(&entry(NOW - 1_000)))
+            .change_shelf(&lost, ShelfStep::Take, Some(&entry(now - 1_000)))
             .await
             .unwrap();
         s.store
-            .change_stock(&lost, &entry(NOW - 1_000))
+            .change_stock(&lost, &entry(now - 1_000))
             .await
             .unwrap();
         s.sweep().await.unwrap();
@@ -483,7 +508,7 @@ mod tests {
         let left = s.gate.withdrawals_taken(&p).await.unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].0, fresh);
-        let stats = s.gate.stats.lock().unwrap().clone().unwrap();
+        let stats = s.gate.stats(&p).await.unwrap().unwrap();
         assert_eq!((stats.withdrawing, stats.withdrawn_units), (2, 7));
     }
 
@@ -617,24 +642,18 @@ mod tests {
     }
 
     /// Hole 1: the shelf heals from the ledger while requests are in flight:
-    /// ledger minus the units still pending.
+    /// ledger minus the units still pending. On the real scripts.
     #[tokio::test]
     async fn a_busy_shelf_follows_the_ledger_minus_what_is_pending() {
-        let (s, _) = sweeper_of(&[("p1", 3)]).await;
+        let s = simulated_sweeper(&[("p1", 3)]).await;
         // Redis shows 7 units (it lost decrements); DynamoDB has 3 left, one
         // request (1 unit) is still on its way to DynamoDB.
-        *s.gate.stats.lock().unwrap() = Some(ProductStats {
-            stock_left: 7,
-            ..ProductStats::default()
-        });
-        s.gate
-            .pending
-            .lock()
-            .unwrap()
-            .push(pending("p1", 1, NOW - 1_000));
-        let shelf = || s.gate.stats.lock().unwrap().as_ref().unwrap().stock_left;
+        let p = warm(&s, "p1", 8).await;
+        shared::fakes::admit_buyers(&s.gate, &p, 1).await;
+        let shelf = || async { s.gate.stats(&p).await.unwrap().unwrap().stock_left };
+        assert_eq!(shelf().await, 7);
         assert_eq!(s.sweep().await.unwrap().resync_drift, -5);
-        assert_eq!(shelf(), 2);
+        assert_eq!(shelf().await, 2);
         assert_eq!(s.sweep().await.unwrap().resync_drift, 0);
     }
 }

@@ -13,7 +13,7 @@ use redis::{
 
 #[cfg(feature = "node-capacity")]
 use super::capacity;
-#[cfg(feature = "sim")]
+#[cfg(any(test, feature = "sim"))]
 use super::sim;
 use super::{RedisGate, classify, write};
 use crate::error::InfraError;
@@ -25,7 +25,7 @@ use crate::ports::PortResult;
 pub(super) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection, Arc<Answers>),
-    #[cfg(feature = "sim")]
+    #[cfg(any(test, feature = "sim"))]
     Sim(sim::SimRedis),
     #[cfg(feature = "node-capacity")]
     Limited(Box<Conn>, Arc<capacity::Nodes>),
@@ -104,7 +104,7 @@ impl ConnectionLike for Conn {
                 answers.observe(&result);
                 result
             }),
-            #[cfg(feature = "sim")]
+            #[cfg(any(test, feature = "sim"))]
             Self::Sim(c) => c.req_packed_command(cmd),
             #[cfg(feature = "node-capacity")]
             Self::Limited(c, nodes) => Box::pin(async move {
@@ -126,7 +126,7 @@ impl ConnectionLike for Conn {
                 answers.observe(&result);
                 result
             }),
-            #[cfg(feature = "sim")]
+            #[cfg(any(test, feature = "sim"))]
             Self::Sim(c) => c.req_packed_commands(pipeline, offset, count),
             #[cfg(feature = "node-capacity")]
             Self::Limited(c, _) => c.req_packed_commands(pipeline, offset, count),
@@ -136,7 +136,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c, _) => c.get_db(),
-            #[cfg(feature = "sim")]
+            #[cfg(any(test, feature = "sim"))]
             Self::Sim(c) => c.get_db(),
             #[cfg(feature = "node-capacity")]
             Self::Limited(c, _) => c.get_db(),

@@ -23,7 +23,7 @@ pub fn kill_switch(namespace: &str) -> String {
 /// What Redis Cluster hashes to pick a key's slot: the text between the
 /// first `{` and the next `}` when that is not empty, else the whole key
 /// (for the simulated Redis and the benchmarks' node model).
-#[cfg(any(feature = "sim", feature = "node-capacity"))]
+#[cfg(any(test, feature = "sim", feature = "node-capacity"))]
 pub(crate) fn hash_tag(key: &[u8]) -> &[u8] {
     let Some(open) = key.iter().position(|b| *b == b'{') else {
         return key;

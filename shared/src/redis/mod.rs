@@ -27,7 +27,7 @@ pub mod keys;
 mod routing;
 mod sale;
 mod shelf;
-#[cfg(feature = "sim")]
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 mod transfers;
 
@@ -161,7 +161,7 @@ impl RedisGate {
     }
 
     /// This gate over a simulated Redis (deterministic simulations).
-    #[cfg(feature = "sim")]
+    #[cfg(any(test, feature = "sim"))]
     pub fn simulated(redis: sim::SimRedis, namespace: &str) -> Self {
         let gate = Self::new(RedisSettings {
             url: "sim://".into(),
