@@ -158,11 +158,18 @@ impl RequestId {
     pub fn parse(value: &str) -> Result<Self, ValidationError> {
         let bad = || ValidationError::BadId {
             field: "request_id",
-            rule: "<product_id>.<uuid>, as returned by the buy endpoint".into(),
+            rule: "<product_id>.<uuid> (lower-case, hyphenated), as returned by the buy endpoint"
+                .into(),
         };
         let (product, id) = value.split_once('.').ok_or_else(bad)?;
         ProductId::parse(product).map_err(|_| bad())?;
-        uuid::Uuid::try_parse(id).map_err(|_| bad())?;
+        // The hyphenated lower-case form only, as ids are made: a braced,
+        // URN, simple or upper-case spelling of the same UUID would be
+        // stored and keyed as another request.
+        let uuid = uuid::Uuid::try_parse(id).map_err(|_| bad())?;
+        if uuid.hyphenated().to_string() != id {
+            return Err(bad());
+        }
         Ok(Self {
             raw: value.to_owned(),
             product_len: product.len(),
@@ -262,10 +269,16 @@ pub enum OrderStatus {
     Paid,
     Cancelled,
     Expired,
+    /// Paid, then the provider refunded the payment. The unit was sold: it
+    /// does not come back on sale.
+    Refunded,
+    /// Paid, then the buyer disputed the payment with their bank (a
+    /// chargeback); a refund may still follow. The unit stays sold.
+    Disputed,
 }
 
 impl OrderStatus {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 9] = [
         Self::Pending,
         Self::Placed,
         Self::Rejected,
@@ -273,6 +286,8 @@ impl OrderStatus {
         Self::Paid,
         Self::Cancelled,
         Self::Expired,
+        Self::Refunded,
+        Self::Disputed,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -283,6 +298,8 @@ impl OrderStatus {
             Self::Paid => "paid",
             Self::Cancelled => "cancelled",
             Self::Expired => "expired",
+            Self::Refunded => "refunded",
+            Self::Disputed => "disputed",
         }
     }
     pub fn parse(value: &str) -> Option<Self> {
@@ -298,8 +315,17 @@ impl OrderStatus {
     pub fn was_placed(self) -> bool {
         matches!(
             self,
-            Self::Placed | Self::Paid | Self::Cancelled | Self::Expired
+            Self::Placed
+                | Self::Paid
+                | Self::Cancelled
+                | Self::Expired
+                | Self::Refunded
+                | Self::Disputed
         )
+    }
+    /// Paid once: the unit was sold, whatever the money did since.
+    pub fn was_paid(self) -> bool {
+        matches!(self, Self::Paid | Self::Refunded | Self::Disputed)
     }
     /// A release: the reservation ended unpaid and its units went back.
     pub fn is_release(self) -> bool {
@@ -942,6 +968,10 @@ pub struct Ledger {
     pub releasing: i64,
     pub paid: i64,
     pub paid_units: i64,
+    /// Paid orders the provider refunded, and those disputed (a dispute
+    /// later refunded counts in both). Their units stay sold.
+    pub refunded: i64,
+    pub disputed: i64,
     pub cancelled: i64,
     pub expired: i64,
     /// Units given back by cancelled and expired orders.
@@ -1075,6 +1105,13 @@ mod tests {
             "p42.",
             "p42.not-a-uuid",
             ".0190a5b2-0000-7000-8000-000000000000",
+            // Issue 31, item 4: one canonical form (what the buy endpoint
+            // returns): the other spellings of the same UUID are refused,
+            // never stored raw beside it.
+            "p42.{0190a5b2-0000-7000-8000-000000000000}",
+            "p42.urn:uuid:0190a5b2-0000-7000-8000-000000000000",
+            "p42.0190a5b2000070008000000000000000",
+            "p42.0190A5B2-0000-7000-8000-000000000000",
         ] {
             assert!(RequestId::parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -357,9 +357,21 @@ impl<T: LifecycleStore> LifecycleStore for Faulty<T> {
             .check(FaultPoint::LifecycleReplyLost, "dynamodb")?;
         Ok(written)
     }
-    async fn record_refund(&self, record: &PaymentRecord) -> PortResult<bool> {
+    async fn reverse(
+        &self,
+        order: &RequestView,
+        record: &PaymentRecord,
+        now_ms: i64,
+    ) -> PortResult<PaymentWrite> {
         self.plan.check(FaultPoint::StorePut, "dynamodb")?;
-        let written = self.inner.record_refund(record).await?;
+        let written = self.inner.reverse(order, record, now_ms).await?;
+        self.plan
+            .check(FaultPoint::LifecycleReplyLost, "dynamodb")?;
+        Ok(written)
+    }
+    async fn record_event(&self, record: &PaymentRecord) -> PortResult<bool> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        let written = self.inner.record_event(record).await?;
         self.plan
             .check(FaultPoint::LifecycleReplyLost, "dynamodb")?;
         Ok(written)

@@ -97,6 +97,8 @@ pub fn total<'a>(shards: impl IntoIterator<Item = &'a Ledger>) -> Ledger {
         releasing: t.releasing + s.releasing,
         paid: t.paid + s.paid,
         paid_units: t.paid_units + s.paid_units,
+        refunded: t.refunded + s.refunded,
+        disputed: t.disputed + s.disputed,
         cancelled: t.cancelled + s.cancelled,
         expired: t.expired + s.expired,
         released: t.released + s.released,

@@ -88,11 +88,28 @@ pub struct PaymentEvent {
     pub status: String,
 }
 
+/// What a provider's event says happened to the money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// `succeeded`: a payment captured.
+    Captured,
+    /// `refunded`: a payment given back (of any amount: the event's amount
+    /// is kept in its record).
+    Refunded,
+    /// `disputed`: the buyer's bank opened a chargeback.
+    Disputed,
+    /// Anything else (`pending`, `failed`, ...): acknowledged, ignored.
+    Other,
+}
+
 impl PaymentEvent {
-    /// Only a captured payment moves an order; other notifications are
-    /// acknowledged and ignored.
-    pub fn succeeded(&self) -> bool {
-        self.status == "succeeded"
+    pub fn kind(&self) -> EventKind {
+        match self.status.as_str() {
+            "succeeded" => EventKind::Captured,
+            "refunded" => EventKind::Refunded,
+            "disputed" => EventKind::Disputed,
+            _ => EventKind::Other,
+        }
     }
 }
 
@@ -129,24 +146,49 @@ pub enum PaymentOutcome {
     Paid,
     AmountMismatch,
     OrderNotPayable,
+    /// A refund moved the paid (or disputed) order to `refunded`.
+    Refunded,
+    /// A dispute moved the paid order to `disputed`.
+    Disputed,
+    /// A refund or dispute of an order that was not paid (or was refunded
+    /// already): recorded, the order left as it was. The refund of a
+    /// payment recorded `refund_due` is one.
+    NotPaid,
 }
 
 impl PaymentOutcome {
+    const ALL: [Self; 6] = [
+        Self::Paid,
+        Self::AmountMismatch,
+        Self::OrderNotPayable,
+        Self::Refunded,
+        Self::Disputed,
+        Self::NotPaid,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Paid => "paid",
             Self::AmountMismatch => "amount_mismatch",
             Self::OrderNotPayable => "order_not_payable",
+            Self::Refunded => "refunded",
+            Self::Disputed => "disputed",
+            Self::NotPaid => "not_paid",
         }
     }
     pub fn parse(value: &str) -> Option<Self> {
-        [Self::Paid, Self::AmountMismatch, Self::OrderNotPayable]
-            .into_iter()
-            .find(|o| o.as_str() == value)
+        Self::ALL.into_iter().find(|o| o.as_str() == value)
     }
     /// The money was taken but bought nothing: it must be refunded.
     pub fn refund_due(self) -> bool {
-        self != Self::Paid
+        matches!(self, Self::AmountMismatch | Self::OrderNotPayable)
+    }
+    /// The status a refund or dispute moves its order to, if any.
+    pub fn moves_to(self) -> Option<OrderStatus> {
+        match self {
+            Self::Refunded => Some(OrderStatus::Refunded),
+            Self::Disputed => Some(OrderStatus::Disputed),
+            _ => None,
+        }
     }
 }
 
@@ -172,6 +214,20 @@ pub fn decide(order: &RequestView, event: &PaymentEvent, now_ms: i64) -> Payment
         PaymentOutcome::AmountMismatch
     } else {
         PaymentOutcome::Paid
+    }
+}
+
+/// What a refund or dispute (`kind`) does to `order`: a refund ends a paid
+/// or disputed order `refunded`, a dispute a paid one `disputed`; any
+/// other order is left as it is (the event is still recorded). The
+/// conditional write re-checks the status.
+pub fn decide_reversal(order: &RequestView, kind: EventKind) -> PaymentOutcome {
+    match (kind, order.status) {
+        (EventKind::Refunded, OrderStatus::Paid | OrderStatus::Disputed) => {
+            PaymentOutcome::Refunded
+        }
+        (EventKind::Disputed, OrderStatus::Paid) => PaymentOutcome::Disputed,
+        _ => PaymentOutcome::NotPaid,
     }
 }
 

@@ -188,6 +188,8 @@ pub trait AdmissionGate: Send + Sync {
                 OrderStatus::Placed
                 | OrderStatus::Pending
                 | OrderStatus::Paid
+                | OrderStatus::Refunded
+                | OrderStatus::Disputed
                 | OrderStatus::Cancelled
                 | OrderStatus::Expired => self.settle(msg, Settled::Placed).await.map(drop),
             }
@@ -391,7 +393,8 @@ pub enum Transition {
 /// Result of writing a payment onto its order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentWrite {
-    Paid,
+    /// The event moved its order (paid, refunded, disputed) and is recorded.
+    Written,
     /// The event was recorded before (a concurrent duplicate delivery).
     EventExists,
     /// The order was not payable at the write: its status then.
@@ -468,12 +471,22 @@ pub trait LifecycleStore: Send + Sync {
         now_ms: i64,
     ) -> impl Future<Output = PortResult<PaymentWrite>> + Send;
 
-    /// Records a payment that bought nothing as due for refund; false when
-    /// the event was recorded before.
-    fn record_refund(
+    /// paid (or disputed) -> refunded, paid -> disputed: the provider's
+    /// refund or dispute of the payment `record` decided, recorded once
+    /// per event id and counted; the order must be DynamoDB's own view and
+    /// is moved only from the status it was read in.
+    fn reverse(
         &self,
+        order: &RequestView,
         record: &PaymentRecord,
-    ) -> impl Future<Output = PortResult<bool>> + Send;
+        now_ms: i64,
+    ) -> impl Future<Output = PortResult<PaymentWrite>> + Send;
+
+    /// Records an event that moves no order: a payment that bought nothing
+    /// (counted due for refund), or a refund or dispute of an order that
+    /// was not paid. False when the event was recorded before.
+    fn record_event(&self, record: &PaymentRecord)
+    -> impl Future<Output = PortResult<bool>> + Send;
 
     fn payment(
         &self,
@@ -817,11 +830,19 @@ impl<T: LifecycleStore> LifecycleStore for std::sync::Arc<T> {
     ) -> impl Future<Output = PortResult<PaymentWrite>> + Send {
         (**self).pay(order, event, now_ms)
     }
-    fn record_refund(
+    fn reverse(
+        &self,
+        order: &RequestView,
+        record: &PaymentRecord,
+        now_ms: i64,
+    ) -> impl Future<Output = PortResult<PaymentWrite>> + Send {
+        (**self).reverse(order, record, now_ms)
+    }
+    fn record_event(
         &self,
         record: &PaymentRecord,
     ) -> impl Future<Output = PortResult<bool>> + Send {
-        (**self).record_refund(record)
+        (**self).record_event(record)
     }
     fn payment(
         &self,

@@ -36,8 +36,12 @@ pub struct Audit {
     pub open: i64,
     pub rejected: i64,
     pub compensated: i64,
+    /// Orders paid once (whatever the provider did since), and their units.
     pub paid: i64,
     pub paid_units: i64,
+    /// Paid orders now refunded / disputed (their units stay sold).
+    pub refunded: i64,
+    pub disputed: i64,
     pub cancelled: i64,
     pub expired: i64,
     /// Units given back by releases (the ledger's count).
@@ -47,6 +51,9 @@ pub struct Audit {
     pub refund_due: i64,
     /// The ledger's paid count disagrees with the paid orders by this much.
     pub paid_miscount: i64,
+    /// The ledger's refund count disagrees with the refunded orders (a
+    /// refund moves one order and counts once; refunded is final).
+    pub refunded_miscount: i64,
     /// The stock ledger's units for the shelf (remaining - releasing).
     pub ledger_remaining: i64,
     /// Units sold beyond the stock.
@@ -89,6 +96,12 @@ impl Audit {
                 self.paid_miscount
             ));
         }
+        if self.refunded_miscount != 0 {
+            p.push(format!(
+                "the ledger counts {} refunded orders more than DynamoDB holds",
+                self.refunded_miscount
+            ));
+        }
         if decided < self.admitted {
             p.push(format!(
                 "{} requests admitted in Redis but only {decided} orders decided in DynamoDB",
@@ -125,7 +138,7 @@ impl fmt::Display for Audit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "admitted={} placed={} stock_left={} oversold={} duplicate_buyers={} rejected={} compensated={} pending={} restocked={} ledger_remaining={} stock_total={} added={} withdrawn={} paid={} cancelled={} expired={} released={} refund_due={} open={}",
+            "admitted={} placed={} stock_left={} oversold={} duplicate_buyers={} rejected={} compensated={} pending={} restocked={} ledger_remaining={} stock_total={} added={} withdrawn={} paid={} cancelled={} expired={} released={} refund_due={} open={} refunded={} disputed={}",
             self.admitted,
             self.placed,
             self.stock_left,
@@ -145,6 +158,8 @@ impl fmt::Display for Audit {
             self.released,
             self.refund_due,
             self.open,
+            self.refunded,
+            self.disputed,
         )
     }
 }
@@ -184,16 +199,21 @@ pub async fn audit(gate: &RedisGate, store: &DynamoStore, product: &ProductId) -
         if o.status.was_placed() {
             a.placed += 1;
         }
-        if matches!(o.status, OrderStatus::Placed | OrderStatus::Paid) {
+        // Held: reserved, or sold (paid, and whatever the provider did
+        // with the money since: the unit does not come back).
+        if o.status.was_placed() && !o.status.is_release() {
             a.placed_units += units;
             *per_buyer.entry(o.user_id.to_string()).or_default() += 1;
         }
+        if o.status.was_paid() {
+            a.paid += 1;
+            a.paid_units += units;
+        }
         match o.status {
             OrderStatus::Placed => a.open += 1,
-            OrderStatus::Paid => {
-                a.paid += 1;
-                a.paid_units += units;
-            }
+            OrderStatus::Paid => {}
+            OrderStatus::Refunded => a.refunded += 1,
+            OrderStatus::Disputed => a.disputed += 1,
             OrderStatus::Cancelled => a.cancelled += 1,
             OrderStatus::Expired => a.expired += 1,
             OrderStatus::Rejected => a.rejected += 1,
@@ -202,6 +222,7 @@ pub async fn audit(gate: &RedisGate, store: &DynamoStore, product: &ProductId) -
         }
     }
     a.paid_miscount = ledger.paid - a.paid;
+    a.refunded_miscount = ledger.refunded - a.refunded;
     a.oversold = (a.placed_units - a.stock_total).max(0);
     a.duplicate_buyers = per_buyer.values().filter(|n| **n > 1).count() as i64;
     Ok(a)

@@ -45,7 +45,7 @@ async fn writes_whose_replies_were_lost_land_once() {
     let again = store.pay(&paid, &event, 0).await.unwrap();
     assert_eq!(
         (first, again),
-        (PaymentWrite::Paid, PaymentWrite::EventExists)
+        (PaymentWrite::Written, PaymentWrite::EventExists)
     );
 
     let released = store.order(&b.request_id).await.unwrap().unwrap();

@@ -282,101 +282,216 @@ fn request_state_outlives_every_message_and_resends_wait_for_redeliveries() {
     assert!(resend["Default"].as_i64().unwrap() > in_flight_ms);
 }
 
+/// A function's DynamoDB rights: each action, the key prefixes it may
+/// touch (`LeadingKeys`), or the index it may query.
+fn dynamodb_rights(t: &Value, binary: &str) -> BTreeSet<(String, String)> {
+    let mut rights = BTreeSet::new();
+    for p in function(t, binary)["Properties"]["Policies"]
+        .as_sequence()
+        .unwrap()
+    {
+        let Some(statements) = p.get("Statement").and_then(Value::as_sequence) else {
+            continue;
+        };
+        for st in statements {
+            let actions: Vec<&str> = match &st["Action"] {
+                Value::String(a) => vec![a.as_str()],
+                v => v
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap())
+                    .collect(),
+            };
+            for action in actions.iter().filter_map(|a| a.strip_prefix("dynamodb:")) {
+                match tagged(&st["Resource"]) {
+                    Some((tag, index)) if tag == "Sub" => {
+                        let index = index.as_str().unwrap();
+                        let name = index
+                            .strip_prefix("arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/${FlashSaleTable}/index/")
+                            .unwrap_or_else(|| panic!("{binary}: {action} on {index}"));
+                        rights.insert((action.to_owned(), format!("index {name}")));
+                    }
+                    _ => {
+                        assert_eq!(get_att(&st["Resource"]), "FlashSaleTable.Arn", "{binary}");
+                        let keys =
+                            st["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+                                .as_sequence()
+                                .unwrap_or_else(|| panic!("{binary}: {action} on any key"));
+                        for k in keys {
+                            rights.insert((action.to_owned(), k.as_str().unwrap().to_owned()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    rights
+}
+
+/// Issue 31, item 3: least privilege. No function holds a SAM DynamoDB
+/// policy template (Scan, batch writes, deletes on every key and index) or
+/// any right on `Resource: "*"`; each holds the DynamoDB actions its code
+/// issues on the key prefixes it touches (a transaction's items are
+/// checked one by one against PutItem / UpdateItem / DeleteItem /
+/// GetItem), and Query only on the index it reads.
 #[test]
 fn each_function_gets_only_the_access_it_needs() {
     let t = template();
-    // A policy template or statement by its key; a managed policy by
-    // `!Ref <name>`; a conditional one by `!If <condition>`.
-    let policies = |binary: &str| -> Vec<(String, Value)> {
+    let policies = |binary: &str| -> Vec<Value> {
         function(&t, binary)["Properties"]["Policies"]
             .as_sequence()
             .unwrap()
-            .iter()
-            .map(|p| match tagged(p) {
-                Some((tag, v)) if tag == "Ref" => {
-                    (format!("!Ref {}", v.as_str().unwrap()), v.clone())
-                }
-                Some((tag, v)) => (format!("!{tag} {}", v[0].as_str().unwrap()), v.clone()),
-                None => {
-                    let (k, v) = p.as_mapping().unwrap().iter().next().unwrap();
-                    (k.as_str().unwrap().to_owned(), v.clone())
-                }
-            })
+            .clone()
+    };
+    // Every statement a function may hold: its own and its managed ones.
+    let mut all_statements = Vec::new();
+    for (_, f) in functions(&t) {
+        let binary = f["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
+        for p in policies(binary) {
+            if let Some((k, _)) = p.as_mapping().and_then(|m| m.iter().next()) {
+                let k = k.as_str().unwrap();
+                assert!(!k.starts_with("DynamoDB"), "{binary} holds {k}");
+            }
+            all_statements.extend(p["Statement"].as_sequence().cloned().unwrap_or_default());
+        }
+    }
+    for (_, r) in resources(&t) {
+        if r["Type"] == "AWS::IAM::ManagedPolicy" {
+            for st in r["Properties"]["PolicyDocument"]["Statement"]
+                .as_sequence()
+                .unwrap()
+            {
+                // A conditional statement: `!If [cond, statement, NoValue]`.
+                let st = tagged(st).map_or(st, |(_, v)| &v[1]);
+                all_statements.push(st.clone());
+            }
+        }
+    }
+    for st in &all_statements {
+        assert_ne!(st["Resource"], "*", "{st:?}");
+    }
+    let prefix = |key: String| format!("{}#*", key.split('#').next().unwrap());
+    let (order, product, ledger, purchase) = (
+        prefix(table::order("r")),
+        prefix(table::product("p")),
+        prefix(table::ledger_shard("p", 1)),
+        prefix(table::purchase("p", "u")),
+    );
+    let (payment, switch, deny, stock, audit) = (
+        prefix(table::payment("e")),
+        prefix(table::KILL_SWITCH.into()),
+        prefix(table::denial("u")),
+        prefix(table::stock_change("p", "k")),
+        prefix(table::audit(Some("p"))),
+    );
+    let gsi1 = format!("index {}", table::GSI1);
+    let gsi2 = format!("index {}", table::GSI2);
+    let rights = |spec: &[(&str, &[&String])]| -> BTreeSet<(String, String)> {
+        spec.iter()
+            .flat_map(|(action, keys)| keys.iter().map(|k| (action.to_string(), k.to_string())))
             .collect()
     };
-    let names =
-        |binary: &str| -> Vec<String> { policies(binary).into_iter().map(|(k, _)| k).collect() };
-    let redis_auth = "!If HasRedisAuth";
-    let edge = "!If HasEdge";
+    // What each function's code issues (helper-3's reading of
+    // shared/src/aws/dynamodb, issue 31): every function that talks to
+    // Redis reads the product, which the gate falls back to when Redis
+    // lost a product's routing.
+    let expected: [(&str, BTreeSet<(String, String)>); 8] = [
+        (
+            "deduct",
+            rights(&[("GetItem", &[&order, &product]), ("PutItem", &[&order])]),
+        ),
+        (
+            "order-status",
+            rights(&[
+                ("GetItem", &[&order, &product, &ledger]),
+                ("UpdateItem", &[&order, &product, &ledger]),
+                ("DeleteItem", &[&purchase]),
+            ]),
+        ),
+        (
+            "payment-webhook",
+            rights(&[
+                ("GetItem", &[&payment, &order]),
+                ("PutItem", &[&payment]),
+                ("UpdateItem", &[&order, &product, &ledger]),
+            ]),
+        ),
+        (
+            "order-expirer",
+            rights(&[
+                ("Query", &[&gsi2]),
+                ("GetItem", &[&order, &product, &ledger]),
+                ("UpdateItem", &[&order, &product, &ledger]),
+                ("DeleteItem", &[&purchase]),
+            ]),
+        ),
+        (
+            "admin",
+            rights(&[
+                ("Query", &[&gsi1]),
+                ("GetItem", &[&product, &ledger, &switch, &deny, &stock]),
+                ("PutItem", &[&product, &ledger, &audit, &deny, &stock]),
+                ("UpdateItem", &[&product, &ledger, &switch, &stock]),
+                ("DeleteItem", &[&deny]),
+            ]),
+        ),
+        (
+            "order-consumer",
+            rights(&[
+                ("GetItem", &[&order, &product, &ledger]),
+                ("PutItem", &[&order, &purchase]),
+                ("UpdateItem", &[&product, &ledger]),
+            ]),
+        ),
+        (
+            "compensation",
+            rights(&[("GetItem", &[&order, &product]), ("PutItem", &[&order])]),
+        ),
+        (
+            "outbox-sweeper",
+            rights(&[
+                ("Query", &[&gsi1]),
+                (
+                    "GetItem",
+                    &[&switch, &deny, &product, &ledger, &stock, &order],
+                ),
+                ("PutItem", &[&stock, &audit]),
+                ("UpdateItem", &[&product, &ledger, &stock]),
+            ]),
+        ),
+    ];
     assert_eq!(
-        names("deduct"),
-        vec![
-            "SQSSendMessagePolicy",
-            "Statement",
-            "Statement",
-            redis_auth,
-            edge
-        ]
+        expected.len(),
+        functions(&t).len(),
+        "every function's rights are listed"
     );
-    // The init warm-up's one SQS call, on the orders queue only.
-    let warm_up = &policies("deduct")[1].1[0];
-    assert_eq!(warm_up["Action"].as_str(), Some("sqs:GetQueueAttributes"));
-    assert_eq!(get_att(&warm_up["Resource"]), "OrdersQueue.Arn");
-    // Deduct may only write and read order items.
-    let statement = &policies("deduct")[2].1[0];
-    let mut actions: Vec<&str> = statement["Action"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    actions.sort();
-    assert_eq!(actions, vec!["dynamodb:GetItem", "dynamodb:PutItem"]);
-    assert_eq!(get_att(&statement["Resource"]), "FlashSaleTable.Arn");
-    assert_eq!(
-        statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"][0],
-        "ORDER#*"
-    );
-    assert_eq!(
-        names("outbox-sweeper"),
-        vec![
-            "SQSSendMessagePolicy",
-            "DynamoDBReadPolicy",
-            "Statement",
-            redis_auth
-        ]
-    );
-    // The sweeper writes only what finishing a stock change writes.
-    let statement = &policies("outbox-sweeper")[2].1[0];
-    let keys: Vec<&str> = statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|k| k.as_str().unwrap())
-        .collect();
-    assert_eq!(keys, ["STOCK#*", "PRODUCT#*", "LEDGER#*", "AUDIT#*"]);
-    for (prefix, item) in [
-        ("STOCK#", table::stock_change("p", "k")),
-        ("PRODUCT#", table::product("p")),
-        ("AUDIT#", table::audit(Some("p"))),
-    ] {
-        assert!(item.starts_with(prefix), "{item}");
+    for (binary, rights) in expected {
+        assert_eq!(dynamodb_rights(&t, binary), rights, "{binary}");
     }
-    for binary in ["order-consumer", "compensation", "order-expirer"] {
+    // SQS: deduct and the sweeper send to the orders queue, deduct's init
+    // warm-up reads its attributes.
+    for binary in ["deduct", "outbox-sweeper"] {
+        let send = &policies(binary)[0]["SQSSendMessagePolicy"];
         assert_eq!(
-            names(binary),
-            vec!["DynamoDBCrudPolicy", redis_auth],
+            get_att(&send["QueueName"]),
+            "OrdersQueue.QueueName",
             "{binary}"
         );
     }
-    assert_eq!(
-        names("order-status"),
-        vec!["DynamoDBCrudPolicy", redis_auth, edge]
-    );
-    // Each secret is readable only by the function that needs it.
+    let warm_up = &policies("deduct")[1]["Statement"][0];
+    assert_eq!(warm_up["Action"].as_str(), Some("sqs:GetQueueAttributes"));
+    assert_eq!(get_att(&warm_up["Resource"]), "OrdersQueue.Arn");
+    // Each secret is readable only by the function that needs it; a
+    // customer managed key only when one is given.
     let reads_parameter = |binary: &str, parameter: &str| {
-        let statement = &policies(binary)[1].1[0];
-        assert_eq!(statement["Action"], "ssm:GetParameter", "{binary}");
+        let ps = policies(binary);
+        let statement = ps
+            .iter()
+            .filter_map(|p| p["Statement"].as_sequence())
+            .flatten()
+            .find(|st| st["Action"] == "ssm:GetParameter")
+            .unwrap_or_else(|| panic!("{binary} reads no parameter"));
         let (tag, arn) = tagged(&statement["Resource"]).unwrap();
         assert_eq!(tag, "Sub");
         assert!(
@@ -385,46 +500,28 @@ fn each_function_gets_only_the_access_it_needs() {
                 .ends_with(&format!(":parameter${{{parameter}}}")),
             "{binary}: {arn:?}"
         );
+        let decrypt = ps
+            .iter()
+            .filter_map(|p| tagged(p))
+            .find(|(_, v)| is_ref(&v[1], "SecretsDecryptPolicy"))
+            .unwrap_or_else(|| panic!("{binary} cannot decrypt under a customer key"));
+        assert_eq!(decrypt.1[0], "HasSecretsKey", "{binary}");
     };
-    assert_eq!(
-        names("admin"),
-        vec![
-            "DynamoDBCrudPolicy",
-            "Statement",
-            "!Ref SecretsDecryptPolicy",
-            redis_auth
-        ]
-    );
     reads_parameter("admin", "AdminTokenParameter");
-    assert_eq!(
-        names("payment-webhook"),
-        vec![
-            "DynamoDBCrudPolicy",
-            "Statement",
-            "!Ref SecretsDecryptPolicy"
-        ]
-    );
     reads_parameter("payment-webhook", "PaymentWebhookSecretParameter");
-    for (_, f) in functions(&t) {
-        let binary = f["Metadata"]["BuildProperties"]["Binary"].as_str().unwrap();
-        for (name, args) in policies(binary) {
-            if name == "Statement" || name.starts_with('!') {
-                continue;
-            }
-            if name.starts_with("DynamoDB") {
-                assert!(
-                    is_ref(&args["TableName"], "FlashSaleTable"),
-                    "{binary}: {name}"
-                );
-            } else {
-                assert_eq!(
-                    get_att(&args["QueueName"]),
-                    "OrdersQueue.QueueName",
-                    "{binary}"
-                );
-            }
-        }
-    }
+    let decrypt = &t["Resources"]["SecretsDecryptPolicy"];
+    assert_eq!(decrypt["Condition"], "HasSecretsKey");
+    assert!(is_ref(
+        &decrypt["Properties"]["PolicyDocument"]["Statement"][0]["Resource"],
+        "SecretsKmsKeyArn"
+    ));
+    // Redis AUTH is required whenever TLS is on (ElastiCache takes a token
+    // only then); the local stack passes RedisTls=false.
+    let rule = &t["Rules"]["RedisAuthWithTls"];
+    assert_eq!(
+        tagged(&rule["RuleCondition"]).unwrap().1[0],
+        tagged(&t["Conditions"]["UseTls"]).unwrap().1[0]
+    );
 }
 
 #[test]
@@ -664,4 +761,155 @@ fn the_edge_is_optional_and_only_buyer_functions_require_it() {
         })
         .collect();
     assert_eq!(requiring, ["deduct", "order-status"]);
+}
+
+/// Issue 31, item 6: the HTTP API writes one JSON line per request (who,
+/// which route, the answer, how long) to a log group that expires, and
+/// nothing a request carries: no header (the Authorization one), no query
+/// string, no body.
+#[test]
+fn the_api_logs_every_request_as_json_without_secrets_or_bodies() {
+    let t = template();
+    let logs = &t["Resources"]["FlashSaleApi"]["Properties"]["AccessLogSettings"];
+    assert_eq!(get_att(&logs["DestinationArn"]), "ApiAccessLogs.Arn");
+    let group = &t["Resources"]["ApiAccessLogs"];
+    assert_eq!(group["Type"], "AWS::Logs::LogGroup");
+    assert!(is_ref(
+        &group["Properties"]["RetentionInDays"],
+        "AccessLogRetentionDays"
+    ));
+    let format = logs["Format"].as_str().expect("a format string");
+    let line: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(format).expect("the format is one JSON object");
+    for (field, variable) in [
+        ("requestId", "$context.requestId"),
+        ("routeKey", "$context.routeKey"),
+        ("status", "$context.status"),
+        ("responseLatencyMs", "$context.responseLatency"),
+        ("buyer", "$context.authorizer.claims.sub"),
+        ("iamCaller", "$context.identity.userArn"),
+        ("sourceIp", "$context.identity.sourceIp"),
+    ] {
+        assert_eq!(
+            line.get(field).and_then(|v| v.as_str()),
+            Some(variable),
+            "{field}"
+        );
+    }
+    for v in line.values() {
+        let v = v.as_str().expect("string fields");
+        assert!(v.starts_with("$context."), "{v}: only context variables");
+        for secret in [
+            "header",
+            "request.",
+            "body",
+            "querystring",
+            "stageVariables",
+        ] {
+            assert!(
+                !v.to_lowercase().contains(&secret.to_lowercase()),
+                "{v} logs what a request carries"
+            );
+        }
+    }
+}
+
+/// Issue 31, item 2: a flood of a public route neither takes the buy
+/// route's budget nor deduct's concurrency, and cannot miss the edge's
+/// cache of the product page by varying a query string or a header.
+#[test]
+fn public_routes_have_their_own_budgets_and_deduct_keeps_its_concurrency() {
+    let t = template();
+    let r = &t["Resources"];
+    let routes = &r["FlashSaleApi"]["Properties"]["RouteSettings"];
+    for route in [
+        "GET /api/flash-sale/products/{product_id}",
+        "POST /api/payments/webhook",
+    ] {
+        assert!(
+            is_ref(
+                &routes[route]["ThrottlingRateLimit"],
+                "PublicRouteRateLimit"
+            ),
+            "{route}"
+        );
+        assert!(
+            is_ref(
+                &routes[route]["ThrottlingBurstLimit"],
+                "PublicRouteBurstLimit"
+            ),
+            "{route}"
+        );
+    }
+    // Every route in RouteSettings is one a function serves.
+    let served: BTreeSet<String> = functions(&t)
+        .into_iter()
+        .flat_map(|(_, f)| {
+            f["Properties"]["Events"]
+                .as_mapping()
+                .map(|e| e.values().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .filter(|e| e["Type"] == "HttpApi")
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["Properties"]["Method"].as_str().unwrap(),
+                e["Properties"]["Path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for route in routes.as_mapping().unwrap().keys() {
+        assert!(served.contains(route.as_str().unwrap()), "{route:?}");
+    }
+    for (binary, parameter, condition) in [
+        ("deduct", "DeductReservedConcurrency", "ReservesDeduct"),
+        (
+            "order-status",
+            "OrderStatusMaxConcurrency",
+            "CapsOrderStatus",
+        ),
+        (
+            "payment-webhook",
+            "PaymentWebhookMaxConcurrency",
+            "CapsPaymentWebhook",
+        ),
+    ] {
+        let reserved = &function(&t, binary)["Properties"]["ReservedConcurrentExecutions"];
+        let (tag, args) = tagged(reserved).expect("an !If");
+        assert_eq!(tag, "If", "{binary}");
+        assert_eq!(args[0], condition, "{binary}");
+        assert!(is_ref(&args[1], parameter), "{binary}");
+        assert!(
+            t["Parameters"][parameter]["Default"].as_i64().unwrap() > 0,
+            "{parameter} is on by default"
+        );
+    }
+    // The edge: no query string in any cache key; the product page's key
+    // holds no header either.
+    let key = |policy: &str| &r[policy]["Properties"]["CachePolicyConfig"]["ParametersInCacheKeyAndForwardedToOrigin"];
+    for policy in ["EdgeCachePolicy", "EdgePublicCachePolicy"] {
+        assert_eq!(
+            key(policy)["QueryStringsConfig"]["QueryStringBehavior"],
+            "none",
+            "{policy}"
+        );
+    }
+    assert_eq!(
+        key("EdgePublicCachePolicy")["HeadersConfig"]["HeaderBehavior"],
+        "none"
+    );
+    let behaviors = &r["EdgeDistribution"]["Properties"]["DistributionConfig"]["CacheBehaviors"];
+    let page = behaviors
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|b| b["PathPattern"] == "/api/flash-sale/products/*")
+        .expect("a behaviour for the product page");
+    assert!(is_ref(&page["CachePolicyId"], "EdgePublicCachePolicy"));
+    assert_eq!(
+        page["AllowedMethods"].as_sequence().unwrap().len(),
+        2,
+        "GET and HEAD only"
+    );
 }

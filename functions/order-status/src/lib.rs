@@ -104,14 +104,13 @@ impl<G: AdmissionGate + ShelfGate + SaleGate, S: OrderBook + LifecycleStore + Ca
         read: Read,
     ) -> Result<RequestView, ApiError> {
         let caller = self.caller(req)?;
-        let view = self
-            .lookup(id, &caller, read)
+        // Someone else's order answers exactly as a missing one: a 403
+        // would tell whether an id (a keyed one is a UUIDv5 of a guessable
+        // key) belongs to a purchase.
+        self.lookup(id, &caller, read)
             .await?
-            .ok_or_else(|| ApiError::new(404, "unknown_request"))?;
-        if view.user_id.as_str() != caller {
-            return Err(ApiError::new(403, "forbidden"));
-        }
-        Ok(view)
+            .filter(|view| view.user_id.as_str() == caller)
+            .ok_or_else(|| ApiError::new(404, "unknown_request"))
     }
 
     async fn read(&self, req: &Request, id: &RequestId) -> Result<HttpResponse, ApiError> {
@@ -298,7 +297,7 @@ mod tests {
         let event = payment_event(&msg, "e1");
         assert_eq!(
             a.store.pay(&order, &event, NOW).await.unwrap(),
-            PaymentWrite::Paid
+            PaymentWrite::Written
         );
         let path = format!("/api/flash-sale/orders/{}?user_id=u1", msg.request_id);
         let (status, body) = call(&a, "GET", &path).await;
@@ -363,7 +362,16 @@ mod tests {
     async fn cancel_refusals() {
         let (a, faults) = api().await;
         let msg = placed(&a).await;
-        assert_eq!(call(&a, "POST", &cancel_path(&msg, "u2")).await.0, 403);
+        // Issue 31, item 4: someone else's order answers as a missing one.
+        let (status, body) = call(&a, "POST", &cancel_path(&msg, "u2")).await;
+        let missing = call(
+            &a,
+            "POST",
+            &cancel_path(&order_message("p1", "u1", NOW), "u2"),
+        )
+        .await;
+        assert_eq!((status, body), missing);
+        assert_eq!(missing.0, 404);
         let unauthenticated = format!("/api/flash-sale/orders/{}/cancel", msg.request_id);
         assert_eq!(call(&a, "POST", &unauthenticated).await.0, 401);
         let unknown = order_message("p1", "u1", NOW);
@@ -446,7 +454,7 @@ mod tests {
             let ledger = a.store.ledger_of(&msg.product_id).await;
             match end {
                 OrderStatus::Paid => {
-                    assert_eq!(paid, PaymentWrite::Paid);
+                    assert_eq!(paid, PaymentWrite::Written);
                     assert_eq!(status, 409);
                     assert_eq!((ledger.remaining, ledger.released), (9, 0));
                 }
@@ -588,7 +596,10 @@ mod tests {
         let v = view(OrderStatus::Placed);
         a.gate.put_request(v.clone());
         let base = format!("/api/flash-sale/orders/{}", v.request_id);
-        assert_eq!(get(&a, &format!("{base}?user_id=u2")).await.0, 403);
+        let other = get(&a, &format!("{base}?user_id=u2")).await;
+        assert_eq!(other.0, 404);
+        let missing = "/api/flash-sale/orders/p1.0190a5b2-0000-7000-8000-000000000000?user_id=u2";
+        assert_eq!(other, get(&a, missing).await);
         assert_eq!(get(&a, &base).await.0, 401);
         assert_eq!(
             get(&a, "/api/flash-sale/orders/garbage?user_id=u1").await.0,

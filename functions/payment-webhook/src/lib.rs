@@ -1,9 +1,11 @@
 //! `POST /api/payments/webhook`: the payment provider reports a captured
-//! payment. The signature (`Flashsale-Signature`) is the authentication; the
-//! event id makes it idempotent. Every payment ends recorded: it pays a
-//! placed order before its deadline, or it is recorded `refund_due`
-//! (deadline passed, order cancelled or expired, already paid, wrong
-//! amount), so no money goes unaccounted.
+//! payment, a refund or a dispute. The signature (`Flashsale-Signature`) is
+//! the authentication; the event id makes it idempotent. Every payment ends
+//! recorded: it pays a placed order before its deadline, or it is recorded
+//! `refund_due` (deadline passed, order cancelled or expired, already paid,
+//! wrong amount), so no money goes unaccounted. A refund ends a paid (or
+//! disputed) order `refunded`, a dispute a paid one `disputed`; either of an
+//! order not paid is recorded and moves nothing. The unit stays sold.
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use lambda_http::http::Method;
 use serde_json::json;
 
 use shared::http::{self as api, ApiError, HttpResponse};
-use shared::payment::{self, PaymentEvent, PaymentOutcome, PaymentRecord};
+use shared::payment::{self, EventKind, PaymentEvent, PaymentOutcome, PaymentRecord};
 use shared::ports::{Clock, LifecycleStore, OrderBook, PaymentWrite};
 use shared::retry::{self, Backoff};
 
@@ -37,6 +39,18 @@ fn answer(record: &PaymentRecord) -> Result<HttpResponse, ApiError> {
         PaymentOutcome::OrderNotPayable => Err(ApiError::new(409, "order_not_payable")
             .with_order_status(record.order_status)
             .with_message("the order can no longer be paid; recorded as refund_due")),
+        PaymentOutcome::Refunded | PaymentOutcome::Disputed => Ok(api::json_response(
+            200,
+            &json!({ "request_id": record.event.request_id, "status": record.outcome.as_str() }),
+        )),
+        PaymentOutcome::NotPaid => Ok(api::json_response(
+            200,
+            &json!({
+                "request_id": record.event.request_id,
+                "status": "recorded",
+                "order_status": record.order_status.as_str(),
+            }),
+        )),
     }
 }
 
@@ -69,7 +83,8 @@ impl<S: OrderBook + LifecycleStore> Webhook<S> {
                 "body must be {{\"event_id\",\"request_id\",\"amount\",\"currency\",\"status\"}}: {e}"
             ))
         })?;
-        if !event.succeeded() {
+        let kind = event.kind();
+        if kind == EventKind::Other {
             return Ok(api::json_response(200, &json!({ "status": "ignored" })));
         }
         if let Some(recorded) = self.store.payment(&event.event_id).await? {
@@ -88,6 +103,9 @@ impl<S: OrderBook + LifecycleStore> Webhook<S> {
             );
             return Ok(resp);
         };
+        if kind != EventKind::Captured {
+            return self.reversal(order, event, kind, now_ms).await;
+        }
         let mut record = PaymentRecord {
             outcome: payment::decide(&order, &event, now_ms),
             order_status: order.status,
@@ -98,7 +116,7 @@ impl<S: OrderBook + LifecycleStore> Webhook<S> {
             // A conflict on the product's item must not turn a timely
             // payment into a late one at the provider's next delivery.
             match retry::transient(Backoff::DEFAULT, pay).await? {
-                PaymentWrite::Paid => {
+                PaymentWrite::Written => {
                     metrics::counter!("flashsale_orders_paid_total").increment(1);
                     tracing::info!(request_id = %order.request_id, "order paid");
                     return answer(&record);
@@ -111,7 +129,7 @@ impl<S: OrderBook + LifecycleStore> Webhook<S> {
                 }
             }
         }
-        if !retry::transient(Backoff::DEFAULT, || self.store.record_refund(&record)).await? {
+        if !retry::transient(Backoff::DEFAULT, || self.store.record_event(&record)).await? {
             return self.replay(&record).await;
         }
         metrics::counter!("flashsale_refunds_due_total", "reason" => record.outcome.as_str())
@@ -123,6 +141,59 @@ impl<S: OrderBook + LifecycleStore> Webhook<S> {
             order_status = record.order_status.as_str(),
             "payment recorded as refund_due"
         );
+        answer(&record)
+    }
+
+    /// A refund or a dispute: the paid order moves (refunded, disputed),
+    /// once per event id; an order it cannot move is left as it is and the
+    /// event recorded all the same, so none is lost. The unit stays sold.
+    async fn reversal(
+        &self,
+        mut order: shared::domain::RequestView,
+        event: PaymentEvent,
+        kind: EventKind,
+        now_ms: i64,
+    ) -> Result<HttpResponse, ApiError> {
+        let mut record = PaymentRecord {
+            outcome: payment::decide_reversal(&order, kind),
+            order_status: order.status,
+            event,
+        };
+        // paid -> disputed -> refunded: each refusal found the order one
+        // step on, so two re-reads are enough for any race.
+        for _ in 0..3 {
+            let Some(to) = record.outcome.moves_to() else {
+                break;
+            };
+            let reverse = || self.store.reverse(&order, &record, now_ms);
+            match retry::transient(Backoff::DEFAULT, reverse).await? {
+                PaymentWrite::Written => {
+                    metrics::counter!("flashsale_payments_reversed_total", "to" => to.as_str())
+                        .increment(1);
+                    tracing::warn!(request_id = %order.request_id, event_id = record.event.event_id.as_str(), to = to.as_str(), "paid order reversed by the provider");
+                    return answer(&record);
+                }
+                PaymentWrite::EventExists => return self.replay(&record).await,
+                PaymentWrite::Refused(_) => {
+                    order = self
+                        .store
+                        .order(&order.request_id)
+                        .await?
+                        .ok_or_else(|| ApiError::new(503, "unavailable"))?;
+                    record.outcome = payment::decide_reversal(&order, kind);
+                    record.order_status = order.status;
+                }
+            }
+        }
+        if record.outcome.moves_to().is_some() {
+            // Still racing after three tries: the provider delivers again.
+            return Err(ApiError::new(503, "unavailable")
+                .with_message("the order kept changing; deliver the event again"));
+        }
+        if !retry::transient(Backoff::DEFAULT, || self.store.record_event(&record)).await? {
+            return self.replay(&record).await;
+        }
+        tracing::warn!(request_id = %record.event.request_id, event_id = record.event.event_id.as_str(), order_status = record.order_status.as_str(), status = record.event.status, "refund or dispute of an order that was not paid: recorded, order unchanged");
         answer(&record)
     }
 
@@ -182,9 +253,13 @@ mod tests {
     }
 
     fn body(msg: &OrderMessage, event: &str, amount: u64) -> String {
+        event_body(msg, event, amount, "succeeded")
+    }
+
+    fn event_body(msg: &OrderMessage, event: &str, amount: u64, status: &str) -> String {
         json!({
             "event_id": event, "request_id": msg.request_id, "amount": amount,
-            "currency": "EUR", "status": "succeeded"
+            "currency": "EUR", "status": status
         })
         .to_string()
     }
@@ -219,6 +294,88 @@ mod tests {
             (ledger.paid, ledger.paid_units, ledger.refund_due),
             (1, 1, 0)
         );
+    }
+
+    /// Issue 31, item 5: the provider's refunds and disputes were answered
+    /// `ignored`, so a refunded order stayed `paid`. Now each moves the paid
+    /// order once per event id, is recorded even when it moves nothing,
+    /// and the unit stays sold (the ledger's remaining units do not move).
+    #[tokio::test]
+    async fn refunds_and_disputes_move_a_paid_order_once_and_the_unit_stays_sold() {
+        let s = setup().await;
+        let p = &s.msg.product_id;
+        assert_eq!(deliver(&s, &body(&s.msg, "pay", 100)).await.0, 200);
+        let remaining = s.store.ledger_of(p).await.remaining;
+        let status = || s.store.status_of(&s.msg.request_id);
+        let dispute = event_body(&s.msg, "dispute", 100, "disputed");
+        let (code, answer) = deliver(&s, &dispute).await;
+        assert_eq!((code, &answer["status"]), (200, &"disputed".into()));
+        assert_eq!(status().await, Some(OrderStatus::Disputed));
+        assert_eq!(deliver(&s, &dispute).await, (code, answer), "a repeat");
+        let refund = event_body(&s.msg, "refund", 100, "refunded");
+        let (code, answer) = deliver(&s, &refund).await;
+        assert_eq!((code, &answer["status"]), (200, &"refunded".into()));
+        assert_eq!(status().await, Some(OrderStatus::Refunded));
+        assert_eq!(deliver(&s, &refund).await, (code, answer), "a repeat");
+        // A second refund finds nothing paid: recorded, nothing moved.
+        let again = event_body(&s.msg, "refund-2", 100, "refunded");
+        let (code, answer) = deliver(&s, &again).await;
+        assert_eq!(
+            (code, &answer["status"], &answer["order_status"]),
+            (200, &"recorded".into(), &"refunded".into())
+        );
+        assert!(recorded(&s, "refund-2").await);
+        let ledger = s.store.ledger_of(p).await;
+        assert_eq!(
+            (
+                ledger.paid,
+                ledger.disputed,
+                ledger.refunded,
+                ledger.refund_due
+            ),
+            (1, 1, 1, 0)
+        );
+        assert_eq!(ledger.remaining, remaining, "the unit stays sold");
+        // A refund of an order never paid moves nothing either.
+        let unpaid = order_message("p1", "u2", NOW - 1_000);
+        s.store.place(&unpaid, &terms(PAY_BY)).await.unwrap();
+        let (code, answer) = deliver(&s, &event_body(&unpaid, "refund-3", 100, "refunded")).await;
+        assert_eq!((code, &answer["order_status"]), (200, &"placed".into()));
+        assert_eq!(
+            s.store.status_of(&unpaid.request_id).await,
+            Some(OrderStatus::Placed)
+        );
+        // Other notifications are still acknowledged and ignored.
+        let pending = event_body(&s.msg, "p-1", 100, "pending");
+        assert_eq!(deliver(&s, &pending).await.1["status"], "ignored");
+    }
+
+    /// A refund written against a stale read (the order was disputed
+    /// since) is refused whole by the conditional write; the webhook
+    /// decides again on the status it finds: refunded once, counted once.
+    #[tokio::test]
+    async fn a_refund_racing_a_dispute_moves_the_order_once() {
+        let s = setup().await;
+        let id = &s.msg.request_id;
+        assert_eq!(deliver(&s, &body(&s.msg, "pay", 100)).await.0, 200);
+        let paid = s.store.order(id).await.unwrap().unwrap();
+        let dispute = event_body(&s.msg, "dispute", 100, "disputed");
+        assert_eq!(deliver(&s, &dispute).await.0, 200);
+        let refund = event_body(&s.msg, "refund", 100, "refunded");
+        let record = PaymentRecord {
+            event: serde_json::from_str(&refund).unwrap(),
+            outcome: PaymentOutcome::Refunded,
+            order_status: OrderStatus::Paid,
+        };
+        assert_eq!(
+            s.store.reverse(&paid, &record, NOW).await.unwrap(),
+            PaymentWrite::Refused(OrderStatus::Disputed)
+        );
+        assert!(!recorded(&s, "refund").await, "nothing of it written");
+        let (code, answer) = deliver(&s, &refund).await;
+        assert_eq!((code, &answer["status"]), (200, &"refunded".into()));
+        let ledger = s.store.ledger_of(&s.msg.product_id).await;
+        assert_eq!((ledger.disputed, ledger.refunded), (1, 1));
     }
 
     #[tokio::test]

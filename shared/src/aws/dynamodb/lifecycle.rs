@@ -47,14 +47,76 @@ impl LifecycleStore for DynamoStore {
             TransactWriteItem::builder().update(counters).build(),
         ];
         match self.transact(items).await? {
-            None => Ok(PaymentWrite::Paid),
+            None => Ok(PaymentWrite::Written),
             Some(failed) if failed.get(1) == Some(&true) => Ok(PaymentWrite::EventExists),
             Some(_) => Ok(PaymentWrite::Refused(
                 self.existing_status(&o.request_id).await?,
             )),
         }
     }
-    async fn record_refund(&self, record: &PaymentRecord) -> PortResult<bool> {
+    async fn reverse(
+        &self,
+        o: &RequestView,
+        record: &PaymentRecord,
+        now_ms: i64,
+    ) -> PortResult<PaymentWrite> {
+        let Some(to) = record.outcome.moves_to() else {
+            return Err(InfraError::permanent(
+                "dynamodb",
+                format!(
+                    "reverse with outcome {}: only a refund or a dispute moves a paid order",
+                    record.outcome.as_str()
+                ),
+            ));
+        };
+        if o.reservation.is_none() {
+            return Err(InfraError::permanent(
+                "dynamodb",
+                format!(
+                    "{} of {} from a view without its terms: read the order from DynamoDB first",
+                    to.as_str(),
+                    o.request_id
+                ),
+            ));
+        }
+        // Only from the status the decision read: a refund racing a
+        // dispute (or a second refund) moves the order once, and the loser
+        // is recorded against the status it then finds.
+        let order = Update::builder()
+            .table_name(&self.table)
+            .key(table::PK, s(table::order(o.request_id.as_str())))
+            .update_expression("SET #st = :to, updated_at = :now")
+            .condition_expression("#st = :from")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":to", s(db_status(to)))
+            .expression_attribute_values(":from", s(db_status(o.status)))
+            .expression_attribute_values(":now", n(now_ms))
+            .build()
+            .map_err(invalid)?;
+        let payment = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(payment_item(record, now_ms)))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(invalid)?;
+        let counters = self
+            .count(home_shard(o), &[(to.as_str(), 1)])
+            .build()
+            .map_err(invalid)?;
+        let items = vec![
+            TransactWriteItem::builder().update(order).build(),
+            TransactWriteItem::builder().put(payment).build(),
+            TransactWriteItem::builder().update(counters).build(),
+        ];
+        match self.transact(items).await? {
+            None => Ok(PaymentWrite::Written),
+            Some(failed) if failed.get(1) == Some(&true) => Ok(PaymentWrite::EventExists),
+            Some(_) => Ok(PaymentWrite::Refused(
+                self.existing_status(&o.request_id).await?,
+            )),
+        }
+    }
+    async fn record_event(&self, record: &PaymentRecord) -> PortResult<bool> {
         let now = unix_ms(time::OffsetDateTime::now_utc());
         let payment = Put::builder()
             .table_name(&self.table)
@@ -62,17 +124,17 @@ impl LifecycleStore for DynamoStore {
             .condition_expression("attribute_not_exists(pk)")
             .build()
             .map_err(invalid)?;
-        let counters = self
-            .count(
-                table::product(record.event.request_id.product().as_str()),
-                &[("refund_due", 1)],
-            )
-            .build()
-            .map_err(invalid)?;
-        let items = vec![
-            TransactWriteItem::builder().put(payment).build(),
-            TransactWriteItem::builder().update(counters).build(),
-        ];
+        let mut items = vec![TransactWriteItem::builder().put(payment).build()];
+        if record.outcome.refund_due() {
+            let counters = self
+                .count(
+                    table::product(record.event.request_id.product().as_str()),
+                    &[("refund_due", 1)],
+                )
+                .build()
+                .map_err(invalid)?;
+            items.push(TransactWriteItem::builder().update(counters).build());
+        }
         Ok(self.transact(items).await?.is_none())
     }
     async fn payment(&self, id: &EventId) -> PortResult<Option<PaymentRecord>> {

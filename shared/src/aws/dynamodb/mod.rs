@@ -194,6 +194,8 @@ fn ledger_counts(item: &Item) -> Ledger {
         releasing: count("releasing"),
         paid: count("paid"),
         paid_units: count("paid_units"),
+        refunded: count("refunded"),
+        disputed: count("disputed"),
         cancelled: count("cancelled"),
         expired: count("expired"),
         released: count("released"),
