@@ -239,6 +239,15 @@ pub fn sold_out_cache() -> Result<Duration, ConfigError> {
     millis("FLASHSALE_SOLD_OUT_CACHE_MS", 1000)
 }
 
+/// How often one deduct instance reads the list of live products, at most
+/// and only when asked for an id it lacks (`FLASHSALE_LIVE_PRODUCTS_MS`,
+/// default 1000; 0 reads it on every such miss: DynamoDB queries, never a
+/// Redis call). A product created within it after a read may be answered
+/// 404 `unknown_product` until the next.
+pub fn live_products() -> Result<Duration, ConfigError> {
+    millis("FLASHSALE_LIVE_PRODUCTS_MS", 1000)
+}
+
 /// How stale one deduct instance's copy of the kill switch may be
 /// (`FLASHSALE_KILL_SWITCH_CACHE_MS`, default 500; 0 reads it every request).
 pub fn kill_switch_cache() -> Result<Duration, ConfigError> {

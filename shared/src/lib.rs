@@ -13,6 +13,7 @@ pub mod faults;
 pub mod http;
 pub mod ledger;
 pub mod lifecycle;
+pub mod live;
 pub mod payment;
 pub mod ports;
 pub mod redis;

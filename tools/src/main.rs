@@ -479,6 +479,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 resend_after_ms: config::resend_after()?.as_millis() as i64,
                 faults: FaultPlan::from_env()?,
                 sold_out_cache: config::sold_out_cache()?,
+                live_products: config::live_products()?,
                 kill_switch_cache: config::kill_switch_cache()?,
                 webhook_secret: config::payment_webhook_secret().ok(),
                 expire_every: config::expire_every()?,

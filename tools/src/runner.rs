@@ -75,6 +75,8 @@ pub struct RunnerConfig {
     pub faults: Arc<FaultPlan>,
     pub sold_out_cache: Duration,
     pub kill_switch_cache: Duration,
+    /// How often deduct reads the list of live products (`config::live_products`).
+    pub live_products: Duration,
     /// The payment webhook's signing secret; None answers 503 there.
     pub webhook_secret: Option<Vec<u8>>,
     /// The expirer's timer (EventBridge's schedule in AWS) and batch.
@@ -118,6 +120,10 @@ impl RunnerConfig {
             faults: FaultPlan::none(),
             sold_out_cache: Duration::from_secs(1),
             kill_switch_cache: Duration::from_millis(500),
+            // Tests create a product and buy it at once: the list is read
+            // on every miss, so a product created a moment after a read is
+            // not refused (queries, never a Redis call).
+            live_products: Duration::ZERO,
             webhook_secret: Some(webhook_secret.to_vec()),
             expire_every: Duration::from_millis(500),
             expiry_batch: 100,
@@ -157,6 +163,8 @@ impl App {
         redis.count_buckets_with(shared::redis::buckets_from(store.clone()));
         let gate = Faulty::new(redis, faults.clone());
         let queue = Faulty::new(SqsQueue::new(sdk, &cfg.orders_queue_url), faults.clone());
+        let (live, refusals) =
+            deduct::guards(Arc::new(shared::ports::SystemClock), cfg.live_products);
         Self {
             deduct: Deduct {
                 gate: gate.clone(),
@@ -169,6 +177,8 @@ impl App {
                 sold_out: deduct::SoldOutCache::new(cfg.sold_out_cache),
                 kill_switch: deduct::KillSwitchCache::new(cfg.kill_switch_cache),
                 ids: shared::domain::RequestIds::Random,
+                live,
+                refusals,
             },
             status: OrderStatusApi {
                 gate: gate.clone(),

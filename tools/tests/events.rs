@@ -32,14 +32,20 @@ const RID: &str = "p42.0190f5d2-7a3c-7b1e-9c4d-2f6a8b0c1d2e";
 
 #[tokio::test]
 async fn deduct_buy_takes_the_buyer_from_the_jwt() {
+    let (live, refusals) = deduct::guards(
+        std::sync::Arc::new(shared::ports::SystemClock),
+        std::time::Duration::from_secs(1),
+    );
     let d = deduct::Deduct {
         gate: FakeGate::default(),
         queue: FakeQueue::default(),
-        store: shared::fakes::store().await.0,
+        store: shared::fakes::stocked("p42", 10).await.0,
         insecure_user_from_body: false,
         sold_out: deduct::SoldOutCache::new(std::time::Duration::from_secs(1)),
         kill_switch: deduct::KillSwitchCache::new(std::time::Duration::from_secs(1)),
         ids: shared::domain::RequestIds::Random,
+        live,
+        refusals,
     };
     let resp = d.handle(http("deduct-buy.json")).await;
     assert_eq!(resp.status().as_u16(), 202, "{}", body(&resp));

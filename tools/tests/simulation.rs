@@ -698,6 +698,16 @@ impl World {
         // The caches' periods as deployed; they run on tokio's clock, which
         // moves with Redis' (World::pass).
         let sold_out_ttl = shared::config::sold_out_cache().expect("the default period");
+        // Up to 1 s of skew between the functions' clocks, in stormy seeds.
+        let mut skews = fastrand::Rng::with_seed(seed.rotate_left(41));
+        let mut clock = || {
+            let skew = if calm { 0 } else { skews.i64(-1_000..=1_000) };
+            Arc::new(SimClock(redis.clone(), skew))
+        };
+        let (live, refusals) = deduct::guards(
+            clock(),
+            shared::config::live_products().expect("the default period"),
+        );
         let deduct = Deduct {
             gate: gate.clone(),
             queue: queue(false),
@@ -708,12 +718,8 @@ impl World {
                 shared::config::kill_switch_cache().expect("the default period"),
             ),
             ids: RequestIds::seeded(seed.rotate_left(7)),
-        };
-        // Up to 1 s of skew between the functions' clocks, in stormy seeds.
-        let mut skews = fastrand::Rng::with_seed(seed.rotate_left(41));
-        let mut clock = || {
-            let skew = if calm { 0 } else { skews.i64(-1_000..=1_000) };
-            Arc::new(SimClock(redis.clone(), skew))
+            live,
+            refusals,
         };
         let consumer = Consumer {
             gate: gate.clone(),

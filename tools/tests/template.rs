@@ -399,7 +399,11 @@ fn each_function_gets_only_the_access_it_needs() {
     let expected: [(&str, BTreeSet<(String, String)>); 8] = [
         (
             "deduct",
-            rights(&[("GetItem", &[&order, &product]), ("PutItem", &[&order])]),
+            rights(&[
+                ("Query", &[&gsi1]),
+                ("GetItem", &[&order, &product]),
+                ("PutItem", &[&order]),
+            ]),
         ),
         (
             "order-status",

@@ -23,7 +23,10 @@ use shared::domain::{
 };
 use shared::error::ValidationError;
 use shared::http::{self as api, ApiError, HttpResponse};
-use shared::ports::{AdmissionGate, ControlGate, Fate, FateNote, OrderBook, OrderQueue, SendMark};
+use shared::live::{Known, LiveProducts, RefusalBudget};
+use shared::ports::{
+    AdmissionGate, Catalogue, Clock, ControlGate, Fate, FateNote, OrderBook, OrderQueue, SendMark,
+};
 use shared::telemetry;
 
 pub struct Deduct<G, Q, S> {
@@ -37,6 +40,25 @@ pub struct Deduct<G, Q, S> {
     pub kill_switch: KillSwitchCache,
     /// Ids of requests without an Idempotency-Key.
     pub ids: RequestIds,
+    /// The products worth a Redis call; any other id is refused here.
+    pub live: LiveProducts,
+    /// Refusals each buyer earned here, across products.
+    pub refusals: RefusalBudget,
+}
+
+/// A buyer's refusals an instance answers before it answers 429 in process:
+/// this many at once, then one a second.
+pub const REFUSAL_BURST: u32 = 10;
+pub const REFUSAL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The in-process guards (`Deduct::live`, `Deduct::refusals`) on `clock`,
+/// the list of live products read at most once a `period`
+/// (`config::live_products`).
+pub fn guards(clock: std::sync::Arc<dyn Clock>, period: Duration) -> (LiveProducts, RefusalBudget) {
+    (
+        LiveProducts::new(clock.clone(), period),
+        RefusalBudget::new(clock, REFUSAL_INTERVAL, REFUSAL_BURST),
+    )
 }
 
 /// Per instance: the global kill switch as Redis last said, read again
@@ -171,6 +193,16 @@ const STOCK_MOVING_RETRY_AFTER_SECS: i64 = 1;
 /// The same while the kill switch is thrown: an incident, likely longer.
 const STOPPED_RETRY_AFTER_SECS: i64 = 30;
 
+/// 429 `rate_limited`, asking again in `wait_ms` (whole seconds, at least 1).
+fn throttled(wait_ms: i64) -> HttpResponse {
+    let secs = (wait_ms.max(1) + 999) / 1000;
+    retry_after(
+        ApiError::new(429, "rate_limited")
+            .with_message(format!("too many requests; try again in {secs} s")),
+        secs,
+    )
+}
+
 fn retry_after(error: ApiError, secs: i64) -> HttpResponse {
     let mut resp = error.into_response();
     resp.headers_mut().insert(
@@ -180,7 +212,7 @@ fn retry_after(error: ApiError, secs: i64) -> HttpResponse {
     resp
 }
 
-impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook> Deduct<G, Q, S> {
+impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook + Catalogue> Deduct<G, Q, S> {
     pub async fn handle(&self, req: Request) -> HttpResponse {
         let started = std::time::Instant::now();
         let answer = self.answer(req).await;
@@ -211,6 +243,19 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook> Deduct<G, Q, S
     }
 
     async fn buy(&self, purchase: Purchase, traceparent: String) -> Result<HttpResponse, ApiError> {
+        // Refusals no stock could change cost nothing past these two, and a
+        // caller who keeps earning them is answered here for any product.
+        if let Some(wait_ms) = self.refusals.exhausted(&purchase.user_id) {
+            metrics::counter!("flashsale_rejected_total", "reason" => "refusals_limited")
+                .increment(1);
+            return Ok(throttled(wait_ms));
+        }
+        if self.live.check(&self.store, &purchase.product_id).await == Known::Unknown {
+            self.refusals.charge(&purchase.user_id);
+            metrics::counter!("flashsale_rejected_total", "reason" => "unknown_product")
+                .increment(1);
+            return Err(ApiError::new(404, Refusal::UnknownProduct.code()));
+        }
         if self.kill_switch.engaged(&self.gate).await && !self.is_replay(&purchase).await {
             metrics::counter!("flashsale_rejected_total", "reason" => "admissions_stopped")
                 .increment(1);
@@ -278,6 +323,7 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook> Deduct<G, Q, S
                 ))
             }
             Admission::Throttled { retry_after_ms } => {
+                self.refusals.charge(&purchase.user_id);
                 metrics::counter!("flashsale_rejected_total", "reason" => "rate_limited")
                     .increment(1);
                 if REFUSALS_LOGGED.hit() {
@@ -287,14 +333,14 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook> Deduct<G, Q, S
                         "rate limited"
                     );
                 }
-                let secs = (retry_after_ms.max(1) + 999) / 1000;
-                Ok(retry_after(
-                    ApiError::new(429, "rate_limited")
-                        .with_message(format!("too many requests; try again in {secs} s")),
-                    secs,
-                ))
+                Ok(throttled(retry_after_ms))
             }
             Admission::Refused(reason) => {
+                // Stock may change a sold-out (or moving) answer; nothing
+                // changes the others for this buyer soon.
+                if !matches!(reason, Refusal::SoldOut | Refusal::StockMoving) {
+                    self.refusals.charge(&purchase.user_id);
+                }
                 // Only a true zero: a buyer asking for more than is left
                 // must not make the product look sold out to everyone.
                 if reason == Refusal::SoldOut {
@@ -420,6 +466,13 @@ mod tests {
 
     async fn deduct(insecure: bool) -> (TestDeduct, Faults) {
         let (store, faults) = shared::fakes::store().await;
+        for p in ["p1", "p2", "p42"] {
+            shared::fakes::add_product(&store, p, 10).await;
+        }
+        let (live, refusals) = guards(
+            std::sync::Arc::new(shared::ports::SystemClock),
+            Duration::from_secs(1),
+        );
         let d = Deduct {
             gate: FakeGate::default(),
             queue: FakeQueue::default(),
@@ -428,7 +481,10 @@ mod tests {
             sold_out: SoldOutCache::new(Duration::from_secs(60)),
             kill_switch: KillSwitchCache::new(Duration::ZERO),
             ids: RequestIds::Random,
+            live,
+            refusals,
         };
+        d.live.load(&d.store).await.unwrap();
         (d, faults)
     }
 
@@ -462,6 +518,40 @@ mod tests {
         assert_eq!(sent[0].0.quantity.get(), 2);
         assert_eq!(sent[0].0.v, 1);
         assert!(sent[0].1.starts_with("00-"));
+    }
+
+    /// Issue 31, item 1: a caller rotating made-up product ids reaches no
+    /// admission script (each id a fresh Redis budget before), and past
+    /// its refusal budget is answered 429 for any product, a real one
+    /// too; another buyer is untouched.
+    #[tokio::test]
+    async fn a_caller_rotating_product_ids_reaches_no_script_and_is_limited_across_products() {
+        let (d, _) = deduct(true).await;
+        let mut answers = Vec::new();
+        for n in 0..30 {
+            let body = format!(r#"{{"product_id":"made-up-{n}","user_id":"bot"}}"#);
+            answers.push(call(&d, buy(&body)).await);
+        }
+        assert!(
+            d.gate.purchases.lock().unwrap().is_empty(),
+            "no admission ran"
+        );
+        let burst = REFUSAL_BURST as usize;
+        assert!(
+            answers[..burst]
+                .iter()
+                .all(|(s, b)| (*s, &b["error"]) == (404, &json!("unknown_product"))),
+            "{answers:?}"
+        );
+        assert!(
+            answers[burst..].iter().all(|(s, _)| *s == 429),
+            "{answers:?}"
+        );
+        let real = r#"{"product_id":"p1","user_id":"bot"}"#;
+        assert_eq!(call(&d, buy(real)).await.0, 429, "limited across products");
+        assert!(d.gate.purchases.lock().unwrap().is_empty());
+        let (status, _) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
+        assert_eq!(status, 202);
     }
 
     #[tokio::test]

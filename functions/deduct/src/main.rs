@@ -6,6 +6,10 @@ use shared::wiring::{Error, Wiring};
 async fn main() -> Result<(), Error> {
     let env = Wiring::from_env().await?;
     deduct::REFUSALS_LOGGED.set_every(config::refusal_log_every()?);
+    let (live, refusals) = deduct::guards(
+        std::sync::Arc::new(shared::ports::SystemClock),
+        config::live_products()?,
+    );
     let handler = deduct::Deduct {
         gate: env.gate().await?,
         queue: env.orders_queue()?,
@@ -14,6 +18,8 @@ async fn main() -> Result<(), Error> {
         sold_out: deduct::SoldOutCache::new(config::sold_out_cache()?),
         kill_switch: deduct::KillSwitchCache::new(config::kill_switch_cache()?),
         ids: shared::domain::RequestIds::Random,
+        live,
+        refusals,
     };
     // All three, each on its own: a dead Redis must not keep the SDK
     // clients cold.
@@ -21,7 +27,7 @@ async fn main() -> Result<(), Error> {
         let (redis, sqs, dynamodb) = tokio::join!(
             handler.gate.inner.prepare(),
             handler.queue.inner.prepare(),
-            handler.store.inner.prepare(),
+            handler.live.load(&handler.store),
         );
         redis.and(sqs).and(dynamodb)
     })

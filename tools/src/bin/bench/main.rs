@@ -294,6 +294,10 @@ fn deduct<Q>(gate: &RedisGate, queue: Q) -> Deduct<RedisGate, Q, DynamoStore> {
         sold_out: SoldOutCache::new(Duration::ZERO),
         kill_switch: KillSwitchCache::new(Duration::from_millis(500)),
         ids: shared::domain::RequestIds::Random,
+        // The product is known: no list read on this path (the store is
+        // unreachable here), and no buyer earns a second refusal.
+        live: shared::live::LiveProducts::off(),
+        refusals: deduct::guards(Arc::new(shared::ports::SystemClock), Duration::from_secs(1)).1,
     }
 }
 
