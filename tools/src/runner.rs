@@ -186,6 +186,10 @@ impl App {
                 insecure_user_from_body: cfg.insecure_user_from_body,
                 terms: Terms::system(),
                 faults: faults.clone(),
+                pages: order_status::ProductPages::new(
+                    Arc::new(shared::ports::SystemClock),
+                    cfg.live_products,
+                ),
             },
             admin: Admin {
                 gate: gate.clone(),

@@ -70,6 +70,10 @@ async fn order_status_reads_the_callers_request() {
         insecure_user_from_body: false,
         terms: shared::lifecycle::Terms::system(),
         faults: FaultPlan::none(),
+        pages: order_status::ProductPages::new(
+            std::sync::Arc::new(shared::ports::SystemClock),
+            std::time::Duration::from_secs(1),
+        ),
     };
     let id = RequestId::parse(RID).unwrap();
     api.gate.put_request(RequestView {
@@ -224,6 +228,7 @@ async fn orders_api() -> order_status::OrderStatusApi<FakeGate, DynamoStore> {
         insecure_user_from_body: false,
         terms: shared::lifecycle::Terms::new(clock()),
         faults: FaultPlan::none(),
+        pages: order_status::ProductPages::new(clock(), std::time::Duration::from_secs(1)),
     }
 }
 

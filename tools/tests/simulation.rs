@@ -704,8 +704,10 @@ impl World {
             let skew = if calm { 0 } else { skews.i64(-1_000..=1_000) };
             Arc::new(SimClock(redis.clone(), skew))
         };
+        // Deduct's own clock (its guards') is Redis' without skew: drawing
+        // a skew for it would move every later draw of a seed.
         let (live, refusals) = deduct::guards(
-            clock(),
+            Arc::new(SimClock(redis.clone(), 0)),
             shared::config::live_products().expect("the default period"),
         );
         let deduct = Deduct {
@@ -728,12 +730,17 @@ impl World {
             faults: FaultPlan::none(),
             terms: Terms::new(clock()),
         };
+        let status_clock = clock();
         let orders_api = OrderStatusApi {
             gate: gate.clone(),
             store: store.clone(),
             insecure_user_from_body: true,
-            terms: Terms::new(clock()),
+            terms: Terms::new(status_clock.clone()),
             faults: FaultPlan::none(),
+            pages: order_status::ProductPages::new(
+                status_clock,
+                shared::config::live_products().expect("the default period"),
+            ),
         };
         let webhook = Webhook {
             store: store.clone(),

@@ -408,6 +408,7 @@ fn each_function_gets_only_the_access_it_needs() {
         (
             "order-status",
             rights(&[
+                ("Query", &[&gsi1]),
                 ("GetItem", &[&order, &product, &ledger]),
                 ("UpdateItem", &[&order, &product, &ledger]),
                 ("DeleteItem", &[&purchase]),

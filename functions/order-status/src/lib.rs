@@ -7,7 +7,8 @@
 //! - `GET /api/flash-sale/products/{product_id}`: the public product page the
 //!   storefront's countdown polls, cacheable for a second.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use lambda_http::Request;
 use lambda_http::http::Method;
@@ -17,8 +18,9 @@ use shared::domain::{OrderStatus, ProductId, RequestId, RequestView, SaleState};
 use shared::faults::FaultPlan;
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::lifecycle::{self, Terms};
+use shared::live::{Known, LiveProducts};
 use shared::ports::{
-    AdmissionGate, Catalogue, LifecycleStore, OrderBook, SaleGate, ShelfGate, Transition,
+    AdmissionGate, Catalogue, Clock, LifecycleStore, OrderBook, SaleGate, ShelfGate, Transition,
 };
 
 /// What a lookup is for: showing an order may fall back to Redis' copy;
@@ -38,6 +40,45 @@ pub struct OrderStatusApi<G, S> {
     pub terms: Terms,
     /// Chaos runs only: may "crash" a cancel between its two steps.
     pub faults: Arc<FaultPlan>,
+    /// What the public product page reuses within its own max-age.
+    pub pages: ProductPages,
+}
+
+/// Per instance, for the public product page under a flood: the live
+/// products (an id not among them is answered 404 with no read) and each
+/// page's shelf figure, read from Redis at most once per
+/// [`shared::lifecycle::PRODUCT_MAX_AGE_MS`] (the page's own max-age, which
+/// the edge and browsers may reuse anyway).
+pub struct ProductPages {
+    live: LiveProducts,
+    shelves: Mutex<HashMap<ProductId, (i64, i64)>>,
+}
+
+impl ProductPages {
+    pub fn new(clock: Arc<dyn Clock>, live_period: std::time::Duration) -> Self {
+        Self {
+            live: LiveProducts::new(clock, live_period),
+            shelves: Mutex::default(),
+        }
+    }
+
+    /// Reads the list of live products now (the init warm-up).
+    pub async fn load<S: Catalogue>(&self, store: &S) -> shared::ports::PortResult<()> {
+        self.live.load(store).await
+    }
+
+    fn shelf(&self, id: &ProductId, now: i64) -> Option<i64> {
+        let shelves = self.shelves.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, left) = shelves.get(id)?;
+        (now - at < shared::lifecycle::PRODUCT_MAX_AGE_MS).then_some(*left)
+    }
+
+    fn remember(&self, id: &ProductId, now: i64, left: i64) {
+        self.shelves
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), (now, left));
+    }
 }
 
 /// How long a CDN or browser may reuse the product page.
@@ -185,25 +226,38 @@ impl<G: AdmissionGate + ShelfGate + SaleGate, S: OrderBook + LifecycleStore + Ca
     }
 
     async fn product(&self, id: &ProductId) -> Result<HttpResponse, ApiError> {
+        let unknown = || ApiError::new(404, "unknown_product");
+        if self.pages.live.check(&self.store, id).await == Known::Unknown {
+            return Err(unknown());
+        }
         let product = self
             .terms
             .product(&self.store, id)
             .await?
-            .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
-        // The shelf; when Redis is down or not warmed yet, the ledger's view.
-        let shelf = match self.gate.stats(id).await {
-            Ok(Some(s)) => Some(s.stock_left),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "redis unavailable; stock from DynamoDB");
-                None
+            .ok_or_else(unknown)?;
+        let now = self.terms.clock.now_ms();
+        let stock_left = match self.pages.shelf(id, now) {
+            Some(left) => left,
+            None => {
+                // The shelf; when Redis is down or not warmed yet, the
+                // ledger's view.
+                let shelf = match self.gate.stats(id).await {
+                    Ok(Some(s)) => Some(s.stock_left),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis unavailable; stock from DynamoDB");
+                        None
+                    }
+                };
+                let left = match shelf {
+                    Some(left) => left,
+                    None => self.store.ledger(id).await?.map_or(0, |l| l.shelf_units()),
+                }
+                .max(0);
+                self.pages.remember(id, now, left);
+                left
             }
         };
-        let stock_left = match shelf {
-            Some(left) => left,
-            None => self.store.ledger(id).await?.map_or(0, |l| l.shelf_units()),
-        }
-        .max(0);
         let page = ProductPage {
             product_id: &product.product_id,
             name: &product.name,
@@ -213,7 +267,7 @@ impl<G: AdmissionGate + ShelfGate + SaleGate, S: OrderBook + LifecycleStore + Ca
             ends_at: product.ends_at,
             per_buyer_limit: product.per_buyer_limit,
             stock_left,
-            state: product.sale_state(self.terms.clock.now_ms(), Some(stock_left)),
+            state: product.sale_state(now, Some(stock_left)),
         };
         let mut resp = api::json_response(200, &page);
         resp.headers_mut().insert(
@@ -253,8 +307,9 @@ mod tests {
             gate: FakeGate::default(),
             store,
             insecure_user_from_body: true,
-            terms: Terms::new(clock),
+            terms: Terms::new(clock.clone()),
             faults: FaultPlan::none(),
+            pages: ProductPages::new(clock, std::time::Duration::from_secs(1)),
         };
         (a, faults)
     }
@@ -473,7 +528,7 @@ mod tests {
     #[tokio::test]
     async fn the_product_page_follows_the_sale() {
         let clock = Arc::new(ManualClock::at(NOW));
-        let (a, _) = with_clock(clock.clone()).await;
+        let (a, faults) = with_clock(clock.clone()).await;
         let p = a
             .store
             .product(&ProductId::parse("p1").unwrap())
@@ -533,15 +588,37 @@ mod tests {
         a.store.control(&id, Control::Resume, &entry).await.unwrap();
         clock.set(start + 2_000);
         assert_eq!(state(&page().await), ("on_sale".into(), 3));
+        // Issue 31, item 2: within the page's own max-age the shelf figure
+        // is this instance's, with no Redis read: a flood of the page costs
+        // one read a second.
         a.gate.stats.lock().unwrap().as_mut().unwrap().stock_left = 0;
-        assert_eq!(state(&page().await), ("sold_out".into(), 0));
-        // Redis down: the ledger's units.
         a.gate.failures.fail_next(1);
+        assert_eq!(state(&page().await), ("on_sale".into(), 3));
+        clock.set(start + 3_000);
+        // The armed Redis fault was not reached: the ledger's view.
         assert_eq!(state(&page().await), ("on_sale".into(), 10));
+        clock.set(start + 4_000);
+        assert_eq!(state(&page().await), ("sold_out".into(), 0));
         clock.set(end);
         assert_eq!(state(&page().await), ("ended".into(), 0));
         let (status, _) = call(&a, "GET", "/api/flash-sale/products/nope").await;
         assert_eq!(status, 404);
+        // Made-up ids: 404 from the list of live products, which the
+        // instance reads once (the armed DynamoDB fault is not reached by
+        // the ids after it).
+        a.pages.live.load(&a.store).await.unwrap();
+        faults.fail_next(1);
+        for n in 0..50 {
+            let (status, body) = call(&a, "GET", &format!("/api/flash-sale/products/x{n}")).await;
+            assert_eq!((status, &body["error"]), (404, &"unknown_product".into()));
+        }
+        assert!(
+            a.store
+                .create_product(&shared::fakes::product("p9"))
+                .await
+                .is_err(),
+            "no read made"
+        );
         assert_eq!(call(&a, "POST", "/api/flash-sale/products/p1").await.0, 405);
     }
 

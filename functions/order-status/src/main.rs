@@ -11,11 +11,15 @@ async fn main() -> Result<(), Error> {
         insecure_user_from_body: config::insecure_user_from_body(),
         terms: shared::lifecycle::Terms::system(),
         faults: env.faults.clone(),
+        pages: order_status::ProductPages::new(
+            std::sync::Arc::new(shared::ports::SystemClock),
+            config::live_products()?,
+        ),
     };
     // The connections are what a first buyer would wait for (the buy
     // scripts prepare also loads are deduct's, harmless here).
     env.warm_up(async {
-        let (redis, dynamodb) = tokio::join!(api.gate.inner.prepare(), api.store.inner.prepare());
+        let (redis, dynamodb) = tokio::join!(api.gate.inner.prepare(), api.pages.load(&api.store));
         redis.and(dynamodb)
     })
     .await;
