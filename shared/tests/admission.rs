@@ -945,6 +945,38 @@ async fn one_address_is_limited_across_its_buyers_and_no_other() {
     assert!(matches!(a, Admission::Admitted { .. }), "{a:?}");
 }
 
+/// Issue 31, item 1: one address's limit counted each IPv6 /64 alone, so
+/// a free /48 held 65,536 budgets. Its /48 is limited too, at 16 times the
+/// address's rate and burst: 1/3 per address, 48 at once per /48.
+#[tokio::test]
+async fn an_ipv6_site_is_limited_across_its_64s() {
+    let g = limited_gate("off", "1/3");
+    let p = unique("rl-48");
+    warm_with(&g, &product(&p, 200, 1, -1)).await;
+    let mut answers = Vec::new();
+    for i in 0..60 {
+        let ip = format!("2001:db8:7:{i:x}::1");
+        answers.push(g.admit(&from(&p, &format!("v6-{i}"), &ip)).await.unwrap());
+    }
+    let admitted = |a: &[Admission]| {
+        a.iter()
+            .filter(|a| matches!(a, Admission::Admitted { .. }))
+            .count()
+    };
+    assert_eq!(admitted(&answers[..48]), 48, "{answers:?}");
+    for a in &answers[48..] {
+        throttled(a.clone());
+    }
+    // Another site, and IPv4, keep their own budgets.
+    let a = g
+        .admit(&from(&p, "other-site", "2001:db8:8::1"))
+        .await
+        .unwrap();
+    assert!(matches!(a, Admission::Admitted { .. }), "{a:?}");
+    let a = g.admit(&from(&p, "v4", "198.51.100.9")).await.unwrap();
+    assert!(matches!(a, Admission::Admitted { .. }), "{a:?}");
+}
+
 #[tokio::test]
 async fn a_sales_own_limit_wins_over_the_default_and_replays_are_answered() {
     let g = limited_gate("100/100", "off");

@@ -1,7 +1,7 @@
 //! [`AdmissionGate`]: admission in the buyer's stock bucket, borrowing from
 //! its siblings; request state, settle, restock and the pending index.
 
-use super::{RedisGate, STATE_TTL_SECS, Want, classify, unexpected};
+use super::{RedisGate, STATE_TTL_SECS, Want, classify, keys, unexpected};
 use crate::domain::{
     Admission, OrderMessage, OrderStatus, ProductId, Purchase, Quantity, RateLimit, Refusal,
     RequestId, RequestView, UserId, from_unix_ms,
@@ -112,6 +112,11 @@ impl RedisGate {
             .arg(RateLimit::spec(self.inner.settings.rate_limits.ip))
             .arg(if p.client_ip.is_some() { "1" } else { "0" })
             .arg(if limits_charged { "1" } else { "0" })
+            .arg(if p.client_ip.and_then(keys::site_prefix).is_some() {
+                "1"
+            } else {
+                "0"
+            })
             .invoke_async(&mut c)
             .await
             .map_err(classify)?;

@@ -13,6 +13,8 @@
 --         theoretical arrival time, ms)
 -- KEYS[9] deny     hash: user -> blocked until (ms; "0" = until removed), the
 --         operators' deny list as this sale holds it
+-- KEYS[10] an IPv6 client's /48 limiter (KEYS[8] counts its /64): a site's
+--         prefix, so that the 65,536 /64s a free /48 holds share one budget
 -- ARGV[1] request_id  ARGV[2] user  ARGV[3] quantity
 -- ARGV[4] "1" when the id was derived from an Idempotency-Key  ARGV[5] request ttl (s)
 -- ARGV[6] the default buyer limit, ARGV[7] the default IP limit:
@@ -21,6 +23,8 @@
 -- ARGV[9] "1" when this request's limiters were charged already: a run after
 --         its stock bucket borrowed from a sibling (crate::buckets); every
 --         stock answer (sold_out, short) comes after the charge.
+-- ARGV[10] "1" when the client is IPv6: its /48 is limited too, at
+--         WIDE_FACTOR times its address's rate and burst.
 --
 -- Returns {"admitted", admitted_at_ms, ends_at_ms}
 --       | {"replay", admitted_at_ms, ends_at_ms, status, "1" when its message was sent}
@@ -94,6 +98,14 @@ if ARGV[9] ~= "1" then
 end
 if ARGV[8] == "1" and ARGV[9] ~= "1" then
   limiters[#limiters + 1] = schedule(KEYS[8], meta[5] or ARGV[7])
+end
+if ARGV[10] == "1" and ARGV[9] ~= "1" then
+  local interval, burst = string.match(meta[5] or ARGV[7] or "", "^(%d+):(%d+)$")
+  if interval then
+    local WIDE_FACTOR = 16
+    local wide = math.max(1, math.floor(tonumber(interval) / WIDE_FACTOR)) .. ":" .. tonumber(burst) * WIDE_FACTOR
+    limiters[#limiters + 1] = schedule(KEYS[10], wide)
+  end
 end
 local wait = 0
 for _, l in pairs(limiters) do

@@ -94,7 +94,7 @@ impl Keys {
     }
     /// The KEYS of `admit.lua`, in order: every key a request touches,
     /// all in the product's slot.
-    pub fn admission(&self, p: &Purchase) -> [String; 9] {
+    pub fn admission(&self, p: &Purchase) -> [String; 10] {
         [
             self.meta(),
             self.stock(),
@@ -109,6 +109,10 @@ impl Keys {
                 p.client_ip.map_or_else(String::new, limited_address)
             )),
             self.deny(),
+            self.key(&format!(
+                "rl:ip48:{}",
+                p.client_ip.and_then(site_prefix).unwrap_or_default()
+            )),
         ]
     }
     /// Hash: transfers this bucket lent and its sibling has not finished
@@ -145,16 +149,33 @@ fn limited_address(ip: std::net::IpAddr) -> String {
     }
 }
 
+/// An IPv6 client's /48 (a site's allocation, which holds 65,536 /64s),
+/// limited again beside its /64; None for IPv4 (and IPv4-mapped) clients.
+pub fn site_prefix(ip: std::net::IpAddr) -> Option<String> {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(_) => None,
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            Some(format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn an_ipv6_client_is_limited_by_its_64() {
+    fn an_ipv6_client_is_limited_by_its_64_and_its_48() {
         let ip = |s: &str| limited_address(s.parse().unwrap());
         assert_eq!(ip("2001:db8:1:2:aaaa::1"), ip("2001:db8:1:2:bbbb::9"));
         assert_eq!(ip("2001:db8:1:2::1"), "2001:db8:1:2::/64");
         assert_eq!(ip("::ffff:192.0.2.7"), "192.0.2.7");
+        let site = |s: &str| site_prefix(s.parse().unwrap());
+        assert_eq!(site("2001:db8:1:2::1"), site("2001:db8:1:ffff::9"));
+        assert_eq!(site("2001:db8:1:2::1").as_deref(), Some("2001:db8:1::/48"));
+        assert_eq!(site("192.0.2.7"), None);
+        assert_eq!(site("::ffff:192.0.2.7"), None);
     }
 
     #[test]
