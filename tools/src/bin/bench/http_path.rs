@@ -24,19 +24,45 @@ pub(super) async fn http_run<Q: OrderQueue + 'static>(
     let p = unique("bench-http");
     gate.warm(&bench_product(&p, stock), false, i64::from(stock), 0)
         .await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop, rx) = tokio::sync::watch::channel(false);
     let handler = Deduct {
         // As the runner and the functions run (the default).
         sold_out: SoldOutCache::new(config::sold_out_cache()?),
         ..deduct(gate, queue)
     };
-    let server = tokio::spawn(runner::serve(listener, Arc::new(BuyOnly(handler)), rx));
+    let (run, ()) = load_test(args, handler, &p, stock, buyers, |_, _| async { Ok(()) }).await?;
+    Ok(run)
+}
+
+/// [`http_run`]'s load test against `handler` for product `p` (warmed),
+/// with `beside` running against the same server until the test ends (it
+/// gets the server's address and a signal that turns true at the end).
+pub(super) async fn load_test<Q, F, Fut, T>(
+    args: &Args,
+    handler: Deduct<RedisGate, Q, DynamoStore>,
+    p: &str,
+    stock: u32,
+    buyers: usize,
+    beside: F,
+) -> Result<(HttpRun, T)>
+where
+    Q: OrderQueue + 'static,
+    F: FnOnce(std::net::SocketAddr, tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(runner::serve(
+        listener,
+        Arc::new(BuyOnly(handler)),
+        rx.clone(),
+    ));
+    let alongside = tokio::spawn(beside(addr, rx));
     let report = std::env::temp_dir().join(format!("{p}.json"));
     let status = tokio::process::Command::new(&args.client)
         .args(["loadtest", "--no-audit", "--admin-token", "unused"])
-        .args(["--base-url", &format!("http://{addr}"), "--product", &p])
+        .args(["--base-url", &format!("http://{addr}"), "--product", p])
         .args(["--buyers", &buyers.to_string(), "--requests-per-buyer", "1"])
         .args(["--concurrency", "64", "--report"])
         .arg(&report)
@@ -46,6 +72,7 @@ pub(super) async fn http_run<Q: OrderQueue + 'static>(
         .await
         .with_context(|| format!("running the load test client {}", args.client.display()))?;
     let _ = stop.send(true);
+    let beside = alongside.await.context("the task beside the load test")??;
     let _ = server.await;
     ensure!(status.success(), "the load test client failed: {status}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
@@ -62,7 +89,7 @@ pub(super) async fn http_run<Q: OrderQueue + 'static>(
         "{} admitted of {stock} units",
         run.admitted
     );
-    Ok(run)
+    Ok((run, beside))
 }
 
 /// Figure 3: the HTTP buy through the runner's server with the client in
