@@ -17,6 +17,9 @@ use crate::ports::{Catalogue, Clock};
 /// from Redis then): its buyers still hear `sale_ended`, not an unknown id.
 pub const KEEP_AFTER_END_MS: i64 = 3_600_000;
 
+/// The longest a request waits for the list before going on without it.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// What the list says of a product id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Known {
@@ -133,21 +136,27 @@ impl LiveProducts {
         now: i64,
     ) -> crate::ports::PortResult<Arc<HashSet<ProductId>>> {
         self.state().tried_at = Some(now);
-        let ids: Arc<HashSet<ProductId>> = Arc::new(
-            store
-                .live_products(now - KEEP_AFTER_END_MS)
-                .await?
-                .into_iter()
-                .collect(),
-        );
+        // A slow DynamoDB must not hold a buy (one per instance in Lambda)
+        // for the SDK's seconds: past this the request goes on to Redis.
+        let listed =
+            tokio::time::timeout(READ_TIMEOUT, store.live_products(now - KEEP_AFTER_END_MS))
+                .await
+                .map_err(|_| {
+                    crate::error::InfraError::transient(
+                        "dynamodb",
+                        format!("the list of live products took over {READ_TIMEOUT:?}"),
+                    )
+                })??;
+        let ids: Arc<HashSet<ProductId>> = Arc::new(listed.into_iter().collect());
         self.state().list = Some((now, ids.clone()));
         Ok(ids)
     }
 }
 
-/// Per instance: the refusals a buyer earned that no stock could change
-/// (an unknown product, an ended, paused or unstarted sale, a limit, a
-/// throttle), metered across every product, GCRA-style: `burst` at once,
+/// Per instance: the refusals a buyer earned that no wait or stock could
+/// change (an unknown product, an ended sale, a limit reached, a key
+/// reused, a denied buyer; deduct says which), metered across every
+/// product, GCRA-style: `burst` at once,
 /// then one per `interval`. Past it the buyer is answered 429 in process,
 /// with no call, whatever product they name next. A real buyer earns one
 /// refusal a sale; a caller rotating product ids earns one per request.

@@ -86,6 +86,9 @@ pub struct PaymentEvent {
     pub amount: u64,
     pub currency: Currency,
     pub status: String,
+    /// A refund's or dispute's: the event id of the payment it reverses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_event_id: Option<EventId>,
 }
 
 /// What a provider's event says happened to the money.
@@ -151,19 +154,23 @@ pub enum PaymentOutcome {
     /// A dispute moved the paid order to `disputed`.
     Disputed,
     /// A refund or dispute of an order that was not paid (or was refunded
-    /// already): recorded, the order left as it was. The refund of a
-    /// payment recorded `refund_due` is one.
+    /// already): recorded, the order left as it was.
     NotPaid,
+    /// The refund of a payment recorded `refund_due` (late, a duplicate,
+    /// the wrong amount): the money owed back went back; that payment
+    /// leaves the list of refunds due, the order is left as it was.
+    RefundSettled,
 }
 
 impl PaymentOutcome {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Paid,
         Self::AmountMismatch,
         Self::OrderNotPayable,
         Self::Refunded,
         Self::Disputed,
         Self::NotPaid,
+        Self::RefundSettled,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -173,6 +180,7 @@ impl PaymentOutcome {
             Self::Refunded => "refunded",
             Self::Disputed => "disputed",
             Self::NotPaid => "not_paid",
+            Self::RefundSettled => "refund_settled",
         }
     }
     pub fn parse(value: &str) -> Option<Self> {

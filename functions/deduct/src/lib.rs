@@ -323,7 +323,6 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook + Catalogue> De
                 ))
             }
             Admission::Throttled { retry_after_ms } => {
-                self.refusals.charge(&purchase.user_id);
                 metrics::counter!("flashsale_rejected_total", "reason" => "rate_limited")
                     .increment(1);
                 if REFUSALS_LOGGED.hit() {
@@ -336,9 +335,18 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook + Catalogue> De
                 Ok(throttled(retry_after_ms))
             }
             Admission::Refused(reason) => {
-                // Stock may change a sold-out (or moving) answer; nothing
-                // changes the others for this buyer soon.
-                if !matches!(reason, Refusal::SoldOut | Refusal::StockMoving) {
+                // Only what no wait or stock changes for this buyer: a
+                // buyer waiting for the start or a resume, throttled (maybe
+                // by others behind the same address), or whose product
+                // Redis forgot in a failover is not charged.
+                if matches!(
+                    reason,
+                    Refusal::SaleEnded
+                        | Refusal::LimitExceeded
+                        | Refusal::AlreadyPurchased
+                        | Refusal::KeyReused
+                        | Refusal::BuyerBlocked
+                ) {
                     self.refusals.charge(&purchase.user_id);
                 }
                 // Only a true zero: a buyer asking for more than is left

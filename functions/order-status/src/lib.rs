@@ -375,6 +375,7 @@ mod tests {
             amount: 100,
             currency: shared::domain::Currency::parse("EUR").unwrap(),
             status: "succeeded".into(),
+            payment_event_id: None,
         }
     }
 

@@ -43,7 +43,7 @@ fn answer(record: &PaymentRecord) -> Result<HttpResponse, ApiError> {
             200,
             &json!({ "request_id": record.event.request_id, "status": record.outcome.as_str() }),
         )),
-        PaymentOutcome::NotPaid => Ok(api::json_response(
+        PaymentOutcome::NotPaid | PaymentOutcome::RefundSettled => Ok(api::json_response(
             200,
             &json!({
                 "request_id": record.event.request_id,
@@ -154,8 +154,40 @@ impl<S: OrderBook + LifecycleStore> Webhook<S> {
         kind: EventKind,
         now_ms: i64,
     ) -> Result<HttpResponse, ApiError> {
+        // Tied to the payment it reverses: a refund of a duplicate payment
+        // (recorded refund_due) must not mark the paid order refunded.
+        let Some(reversed) = event.payment_event_id.clone() else {
+            return Err(ApiError::invalid(
+                "a refunded or disputed event must name the payment it reverses in payment_event_id",
+            ));
+        };
+        let Some(paid) = self.store.payment(&reversed).await? else {
+            // Its capture is still being delivered: a reversal recorded
+            // now would be lost to the order once the capture lands.
+            let mut resp = ApiError::new(503, "payment_not_recorded")
+                .with_message("the payment this event reverses is not recorded yet; deliver the event again later")
+                .into_response();
+            resp.headers_mut().insert(
+                lambda_http::http::header::RETRY_AFTER,
+                lambda_http::http::HeaderValue::from_static("5"),
+            );
+            return Ok(resp);
+        };
+        if paid.event.request_id != event.request_id {
+            return Err(ApiError::invalid(format!(
+                "payment_event_id {} paid request {}, not {}",
+                reversed.as_str(),
+                paid.event.request_id,
+                event.request_id
+            )));
+        }
+        let outcome = match paid.outcome {
+            PaymentOutcome::Paid => payment::decide_reversal(&order, kind),
+            due if due.refund_due() && kind == EventKind::Refunded => PaymentOutcome::RefundSettled,
+            _ => PaymentOutcome::NotPaid,
+        };
         let mut record = PaymentRecord {
-            outcome: payment::decide_reversal(&order, kind),
+            outcome,
             order_status: order.status,
             event,
         };
@@ -264,6 +296,15 @@ mod tests {
         .to_string()
     }
 
+    /// A refund or dispute of the payment event `reverses`.
+    fn reversal(msg: &OrderMessage, event: &str, status: &str, reverses: &str) -> String {
+        json!({
+            "event_id": event, "request_id": msg.request_id, "amount": 100,
+            "currency": "EUR", "status": status, "payment_event_id": reverses
+        })
+        .to_string()
+    }
+
     async fn deliver(s: &Setup, body: &str) -> (u16, serde_json::Value) {
         let t = s.clock.now_ms() / 1000;
         let req = http::Request::builder()
@@ -307,18 +348,18 @@ mod tests {
         assert_eq!(deliver(&s, &body(&s.msg, "pay", 100)).await.0, 200);
         let remaining = s.store.ledger_of(p).await.remaining;
         let status = || s.store.status_of(&s.msg.request_id);
-        let dispute = event_body(&s.msg, "dispute", 100, "disputed");
+        let dispute = reversal(&s.msg, "dispute", "disputed", "pay");
         let (code, answer) = deliver(&s, &dispute).await;
         assert_eq!((code, &answer["status"]), (200, &"disputed".into()));
         assert_eq!(status().await, Some(OrderStatus::Disputed));
         assert_eq!(deliver(&s, &dispute).await, (code, answer), "a repeat");
-        let refund = event_body(&s.msg, "refund", 100, "refunded");
+        let refund = reversal(&s.msg, "refund", "refunded", "pay");
         let (code, answer) = deliver(&s, &refund).await;
         assert_eq!((code, &answer["status"]), (200, &"refunded".into()));
         assert_eq!(status().await, Some(OrderStatus::Refunded));
         assert_eq!(deliver(&s, &refund).await, (code, answer), "a repeat");
         // A second refund finds nothing paid: recorded, nothing moved.
-        let again = event_body(&s.msg, "refund-2", 100, "refunded");
+        let again = reversal(&s.msg, "refund-2", "refunded", "pay");
         let (code, answer) = deliver(&s, &again).await;
         assert_eq!(
             (code, &answer["status"], &answer["order_status"]),
@@ -336,11 +377,20 @@ mod tests {
             (1, 1, 1, 0)
         );
         assert_eq!(ledger.remaining, remaining, "the unit stays sold");
-        // A refund of an order never paid moves nothing either.
+        // A refund before its payment is recorded waits (it would be lost
+        // to the order once the capture lands); one without the payment it
+        // reverses is refused.
         let unpaid = order_message("p1", "u2", NOW - 1_000);
         s.store.place(&unpaid, &terms(PAY_BY)).await.unwrap();
-        let (code, answer) = deliver(&s, &event_body(&unpaid, "refund-3", 100, "refunded")).await;
-        assert_eq!((code, &answer["order_status"]), (200, &"placed".into()));
+        let early = reversal(&unpaid, "refund-3", "refunded", "pay-2");
+        let (code, answer) = deliver(&s, &early).await;
+        assert_eq!(
+            (code, &answer["error"]),
+            (503, &"payment_not_recorded".into())
+        );
+        assert!(!recorded(&s, "refund-3").await);
+        let (code, _) = deliver(&s, &event_body(&unpaid, "refund-4", 100, "refunded")).await;
+        assert_eq!(code, 400);
         assert_eq!(
             s.store.status_of(&unpaid.request_id).await,
             Some(OrderStatus::Placed)
@@ -348,6 +398,34 @@ mod tests {
         // Other notifications are still acknowledged and ignored.
         let pending = event_body(&s.msg, "p-1", 100, "pending");
         assert_eq!(deliver(&s, &pending).await.1["status"], "ignored");
+    }
+
+    /// Found in review: a buyer paid twice; the second payment is owed
+    /// back (refund_due), and its refund must settle it, not mark the
+    /// order (paid by the first) refunded.
+    #[tokio::test]
+    async fn the_refund_of_a_duplicate_payment_settles_it_and_leaves_the_order_paid() {
+        let s = setup().await;
+        assert_eq!(deliver(&s, &body(&s.msg, "pay", 100)).await.0, 200);
+        assert_eq!(deliver(&s, &body(&s.msg, "pay-again", 100)).await.0, 409);
+        let p = &s.msg.product_id;
+        assert_eq!(s.store.refunds_due(p).await.unwrap().len(), 1);
+        let refund = reversal(&s.msg, "refund", "refunded", "pay-again");
+        let (code, answer) = deliver(&s, &refund).await;
+        assert_eq!((code, &answer["status"]), (200, &"recorded".into()));
+        assert_eq!(
+            s.store.status_of(&s.msg.request_id).await,
+            Some(OrderStatus::Paid)
+        );
+        assert!(s.store.refunds_due(p).await.unwrap().is_empty(), "settled");
+        assert_eq!(s.store.ledger_of(p).await.refunded, 0);
+        // A dispute of it moves nothing either.
+        let dispute = reversal(&s.msg, "dispute", "disputed", "pay-again");
+        assert_eq!(deliver(&s, &dispute).await.1["status"], "recorded");
+        assert_eq!(
+            s.store.status_of(&s.msg.request_id).await,
+            Some(OrderStatus::Paid)
+        );
     }
 
     /// A refund written against a stale read (the order was disputed
@@ -359,9 +437,9 @@ mod tests {
         let id = &s.msg.request_id;
         assert_eq!(deliver(&s, &body(&s.msg, "pay", 100)).await.0, 200);
         let paid = s.store.order(id).await.unwrap().unwrap();
-        let dispute = event_body(&s.msg, "dispute", 100, "disputed");
+        let dispute = reversal(&s.msg, "dispute", "disputed", "pay");
         assert_eq!(deliver(&s, &dispute).await.0, 200);
-        let refund = event_body(&s.msg, "refund", 100, "refunded");
+        let refund = reversal(&s.msg, "refund", "refunded", "pay");
         let record = PaymentRecord {
             event: serde_json::from_str(&refund).unwrap(),
             outcome: PaymentOutcome::Refunded,

@@ -333,6 +333,7 @@ pub fn payment(
         amount: 100,
         currency: shared::domain::Currency::parse("EUR").unwrap(),
         status: "succeeded".into(),
+        payment_event_id: None,
     }
 }
 

@@ -125,6 +125,21 @@ impl LifecycleStore for DynamoStore {
             .build()
             .map_err(invalid)?;
         let mut items = vec![TransactWriteItem::builder().put(payment).build()];
+        // A refund of money owed back: that payment leaves the list of
+        // refunds due (gsi1), with the refund's id on it.
+        if record.outcome == PaymentOutcome::RefundSettled
+            && let Some(due) = &record.event.payment_event_id
+        {
+            let settled = Update::builder()
+                .table_name(&self.table)
+                .key(table::PK, s(table::payment(due.as_str())))
+                .update_expression("SET refunded_by = :ev REMOVE gsi1pk, gsi1sk")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":ev", s(record.event.event_id.as_str()))
+                .build()
+                .map_err(invalid)?;
+            items.push(TransactWriteItem::builder().update(settled).build());
+        }
         if record.outcome.refund_due() {
             let counters = self
                 .count(

@@ -243,6 +243,7 @@ fn payment_record(item: &Item) -> PortResult<PaymentRecord> {
                 amount: get_n(item, "amount")?,
                 currency: Currency::parse(get_s(item, "currency")?).ok()?,
                 status: get_s(item, "event_status")?.to_owned(),
+                payment_event_id: get_s(item, "reverses").and_then(|e| EventId::parse(e).ok()),
             },
             outcome: PaymentOutcome::parse(get_s(item, "outcome")?)?,
             order_status: OrderStatus::parse(get_s(item, "order_status")?)?,
@@ -265,6 +266,9 @@ fn payment_item(r: &PaymentRecord, now_ms: i64) -> Item {
         ("refund_due".into(), Av::Bool(r.outcome.refund_due())),
         ("recorded_at".into(), n(now_ms)),
     ]);
+    if let Some(reversed) = &e.payment_event_id {
+        item.insert("reverses".into(), s(reversed.as_str()));
+    }
     // Money owed back is listed per product through gsi1 (`flashsale refunds`).
     if r.outcome.refund_due() {
         item.insert(
