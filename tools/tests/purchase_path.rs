@@ -218,10 +218,16 @@ async fn every_answer_of_the_api() {
     let (code, resp) = buy(buy_body(&early, "bob", 1), None).await;
     assert_eq!((code, err(&resp)), (403, "sale_not_started".into()));
     let over = unique("over");
-    assert_eq!(create(&s, &over, 5, -7200, 3600).await, 201);
+    assert_eq!(create(&s, &over, 5, -7200, 5400).await, 201);
     assert_eq!(warm(&s, &over, true).await.0, 200);
     let (code, resp) = buy(buy_body(&over, "bob", 1), None).await;
     assert_eq!((code, err(&resp)), (403, "sale_ended".into()));
+    // Over for more than an hour: no longer among the live products, so
+    // refused in process (docs/operations.md, "Limits and rights").
+    let long_over = unique("long-over");
+    assert_eq!(create(&s, &long_over, 5, -10800, 3600).await, 201);
+    let (code, resp) = buy(buy_body(&long_over, "bob", 1), None).await;
+    assert_eq!((code, err(&resp)), (404, "unknown_product".into()));
 
     // Status: own request 200, someone else's 404 as an unknown one, bad id 400.
     let id = first["request_id"].as_str().unwrap().to_owned();
