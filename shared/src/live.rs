@@ -37,7 +37,7 @@ pub struct LiveProducts {
     clock: Option<Arc<dyn Clock>>,
     period_ms: i64,
     state: Mutex<State>,
-    /// One read at a time; the others answer from the list they have.
+    /// One read at a time: other misses wait for it, and use what it read.
     reading: tokio::sync::Mutex<()>,
 }
 
