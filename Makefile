@@ -101,9 +101,11 @@ test-embedded: setup dev-build
 
 # Handler and domain unit tests only: no stack needed.
 unit:
+	node --experimental-vm-modules --test edge/test/
 	cargo $(NEXTEST) --workspace --lib --bins
 
 test: setup lint dev-build
+	node --experimental-vm-modules --test edge/test/
 	localstack/with-stack.sh cargo $(NEXTEST) --workspace
 	@$(MAKE) --no-print-directory test-embedded
 	@$(MAKE) --no-print-directory sam-sale

@@ -1,0 +1,141 @@
+// The edge function as CloudFront runs it: the very file the template
+// deploys, evaluated as a module whose `cloudfront` import is bound to an
+// in-memory KeyValueStore, called with CloudFront's viewer-request event
+// shape (version 1.0). Run: node --experimental-vm-modules --test edge/test/
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, statSync } from 'node:fs';
+import vm from 'node:vm';
+
+const SOURCE = new URL('../viewer-request.js', import.meta.url);
+
+/// The function's `handler`, its store reading from `store` (a Map; a
+/// missing key throws, as KeyValueStore's get does).
+async function load(store) {
+  const context = vm.createContext({ Date, JSON, Number, console });
+  // The file declares `handler` without exporting it, as CloudFront wants;
+  // the loader exports it to call it, and changes nothing else.
+  const text = readFileSync(SOURCE, 'utf8') + '\nexport { handler };\n';
+  const fn = new vm.SourceTextModule(text, { context });
+  const cloudfront = new vm.SyntheticModule(
+    ['default'],
+    function () {
+      this.setExport('default', {
+        kvs: () => ({
+          get: async (key) => {
+            if (!store.has(key)) {
+              throw new Error(`KeyValueStore: key not found: ${key}`);
+            }
+            return store.get(key);
+          },
+        }),
+      });
+    },
+    { context },
+  );
+  await fn.link((specifier) => {
+    assert.equal(specifier, 'cloudfront', 'the function imports only cloudfront');
+    return cloudfront;
+  });
+  await fn.evaluate();
+  return fn.namespace.handler;
+}
+
+/// A viewer-request event as CloudFront documents it.
+function buy({ product, query, key, method = 'POST', uri = '/api/flash-sale/buy' } = {}) {
+  const headers = { host: { value: 'd111111abcdef8.cloudfront.net' } };
+  if (product !== undefined) {
+    headers['x-flashsale-product'] = { value: product };
+  }
+  if (key) {
+    headers['idempotency-key'] = { value: key };
+  }
+  return {
+    version: '1.0',
+    context: { eventType: 'viewer-request', requestId: 'r1', distributionId: 'E1' },
+    viewer: { ip: '198.51.100.7' },
+    request: {
+      method,
+      uri,
+      querystring: query ? { product_id: { value: query } } : {},
+      headers,
+      cookies: {},
+    },
+  };
+}
+
+const HOUR = 3_600_000;
+
+function store() {
+  return new Map([
+    ['soon', `upcoming|${Date.now() + HOUR}|1`],
+    ['begun', `upcoming|${Date.now() - 1000}|1`],
+    ['live', `on_sale|${Date.now() - HOUR}|2`],
+    ['held', `paused|${Date.now() - HOUR}|3`],
+    ['gone', `sold_out|${Date.now() - HOUR}|4`],
+    ['over', `ended|${Date.now() - HOUR}|5`],
+    ['junk', 'no such state'],
+  ]);
+}
+
+/// The answer as status and JSON body, or "origin" when it goes on.
+function seen(event, result) {
+  if (result === event.request) {
+    return 'origin';
+  }
+  assert.equal(result.headers['content-type'].value, 'application/json');
+  assert.equal(result.headers['cache-control'].value, 'no-store');
+  return [result.statusCode, JSON.parse(result.body)];
+}
+
+test('refuses what the sale state settles, with the origin JSON', async () => {
+  const handler = await load(store());
+  const cases = [
+    ['soon', [403, { error: 'sale_not_started' }]],
+    ['gone', [410, { error: 'sold_out' }]],
+    ['over', [403, { error: 'sale_ended' }]],
+    // Started (the publisher has not said so yet), on sale, paused: the
+    // origin answers.
+    ['begun', 'origin'],
+    ['live', 'origin'],
+    ['held', 'origin'],
+  ];
+  for (const [product, want] of cases) {
+    const event = buy({ product });
+    assert.deepEqual(seen(event, await handler(event)), want, product);
+    const byQuery = buy({ query: product });
+    assert.deepEqual(seen(byQuery, await handler(byQuery)), want, `${product} by query`);
+  }
+});
+
+test('fails open: unknown, malformed, body-only, keyed and other routes go on', async () => {
+  const handler = await load(store());
+  const events = [
+    buy({ product: 'nobody-published-me' }),
+    buy({ product: 'junk' }),
+    buy({ product: 'bad.id' }),
+    buy({ product: 'x'.repeat(65) }),
+    buy({}),
+    buy({ product: 'gone', key: 'k-1' }),
+    buy({ product: 'gone', method: 'GET' }),
+    buy({ product: 'gone', uri: '/api/flash-sale/products/gone', method: 'GET' }),
+  ];
+  for (const event of events) {
+    assert.equal(seen(event, await handler(event)), 'origin', JSON.stringify(event.request));
+  }
+});
+
+test('a failing store lets the request go on', async () => {
+  const failing = new Map();
+  failing.get = () => {
+    throw new Error('throttled');
+  };
+  failing.has = () => true;
+  const handler = await load(failing);
+  const event = buy({ product: 'gone' });
+  assert.equal(seen(event, await handler(event)), 'origin');
+});
+
+test('fits CloudFront Functions: 10 KB of source', () => {
+  assert.ok(statSync(SOURCE).size <= 10 * 1024, 'the function is over 10 KB');
+});
