@@ -448,9 +448,19 @@ async fn health_checks_every_dependency_and_metrics_are_exposed() {
     demo::wait_drained(&s.gate, &pid, Duration::from_secs(30))
         .await
         .unwrap();
-    let req = common::request("GET", "/metrics", None);
-    let resp = s.running.app.route(req).await;
-    let text = String::from_utf8_lossy(resp.body().as_ref()).to_string();
+    // Drained means settled in Redis, which the consumer does after it
+    // counts the placement (a settle by the sweeper may come first: then
+    // the consumer's count follows).
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !text.contains("flashsale_orders_placed_total") && std::time::Instant::now() < deadline {
+        let req = common::request("GET", "/metrics", None);
+        let resp = s.running.app.route(req).await;
+        text = String::from_utf8_lossy(resp.body().as_ref()).to_string();
+        if !text.contains("flashsale_orders_placed_total") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     for needle in [
         "flashsale_admitted_total",
         "flashsale_rejected_total{reason=\"sold_out\"}",

@@ -122,8 +122,11 @@ impl<G: AdmissionGate, S: OrderBook + Catalogue> Consumer<G, S> {
                     tracing::warn!("injected crash after the DynamoDB write");
                     return Ok(Outcome::Crashed);
                 }
-                self.gate.settle(msg, Settled::Placed).await?;
+                // Counted when DynamoDB placed it: a settle that fails here
+                // is redelivered as a duplicate, never placed (and counted)
+                // again; and whoever sees the settle sees the count.
                 metrics::counter!("flashsale_orders_placed_total").increment(1);
+                self.gate.settle(msg, Settled::Placed).await?;
                 return Ok(Outcome::Placed);
             }
             Placement::Exists(status) => {
