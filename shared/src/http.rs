@@ -62,6 +62,16 @@ impl ApiError {
         Self::new(400, "invalid_request").with_message(message)
     }
 
+    /// The answer with `Retry-After: secs`: nothing was done, ask again then.
+    pub fn retry_after(self, secs: i64) -> HttpResponse {
+        let mut resp = self.into_response();
+        resp.headers_mut().insert(
+            lambda_http::http::header::RETRY_AFTER,
+            lambda_http::http::HeaderValue::from(secs),
+        );
+        resp
+    }
+
     pub fn into_response(self) -> HttpResponse {
         let mut body = json!({ "error": self.code });
         if let Some(m) = self.message {

@@ -196,20 +196,9 @@ const STOPPED_RETRY_AFTER_SECS: i64 = 30;
 /// 429 `rate_limited`, asking again in `wait_ms` (whole seconds, at least 1).
 fn throttled(wait_ms: i64) -> HttpResponse {
     let secs = (wait_ms.max(1) + 999) / 1000;
-    retry_after(
-        ApiError::new(429, "rate_limited")
-            .with_message(format!("too many requests; try again in {secs} s")),
-        secs,
-    )
-}
-
-fn retry_after(error: ApiError, secs: i64) -> HttpResponse {
-    let mut resp = error.into_response();
-    resp.headers_mut().insert(
-        lambda_http::http::header::RETRY_AFTER,
-        lambda_http::http::HeaderValue::from(secs),
-    );
-    resp
+    ApiError::new(429, "rate_limited")
+        .with_message(format!("too many requests; try again in {secs} s"))
+        .retry_after(secs)
 }
 
 impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook + Catalogue> Deduct<G, Q, S> {
@@ -259,11 +248,9 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook + Catalogue> De
         if self.kill_switch.engaged(&self.gate).await && !self.is_replay(&purchase).await {
             metrics::counter!("flashsale_rejected_total", "reason" => "admissions_stopped")
                 .increment(1);
-            return Ok(retry_after(
-                ApiError::new(503, "admissions_stopped")
-                    .with_message("an operator stopped every sale's admissions; try again later"),
-                STOPPED_RETRY_AFTER_SECS,
-            ));
+            return Ok(ApiError::new(503, "admissions_stopped")
+                .with_message("an operator stopped every sale's admissions; try again later")
+                .retry_after(STOPPED_RETRY_AFTER_SECS));
         }
         if self.sold_out.is_sold_out(&purchase.product_id) && !self.is_replay(&purchase).await {
             metrics::counter!("flashsale_rejected_total", "reason" => "sold_out").increment(1);
@@ -365,17 +352,14 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook + Catalogue> De
                 }
                 let refused = ApiError::new(reason.http_status(), reason.code());
                 match reason {
-                    Refusal::SalePaused => Ok(retry_after(
-                        refused
-                            .with_message("the sale is paused by its operator; try again shortly"),
-                        PAUSED_RETRY_AFTER_SECS,
-                    )),
-                    Refusal::StockMoving => Ok(retry_after(
-                        refused.with_message(
+                    Refusal::SalePaused => Ok(refused
+                        .with_message("the sale is paused by its operator; try again shortly")
+                        .retry_after(PAUSED_RETRY_AFTER_SECS)),
+                    Refusal::StockMoving => Ok(refused
+                        .with_message(
                             "units of this product are moving between its stock buckets; nothing was taken, try again in a second",
-                        ),
-                        STOCK_MOVING_RETRY_AFTER_SECS,
-                    )),
+                        )
+                        .retry_after(STOCK_MOVING_RETRY_AFTER_SECS)),
                     _ => Err(refused),
                 }
             }

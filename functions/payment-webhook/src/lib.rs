@@ -94,14 +94,9 @@ impl<S: OrderBook + LifecycleStore> Webhook<S> {
         let Some(order) = self.store.order(&event.request_id).await? else {
             // Still in the queue (or never admitted): nothing to pay yet and
             // nothing recorded; the provider delivers again.
-            let mut resp = ApiError::new(503, "order_not_ready")
+            return Ok(ApiError::new(503, "order_not_ready")
                 .with_message("the order is not placed yet; deliver the event again later")
-                .into_response();
-            resp.headers_mut().insert(
-                lambda_http::http::header::RETRY_AFTER,
-                lambda_http::http::HeaderValue::from_static("5"),
-            );
-            return Ok(resp);
+                .retry_after(5));
         };
         if kind != EventKind::Captured {
             return self.reversal(order, event, kind, now_ms).await;
@@ -164,14 +159,11 @@ impl<S: OrderBook + LifecycleStore> Webhook<S> {
         let Some(paid) = self.store.payment(&reversed).await? else {
             // Its capture is still being delivered: a reversal recorded
             // now would be lost to the order once the capture lands.
-            let mut resp = ApiError::new(503, "payment_not_recorded")
-                .with_message("the payment this event reverses is not recorded yet; deliver the event again later")
-                .into_response();
-            resp.headers_mut().insert(
-                lambda_http::http::header::RETRY_AFTER,
-                lambda_http::http::HeaderValue::from_static("5"),
-            );
-            return Ok(resp);
+            return Ok(ApiError::new(503, "payment_not_recorded")
+                .with_message(
+                    "the payment this event reverses is not recorded yet; deliver the event again later",
+                )
+                .retry_after(5));
         };
         if paid.event.request_id != event.request_id {
             return Err(ApiError::invalid(format!(
