@@ -4,41 +4,12 @@
 // shape (version 1.0). Run: node --experimental-vm-modules --test edge/test/
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, statSync } from 'node:fs';
-import vm from 'node:vm';
+import { statSync } from 'node:fs';
+import { SOURCE, loadHandler } from '../local/load.mjs';
 
-const SOURCE = new URL('../viewer-request.js', import.meta.url);
-
-/// The function's `handler`, its store reading from `store` (a Map; a
-/// missing key throws, as KeyValueStore's get does).
-async function load(store) {
-  const context = vm.createContext({ Date, JSON, Number, console });
-  // The file declares `handler` without exporting it, as CloudFront wants;
-  // the loader exports it to call it, and changes nothing else.
-  const text = readFileSync(SOURCE, 'utf8') + '\nexport { handler };\n';
-  const fn = new vm.SourceTextModule(text, { context });
-  const cloudfront = new vm.SyntheticModule(
-    ['default'],
-    function () {
-      this.setExport('default', {
-        kvs: () => ({
-          get: async (key) => {
-            if (!store.has(key)) {
-              throw new Error(`KeyValueStore: key not found: ${key}`);
-            }
-            return store.get(key);
-          },
-        }),
-      });
-    },
-    { context },
-  );
-  await fn.link((specifier) => {
-    assert.equal(specifier, 'cloudfront', 'the function imports only cloudfront');
-    return cloudfront;
-  });
-  await fn.evaluate();
-  return fn.namespace.handler;
+/// The function's `handler`, its store reading from `store` (a Map).
+function load(store) {
+  return loadHandler((key) => store.get(key));
 }
 
 /// A viewer-request event as CloudFront documents it.

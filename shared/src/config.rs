@@ -275,6 +275,25 @@ pub fn refusal_log_every() -> Result<u64, ConfigError> {
     }
 }
 
+/// The edge's KeyValueStore (`FLASHSALE_KVS_ARN`), written by the edge
+/// publisher.
+pub fn kvs_arn() -> Result<String, ConfigError> {
+    required("FLASHSALE_KVS_ARN")
+}
+
+/// Another endpoint for that store's API (`FLASHSALE_KVS_ENDPOINT`: the
+/// local store, tools::kvs); unset in AWS.
+pub fn kvs_endpoint() -> Option<String> {
+    var("FLASHSALE_KVS_ENDPOINT")
+}
+
+/// How often the edge publisher reads the sales and writes what changed
+/// (`FLASHSALE_EDGE_PUBLISH_MS`, default 500): with the store's propagation
+/// it bounds how long the edge can be behind the shelf.
+pub fn edge_publish_every() -> Result<Duration, ConfigError> {
+    millis("FLASHSALE_EDGE_PUBLISH_MS", 500)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

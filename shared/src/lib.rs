@@ -8,6 +8,7 @@ pub mod buckets;
 pub mod config;
 pub mod deny;
 pub mod domain;
+pub mod edge;
 pub mod error;
 pub mod faults;
 pub mod http;

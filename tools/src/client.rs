@@ -20,6 +20,8 @@ pub struct Api {
 pub struct Answer {
     pub status: u16,
     pub body: Value,
+    /// The local edge answered it itself (`x-flashsale-edge: refused`).
+    pub at_edge: bool,
 }
 
 impl Api {
@@ -42,14 +44,18 @@ impl Api {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Answer> {
-        let (status, raw) = self.raw(method, path, headers, body).await?;
+        let (status, at_edge, raw) = self.raw(method, path, headers, body).await?;
         let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-        Ok(Answer { status, body })
+        Ok(Answer {
+            status,
+            body,
+            at_edge,
+        })
     }
 
     /// `GET path` as text (the runner's `/metrics`).
     pub async fn text(&self, path: &str) -> Result<String> {
-        let (status, raw) = self.raw("GET", path, &[], None).await?;
+        let (status, _, raw) = self.raw("GET", path, &[], None).await?;
         anyhow::ensure!(status == 200, "GET {path} answered {status}");
         Ok(String::from_utf8_lossy(&raw).into_owned())
     }
@@ -60,7 +66,7 @@ impl Api {
         path: &str,
         headers: &[(&str, &str)],
         body: Option<&Value>,
-    ) -> Result<(u16, Bytes)> {
+    ) -> Result<(u16, bool, Bytes)> {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -74,7 +80,12 @@ impl Api {
             .context("request timed out after 30 s")?
             .with_context(|| format!("{method} {path}: is the runner up at {}?", self.base))?;
         let status = resp.status().as_u16();
-        Ok((status, resp.into_body().collect().await?.to_bytes()))
+        let at_edge = resp.headers().contains_key("x-flashsale-edge");
+        Ok((
+            status,
+            at_edge,
+            resp.into_body().collect().await?.to_bytes(),
+        ))
     }
 
     /// A buy from the body's `user_id`, sent from that buyer's own address

@@ -491,6 +491,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     names: invoke_names,
                 }),
                 send_linger: send_linger()?,
+                edge: None,
             };
             let running = runner::start(cfg, &sdk).await?;
             eprintln!("flashsale runner listening on http://{}", running.addr);

@@ -35,12 +35,13 @@ use tokio::task::JoinHandle;
 use admin::Admin;
 use compensation::Compensation;
 use deduct::Deduct;
+use edge_publisher::Publisher;
 use order_consumer::Consumer;
 use order_expirer::Expirer;
 use order_status::OrderStatusApi;
 use outbox_sweeper::Sweeper;
 use payment_webhook::Webhook;
-use shared::aws::{DynamoStore, SqsQueue};
+use shared::aws::{DynamoStore, KvsStore, SqsQueue};
 use shared::faults::{FaultPlan, Faulty};
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::lifecycle::Terms;
@@ -50,6 +51,7 @@ use shared::redis::{RedisGate, RedisSettings};
 
 use crate::batching::BatchingQueue;
 use crate::invoke::{Function, InvokeConfig, Invoker};
+use crate::kvs::{LOCAL_ARN, LocalKvs};
 use crate::provision::Provisioned;
 
 #[derive(Debug, Clone)]
@@ -91,6 +93,30 @@ pub struct RunnerConfig {
     /// Buys' order sends leave in SQS batches, flushed at 10 or this long
     /// after the first (tools::batching); zero sends each alone.
     pub send_linger: Duration,
+    /// The local edge's store and publisher (issue 32); None: no edge.
+    pub edge: Option<EdgeConfig>,
+}
+
+/// The local KeyValueStore ([`crate::kvs`]) the runner serves, and the
+/// edge publisher it runs on a timer (EventBridge's schedule in AWS).
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    pub kvs_addr: SocketAddr,
+    /// How long a write takes to reach what the edge reads.
+    pub propagation: Duration,
+    pub publish_every: Duration,
+}
+
+impl EdgeConfig {
+    /// A store on a free loopback port, a second's propagation, passes
+    /// every 500 ms (the publisher's default).
+    pub fn local() -> Self {
+        Self {
+            kvs_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            propagation: Duration::from_secs(1),
+            publish_every: Duration::from_millis(500),
+        }
+    }
 }
 
 impl RunnerConfig {
@@ -131,6 +157,7 @@ impl RunnerConfig {
             batching_window: Duration::ZERO,
             invoke: None,
             send_linger: Duration::from_millis(2),
+            edge: None,
         }
     }
 }
@@ -356,6 +383,8 @@ fn prometheus_text() -> HttpResponse {
 pub struct Running {
     pub addr: SocketAddr,
     pub app: Arc<App>,
+    /// The local KeyValueStore and its address, with [`RunnerConfig::edge`].
+    pub kvs: Option<(SocketAddr, LocalKvs)>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -481,13 +510,52 @@ pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
             async move { target.scheduled(f).await }
         })));
     }
+    let kvs = match &cfg.edge {
+        Some(edge) => Some(start_edge(edge, sdk, &app, rx.clone(), &mut tasks).await?),
+        None => None,
+    };
     tracing::info!(%addr, pollers = cfg.pollers, invoke = ?cfg.invoke, "local runner up");
     Ok(Running {
         addr,
         app,
+        kvs,
         shutdown,
         tasks,
     })
+}
+
+/// Serves the local KeyValueStore and publishes to it every period, with
+/// the publisher's own code and its AWS adapter (by endpoint override).
+async fn start_edge(
+    edge: &EdgeConfig,
+    sdk: &SdkConfig,
+    app: &App,
+    shutdown: watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<(SocketAddr, LocalKvs)> {
+    let kvs = LocalKvs::new(edge.propagation);
+    let (kvs_addr, task) = kvs.clone().serve(edge.kvs_addr, shutdown.clone()).await?;
+    tasks.push(task);
+    let publisher = Arc::new(Publisher::new(
+        app.sweeper.gate.clone(),
+        app.sweeper.store.clone(),
+        KvsStore::new(sdk, LOCAL_ARN, Some(&format!("http://{kvs_addr}"))),
+        Arc::new(SystemClock),
+    ));
+    tasks.push(tokio::spawn(every(
+        edge.publish_every,
+        shutdown,
+        move || {
+            let publisher = publisher.clone();
+            async move {
+                if let Err(e) = publisher.publish().await {
+                    tracing::warn!(error = %e, "edge publish failed; the next pass retries");
+                }
+            }
+        },
+    )));
+    tracing::info!(%kvs_addr, propagation = ?edge.propagation, "local KeyValueStore up");
+    Ok((kvs_addr, kvs))
 }
 
 /// What serves the HTTP side: the full [`App`], or a part of it (benches).

@@ -17,9 +17,13 @@ use crate::error::InfraError;
 use crate::ports::PortResult;
 
 mod dynamodb;
+#[cfg(feature = "edge-store")]
+mod kvs;
 mod sqs;
 
 pub use dynamodb::{DynamoStore, create_table, guard_expires_at, table};
+#[cfg(feature = "edge-store")]
+pub use kvs::KvsStore;
 pub use sqs::SqsQueue;
 
 /// The AWS SDK's HTTPS client trusts the system's CA certificates and

@@ -85,6 +85,8 @@ pub struct Options {
     pub capacity: Option<tools::capacity::Capacity>,
     /// The sweeper's and expirer's timers (off: once at start, then daily).
     pub schedules: bool,
+    /// The local KeyValueStore and the edge publisher.
+    pub edge: Option<tools::runner::EdgeConfig>,
 }
 
 impl Default for Options {
@@ -101,6 +103,7 @@ impl Default for Options {
             invoke: None,
             capacity: None,
             schedules: true,
+            edge: None,
         }
     }
 }
@@ -150,6 +153,7 @@ impl TestStack {
             faults: opts.faults,
             batching_window: opts.batching_window,
             invoke: opts.invoke,
+            edge: opts.edge,
             ..RunnerConfig::local(redis, &names, ADMIN_TOKEN, WEBHOOK_SECRET)
         };
         let config = if opts.schedules {

@@ -1,0 +1,43 @@
+// Loads the edge function as CloudFront runs it: the very file the template
+// deploys, evaluated as a module whose `cloudfront` import is bound to a
+// KeyValueStore the caller supplies. Used by the function's tests and by the
+// local edge (server.mjs). Needs node --experimental-vm-modules.
+import { readFileSync } from 'node:fs';
+import vm from 'node:vm';
+
+export const SOURCE = new URL('../viewer-request.js', import.meta.url);
+
+/// The function's `handler`; its store's get(key) calls `lookup(key)`, whose
+/// `undefined` is a missing key (KeyValueStore's get rejects then).
+export async function loadHandler(lookup) {
+  const context = vm.createContext({ Date, JSON, Number, console });
+  // The file declares `handler` without exporting it, as CloudFront wants;
+  // the loader exports it to call it, and changes nothing else.
+  const text = readFileSync(SOURCE, 'utf8') + '\nexport { handler };\n';
+  const fn = new vm.SourceTextModule(text, { context });
+  const cloudfront = new vm.SyntheticModule(
+    ['default'],
+    function () {
+      this.setExport('default', {
+        kvs: () => ({
+          get: async (key) => {
+            const value = lookup(key);
+            if (value === undefined) {
+              throw new Error(`KeyValueStore: key not found: ${key}`);
+            }
+            return value;
+          },
+        }),
+      });
+    },
+    { context },
+  );
+  await fn.link((specifier) => {
+    if (specifier !== 'cloudfront') {
+      throw new Error(`the edge function may import only 'cloudfront', not '${specifier}'`);
+    }
+    return cloudfront;
+  });
+  await fn.evaluate();
+  return fn.namespace.handler;
+}
