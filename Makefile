@@ -18,7 +18,7 @@ RUN_IGNORED := $(if $(findstring nextest,$(NEXTEST)),--run-ignored only,-- --ign
 
 TOOLS_BIN := $(HOME)/.cache/flashsale/tools-venv/bin
 export SAM_CLI_TELEMETRY := 0
-FUNCTIONS := deduct order-consumer order-status admin compensation outbox-sweeper payment-webhook order-expirer
+FUNCTIONS := deduct order-consumer order-status admin compensation outbox-sweeper payment-webhook order-expirer edge-publisher
 BIN_FLAGS := $(foreach f,$(FUNCTIONS),--bin $(f))
 LAMBDA_ARCH := $(if $(filter aarch64,$(shell uname -m)),arm64,x86_64)
 

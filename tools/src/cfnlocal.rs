@@ -102,7 +102,7 @@ pub fn local_template(template: &str, bucket: &str) -> Result<Local> {
     let ttl_attribute = props["TimeToLiveSpecification"]["AttributeName"]
         .as_str()
         .map(str::to_owned);
-    let dropped: Vec<String> = resources
+    let mut dropped: Vec<String> = resources
         .iter()
         .filter(|(_, r)| {
             r["Type"]
@@ -113,6 +113,23 @@ pub fn local_template(template: &str, bucket: &str) -> Result<Local> {
         .collect();
     for id in &dropped {
         resources.remove(id);
+    }
+    // A conditional resource that needs one of them (the edge publisher
+    // needs the edge's KeyValueStore) goes too: its condition is off
+    // locally anyway. An unconditional one fails below.
+    loop {
+        let needing: Vec<String> = resources
+            .iter()
+            .filter(|(_, r)| !r["Condition"].is_null() && mentions(r, &dropped))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if needing.is_empty() {
+            break;
+        }
+        for id in needing {
+            resources.remove(&id);
+            dropped.push(id);
+        }
     }
 
     let mut routes = Vec::new();

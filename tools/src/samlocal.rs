@@ -110,6 +110,10 @@ pub fn template(
                 }
                 kept.insert(id, r);
             }
+            // A conditional function (the edge publisher) needs what sam
+            // local does not run (CloudFront); the runner runs the
+            // publisher itself when asked.
+            Some("AWS::Serverless::Function") if !r["Condition"].is_null() => {}
             Some("AWS::Serverless::Function") => {
                 let binary = r["Metadata"]["BuildProperties"]["Binary"]
                     .as_str()

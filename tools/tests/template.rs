@@ -396,7 +396,7 @@ fn each_function_gets_only_the_access_it_needs() {
     // shared/src/aws/dynamodb, issue 31): every function that talks to
     // Redis reads the product, which the gate falls back to when Redis
     // lost a product's routing.
-    let expected: [(&str, BTreeSet<(String, String)>); 8] = [
+    let expected: [(&str, BTreeSet<(String, String)>); 9] = [
         (
             "deduct",
             rights(&[
@@ -452,6 +452,11 @@ fn each_function_gets_only_the_access_it_needs() {
         (
             "compensation",
             rights(&[("GetItem", &[&order, &product]), ("PutItem", &[&order])]),
+        ),
+        // The live sales and each product; its shelves are Redis'.
+        (
+            "edge-publisher",
+            rights(&[("Query", &[&gsi1]), ("GetItem", &[&product])]),
         ),
         (
             "outbox-sweeper",
@@ -909,5 +914,37 @@ fn public_routes_have_their_own_budgets_and_deduct_keeps_its_concurrency() {
         page["AllowedMethods"].as_sequence().unwrap().len(),
         2,
         "GET and HEAD only"
+    );
+}
+
+/// CloudFront takes the edge function inline: the template's code is the
+/// very file the local edge and the function's tests run, byte for byte,
+/// associated with the sale states and on the buy's viewer requests.
+#[test]
+fn the_edge_function_in_the_template_is_edge_viewer_request_js() {
+    let t = template();
+    let r = resources(&t);
+    let f = &r["EdgeBuyFunction"]["Properties"];
+    let file = std::fs::read_to_string(format!("{}/edge/viewer-request.js", root())).unwrap();
+    assert_eq!(
+        f["FunctionCode"].as_str(),
+        Some(file.as_str()),
+        "template.yaml's EdgeBuyFunction code differs from edge/viewer-request.js: paste the file in again"
+    );
+    assert_eq!(f["FunctionConfig"]["Runtime"], "cloudfront-js-2.0");
+    assert!(
+        file.len() <= 10 * 1024,
+        "CloudFront Functions take at most 10 KB"
+    );
+    let behaviours = r["EdgeDistribution"]["Properties"]["DistributionConfig"]["CacheBehaviors"]
+        .as_sequence()
+        .unwrap();
+    let buy = behaviours
+        .iter()
+        .find(|b| b["PathPattern"] == "/api/flash-sale/buy")
+        .expect("a cache behaviour for the buy");
+    assert_eq!(
+        buy["FunctionAssociations"][0]["EventType"],
+        "viewer-request"
     );
 }
