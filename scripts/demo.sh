@@ -62,6 +62,18 @@ if [ "${CHAOS:-0}" = 1 ]; then
   echo "chaos: FLASHSALE_FAULTS=$FLASHSALE_FAULTS, Redis Cluster failover losing acknowledged writes mid-sale" >&2
 fi
 serve=(serve)
+# EDGE=1: the sale's buyers go through the local edge (issue 32): the edge
+# function in front of the runner, reading the local KeyValueStore the
+# edge publisher writes. The summary says edge=on and what it answered.
+edge_addr=
+if [ "${EDGE:-0}" = 1 ]; then
+  if [ "$runtime" != process ]; then
+    echo "EDGE=1 runs with RUNTIME=process (the edge sits in front of the local runner)" >&2
+    exit 2
+  fi
+  edge_addr="${FLASHSALE_EDGE_ADDR:-127.0.0.1:3100}"
+  serve+=(--edge "$edge_addr")
+fi
 if [ "$runtime" = localstack ]; then
   # shellcheck source=localstack/env.sh
   . "$(dirname "$0")/../localstack/env.sh"
@@ -108,6 +120,14 @@ for _ in $(seq 1 100); do
   kill -0 "$(cat "$STACK_DIR/runner.pid")" 2>/dev/null || { tail -n 20 "$STACK_DIR/runner.log" >&2; exit 1; }
   sleep 0.1
 done
+if [ -n "$edge_addr" ]; then
+  for _ in $(seq 1 100); do
+    curl -fsS "http://$edge_addr/_edge/stats" >/dev/null 2>&1 && break
+    kill -0 "$(cat "$STACK_DIR/runner.pid")" 2>/dev/null || { tail -n 20 "$STACK_DIR/runner.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  args[1]="http://$edge_addr"
+fi
 [ "${DEMO_BUYERS:-}" ] && args+=(--buyers "$DEMO_BUYERS")
 [ "${DEMO_STOCK:-}" ] && args+=(--stock "$DEMO_STOCK")
 echo "runner log: $STACK_DIR/runner.log" >&2

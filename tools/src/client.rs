@@ -92,7 +92,13 @@ impl Api {
     /// (see [`address_of`]).
     pub async fn buy(&self, body: &Value, idempotency_key: Option<&str>) -> Result<Answer> {
         let address = address_of(body["user_id"].as_str().unwrap_or_default());
-        let mut headers = vec![("X-Forwarded-For", address.as_str())];
+        // The product in the header too, as clients send it: the edge
+        // cannot read a body (docs/api.md).
+        let product = body["product_id"].as_str().unwrap_or_default();
+        let mut headers = vec![
+            ("X-Forwarded-For", address.as_str()),
+            ("X-Flashsale-Product", product),
+        ];
         headers.extend(idempotency_key.map(|k| ("Idempotency-Key", k)));
         self.call("POST", "/api/flash-sale/buy", &headers, Some(body))
             .await

@@ -265,3 +265,16 @@ pub async fn faults_injected(api: &Api) -> Result<u64> {
     let health = api.call("GET", "/health", &[], None).await?;
     Ok(health.body["faults_injected"].as_u64().unwrap_or(0))
 }
+
+/// `edge=off`, or what the local edge in front answered: the buys it
+/// refused itself (sold out, not started, ended) and those it let through.
+pub async fn edge_stats(api: &Api) -> String {
+    match api.call("GET", "/_edge/stats", &[], None).await {
+        Ok(a) if a.status == 200 => format!(
+            "edge=on answered_at_edge={} forwarded={}",
+            a.body["answered"].as_u64().unwrap_or(0),
+            a.body["forwarded"].as_u64().unwrap_or(0)
+        ),
+        _ => "edge=off".to_owned(),
+    }
+}

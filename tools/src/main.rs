@@ -48,6 +48,14 @@ enum Command {
         /// How that endpoint names the functions.
         #[arg(long, value_enum, default_value = "template")]
         invoke_names: invoke::Names,
+        /// Also serve the local edge here (issue 32): the edge function
+        /// (node, edge/local/server.mjs) in front of this runner, a local
+        /// KeyValueStore, and the edge publisher writing it.
+        #[arg(long, env = "FLASHSALE_EDGE_ADDR")]
+        edge: Option<SocketAddr>,
+        /// How long the local store's writes take to reach the edge.
+        #[arg(long, env = "FLASHSALE_KVS_PROPAGATION_MS", default_value_t = 1000)]
+        kvs_propagation_ms: u64,
     },
     /// The HTTP API for functions deployed into LocalStack (which has no
     /// API Gateway v2): template.yaml's routes, each invoked as API Gateway
@@ -410,8 +418,9 @@ async fn loadtest(sdk: &aws_config::SdkConfig, a: LoadArgs) -> Result<ExitCode> 
                 books.stock_total - books.placed_units - books.stock_left
             )
         });
+        let edge = demo::edge_stats(&api).await;
         println!(
-            "SUMMARY product={product} buyers={} requests={} {books} faults_injected={faults}{failover} balanced={}",
+            "SUMMARY product={product} buyers={} requests={} {books} faults_injected={faults}{failover} {edge} balanced={}",
             a.buyers,
             report.requests,
             yes_no(ok)
@@ -460,6 +469,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             batching_window_secs,
             invoke,
             invoke_names,
+            edge,
+            kvs_propagation_ms,
         } => {
             telemetry::init();
             deduct::REFUSALS_LOGGED.set_every(config::refusal_log_every()?);
@@ -491,11 +502,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     names: invoke_names,
                 }),
                 send_linger: send_linger()?,
-                edge: None,
+                edge: edge
+                    .map(|_| -> Result<runner::EdgeConfig> {
+                        Ok(runner::EdgeConfig {
+                            propagation: Duration::from_millis(kvs_propagation_ms),
+                            publish_every: config::edge_publish_every()?,
+                            ..runner::EdgeConfig::local()
+                        })
+                    })
+                    .transpose()?,
             };
             let running = runner::start(cfg, &sdk).await?;
             eprintln!("flashsale runner listening on http://{}", running.addr);
+            let local_edge = match (edge, &running.kvs) {
+                (Some(listen), Some((kvs, _))) => {
+                    let e = tools::edge::LocalEdge::start(listen, running.addr, *kvs).await?;
+                    eprintln!(
+                        "local edge listening on http://{} (store at http://{kvs}, propagation {kvs_propagation_ms} ms)",
+                        e.addr
+                    );
+                    Some(e)
+                }
+                _ => None,
+            };
             shutdown_signal().await;
+            if let Some(e) = local_edge {
+                e.stop().await;
+            }
             running.stop().await;
         }
         Command::SamLocalFiles {
