@@ -67,12 +67,11 @@ serve=(serve)
 # edge publisher writes. The summary says edge=on and what it answered.
 edge_addr=
 if [ "${EDGE:-0}" = 1 ]; then
-  if [ "$runtime" != process ]; then
-    echo "EDGE=1 runs with RUNTIME=process (the edge sits in front of the local runner)" >&2
+  if [ "$runtime" = sam ]; then
+    echo "EDGE=1 runs with RUNTIME=process or localstack (the edge sits in front of the local runner or flashsale gateway)" >&2
     exit 2
   fi
   edge_addr="${FLASHSALE_EDGE_ADDR:-127.0.0.1:3100}"
-  serve+=(--edge "$edge_addr")
 fi
 if [ "$runtime" = localstack ]; then
   # shellcheck source=localstack/env.sh
@@ -108,7 +107,7 @@ if [ "$runtime" = sam ]; then
   serve+=(--invoke "$SAM_LAMBDA_URL")
   args[1]="$SAM_API_URL"
 fi
-"$bin" "${serve[@]}" >"$STACK_DIR/runner.log" 2>&1 &
+"$bin" "${serve[@]}" ${edge_addr:+--edge "$edge_addr"} >"$STACK_DIR/runner.log" 2>&1 &
 echo $! >"$STACK_DIR/runner.pid"
 for _ in $(seq 1 100); do
   if [ "$runtime" = localstack ]; then

@@ -8,7 +8,8 @@
 //     --listen 127.0.0.1:3100 --origin http://127.0.0.1:3000 --kvs http://127.0.0.1:4599
 //
 // GET /_edge/stats answers what it counted: requests answered at the edge,
-// forwarded, and failed to reach the origin.
+// forwarded, and failed to reach the origin; GET /_edge/view its copy of
+// the store.
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 import { loadHandler } from './load.mjs';
@@ -48,8 +49,12 @@ async function refresh() {
     viewOk = false;
   }
 }
-await refresh();
-setInterval(refresh, Number(args['poll-ms']));
+// One read at a time: a slow read never lands after a newer one.
+async function keepRefreshing() {
+  await refresh();
+  setTimeout(keepRefreshing, Number(args['poll-ms']));
+}
+await keepRefreshing();
 
 const handler = await loadHandler((key) => view.get(key));
 const stats = { answered: 0, forwarded: 0, origin_errors: 0, function_errors: 0 };
@@ -92,6 +97,11 @@ function eventOf(req) {
   };
 }
 
+// Hop-by-hop headers are the connection's, not the request's.
+const HOP_BY_HOP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade',
+]);
+
 function valuesOf(entry) {
   return entry.multiValue ? entry.multiValue.map((v) => v.value) : [entry.value];
 }
@@ -118,7 +128,9 @@ function forward(req, res, request) {
   }
   const headers = {};
   for (const [name, entry] of Object.entries(request.headers)) {
-    headers[name] = valuesOf(entry);
+    if (!HOP_BY_HOP.has(name)) {
+      headers[name] = valuesOf(entry);
+    }
   }
   headers.host = origin.host;
   const upstream = http.request(
@@ -131,24 +143,31 @@ function forward(req, res, request) {
       headers,
     },
     (reply) => {
-      res.writeHead(reply.statusCode, reply.statusMessage, reply.headers);
+      const headers = Object.fromEntries(
+        Object.entries(reply.headers).filter(([name]) => !HOP_BY_HOP.has(name)),
+      );
+      res.writeHead(reply.statusCode, reply.statusMessage, headers);
+      reply.on('error', (e) => res.destroy(e));
       reply.pipe(res);
     },
   );
   upstream.on('error', (e) => {
     stats.origin_errors += 1;
-    if (!res.headersSent) {
-      res.writeHead(502, { 'content-type': 'application/json' });
+    if (res.headersSent) {
+      // Part of the answer went out: cut it rather than append to it.
+      res.destroy(e);
+      return;
     }
+    res.writeHead(502, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ error: 'origin_unreachable', message: `the local edge could not reach ${args.origin}: ${e.message}` }));
   });
   req.pipe(upstream);
 }
 
 const server = http.createServer(async (req, res) => {
-  if (req.url === '/_edge/stats') {
+  if (req.url === '/_edge/stats' || req.url === '/_edge/view') {
     res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(stats));
+    res.end(JSON.stringify(req.url === '/_edge/stats' ? stats : Object.fromEntries(view)));
     return;
   }
   let result;

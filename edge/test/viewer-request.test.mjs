@@ -39,12 +39,19 @@ const HOUR = 3_600_000;
 
 function store() {
   return new Map([
-    ['soon', `upcoming|${Date.now() + HOUR}|1`],
-    ['begun', `upcoming|${Date.now() - 1000}|1`],
-    ['live', `on_sale|${Date.now() - HOUR}|2`],
-    ['held', `paused|${Date.now() - HOUR}|3`],
-    ['gone', `sold_out|${Date.now() - HOUR}|4`],
-    ['over', `ended|${Date.now() - HOUR}|5`],
+    ['soon', `upcoming|${Date.now() + HOUR}|${Date.now() + 2 * HOUR}|1`],
+    // The start as the origin writes it (deduct's not_started_names_the_start).
+    ['far', 'upcoming|4102444800042|4102448400000|1'],
+    ['begun', `upcoming|${Date.now() - 1000}|${Date.now() + HOUR}|1`],
+    ['live', `on_sale|${Date.now() - HOUR}|${Date.now() + HOUR}|2`],
+    ['held', `paused|${Date.now() - HOUR}|${Date.now() + HOUR}|3`],
+    ['gone', `sold_out|${Date.now() - HOUR}|${Date.now() + HOUR}|4`],
+    ['over', `ended|${Date.now() - HOUR}|${Date.now() + HOUR}|5`],
+    // Past its end before the publisher said so: ended, as the origin says.
+    ['past', `on_sale|${Date.now() - 2 * HOUR}|${Date.now() - 1}|6`],
+    // An older format, or foreign values: the origin decides.
+    ['old', `sold_out|${Date.now() - HOUR}|4`],
+    ['odd', `gone|${Date.now() - HOUR}|${Date.now() + HOUR}|4`],
     ['junk', 'no such state'],
   ]);
 }
@@ -62,9 +69,12 @@ function seen(event, result) {
 test('refuses what the sale state settles, with the origin JSON', async () => {
   const handler = await load(store());
   const cases = [
-    ['soon', [403, { error: 'sale_not_started' }]],
+    ['far', [403, { error: 'sale_not_started', starts_at: '2100-01-01T00:00:00.042Z' }]],
     ['gone', [410, { error: 'sold_out' }]],
     ['over', [403, { error: 'sale_ended' }]],
+    ['past', [403, { error: 'sale_ended' }]],
+    ['old', 'origin'],
+    ['odd', 'origin'],
     // Started (the publisher has not said so yet), on sale, paused: the
     // origin answers.
     ['begun', 'origin'],

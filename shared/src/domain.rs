@@ -441,6 +441,11 @@ pub enum Admission {
     Throttled {
         retry_after_ms: i64,
     },
+    /// Before the sale's start ([`Refusal::SaleNotStarted`]), which the
+    /// answer names (ms since the epoch).
+    NotStarted {
+        starts_at_ms: i64,
+    },
     Refused(Refusal),
 }
 
@@ -1038,6 +1043,22 @@ pub fn republish_due(
 
 pub fn unix_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// `ms` as JavaScript's `Date.toISOString` writes it (UTC, milliseconds):
+/// the edge function writes the same bytes for the same instant.
+pub fn iso_ms(ms: i64) -> String {
+    let t = from_unix_ms(ms);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 pub fn from_unix_ms(ms: i64) -> OffsetDateTime {

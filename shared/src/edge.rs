@@ -4,10 +4,11 @@
 //! publisher (functions/edge-publisher) derives it from DynamoDB's product
 //! and Redis' shelves; these are its decisions, without I/O.
 //!
-//! The value is `"<state>|<starts_at ms>|<control_seq>"`, state one of
-//! `upcoming`, `on_sale`, `paused`, `sold_out`, `ended`. The edge answers
-//! only `upcoming` (before its start), `sold_out` and `ended`; any other or
-//! unreadable value lets the buy go on to the origin.
+//! The value is `"<state>|<starts_at ms>|<ends_at ms>|<control_seq>"`,
+//! state one of `upcoming`, `on_sale`, `paused`, `sold_out`, `ended`. The
+//! edge answers `upcoming` before its start, `sold_out`, and `ended` or any
+//! state after the end; any other or unreadable value lets the buy go on to
+//! the origin.
 
 use std::future::Future;
 
@@ -19,6 +20,7 @@ use crate::ports::PortResult;
 pub struct EdgeValue {
     pub state: SaleState,
     pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
     /// The product's control sequence when it was read: a value never
     /// replaces one with a higher sequence (a newer control was seen).
     pub control_seq: u64,
@@ -30,12 +32,25 @@ impl EdgeValue {
     /// apart ([`Dryness`]): a 410 at the edge is a promise, and one read
     /// across buckets may catch units between two of them.
     pub fn of(product: &Product, now_ms: i64, sold_out: bool) -> Self {
-        // The storefront's precedence (ended, sold out, paused, upcoming);
-        // the shelf counts only as dry or not.
-        let state = product.sale_state(now_ms, Some(if sold_out { 0 } else { 1 }));
+        let (starts_at_ms, ends_at_ms) = (unix_ms(product.starts_at), unix_ms(product.ends_at));
+        // The admission script's precedence (admit.lua), not the
+        // storefront's: a paused sale is paused (503, ask again) even when
+        // dry, and not started before it can be sold out.
+        let state = if now_ms >= ends_at_ms {
+            SaleState::Ended
+        } else if product.paused {
+            SaleState::Paused
+        } else if now_ms < starts_at_ms {
+            SaleState::Upcoming
+        } else if sold_out {
+            SaleState::SoldOut
+        } else {
+            SaleState::OnSale
+        };
         Self {
             state,
-            starts_at_ms: unix_ms(product.starts_at),
+            starts_at_ms,
+            ends_at_ms,
             control_seq: product.control_seq,
         }
     }
@@ -48,7 +63,10 @@ impl EdgeValue {
             SaleState::SoldOut => "sold_out",
             SaleState::Ended => "ended",
         };
-        format!("{state}|{}|{}", self.starts_at_ms, self.control_seq)
+        format!(
+            "{state}|{}|{}|{}",
+            self.starts_at_ms, self.ends_at_ms, self.control_seq
+        )
     }
 
     /// None for a value this code did not write (the edge lets such a buy
@@ -64,10 +82,12 @@ impl EdgeValue {
             _ => return None,
         };
         let starts_at_ms = parts.next()?.parse().ok()?;
+        let ends_at_ms = parts.next()?.parse().ok()?;
         let control_seq = parts.next()?.parse().ok()?;
         parts.next().is_none().then_some(Self {
             state,
             starts_at_ms,
+            ends_at_ms,
             control_seq,
         })
     }
@@ -104,6 +124,15 @@ impl Dryness {
         }
     }
 
+    /// The same pass read again (a retry after a stale write): a unit back
+    /// clears it, but a dry read counts no second time.
+    pub fn recheck(self, stock_left: Option<i64>) -> Self {
+        match stock_left {
+            Some(left) if left <= 0 => self,
+            _ => Self::default(),
+        }
+    }
+
     pub fn sold_out(self) -> bool {
         self.dry_passes >= 2
     }
@@ -119,17 +148,24 @@ pub enum Written {
     Stale,
 }
 
+/// One change to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put { key: String, value: String },
+    Delete { key: String },
+}
+
 /// The KeyValueStore's data plane, as far as the publisher uses it.
 pub trait EdgeStore: Send + Sync {
     /// The store's current version (its ETag).
     fn version(&self) -> impl Future<Output = PortResult<String>> + Send;
     /// Every key and value.
     fn entries(&self) -> impl Future<Output = PortResult<Vec<(String, String)>>> + Send;
-    /// Writes every `(key, value)` at once, if the store is still at
+    /// Makes every change at once (at most 50), if the store is still at
     /// `version`.
-    fn put_all(
+    fn write(
         &self,
-        puts: &[(String, String)],
+        changes: &[Change],
         version: &str,
     ) -> impl Future<Output = PortResult<Written>> + Send;
 }
@@ -143,11 +179,19 @@ mod tests {
         let v = EdgeValue {
             state: SaleState::SoldOut,
             starts_at_ms: 1_700_000_000_000,
+            ends_at_ms: 1_700_003_600_000,
             control_seq: 4,
         };
-        assert_eq!(v.encode(), "sold_out|1700000000000|4");
+        assert_eq!(v.encode(), "sold_out|1700000000000|1700003600000|4");
         assert_eq!(EdgeValue::parse(&v.encode()), Some(v));
-        for junk in ["", "sold_out", "sold_out|x|1", "gone|1|1", "on_sale|1|1|1"] {
+        for junk in [
+            "",
+            "sold_out",
+            "sold_out|x|1|1",
+            "gone|1|1|1",
+            "on_sale|1|1",
+            "on_sale|1|1|1|1",
+        ] {
             assert_eq!(EdgeValue::parse(junk), None, "{junk:?}");
         }
     }
@@ -168,12 +212,22 @@ mod tests {
         );
         assert!(!dry.observe(Some(1)).sold_out(), "a unit back clears it");
         assert!(!dry.observe(None).sold_out(), "an unread shelf is not dry");
+        let once = Dryness::default().observe(Some(0));
+        assert!(
+            !once.recheck(Some(0)).sold_out(),
+            "a retry is not a second pass"
+        );
+        assert!(!dry.recheck(Some(2)).sold_out());
         // Before the start a dry shelf is not sold out; after the end the
         // sale is ended whatever the shelf.
         let before = unix_ms(p.starts_at) - 1;
         assert_eq!(EdgeValue::of(&p, before, true).state, SaleState::Upcoming);
         let after = unix_ms(p.ends_at);
         assert_eq!(EdgeValue::of(&p, after, true).state, SaleState::Ended);
+        // Paused outranks sold out, as in the admission script.
+        let mut held = p.clone();
+        held.paused = true;
+        assert_eq!(EdgeValue::of(&held, on, true).state, SaleState::Paused);
     }
 
     #[test]
@@ -181,6 +235,7 @@ mod tests {
         let v = |state, control_seq| EdgeValue {
             state,
             starts_at_ms: 1,
+            ends_at_ms: 2,
             control_seq,
         };
         let stored = v(SaleState::Paused, 3).encode();

@@ -35,6 +35,8 @@ pub struct ApiError {
     pub message: Option<String>,
     /// The order's status, for refusals that depend on it.
     pub order_status: Option<&'static str>,
+    /// The sale's start (ms), for `sale_not_started`.
+    pub starts_at_ms: Option<i64>,
 }
 
 impl ApiError {
@@ -44,7 +46,13 @@ impl ApiError {
             code,
             message: None,
             order_status: None,
+            starts_at_ms: None,
         }
+    }
+
+    pub fn with_starts_at(mut self, ms: i64) -> Self {
+        self.starts_at_ms = Some(ms);
+        self
     }
 
     pub fn with_order_status(mut self, status: crate::domain::OrderStatus) -> Self {
@@ -79,6 +87,9 @@ impl ApiError {
         }
         if let Some(s) = self.order_status {
             body["status"] = s.into();
+        }
+        if let Some(ms) = self.starts_at_ms {
+            body["starts_at"] = crate::domain::iso_ms(ms).into();
         }
         json_response(self.status, &body)
     }

@@ -239,12 +239,13 @@ async fn idempotency_keys_replay_per_buyer() {
 async fn sale_window_uses_server_time() {
     let g = gate();
     let early = unique("early");
-    g.warm(&product(&early, 5, 1, 3600), false, 5, 0)
-        .await
-        .unwrap();
+    let soon = product(&early, 5, 1, 3600);
+    g.warm(&soon, false, 5, 0).await.unwrap();
+    // The refusal names the start, to the millisecond.
+    let starts_at_ms = shared::domain::unix_ms(soon.starts_at);
     assert_eq!(
         g.admit(&purchase(&early, "u", 1, None)).await.unwrap(),
-        Admission::Refused(Refusal::SaleNotStarted)
+        Admission::NotStarted { starts_at_ms }
     );
     let late = unique("late");
     g.warm(&product(&late, 5, 1, -7200), false, 5, 0)

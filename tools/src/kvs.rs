@@ -2,7 +2,8 @@
 //! (DescribeKeyValueStore, GetKey, ListKeys, PutKey, UpdateKeys, with the
 //! AWS API's paths, ETags and `If-Match`), so the publisher runs unchanged
 //! against it by endpoint override. A stale `If-Match` gets HTTP 412 with
-//! the model's `ConflictException` type.
+//! the model's `ConflictException` type (the model gives that error 409;
+//! the publisher takes either as stale).
 //!
 //! What the edge reads lags the API by a set propagation delay, as
 //! CloudFront's copies do ("a few seconds"): `GET /_local/view` answers the
@@ -49,6 +50,12 @@ struct State {
 impl State {
     fn etag(&self) -> String {
         format!("LOCAL{:08}", self.version)
+    }
+
+    /// ItemCount and TotalSizeInBytes.
+    fn counts(&self) -> (usize, usize) {
+        let size = self.items.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (self.items.len(), size)
     }
 
     fn propagate(&mut self, delay: Duration) {
@@ -173,13 +180,9 @@ impl LocalKvs {
             b => serde_json::from_slice(b.as_ref())
                 .map_err(|e| error(400, "ValidationException", &e.to_string()))?,
         };
-        let counts = |s: &State| {
-            let size: usize = s.items.iter().map(|(k, v)| k.len() + v.len()).sum();
-            (s.items.len(), size)
-        };
         match (method, rest) {
             ("GET", []) => {
-                let (n, size) = counts(&s);
+                let (n, size) = s.counts();
                 Ok(Answer::now(with_etag(
                     json!({ "KvsARN": arn, "ItemCount": n, "TotalSizeInBytes": size,
                         "Created": 0, "LastModified": 0, "Status": "READY" }),
@@ -187,16 +190,37 @@ impl LocalKvs {
                 )))
             }
             ("GET", [keys]) if keys == "keys" => {
-                let items: Vec<Value> = s
+                // Pages of MaxResults (1-50), NextToken the last key sent.
+                let query: BTreeMap<String, String> =
+                    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                        .into_owned()
+                        .collect();
+                let max = query
+                    .get("MaxResults")
+                    .and_then(|m| m.parse::<usize>().ok())
+                    .unwrap_or(MAX_PUTS)
+                    .clamp(1, MAX_PUTS);
+                let after = query.get("NextToken");
+                let page: Vec<(&String, &String)> = s
                     .items
                     .iter()
+                    .filter(|(k, _)| after.is_none_or(|a| *k > a))
+                    .take(max + 1)
+                    .collect();
+                let items: Vec<Value> = page
+                    .iter()
+                    .take(max)
                     .map(|(k, v)| json!({ "Key": k, "Value": v }))
                     .collect();
-                Ok(Answer::now(json_response(200, &json!({ "Items": items }))))
+                let mut body = json!({ "Items": items });
+                if page.len() > max {
+                    body["NextToken"] = page[max - 1].0.clone().into();
+                }
+                Ok(Answer::now(json_response(200, &body)))
             }
             ("GET", [keys, key]) if keys == "keys" => match s.items.get(key) {
                 Some(v) => {
-                    let (n, size) = counts(&s);
+                    let (n, size) = s.counts();
                     Ok(Answer::now(json_response(
                         200,
                         &json!({ "Key": key, "Value": v, "ItemCount": n, "TotalSizeInBytes": size }),
@@ -251,13 +275,7 @@ impl LocalKvs {
 
     fn written(s: &mut State) -> Answer {
         s.version += 1;
-        let (n, size) = (
-            s.items.len(),
-            s.items
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>(),
-        );
+        let (n, size) = s.counts();
         let resp = with_etag(
             json!({ "ItemCount": n, "TotalSizeInBytes": size }),
             &s.etag(),

@@ -71,6 +71,13 @@ enum Command {
         /// for each).
         #[arg(long, env = "FLASHSALE_GATEWAY_CONCURRENCY", default_value_t = 4)]
         concurrency: usize,
+        /// Also serve the local edge here, in front of the gateway, with
+        /// its store and the publisher in this process (LocalStack cannot
+        /// run CloudFront, so the template's publisher is not deployed).
+        #[arg(long, env = "FLASHSALE_EDGE_ADDR")]
+        edge: Option<SocketAddr>,
+        #[arg(long, env = "FLASHSALE_KVS_PROPAGATION_MS", default_value_t = 1000)]
+        kvs_propagation_ms: u64,
     },
     /// Create the queues and the table (idempotent); prints their settings.
     Provision {
@@ -502,26 +509,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     names: invoke_names,
                 }),
                 send_linger: send_linger()?,
-                edge: edge
-                    .map(|_| -> Result<runner::EdgeConfig> {
-                        Ok(runner::EdgeConfig {
-                            propagation: Duration::from_millis(kvs_propagation_ms),
-                            publish_every: config::edge_publish_every()?,
-                            ..runner::EdgeConfig::local()
-                        })
-                    })
-                    .transpose()?,
+                edge: edge.map(|_| edge_config(kvs_propagation_ms)).transpose()?,
             };
             let running = runner::start(cfg, &sdk).await?;
             eprintln!("flashsale runner listening on http://{}", running.addr);
             let local_edge = match (edge, &running.kvs) {
                 (Some(listen), Some((kvs, _))) => {
-                    let e = tools::edge::LocalEdge::start(listen, running.addr, *kvs).await?;
-                    eprintln!(
-                        "local edge listening on http://{} (store at http://{kvs}, propagation {kvs_propagation_ms} ms)",
-                        e.addr
-                    );
-                    Some(e)
+                    Some(local_edge(listen, running.addr, *kvs, kvs_propagation_ms).await?)
                 }
                 _ => None,
             };
@@ -556,6 +550,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             addr,
             targets,
             concurrency,
+            edge,
+            kvs_propagation_ms,
         } => {
             let text = read(&targets)?;
             let targets: Vec<gateway::Target> = serde_json::from_str(&text).with_context(|| {
@@ -568,9 +564,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
+            let addr = listener.local_addr()?;
             eprintln!("gateway on http://{addr}: template.yaml's routes, invoked in LocalStack");
             // Runs until killed; the channel only satisfies serve's shutdown.
             let (_keep, shutdown) = tokio::sync::watch::channel(false);
+            let _edge = match edge {
+                Some(listen) => {
+                    let gate = RedisGate::new(config::redis_settings()?);
+                    let store = DynamoStore::new(&sdk, config::table_name());
+                    let cfg = edge_config(kvs_propagation_ms)?;
+                    let (kvs, _, _) =
+                        runner::start_edge(&cfg, &sdk, gate, store, shutdown.clone()).await?;
+                    Some(local_edge(listen, addr, kvs, kvs_propagation_ms).await?)
+                }
+                None => None,
+            };
             runner::serve(listener, std::sync::Arc::new(gateway), shutdown).await;
         }
         Command::LocalstackTemplate {
@@ -761,6 +769,30 @@ async fn shutdown_signal() {
 /// `FLASHSALE_LOCAL_SEND_LINGER_MS` (default 2): the runner's buys' order
 /// sends leave in SQS batches flushed at 10 or this long after the first;
 /// 0 sends each alone.
+/// The local edge's store and publisher (`serve --edge`, `gateway --edge`).
+fn edge_config(propagation_ms: u64) -> Result<runner::EdgeConfig> {
+    Ok(runner::EdgeConfig {
+        propagation: Duration::from_millis(propagation_ms),
+        publish_every: config::edge_publish_every()?,
+        ..runner::EdgeConfig::local()
+    })
+}
+
+/// The local edge on `listen` in front of `origin`, reading the store at `kvs`.
+async fn local_edge(
+    listen: SocketAddr,
+    origin: SocketAddr,
+    kvs: SocketAddr,
+    propagation_ms: u64,
+) -> Result<tools::edge::LocalEdge> {
+    let e = tools::edge::LocalEdge::start(listen, origin, kvs).await?;
+    eprintln!(
+        "local edge listening on http://{} (store at http://{kvs}, propagation {propagation_ms} ms)",
+        e.addr
+    );
+    Ok(e)
+}
+
 fn send_linger() -> Result<Duration> {
     match std::env::var("FLASHSALE_LOCAL_SEND_LINGER_MS") {
         Err(_) => Ok(Duration::from_millis(2)),

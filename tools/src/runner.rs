@@ -511,7 +511,12 @@ pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
         })));
     }
     let kvs = match &cfg.edge {
-        Some(edge) => Some(start_edge(edge, sdk, &app, rx.clone(), &mut tasks).await?),
+        Some(edge) => {
+            let (gate, store) = (app.sweeper.gate.clone(), app.sweeper.store.clone());
+            let (addr, kvs, edge_tasks) = start_edge(edge, sdk, gate, store, rx.clone()).await?;
+            tasks.extend(edge_tasks);
+            Some((addr, kvs))
+        }
         None => None,
     };
     tracing::info!(%addr, pollers = cfg.pollers, invoke = ?cfg.invoke, "local runner up");
@@ -525,37 +530,38 @@ pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
 }
 
 /// Serves the local KeyValueStore and publishes to it every period, with
-/// the publisher's own code and its AWS adapter (by endpoint override).
-async fn start_edge(
+/// the publisher's own code and its AWS adapter (by endpoint override),
+/// reading the sales from `gate` and `store`. Its tasks stop with
+/// `shutdown`.
+pub async fn start_edge<G, S>(
     edge: &EdgeConfig,
     sdk: &SdkConfig,
-    app: &App,
+    gate: G,
+    store: S,
     shutdown: watch::Receiver<bool>,
-    tasks: &mut Vec<JoinHandle<()>>,
-) -> Result<(SocketAddr, LocalKvs)> {
+) -> Result<(SocketAddr, LocalKvs, Vec<JoinHandle<()>>)>
+where
+    G: SaleGate + 'static,
+    S: Catalogue + 'static,
+{
     let kvs = LocalKvs::new(edge.propagation);
-    let (kvs_addr, task) = kvs.clone().serve(edge.kvs_addr, shutdown.clone()).await?;
-    tasks.push(task);
+    let (kvs_addr, serving) = kvs.clone().serve(edge.kvs_addr, shutdown.clone()).await?;
     let publisher = Arc::new(Publisher::new(
-        app.sweeper.gate.clone(),
-        app.sweeper.store.clone(),
+        gate,
+        store,
         KvsStore::new(sdk, LOCAL_ARN, Some(&format!("http://{kvs_addr}"))),
         Arc::new(SystemClock),
     ));
-    tasks.push(tokio::spawn(every(
-        edge.publish_every,
-        shutdown,
-        move || {
-            let publisher = publisher.clone();
-            async move {
-                if let Err(e) = publisher.publish().await {
-                    tracing::warn!(error = %e, "edge publish failed; the next pass retries");
-                }
+    let publishing = tokio::spawn(every(edge.publish_every, shutdown, move || {
+        let publisher = publisher.clone();
+        async move {
+            if let Err(e) = publisher.publish().await {
+                tracing::warn!(error = %e, "edge publish failed; the next pass retries");
             }
-        },
-    )));
+        }
+    }));
     tracing::info!(%kvs_addr, propagation = ?edge.propagation, "local KeyValueStore up");
-    Ok((kvs_addr, kvs))
+    Ok((kvs_addr, kvs, vec![serving, publishing]))
 }
 
 /// What serves the HTTP side: the full [`App`], or a part of it (benches).

@@ -155,6 +155,21 @@ fn parse(req: &Request, insecure: bool, ids: &RequestIds) -> Result<Purchase, Ap
         req,
         r#"a JSON object like {"product_id":"p42","quantity":1}"#,
     )?;
+    // The edge reads the product from the header or the query (it cannot
+    // read a body): one naming another product than the body would have
+    // it answer for the wrong sale.
+    let header = api::ascii_header(req, "x-flashsale-product")?.map(str::to_owned);
+    for named in [header, api::query_param(req, "product_id")]
+        .into_iter()
+        .flatten()
+    {
+        if named != body.product_id {
+            return Err(ApiError::invalid(format!(
+                "the request names product {named:?} outside its body and {:?} in it: send the same product in both",
+                body.product_id
+            )));
+        }
+    }
     let product_id = ProductId::parse(body.product_id)?;
     let quantity = u32::try_from(body.quantity)
         .map_err(|_| ValidationError::BadQuantity { max: MAX_QUANTITY })
@@ -320,6 +335,12 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook + Catalogue> De
                     );
                 }
                 Ok(throttled(retry_after_ms))
+            }
+            Admission::NotStarted { starts_at_ms } => {
+                // Not charged: the buyer is waiting for the start.
+                metrics::counter!("flashsale_rejected_total", "reason" => Refusal::SaleNotStarted.code())
+                    .increment(1);
+                Err(ApiError::new(403, Refusal::SaleNotStarted.code()).with_starts_at(starts_at_ms))
             }
             Admission::Refused(reason) => {
                 // Only what no wait or stock changes for this buyer: a
@@ -788,7 +809,6 @@ mod tests {
         for (refusal, code) in [
             (Refusal::AlreadyPurchased, 409),
             (Refusal::LimitExceeded, 409),
-            (Refusal::SaleNotStarted, 403),
             (Refusal::SaleEnded, 403),
             (Refusal::UnknownProduct, 404),
             (Refusal::KeyReused, 422),
@@ -803,6 +823,43 @@ mod tests {
             );
         }
         assert!(d.queue.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_header_naming_another_product_than_the_body_is_refused() {
+        let (d, _) = deduct(true).await;
+        let body = r#"{"product_id":"p1","user_id":"u1"}"#;
+        let mut req = buy(body);
+        req.headers_mut()
+            .insert("X-Flashsale-Product", "p2".parse().unwrap());
+        let (status, answer) = call(&d, req).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (400, Some("invalid_request"))
+        );
+        let mut req = buy(body);
+        req.headers_mut()
+            .insert("X-Flashsale-Product", "p1".parse().unwrap());
+        assert_eq!(call(&d, req).await.0, 202);
+        assert_eq!(d.gate.purchases.lock().unwrap().len(), 1);
+    }
+
+    /// Before the start the answer names it, as the edge's does
+    /// (edge/viewer-request.js writes it with Date.toISOString).
+    #[tokio::test]
+    async fn not_started_names_the_start() {
+        let (d, _) = deduct(true).await;
+        d.gate.answer(Admission::NotStarted {
+            starts_at_ms: 4_102_444_800_042,
+        });
+        let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
+        assert_eq!(
+            (status, body),
+            (
+                403,
+                json!({"error": "sale_not_started", "starts_at": "2100-01-01T00:00:00.042Z"})
+            )
+        );
     }
 
     fn keyed(body: &str, key: &str) -> Request {

@@ -12,6 +12,8 @@ use shared::wiring::{Error, Wiring};
 /// Stop this long before the invocation's deadline, so the last write
 /// finishes inside it.
 const MARGIN: Duration = Duration::from_secs(3);
+/// A run's length: the schedule fires every minute.
+const RUN_FOR: Duration = Duration::from_secs(57);
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -28,7 +30,13 @@ async fn main() -> Result<(), Error> {
     // every `every` until its deadline (the template's reserved concurrency
     // of 1 makes the next one wait for it).
     env.run(move |event: LambdaEvent<EventBridgeEvent>| async move {
-        let until = event.context.deadline().checked_sub(MARGIN);
+        // Done before the next minute's run is due, so it is not throttled
+        // (a gap of a few seconds a minute: docs/operations.md).
+        let until = event
+            .context
+            .deadline()
+            .checked_sub(MARGIN)
+            .map(|d| d.min(std::time::SystemTime::now() + RUN_FOR));
         loop {
             if let Err(e) = publisher.publish().await {
                 tracing::warn!(error = %e, "publish failed; the next pass retries");

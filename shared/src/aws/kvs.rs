@@ -11,9 +11,9 @@ use aws_sdk_cloudfrontkeyvaluestore::config::endpoint::{
     Endpoint, EndpointFuture, Params, ResolveEndpoint,
 };
 use aws_sdk_cloudfrontkeyvaluestore::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_cloudfrontkeyvaluestore::types::PutKeyRequestListItem;
+use aws_sdk_cloudfrontkeyvaluestore::types::{DeleteKeyRequestListItem, PutKeyRequestListItem};
 
-use crate::edge::{EdgeStore, Written};
+use crate::edge::{Change, EdgeStore, Written};
 use crate::error::InfraError;
 use crate::ports::PortResult;
 
@@ -87,18 +87,35 @@ impl EdgeStore for KvsStore {
         }
     }
 
-    async fn put_all(&self, puts: &[(String, String)], version: &str) -> PortResult<Written> {
-        let items = puts
-            .iter()
-            .map(|(k, v)| PutKeyRequestListItem::builder().key(k).value(v).build())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| InfraError::permanent(SERVICE, format!("building UpdateKeys: {e}")))?;
+    async fn write(&self, changes: &[Change], version: &str) -> PortResult<Written> {
+        let built = |e: aws_sdk_cloudfrontkeyvaluestore::error::BuildError| {
+            InfraError::permanent(SERVICE, format!("building UpdateKeys: {e}"))
+        };
+        let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+        for c in changes {
+            match c {
+                Change::Put { key, value } => puts.push(
+                    PutKeyRequestListItem::builder()
+                        .key(key)
+                        .value(value)
+                        .build()
+                        .map_err(built)?,
+                ),
+                Change::Delete { key } => deletes.push(
+                    DeleteKeyRequestListItem::builder()
+                        .key(key)
+                        .build()
+                        .map_err(built)?,
+                ),
+            }
+        }
         let sent = self
             .client
             .update_keys()
             .kvs_arn(&self.arn)
             .if_match(version)
-            .set_puts(Some(items))
+            .set_puts(Some(puts))
+            .set_deletes(Some(deletes))
             .send()
             .await;
         match sent {

@@ -139,6 +139,9 @@ impl RedisGate {
             "throttled" => Ok(Admission::Throttled {
                 retry_after_ms: number(1)?,
             }),
+            "sale_not_started" => Ok(Admission::NotStarted {
+                starts_at_ms: number(1)?,
+            }),
             other => Refusal::from_code(other)
                 .map(Admission::Refused)
                 .ok_or_else(|| unexpected("admission")),

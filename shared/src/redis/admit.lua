@@ -121,7 +121,7 @@ for _, l in pairs(limiters) do
 end
 
 if now < tonumber(meta[2]) then
-  return {"sale_not_started", "", ""}
+  return {"sale_not_started", meta[2], ""}
 end
 if qty > tonumber(meta[1]) then
   return {"limit_exceeded", "", ""}
