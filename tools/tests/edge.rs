@@ -516,6 +516,64 @@ async fn the_publisher_survives_a_race_and_a_lost_reply_without_rolling_back() {
     );
 }
 
+/// A pass refused as stale starts over at once: its second read of a dry
+/// shelf a few milliseconds later is not the second pass a sell-out needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_pass_does_not_count_as_a_second_dry_read() {
+    let s = TestStack::start("edge-dry", 30).await;
+    let kvs = LocalKvs::new(Duration::ZERO);
+    let (_stop, shutdown) = watch::channel(false);
+    let (addr, _task) = kvs.clone().serve(LOOPBACK, shutdown).await.unwrap();
+    let endpoint = format!("http://{addr}");
+    let held = Held {
+        inner: s.store.clone(),
+        gate: Arc::default(),
+    };
+    let p = Arc::new(Publisher::new(
+        s.gate.clone(),
+        held.clone(),
+        KvsStore::new(&s.sdk, LOCAL_ARN, Some(&endpoint)),
+        Arc::new(SystemClock),
+    ));
+    let other = KvsStore::new(&s.sdk, LOCAL_ARN, Some(&endpoint));
+    let product = unique("dry");
+    s.on_sale(&product, 1, json!({})).await;
+    assert_eq!(buy(&s.api, &product, "only", None).await.status, 202);
+
+    // The first pass reads the dry shelf, is held, and another write lands.
+    let (reached, reached_rx) = tokio::sync::oneshot::channel();
+    let (go, go_rx) = tokio::sync::oneshot::channel();
+    *held.gate.lock().unwrap() = Some((ProductId::parse(&product).unwrap(), reached, go_rx));
+    let first = tokio::spawn({
+        let p = p.clone();
+        async move { p.publish().await }
+    });
+    reached_rx.await.unwrap();
+    let version = other.version().await.unwrap();
+    let unrelated = Change::Put {
+        key: "unrelated".into(),
+        value: "x".into(),
+    };
+    assert!(matches!(
+        other.write(&[unrelated], &version).await.unwrap(),
+        Written::At(_)
+    ));
+    let _ = go.send(());
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.stale, 1, "{first:?}");
+    assert_eq!(
+        sequences(&kvs, &product),
+        [(SaleState::OnSale, 0)],
+        "one pass read the shelf dry, yet the edge says sold out"
+    );
+    // A second pass does.
+    p.publish().await.unwrap();
+    assert_eq!(
+        sequences(&kvs, &product),
+        [(SaleState::OnSale, 0), (SaleState::SoldOut, 0)]
+    );
+}
+
 /// The adapter on the local store: writes with If-Match move the version,
 /// a stale one is refused and changes nothing, deletes remove, and the
 /// listing pages through more than one page (50 keys).
