@@ -410,6 +410,15 @@ impl<S: Catalogue> Catalogue for Held<S> {
     }
 }
 
+/// A local store on a free port whose writes reach its view at once; its
+/// endpoint, and what keeps it serving.
+async fn local_store() -> (LocalKvs, String, watch::Sender<bool>) {
+    let kvs = LocalKvs::new(Duration::ZERO);
+    let (stop, shutdown) = watch::channel(false);
+    let (addr, _) = kvs.clone().serve(LOOPBACK, shutdown).await.unwrap();
+    (kvs, format!("http://{addr}"), stop)
+}
+
 /// The control sequences a key's values went through.
 fn sequences(kvs: &LocalKvs, product: &str) -> Vec<(SaleState, u64)> {
     kvs.history(product)
@@ -426,9 +435,7 @@ fn sequences(kvs: &LocalKvs, product: &str) -> Vec<(SaleState, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_publisher_survives_a_race_and_a_lost_reply_without_rolling_back() {
     let s = TestStack::start("edge-race", 30).await;
-    let kvs = LocalKvs::new(Duration::ZERO);
-    let (_stop, shutdown) = watch::channel(false);
-    let (addr, _task) = kvs.clone().serve(LOOPBACK, shutdown).await.unwrap();
+    let (kvs, endpoint, _serving) = local_store().await;
     // Attempts time out after 300 ms, so a reply held back 1.5 s is lost.
     let sdk = s
         .sdk
@@ -439,7 +446,6 @@ async fn the_publisher_survives_a_race_and_a_lost_reply_without_rolling_back() {
                 .build(),
         )
         .build();
-    let endpoint = format!("http://{addr}");
     let held = Held {
         inner: s.store.clone(),
         gate: Arc::default(),
@@ -521,10 +527,7 @@ async fn the_publisher_survives_a_race_and_a_lost_reply_without_rolling_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_pass_does_not_count_as_a_second_dry_read() {
     let s = TestStack::start("edge-dry", 30).await;
-    let kvs = LocalKvs::new(Duration::ZERO);
-    let (_stop, shutdown) = watch::channel(false);
-    let (addr, _task) = kvs.clone().serve(LOOPBACK, shutdown).await.unwrap();
-    let endpoint = format!("http://{addr}");
+    let (kvs, endpoint, _serving) = local_store().await;
     let held = Held {
         inner: s.store.clone(),
         gate: Arc::default(),
@@ -579,11 +582,9 @@ async fn a_retried_pass_does_not_count_as_a_second_dry_read() {
 /// listing pages through more than one page (50 keys).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_adapter_writes_pages_and_is_refused_when_stale() {
-    let kvs = LocalKvs::new(Duration::ZERO);
-    let (_stop, shutdown) = watch::channel(false);
-    let (addr, _task) = kvs.clone().serve(LOOPBACK, shutdown).await.unwrap();
+    let (_, endpoint, _serving) = local_store().await;
     let sdk = shared::aws::load_sdk_config().await;
-    let store = KvsStore::new(&sdk, LOCAL_ARN, Some(&format!("http://{addr}")));
+    let store = KvsStore::new(&sdk, LOCAL_ARN, Some(&endpoint));
     let put = |i: usize| Change::Put {
         key: format!("p{i:03}"),
         value: format!("v{i}"),

@@ -170,6 +170,14 @@ fn functions_get_the_environment_the_code_reads() {
                 "FLASHSALE_RESEND_AFTER_MS",
             ],
         ),
+        (
+            "edge-publisher",
+            &[
+                "FLASHSALE_REDIS_URL",
+                "FLASHSALE_TABLE",
+                "FLASHSALE_KVS_ARN",
+            ],
+        ),
     ];
     for (binary, vars) in needs {
         let env = env_of(&t, function(&t, binary));

@@ -64,25 +64,7 @@ async fn sale(
         None => origin.clone(),
     };
     let product = unique("bench-edge");
-    let now = time::OffsetDateTime::now_utc();
-    let rfc = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339);
-    let created = origin
-        .admin(
-            "POST",
-            "/api/admin/products",
-            Some(&serde_json::json!({
-                "product_id": product, "name": "bench", "stock": UNITS, "per_buyer_limit": 1,
-                "price": 100, "currency": "EUR",
-                "starts_at": rfc(now - time::Duration::seconds(1))?,
-                "ends_at": rfc(now + time::Duration::hours(1))?,
-            })),
-        )
-        .await?;
-    ensure!(
-        created.status == 201,
-        "creating the product: {}",
-        created.body
-    );
+    create_through_api(&origin, &product, UNITS).await?;
     let warm = origin
         .admin("POST", &format!("/api/admin/products/{product}/warm"), None)
         .await?;

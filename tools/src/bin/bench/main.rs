@@ -227,6 +227,31 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "NOT met" }
 }
 
+/// Creates `product` through the admin API: `stock` units, one per buyer,
+/// on sale from a second ago for an hour.
+async fn create_through_api(api: &Api, product: &str, stock: u32) -> Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    let rfc = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339);
+    let created = api
+        .admin(
+            "POST",
+            "/api/admin/products",
+            Some(&serde_json::json!({
+                "product_id": product, "name": "bench", "stock": stock, "per_buyer_limit": 1,
+                "price": 100, "currency": "EUR",
+                "starts_at": rfc(now - time::Duration::seconds(1))?,
+                "ends_at": rfc(now + time::Duration::hours(1))?,
+            })),
+        )
+        .await?;
+    ensure!(
+        created.status == 201,
+        "creating the bench product: {}",
+        created.body
+    );
+    Ok(())
+}
+
 fn bench_product(id: &str, stock: u32) -> Product {
     let now = time::OffsetDateTime::now_utc();
     Product {

@@ -51,25 +51,7 @@ pub(super) async fn sam_local(args: &Args, sdk: &aws_config::SdkConfig) -> Resul
     let runner_up_ms = started.elapsed().as_secs_f64() * 1000.0;
 
     let product = unique("bench-s");
-    let now = time::OffsetDateTime::now_utc();
-    let rfc = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339);
-    let created = local
-        .admin(
-            "POST",
-            "/api/admin/products",
-            Some(&serde_json::json!({
-                "product_id": product, "name": "bench", "stock": 10, "per_buyer_limit": 1,
-                "price": 100, "currency": "EUR",
-                "starts_at": rfc(now - time::Duration::seconds(1))?,
-                "ends_at": rfc(now + time::Duration::hours(1))?,
-            })),
-        )
-        .await?;
-    ensure!(
-        created.status == 201,
-        "creating the bench product: {}",
-        created.body
-    );
+    create_through_api(&local, &product, 10).await?;
     let sam = Api::new(sam_api, token);
     let page = format!("/api/flash-sale/products/{product}");
     let invoker = tools::invoke::Invoker::new(
