@@ -2,7 +2,7 @@
 //! (issue 32). A runner with the local KeyValueStore and the publisher
 //! (1 s propagation, passes every 500 ms) on each side; on the edge side
 //! the buyers go through edge/local/server.mjs. 1,000 units, 50,000 buyers
-//! buying once each, 64 at a time; at buyer 30,000 an operator adds 10
+//! buying once each, 64 at a time; at buyer 20,000 an operator adds 10
 //! units, and the figure times how soon the edge lets buyers through again.
 
 use super::*;
@@ -11,7 +11,7 @@ use tools::runner::EdgeConfig;
 
 const UNITS: u32 = 1_000;
 const BUYERS: usize = 50_000;
-const ADD_AT: usize = 30_000;
+const ADD_AT: usize = 20_000;
 const ADDED: i64 = 10;
 const IN_FLIGHT: usize = 64;
 const TOKEN: &str = "bench-edge-token";
@@ -37,6 +37,11 @@ struct EdgeRun {
     to_edge_410: Duration,
     back_through: Duration,
     admitted: usize,
+    /// Units on the shelf once every buyer was answered.
+    left: i64,
+    /// Answers neither 202 nor 410, by status (a 503 `unavailable` leaves
+    /// its unit pending or puts it back: the sweeper decides).
+    others: BTreeMap<u16, usize>,
     rate: f64,
 }
 
@@ -108,6 +113,12 @@ async fn sale(
     };
     futures::future::try_join_all((0..IN_FLIGHT).map(|_| worker())).await?;
     let secs = started.elapsed().as_secs_f64();
+    let stats = origin
+        .admin("GET", &format!("/api/admin/products/{product}"), None)
+        .await?;
+    let left = stats.body["stock_left"]
+        .as_i64()
+        .context("the product's stock_left")?;
     if let Some(e) = local_edge {
         e.stop().await;
     }
@@ -133,6 +144,14 @@ async fn sale(
     let mut run = EdgeRun {
         origin: tries.iter().filter(|t| !t.at_edge).count(),
         admitted,
+        left,
+        others: tries
+            .iter()
+            .filter(|t| t.status != 202 && t.status != 410)
+            .fold(BTreeMap::new(), |mut m, t| {
+                *m.entry(t.status).or_default() += 1;
+                m
+            }),
         rate: tries.len() as f64 / secs,
         ..EdgeRun::default()
     };
@@ -236,13 +255,19 @@ pub(super) async fn edge_figure(sdk: &aws_config::SdkConfig) -> Result<Vec<Row>>
             met: "reported",
         },
         Row {
-            figure: "14. the same sale: units admitted, with the edge vs without (1,010 on the shelf in all)".into(),
-            ours: with.admitted.to_string(),
-            baseline: without.admitted.to_string(),
+            figure: "14. the same sale: units admitted (202), left on the shelf once every buyer was answered, and answers neither 202 nor 410, with the edge vs without (1,010 units in all)".into(),
+            ours: format!("{} + {} left; others {:?}", with.admitted, with.left, with.others),
+            baseline: format!("{} + {} left; others {:?}", without.admitted, without.left, without.others),
             ratio: "-".into(),
             runs: "1".into(),
-            target: "≤ 1010".into(),
-            met: verdict(with.admitted <= 1010 && without.admitted <= 1010),
+            target: "admitted + left ≤ 1010".into(),
+            // Never more sold than there were; the rest is reported (see
+            // the figure's note: units the sweeper's resync held back).
+            met: verdict(
+                [&with, &without]
+                    .iter()
+                    .all(|r| r.admitted as i64 + r.left <= UNITS as i64 + ADDED),
+            ),
         },
     ])
 }
