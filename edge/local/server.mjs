@@ -199,3 +199,12 @@ server.listen(Number(args.listen.slice(at + 1)), args.listen.slice(0, at), () =>
 for (const signal of ['SIGINT', 'SIGTERM']) {
   process.on(signal, () => process.exit(0));
 }
+// The process that started it (the runner, the gateway, a test) may be
+// killed without a chance to stop it: the edge then stops too, rather
+// than hold its port.
+const parent = process.ppid;
+setInterval(() => {
+  if (process.ppid !== parent) {
+    process.exit(0);
+  }
+}, 1000).unref();
