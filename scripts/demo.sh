@@ -158,6 +158,13 @@ case " $(grep '^SUMMARY' "$STACK_DIR/summary.txt" | tail -n 1) " in
     echo "the sale placed or paid nothing: see $STACK_DIR/runner.log${SAM_API_URL:+ and sam-*.log}" >&2
     exit 1 ;;
 esac
+# Through the edge, a sale that sells out must have been refused there too:
+# an edge that answered nothing proves nothing.
+case " $(grep '^SUMMARY' "$STACK_DIR/summary.txt" | tail -n 1) " in
+  *" edge=on answered_at_edge=0 "*)
+    echo "the edge answered no buy itself (is the publisher writing? see $STACK_DIR/runner.log)" >&2
+    exit 1 ;;
+esac
 if [ "$runtime" = localstack ]; then
   wait "$drill_pid" || { cat "$STACK_DIR/drill.txt" >&2; exit 1; }
   echo "failure path: $(tail -n 1 "$STACK_DIR/drill.txt") (an admitted order whose placement always fails: orders queue, DLQ, compensation)" >&2
