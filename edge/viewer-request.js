@@ -16,7 +16,13 @@
 // only in its body goes on to the origin, and so does one with an
 // Idempotency-Key (a repeat of an admitted buy is answered its status by
 // the origin, sold out or not).
+//
+// The waiting room (docs/waiting-room.md): GET /room?product_id= signs a
+// place (random in the early window, else the arrival time), lets it in
+// once the "<id>#room" curve passed it (an admission, a redirect), and
+// shows the line meanwhile. Buys need the admission; deduct checks again.
 import cf from 'cloudfront';
+import crypto from 'crypto';
 
 const kvs = cf.kvs();
 const ID = /^[A-Za-z0-9_-]{1,64}$/;
@@ -32,6 +38,186 @@ function productOf(request) {
   }
   const query = request.querystring.product_id;
   return query ? query.value : null;
+}
+
+function sale(value) {
+  const parts = value.split('|');
+  const s = { state: parts[0], startsAt: Number(parts[1]), endsAt: Number(parts[2]) };
+  if (parts.length !== 4 || STATES.indexOf(s.state) < 0 || !(s.startsAt >= 0) || !(s.endsAt >= 0)) {
+    return null;
+  }
+  return s;
+}
+
+// shared/src/room.rs RoomValue
+function roomOf(value) {
+  const p = value.split('|').map(Number);
+  if (p.length !== 8 || p.some((n) => !Number.isInteger(n)) || p[3] < 0 || p[4] > 1 || p[4] < 0
+      || p[5] < 0 || p[6] <= 0 || p[7] < 0) {
+    return null;
+  }
+  return { at: p[1], frontier: p[2], speed: p[3], paused: p[4] === 1, window: p[5], ttl: p[6], density: p[7] };
+}
+
+function frontier(room, now) {
+  if (room.paused || now <= room.at) {
+    return room.frontier;
+  }
+  return Math.max(room.frontier, Math.min(now, room.frontier + Math.floor((now - room.at) * room.speed / 1000)));
+}
+
+function keysOf(value) {
+  return value.split(',').map((k) => {
+    const at = k.indexOf(':');
+    return { id: k.slice(0, at).trim(), secret: k.slice(at + 1).trim() };
+  });
+}
+
+function mac(key, payload) {
+  return crypto.createHmac('sha256', key.secret).update(payload).digest('hex').slice(0, 32);
+}
+
+// room.rs Pass::sign and verify
+function sign(kind, id, place, nonce, expires, key) {
+  const payload = [kind, id, place, nonce, expires, key.id].join('.');
+  return payload + '.' + mac(key, payload);
+}
+
+function verify(value, keys, kind, id, now) {
+  const f = value.split('.');
+  if (f.length !== 7) {
+    return { refused: 'not a waiting-room pass' };
+  }
+  const key = keys.filter((k) => k.id === f[5])[0];
+  if (!key) {
+    return { refused: 'signed with a key the room no longer holds' };
+  }
+  if (mac(key, f.slice(0, 6).join('.')) !== f[6]) {
+    return { refused: 'its signature does not match (altered or forged)' };
+  }
+  if (f[0] !== kind) {
+    return { refused: 'not this kind of pass' };
+  }
+  if (f[1] !== id) {
+    return { refused: 'issued for another product' };
+  }
+  if (now >= Number(f[4])) {
+    return { refused: 'expired' };
+  }
+  return { place: Number(f[2]), nonce: f[3], expires: Number(f[4]) };
+}
+
+function hex8() {
+  return ('0000000' + Math.floor(Math.random() * 4294967296).toString(16)).slice(-8);
+}
+
+function cookie(value, expires, now) {
+  return {
+    value: value,
+    attributes: 'Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=' + Math.max(0, Math.ceil((expires - now) / 1000)),
+  };
+}
+
+function escape(text) {
+  return String(text).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
+}
+
+function page(status, title, lines, refresh, cookies) {
+  const head = refresh ? '<meta http-equiv="refresh" content="' + refresh + '">' : '';
+  return {
+    statusCode: status,
+    statusDescription: status === 200 ? 'OK' : 'Refused',
+    headers: {
+      'content-type': { value: 'text/html; charset=utf-8' },
+      'cache-control': { value: 'no-store' },
+      'x-flashsale-edge': { value: 'room' },
+    },
+    cookies: cookies,
+    body: '<!doctype html><html><head><meta charset="utf-8"><title>' + escape(title) + '</title>' + head
+      + '</head><body><h1>' + escape(title) + '</h1>'
+      + lines.map((l) => '<p>' + l + '</p>').join('') + '</body></html>',
+  };
+}
+
+// GET /room?product_id=<id>[&return=/path]
+async function roomPage(request, now) {
+  const id = request.querystring.product_id ? request.querystring.product_id.value : '';
+  if (!ID.test(id)) {
+    return request;
+  }
+  const room = roomOf(await kvs.get(id + '#room'));
+  const s = sale(await kvs.get(id));
+  const keys = keysOf(await kvs.get('#room-keys'));
+  if (!room || !s) {
+    return request;
+  }
+  if (s.state === 'sold_out' || s.state === 'ended' || now >= s.endsAt) {
+    return page(200, s.state === 'sold_out' ? 'Sold out' : 'The sale has ended', ['Every unit is taken. Thank you for waiting.']);
+  }
+  const name = 'fs_place_' + id;
+  const held = request.cookies[name];
+  let place;
+  const cookies = {};
+  if (held) {
+    place = verify(held.value, keys, 'p1', id, now);
+    if (place.refused) {
+      cookies[name] = cookie('', now, now);
+      return page(403, 'Your place could not be read', [
+        'Your place in line was refused: ' + escape(place.refused) + '. It gives you no place.',
+        '<a href="/room?product_id=' + id + '">Take a new place</a> (at the back of the line).',
+      ], 0, cookies);
+    }
+  } else {
+    const at = now < s.startsAt ? s.startsAt - room.window + Math.floor(Math.random() * room.window) : now;
+    place = { place: at, nonce: hex8() + hex8(), expires: s.endsAt };
+    cookies[name] = cookie(sign('p1', id, at, place.nonce, s.endsAt, keys[0]), s.endsAt, now);
+  }
+  const ahead = Math.max(0, place.place - frontier(room, now));
+  if (!room.paused && now >= room.at && ahead === 0) {
+    const expires = now + room.ttl * 1000;
+    cookies['fs_admit_' + id] = cookie(sign('a1', id, place.place, place.nonce, expires, keys[0]), expires, now);
+    const back = request.querystring['return'] ? request.querystring['return'].value : '/';
+    return {
+      statusCode: 303,
+      statusDescription: 'See Other',
+      headers: {
+        location: { value: /^\/(?![\/\\])/.test(back) ? back : '/' },
+        'cache-control': { value: 'no-store' },
+        'x-flashsale-edge': { value: 'room' },
+      },
+      cookies: cookies,
+    };
+  }
+  const wait = room.paused || room.speed === 0 ? null : Math.ceil(ahead / room.speed);
+  const lines = [
+    s.state === 'upcoming' && now < s.startsAt
+      ? 'The sale starts at ' + new Date(s.startsAt).toISOString() + '; places before it are drawn at random.'
+      : 'The sale is on.',
+    'About ' + Math.round(ahead / 1000 * room.density) + ' people ahead of you.',
+    wait === null ? 'The line is paused for a moment.' : 'Estimated wait: ' + wait + ' s.',
+    'This page takes you on when it is your turn; come back before ' + new Date(place.expires).toISOString() + ' to keep your place.',
+  ];
+  return page(200, 'You are in line', lines, Math.min(20, Math.max(2, wait === null ? 10 : Math.ceil(wait / 3))), cookies);
+}
+
+// A buy of a product with a room needs its admission.
+async function admitted(request, id, now) {
+  let room;
+  try {
+    room = roomOf(await kvs.get(id + '#room'));
+  } catch (e) {
+    return true;
+  }
+  if (!room) {
+    return true;
+  }
+  const header = request.headers['x-flashsale-admission'];
+  const held = header || request.cookies['fs_admit_' + id];
+  const pass = held ? verify(held.value, keysOf(await kvs.get('#room-keys')), 'a1', id, now) : { refused: 'no admission' };
+  return pass.refused ? refuse(403, 'Forbidden', 'admission_required', {
+    message: 'this sale has a waiting room: ' + pass.refused + '; wait your turn at the room',
+    room: '/room?product_id=' + id,
+  }) : true;
 }
 
 function refuse(status, description, code, extra) {
@@ -50,30 +236,34 @@ function refuse(status, description, code, extra) {
 async function handler(event) {
   const request = event.request;
   try {
+    const now = Date.now();
+    if (request.method === 'GET' && request.uri === '/room') {
+      return await roomPage(request, now);
+    }
     const id = productOf(request);
     if (!id || !ID.test(id) || request.headers['idempotency-key']) {
       return request;
     }
-    const parts = (await kvs.get(id)).split('|');
-    const state = parts[0];
-    const startsAt = Number(parts[1]);
-    const endsAt = Number(parts[2]);
-    if (parts.length !== 4 || STATES.indexOf(state) < 0 || !(startsAt >= 0) || !(endsAt >= 0)) {
+    const s = sale(await kvs.get(id));
+    if (!s) {
       return request;
     }
     // The admission script's order: ended, then sold out (published only
     // for a started, unpaused sale), then not started.
-    const now = Date.now();
-    if (state === 'ended' || now >= endsAt) {
+    if (s.state === 'ended' || now >= s.endsAt) {
       return refuse(403, 'Forbidden', 'sale_ended');
     }
-    if (state === 'sold_out') {
+    if (s.state === 'sold_out') {
       return refuse(410, 'Gone', 'sold_out');
     }
-    if (state === 'upcoming' && startsAt > now) {
+    if (s.state === 'upcoming' && s.startsAt > now) {
       return refuse(403, 'Forbidden', 'sale_not_started', {
-        starts_at: new Date(startsAt).toISOString(),
+        starts_at: new Date(s.startsAt).toISOString(),
       });
+    }
+    const ok = await admitted(request, id, now);
+    if (ok !== true) {
+      return ok;
     }
   } catch (e) {
     // No key (get throws), a malformed value, anything: the origin decides.

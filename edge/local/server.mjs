@@ -111,6 +111,12 @@ function answer(res, response) {
   for (const [name, entry] of Object.entries(response.headers ?? {})) {
     headers[name] = valuesOf(entry);
   }
+  // CloudFront writes the response's cookies as Set-Cookie headers.
+  const cookies = Object.entries(response.cookies ?? {});
+  if (cookies.length) {
+    headers['set-cookie'] = cookies.map(([name, c]) =>
+      `${name}=${c.value}${c.attributes ? `; ${c.attributes}` : ''}`);
+  }
   let body = response.body ?? '';
   if (typeof body === 'object') {
     body = Buffer.from(body.data, body.encoding === 'base64' ? 'base64' : 'utf8');

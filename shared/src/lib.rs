@@ -19,6 +19,7 @@ pub mod payment;
 pub mod ports;
 pub mod redis;
 pub mod retry;
+pub mod room;
 pub mod stock;
 pub mod telemetry;
 pub mod wiring;

@@ -1,0 +1,518 @@
+//! The waiting room's decisions (issue 33, docs/waiting-room.md), without
+//! I/O: the inlet's curve and the signed passes the edge
+//! (edge/viewer-request.js) and `deduct` share.
+//!
+//! A place is a point in arrival time, not a number: the edge cannot count
+//! (a CloudFront Function keeps no state and calls nothing), so it draws
+//! places itself, with no origin call. Before the start a visitor's place
+//! is drawn at random over the room's early window, so arriving first or
+//! refreshing gains nothing; after it, the place is the arrival time
+//! (first come, first in). The curve moves a frontier through those
+//! places; a visitor whose place it passed is let in.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use thiserror::Error;
+
+use crate::domain::ProductId;
+
+/// The inlet: a frontier in arrival time (ms) that advances `speed` ms of
+/// arrival time per second from `at_ms`, never past the clock. The
+/// controller sets the speed from the entry rate it wants and the entries
+/// it sees; each change is a new piece, continuous with the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Curve {
+    /// The controller's sequence: a piece never replaces a higher one.
+    pub seq: u64,
+    pub at_ms: i64,
+    /// The frontier at `at_ms`.
+    pub frontier_ms: i64,
+    /// Arrival-time ms let in per second of the clock.
+    pub speed: i64,
+    /// Nobody is let in; the frontier stands.
+    pub paused: bool,
+}
+
+impl Curve {
+    /// The first piece of a sale's room: from the start, through the places
+    /// drawn over the `early_window_ms` before it.
+    pub fn opening(starts_at_ms: i64, early_window_ms: i64, speed: i64) -> Self {
+        Self {
+            seq: 1,
+            at_ms: starts_at_ms,
+            frontier_ms: starts_at_ms - early_window_ms.max(0),
+            speed: speed.max(0),
+            paused: false,
+        }
+    }
+
+    /// Where the frontier stands at `now_ms`.
+    pub fn frontier(&self, now_ms: i64) -> i64 {
+        if self.paused || now_ms <= self.at_ms {
+            return self.frontier_ms;
+        }
+        let moved = (now_ms - self.at_ms).saturating_mul(self.speed) / 1000;
+        // No place ahead of the clock exists yet; a frontier already there
+        // (set so) stays.
+        (self.frontier_ms + moved).min(now_ms).max(self.frontier_ms)
+    }
+
+    /// Whether the visitor holding `place_ms` may go in at `now_ms`.
+    pub fn lets_in(&self, place_ms: i64, now_ms: i64) -> bool {
+        !self.paused && now_ms >= self.at_ms && place_ms <= self.frontier(now_ms)
+    }
+
+    /// The next piece from `now_ms`: it starts where this one stands then,
+    /// so no change (a new speed, a pause, a controller that restarted and
+    /// read this piece back) moves the frontier back.
+    pub fn then(&self, now_ms: i64, speed: i64, paused: bool) -> Self {
+        let at_ms = now_ms.max(self.at_ms);
+        Self {
+            seq: self.seq + 1,
+            at_ms,
+            frontier_ms: self.frontier(at_ms),
+            speed: speed.max(0),
+            paused,
+        }
+    }
+
+    /// `"<seq>|<at ms>|<frontier ms>|<speed>|<paused 0|1>"`, as the edge
+    /// reads it.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}",
+            self.seq,
+            self.at_ms,
+            self.frontier_ms,
+            self.speed,
+            u8::from(self.paused)
+        )
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.split('|');
+        let mut next = || parts.next();
+        let curve = Self {
+            seq: next()?.parse().ok()?,
+            at_ms: next()?.parse().ok()?,
+            frontier_ms: next()?.parse().ok()?,
+            speed: next()?.parse().ok().filter(|s: &i64| *s >= 0)?,
+            paused: match next()? {
+                "0" => false,
+                "1" => true,
+                _ => return None,
+            },
+        };
+        next().is_none().then_some(curve)
+    }
+}
+
+/// A sale's room as the edge reads it, under the key `<product>#room`: the
+/// curve, then `"|<early window ms>|<admission life s>|<density>"`, the
+/// density the controller's estimate of entries per second of arrival time
+/// (for the page's "ahead of you"). No key: no room, buys go on as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomValue {
+    pub curve: Curve,
+    pub early_window_ms: i64,
+    pub admission_secs: i64,
+    pub density: i64,
+}
+
+impl RoomValue {
+    pub fn encode(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.curve.encode(),
+            self.early_window_ms,
+            self.admission_secs,
+            self.density
+        )
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.rsplitn(4, '|');
+        let density = parts.next()?.parse().ok().filter(|d: &i64| *d >= 0)?;
+        let admission_secs = parts.next()?.parse().ok().filter(|s: &i64| *s > 0)?;
+        let early_window_ms = parts.next()?.parse().ok().filter(|w: &i64| *w >= 0)?;
+        Some(Self {
+            curve: Curve::parse(parts.next()?)?,
+            early_window_ms,
+            admission_secs,
+            density,
+        })
+    }
+}
+
+/// The KeyValueStore key of a product's room (`#` is not allowed in ids).
+pub fn room_key(product: &ProductId) -> String {
+    format!("{product}#room")
+}
+
+/// The KeyValueStore key of the signing keys, `"<id>:<hex secret>,..."`,
+/// the current key first.
+pub const KEYS_KEY: &str = "#room-keys";
+
+/// The signing keys in `value` (`"<id>:<secret>,..."`, the current key
+/// first), as the store and SSM hold them. A secret is text (HMAC's key is
+/// its bytes, as the edge's crypto module takes it).
+pub fn parse_keys(value: &str) -> Result<Vec<Key>, PassError> {
+    let word = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    value
+        .split(',')
+        .map(|k| {
+            let (id, secret) = k.trim().split_once(':').ok_or(PassError::Malformed(
+                "a room key is not <id>:<secret>",
+            ))?;
+            if !(word(id, 8) && word(secret, 256) && secret.len() >= 32) {
+                return Err(PassError::Malformed(
+                    "a room key needs an id of 1-8 letters, digits, - or _ and a secret of 32 or more",
+                ));
+            }
+            Ok(Key {
+                id: id.to_owned(),
+                secret: secret.as_bytes().to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// What a pass admits its holder to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A place in line (the room's cookie).
+    Place,
+    /// A short-lived admission to buy, which `deduct` checks again.
+    Admission,
+}
+
+impl Kind {
+    fn tag(self) -> &'static str {
+        match self {
+            Self::Place => "p1",
+            Self::Admission => "a1",
+        }
+    }
+}
+
+/// A signing key, shared by the edge (through the KeyValueStore) and the
+/// functions; the id lets the room rotate keys while passes signed with the
+/// last one still verify.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key {
+    pub id: String,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A signed pass: `"<kind>.<product>.<place ms>.<nonce>.<expires ms>.<key
+/// id>.<mac>"`, the mac the first 16 bytes of HMAC-SHA256 over everything
+/// before it, in hex. The nonce (16 hex digits, drawn with the place)
+/// names the visitor's place: an admission carries its place's nonce, and
+/// `deduct` redeems it for one buyer account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub kind: Kind,
+    pub product: ProductId,
+    pub place_ms: i64,
+    pub nonce: String,
+    pub expires_ms: i64,
+}
+
+/// Why a pass was refused. All permanent: the holder needs a new one.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PassError {
+    #[error("not a waiting-room pass ({0}): take a place in the room again")]
+    Malformed(&'static str),
+    #[error(
+        "the pass was signed with key {0:?}, which the room no longer holds (rotated out): take a place in the room again"
+    )]
+    UnknownKey(String),
+    #[error(
+        "the pass's signature does not match: it was altered or forged; take a place in the room"
+    )]
+    Forged,
+    #[error("a {found:?} pass where a {wanted:?} is needed: go through the room's page first")]
+    WrongKind { wanted: Kind, found: Kind },
+    #[error("the pass is for product {0}, not this one: take a place in this product's room")]
+    OtherProduct(String),
+    #[error(
+        "the pass expired at {0} ms: take a place in the room again (a place is kept while its pass lives)"
+    )]
+    Expired(i64),
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+const MAC_BYTES: usize = 16;
+
+fn mac(key: &Key, payload: &str) -> HmacSha256 {
+    // Any key length is valid for HMAC.
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&key.secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(payload.as_bytes());
+    mac
+}
+
+impl Pass {
+    /// The pass as the cookie and header carry it, signed with `key`.
+    pub fn sign(&self, key: &Key) -> String {
+        let payload = format!(
+            "{}.{}.{}.{}.{}.{}",
+            self.kind.tag(),
+            self.product,
+            self.place_ms,
+            self.nonce,
+            self.expires_ms,
+            key.id
+        );
+        let tag = mac(key, &payload).finalize().into_bytes();
+        format!("{payload}.{}", hex::encode(&tag[..MAC_BYTES]))
+    }
+
+    /// The pass in `value`, if one of `keys` signed it, it is a `kind`
+    /// pass for `product`, and it lives at `now_ms`.
+    pub fn verify(
+        value: &str,
+        keys: &[Key],
+        kind: Kind,
+        product: &ProductId,
+        now_ms: i64,
+    ) -> Result<Self, PassError> {
+        let (payload, tag) = value
+            .rsplit_once('.')
+            .ok_or(PassError::Malformed("no signature"))?;
+        let parts: Vec<&str> = payload.split('.').collect();
+        let [tag_kind, id, place, nonce, expires, key_id] = parts[..] else {
+            return Err(PassError::Malformed("not seven dot-separated fields"));
+        };
+        let key = keys
+            .iter()
+            .find(|k| k.id == key_id)
+            .ok_or_else(|| PassError::UnknownKey(key_id.to_owned()))?;
+        let tag = hex::decode(tag).map_err(|_| PassError::Malformed("signature not hex"))?;
+        if tag.len() != MAC_BYTES || mac(key, payload).verify_truncated_left(&tag).is_err() {
+            return Err(PassError::Forged);
+        }
+        // Signed by us from here on: a field that does not parse is ours.
+        let found = match tag_kind {
+            "p1" => Kind::Place,
+            "a1" => Kind::Admission,
+            _ => return Err(PassError::Malformed("unknown kind")),
+        };
+        if found != kind {
+            return Err(PassError::WrongKind {
+                wanted: kind,
+                found,
+            });
+        }
+        if id != product.as_str() {
+            return Err(PassError::OtherProduct(id.to_owned()));
+        }
+        let number = |s: &str| {
+            s.parse::<i64>()
+                .map_err(|_| PassError::Malformed("not a number"))
+        };
+        let (place_ms, expires_ms) = (number(place)?, number(expires)?);
+        if now_ms >= expires_ms {
+            return Err(PassError::Expired(expires_ms));
+        }
+        Ok(Self {
+            kind,
+            product: product.clone(),
+            place_ms,
+            nonce: nonce.to_owned(),
+            expires_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: i64 = 1_700_000_000_000;
+
+    fn key(id: &str) -> Key {
+        Key {
+            id: id.into(),
+            secret: b"room-test-secret-0123456789abcdef".to_vec(),
+        }
+    }
+
+    fn pass(kind: Kind) -> Pass {
+        Pass {
+            kind,
+            product: ProductId::parse("p1").unwrap(),
+            place_ms: T - 1_234,
+            nonce: "00ff00ff00ff00ff".into(),
+            expires_ms: T + 60_000,
+        }
+    }
+
+    #[test]
+    fn the_frontier_moves_at_its_speed_never_past_the_clock_nor_back() {
+        // A 60 s early window, let in at 10 s of arrival time a second.
+        let c = Curve::opening(T, 60_000, 10_000);
+        assert_eq!(c.frontier(T - 5_000), T - 60_000);
+        assert_eq!(c.frontier(T + 1_000), T - 50_000);
+        assert!(c.lets_in(T - 50_000, T + 1_000));
+        assert!(!c.lets_in(T - 49_999, T + 1_000));
+        // Nobody before the start, even at the frontier.
+        assert!(!c.lets_in(T - 60_000, T - 1));
+        // Caught up with the clock: it follows it, and no further.
+        assert_eq!(c.frontier(T + 10_000), T + 10_000);
+        assert_eq!(c.frontier(T + 60_000), T + 60_000);
+        // Slower, paused, resumed: each piece starts where the last stood.
+        let slow = c.then(T + 2_000, 1_000, false);
+        assert_eq!((slow.seq, slow.frontier_ms), (2, T - 40_000));
+        assert_eq!(slow.frontier(T + 3_000), T - 39_000);
+        let paused = slow.then(T + 3_000, 1_000, true);
+        assert_eq!(paused.frontier(T + 9_000), T - 39_000);
+        assert!(!paused.lets_in(T - 59_000, T + 9_000));
+        let resumed = paused.then(T + 9_000, 1_000, false);
+        assert_eq!(resumed.frontier(T + 10_000), T - 38_000);
+        // A piece computed for a time before its predecessor's start (a
+        // controller's clock behind) starts at the predecessor's.
+        let late = resumed.then(T, 5_000, false);
+        assert_eq!((late.at_ms, late.frontier_ms), (T + 9_000, T - 39_000));
+    }
+
+    #[test]
+    fn a_curve_reads_back_as_written_and_nothing_else() {
+        let c = Curve::opening(T, 60_000, 10_000).then(T + 2_000, 0, true);
+        assert_eq!(Curve::parse(&c.encode()), Some(c));
+        for bad in [
+            "",
+            "1|2|3|4",
+            "1|2|3|4|2",
+            "1|2|3|-4|0",
+            "1|2|3|4|0|5",
+            "x|2|3|4|0",
+        ] {
+            assert_eq!(Curve::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys_read_current_first() {
+        let secret = "room-test-secret-0123456789abcdef";
+        let keys = parse_keys(&format!("k2:{secret}, k1:{secret}")).unwrap();
+        assert_eq!(keys, [key("k2"), key("k1")]);
+        for bad in [
+            "k1",
+            "k1:short",
+            ":room-test-secret-0123456789abcdef",
+            "k1:room test secret 0123456789abcdef",
+        ] {
+            assert!(parse_keys(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_room_reads_back_as_written() {
+        let room = RoomValue {
+            curve: Curve::opening(T, 60_000, 10_000),
+            early_window_ms: 60_000,
+            admission_secs: 120,
+            density: 2_500,
+        };
+        assert_eq!(
+            room.encode(),
+            "1|1700000000000|1699999940000|10000|0|60000|120|2500"
+        );
+        assert_eq!(RoomValue::parse(&room.encode()), Some(room));
+        assert_eq!(RoomValue::parse("1|2|3|4|0|60000|0|1"), None);
+        assert_eq!(RoomValue::parse("1|2|3|4|0|60000|120"), None);
+        assert_eq!(room_key(&ProductId::parse("p1").unwrap()), "p1#room");
+    }
+
+    #[test]
+    fn a_pass_verifies_only_as_signed_for_its_product_and_life() {
+        let p1 = ProductId::parse("p1").unwrap();
+        let keys = [key("k2"), key("k1")];
+        let signed = pass(Kind::Admission).sign(&key("k1"));
+        assert_eq!(
+            Pass::verify(&signed, &keys, Kind::Admission, &p1, T),
+            Ok(pass(Kind::Admission))
+        );
+        // Every way a pass can be wrong, each named.
+        let mut forged = signed.clone();
+        let last = if forged.ends_with('0') { "1" } else { "0" };
+        forged.replace_range(forged.len() - 1.., last);
+        assert_eq!(
+            Pass::verify(&forged, &keys, Kind::Admission, &p1, T),
+            Err(PassError::Forged)
+        );
+        let place_moved = signed.replacen(&format!("{}", T - 1_234), &format!("{}", T - 99_999), 1);
+        assert_eq!(
+            Pass::verify(&place_moved, &keys, Kind::Admission, &p1, T),
+            Err(PassError::Forged)
+        );
+        assert_eq!(
+            Pass::verify(&signed, &[key("k2")], Kind::Admission, &p1, T),
+            Err(PassError::UnknownKey("k1".into()))
+        );
+        assert_eq!(
+            Pass::verify(&signed, &keys, Kind::Place, &p1, T),
+            Err(PassError::WrongKind {
+                wanted: Kind::Place,
+                found: Kind::Admission
+            })
+        );
+        assert_eq!(
+            Pass::verify(
+                &signed,
+                &keys,
+                Kind::Admission,
+                &ProductId::parse("p2").unwrap(),
+                T
+            ),
+            Err(PassError::OtherProduct("p1".into()))
+        );
+        assert_eq!(
+            Pass::verify(&signed, &keys, Kind::Admission, &p1, T + 60_000),
+            Err(PassError::Expired(T + 60_000))
+        );
+        assert_eq!(
+            Pass::verify("p1.p1.1", &keys, Kind::Place, &p1, T),
+            Err(PassError::Malformed("not seven dot-separated fields"))
+        );
+        // Another secret under the same id: forged.
+        let other = Key {
+            id: "k1".into(),
+            secret: b"another".to_vec(),
+        };
+        assert_eq!(
+            Pass::verify(
+                &pass(Kind::Admission).sign(&other),
+                &keys,
+                Kind::Admission,
+                &p1,
+                T
+            ),
+            Err(PassError::Forged)
+        );
+    }
+
+    /// The vector edge/test/room.test.mjs checks too: both sides sign alike.
+    #[test]
+    fn a_place_signs_as_the_edge_signs_it() {
+        assert_eq!(
+            pass(Kind::Place).sign(&key("k1")),
+            "p1.p1.1699999998766.00ff00ff00ff00ff.1700000060000.k1.ccb95705abb8b738f071295fceb07aca"
+        );
+    }
+}
