@@ -144,6 +144,108 @@ impl RoomValue {
     }
 }
 
+/// A sale's inlet settings (the admin API's, the template's defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InletSettings {
+    /// Entries per second at the start.
+    pub start_rate: f64,
+    /// Entries per second the inlet never exceeds.
+    pub ceiling: f64,
+    /// An operator's pause: nobody is let in.
+    pub paused: bool,
+}
+
+/// What the controller saw of the origin since its last pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Health {
+    /// Admissions `deduct` redeemed, and the arrival time (ms) the frontier
+    /// passed, over the same stretch: their ratio is the line's density.
+    pub entries: u64,
+    pub frontier_advance_ms: i64,
+    /// Entries per second the origin can take at most: the share of the
+    /// API's quota and what the admission script takes (None: no bound).
+    pub capacity: Option<f64>,
+    /// The orders queue's oldest message, DynamoDB's throttles and the
+    /// functions' errors: any of them over its bound means back off.
+    pub queue_age_ms: i64,
+    pub throttles: u64,
+    pub errors: u64,
+}
+
+/// The inlet controller's rule, one pass at a time (AIMD, as TCP): the
+/// entry rate climbs by a tenth of the ceiling a pass while the origin is
+/// healthy and drops by 30% when it is not; the frontier's speed is that
+/// rate over the measured density.
+pub struct Inlet;
+
+impl Inlet {
+    /// The orders queue may age this much before the inlet backs off.
+    pub const QUEUE_AGE_MS: i64 = 5_000;
+    /// The inlet never closes by itself below this rate (a pause does).
+    pub const FLOOR: f64 = 1.0;
+
+    /// The next room value from the stored one (read back every pass, so a
+    /// restarted controller or a lost publish continues from what the edge
+    /// holds, never from a memory of its own).
+    pub fn next(
+        stored: &RoomValue,
+        settings: &InletSettings,
+        health: &Health,
+        now_ms: i64,
+    ) -> RoomValue {
+        let ceiling = health
+            .capacity
+            .map_or(settings.ceiling, |c| c.min(settings.ceiling))
+            .max(Self::FLOOR);
+        let density = match (health.entries, health.frontier_advance_ms) {
+            (n, ms) if n > 0 && ms > 0 => {
+                let seen = n as f64 * 1000.0 / ms as f64;
+                // Half the last estimate, half what was seen: one odd
+                // stretch does not swing the line.
+                if stored.density > 0 {
+                    (stored.density as f64 + seen) / 2.0
+                } else {
+                    seen
+                }
+            }
+            _ => stored.density as f64,
+        };
+        // Nothing measured before this pass: the sale's starting rate.
+        let rate = if stored.density == 0 {
+            settings.start_rate
+        } else {
+            Self::rate_of(stored)
+        };
+        let healthy = health.queue_age_ms <= Self::QUEUE_AGE_MS
+            && health.throttles == 0
+            && health.errors == 0;
+        let rate = if healthy {
+            rate + ceiling / 10.0
+        } else {
+            rate * 0.7
+        }
+        .clamp(Self::FLOOR, ceiling);
+        // Still nothing measured (nobody came through): the frontier keeps
+        // at least the clock's pace, so an empty line does not hold anyone.
+        let speed = if density > 0.0 {
+            (rate / density * 1000.0).round() as i64
+        } else {
+            stored.curve.speed.max(1_000)
+        };
+        let curve = stored.curve.then(now_ms, speed, settings.paused);
+        RoomValue {
+            curve,
+            density: density.round() as i64,
+            ..*stored
+        }
+    }
+
+    /// The entry rate a room value aims at: its speed times its density.
+    pub fn rate_of(room: &RoomValue) -> f64 {
+        room.curve.speed as f64 / 1000.0 * room.density as f64
+    }
+}
+
 /// The KeyValueStore key of a product's room (`#` is not allowed in ids).
 pub fn room_key(product: &ProductId) -> String {
     format!("{product}#room")
@@ -404,6 +506,146 @@ mod tests {
         ] {
             assert_eq!(Curve::parse(bad), None, "{bad:?}");
         }
+    }
+
+    fn room(speed: i64, density: i64) -> RoomValue {
+        RoomValue {
+            curve: Curve::opening(T, 60_000, speed),
+            early_window_ms: 60_000,
+            admission_secs: 120,
+            density,
+        }
+    }
+
+    const SETTINGS: InletSettings = InletSettings {
+        start_rate: 50.0,
+        ceiling: 100.0,
+        paused: false,
+    };
+
+    #[test]
+    fn the_inlet_climbs_while_the_origin_is_healthy_and_backs_off_when_not() {
+        let healthy = Health {
+            entries: 100,
+            frontier_advance_ms: 10_000,
+            ..Health::default()
+        };
+        // 10 visitors a second of arrival time, aiming at 50 a second.
+        let r = room(5_000, 10);
+        let next = Inlet::next(&r, &SETTINGS, &healthy, T + 10_000);
+        assert_eq!(next.density, 10);
+        assert_eq!(Inlet::rate_of(&next), 60.0);
+        assert_eq!(next.curve.speed, 6_000);
+        // Never above the ceiling, nor the origin's capacity.
+        let mut up = next;
+        for i in 0..10 {
+            up = Inlet::next(&up, &SETTINGS, &healthy, T + 20_000 + i * 1_000);
+        }
+        assert_eq!(Inlet::rate_of(&up), 100.0);
+        let bounded = Health {
+            capacity: Some(40.0),
+            ..healthy
+        };
+        assert_eq!(
+            Inlet::rate_of(&Inlet::next(&up, &SETTINGS, &bounded, T + 40_000)),
+            40.0
+        );
+        // An aging queue, a throttle, an error: 30% off each pass.
+        for sick in [
+            Health {
+                queue_age_ms: 6_000,
+                ..healthy
+            },
+            Health {
+                throttles: 1,
+                ..healthy
+            },
+            Health {
+                errors: 2,
+                ..healthy
+            },
+        ] {
+            assert_eq!(
+                Inlet::rate_of(&Inlet::next(&up, &SETTINGS, &sick, T + 40_000)),
+                70.0
+            );
+        }
+        // Denser than thought: the frontier slows to keep the rate.
+        let dense = Health {
+            entries: 300,
+            frontier_advance_ms: 10_000,
+            ..Health::default()
+        };
+        let next = Inlet::next(&r, &SETTINGS, &dense, T + 10_000);
+        assert_eq!(next.density, 20);
+        assert_eq!(next.curve.speed, 3_000);
+    }
+
+    #[test]
+    fn the_first_measure_starts_from_the_sales_rate() {
+        let unmeasured = room(1_000, 0);
+        let seen = Health {
+            entries: 40,
+            frontier_advance_ms: 2_000,
+            ..Health::default()
+        };
+        let next = Inlet::next(&unmeasured, &SETTINGS, &seen, T + 2_000);
+        // 20 a second of arrival time; 50 + 10 aimed at: 3 s a second.
+        assert_eq!((next.density, next.curve.speed), (20, 3_000));
+        let nobody = Inlet::next(&unmeasured, &SETTINGS, &Health::default(), T + 2_000);
+        assert_eq!((nobody.density, nobody.curve.speed), (0, 1_000));
+    }
+
+    #[test]
+    fn no_pass_moves_the_frontier_back_and_a_pause_lets_nobody_in() {
+        let healthy = Health {
+            entries: 10,
+            frontier_advance_ms: 1_000,
+            ..Health::default()
+        };
+        let mut r = room(5_000, 10);
+        let mut last = r.curve.frontier(T);
+        for i in 1..=20 {
+            let now = T + i * 700;
+            // Every other pass the origin struggles; every third the
+            // controller restarts and reads back what was stored two passes
+            // ago (a publish was lost), never a memory of its own.
+            let health = if i % 2 == 0 {
+                Health {
+                    errors: 1,
+                    ..healthy
+                }
+            } else {
+                healthy
+            };
+            let stored = if i % 3 == 0 {
+                r
+            } else {
+                Inlet::next(&r, &SETTINGS, &health, now - 350)
+            };
+            r = Inlet::next(&stored, &SETTINGS, &health, now);
+            let f = r.curve.frontier(now);
+            assert!(
+                f >= last,
+                "pass {i}: the frontier went back from {last} to {f}"
+            );
+            last = f;
+        }
+        let paused = Inlet::next(
+            &r,
+            &InletSettings {
+                paused: true,
+                ..SETTINGS
+            },
+            &healthy,
+            T + 20_000,
+        );
+        assert!(
+            !paused
+                .curve
+                .lets_in(paused.curve.frontier_ms - 60_000, T + 60_000)
+        );
+        assert_eq!(paused.curve.frontier(T + 60_000), paused.curve.frontier_ms);
     }
 
     #[test]
