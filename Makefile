@@ -19,6 +19,7 @@ NEXTEST := $(shell cargo nextest --version >/dev/null 2>&1 && echo "nextest run"
 RUN_IGNORED := $(if $(findstring nextest,$(NEXTEST)),--run-ignored only,-- --ignored)
 
 TOOLS_BIN := $(HOME)/.cache/flashsale/tools-venv/bin
+PLAYWRIGHT_DIR := $(HOME)/.cache/flashsale/playwright
 export SAM_CLI_TELEMETRY := 0
 FUNCTIONS := deduct order-consumer order-status admin compensation outbox-sweeper payment-webhook order-expirer edge-publisher
 BIN_FLAGS := $(foreach f,$(FUNCTIONS),--bin $(f))
@@ -108,6 +109,7 @@ unit:
 
 test: setup lint dev-build
 	node --experimental-vm-modules --test edge/test/
+	PLAYWRIGHT_DIR=$(PLAYWRIGHT_DIR) node --test edge/browser/
 	localstack/with-stack.sh cargo $(NEXTEST) --workspace
 	@$(MAKE) --no-print-directory test-embedded
 	@$(MAKE) --no-print-directory sam-sale

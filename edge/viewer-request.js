@@ -7,10 +7,8 @@
 // here: its answer is the whole page, which the edge caches for a second.
 //
 // The store holds one key per product id; the value is
-// "<state>|<starts_at ms>|<ends_at ms>|<control_seq>", state one of
-// upcoming, on_sale, paused, sold_out, ended (shared/src/edge.rs). The
-// start and the end are compared with the clock here, so neither waits
-// for a publish.
+// "<state>|<starts_at ms>|<ends_at ms>|<control_seq>" (shared/src/edge.rs).
+// The start and the end are compared with the clock here.
 // The buy names its product without the body, which a function cannot
 // read: the X-Flashsale-Product header or ?product_id=; a buy naming it
 // only in its body goes on to the origin, and so does one with an
@@ -188,7 +186,7 @@ async function roomPage(request, now) {
       cookies: cookies,
     };
   }
-  const wait = room.paused || room.speed === 0 ? null : Math.ceil(ahead / room.speed);
+  const wait = room.paused || room.speed === 0 ? null : Math.ceil(Math.max(0, room.at - now) / 1000 + ahead / room.speed);
   const lines = [
     s.state === 'upcoming' && now < s.startsAt
       ? 'The sale starts at ' + new Date(s.startsAt).toISOString() + '; places before it are drawn at random.'

