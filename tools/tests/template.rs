@@ -955,4 +955,24 @@ fn the_edge_function_in_the_template_is_edge_viewer_request_js() {
         buy["FunctionAssociations"][0]["EventType"],
         "viewer-request"
     );
+    // The waiting room's page runs the same function, and a buy's
+    // admission (header or cookie) reaches deduct.
+    let room = behaviours
+        .iter()
+        .find(|b| b["PathPattern"] == "/room")
+        .expect("a cache behaviour for the waiting room's page");
+    assert!(is_ref(&room["CachePolicyId"], "EdgeCachePolicy"));
+    assert_eq!(
+        room["FunctionAssociations"][0]["FunctionARN"],
+        buy["FunctionAssociations"][0]["FunctionARN"]
+    );
+    let forwarded = &r["EdgeOriginRequestPolicy"]["Properties"]["OriginRequestPolicyConfig"];
+    assert!(
+        forwarded["HeadersConfig"]["Headers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|h| h == "X-Flashsale-Admission")
+    );
+    assert_eq!(forwarded["CookiesConfig"]["CookieBehavior"], "all");
 }
