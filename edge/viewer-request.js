@@ -9,14 +9,13 @@
 // The store holds one key per product id; the value is
 // "<state>|<starts_at ms>|<ends_at ms>|<control_seq>" (shared/src/edge.rs).
 // The start and the end are compared with the clock here.
-// The buy names its product without the body, which a function cannot
-// read: the X-Flashsale-Product header or ?product_id=; a buy naming it
-// only in its body goes on to the origin, and so does one with an
-// Idempotency-Key (a repeat of an admitted buy is answered its status by
-// the origin, sold out or not).
+// The buy names its product in the X-Flashsale-Product header or
+// ?product_id= (a function cannot read the body; body-only buys go on). A
+// buy with an Idempotency-Key goes on whatever the state (a repeat of an
+// admitted buy is answered its status by the origin).
 //
 // The waiting room (docs/waiting-room.md): GET /room?product_id= signs a
-// place (random in the early window, else the arrival time), lets it in
+// place (drawn in the early window, else the arrival time), lets it in
 // once the "<id>#room" curve passed it (an admission, a redirect), and
 // shows the line meanwhile. Buys need the admission; deduct checks again.
 import cf from 'cloudfront';
@@ -25,6 +24,10 @@ import crypto from 'crypto';
 const kvs = cf.kvs();
 const ID = /^[A-Za-z0-9_-]{1,64}$/;
 const STATES = ['upcoming', 'on_sale', 'paused', 'sold_out', 'ended'];
+const INT = /^-?\d{1,16}$/;
+// A same-site path: no scheme, host, backslash or control character.
+const BACK = /^\/(?![\/\\])[\w\-.~!$&'()*+,;=:@\/?%]*$/;
+const KEY = /^([\w-]{1,8}):([\w-]{32,256})$/;
 
 function productOf(request) {
   if (request.method !== 'POST' || request.uri !== '/api/flash-sale/buy') {
@@ -38,23 +41,25 @@ function productOf(request) {
   return query ? query.value : null;
 }
 
+// Integers only, as the Rust side writes them; else null.
+function ints(parts, from) {
+  return parts.slice(from).every((x) => INT.test(x)) ? parts.map(Number) : null;
+}
+
 function sale(value) {
-  const parts = value.split('|');
-  const s = { state: parts[0], startsAt: Number(parts[1]), endsAt: Number(parts[2]) };
-  if (parts.length !== 4 || STATES.indexOf(s.state) < 0 || !(s.startsAt >= 0) || !(s.endsAt >= 0)) {
-    return null;
-  }
-  return s;
+  const p = value.split('|');
+  const n = p.length === 4 && STATES.indexOf(p[0]) >= 0 && ints(p.slice(0, 3), 1);
+  return n && n[1] >= 0 && n[2] >= 0 ? { state: p[0], startsAt: n[1], endsAt: n[2] } : null;
 }
 
 // shared/src/room.rs RoomValue
 function roomOf(value) {
-  const p = value.split('|').map(Number);
-  if (p.length !== 8 || p.some((n) => !Number.isInteger(n)) || p[3] < 0 || p[4] > 1 || p[4] < 0
-      || p[5] < 0 || p[6] <= 0 || p[7] < 0) {
+  const p = value.split('|');
+  const n = p.length === 8 && ints(p, 0);
+  if (!n || n[3] < 0 || n[4] > 1 || n[4] < 0 || n[5] < 0 || n[6] <= 0 || n[7] < 0) {
     return null;
   }
-  return { at: p[1], frontier: p[2], speed: p[3], paused: p[4] === 1, window: p[5], ttl: p[6], density: p[7] };
+  return { at: n[1], frontier: n[2], speed: n[3], paused: n[4] === 1, window: n[5], ttl: n[6], density: n[7] };
 }
 
 function frontier(room, now) {
@@ -64,10 +69,14 @@ function frontier(room, now) {
   return Math.max(room.frontier, Math.min(now, room.frontier + Math.floor((now - room.at) * room.speed / 1000)));
 }
 
+// room.rs parse_keys: one bad entry and none is used.
 function keysOf(value) {
   return value.split(',').map((k) => {
-    const at = k.indexOf(':');
-    return { id: k.slice(0, at).trim(), secret: k.slice(at + 1).trim() };
+    const m = KEY.exec(k.trim());
+    if (!m) {
+      throw new Error('bad room keys');
+    }
+    return { id: m[1], secret: m[2] };
   });
 }
 
@@ -120,7 +129,7 @@ function escape(text) {
   return String(text).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
 }
 
-function page(status, title, lines, refresh, cookies) {
+function page(status, title, lines, refresh, cookies = {}) {
   const head = refresh ? '<meta http-equiv="refresh" content="' + refresh + '">' : '';
   return {
     statusCode: status,
@@ -138,16 +147,21 @@ function page(status, title, lines, refresh, cookies) {
 }
 
 // GET /room?product_id=<id>[&return=/path]
-async function roomPage(request, now) {
+async function roomPage(request, now, ip) {
   const id = request.querystring.product_id ? request.querystring.product_id.value : '';
   if (!ID.test(id)) {
     return request;
   }
   const room = roomOf(await kvs.get(id + '#room'));
   const s = sale(await kvs.get(id));
-  const keys = keysOf(await kvs.get('#room-keys'));
   if (!room || !s) {
     return request;
+  }
+  let keys;
+  try {
+    keys = keysOf(await kvs.get('#room-keys'));
+  } catch (e) {
+    return page(503, 'The line is being set up', ['Please wait; this page tries again.'], 5);
   }
   if (s.state === 'sold_out' || s.state === 'ended' || now >= s.endsAt) {
     return page(200, s.state === 'sold_out' ? 'Sold out' : 'The sale has ended', ['Every unit is taken. Thank you for waiting.']);
@@ -166,7 +180,9 @@ async function roomPage(request, now) {
       ], 0, cookies);
     }
   } else {
-    const at = now < s.startsAt ? s.startsAt - room.window + Math.floor(Math.random() * room.window) : now;
+    // Drawn from the address, not per request: asking again redraws nothing.
+    const draw = parseInt(mac(keys[0], 'draw.' + ip + '.' + id).slice(0, 12), 16);
+    const at = now < s.startsAt ? s.startsAt - room.window + (room.window > 0 ? draw % room.window : 0) : now;
     place = { place: at, nonce: hex8() + hex8(), expires: s.endsAt };
     cookies[name] = cookie(sign('p1', id, at, place.nonce, s.endsAt, keys[0]), s.endsAt, now);
   }
@@ -179,7 +195,7 @@ async function roomPage(request, now) {
       statusCode: 303,
       statusDescription: 'See Other',
       headers: {
-        location: { value: /^\/(?![\/\\])/.test(back) ? back : '/' },
+        location: { value: BACK.test(back) ? back : '/' },
         'cache-control': { value: 'no-store' },
         'x-flashsale-edge': { value: 'room' },
       },
@@ -198,8 +214,9 @@ async function roomPage(request, now) {
   return page(200, 'You are in line', lines, Math.min(20, Math.max(2, wait === null ? 10 : Math.ceil(wait / 3))), cookies);
 }
 
-// A buy of a product with a room needs its admission.
-async function admitted(request, id, now) {
+// A buy of a product with a room needs its admission (a keyed repeat, an
+// expired one: the origin answers the repeat); no keys, no buy.
+async function admitted(request, id, now, keyed) {
   let room;
   try {
     room = roomOf(await kvs.get(id + '#room'));
@@ -209,9 +226,14 @@ async function admitted(request, id, now) {
   if (!room) {
     return true;
   }
-  const header = request.headers['x-flashsale-admission'];
-  const held = header || request.cookies['fs_admit_' + id];
-  const pass = held ? verify(held.value, keysOf(await kvs.get('#room-keys')), 'a1', id, now) : { refused: 'no admission' };
+  let keys;
+  try {
+    keys = keysOf(await kvs.get('#room-keys'));
+  } catch (e) {
+    return refuse(503, 'Service Unavailable', 'room_unavailable', { message: 'the waiting room cannot check admissions now; try again shortly' });
+  }
+  const held = request.headers['x-flashsale-admission'] || request.cookies['fs_admit_' + id];
+  const pass = held ? verify(held.value, keys, 'a1', id, keyed ? 0 : now) : { refused: 'no admission' };
   return pass.refused ? refuse(403, 'Forbidden', 'admission_required', {
     message: 'this sale has a waiting room: ' + pass.refused + '; wait your turn at the room',
     room: '/room?product_id=' + id,
@@ -236,11 +258,15 @@ async function handler(event) {
   try {
     const now = Date.now();
     if (request.method === 'GET' && request.uri === '/room') {
-      return await roomPage(request, now);
+      return await roomPage(request, now, event.viewer.ip);
     }
     const id = productOf(request);
-    if (!id || !ID.test(id) || request.headers['idempotency-key']) {
+    if (!id || !ID.test(id)) {
       return request;
+    }
+    if (request.headers['idempotency-key']) {
+      const ok = await admitted(request, id, now, true);
+      return ok === true ? request : ok;
     }
     const s = sale(await kvs.get(id));
     if (!s) {
@@ -259,7 +285,7 @@ async function handler(event) {
         starts_at: new Date(s.startsAt).toISOString(),
       });
     }
-    const ok = await admitted(request, id, now);
+    const ok = await admitted(request, id, now, false);
     if (ok !== true) {
       return ok;
     }

@@ -1,12 +1,11 @@
 // Loads the edge function as CloudFront runs it: the very file the template
-// deploys, evaluated as a module whose `cloudfront` import is bound to a
+// deploys (edge/dist, see deployable.mjs), evaluated as a module whose `cloudfront` import is bound to a
 // KeyValueStore the caller supplies. Used by the function's tests and by the
 // local edge (server.mjs). Needs node --experimental-vm-modules.
 import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import vm from 'node:vm';
-
-export const SOURCE = new URL('../viewer-request.js', import.meta.url);
+import { DEPLOYED } from './deployable.mjs';
 
 /// The function's `handler`; its store's get(key) calls `lookup(key)`, whose
 /// `undefined` is a missing key (KeyValueStore's get rejects then). Tests
@@ -26,7 +25,7 @@ export async function loadHandler(lookup, { now, random } = {}) {
   }
   // The file declares `handler` without exporting it, as CloudFront wants;
   // the loader exports it to call it, and changes nothing else.
-  const text = readFileSync(SOURCE, 'utf8') + '\nexport { handler };\n';
+  const text = readFileSync(DEPLOYED, 'utf8') + '\nexport { handler };\n';
   const fn = new vm.SourceTextModule(text, { context });
   const cloudfront = new vm.SyntheticModule(
     ['default'],

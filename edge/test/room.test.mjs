@@ -27,19 +27,22 @@ async function at(now, values, random = () => 0.5) {
   return loadHandler((key) => values.get(key), { now: () => now, random });
 }
 
-function visit(cookies = {}, query = { product_id: { value: 'p1' } }) {
+function visit(cookies = {}, query = { product_id: { value: 'p1' } }, ip = '198.51.100.7') {
   return {
     version: '1.0',
     context: { eventType: 'viewer-request' },
-    viewer: { ip: '198.51.100.7' },
+    viewer: { ip },
     request: { method: 'GET', uri: '/room', querystring: query, headers: {}, cookies },
   };
 }
 
-function buy(product, { cookies = {}, header } = {}) {
+function buy(product, { cookies = {}, header, key } = {}) {
   const headers = { 'x-flashsale-product': { value: product } };
   if (header) {
     headers['x-flashsale-admission'] = { value: header };
+  }
+  if (key) {
+    headers['idempotency-key'] = { value: key };
   }
   return {
     version: '1.0',
@@ -76,48 +79,59 @@ test('a place signed by the functions is read as theirs, a tampered one gives no
   assert.match(late.body, /expired/);
 });
 
-test('early arrivals draw their place over the early window; later ones queue by arrival', async () => {
-  const draws = [0, 0.999999, 0.25];
+test('early arrivals draw their place over the early window, once; later ones queue by arrival', async () => {
   const places = [];
-  for (const r of draws) {
-    const res = await (await at(T - 50_000, store(), () => r))(visit());
-    assert.equal(res.statusCode, 200);
-    places.push(placeMs(placeOf(res)));
+  for (let i = 0; i < 200; i += 1) {
+    const ip = `203.0.113.${i}`;
+    const first = await (await at(T - 50_000 + i, store(), () => i / 200))(visit({}, undefined, ip));
+    assert.equal(first.statusCode, 200);
+    places.push(placeMs(placeOf(first)));
+    // Asking again without the cookie, later, with other draws: the same
+    // place (refreshing or clearing cookies redraws nothing).
+    const again = await (await at(T - 10_000, store(), () => 0.99))(visit({}, undefined, ip));
+    assert.equal(placeMs(placeOf(again)), places[i], ip);
   }
-  assert.deepEqual(places, [T - 60_000, T - 1, T - 45_000]);
-  // After the start: the arrival time, whatever the draw.
-  const later = await (await at(T + 30_000, store({ speed: 100 }), () => 0))(visit());
+  assert.ok(places.every((p) => p >= T - 60_000 && p < T), 'within the early window');
+  // Spread over it, not by arrival: a quarter of the window each quarter.
+  for (let q = 0; q < 4; q += 1) {
+    const n = places.filter((p) => p >= T - 60_000 + q * 15_000 && p < T - 45_000 + q * 15_000).length;
+    assert.ok(n > 25 && n < 75, `quarter ${q}: ${n} of 200`);
+  }
+  // After the start: the arrival time.
+  const later = await (await at(T + 30_000, store({ speed: 100 })))(visit());
   assert.equal(placeMs(placeOf(later)), T + 30_000);
 });
 
 test('a visitor is let in once the frontier passed their place, with an admission and a safe redirect', async () => {
   const values = store();
-  const place = (await (await at(T - 5_000, values, () => 0.5))(visit())).cookies.fs_place_p1.value;
-  assert.equal(placeMs(place), T - 30_000);
+  // The Rust-signed place: T - 1,234 ms.
+  const place = RUST_PLACE;
   const cookies = { fs_place_p1: { value: place } };
   // Not started: a page, whatever the place.
   const before = await (await at(T - 1, values))(visit(cookies));
   assert.equal(before.statusCode, 200);
   assert.match(before.body, /The sale starts at/);
-  assert.match(before.body, /About 150 people ahead/);
+  assert.match(before.body, /About 294 people ahead/);
   assert.match(before.body, /http-equiv="refresh"/);
-  // 2 s in the frontier stands at T - 40 s: 10 s to go.
+  // 2 s in the frontier stands at T - 40 s: 38.8 s of arrivals to go.
   const waiting = await (await at(T + 2_000, values))(visit(cookies));
-  assert.match(waiting.body, /About 50 people ahead/);
-  assert.match(waiting.body, /Estimated wait: 1 s/);
+  assert.match(waiting.body, /About 194 people ahead/);
+  assert.match(waiting.body, /Estimated wait: 4 s/);
   const query = (back) => ({ product_id: { value: 'p1' }, return: { value: back } });
-  const inside = await (await at(T + 3_000, values))(visit(cookies, query('/products/p1')));
+  const early = await (await at(T + 5_876, values))(visit(cookies, query('/products/p1')));
+  assert.equal(early.statusCode, 200, 'not yet: the frontier stands 1 ms short');
+  const inside = await (await at(T + 5_877, values))(visit(cookies, query('/products/p1')));
   assert.equal(inside.statusCode, 303);
   assert.equal(inside.headers.location.value, '/products/p1');
   const admission = inside.cookies.fs_admit_p1.value;
-  assert.match(admission, /^a1\.p1\.1699999970000\./);
+  assert.match(admission, /^a1\.p1\.1699999998766\.00ff00ff00ff00ff\./);
   assert.match(inside.cookies.fs_admit_p1.attributes, /Max-Age=120/);
-  for (const back of ['//evil.example', '/\\evil.example', 'https://evil.example']) {
-    const res = await (await at(T + 3_000, values))(visit(cookies, query(back)));
+  for (const back of ['//evil.example', '/\\evil.example', 'https://evil.example', '/\t/evil.example', '/a\nb']) {
+    const res = await (await at(T + 5_877, values))(visit(cookies, query(back)));
     assert.equal(res.headers.location.value, '/', back);
   }
   // The admission buys; the place alone does not.
-  const handler = await at(T + 4_000, values);
+  const handler = await at(T + 6_000, values);
   const ok = buy('p1', { cookies: { fs_admit_p1: { value: admission } } });
   assert.equal(await handler(ok), ok.request);
   const byHeader = buy('p1', { header: admission });
@@ -135,12 +149,45 @@ test('a visitor is let in once the frontier passed their place, with an admissio
     assert.match(body.message, why);
   }
   // Expired: its 120 s are over.
-  const expired = await (await at(T + 123_001, values))(ok);
+  const expired = await (await at(T + 125_877, values))(ok);
   assert.equal(expired.statusCode, 403);
   assert.match(JSON.parse(expired.body).message, /expired/);
   // A product without a room buys as before.
   const free = buy('p2');
   assert.equal(await handler(free), free.request);
+  // A keyed buy needs the admission too; a keyed repeat after it expired
+  // goes on (the origin answers the repeat from the first admission).
+  const keyed = await handler(buy('p1', { key: 'k-1' }));
+  assert.equal(keyed.statusCode, 403);
+  const repeat = buy('p1', { key: 'k-1', header: admission });
+  assert.equal(await (await at(T + 500_000, values))(repeat), repeat.request);
+});
+
+test('without readable keys a room fails closed; malformed values are not read as rooms', async () => {
+  for (const keys of [`k1:${SECRET},`, `k1:short`, ` `]) {
+    const values = store({ keys });
+    const res = await (await at(T + 1_000, values))(buy('p1'));
+    assert.equal(res.statusCode, 503, keys);
+    assert.equal(JSON.parse(res.body).error, 'room_unavailable');
+    const pageRes = await (await at(T + 1_000, values))(visit());
+    assert.equal(pageRes.statusCode, 503);
+    assert.match(pageRes.body, /http-equiv="refresh"/);
+  }
+  const noKeys = store();
+  noKeys.delete('#room-keys');
+  assert.equal((await (await at(T + 1_000, noKeys))(buy('p1'))).statusCode, 503);
+  // An empty or non-integer field: no room (and no sale), so nothing is
+  // let in by a misread start.
+  for (const room of ['1||1699999940000|10000|0|60000|120|5', '1|1700000000000|1699999940000|1e4|0|60000|120|5']) {
+    const values = store();
+    values.set('p1#room', room);
+    const event = visit();
+    assert.equal(await (await at(T + 1_000, values))(event), event.request, room);
+  }
+  const values = store();
+  values.set('p1', `upcoming|${T}|${T + 3_600_000}.5|1`);
+  const event = visit();
+  assert.equal(await (await at(T + 1_000, values))(event), event.request);
 });
 
 test('a paused inlet lets nobody in; a sold-out product is told at the edge', async () => {

@@ -4,8 +4,9 @@
 // shape (version 1.0). Run: node --experimental-vm-modules --test edge/test/
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { statSync } from 'node:fs';
-import { SOURCE, loadHandler } from '../local/load.mjs';
+import { readFileSync, statSync } from 'node:fs';
+import { loadHandler } from '../local/load.mjs';
+import { DEPLOYED, SOURCE, deployable } from '../local/deployable.mjs';
 
 /// The function's `handler`, its store reading from `store` (a Map).
 function load(store) {
@@ -117,6 +118,11 @@ test('a failing store lets the request go on', async () => {
   assert.equal(seen(event, await handler(event)), 'origin');
 });
 
-test('fits CloudFront Functions: 10 KB of source', () => {
-  assert.ok(statSync(SOURCE).size <= 10 * 1024, 'the function is over 10 KB');
+test('what deploys is the source, current, and fits CloudFront Functions: 10 KB', () => {
+  assert.equal(
+    readFileSync(DEPLOYED, 'utf8'),
+    deployable(readFileSync(SOURCE, 'utf8')),
+    'edge/dist/viewer-request.js is stale: run node edge/local/deployable.mjs',
+  );
+  assert.ok(statSync(DEPLOYED).size <= 10 * 1024, 'the deployed function is over 10 KB');
 });

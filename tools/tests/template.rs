@@ -926,18 +926,19 @@ fn public_routes_have_their_own_budgets_and_deduct_keeps_its_concurrency() {
 }
 
 /// CloudFront takes the edge function inline: the template's code is the
-/// very file the local edge and the function's tests run, byte for byte,
+/// very file the local edge and the function's tests run (edge/dist, the
+/// source less its comments: edge/local/deployable.mjs), byte for byte,
 /// associated with the sale states and on the buy's viewer requests.
 #[test]
 fn the_edge_function_in_the_template_is_edge_viewer_request_js() {
     let t = template();
     let r = resources(&t);
     let f = &r["EdgeBuyFunction"]["Properties"];
-    let file = std::fs::read_to_string(format!("{}/edge/viewer-request.js", root())).unwrap();
+    let file = std::fs::read_to_string(format!("{}/edge/dist/viewer-request.js", root())).unwrap();
     assert_eq!(
         f["FunctionCode"].as_str(),
         Some(file.as_str()),
-        "template.yaml's EdgeBuyFunction code differs from edge/viewer-request.js: paste the file in again"
+        "template.yaml's EdgeBuyFunction code differs from edge/dist/viewer-request.js: run node edge/local/deployable.mjs"
     );
     assert_eq!(f["FunctionConfig"]["Runtime"], "cloudfront-js-2.0");
     assert!(
