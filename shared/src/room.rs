@@ -5,9 +5,9 @@
 //! A place is a point in arrival time, not a number: the edge cannot count
 //! (a CloudFront Function keeps no state and calls nothing), so it draws
 //! places itself, with no origin call. Before the start a visitor's place
-//! is drawn at random over the room's early window, so arriving first or
-//! refreshing gains nothing; after it, the place is the arrival time
-//! (first come, first in). The curve moves a frontier through those
+//! is drawn over the room's early window from an HMAC of their address and
+//! the product, so arriving first or asking again gains nothing; after it,
+//! the place is the arrival time (first come, first in). The curve moves a frontier through those
 //! places; a visitor whose place it passed is let in.
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -22,7 +22,7 @@ use crate::domain::ProductId;
 /// it sees; each change is a new piece, continuous with the last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Curve {
-    /// The controller's sequence: a piece never replaces a higher one.
+    /// The controller's count of pieces (each `then` adds one).
     pub seq: u64,
     pub at_ms: i64,
     /// The frontier at `at_ms`.
@@ -251,8 +251,7 @@ pub fn room_key(product: &ProductId) -> String {
     format!("{product}#room")
 }
 
-/// The KeyValueStore key of the signing keys, `"<id>:<hex secret>,..."`,
-/// the current key first.
+/// The KeyValueStore key of the signing keys ([`parse_keys`]).
 pub const KEYS_KEY: &str = "#room-keys";
 
 /// The signing keys in `value` (`"<id>:<secret>,..."`, the current key
@@ -404,7 +403,11 @@ impl Pass {
             .iter()
             .find(|k| k.id == key_id)
             .ok_or_else(|| PassError::UnknownKey(key_id.to_owned()))?;
-        let tag = hex::decode(tag).map_err(|_| PassError::Malformed("signature not hex"))?;
+        // Lowercase, as signed (and as the edge compares it).
+        let tag = (tag.bytes().all(|b| !b.is_ascii_uppercase()))
+            .then(|| hex::decode(tag).ok())
+            .flatten()
+            .ok_or(PassError::Malformed("signature not lowercase hex"))?;
         if tag.len() != MAC_BYTES || mac(key, payload).verify_truncated_left(&tag).is_err() {
             return Err(PassError::Forged);
         }
@@ -731,6 +734,18 @@ mod tests {
         assert_eq!(
             Pass::verify("p1.p1.1", &keys, Kind::Place, &p1, T),
             Err(PassError::Malformed("not seven dot-separated fields"))
+        );
+        // The same signature in capitals: not as signed.
+        let (payload, tag) = signed.rsplit_once('.').unwrap();
+        assert_eq!(
+            Pass::verify(
+                &format!("{payload}.{}", tag.to_uppercase()),
+                &keys,
+                Kind::Admission,
+                &p1,
+                T
+            ),
+            Err(PassError::Malformed("signature not lowercase hex"))
         );
         // Another secret under the same id: forged.
         let other = Key {
