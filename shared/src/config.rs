@@ -116,14 +116,17 @@ pub enum Secret {
     /// The header value the optional CloudFront edge adds to every request
     /// it forwards; a function that has it refuses requests without it.
     EdgeOriginSecret,
+    /// The waiting room's signing keys ([`room_keys_of`]).
+    RoomKeys,
 }
 
 impl Secret {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::AdminToken,
         Self::PaymentWebhookSecret,
         Self::RedisAuthToken,
         Self::EdgeOriginSecret,
+        Self::RoomKeys,
     ];
     /// The variable holding the value.
     pub fn var(self) -> &'static str {
@@ -132,6 +135,7 @@ impl Secret {
             Self::PaymentWebhookSecret => "FLASHSALE_PAYMENT_WEBHOOK_SECRET",
             Self::RedisAuthToken => "FLASHSALE_REDIS_AUTH_TOKEN",
             Self::EdgeOriginSecret => "FLASHSALE_EDGE_ORIGIN_SECRET",
+            Self::RoomKeys => "FLASHSALE_ROOM_KEYS",
         }
     }
     /// The variable naming its SSM parameter.
@@ -141,6 +145,7 @@ impl Secret {
             Self::PaymentWebhookSecret => "FLASHSALE_PAYMENT_WEBHOOK_SECRET_PARAM",
             Self::RedisAuthToken => "FLASHSALE_REDIS_AUTH_TOKEN_PARAM",
             Self::EdgeOriginSecret => "FLASHSALE_EDGE_ORIGIN_SECRET_PARAM",
+            Self::RoomKeys => "FLASHSALE_ROOM_KEYS_PARAM",
         }
     }
     /// The SSM parameter to read, when one is named.
@@ -292,6 +297,41 @@ pub fn kvs_endpoint() -> Option<String> {
 /// it bounds how long the edge can be behind the shelf.
 pub fn edge_publish_every() -> Result<Duration, ConfigError> {
     millis("FLASHSALE_EDGE_PUBLISH_MS", 500)
+}
+
+/// The waiting room a sale created with `"waiting_room": {}` gets: each
+/// `FLASHSALE_ROOM_*` variable (the template's `Room*` parameters) or its
+/// default; a sale's own settings override them.
+pub fn room_defaults() -> Result<crate::room::WaitingRoom, ConfigError> {
+    let number = |name: &str, default: u32| match var(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| ConfigError(format!("{name}={v} is not a whole number"))),
+    };
+    let d = crate::room::WaitingRoom::DEFAULT;
+    let room = crate::room::WaitingRoom {
+        early_window_secs: number("FLASHSALE_ROOM_EARLY_WINDOW_SECS", d.early_window_secs)?,
+        start_rate: number("FLASHSALE_ROOM_START_RATE", d.start_rate)?,
+        ceiling: number("FLASHSALE_ROOM_CEILING", d.ceiling)?,
+        admission_secs: number("FLASHSALE_ROOM_ADMISSION_SECS", d.admission_secs)?,
+        paused: false,
+    };
+    room.validate()
+        .map_err(|e| ConfigError(format!("FLASHSALE_ROOM_*: {e}")))?;
+    Ok(room)
+}
+
+/// The waiting room's signing keys (`FLASHSALE_ROOM_KEYS`, or the SSM
+/// SecureString `FLASHSALE_ROOM_KEYS_PARAM` names: `"<id>:<secret>,..."`,
+/// the current key first); none when unset, and then a product with a room
+/// answers its buys 503 (no admission can be checked).
+pub fn room_keys_of(value: Option<String>) -> Result<Vec<crate::room::Key>, ConfigError> {
+    match value {
+        None => Ok(Vec::new()),
+        Some(v) => crate::room::parse_keys(&v)
+            .map_err(|e| ConfigError(format!("FLASHSALE_ROOM_KEYS: {e}"))),
+    }
 }
 
 #[cfg(test)]

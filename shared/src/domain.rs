@@ -558,6 +558,11 @@ pub struct Product {
     /// shard admits. Fixed at creation, as a buyer's bucket follows from it.
     #[serde(default = "one_shard")]
     pub stock_buckets: u16,
+    /// The sale's waiting room at the edge (docs/waiting-room.md), if it
+    /// has one: then every buy needs an admission from it. Set at creation
+    /// (the admin API fills it from a partial `RoomChange`).
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub waiting_room: Option<crate::room::WaitingRoom>,
 }
 
 fn one_shard() -> u16 {

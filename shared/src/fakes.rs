@@ -530,6 +530,7 @@ pub fn product(id: &str) -> Product {
         control_seq: 0,
         ledger_shards: 1,
         stock_buckets: 1,
+        waiting_room: None,
     }
 }
 

@@ -438,6 +438,16 @@ impl<T: ControlStore> ControlStore for Faulty<T> {
         self.plan.check(FaultPoint::StorePut, "dynamodb")?;
         self.inner.control(product, control, entry).await
     }
+    async fn change_room(
+        &self,
+        product: &ProductId,
+        from: &crate::room::WaitingRoom,
+        to: &crate::room::WaitingRoom,
+        entry: &AuditEntry,
+    ) -> PortResult<bool> {
+        self.plan.check(FaultPoint::StorePut, "dynamodb")?;
+        self.inner.change_room(product, from, to, entry).await
+    }
     async fn audit(&self, product: Option<&ProductId>) -> PortResult<Vec<AuditEntry>> {
         self.plan.check(FaultPoint::StoreGet, "dynamodb")?;
         self.inner.audit(product).await

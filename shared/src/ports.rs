@@ -552,6 +552,17 @@ pub trait ControlStore: Send + Sync {
         entry: &AuditEntry,
     ) -> impl Future<Output = PortResult<Option<Controlled>>> + Send;
 
+    /// Replaces a product's waiting room `from` (as the caller read it)
+    /// with `to`, with its audit entry, atomically; false when the product
+    /// has no room or another change got there first (read it again).
+    fn change_room(
+        &self,
+        product: &ProductId,
+        from: &crate::room::WaitingRoom,
+        to: &crate::room::WaitingRoom,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+
     /// A product's audit entries (None: those about every sale), oldest
     /// first.
     fn audit(
@@ -899,6 +910,15 @@ impl<T: ControlStore> ControlStore for std::sync::Arc<T> {
         entry: &AuditEntry,
     ) -> impl Future<Output = PortResult<Option<Controlled>>> + Send {
         (**self).control(product, control, entry)
+    }
+    fn change_room(
+        &self,
+        product: &ProductId,
+        from: &crate::room::WaitingRoom,
+        to: &crate::room::WaitingRoom,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).change_room(product, from, to, entry)
     }
     fn audit(
         &self,

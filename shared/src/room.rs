@@ -11,10 +11,12 @@
 //! places; a visitor whose place it passed is let in.
 
 use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use thiserror::Error;
 
 use crate::domain::ProductId;
+use crate::error::ValidationError;
 
 /// The inlet: a frontier in arrival time (ms) that advances `speed` ms of
 /// arrival time per second from `at_ms`, never past the clock. The
@@ -144,15 +146,80 @@ impl RoomValue {
     }
 }
 
-/// A sale's inlet settings (the admin API's, the template's defaults).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct InletSettings {
-    /// Entries per second at the start.
-    pub start_rate: f64,
+/// A sale's waiting room, as the admin API sets it (the template gives
+/// the defaults): on at the sale's creation or never, since a buy of a
+/// product with a room needs an admission and a room that appeared
+/// mid-sale would refuse buyers who had no way to queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingRoom {
+    /// Arrivals this long before the start draw their places at random.
+    /// Fixed at creation: places are drawn over it.
+    pub early_window_secs: u32,
+    /// Entries per second the inlet aims at before any is measured.
+    pub start_rate: u32,
     /// Entries per second the inlet never exceeds.
-    pub ceiling: f64,
-    /// An operator's pause: nobody is let in.
+    pub ceiling: u32,
+    /// How long an admission lets its holder buy.
+    pub admission_secs: u32,
+    /// An operator's pause: nobody is let in; the frontier stands.
+    #[serde(default)]
     pub paused: bool,
+}
+
+impl WaitingRoom {
+    /// The defaults where the deployment sets none (`config::room_defaults`).
+    pub const DEFAULT: Self = Self {
+        early_window_secs: 600,
+        start_rate: 50,
+        ceiling: 500,
+        admission_secs: 120,
+        paused: false,
+    };
+    pub const MAX_EARLY_WINDOW_SECS: u32 = 86_400;
+    pub const ADMISSION_SECS: std::ops::RangeInclusive<u32> = 10..=3_600;
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let bad = |rule: &str| Err(ValidationError::BadField(format!("waiting_room: {rule}")));
+        if self.early_window_secs > Self::MAX_EARLY_WINDOW_SECS {
+            return bad("early_window_secs must be at most 86400 (a day)");
+        }
+        if self.ceiling == 0 || self.start_rate == 0 || self.start_rate > self.ceiling {
+            return bad(
+                "start_rate and ceiling are entries per second, 1 <= start_rate <= ceiling",
+            );
+        }
+        if !Self::ADMISSION_SECS.contains(&self.admission_secs) {
+            return bad("admission_secs must be from 10 to 3600");
+        }
+        Ok(())
+    }
+}
+
+/// A change to a room (the admin API's body): what it names replaces the
+/// room's (at creation: the deployment's defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomChange {
+    pub early_window_secs: Option<u32>,
+    pub start_rate: Option<u32>,
+    pub ceiling: Option<u32>,
+    pub admission_secs: Option<u32>,
+    pub paused: Option<bool>,
+}
+
+impl RoomChange {
+    /// `room` with this change, validated.
+    pub fn apply(&self, room: WaitingRoom) -> Result<WaitingRoom, ValidationError> {
+        let next = WaitingRoom {
+            early_window_secs: self.early_window_secs.unwrap_or(room.early_window_secs),
+            start_rate: self.start_rate.unwrap_or(room.start_rate),
+            ceiling: self.ceiling.unwrap_or(room.ceiling),
+            admission_secs: self.admission_secs.unwrap_or(room.admission_secs),
+            paused: self.paused.unwrap_or(room.paused),
+        };
+        next.validate()?;
+        Ok(next)
+    }
 }
 
 /// What the controller saw of the origin since its last pass.
@@ -189,13 +256,15 @@ impl Inlet {
     /// holds, never from a memory of its own).
     pub fn next(
         stored: &RoomValue,
-        settings: &InletSettings,
+        settings: &WaitingRoom,
         health: &Health,
         now_ms: i64,
     ) -> RoomValue {
         let ceiling = health
             .capacity
-            .map_or(settings.ceiling, |c| c.min(settings.ceiling))
+            .map_or(f64::from(settings.ceiling), |c| {
+                c.min(f64::from(settings.ceiling))
+            })
             .max(Self::FLOOR);
         let density = match (health.entries, health.frontier_advance_ms) {
             (n, ms) if n > 0 && ms > 0 => {
@@ -212,7 +281,7 @@ impl Inlet {
         };
         // Nothing measured before this pass: the sale's starting rate.
         let rate = if stored.density == 0 {
-            settings.start_rate
+            f64::from(settings.start_rate)
         } else {
             Self::rate_of(stored)
         };
@@ -520,9 +589,11 @@ mod tests {
         }
     }
 
-    const SETTINGS: InletSettings = InletSettings {
-        start_rate: 50.0,
-        ceiling: 100.0,
+    const SETTINGS: WaitingRoom = WaitingRoom {
+        early_window_secs: 60,
+        start_rate: 50,
+        ceiling: 100,
+        admission_secs: 120,
         paused: false,
     };
 
@@ -636,7 +707,7 @@ mod tests {
         }
         let paused = Inlet::next(
             &r,
-            &InletSettings {
+            &WaitingRoom {
                 paused: true,
                 ..SETTINGS
             },

@@ -67,6 +67,11 @@ impl Wiring {
             })
     }
 
+    /// The waiting room's signing keys (none when unset).
+    pub async fn room_keys(&self) -> Result<Vec<crate::room::Key>, ConfigError> {
+        config::room_keys_of(self.secret(Secret::RoomKeys).await?)
+    }
+
     pub async fn gate(&self) -> Result<Faulty<RedisGate>, ConfigError> {
         let mut settings = config::redis_settings()?;
         settings.auth_token = self.secret(Secret::RedisAuthToken).await?;

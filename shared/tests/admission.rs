@@ -55,6 +55,7 @@ fn product(id: &ProductId, stock: u32, limit: u32, start_in_secs: i64) -> Produc
         control_seq: 0,
         ledger_shards: 1,
         stock_buckets: 1,
+        waiting_room: None,
     }
 }
 

@@ -510,6 +510,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }),
                 send_linger: send_linger()?,
                 edge: edge.map(|_| edge_config(kvs_propagation_ms)).transpose()?,
+                room_defaults: config::room_defaults()?,
+                room_keys: config::room_keys_of(config::Secret::RoomKeys.from_env())?,
             };
             let running = runner::start(cfg, &sdk).await?;
             eprintln!("flashsale runner listening on http://{}", running.addr);

@@ -95,6 +95,10 @@ pub struct RunnerConfig {
     pub send_linger: Duration,
     /// The local edge's store and publisher (issue 32); None: no edge.
     pub edge: Option<EdgeConfig>,
+    /// What a sale created with a waiting room gets by default, and the
+    /// keys its passes are signed with (issue 33).
+    pub room_defaults: shared::room::WaitingRoom,
+    pub room_keys: Vec<shared::room::Key>,
 }
 
 /// The local KeyValueStore ([`crate::kvs`]) the runner serves, and the
@@ -158,6 +162,8 @@ impl RunnerConfig {
             invoke: None,
             send_linger: Duration::from_millis(2),
             edge: None,
+            room_defaults: shared::room::WaitingRoom::DEFAULT,
+            room_keys: Vec::new(),
         }
     }
 }
@@ -223,6 +229,7 @@ impl App {
                 store: store.clone(),
                 token: cfg.admin_token.clone(),
                 clock: Arc::new(SystemClock),
+                room_defaults: cfg.room_defaults,
             },
             consumer: Consumer {
                 gate: gate.clone(),

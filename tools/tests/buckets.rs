@@ -30,6 +30,7 @@ fn product(id: &ProductId, stock: u32, buckets: u16) -> Product {
         control_seq: 0,
         ledger_shards: 1,
         stock_buckets: buckets,
+        waiting_room: None,
     }
 }
 

@@ -97,6 +97,7 @@ async fn admin_events_create_warm_and_report() {
         store: shared::fakes::store().await.0,
         token: Some("change-me-admin-token".into()),
         clock: std::sync::Arc::new(shared::ports::SystemClock),
+        room_defaults: shared::config::room_defaults().unwrap(),
     };
     let resp = admin.handle(http("admin-create-product.json")).await;
     assert_eq!(resp.status().as_u16(), 201, "{}", body(&resp));

@@ -39,6 +39,7 @@ fn product(id: &str, stock: u32) -> Product {
         control_seq: 0,
         ledger_shards: 1,
         stock_buckets: 1,
+        waiting_room: None,
     }
 }
 

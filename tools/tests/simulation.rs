@@ -768,6 +768,7 @@ impl World {
             store: store.clone(),
             token: Some(ADMIN_TOKEN.into()),
             clock: clock(),
+            room_defaults: shared::config::room_defaults().unwrap(),
         });
         let sweeper = Sweeper {
             gate: gate.clone(),
@@ -873,6 +874,7 @@ impl World {
             control_seq: 0,
             ledger_shards: self.shards,
             stock_buckets: self.buckets,
+            waiting_room: None,
         };
         self.store
             .create_product(&p)

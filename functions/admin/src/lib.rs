@@ -7,6 +7,9 @@
 //! - `GET|POST /api/admin/kill-switch` `{"engaged","reason"}` reads or
 //!   throws the switch that stops every sale's admissions, audited with the
 //!   other changes to every sale (`GET /api/admin/audit`);
+//! - `PATCH /api/admin/products/{id}/waiting-room` `{"reason", "ceiling"?,
+//!   "start_rate"?, "admission_secs"?, "paused"?}` tunes or pauses a sale's
+//!   waiting-room inlet live, audited (the controller reads it each pass);
 //! - `GET /api/admin/deny-list`, `PUT|DELETE /api/admin/deny-list/{user}`
 //!   `{"reason","until"?}`: buyers every sale refuses (403 `buyer_blocked`).
 
@@ -27,6 +30,7 @@ use shared::http::{self as api, ApiError, HttpResponse};
 use shared::ports::{
     Catalogue, Clock, ControlGate, ControlStore, SaleGate, ShelfGate, StockLedger, Warm,
 };
+use shared::room::{RoomChange, WaitingRoom};
 use shared::stock;
 use shared::{buckets, ledger};
 
@@ -49,6 +53,9 @@ pub struct Admin<G, S> {
     pub token: Option<String>,
     /// Audit times, a sale's end, deny-list expiries.
     pub clock: Arc<dyn Clock>,
+    /// What a sale created with a waiting room gets where its request is
+    /// silent (`config::room_defaults`, the template's `Room*` parameters).
+    pub room_defaults: WaitingRoom,
 }
 
 /// Who is calling: the IAM caller API Gateway authorised; else the admin
@@ -170,6 +177,9 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
                 self.control(req, &ProductId::parse(*id)?, control).await
             }
             (Method::POST, [id, "stock"]) => self.change_stock(req, &ProductId::parse(*id)?).await,
+            (Method::PATCH, [id, "waiting-room"]) => {
+                self.change_room(req, &ProductId::parse(*id)?).await
+            }
             (Method::GET, [id, "audit"]) => {
                 let id = ProductId::parse(*id)?;
                 let entries = self.store.audit(Some(&id)).await?;
@@ -178,9 +188,15 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
                     &json!({ "product_id": id, "entries": entries }),
                 ))
             }
-            (_, [] | [_] | [_, "warm" | "pause" | "resume" | "end" | "stock" | "audit"]) => {
-                Err(ApiError::new(405, "method_not_allowed"))
-            }
+            (
+                _,
+                []
+                | [_]
+                | [
+                    _,
+                    "warm" | "pause" | "resume" | "end" | "stock" | "audit" | "waiting-room",
+                ],
+            ) => Err(ApiError::new(405, "method_not_allowed")),
             _ => Err(ApiError::new(404, "not_found")),
         }
     }
@@ -198,17 +214,23 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
             /// stock buckets for it (or `stock_buckets`; both: the larger).
             #[serde(default)]
             expected_buyers_per_sec: u32,
+            /// A waiting room (`{}`: the deployment's defaults).
+            waiting_room: Option<RoomChange>,
         }
         let NewProduct {
             mut product,
             expected_orders_per_sec,
             expected_buyers_per_sec,
+            waiting_room,
         } = api::json_body(
             req,
-            r#"{"product_id","name","stock","per_buyer_limit","starts_at","ends_at","price","currency"} (optional "payment_window_secs", "rebuy_after_release", "ledger_shards" or "expected_orders_per_sec", "stock_buckets" or "expected_buyers_per_sec") with RFC 3339 times and the price in minor units"#,
+            r#"{"product_id","name","stock","per_buyer_limit","starts_at","ends_at","price","currency"} (optional "payment_window_secs", "rebuy_after_release", "ledger_shards" or "expected_orders_per_sec", "stock_buckets" or "expected_buyers_per_sec", "waiting_room": {"early_window_secs","start_rate","ceiling","admission_secs"}) with RFC 3339 times and the price in minor units"#,
         )?;
         // Both given: the larger (validated, so 0 is refused, not raised).
         product.validate()?;
+        product.waiting_room = waiting_room
+            .map(|change| change.apply(self.room_defaults))
+            .transpose()?;
         product.ledger_shards = product
             .ledger_shards
             .max(ledger::shards_for(product.stock, expected_orders_per_sec));
@@ -297,6 +319,50 @@ impl<G: ShelfGate + ControlGate + SaleGate, S: Catalogue + ControlStore + StockL
                 // False for a repeat: already so, and not audited again.
                 "changed": changed,
             }),
+        ))
+    }
+
+    /// Tunes or pauses a sale's waiting room, audited: the edge follows on
+    /// the controller's next pass. Its early window is fixed (places were
+    /// drawn over it), and a room is never added to or taken from a sale.
+    async fn change_room(&self, req: &Request, id: &ProductId) -> Result<HttpResponse, ApiError> {
+        let entry = self.audit_entry(req, Some(id), "waiting_room")?;
+        let mut body: serde_json::Map<String, serde_json::Value> = api::json_body(
+            req,
+            r#"{"reason", "ceiling"?, "start_rate"?, "admission_secs"?, "paused"?}"#,
+        )?;
+        body.remove("reason");
+        let change: RoomChange = serde_json::from_value(body.into()).map_err(|e| {
+            ApiError::invalid(format!(
+                "{e}: name only ceiling, start_rate, admission_secs, paused (and reason)"
+            ))
+        })?;
+        if change.early_window_secs.is_some() {
+            return Err(ApiError::invalid(
+                "early_window_secs is fixed once the sale exists: places were drawn over it",
+            ));
+        }
+        let product = self
+            .store
+            .product(id)
+            .await?
+            .ok_or_else(|| ApiError::new(404, "unknown_product"))?;
+        let from = product.waiting_room.ok_or_else(|| {
+            ApiError::new(409, "no_waiting_room").with_message(
+                "this sale was created without a waiting room; a room is set at creation only",
+            )
+        })?;
+        let to = change.apply(from)?;
+        let changed = from != to;
+        if changed && !self.store.change_room(id, &from, &to, &entry).await? {
+            return Err(ApiError::new(409, "changed_concurrently").with_message(
+                "the room changed while this call read it: read it and repeat the call",
+            ));
+        }
+        tracing::info!(product_id = %id, actor = %entry.actor, reason = %entry.reason, ?to, "waiting room changed");
+        Ok(api::json_response(
+            200,
+            &json!({ "product_id": id, "waiting_room": to, "changed": changed }),
         ))
     }
 
@@ -499,8 +565,11 @@ mod tests {
             store: shared::fakes::store().await.0,
             token: Some("s3cret".into()),
             clock: Arc::new(shared::ports::SystemClock),
+            room_defaults: ROOM,
         }
     }
+
+    const ROOM: WaitingRoom = WaitingRoom::DEFAULT;
 
     /// The product as DynamoDB stores it.
     async fn stored(a: &TestAdmin, id: &str) -> Option<Product> {
@@ -549,6 +618,95 @@ mod tests {
         let (status, body) = call(&a, "POST", "/api/admin/products/p1/warm", "s3cret", "").await;
         assert_eq!((status, body["stock_left"].as_i64()), (200, Some(100)));
         assert_eq!(a.gate.warmed.lock().unwrap().len(), 1);
+    }
+
+    /// A room is set at creation (the defaults where the request is
+    /// silent) and tuned or paused live, audited; never added later.
+    #[tokio::test]
+    async fn a_waiting_room_is_set_at_creation_and_tuned_live() {
+        let a = &admin().await;
+        let with = |id: &str, room: &str| {
+            PRODUCT.replace(r#""p1""#, &format!("{id:?}")).replace(
+                r#""currency":"EUR","#,
+                &format!(r#""currency":"EUR","waiting_room":{room},"#),
+            )
+        };
+        let create = |body: String| async move {
+            call(a, "POST", "/api/admin/products", "s3cret", &body).await
+        };
+        let (status, body) = create(with("room", r#"{"ceiling":80}"#)).await;
+        assert_eq!(status, 201, "{body}");
+        let room = WaitingRoom {
+            ceiling: 80,
+            ..WaitingRoom::DEFAULT
+        };
+        assert_eq!(stored(&a, "room").await.unwrap().waiting_room, Some(room));
+        assert_eq!(body["waiting_room"]["ceiling"], 80);
+        assert_eq!(create(with("plain", "null")).await.0, 201);
+        assert_eq!(stored(&a, "plain").await.unwrap().waiting_room, None);
+        for (bad, why) in [
+            (r#"{"start_rate":900}"#, "start_rate"),
+            (r#"{"admission_secs":5}"#, "admission_secs"),
+            (r#"{"celing":80}"#, "celing"),
+        ] {
+            let (status, body) = create(with("bad", bad)).await;
+            assert_eq!(status, 400, "{bad}");
+            assert!(body["message"].as_str().unwrap().contains(why), "{body}");
+        }
+        let patch = |id: &str, body: &str| {
+            let path = format!("/api/admin/products/{id}/waiting-room");
+            let body = body.to_owned();
+            async move { call(a, "PATCH", &path, "s3cret", &body).await }
+        };
+        let (status, body) = patch(
+            "room",
+            r#"{"reason":"origin hot","paused":true,"ceiling":60}"#,
+        )
+        .await;
+        assert_eq!(
+            (status, body["changed"].as_bool()),
+            (200, Some(true)),
+            "{body}"
+        );
+        let paused = WaitingRoom {
+            paused: true,
+            ceiling: 60,
+            ..room
+        };
+        assert_eq!(stored(&a, "room").await.unwrap().waiting_room, Some(paused));
+        let (status, body) = patch("room", r#"{"reason":"again","paused":true}"#).await;
+        assert_eq!((status, body["changed"].as_bool()), (200, Some(false)));
+        for (id, bad, expected, why) in [
+            ("room", r#"{"reason":"x","ceiling":10}"#, 400, "start_rate"),
+            (
+                "room",
+                r#"{"reason":"x","early_window_secs":60}"#,
+                400,
+                "fixed",
+            ),
+            ("room", r#"{"reason":"x","celing":1}"#, 400, "celing"),
+            ("room", r#"{"paused":false}"#, 400, "reason"),
+            (
+                "plain",
+                r#"{"reason":"x","paused":true}"#,
+                409,
+                "at creation",
+            ),
+            ("nope", r#"{"reason":"x","paused":true}"#, 404, ""),
+        ] {
+            let (status, body) = patch(id, bad).await;
+            assert_eq!(status, expected, "{bad}: {body}");
+            assert!(body.to_string().contains(why), "{bad}: {body}");
+        }
+        assert_eq!(stored(&a, "room").await.unwrap().waiting_room, Some(paused));
+        // Only the change is audited.
+        let room_id = ProductId::parse("room").unwrap();
+        let audit = a.store.audit(Some(&room_id)).await.unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(
+            (audit[0].action.as_str(), audit[0].reason.as_str()),
+            ("waiting_room", "origin hot")
+        );
     }
 
     #[tokio::test]
@@ -766,6 +924,7 @@ mod tests {
             store: fake.store,
             token: fake.token,
             clock: fake.clock,
+            room_defaults: ROOM,
         };
         // On sale now, 60 of its 100 units admitted.
         let rfc = |t: time::OffsetDateTime| {

@@ -9,6 +9,7 @@ async fn main() -> Result<(), Error> {
         store: env.store(),
         token: env.admin_token().await?,
         clock: std::sync::Arc::new(shared::ports::SystemClock),
+        room_defaults: shared::config::room_defaults()?,
     };
     let admin = &admin;
     env.run_http(move |req: Request| admin.handle(req)).await

@@ -30,9 +30,13 @@ impl Catalogue for DynamoStore {
             )
             .item(table::GSI1_PK, s(table::PRODUCTS))
             .item(table::GSI1_SK, s(table::sale_end(unix_ms(p.ends_at))))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(invalid)?;
+            .condition_expression("attribute_not_exists(pk)");
+        let product = match &p.waiting_room {
+            Some(room) => product.item("waiting_room", s(room_json(room)?)),
+            None => product,
+        }
+        .build()
+        .map_err(invalid)?;
         let mut items = vec![TransactWriteItem::builder().put(product).build()];
         for (i, units) in split.iter().enumerate().skip(1) {
             let shard = Put::builder()
@@ -86,6 +90,10 @@ impl Catalogue for DynamoStore {
                 control_seq: get_n(item, "control_seq").unwrap_or(0),
                 ledger_shards: get_n(item, "ledger_shards").unwrap_or(1),
                 stock_buckets: get_n(item, "stock_buckets").unwrap_or(1),
+                waiting_room: match get_s(item, "waiting_room") {
+                    Some(json) => Some(serde_json::from_str(json).ok()?),
+                    None => None,
+                },
             })
         };
         parse().map(Some).ok_or_else(|| corrupt("product"))
@@ -121,4 +129,8 @@ impl Catalogue for DynamoStore {
             .filter_map(|item| ProductId::parse(get_s(item, "product_id")?).ok())
             .collect())
     }
+}
+
+pub(super) fn room_json(room: &WaitingRoom) -> PortResult<String> {
+    serde_json::to_string(room).map_err(|_| corrupt("waiting_room"))
 }

@@ -50,6 +50,30 @@ impl ControlStore for DynamoStore {
             .await?
             .map(|product| Controlled { product, changed }))
     }
+    async fn change_room(
+        &self,
+        id: &ProductId,
+        from: &WaitingRoom,
+        to: &WaitingRoom,
+        entry: &AuditEntry,
+    ) -> PortResult<bool> {
+        // The room as the caller read it: two operators' changes never
+        // merge into one neither asked for.
+        let product = Update::builder()
+            .table_name(&self.table)
+            .key(table::PK, s(table::product(id.as_str())))
+            .update_expression("SET waiting_room = :to")
+            .condition_expression("waiting_room = :from")
+            .expression_attribute_values(":to", s(catalogue::room_json(to)?))
+            .expression_attribute_values(":from", s(catalogue::room_json(from)?))
+            .build()
+            .map_err(invalid)?;
+        let items = vec![
+            TransactWriteItem::builder().update(product).build(),
+            self.audit_put(entry)?,
+        ];
+        Ok(self.transact(items).await?.is_none())
+    }
     async fn audit(&self, id: Option<&ProductId>) -> PortResult<Vec<AuditEntry>> {
         self.query_gsi1(&table::audit(id.map(ProductId::as_str)), None, None)
             .await?

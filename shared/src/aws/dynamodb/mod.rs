@@ -28,6 +28,7 @@ use crate::ports::{
     PortResult, StockLedger, Transition,
 };
 use crate::retry::{self, Backoff};
+use crate::room::WaitingRoom;
 
 use super::classify;
 

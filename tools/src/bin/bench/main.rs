@@ -267,6 +267,7 @@ fn bench_product(id: &str, stock: u32) -> Product {
         rebuy_after_release: false,
         ledger_shards: 1,
         stock_buckets: 1,
+        waiting_room: None,
         rate_limits: Default::default(),
         paused: false,
         control_seq: 0,
