@@ -640,10 +640,10 @@ mod tests {
             ceiling: 80,
             ..WaitingRoom::DEFAULT
         };
-        assert_eq!(stored(&a, "room").await.unwrap().waiting_room, Some(room));
+        assert_eq!(stored(a, "room").await.unwrap().waiting_room, Some(room));
         assert_eq!(body["waiting_room"]["ceiling"], 80);
         assert_eq!(create(with("plain", "null")).await.0, 201);
-        assert_eq!(stored(&a, "plain").await.unwrap().waiting_room, None);
+        assert_eq!(stored(a, "plain").await.unwrap().waiting_room, None);
         for (bad, why) in [
             (r#"{"start_rate":900}"#, "start_rate"),
             (r#"{"admission_secs":5}"#, "admission_secs"),
@@ -673,7 +673,7 @@ mod tests {
             ceiling: 60,
             ..room
         };
-        assert_eq!(stored(&a, "room").await.unwrap().waiting_room, Some(paused));
+        assert_eq!(stored(a, "room").await.unwrap().waiting_room, Some(paused));
         let (status, body) = patch("room", r#"{"reason":"again","paused":true}"#).await;
         assert_eq!((status, body["changed"].as_bool()), (200, Some(false)));
         for (id, bad, expected, why) in [
@@ -698,7 +698,7 @@ mod tests {
             assert_eq!(status, expected, "{bad}: {body}");
             assert!(body.to_string().contains(why), "{bad}: {body}");
         }
-        assert_eq!(stored(&a, "room").await.unwrap().waiting_room, Some(paused));
+        assert_eq!(stored(a, "room").await.unwrap().waiting_room, Some(paused));
         // Only the change is audited.
         let room_id = ProductId::parse("room").unwrap();
         let audit = a.store.audit(Some(&room_id)).await.unwrap();
