@@ -21,7 +21,7 @@ use crate::embedded::{Embedded, Faults};
 use crate::error::InfraError;
 use crate::ports::{
     AdmissionGate, Clock, ControlGate, OrderQueue, OrderStore, PendingPage, PendingRequest,
-    PortResult, SaleGate, SendMark, Settled, ShelfChange, ShelfGate, ShelfStep, Warm,
+    PortResult, RoomGate, SaleGate, SendMark, Settled, ShelfChange, ShelfGate, ShelfStep, Warm,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -121,6 +121,10 @@ pub struct FakeGate {
     /// When each request's message last reached the queue (`mark_sent`).
     pub sent_at: Mutex<HashMap<RequestId, i64>>,
     pub retired: Mutex<Vec<ProductId>>,
+    /// Waiting-room admissions redeemed: product, nonce, account. Each is
+    /// answered as the caller's (the real rule is redeem.lua's, which
+    /// tests run on the simulated Redis).
+    pub redeemed: Mutex<Vec<(ProductId, String, String)>>,
     pub now_ms: AtomicI64,
     pub failures: Failures,
 }
@@ -137,6 +141,27 @@ impl FakeGate {
     }
     pub fn restocked(&self) -> Vec<RequestId> {
         lock(&self.restocked).clone()
+    }
+}
+
+impl RoomGate for FakeGate {
+    async fn redeem(
+        &self,
+        product: &ProductId,
+        nonce: &str,
+        user: &str,
+        _ttl_ms: i64,
+    ) -> PortResult<String> {
+        self.failures.check("redis").await?;
+        lock(&self.redeemed).push((product.clone(), nonce.to_owned(), user.to_owned()));
+        Ok(user.to_owned())
+    }
+    async fn entries(&self, product: &ProductId) -> PortResult<u64> {
+        self.failures.check("redis").await?;
+        Ok(lock(&self.redeemed)
+            .iter()
+            .filter(|r| r.0 == *product)
+            .count() as u64)
     }
 }
 

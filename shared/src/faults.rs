@@ -18,8 +18,8 @@ use crate::error::{ConfigError, InfraError};
 use crate::payment::{EventId, PaymentEvent, PaymentRecord};
 use crate::ports::{
     AdmissionGate, Catalogue, ControlGate, ControlStore, Fate, FateNote, LifecycleStore, OrderBook,
-    OrderQueue, PaymentWrite, PendingPage, Placement, PortResult, SaleGate, SendMark, Settled,
-    ShelfChange, ShelfGate, ShelfStep, StockLedger, Transition, Warm,
+    OrderQueue, PaymentWrite, PendingPage, Placement, PortResult, RoomGate, SaleGate, SendMark,
+    Settled, ShelfChange, ShelfGate, ShelfStep, StockLedger, Transition, Warm,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +204,23 @@ impl<T: AdmissionGate> AdmissionGate for Faulty<T> {
         self.inner
             .pending_page(product, cutoff_ms, offset, limit)
             .await
+    }
+}
+
+impl<T: RoomGate> RoomGate for Faulty<T> {
+    async fn redeem(
+        &self,
+        product: &ProductId,
+        nonce: &str,
+        user: &str,
+        ttl_ms: i64,
+    ) -> PortResult<String> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.redeem(product, nonce, user, ttl_ms).await
+    }
+    async fn entries(&self, product: &ProductId) -> PortResult<u64> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.entries(product).await
     }
 }
 

@@ -37,6 +37,8 @@ pub struct ApiError {
     pub order_status: Option<&'static str>,
     /// The sale's start (ms), for `sale_not_started`.
     pub starts_at_ms: Option<i64>,
+    /// The waiting room's page, for `admission_required`.
+    pub room: Option<String>,
 }
 
 impl ApiError {
@@ -47,7 +49,13 @@ impl ApiError {
             message: None,
             order_status: None,
             starts_at_ms: None,
+            room: None,
         }
+    }
+
+    pub fn with_room(mut self, page: String) -> Self {
+        self.room = Some(page);
+        self
     }
 
     pub fn with_starts_at(mut self, ms: i64) -> Self {
@@ -90,6 +98,9 @@ impl ApiError {
         }
         if let Some(ms) = self.starts_at_ms {
             body["starts_at"] = crate::domain::iso_ms(ms).into();
+        }
+        if let Some(page) = self.room {
+            body["room"] = page.into();
         }
         json_response(self.status, &body)
     }
@@ -196,6 +207,20 @@ pub fn ascii_header<'a>(req: &'a Request, name: &str) -> Result<Option<&'a str>,
                 .map_err(|_| ApiError::invalid(format!("{name} must be visible ASCII")))
         })
         .transpose()
+}
+
+/// The cookie `name`'s value from the Cookie headers (API Gateway's
+/// `cookies` arrive as one).
+pub fn cookie<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.headers()
+        .get_all(lambda_http::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
 }
 
 /// A query parameter from API Gateway's parsed map, or from the URI.

@@ -214,6 +214,24 @@ pub trait AdmissionGate: Send + Sync {
 
 /// The stock gate's shelf: units back from releases, operators' stock
 /// changes, and the resync from the ledger.
+/// The waiting room's half in Redis (issue 33): admissions redeemed for one
+/// buyer account each, and their count.
+pub trait RoomGate: Send + Sync {
+    /// Redeems the admission `nonce` of `product` for `user`, held `ttl_ms`:
+    /// the account holding it (`user` unless another account redeemed it
+    /// first).
+    fn redeem(
+        &self,
+        product: &ProductId,
+        nonce: &str,
+        user: &str,
+        ttl_ms: i64,
+    ) -> impl Future<Output = PortResult<String>> + Send;
+
+    /// Admissions redeemed for `product` so far.
+    fn entries(&self, product: &ProductId) -> impl Future<Output = PortResult<u64>> + Send;
+}
+
 pub trait ShelfGate: Send + Sync {
     /// The Redis step of a release (`release.lua`): puts a cancelled or
     /// expired order's units back on the shelf and records its status, once
@@ -642,7 +660,7 @@ impl<T: OrderBook + LifecycleStore + Catalogue + ControlStore + StockLedger> Ord
 pub mod prelude {
     pub use super::{
         AdmissionGate, Catalogue, ControlGate, ControlStore, LifecycleStore, OrderBook, OrderQueue,
-        OrderStore, SaleGate, ShelfGate, StockGate, StockLedger,
+        OrderStore, RoomGate, SaleGate, ShelfGate, StockGate, StockLedger,
     };
 }
 
@@ -684,6 +702,21 @@ impl<T: AdmissionGate> AdmissionGate for std::sync::Arc<T> {
         limit: usize,
     ) -> impl Future<Output = PortResult<PendingPage>> + Send {
         (**self).pending_page(product, cutoff_ms, offset, limit)
+    }
+}
+
+impl<T: RoomGate> RoomGate for std::sync::Arc<T> {
+    fn redeem(
+        &self,
+        product: &ProductId,
+        nonce: &str,
+        user: &str,
+        ttl_ms: i64,
+    ) -> impl Future<Output = PortResult<String>> + Send {
+        (**self).redeem(product, nonce, user, ttl_ms)
+    }
+    fn entries(&self, product: &ProductId) -> impl Future<Output = PortResult<u64>> + Send {
+        (**self).entries(product)
     }
 }
 

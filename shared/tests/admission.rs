@@ -2398,3 +2398,42 @@ async fn a_forgotten_bucket_is_restored_and_filled_without_an_operator() {
         Vec::<u16>::new()
     );
 }
+
+/// Issue 33: an admission is redeemed for the first account that buys
+/// with it, product-wide, for as long as asked; each first redemption is
+/// one entry.
+#[tokio::test]
+async fn an_admission_is_held_by_the_first_account_until_it_lapses() {
+    let g = gate();
+    let p = unique("room");
+    let nonce = "00ff00ff00ff00ff";
+    assert_eq!(g.redeem(&p, nonce, "u1", 60_000).await.unwrap(), "u1");
+    assert_eq!(g.redeem(&p, nonce, "u2", 60_000).await.unwrap(), "u1");
+    assert_eq!(g.redeem(&p, nonce, "u1", 60_000).await.unwrap(), "u1");
+    assert_eq!(g.entries(&p).await.unwrap(), 1);
+    assert_eq!(
+        g.redeem(&p, "0000000000000001", "u2", 60_000)
+            .await
+            .unwrap(),
+        "u2"
+    );
+    assert_eq!(g.entries(&p).await.unwrap(), 2);
+    let ttl: i64 = g
+        .command(redis::cmd("PTTL").arg(g.keys(&p).room_pass(nonce)))
+        .await
+        .unwrap();
+    assert!((50_000..=60_000).contains(&ttl), "{ttl}");
+    // Lapsed: the next account may hold it (its admission is long
+    // expired by then, and deduct refuses it before this).
+    assert_eq!(
+        g.redeem(&p, "00000000000000aa", "u3", 20).await.unwrap(),
+        "u3"
+    );
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(
+        g.redeem(&p, "00000000000000aa", "u4", 60_000)
+            .await
+            .unwrap(),
+        "u4"
+    );
+}

@@ -212,6 +212,7 @@ impl App {
                 ids: shared::domain::RequestIds::Random,
                 live,
                 refusals,
+                room: deduct::RoomCheck::new(cfg.room_keys.clone(), Arc::new(SystemClock)),
             },
             status: OrderStatusApi {
                 gate: gate.clone(),

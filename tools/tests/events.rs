@@ -46,6 +46,7 @@ async fn deduct_buy_takes_the_buyer_from_the_jwt() {
         ids: shared::domain::RequestIds::Random,
         live,
         refusals,
+        room: deduct::RoomCheck::new(Vec::new(), std::sync::Arc::new(shared::ports::SystemClock)),
     };
     let resp = d.handle(http("deduct-buy.json")).await;
     assert_eq!(resp.status().as_u16(), 202, "{}", body(&resp));

@@ -722,6 +722,9 @@ impl World {
             ids: RequestIds::seeded(seed.rotate_left(7)),
             live,
             refusals,
+            // No sale of the simulation has a room: one product read per
+            // product (fault points included) says so.
+            room: deduct::RoomCheck::new(Vec::new(), Arc::new(SimClock(redis.clone(), 0))),
         };
         let consumer = Consumer {
             gate: gate.clone(),

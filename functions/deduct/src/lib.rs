@@ -8,7 +8,7 @@
 //! gets 503 with the request id to look up: no promise was made.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lambda_http::Request;
@@ -25,8 +25,10 @@ use shared::error::ValidationError;
 use shared::http::{self as api, ApiError, HttpResponse};
 use shared::live::{Known, LiveProducts, RefusalBudget};
 use shared::ports::{
-    AdmissionGate, Catalogue, Clock, ControlGate, Fate, FateNote, OrderBook, OrderQueue, SendMark,
+    AdmissionGate, Catalogue, Clock, ControlGate, Fate, FateNote, OrderBook, OrderQueue, RoomGate,
+    SendMark,
 };
+use shared::room::{Key, Kind, Pass, PassError};
 use shared::telemetry;
 
 pub struct Deduct<G, Q, S> {
@@ -44,6 +46,77 @@ pub struct Deduct<G, Q, S> {
     pub live: LiveProducts,
     /// Refusals each buyer earned here, across products.
     pub refusals: RefusalBudget,
+    /// The waiting room's check (issue 33).
+    pub room: RoomCheck,
+}
+
+/// Per instance: the waiting room's check. A product created with a room
+/// takes buys only with an admission its room signed (the edge checks it
+/// too; this is the check that holds, as the edge can be bypassed or see
+/// no product), redeemed here for one buyer account: farming places buys
+/// no more than the accounts behind them could.
+pub struct RoomCheck {
+    keys: Vec<Key>,
+    clock: Arc<dyn Clock>,
+    /// Whether each product has a room, as DynamoDB said: fixed at the
+    /// sale's creation, so never stale once read. None: off.
+    rooms: Option<Mutex<HashMap<ProductId, bool>>>,
+}
+
+impl RoomCheck {
+    /// `keys`: the room's signing keys (`config::room_keys_of`); none, and
+    /// a product with a room answers 503 (no admission can be checked).
+    pub fn new(keys: Vec<Key>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            keys,
+            clock,
+            rooms: Some(Mutex::default()),
+        }
+    }
+
+    /// Never reads, no product has a room: for a benchmark of the path
+    /// after it, whose store is unreachable.
+    pub fn off() -> Self {
+        Self {
+            keys: Vec::new(),
+            clock: Arc::new(shared::ports::SystemClock),
+            rooms: None,
+        }
+    }
+
+    async fn has_room<S: Catalogue>(&self, store: &S, id: &ProductId) -> Result<bool, ApiError> {
+        let Some(rooms) = &self.rooms else {
+            return Ok(false);
+        };
+        if let Some(known) = rooms.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Ok(*known);
+        }
+        // Unknown here (a product read fails, or vanished): fail closed, a
+        // room's buys must not go through because DynamoDB was slow.
+        let product = store.product(id).await.map_err(|e| {
+            tracing::warn!(error = %e, "product unreadable: cannot tell whether it has a waiting room");
+            room_unavailable("whether this sale has a waiting room cannot be read now; try again shortly")
+        })?;
+        let has = product.is_some_and(|p| p.waiting_room.is_some());
+        rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), has);
+        Ok(has)
+    }
+}
+
+fn room_unavailable(message: &str) -> ApiError {
+    ApiError::new(503, "room_unavailable").with_message(message)
+}
+
+/// The edge's refusal, word for word in its fields: where to queue.
+fn admission_required(id: &ProductId, why: impl std::fmt::Display) -> ApiError {
+    ApiError::new(403, "admission_required")
+        .with_message(format!(
+            "this sale has a waiting room: {why}; wait your turn at the room"
+        ))
+        .with_room(format!("/room?product_id={id}"))
 }
 
 /// A buyer's refusals an instance answers before it answers 429 in process:
@@ -149,8 +222,14 @@ fn one() -> u64 {
     1
 }
 
-/// A validated buy request, or the 4xx refusal explaining what is wrong.
-fn parse(req: &Request, insecure: bool, ids: &RequestIds) -> Result<Purchase, ApiError> {
+/// A validated buy request and the waiting-room admission it carries (the
+/// edge's header or the room's cookie), or the 4xx refusal explaining what
+/// is wrong.
+fn parse(
+    req: &Request,
+    insecure: bool,
+    ids: &RequestIds,
+) -> Result<(Purchase, Option<String>), ApiError> {
     let body: BuyBody = api::json_body(
         req,
         r#"a JSON object like {"product_id":"p42","quantity":1}"#,
@@ -187,14 +266,19 @@ fn parse(req: &Request, insecure: bool, ids: &RequestIds) -> Result<Purchase, Ap
         Some(key) => RequestId::derived(&product_id, &user_id, key),
         None => ids.fresh(&product_id),
     };
-    Ok(Purchase {
+    let admission = match api::ascii_header(req, "x-flashsale-admission")? {
+        Some(pass) => Some(pass.to_owned()),
+        None => api::cookie(req, &format!("fs_admit_{product_id}")).map(str::to_owned),
+    };
+    let purchase = Purchase {
         request_id,
         product_id,
         user_id,
         quantity,
         idempotency_key,
         client_ip: api::client_ip(req, insecure),
-    })
+    };
+    Ok((purchase, admission))
 }
 
 /// Refusals are counted in metrics; one in this many is also logged
@@ -216,7 +300,9 @@ fn throttled(wait_ms: i64) -> HttpResponse {
         .retry_after(secs)
 }
 
-impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook + Catalogue> Deduct<G, Q, S> {
+impl<G: AdmissionGate + ControlGate + RoomGate, Q: OrderQueue, S: OrderBook + Catalogue>
+    Deduct<G, Q, S>
+{
     pub async fn handle(&self, req: Request) -> HttpResponse {
         let started = std::time::Instant::now();
         let answer = self.answer(req).await;
@@ -225,7 +311,7 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook + Catalogue> De
     }
 
     async fn answer(&self, req: Request) -> HttpResponse {
-        let purchase = match parse(&req, self.insecure_user_from_body, &self.ids) {
+        let (purchase, admission) = match parse(&req, self.insecure_user_from_body, &self.ids) {
             Ok(p) => p,
             Err(refusal) => {
                 metrics::counter!("flashsale_rejected_total", "reason" => refusal.code)
@@ -240,13 +326,18 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook + Catalogue> De
             product_id = %purchase.product_id,
             trace_id = telemetry::trace_id(&traceparent),
         );
-        self.buy(purchase, traceparent)
+        self.buy(purchase, admission, traceparent)
             .instrument(span)
             .await
             .unwrap_or_else(ApiError::into_response)
     }
 
-    async fn buy(&self, purchase: Purchase, traceparent: String) -> Result<HttpResponse, ApiError> {
+    async fn buy(
+        &self,
+        purchase: Purchase,
+        admission: Option<String>,
+        traceparent: String,
+    ) -> Result<HttpResponse, ApiError> {
         // Refusals no stock could change cost nothing past these two, and a
         // caller who keeps earning them is answered here for any product.
         if let Some(wait_ms) = self.refusals.exhausted(&purchase.user_id) {
@@ -259,6 +350,10 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook + Catalogue> De
             metrics::counter!("flashsale_rejected_total", "reason" => "unknown_product")
                 .increment(1);
             return Err(ApiError::new(404, Refusal::UnknownProduct.code()));
+        }
+        if let Err(refusal) = self.let_in(&purchase, admission.as_deref()).await {
+            metrics::counter!("flashsale_rejected_total", "reason" => refusal.code).increment(1);
+            return Err(refusal);
         }
         if self.kill_switch.engaged(&self.gate).await && !self.is_replay(&purchase).await {
             metrics::counter!("flashsale_rejected_total", "reason" => "admissions_stopped")
@@ -387,6 +482,48 @@ impl<G: AdmissionGate + ControlGate, Q: OrderQueue, S: OrderBook + Catalogue> De
         }
     }
 
+    /// Whether the waiting room lets this buy in: no room, or an admission
+    /// its room signed for this product, alive (a keyed replay of an
+    /// admitted request may come after it expired: the first admission
+    /// answers it), and redeemed for this buyer's account or free.
+    async fn let_in(&self, purchase: &Purchase, held: Option<&str>) -> Result<(), ApiError> {
+        let id = &purchase.product_id;
+        if !self.room.has_room(&self.store, id).await? {
+            return Ok(());
+        }
+        if self.room.keys.is_empty() {
+            tracing::error!(
+                "a sale with a waiting room, but no FLASHSALE_ROOM_KEYS: its buys cannot be checked"
+            );
+            return Err(room_unavailable(
+                "the waiting room cannot check admissions now; try again shortly",
+            ));
+        }
+        let held = held.ok_or_else(|| admission_required(id, "no admission"))?;
+        let now = self.room.clock.now_ms();
+        let pass = match Pass::verify(held, &self.room.keys, Kind::Admission, id, now) {
+            Ok(pass) => pass,
+            Err(PassError::Expired(_)) if self.is_replay(purchase).await => return Ok(()),
+            Err(e) => return Err(admission_required(id, e)),
+        };
+        // Held a minute past its expiry: a buy in flight as it expires is
+        // still its holder's.
+        let ttl_ms = pass.expires_ms - now + 60_000;
+        let holder = self
+            .gate
+            .redeem(id, &pass.nonce, purchase.user_id.as_str(), ttl_ms)
+            .await?;
+        if holder != purchase.user_id.as_str() {
+            self.refusals.charge(&purchase.user_id);
+            return Err(ApiError::new(403, "admission_used")
+                .with_message(
+                    "this admission was redeemed by another account: a place in line buys for one account; take your own place",
+                )
+                .with_room(format!("/room?product_id={id}")));
+        }
+        Ok(())
+    }
+
     /// Whether a keyed request names one Redis already holds: a replay,
     /// answered from its first admission even when the sale is known sold
     /// out or admissions are stopped.
@@ -496,6 +633,10 @@ mod tests {
             ids: RequestIds::Random,
             live,
             refusals,
+            room: RoomCheck::new(
+                vec![room_key()],
+                std::sync::Arc::new(shared::ports::SystemClock),
+            ),
         };
         d.live.load(&d.store).await.unwrap();
         (d, faults)
@@ -509,10 +650,255 @@ mod tests {
             .unwrap()
     }
 
-    async fn call(d: &TestDeduct, req: Request) -> (u16, serde_json::Value) {
+    async fn call<G: AdmissionGate + ControlGate + RoomGate>(
+        d: &Deduct<G, FakeQueue, DynamoStore>,
+        req: Request,
+    ) -> (u16, serde_json::Value) {
         let resp = d.handle(req).await;
         let body: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
         (resp.status().as_u16(), body)
+    }
+
+    fn room_key() -> Key {
+        Key {
+            id: "k1".into(),
+            secret: b"room-test-secret-0123456789abcdef".to_vec(),
+        }
+    }
+
+    /// An admission to `product` the room signed, living `life_ms` more.
+    fn admission(product: &str, nonce: &str, life_ms: i64) -> String {
+        let now = shared::ports::SystemClock.now_ms();
+        Pass {
+            kind: Kind::Admission,
+            product: ProductId::parse(product).unwrap(),
+            place_ms: now - 1_000,
+            nonce: nonce.into(),
+            expires_ms: now + life_ms,
+        }
+        .sign(&room_key())
+    }
+
+    /// A deduct on the simulated Redis (the real scripts, redeem.lua's rule
+    /// included) with a sale "room" that has a waiting room and "plain"
+    /// that has none, and `keys` to check admissions with.
+    async fn with_room(
+        keys: Vec<Key>,
+    ) -> (
+        Deduct<shared::redis::RedisGate, FakeQueue, DynamoStore>,
+        Faults,
+    ) {
+        let (store, faults) = shared::fakes::store().await;
+        let (_, gate) = shared::fakes::simulated_gate();
+        for (id, room) in [
+            ("room", Some(shared::room::WaitingRoom::DEFAULT)),
+            ("plain", None),
+        ] {
+            let mut p = shared::fakes::product(id);
+            p.waiting_room = room;
+            store.create_product(&p).await.unwrap();
+            shared::fakes::warm(&gate, &p, 10).await;
+        }
+        let (live, refusals) = guards(
+            std::sync::Arc::new(shared::ports::SystemClock),
+            Duration::from_secs(1),
+        );
+        let d = Deduct {
+            gate,
+            queue: FakeQueue::default(),
+            store,
+            insecure_user_from_body: true,
+            sold_out: SoldOutCache::new(Duration::ZERO),
+            kill_switch: KillSwitchCache::new(Duration::ZERO),
+            ids: RequestIds::Random,
+            live,
+            refusals,
+            room: RoomCheck::new(keys, std::sync::Arc::new(shared::ports::SystemClock)),
+        };
+        (d, faults)
+    }
+
+    fn buy_as(product: &str, user: &str, headers: &[(&str, &str)]) -> Request {
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri("/api/flash-sale/buy");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.body(Body::from(format!(
+            r#"{{"product_id":"{product}","user_id":"{user}"}}"#
+        )))
+        .unwrap()
+    }
+
+    /// Issue 33: a sale with a room takes a buy only with an admission its
+    /// room signed, for it, alive, and each admission for one account; the
+    /// refusal says why and where to queue. A sale without a room is as
+    /// before.
+    #[tokio::test]
+    async fn a_sale_with_a_waiting_room_takes_only_its_admissions_each_for_one_account() {
+        let (d, _) = with_room(vec![room_key()]).await;
+        let a1 = admission("room", "00000000000000a1", 60_000);
+        let refused = |why: &'static str, headers: Vec<(&'static str, String)>| {
+            let d = &d;
+            async move {
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                let (status, body) = call(d, buy_as("room", "u9", &headers)).await;
+                assert_eq!(
+                    (status, body["error"].as_str()),
+                    (403, Some("admission_required")),
+                    "{why}: {body}"
+                );
+                assert_eq!(body["room"], "/room?product_id=room", "{why}");
+                let message = body["message"].as_str().unwrap();
+                assert!(message.contains(why), "{why}: {message}");
+            }
+        };
+        refused("no admission", vec![]).await;
+        let forged = format!("{}0", &a1[..a1.len() - 1]);
+        let forged = if forged == a1 {
+            format!("{}1", &a1[..a1.len() - 1])
+        } else {
+            forged
+        };
+        refused("forged", vec![("x-flashsale-admission", forged)]).await;
+        let place = Pass {
+            kind: Kind::Place,
+            ..Pass::verify(
+                &a1,
+                &[room_key()],
+                Kind::Admission,
+                &ProductId::parse("room").unwrap(),
+                0,
+            )
+            .unwrap()
+        }
+        .sign(&room_key());
+        refused(
+            "go through the room",
+            vec![("x-flashsale-admission", place)],
+        )
+        .await;
+        refused(
+            "not this one",
+            vec![(
+                "x-flashsale-admission",
+                admission("plain", "00000000000000a2", 60_000),
+            )],
+        )
+        .await;
+        refused(
+            "expired",
+            vec![(
+                "x-flashsale-admission",
+                admission("room", "00000000000000a3", -1),
+            )],
+        )
+        .await;
+        let rotated = a1.replace(".k1.", ".k0.");
+        refused("no longer holds", vec![("x-flashsale-admission", rotated)]).await;
+        assert!(
+            d.queue.sent().is_empty(),
+            "nothing refused reached the queue"
+        );
+
+        let (status, body) =
+            call(&d, buy_as("room", "u1", &[("x-flashsale-admission", &a1)])).await;
+        assert_eq!(status, 202, "{body}");
+        // Another account with the same admission, here as the room's
+        // cookie: refused; its own admission takes it in.
+        let cookie = format!("other=1; fs_admit_room={a1}");
+        let (status, body) = call(&d, buy_as("room", "u2", &[("cookie", &cookie)])).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (403, Some("admission_used")),
+            "{body}"
+        );
+        let own = format!(
+            "fs_admit_room={}",
+            admission("room", "00000000000000b2", 60_000)
+        );
+        assert_eq!(
+            call(&d, buy_as("room", "u2", &[("cookie", &own)])).await.0,
+            202
+        );
+        // The holder again is the sale's business (one unit each here).
+        let (status, body) =
+            call(&d, buy_as("room", "u1", &[("x-flashsale-admission", &a1)])).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (409, Some("already_purchased")),
+            "{body}"
+        );
+        assert_eq!(
+            d.gate
+                .entries(&ProductId::parse("room").unwrap())
+                .await
+                .unwrap(),
+            2
+        );
+        // No room, no admission needed.
+        assert_eq!(call(&d, buy_as("plain", "u1", &[])).await.0, 202);
+    }
+
+    /// A keyed replay of an admitted buy may come after its admission
+    /// expired: the first admission answers it. A new buy may not.
+    #[tokio::test]
+    async fn an_expired_admission_answers_only_a_replay() {
+        let (d, _) = with_room(vec![room_key()]).await;
+        let live = admission("room", "00000000000000c1", 60_000);
+        let dead = admission("room", "00000000000000c1", -1);
+        let keyed = |key: &'static str, pass: &str| {
+            buy_as(
+                "room",
+                "u3",
+                &[("x-flashsale-admission", pass), ("idempotency-key", key)],
+            )
+        };
+        assert_eq!(call(&d, keyed("k-1", &live)).await.0, 202);
+        let (status, body) = call(&d, keyed("k-1", &dead)).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("pending")),
+            "{body}"
+        );
+        let (status, body) = call(&d, keyed("k-2", &dead)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (403, Some("admission_required")),
+            "{body}"
+        );
+    }
+
+    /// Fail closed: without keys, or when DynamoDB cannot say whether the
+    /// sale has a room, a buy is a 503, never let through.
+    #[tokio::test]
+    async fn a_room_that_cannot_be_checked_answers_503() {
+        let a = admission("room", "00000000000000d1", 60_000);
+        let (d, _) = with_room(Vec::new()).await;
+        let (status, body) = call(&d, buy_as("room", "u1", &[("x-flashsale-admission", &a)])).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("room_unavailable")),
+            "{body}"
+        );
+        assert_eq!(call(&d, buy_as("plain", "u1", &[])).await.0, 202);
+        let (d, faults) = with_room(vec![room_key()]).await;
+        faults.unreachable_for(Duration::from_secs(60));
+        let (status, body) = call(&d, buy_as("room", "u1", &[("x-flashsale-admission", &a)])).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("room_unavailable")),
+            "{body}"
+        );
+        faults.clear();
+        assert_eq!(
+            call(&d, buy_as("room", "u1", &[("x-flashsale-admission", &a)]))
+                .await
+                .0,
+            202
+        );
     }
 
     #[tokio::test]
@@ -596,6 +982,9 @@ mod tests {
     #[tokio::test]
     async fn failed_send_and_failed_fate_answer_503_with_the_id_to_check() {
         let (d, faults) = deduct(true).await;
+        // Known to have no room: the failure below is the fate's write.
+        let p1 = ProductId::parse("p1").unwrap();
+        assert!(!d.room.has_room(&d.store, &p1).await.unwrap());
         d.queue.failures.fail_next(1);
         faults.fail_next(1);
         let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
@@ -730,7 +1119,7 @@ mod tests {
             (503, Some("admissions_stopped"))
         );
         // The request "k1" was admitted before the switch.
-        let first = parse(&keyed("k1"), true, &RequestIds::Random).unwrap();
+        let (first, _) = parse(&keyed("k1"), true, &RequestIds::Random).unwrap();
         d.gate.put_request(shared::fakes::view(
             &OrderMessage::new(&first, 5, 10),
             OrderStatus::Placed,
@@ -999,7 +1388,7 @@ mod tests {
         assert_eq!(status, 410);
         assert_eq!(d.gate.purchases.lock().unwrap().len(), 1);
         // A keyed request Redis holds is a replay: the script answers it.
-        let first = parse(&keyed(body, "k-1"), true, &RequestIds::Random).unwrap();
+        let (first, _) = parse(&keyed(body, "k-1"), true, &RequestIds::Random).unwrap();
         d.gate.put_request(shared::fakes::view(
             &OrderMessage::new(&first, 5, 10),
             OrderStatus::Pending,

@@ -20,6 +20,10 @@ async fn main() -> Result<(), Error> {
         ids: shared::domain::RequestIds::Random,
         live,
         refusals,
+        room: deduct::RoomCheck::new(
+            env.room_keys().await?,
+            std::sync::Arc::new(shared::ports::SystemClock),
+        ),
     };
     // All three, each on its own: a dead Redis must not keep the SDK
     // clients cold.

@@ -92,6 +92,15 @@ impl Keys {
     pub fn stock_changes(&self) -> String {
         self.key("stock_changes")
     }
+    /// String: the account a waiting-room admission was redeemed for
+    /// (`redeem.lua`; the nonce is the admission's, which the room signed).
+    pub fn room_pass(&self, nonce: &str) -> String {
+        self.key(&format!("room:{nonce}"))
+    }
+    /// String: admissions redeemed for the product.
+    pub fn room_entries(&self) -> String {
+        self.key("room_entries")
+    }
     /// The KEYS of `admit.lua`, in order: every key a request touches,
     /// all in the product's slot.
     pub fn admission(&self, p: &Purchase) -> [String; 10] {

@@ -24,6 +24,7 @@ pub mod capacity;
 mod conn;
 mod controls;
 pub mod keys;
+mod room;
 mod routing;
 mod sale;
 mod shelf;
@@ -75,6 +76,7 @@ struct Scripts {
     finish: Script,
     adjust: Script,
     restore: Script,
+    redeem: Script,
 }
 
 /// Cheap to clone: clones share one connection and the loaded scripts.
@@ -150,6 +152,7 @@ impl RedisGate {
                     finish: Script::new(include_str!("finish.lua")),
                     adjust: Script::new(include_str!("adjust.lua")),
                     restore: Script::new(include_str!("restore.lua")),
+                    redeem: Script::new(include_str!("redeem.lua")),
                 },
                 buckets: std::sync::Mutex::new(HashMap::new()),
                 bucket_counts: std::sync::OnceLock::new(),

@@ -100,6 +100,7 @@ async fn sale(
         sold_out: SoldOutCache::new(config::sold_out_cache()?),
         live,
         refusals,
+        room: deduct::RoomCheck::off(),
         ..deduct(gate, Discard)
     };
     Ok((handler, p))

@@ -328,6 +328,7 @@ fn deduct<Q>(gate: &RedisGate, queue: Q) -> Deduct<RedisGate, Q, DynamoStore> {
         // unreachable here), and no buyer earns a second refusal.
         live: shared::live::LiveProducts::off(),
         refusals: deduct::guards(Arc::new(shared::ports::SystemClock), Duration::from_secs(1)).1,
+        room: deduct::RoomCheck::off(),
     }
 }
 
