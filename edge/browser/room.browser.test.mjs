@@ -48,9 +48,9 @@ test('a visitor waits, is let in, buys; no admission, no buy; sold out is told a
   // p2 is sold out.
   const view = {
     p1: `upcoming|${start}|${end}|1`,
-    'p1#room': `1|${start}|${start - 10_000}|20000|0|10000|120|5`,
+    'p1#room': `1|${start}|${start - 10_000}|20000|0|10000|120|5000`,
     p2: `sold_out|${start - 60_000}|${end}|1`,
-    'p2#room': `1|${start - 60_000}|${start - 60_000}|20000|0|10000|120|5`,
+    'p2#room': `1|${start - 60_000}|${start - 60_000}|20000|0|10000|120|5000`,
     '#room-keys': keys,
   };
   const kvs = await serve((req, res) => {

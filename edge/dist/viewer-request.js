@@ -165,7 +165,7 @@ const lines = [
 s.state === 'upcoming' && now < s.startsAt
 ? 'The sale starts at ' + new Date(s.startsAt).toISOString() + '; places before it are drawn at random.'
 : 'The sale is on.',
-'About ' + Math.round(ahead / 1000 * room.density) + ' people ahead of you.',
+'About ' + Math.round(ahead * room.density / 1e6) + ' people ahead of you.',
 wait === null ? 'The line is paused for a moment.' : 'Estimated wait: ' + wait + ' s.',
 'This page takes you on when it is your turn; come back before ' + new Date(place.expires).toISOString() + ' to keep your place.',
 ];

@@ -17,7 +17,7 @@ const RUST_PLACE = 'p1.p1.1699999998766.00ff00ff00ff00ff.1700000060000.k1.ccb957
 function store({ start = T, speed = 10_000, paused = 0, state = 'upcoming', keys = `k1:${SECRET}` } = {}) {
   return new Map([
     ['p1', `${state}|${start}|${start + 3_600_000}|1`],
-    ['p1#room', `1|${start}|${start - 60_000}|${speed}|${paused}|60000|120|5`],
+    ['p1#room', `1|${start}|${start - 60_000}|${speed}|${paused}|60000|120|5000`],
     ['#room-keys', keys],
     ['p2', `on_sale|${T - 1000}|${T + 3_600_000}|1`],
   ]);

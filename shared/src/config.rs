@@ -322,6 +322,21 @@ pub fn room_defaults() -> Result<crate::room::WaitingRoom, ConfigError> {
     Ok(room)
 }
 
+/// Entries per second the origin takes across every sale's waiting room
+/// (`FLASHSALE_ROOM_CAPACITY`: the share of API Gateway's quota the buys
+/// may use, over the buys an entry makes); unset, each sale's ceiling alone
+/// bounds its inlet.
+pub fn room_capacity() -> Result<Option<f64>, ConfigError> {
+    var("FLASHSALE_ROOM_CAPACITY")
+        .map(|v| match v.parse::<f64>() {
+            Ok(c) if c >= 1.0 && c.is_finite() => Ok(c),
+            _ => Err(ConfigError(format!(
+                "FLASHSALE_ROOM_CAPACITY={v} is not a number of entries per second (1 or more)"
+            ))),
+        })
+        .transpose()
+}
+
 /// The waiting room's signing keys (`FLASHSALE_ROOM_KEYS`, or the SSM
 /// SecureString `FLASHSALE_ROOM_KEYS_PARAM` names: `"<id>:<secret>,..."`,
 /// the current key first); none when unset, and then a product with a room

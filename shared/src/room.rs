@@ -111,7 +111,8 @@ impl Curve {
 
 /// A sale's room as the edge reads it, under the key `<product>#room`: the
 /// curve, then `"|<early window ms>|<admission life s>|<density>"`, the
-/// density the controller's estimate of entries per second of arrival time
+/// density the controller's estimate of entries per 1,000 s of arrival time
+/// (a thousandth of an entry per second, so a sparse line measures too)
 /// (for the page's "ahead of you"). No key: no room, buys go on as before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoomValue {
@@ -268,7 +269,7 @@ impl Inlet {
             .max(Self::FLOOR);
         let density = match (health.entries, health.frontier_advance_ms) {
             (n, ms) if n > 0 && ms > 0 => {
-                let seen = n as f64 * 1000.0 / ms as f64;
+                let seen = n as f64 * 1_000_000.0 / ms as f64;
                 // Half the last estimate, half what was seen: one odd
                 // stretch does not swing the line.
                 if stored.density > 0 {
@@ -297,7 +298,7 @@ impl Inlet {
         // Still nothing measured (nobody came through): the frontier keeps
         // at least the clock's pace, so an empty line does not hold anyone.
         let speed = if density > 0.0 {
-            (rate / density * 1000.0).round() as i64
+            (rate / density * 1_000_000.0).round() as i64
         } else {
             stored.curve.speed.max(1_000)
         };
@@ -311,7 +312,7 @@ impl Inlet {
 
     /// The entry rate a room value aims at: its speed times its density.
     pub fn rate_of(room: &RoomValue) -> f64 {
-        room.curve.speed as f64 / 1000.0 * room.density as f64
+        room.curve.speed as f64 * room.density as f64 / 1_000_000.0
     }
 }
 
@@ -350,6 +351,14 @@ pub fn parse_keys(value: &str) -> Result<Vec<Key>, PassError> {
             })
         })
         .collect()
+}
+
+/// `keys` as [`parse_keys`] reads them (the store's `#room-keys`).
+pub fn encode_keys(keys: &[Key]) -> String {
+    keys.iter()
+        .map(|k| format!("{}:{}", k.id, String::from_utf8_lossy(&k.secret)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// What a pass admits its holder to.
@@ -605,9 +614,9 @@ mod tests {
             ..Health::default()
         };
         // 10 visitors a second of arrival time, aiming at 50 a second.
-        let r = room(5_000, 10);
+        let r = room(5_000, 10_000);
         let next = Inlet::next(&r, &SETTINGS, &healthy, T + 10_000);
-        assert_eq!(next.density, 10);
+        assert_eq!(next.density, 10_000);
         assert_eq!(Inlet::rate_of(&next), 60.0);
         assert_eq!(next.curve.speed, 6_000);
         // Never above the ceiling, nor the origin's capacity.
@@ -651,8 +660,23 @@ mod tests {
             ..Health::default()
         };
         let next = Inlet::next(&r, &SETTINGS, &dense, T + 10_000);
-        assert_eq!(next.density, 20);
+        assert_eq!(next.density, 20_000);
         assert_eq!(next.curve.speed, 3_000);
+    }
+
+    /// A sparse line (one entry in 8 s of arrival time) is measured, not
+    /// rounded away, and the rate aimed at is the rate the edge lets in.
+    #[test]
+    fn a_sparse_line_is_measured_to_the_thousandth() {
+        let sparse = Health {
+            entries: 5,
+            frontier_advance_ms: 40_000,
+            ..Health::default()
+        };
+        let next = Inlet::next(&room(1_000, 0), &SETTINGS, &sparse, T + 2_000);
+        assert_eq!(next.density, 125);
+        assert_eq!(next.curve.speed, 480_000);
+        assert_eq!(Inlet::rate_of(&next), 60.0);
     }
 
     #[test]
@@ -665,7 +689,7 @@ mod tests {
         };
         let next = Inlet::next(&unmeasured, &SETTINGS, &seen, T + 2_000);
         // 20 a second of arrival time; 50 + 10 aimed at: 3 s a second.
-        assert_eq!((next.density, next.curve.speed), (20, 3_000));
+        assert_eq!((next.density, next.curve.speed), (20_000, 3_000));
         let nobody = Inlet::next(&unmeasured, &SETTINGS, &Health::default(), T + 2_000);
         assert_eq!((nobody.density, nobody.curve.speed), (0, 1_000));
     }
@@ -677,7 +701,7 @@ mod tests {
             frontier_advance_ms: 1_000,
             ..Health::default()
         };
-        let mut r = room(5_000, 10);
+        let mut r = room(5_000, 10_000);
         let mut last = r.curve.frontier(T);
         for i in 1..=20 {
             let now = T + i * 700;

@@ -575,8 +575,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     let gate = RedisGate::new(config::redis_settings()?);
                     let store = DynamoStore::new(&sdk, config::table_name());
                     let cfg = edge_config(kvs_propagation_ms)?;
+                    let keys = config::room_keys_of(config::Secret::RoomKeys.from_env())?;
                     let (kvs, _, _) =
-                        runner::start_edge(&cfg, &sdk, gate, store, shutdown.clone()).await?;
+                        runner::start_edge(&cfg, &sdk, gate, store, keys, shutdown.clone()).await?;
                     Some(local_edge(listen, addr, kvs, kvs_propagation_ms).await?)
                 }
                 None => None,
@@ -776,6 +777,7 @@ fn edge_config(propagation_ms: u64) -> Result<runner::EdgeConfig> {
     Ok(runner::EdgeConfig {
         propagation: Duration::from_millis(propagation_ms),
         publish_every: config::edge_publish_every()?,
+        room_capacity: config::room_capacity()?,
         ..runner::EdgeConfig::local()
     })
 }

@@ -109,6 +109,9 @@ pub struct EdgeConfig {
     /// How long a write takes to reach what the edge reads.
     pub propagation: Duration,
     pub publish_every: Duration,
+    /// Entries per second the origin takes across the waiting rooms
+    /// (`config::room_capacity`; None: each sale's ceiling alone).
+    pub room_capacity: Option<f64>,
 }
 
 impl EdgeConfig {
@@ -119,6 +122,7 @@ impl EdgeConfig {
             kvs_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             propagation: Duration::from_secs(1),
             publish_every: Duration::from_millis(500),
+            room_capacity: None,
         }
     }
 }
@@ -521,7 +525,8 @@ pub async fn start(cfg: RunnerConfig, sdk: &SdkConfig) -> Result<Running> {
     let kvs = match &cfg.edge {
         Some(edge) => {
             let (gate, store) = (app.sweeper.gate.clone(), app.sweeper.store.clone());
-            let (addr, kvs, edge_tasks) = start_edge(edge, sdk, gate, store, rx.clone()).await?;
+            let (addr, kvs, edge_tasks) =
+                start_edge(edge, sdk, gate, store, cfg.room_keys.clone(), rx.clone()).await?;
             tasks.extend(edge_tasks);
             Some((addr, kvs))
         }
@@ -546,20 +551,24 @@ pub async fn start_edge<G, S>(
     sdk: &SdkConfig,
     gate: G,
     store: S,
+    room_keys: Vec<shared::room::Key>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, LocalKvs, Vec<JoinHandle<()>>)>
 where
-    G: SaleGate + 'static,
+    G: SaleGate + AdmissionGate + RoomGate + 'static,
     S: Catalogue + 'static,
 {
     let kvs = LocalKvs::new(edge.propagation);
     let (kvs_addr, serving) = kvs.clone().serve(edge.kvs_addr, shutdown.clone()).await?;
-    let publisher = Arc::new(Publisher::new(
-        gate,
-        store,
-        KvsStore::new(sdk, LOCAL_ARN, Some(&format!("http://{kvs_addr}"))),
-        Arc::new(SystemClock),
-    ));
+    let publisher = Arc::new(
+        Publisher::new(
+            gate,
+            store,
+            KvsStore::new(sdk, LOCAL_ARN, Some(&format!("http://{kvs_addr}"))),
+            Arc::new(SystemClock),
+        )
+        .with_rooms(room_keys, edge.room_capacity),
+    );
     let publishing = tokio::spawn(every(edge.publish_every, shutdown, move || {
         let publisher = publisher.clone();
         async move {

@@ -23,7 +23,8 @@ async fn main() -> Result<(), Error> {
         config::kvs_arn()?,
         config::kvs_endpoint().as_deref(),
     );
-    let publisher = Publisher::new(env.gate().await?, env.store(), edge, Arc::new(SystemClock));
+    let publisher = Publisher::new(env.gate().await?, env.store(), edge, Arc::new(SystemClock))
+        .with_rooms(env.room_keys().await?, config::room_capacity()?);
     let every = config::edge_publish_every()?;
     let publisher = &publisher;
     // A schedule fires at most once a minute: each invocation publishes
