@@ -133,6 +133,7 @@ fn functions_get_the_environment_the_code_reads() {
                 "FLASHSALE_REDIS_URL",
                 "FLASHSALE_ORDERS_QUEUE_URL",
                 "FLASHSALE_TABLE",
+                "FLASHSALE_ROOM_KEYS_PARAM",
             ],
         ),
         ("order-status", &["FLASHSALE_REDIS_URL", "FLASHSALE_TABLE"]),
@@ -154,6 +155,10 @@ fn functions_get_the_environment_the_code_reads() {
                 "FLASHSALE_REDIS_URL",
                 "FLASHSALE_TABLE",
                 "FLASHSALE_ADMIN_TOKEN_PARAM",
+                "FLASHSALE_ROOM_START_RATE",
+                "FLASHSALE_ROOM_CEILING",
+                "FLASHSALE_ROOM_ADMISSION_SECS",
+                "FLASHSALE_ROOM_EARLY_WINDOW_SECS",
             ],
         ),
         (
@@ -176,6 +181,8 @@ fn functions_get_the_environment_the_code_reads() {
                 "FLASHSALE_REDIS_URL",
                 "FLASHSALE_TABLE",
                 "FLASHSALE_KVS_ARN",
+                "FLASHSALE_ROOM_KEYS_PARAM",
+                "FLASHSALE_ROOM_CAPACITY",
             ],
         ),
     ];
@@ -628,9 +635,14 @@ fn buyer_routes_use_the_jwt_authorizer_and_admin_routes_iam() {
     );
     let admin = routes("admin");
     // create, warm, stats, the live controls (pause/resume/end/stock), a
-    // sale's audit; the kill switch (read, throw), the audit of every sale;
-    // the deny list (read, add, remove).
-    assert_eq!(admin.len(), 11);
+    // sale's audit, its waiting room's tuning; the kill switch (read,
+    // throw), the audit of every sale; the deny list (read, add, remove).
+    assert_eq!(admin.len(), 12);
+    assert!(admin.contains(&(
+        "PATCH".into(),
+        "/api/admin/products/{product_id}/waiting-room".into(),
+        Some("AWS_IAM".into())
+    )));
     assert!(admin.iter().all(
         |(_, path, auth)| path.starts_with("/api/admin/") && auth.as_deref() == Some("AWS_IAM")
     ));
