@@ -180,10 +180,13 @@ async function roomPage(request, now, ip) {
       ], 0, cookies);
     }
   } else {
-    // Drawn from the address, not per request: asking again redraws nothing.
-    const draw = parseInt(mac(keys[0], 'draw.' + ip + '.' + id).slice(0, 12), 16);
-    const at = now < s.startsAt ? s.startsAt - room.window + (room.window > 0 ? draw % room.window : 0) : now;
-    place = { place: at, nonce: hex8() + hex8(), expires: s.endsAt };
+    // Drawn from the address, not per request: asking again redraws
+    // nothing, the nonce included (one account per early place). After the
+    // start asking again is a new place at the back.
+    const drawn = mac(keys[0], 'draw.' + ip + '.' + id);
+    const early = now < s.startsAt;
+    const at = early ? s.startsAt - room.window + (room.window > 0 ? parseInt(drawn.slice(0, 12), 16) % room.window : 0) : now;
+    place = { place: at, nonce: early ? drawn.slice(12, 28) : hex8() + hex8(), expires: s.endsAt };
     cookies[name] = cookie(sign('p1', id, at, place.nonce, s.endsAt, keys[0]), s.endsAt, now);
   }
   const ahead = Math.max(0, place.place - frontier(room, now));

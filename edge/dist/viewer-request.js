@@ -139,9 +139,10 @@ return page(403, 'Your place could not be read', [
 ], 0, cookies);
 }
 } else {
-const draw = parseInt(mac(keys[0], 'draw.' + ip + '.' + id).slice(0, 12), 16);
-const at = now < s.startsAt ? s.startsAt - room.window + (room.window > 0 ? draw % room.window : 0) : now;
-place = { place: at, nonce: hex8() + hex8(), expires: s.endsAt };
+const drawn = mac(keys[0], 'draw.' + ip + '.' + id);
+const early = now < s.startsAt;
+const at = early ? s.startsAt - room.window + (room.window > 0 ? parseInt(drawn.slice(0, 12), 16) % room.window : 0) : now;
+place = { place: at, nonce: early ? drawn.slice(12, 28) : hex8() + hex8(), expires: s.endsAt };
 cookies[name] = cookie(sign('p1', id, at, place.nonce, s.endsAt, keys[0]), s.endsAt, now);
 }
 const ahead = Math.max(0, place.place - frontier(room, now));

@@ -8,8 +8,14 @@
 //     --listen 127.0.0.1:3100 --origin http://127.0.0.1:3000 --kvs http://127.0.0.1:4599
 //
 // GET /_edge/stats answers what it counted: requests answered at the edge,
-// forwarded, and failed to reach the origin; GET /_edge/view its copy of
-// the store.
+// forwarded, refused by the origin's throttle, and failed to reach the
+// origin; GET /_edge/view its copy of the store.
+//
+// --origin-rate R [--origin-burst B] throttles what reaches the origin as
+// API Gateway does (a token bucket: R requests a second, B at once; 429
+// beyond). The viewer's address is the first X-Forwarded-For entry when
+// one is sent (CloudFront's is the client's own), so one machine can be a
+// crowd of viewers.
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 import { loadHandler } from './load.mjs';
@@ -22,6 +28,8 @@ const { values: args } = parseArgs({
     // How often the edge copies the store's propagated view: a bound on top
     // of the store's own propagation delay.
     'poll-ms': { type: 'string', default: '50' },
+    'origin-rate': { type: 'string' },
+    'origin-burst': { type: 'string' },
   },
 });
 if (!args.origin || !args.kvs) {
@@ -57,7 +65,30 @@ async function keepRefreshing() {
 await keepRefreshing();
 
 const handler = await loadHandler((key) => view.get(key));
-const stats = { answered: 0, forwarded: 0, origin_errors: 0, function_errors: 0 };
+const stats = { answered: 0, forwarded: 0, throttled: 0, origin_errors: 0, function_errors: 0 };
+
+// API Gateway's throttle in front of the origin, when asked for.
+const rate = args['origin-rate'] ? Number(args['origin-rate']) : null;
+const burst = args['origin-burst'] ? Number(args['origin-burst']) : rate;
+if (rate !== null && !(rate > 0 && burst >= 1)) {
+  console.error('--origin-rate must be a positive number and --origin-burst at least 1');
+  process.exit(2);
+}
+let tokens = burst;
+let filled = performance.now();
+function admitToOrigin() {
+  if (rate === null) {
+    return true;
+  }
+  const now = performance.now();
+  tokens = Math.min(burst, tokens + ((now - filled) / 1000) * rate);
+  filled = now;
+  if (tokens < 1) {
+    return false;
+  }
+  tokens -= 1;
+  return true;
+}
 
 /// CloudFront's viewer-request event for a node request.
 function eventOf(req) {
@@ -92,7 +123,7 @@ function eventOf(req) {
   return {
     version: '1.0',
     context: { eventType: 'viewer-request', requestId: String(stats.answered + stats.forwarded), distributionId: 'LOCAL' },
-    viewer: { ip: req.socket.remoteAddress },
+    viewer: { ip: (req.headers['x-forwarded-for'] ?? '').split(',')[0].trim() || req.socket.remoteAddress },
     request: { method: req.method, uri: url.pathname, querystring, headers, cookies },
   };
 }
@@ -190,6 +221,11 @@ const server = http.createServer(async (req, res) => {
     stats.answered += 1;
     req.resume();
     answer(res, result);
+  } else if (!admitToOrigin()) {
+    stats.throttled += 1;
+    req.resume();
+    res.writeHead(429, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ message: 'Too Many Requests' }));
   } else {
     stats.forwarded += 1;
     forward(req, res, result);

@@ -90,6 +90,9 @@ test('early arrivals draw their place over the early window, once; later ones qu
     // place (refreshing or clearing cookies redraws nothing).
     const again = await (await at(T - 10_000, store(), () => 0.99))(visit({}, undefined, ip));
     assert.equal(placeMs(placeOf(again)), places[i], ip);
+    // Nor a second admission at that place: the same nonce, which deduct
+    // redeems for one account.
+    assert.equal(placeOf(again).split('.')[3], placeOf(first).split('.')[3], ip);
   }
   assert.ok(places.every((p) => p >= T - 60_000 && p < T), 'within the early window');
   // Spread over it, not by arrival: a quarter of the window each quarter.
@@ -97,9 +100,12 @@ test('early arrivals draw their place over the early window, once; later ones qu
     const n = places.filter((p) => p >= T - 60_000 + q * 15_000 && p < T - 45_000 + q * 15_000).length;
     assert.ok(n > 25 && n < 75, `quarter ${q}: ${n} of 200`);
   }
-  // After the start: the arrival time.
+  // After the start: the arrival time, a new place (and nonce) each time.
   const later = await (await at(T + 30_000, store({ speed: 100 })))(visit());
   assert.equal(placeMs(placeOf(later)), T + 30_000);
+  const back = await (await at(T + 31_000, store({ speed: 100 }), () => 0.99))(visit());
+  assert.equal(placeMs(placeOf(back)), T + 31_000);
+  assert.notEqual(placeOf(back).split('.')[3], placeOf(later).split('.')[3]);
 });
 
 test('a visitor is let in once the frontier passed their place, with an admission and a safe redirect', async () => {

@@ -33,13 +33,31 @@ impl LocalEdge {
         origin: SocketAddr,
         kvs: SocketAddr,
     ) -> anyhow::Result<Self> {
-        let mut child = Command::new("node")
+        Self::start_throttled(listen, origin, kvs, None).await
+    }
+
+    /// The same, with the origin behind API Gateway's throttle: `(rate,
+    /// burst)` requests a second reach it, the others get its 429.
+    pub async fn start_throttled(
+        listen: SocketAddr,
+        origin: SocketAddr,
+        kvs: SocketAddr,
+        throttle: Option<(f64, u32)>,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new("node");
+        command
             .arg("--experimental-vm-modules")
             .arg("--no-warnings")
             .arg(script())
             .args(["--listen", &listen.to_string()])
             .args(["--origin", &format!("http://{origin}")])
-            .args(["--kvs", &format!("http://{kvs}")])
+            .args(["--kvs", &format!("http://{kvs}")]);
+        if let Some((rate, burst)) = throttle {
+            command
+                .args(["--origin-rate", &rate.to_string()])
+                .args(["--origin-burst", &burst.to_string()]);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
