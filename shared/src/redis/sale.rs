@@ -104,6 +104,26 @@ impl RedisGate {
         }))
     }
 
+    /// A bucket's `placed_units` and `withdrawn_units` whatever its meta: a
+    /// bucket a failover forgot counts again from zero the settles that
+    /// reach it after (settle.lua rebuilds the request), and the ledger has
+    /// those units. Its part of the fence, read as any bucket's.
+    pub(super) async fn bucket_fence(
+        &self,
+        product: &ProductId,
+        bucket: u16,
+    ) -> PortResult<(i64, i64)> {
+        let mut c = self.conn().await?;
+        let n: Vec<Option<i64>> = redis::cmd("HMGET")
+            .arg(self.bucket_keys(product, bucket).stats())
+            .arg(&["placed_units", "withdrawn_units"])
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        let n = |i: usize| n.get(i).copied().flatten().unwrap_or(0);
+        Ok((n(0), n(1)))
+    }
+
     /// Every stock bucket's figures, in order; None when bucket 0's meta is
     /// missing, and a bucket whose meta is missing is left out.
     pub(super) async fn bucket_reads(
@@ -204,14 +224,24 @@ impl SaleGate for RedisGate {
         // read: its warm.lua takes off what was admitted or settled there
         // since, exactly as with one bucket.
         let mut held = Vec::with_capacity(usize::from(buckets));
+        // Each bucket's fence, a forgotten one's too (its stats may count
+        // settles since the failover): as `stats` reads it for the caller.
+        let mut fences = Vec::with_capacity(usize::from(buckets));
         for b in 0..buckets {
-            held.push(self.bucket_read(&p.product_id, b).await?);
+            let r = self.bucket_read(&p.product_id, b).await?;
+            fences.push(match &r {
+                Some(r) => r.stats.fence(),
+                None => {
+                    let (placed, withdrawn) = self.bucket_fence(&p.product_id, b).await?;
+                    placed + withdrawn
+                }
+            });
+            held.push(r);
         }
         let off_shelf = |r: &Option<BucketRead>| {
             r.as_ref()
                 .map_or(0, |r| r.stats.pending_units + r.stats.withdrawing)
         };
-        let fence = |r: &Option<BucketRead>| r.as_ref().map_or(0, |r| r.stats.fence());
         let now = self.now_ms().await?;
         let started = held
             .iter()
@@ -233,7 +263,7 @@ impl SaleGate for RedisGate {
                 .listed(p, Warm::AlreadyStarted { stock_left: left }, &mut c)
                 .await;
         }
-        let settled_since = (held.iter().map(fence).sum::<i64>() - fence_seen).max(0);
+        let settled_since = (fences.iter().sum::<i64>() - fence_seen).max(0);
         let lent: Vec<crate::buckets::Transfer> =
             held.iter().flatten().flat_map(|r| r.lent.clone()).collect();
         let in_transit = self.not_received(&p.product_id, &lent).await?;
@@ -244,14 +274,14 @@ impl SaleGate for RedisGate {
         // What a bucket could not hold back (it admitted, settled or lent
         // more since the read than its share) comes off the next ones'.
         let mut short = 0;
-        for ((b, share), r) in (0..buckets).zip(shares).zip(&held) {
+        for (((b, share), r), fence) in (0..buckets).zip(shares).zip(&held).zip(&fences) {
             let (code, left, shortfall) = self
                 .warm_bucket(
                     p,
                     b,
                     force,
                     share - short + off_shelf(r),
-                    fence(r),
+                    *fence,
                     r.as_ref().map(|r| r.moved),
                 )
                 .await?;
@@ -274,11 +304,22 @@ impl SaleGate for RedisGate {
             return Ok(None);
         };
         let in_transit = self.in_transit(product, &reads).await?;
+        // A bucket without meta (a failover forgot it) still counts in the
+        // fence: the settles it saw since are in the ledger.
+        let mut forgotten = (0, 0);
+        for b in 1..self.buckets(product).await? {
+            if !reads.iter().any(|(read, _)| *read == b) {
+                let (placed, withdrawn) = self.bucket_fence(product, b).await?;
+                forgotten = (forgotten.0 + placed, forgotten.1 + withdrawn);
+            }
+        }
         let mut buckets = reads.into_iter().map(|(_, r)| r.stats);
         let Some(mut total) = buckets.next() else {
             return Ok(None);
         };
         total.stock_left += in_transit;
+        total.placed_units += forgotten.0;
+        total.withdrawn_units += forgotten.1;
         for s in buckets {
             total.stock_left += s.stock_left;
             total.admitted += s.admitted;
