@@ -4,6 +4,8 @@ SHELL := /bin/bash
 CHAOS ?= 0
 # EDGE=1: the demo's buyers go through the local edge (edge/, issue 32).
 EDGE ?= 0
+# CROWD=0: the demo skips its waiting-room crowd (issue 33).
+CROWD ?= 1
 # process: the handlers in the local runner; sam: the real bootstraps under
 # sam local; localstack: template.yaml deployed into LocalStack's Lambda.
 RUNTIME ?= process
@@ -60,7 +62,7 @@ sam-build: setup
 	PATH="$(TOOLS_BIN):$$PATH" $(TOOLS_BIN)/sam build --beta-features
 
 demo: setup dev-build
-	@RUNTIME=$(RUNTIME) CHAOS=$(CHAOS) EDGE=$(EDGE) LOCALSTACK_LAMBDA=$(if $(filter localstack,$(RUNTIME)),1,0) \
+	@RUNTIME=$(RUNTIME) CHAOS=$(CHAOS) EDGE=$(EDGE) CROWD=$(CROWD) LOCALSTACK_LAMBDA=$(if $(filter localstack,$(RUNTIME)),1,0) \
 	  STACK_DIR=$(CURDIR)/.stack localstack/with-stack.sh scripts/demo.sh
 
 # The real bootstraps under sam local (Docker) on a stack left running for

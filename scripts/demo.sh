@@ -7,6 +7,8 @@
 # within 50 ms of deadlines, and runs the sale on a real Redis Cluster whose
 # product primary fails over mid-sale to a replica that missed its last
 # writes; the books must still balance.
+# After the sale (RUNTIME=process, CROWD=0 skips it), a crowd meets the
+# waiting room at a throttled local edge: its `crowd:` line.
 # RUNTIME=sam runs the same sale through the real bootstraps: HTTP through
 # `sam local start-api`, queues and schedules invoked through `sam local
 # start-lambda` by the runner (sam-local/start.sh).
@@ -181,4 +183,11 @@ fi
 if [ "${CHAOS:-0}" = 1 ]; then
   # What the capacity decorator refused (the runner's counters).
   curl -fsS "http://$addr/metrics" | grep '^flashsale_capacity_refused_total' >&2 || true
+fi
+# The waiting room (issue 33): a crowd of ten times what a throttled origin
+# takes, through the room and then without it, on its own runner and edge
+# beside this one's (docs/benchmarks.md, figure 15). Fails if the crowd
+# oversold or its books do not balance.
+if [ "$runtime" = process ] && [ "${CHAOS:-0}" != 1 ] && [ "${CROWD:-1}" = 1 ]; then
+  "$bin" crowd | tee -a "$STACK_DIR/summary.txt"
 fi

@@ -17,6 +17,28 @@ pub struct Api {
     http: Client<HttpConnector, Full<Bytes>>,
 }
 
+/// A page as a browser gets it.
+pub struct Page {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    /// The value of the cookie `name` the answer sets.
+    pub fn set_cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all(hyper::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| {
+                let (pair, _) = c.split_once(';').unwrap_or((c, ""));
+                let (k, v) = pair.split_once('=')?;
+                (k.trim() == name).then(|| v.trim().to_owned())
+            })
+    }
+}
+
 pub struct Answer {
     pub status: u16,
     pub body: Value,
@@ -44,12 +66,29 @@ impl Api {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Answer> {
-        let (status, at_edge, raw) = self.raw(method, path, headers, body).await?;
+        let (status, headers, raw) = self.raw(method, path, headers, body).await?;
         let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         Ok(Answer {
             status,
             body,
-            at_edge,
+            at_edge: headers.contains_key("x-flashsale-edge"),
+        })
+    }
+
+    /// The answer with its headers and its body as text (the waiting
+    /// room's pages).
+    pub async fn page(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Page> {
+        let (status, headers, raw) = self.raw(method, path, headers, body).await?;
+        Ok(Page {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&raw).into_owned(),
         })
     }
 
@@ -66,7 +105,7 @@ impl Api {
         path: &str,
         headers: &[(&str, &str)],
         body: Option<&Value>,
-    ) -> Result<(u16, bool, Bytes)> {
+    ) -> Result<(u16, hyper::HeaderMap, Bytes)> {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -80,12 +119,8 @@ impl Api {
             .context("request timed out after 30 s")?
             .with_context(|| format!("{method} {path}: is the runner up at {}?", self.base))?;
         let status = resp.status().as_u16();
-        let at_edge = resp.headers().contains_key("x-flashsale-edge");
-        Ok((
-            status,
-            at_edge,
-            resp.into_body().collect().await?.to_bytes(),
-        ))
+        let (parts, body) = resp.into_parts();
+        Ok((status, parts.headers, body.collect().await?.to_bytes()))
     }
 
     /// A buy from the body's `user_id`, sent from that buyer's own address

@@ -9,6 +9,7 @@ pub mod cfnlocal;
 pub mod chart;
 pub mod client;
 pub mod cluster;
+pub mod crowd;
 pub mod demo;
 pub mod edge;
 pub mod embedded;

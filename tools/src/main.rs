@@ -90,6 +90,22 @@ enum Command {
     /// A flash-sale load against an API (the local runner by default): a
     /// report of throughput and latency per response code, then the audit.
     Loadtest(LoadArgs),
+    /// A crowd of ten times what the origin takes (`--origin-rate`, held by
+    /// a throttle as API Gateway's) meets a sale through the waiting room,
+    /// then the same crowd meets one without it (issue 33, figure 15):
+    /// origin load, 429s, the admitted rate, fairness (Kendall's tau), the
+    /// bots' share, the wait estimate's error, the buy's p99, the books.
+    /// Exits 1 if any unit was oversold or the books do not balance.
+    Crowd {
+        /// Buys a second the origin's throttle lets through.
+        #[arg(long, default_value_t = 20.0)]
+        origin_rate: f64,
+        /// Seconds the crowd arrives over, at ten times the origin's rate.
+        #[arg(long, default_value_t = 4.0)]
+        crowd_secs: f64,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Audit a product's books in Redis and DynamoDB; exits 1 if they do not balance.
     Reconcile {
         #[arg(long)]
@@ -624,6 +640,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("export FLASHSALE_TABLE={}", p.table);
         }
         Command::Loadtest(args) => return loadtest(&sdk, args).await,
+        Command::Crowd {
+            origin_rate,
+            crowd_secs,
+            seed,
+        } => {
+            let standard = tools::crowd::CrowdSpec::standard();
+            let scale = origin_rate / standard.origin_rate;
+            let spec = tools::crowd::CrowdSpec {
+                origin_rate,
+                arrivals_per_sec: origin_rate * 10.0,
+                crowd_secs,
+                inlet_rate: ((f64::from(standard.inlet_rate) * scale).round() as u32).max(1),
+                stock: ((origin_rate * 10.0 * crowd_secs * 0.6).round() as u32).max(1),
+                seed: seed.unwrap_or(standard.seed),
+                ..standard
+            };
+            let report = tools::crowd::run(&sdk, &spec).await?;
+            println!("{}", report.summary());
+            let (r, w) = (&report.room, &report.without);
+            if r.oversold + w.oversold > 0 || !(r.balanced && w.balanced) {
+                eprintln!("the crowd's books do not balance: {r:?} / {w:?}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::CompensationDrill {
             base_url,
             admin_token,
