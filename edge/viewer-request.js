@@ -28,6 +28,10 @@ const INT = /^-?\d{1,16}$/;
 // A same-site path: no scheme, host, backslash or control character.
 const BACK = /^\/(?![\/\\])[\w\-.~!$&'()*+,;=:@\/?%]*$/;
 const KEY = /^([\w-]{1,8}):([\w-]{32,256})$/;
+// One first visit in SAMPLE asks the origin to count its place (a 1x1
+// image): the controller's view of the line ahead (shared/src/room.rs
+// SAMPLE_EVERY).
+const SAMPLE = 50;
 
 function productOf(request) {
   if (request.method !== 'POST' || request.uri !== '/api/flash-sale/buy') {
@@ -169,6 +173,7 @@ async function roomPage(request, now, ip) {
   const name = 'fs_place_' + id;
   const held = request.cookies[name];
   let place;
+  let counted = '';
   const cookies = {};
   if (held) {
     place = verify(held.value, keys, 'p1', id, now);
@@ -187,6 +192,9 @@ async function roomPage(request, now, ip) {
     const early = now < s.startsAt;
     const at = early ? s.startsAt - room.window + (room.window > 0 ? parseInt(drawn.slice(0, 12), 16) % room.window : 0) : now;
     place = { place: at, nonce: early ? drawn.slice(12, 28) : hex8() + hex8(), expires: s.endsAt };
+    if (parseInt(place.nonce.slice(0, 4), 16) % SAMPLE === 0) {
+      counted = '<img src="/api/flash-sale/room/seen?product_id=' + id + '" alt="" width="1" height="1">';
+    }
     cookies[name] = cookie(sign('p1', id, at, place.nonce, s.endsAt, keys[0]), s.endsAt, now);
   }
   const ahead = Math.max(0, place.place - frontier(room, now));
@@ -212,7 +220,7 @@ async function roomPage(request, now, ip) {
       : 'The sale is on.',
     'About ' + Math.round(ahead * room.density / 1e6) + ' people ahead of you.',
     wait === null ? 'The line is paused for a moment.' : 'Estimated wait: ' + wait + ' s.',
-    'This page takes you on when it is your turn; come back before ' + new Date(place.expires).toISOString() + ' to keep your place.',
+    'This page takes you on when it is your turn; come back before ' + new Date(place.expires).toISOString() + ' to keep your place.' + counted,
   ];
   return page(200, 'You are in line', lines, Math.min(20, Math.max(2, wait === null ? 10 : Math.ceil(wait / 3))), cookies);
 }

@@ -6,6 +6,7 @@ const STATES = ['upcoming', 'on_sale', 'paused', 'sold_out', 'ended'];
 const INT = /^-?\d{1,16}$/;
 const BACK = /^\/(?![\/\\])[\w\-.~!$&'()*+,;=:@\/?%]*$/;
 const KEY = /^([\w-]{1,8}):([\w-]{32,256})$/;
+const SAMPLE = 50;
 function productOf(request) {
 if (request.method !== 'POST' || request.uri !== '/api/flash-sale/buy') {
 return null;
@@ -128,6 +129,7 @@ return page(200, s.state === 'sold_out' ? 'Sold out' : 'The sale has ended', ['E
 const name = 'fs_place_' + id;
 const held = request.cookies[name];
 let place;
+let counted = '';
 const cookies = {};
 if (held) {
 place = verify(held.value, keys, 'p1', id, now);
@@ -143,6 +145,9 @@ const drawn = mac(keys[0], 'draw.' + ip + '.' + id);
 const early = now < s.startsAt;
 const at = early ? s.startsAt - room.window + (room.window > 0 ? parseInt(drawn.slice(0, 12), 16) % room.window : 0) : now;
 place = { place: at, nonce: early ? drawn.slice(12, 28) : hex8() + hex8(), expires: s.endsAt };
+if (parseInt(place.nonce.slice(0, 4), 16) % SAMPLE === 0) {
+counted = '<img src="/api/flash-sale/room/seen?product_id=' + id + '" alt="" width="1" height="1">';
+}
 cookies[name] = cookie(sign('p1', id, at, place.nonce, s.endsAt, keys[0]), s.endsAt, now);
 }
 const ahead = Math.max(0, place.place - frontier(room, now));
@@ -168,7 +173,7 @@ s.state === 'upcoming' && now < s.startsAt
 : 'The sale is on.',
 'About ' + Math.round(ahead * room.density / 1e6) + ' people ahead of you.',
 wait === null ? 'The line is paused for a moment.' : 'Estimated wait: ' + wait + ' s.',
-'This page takes you on when it is your turn; come back before ' + new Date(place.expires).toISOString() + ' to keep your place.',
+'This page takes you on when it is your turn; come back before ' + new Date(place.expires).toISOString() + ' to keep your place.' + counted,
 ];
 return page(200, 'You are in line', lines, Math.min(20, Math.max(2, wait === null ? 10 : Math.ceil(wait / 3))), cookies);
 }

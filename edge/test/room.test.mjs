@@ -100,6 +100,21 @@ test('early arrivals draw their place over the early window, once; later ones qu
     const n = places.filter((p) => p >= T - 60_000 + q * 15_000 && p < T - 45_000 + q * 15_000).length;
     assert.ok(n > 25 && n < 75, `quarter ${q}: ${n} of 200`);
   }
+  // One first visit in 50 asks the origin to count its place, by its
+  // nonce (as shared::room::sampled reads it); a returning one never.
+  const sampled = [];
+  for (let i = 0; i < 2000; i += 1) {
+    const res = await (await at(T - 30_000, store(), () => i / 2000))(visit({}, undefined, `198.18.${i >> 8}.${i & 255}`));
+    const nonce = placeOf(res).split('.')[3];
+    const beacon = res.body.includes('<img src="/api/flash-sale/room/seen?product_id=p1"');
+    assert.equal(beacon, parseInt(nonce.slice(0, 4), 16) % 50 === 0, nonce);
+    if (beacon) {
+      sampled.push(nonce);
+      const back = await (await at(T - 20_000, store()))(visit({ fs_place_p1: { value: placeOf(res) } }, undefined, `198.18.${i >> 8}.${i & 255}`));
+      assert.ok(!back.body.includes('<img'), 'a returning visitor is not counted again');
+    }
+  }
+  assert.ok(sampled.length > 20 && sampled.length < 70, `${sampled.length} of 2000 sampled`);
   // After the start: the arrival time, a new place (and nonce) each time.
   const later = await (await at(T + 30_000, store({ speed: 100 })))(visit());
   assert.equal(placeMs(placeOf(later)), T + 30_000);

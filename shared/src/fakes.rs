@@ -163,6 +163,14 @@ impl RoomGate for FakeGate {
             .filter(|r| r.0 == *product)
             .count() as u64)
     }
+    async fn seen(&self, _: &ProductId, _: &str, _: i64, _: i64) -> PortResult<bool> {
+        self.failures.check("redis").await?;
+        Ok(true)
+    }
+    async fn places(&self, _: &ProductId, _: i64, _: i64) -> PortResult<u64> {
+        self.failures.check("redis").await?;
+        Ok(0)
+    }
 }
 
 impl AdmissionGate for FakeGate {

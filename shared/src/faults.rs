@@ -222,6 +222,20 @@ impl<T: RoomGate> RoomGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.entries(product).await
     }
+    async fn seen(
+        &self,
+        product: &ProductId,
+        nonce: &str,
+        place_ms: i64,
+        ttl_ms: i64,
+    ) -> PortResult<bool> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.seen(product, nonce, place_ms, ttl_ms).await
+    }
+    async fn places(&self, product: &ProductId, from_ms: i64, to_ms: i64) -> PortResult<u64> {
+        self.plan.check(FaultPoint::RedisCall, "redis")?;
+        self.inner.places(product, from_ms, to_ms).await
+    }
 }
 
 impl<T: ShelfGate> ShelfGate for Faulty<T> {

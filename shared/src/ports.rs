@@ -230,6 +230,25 @@ pub trait RoomGate: Send + Sync {
 
     /// Admissions redeemed for `product` so far.
     fn entries(&self, product: &ProductId) -> impl Future<Output = PortResult<u64>> + Send;
+
+    /// Counts a sampled place (`place_ms`) of `product`'s room once per
+    /// `nonce`, remembered `ttl_ms`; true when it was new.
+    fn seen(
+        &self,
+        product: &ProductId,
+        nonce: &str,
+        place_ms: i64,
+        ttl_ms: i64,
+    ) -> impl Future<Output = PortResult<bool>> + Send;
+
+    /// Sampled places of `product`'s room in the whole seconds of arrival
+    /// time from `from_ms`'s (in) to `to_ms`'s (out).
+    fn places(
+        &self,
+        product: &ProductId,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> impl Future<Output = PortResult<u64>> + Send;
 }
 
 pub trait ShelfGate: Send + Sync {
@@ -717,6 +736,23 @@ impl<T: RoomGate> RoomGate for std::sync::Arc<T> {
     }
     fn entries(&self, product: &ProductId) -> impl Future<Output = PortResult<u64>> + Send {
         (**self).entries(product)
+    }
+    fn seen(
+        &self,
+        product: &ProductId,
+        nonce: &str,
+        place_ms: i64,
+        ttl_ms: i64,
+    ) -> impl Future<Output = PortResult<bool>> + Send {
+        (**self).seen(product, nonce, place_ms, ttl_ms)
+    }
+    fn places(
+        &self,
+        product: &ProductId,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> impl Future<Output = PortResult<u64>> + Send {
+        (**self).places(product, from_ms, to_ms)
     }
 }
 

@@ -238,6 +238,25 @@ pub struct Health {
     pub queue_age_ms: i64,
     pub throttles: u64,
     pub errors: u64,
+    /// The places the room's sampled first visits counted between the
+    /// frontier and [`Inlet::ahead`]'s end (one in [`SAMPLE_EVERY`]), and
+    /// how much arrival time that is: the line's density where the
+    /// frontier goes next, before anyone there came through.
+    pub ahead: Option<(u64, i64)>,
+}
+
+/// One first visit in this many is counted at the origin (the room's page
+/// asks for `/api/flash-sale/room/seen`, deduct counts the place): the
+/// controller's view of the line ahead of the frontier, for a fiftieth of
+/// the arrivals in origin calls. The edge draws the same (`SAMPLE`).
+pub const SAMPLE_EVERY: u32 = 50;
+
+/// Whether the place of `nonce` (hex) is one the room samples.
+pub fn sampled(nonce: &str) -> bool {
+    nonce
+        .get(..4)
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .is_some_and(|n| n % SAMPLE_EVERY == 0)
 }
 
 /// The inlet controller's rule, one pass at a time (AIMD, as TCP): the
@@ -251,6 +270,19 @@ impl Inlet {
     pub const QUEUE_AGE_MS: i64 = 5_000;
     /// The inlet never closes by itself below this rate (a pause does).
     pub const FLOOR: f64 = 1.0;
+    /// Fewer sampled places ahead than this say too little: the density
+    /// measured from entries stands.
+    pub const MIN_SAMPLES: u64 = 3;
+
+    /// The stretch of arrival time (ms) whose sampled places say how dense
+    /// the line is where the frontier goes next: from where it stands to
+    /// where this speed takes it in `step_ms` (at least 2 s of arrival
+    /// time), never past the clock (no place there yet).
+    pub fn ahead(curve: &Curve, now_ms: i64, step_ms: i64) -> (i64, i64) {
+        let from = curve.frontier(now_ms);
+        let to = (from + (curve.speed.max(1_000) * step_ms / 1000).max(2_000)).min(now_ms);
+        (from, to.max(from))
+    }
 
     /// The next room value from the stored one (read back every pass, so a
     /// restarted controller or a lost publish continues from what the edge
@@ -279,6 +311,14 @@ impl Inlet {
                 }
             }
             _ => stored.density as f64,
+        };
+        // Places counted ahead outrank the entries behind: a burst of
+        // arrivals is slowed before it is let in, not a step after.
+        let density = match health.ahead {
+            Some((samples, ms)) if samples >= Self::MIN_SAMPLES && ms > 0 => {
+                samples as f64 * f64::from(SAMPLE_EVERY) * 1_000_000.0 / ms as f64
+            }
+            _ => density,
         };
         // Nothing measured before this pass: the sale's starting rate.
         let rate = if stored.density == 0 {
@@ -677,6 +717,51 @@ mod tests {
         assert_eq!(next.density, 125);
         assert_eq!(next.curve.speed, 480_000);
         assert_eq!(Inlet::rate_of(&next), 60.0);
+    }
+
+    /// A burst ahead of the frontier, seen in the sampled places before
+    /// anyone there came through, slows the frontier at once.
+    #[test]
+    fn a_dense_line_ahead_slows_the_frontier_before_it_is_let_in() {
+        let behind = Health {
+            entries: 100,
+            frontier_advance_ms: 10_000,
+            ..Health::default()
+        };
+        let r = room(5_000, 10_000);
+        let calm = Inlet::next(&r, &SETTINGS, &behind, T + 10_000);
+        // 8 sampled places in 2 s of arrival time: 200 a second ahead.
+        let burst = Health {
+            ahead: Some((8, 2_000)),
+            ..behind
+        };
+        let slowed = Inlet::next(&r, &SETTINGS, &burst, T + 10_000);
+        assert_eq!(
+            Inlet::rate_of(&slowed).round(),
+            Inlet::rate_of(&calm).round()
+        );
+        assert_eq!(slowed.density, 200_000);
+        assert_eq!(slowed.curve.speed, 300);
+        // Too few samples say nothing.
+        let thin = Health {
+            ahead: Some((2, 2_000)),
+            ..behind
+        };
+        assert_eq!(Inlet::next(&r, &SETTINGS, &thin, T + 10_000), calm);
+        // The stretch: where the frontier goes next, never past the clock.
+        let c = Curve::opening(T, 60_000, 1_000);
+        assert_eq!(
+            Inlet::ahead(&c, T + 10_000, 5_000),
+            (T - 50_000, T - 45_000)
+        );
+        let caught_up = Curve::opening(T, 0, 100_000);
+        assert_eq!(
+            Inlet::ahead(&caught_up, T + 10_000, 5_000),
+            (T + 10_000, T + 10_000)
+        );
+        assert!(
+            sampled("0000abcd") && sampled("0032ffff") && !sampled("0001ffff") && !sampled("zz")
+        );
     }
 
     #[test]

@@ -328,7 +328,9 @@ impl App {
     /// What API Gateway's routes do in AWS.
     pub async fn route(&self, req: lambda_http::Request) -> HttpResponse {
         let path = req.uri().path().to_owned();
-        if path == "/api/flash-sale/buy" {
+        if path == deduct::SEEN_PATH {
+            self.deduct.handle(req).await
+        } else if path == "/api/flash-sale/buy" {
             if req.method() != lambda_http::http::Method::POST {
                 return ApiError::new(405, "method_not_allowed").into_response();
             }

@@ -599,9 +599,17 @@ fn buyer_routes_use_the_jwt_authorizer_and_admin_routes_iam() {
             })
             .collect()
     };
+    // The waiting room's sampled first visits come from an image: no JWT.
     assert_eq!(
         routes("deduct"),
-        vec![("POST".into(), "/api/flash-sale/buy".into(), None)]
+        vec![
+            ("POST".into(), "/api/flash-sale/buy".into(), None),
+            (
+                "GET".into(),
+                "/api/flash-sale/room/seen".into(),
+                Some("NONE".into())
+            )
+        ]
     );
     // Buyer routes take the default JWT authorizer; only the public
     // product page and the provider's (signed) webhook opt out.

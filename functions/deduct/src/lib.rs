@@ -6,6 +6,11 @@
 //! unit goes back, and the buyer gets 503. If even that cannot be written,
 //! the request stays pending in Redis for the outbox sweeper and the buyer
 //! gets 503 with the request id to look up: no promise was made.
+//!
+//! `GET /api/flash-sale/room/seen?product_id=` counts a waiting room's
+//! sampled place (the room's page asks for it on one first visit in
+//! [`shared::room::SAMPLE_EVERY`]): the inlet controller's view of the line
+//! ahead of its frontier.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -118,6 +123,9 @@ fn admission_required(id: &ProductId, why: impl std::fmt::Display) -> ApiError {
         ))
         .with_room(format!("/room?product_id={id}"))
 }
+
+/// The room's sampled first visits (see the module's comment).
+pub const SEEN_PATH: &str = "/api/flash-sale/room/seen";
 
 /// A buyer's refusals an instance answers before it answers 429 in process:
 /// this many at once, then one a second.
@@ -304,6 +312,12 @@ impl<G: AdmissionGate + ControlGate + RoomGate, Q: OrderQueue, S: OrderBook + Ca
     Deduct<G, Q, S>
 {
     pub async fn handle(&self, req: Request) -> HttpResponse {
+        if req.uri().path() == SEEN_PATH {
+            return self
+                .seen(&req)
+                .await
+                .unwrap_or_else(ApiError::into_response);
+        }
         let started = std::time::Instant::now();
         let answer = self.answer(req).await;
         telemetry::record_latency("deduct", started);
@@ -480,6 +494,28 @@ impl<G: AdmissionGate + ControlGate + RoomGate, Q: OrderQueue, S: OrderBook + Ca
                 }
             }
         }
+    }
+
+    /// Counts the place in the room's cookie, once, if the room samples it;
+    /// 204 either way (the page's image needs nothing back).
+    async fn seen(&self, req: &Request) -> Result<HttpResponse, ApiError> {
+        let id = ProductId::parse(
+            api::query_param(req, "product_id")
+                .ok_or_else(|| ApiError::invalid("product_id is missing from the query"))?,
+        )?;
+        let held = api::cookie(req, &format!("fs_place_{id}"))
+            .ok_or_else(|| ApiError::invalid("no place cookie: visit the room's page first"))?;
+        let now = self.room.clock.now_ms();
+        let pass = Pass::verify(held, &self.room.keys, Kind::Place, &id, now)
+            .map_err(|e| ApiError::new(403, "place_refused").with_message(e))?;
+        if shared::room::sampled(&pass.nonce) {
+            self.gate
+                .seen(&id, &pass.nonce, pass.place_ms, pass.expires_ms - now)
+                .await?;
+        }
+        let mut resp = HttpResponse::new(lambda_http::Body::Empty);
+        *resp.status_mut() = lambda_http::http::StatusCode::NO_CONTENT;
+        Ok(resp)
     }
 
     /// Whether the waiting room lets this buy in: no room, or an admission
@@ -840,6 +876,52 @@ mod tests {
         );
         // No room, no admission needed.
         assert_eq!(call(&d, buy_as("plain", "u1", &[])).await.0, 202);
+    }
+
+    /// The room's page counts a sampled place at the origin, once however
+    /// often it is asked; an unsampled, forged or missing place counts
+    /// nothing.
+    #[tokio::test]
+    async fn a_sampled_place_is_counted_once() {
+        let (d, _) = with_room(vec![room_key()]).await;
+        let now = shared::ports::SystemClock.now_ms();
+        let place = |nonce: &str, at: i64| {
+            Pass {
+                kind: Kind::Place,
+                product: ProductId::parse("room").unwrap(),
+                place_ms: at,
+                nonce: nonce.into(),
+                expires_ms: now + 3_600_000,
+            }
+            .sign(&room_key())
+        };
+        let seen = |cookie: Option<String>| {
+            let mut req = http::Request::builder()
+                .method("GET")
+                .uri(format!("{SEEN_PATH}?product_id=room"));
+            if let Some(c) = cookie {
+                req = req.header("cookie", format!("fs_place_room={c}"));
+            }
+            d.handle(req.body(Body::Empty).unwrap())
+        };
+        let at = now - 10_000;
+        for _ in 0..3 {
+            assert_eq!(
+                seen(Some(place("0032aaaaaaaaaaaa", at))).await.status(),
+                204
+            );
+        }
+        assert_eq!(
+            seen(Some(place("0033aaaaaaaaaaaa", at))).await.status(),
+            204
+        );
+        let forged = place("0064aaaaaaaaaaaa", at).replace(".k1.", ".k9.");
+        assert_eq!(seen(Some(forged)).await.status(), 403);
+        assert_eq!(seen(None).await.status(), 400);
+        let id = ProductId::parse("room").unwrap();
+        let counted = d.gate.places(&id, at - 1_000, at + 1_000).await.unwrap();
+        assert_eq!(counted, 1, "the sampled place, once");
+        assert_eq!(d.gate.places(&id, at + 1_000, at + 5_000).await.unwrap(), 0);
     }
 
     /// A keyed replay of an admitted buy may come after its admission

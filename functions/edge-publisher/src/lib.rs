@@ -329,6 +329,14 @@ impl<G: SaleGate + AdmissionGate + RoomGate, S: Catalogue, E: EdgeStore> Publish
             .requests
             .first()
             .map_or(0, |r| now - r.msg.admitted_at);
+        // The sampled places where the frontier goes next.
+        let (from, to) = Inlet::ahead(&held.curve, now, CONTROL_EVERY_MS);
+        let (from, to) = (from.div_euclid(1000) * 1000, to.div_euclid(1000) * 1000);
+        let ahead = if to > from {
+            Some((self.gate.places(id, from, to).await?, to - from))
+        } else {
+            None
+        };
         let (new_entries, frontier_advance_ms) = match last {
             Some((at, before)) => (
                 entries.saturating_sub(before),
@@ -343,6 +351,7 @@ impl<G: SaleGate + AdmissionGate + RoomGate, S: Catalogue, E: EdgeStore> Publish
             queue_age_ms,
             throttles: 0,
             errors: 0,
+            ahead,
         };
         Ok((health, entries))
     }

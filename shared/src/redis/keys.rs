@@ -97,6 +97,14 @@ impl Keys {
     pub fn room_pass(&self, nonce: &str) -> String {
         self.key(&format!("room:{nonce}"))
     }
+    /// String: a sampled place of the product's room, counted (`seen.lua`).
+    pub fn room_seen(&self, nonce: &str) -> String {
+        self.key(&format!("room_seen:{nonce}"))
+    }
+    /// Hash: second of arrival time -> sampled places there.
+    pub fn room_places(&self) -> String {
+        self.key("room_places")
+    }
     /// String: admissions redeemed for the product.
     pub fn room_entries(&self) -> String {
         self.key("room_entries")

@@ -77,6 +77,7 @@ struct Scripts {
     adjust: Script,
     restore: Script,
     redeem: Script,
+    seen: Script,
 }
 
 /// Cheap to clone: clones share one connection and the loaded scripts.
@@ -153,6 +154,7 @@ impl RedisGate {
                     adjust: Script::new(include_str!("adjust.lua")),
                     restore: Script::new(include_str!("restore.lua")),
                     redeem: Script::new(include_str!("redeem.lua")),
+                    seen: Script::new(include_str!("seen.lua")),
                 },
                 buckets: std::sync::Mutex::new(HashMap::new()),
                 bucket_counts: std::sync::OnceLock::new(),

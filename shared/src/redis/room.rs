@@ -25,6 +25,42 @@ impl RoomGate for RedisGate {
             .await
             .map_err(classify)
     }
+    async fn seen(
+        &self,
+        product: &ProductId,
+        nonce: &str,
+        place_ms: i64,
+        ttl_ms: i64,
+    ) -> PortResult<bool> {
+        let keys = self.keys(product);
+        let mut c = self.conn().await?;
+        let counted: i64 = self
+            .inner
+            .scripts
+            .seen
+            .key(keys.room_seen(nonce))
+            .key(keys.room_places())
+            .arg(place_ms.div_euclid(1000))
+            .arg(ttl_ms.max(1))
+            .invoke_async(&mut c)
+            .await
+            .map_err(classify)?;
+        Ok(counted == 1)
+    }
+    async fn places(&self, product: &ProductId, from_ms: i64, to_ms: i64) -> PortResult<u64> {
+        let mut c = self.conn().await?;
+        let all: Vec<(i64, u64)> = redis::cmd("HGETALL")
+            .arg(self.keys(product).room_places())
+            .query_async(&mut c)
+            .await
+            .map_err(classify)?;
+        let (from, to) = (from_ms.div_euclid(1000), to_ms.div_euclid(1000));
+        Ok(all
+            .into_iter()
+            .filter(|(second, _)| (from..to).contains(second))
+            .map(|(_, n)| n)
+            .sum())
+    }
     async fn entries(&self, product: &ProductId) -> PortResult<u64> {
         let mut c = self.conn().await?;
         let n: Option<u64> = redis::cmd("GET")

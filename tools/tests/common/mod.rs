@@ -87,6 +87,8 @@ pub struct Options {
     pub schedules: bool,
     /// The local KeyValueStore and the edge publisher.
     pub edge: Option<tools::runner::EdgeConfig>,
+    /// The waiting rooms' signing keys (deduct's and the publisher's).
+    pub room_keys: Vec<shared::room::Key>,
 }
 
 impl Default for Options {
@@ -104,6 +106,7 @@ impl Default for Options {
             capacity: None,
             schedules: true,
             edge: None,
+            room_keys: Vec::new(),
         }
     }
 }
@@ -154,6 +157,7 @@ impl TestStack {
             batching_window: opts.batching_window,
             invoke: opts.invoke,
             edge: opts.edge,
+            room_keys: opts.room_keys,
             ..RunnerConfig::local(redis, &names, ADMIN_TOKEN, WEBHOOK_SECRET)
         };
         let config = if opts.schedules {

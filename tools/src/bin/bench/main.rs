@@ -41,6 +41,7 @@ mod cold_start;
 mod consumer;
 mod contention;
 mod cost;
+mod crowd;
 mod edge;
 mod expiry;
 mod flood;
@@ -55,6 +56,7 @@ use cold_start::*;
 use consumer::*;
 use contention::*;
 use cost::*;
+use crowd::*;
 use edge::*;
 use expiry::*;
 use flood::*;
@@ -445,6 +447,9 @@ async fn main() -> Result<()> {
     }
     if wanted(14) {
         show("14", edge_figure(&sdk).await?);
+    }
+    if wanted(15) {
+        show("15", crowd_figure(&sdk).await?);
     }
     if !args.figures.is_empty() {
         return Ok(());
