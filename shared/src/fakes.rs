@@ -167,9 +167,9 @@ impl RoomGate for FakeGate {
         self.failures.check("redis").await?;
         Ok(true)
     }
-    async fn places(&self, _: &ProductId, _: i64, _: i64) -> PortResult<u64> {
+    async fn places(&self, _: &ProductId, _: i64, _: i64) -> PortResult<Vec<u64>> {
         self.failures.check("redis").await?;
-        Ok(0)
+        Ok(Vec::new())
     }
 }
 

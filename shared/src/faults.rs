@@ -232,7 +232,7 @@ impl<T: RoomGate> RoomGate for Faulty<T> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.seen(product, nonce, place_ms, ttl_ms).await
     }
-    async fn places(&self, product: &ProductId, from_ms: i64, to_ms: i64) -> PortResult<u64> {
+    async fn places(&self, product: &ProductId, from_ms: i64, to_ms: i64) -> PortResult<Vec<u64>> {
         self.plan.check(FaultPoint::RedisCall, "redis")?;
         self.inner.places(product, from_ms, to_ms).await
     }

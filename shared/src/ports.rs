@@ -241,14 +241,14 @@ pub trait RoomGate: Send + Sync {
         ttl_ms: i64,
     ) -> impl Future<Output = PortResult<bool>> + Send;
 
-    /// Sampled places of `product`'s room in the whole seconds of arrival
+    /// Sampled places of `product`'s room in each whole second of arrival
     /// time from `from_ms`'s (in) to `to_ms`'s (out).
     fn places(
         &self,
         product: &ProductId,
         from_ms: i64,
         to_ms: i64,
-    ) -> impl Future<Output = PortResult<u64>> + Send;
+    ) -> impl Future<Output = PortResult<Vec<u64>>> + Send;
 }
 
 pub trait ShelfGate: Send + Sync {
@@ -751,7 +751,7 @@ impl<T: RoomGate> RoomGate for std::sync::Arc<T> {
         product: &ProductId,
         from_ms: i64,
         to_ms: i64,
-    ) -> impl Future<Output = PortResult<u64>> + Send {
+    ) -> impl Future<Output = PortResult<Vec<u64>>> + Send {
         (**self).places(product, from_ms, to_ms)
     }
 }

@@ -224,7 +224,7 @@ impl RoomChange {
 }
 
 /// What the controller saw of the origin since its last pass.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Health {
     /// Admissions `deduct` redeemed, and the arrival time (ms) the frontier
     /// passed, over the same stretch: their ratio is the line's density.
@@ -238,11 +238,11 @@ pub struct Health {
     pub queue_age_ms: i64,
     pub throttles: u64,
     pub errors: u64,
-    /// The places the room's sampled first visits counted between the
-    /// frontier and [`Inlet::ahead`]'s end (one in [`SAMPLE_EVERY`]), and
-    /// how much arrival time that is: the line's density where the
-    /// frontier goes next, before anyone there came through.
-    pub ahead: Option<(u64, i64)>,
+    /// The places the room's sampled first visits counted (one in
+    /// [`SAMPLE_EVERY`]) in each second of arrival time from the frontier
+    /// to [`Inlet::ahead`]'s end: the line's density where the frontier
+    /// goes next, before anyone there came through.
+    pub ahead: Vec<u64>,
 }
 
 /// One first visit in this many is counted at the origin (the room's page
@@ -273,15 +273,48 @@ impl Inlet {
     /// Fewer sampled places ahead than this say too little: the density
     /// measured from entries stands.
     pub const MIN_SAMPLES: u64 = 3;
+    /// A burst: this many sampled places within [`Self::BURST_SECS`] of
+    /// arrival time, half again as dense as the stretch around it. Fewer
+    /// are the noise of sampling one visit in fifty.
+    pub const BURST_SAMPLES: u64 = 6;
+    pub const BURST_SECS: usize = 2;
 
     /// The stretch of arrival time (ms) whose sampled places say how dense
     /// the line is where the frontier goes next: from where it stands to
-    /// where this speed takes it in `step_ms` (at least 2 s of arrival
-    /// time), never past the clock (no place there yet).
-    pub fn ahead(curve: &Curve, now_ms: i64, step_ms: i64) -> (i64, i64) {
+    /// where this speed (at least the clock's) takes it in `until_ms` (the
+    /// next step, once the edge has it), at least 2 s, never past the
+    /// clock (no place there yet). Before the sale opens, the whole line
+    /// so far: the frontier stands, and every place is ahead of it.
+    pub fn ahead(curve: &Curve, now_ms: i64, until_ms: i64) -> (i64, i64) {
         let from = curve.frontier(now_ms);
-        let to = (from + (curve.speed.max(1_000) * step_ms / 1000).max(2_000)).min(now_ms);
+        let to = if now_ms < curve.at_ms {
+            now_ms
+        } else {
+            (from + (curve.speed.max(1_000) * until_ms / 1000).max(2_000)).min(now_ms)
+        };
         (from, to.max(from))
+    }
+
+    /// The density (per 1,000 s of arrival time) of the sampled places in
+    /// `per_second`: a burst's where there is one ([`Self::BURST_SAMPLES`]:
+    /// it must not be let in at the pace of the quiet seconds around it),
+    /// else the whole stretch's; None when it holds fewer than
+    /// [`Self::MIN_SAMPLES`].
+    pub fn density_ahead(per_second: &[u64]) -> Option<f64> {
+        let scale = f64::from(SAMPLE_EVERY) * 1_000.0;
+        let total: u64 = per_second.iter().sum();
+        if total < Self::MIN_SAMPLES {
+            return None;
+        }
+        let mean = total as f64 / per_second.len() as f64;
+        let burst = per_second
+            .windows(Self::BURST_SECS)
+            .map(|w| w.iter().sum::<u64>())
+            .max()
+            .filter(|n| *n >= Self::BURST_SAMPLES)
+            .map(|n| n as f64 / Self::BURST_SECS as f64)
+            .filter(|dense| *dense >= 1.5 * mean);
+        Some(burst.unwrap_or(mean) * scale)
     }
 
     /// The next room value from the stored one (read back every pass, so a
@@ -314,12 +347,7 @@ impl Inlet {
         };
         // Places counted ahead outrank the entries behind: a burst of
         // arrivals is slowed before it is let in, not a step after.
-        let density = match health.ahead {
-            Some((samples, ms)) if samples >= Self::MIN_SAMPLES && ms > 0 => {
-                samples as f64 * f64::from(SAMPLE_EVERY) * 1_000_000.0 / ms as f64
-            }
-            _ => density,
-        };
+        let density = Self::density_ahead(&health.ahead).unwrap_or(density);
         // Nothing measured before this pass: the sale's starting rate.
         let rate = if stored.density == 0 {
             f64::from(settings.start_rate)
@@ -329,7 +357,12 @@ impl Inlet {
         let healthy = health.queue_age_ms <= Self::QUEUE_AGE_MS
             && health.throttles == 0
             && health.errors == 0;
-        let rate = if healthy {
+        // Before the sale opens nobody is let in: the rate waits for the
+        // origin to show how it takes the crowd (only the density ahead,
+        // and with it the speed, is set).
+        let rate = if now_ms < stored.curve.at_ms {
+            rate
+        } else if healthy {
             rate + ceiling / 10.0
         } else {
             rate * 0.7
@@ -667,7 +700,7 @@ mod tests {
         assert_eq!(Inlet::rate_of(&up), 100.0);
         let bounded = Health {
             capacity: Some(40.0),
-            ..healthy
+            ..healthy.clone()
         };
         assert_eq!(
             Inlet::rate_of(&Inlet::next(&up, &SETTINGS, &bounded, T + 40_000)),
@@ -677,15 +710,15 @@ mod tests {
         for sick in [
             Health {
                 queue_age_ms: 6_000,
-                ..healthy
+                ..healthy.clone()
             },
             Health {
                 throttles: 1,
-                ..healthy
+                ..healthy.clone()
             },
             Health {
                 errors: 2,
-                ..healthy
+                ..healthy.clone()
             },
         ] {
             assert_eq!(
@@ -730,10 +763,11 @@ mod tests {
         };
         let r = room(5_000, 10_000);
         let calm = Inlet::next(&r, &SETTINGS, &behind, T + 10_000);
-        // 8 sampled places in 2 s of arrival time: 200 a second ahead.
+        // 8 sampled places in 2 s of arrival time, after quiet ones: 200 a
+        // second where the frontier is going, whatever the seconds around.
         let burst = Health {
-            ahead: Some((8, 2_000)),
-            ..behind
+            ahead: vec![0, 1, 0, 3, 5, 0, 0, 1],
+            ..behind.clone()
         };
         let slowed = Inlet::next(&r, &SETTINGS, &burst, T + 10_000);
         assert_eq!(
@@ -742,10 +776,13 @@ mod tests {
         );
         assert_eq!(slowed.density, 200_000);
         assert_eq!(slowed.curve.speed, 300);
-        // Too few samples say nothing.
+        // Spread thin, or a few more in a second by chance: the whole
+        // stretch's; too few samples: nothing.
+        assert_eq!(Inlet::density_ahead(&[1, 0, 1, 0, 1, 0]), Some(25_000.0));
+        assert_eq!(Inlet::density_ahead(&[2, 1, 2, 3, 1, 3]), Some(100_000.0));
         let thin = Health {
-            ahead: Some((2, 2_000)),
-            ..behind
+            ahead: vec![1, 0, 1, 0],
+            ..behind.clone()
         };
         assert_eq!(Inlet::next(&r, &SETTINGS, &thin, T + 10_000), calm);
         // The stretch: where the frontier goes next, never past the clock.
@@ -796,10 +833,10 @@ mod tests {
             let health = if i % 2 == 0 {
                 Health {
                     errors: 1,
-                    ..healthy
+                    ..healthy.clone()
                 }
             } else {
-                healthy
+                healthy.clone()
             };
             let stored = if i % 3 == 0 {
                 r

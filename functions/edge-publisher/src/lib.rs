@@ -35,9 +35,13 @@ use shared::room::{self, Curve, Health, Inlet, Key, RoomValue, WaitingRoom};
 const CHANGES_PER_CALL: usize = 50;
 /// Fresh starts within one publish when another writer got in between.
 const ATTEMPTS: usize = 3;
-/// The inlet controller's step: long enough for its entries to be counted
-/// (a buyer let in takes seconds to buy), short enough to follow a crowd.
-pub const CONTROL_EVERY_MS: i64 = 5_000;
+/// The inlet controller's step: short, as it sees the line ahead in the
+/// sampled places (the entries behind, which lag a visitor's refresh and
+/// buy, are blended over steps).
+pub const CONTROL_EVERY_MS: i64 = 2_000;
+/// How long a step takes to reach the edge (the store's propagation, the
+/// edge's copy): the line ahead is read as far as the frontier goes by then.
+const REACHES_EDGE_MS: i64 = 2_000;
 /// A room's first curve moves through arrival time at the clock's pace
 /// until the controller has measured how dense the line is.
 const OPENING_SPEED: i64 = 1_000;
@@ -280,8 +284,9 @@ impl<G: SaleGate + AdmissionGate + RoomGate, S: Catalogue, E: EdgeStore> Publish
             });
         };
         let last = self.memory().stepped.get(id).copied();
-        let due =
-            first && now >= starts_at && last.is_none_or(|(at, _)| now - at >= CONTROL_EVERY_MS);
+        // Before the start too: the sampled places set the opening speed
+        // (the rate itself waits for the start, see Inlet::next).
+        let due = first && last.is_none_or(|(at, _)| now - at >= CONTROL_EVERY_MS);
         if due {
             match self.health(id, &held, last, now).await {
                 Ok((health, entries)) => {
@@ -330,13 +335,8 @@ impl<G: SaleGate + AdmissionGate + RoomGate, S: Catalogue, E: EdgeStore> Publish
             .first()
             .map_or(0, |r| now - r.msg.admitted_at);
         // The sampled places where the frontier goes next.
-        let (from, to) = Inlet::ahead(&held.curve, now, CONTROL_EVERY_MS);
-        let (from, to) = (from.div_euclid(1000) * 1000, to.div_euclid(1000) * 1000);
-        let ahead = if to > from {
-            Some((self.gate.places(id, from, to).await?, to - from))
-        } else {
-            None
-        };
+        let (from, to) = Inlet::ahead(&held.curve, now, CONTROL_EVERY_MS + REACHES_EDGE_MS);
+        let ahead = self.gate.places(id, from, to).await?;
         let (new_entries, frontier_advance_ms) = match last {
             Some((at, before)) => (
                 entries.saturating_sub(before),
@@ -471,10 +471,13 @@ mod tests {
             room::parse_keys(&store.0.lock().unwrap().values[room::KEYS_KEY]).unwrap(),
             [key()]
         );
-        // Nobody before the start, and nothing to step.
+        // Stepped before the start too, yet nobody is let in before it and
+        // the frontier stands where it opened.
         at(start - 1_000);
         a.publish().await.unwrap();
-        assert_eq!(room(), opening);
+        let before = room();
+        assert_eq!(before.curve.frontier(start), start - 60_000);
+        assert!(!before.curve.lets_in(start - 60_000, start - 1));
 
         // Steps: 40 entries over the first 10 s of the early window: 4 a
         // second of arrival time.

@@ -47,19 +47,19 @@ impl RoomGate for RedisGate {
             .map_err(classify)?;
         Ok(counted == 1)
     }
-    async fn places(&self, product: &ProductId, from_ms: i64, to_ms: i64) -> PortResult<u64> {
+    async fn places(&self, product: &ProductId, from_ms: i64, to_ms: i64) -> PortResult<Vec<u64>> {
+        let seconds: Vec<i64> = (from_ms.div_euclid(1000)..to_ms.div_euclid(1000)).collect();
+        if seconds.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut c = self.conn().await?;
-        let all: Vec<(i64, u64)> = redis::cmd("HGETALL")
+        let counts: Vec<Option<u64>> = redis::cmd("HMGET")
             .arg(self.keys(product).room_places())
+            .arg(&seconds)
             .query_async(&mut c)
             .await
             .map_err(classify)?;
-        let (from, to) = (from_ms.div_euclid(1000), to_ms.div_euclid(1000));
-        Ok(all
-            .into_iter()
-            .filter(|(second, _)| (from..to).contains(second))
-            .map(|(_, n)| n)
-            .sum())
+        Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
     }
     async fn entries(&self, product: &ProductId) -> PortResult<u64> {
         let mut c = self.conn().await?;
