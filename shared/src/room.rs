@@ -296,11 +296,11 @@ impl Inlet {
     }
 
     /// The density (per 1,000 s of arrival time) of the sampled places in
-    /// `per_second`: a burst's where there is one ([`Self::BURST_SAMPLES`]:
-    /// it must not be let in at the pace of the quiet seconds around it),
-    /// else the whole stretch's; None when it holds fewer than
-    /// [`Self::MIN_SAMPLES`].
-    pub fn density_ahead(per_second: &[u64]) -> Option<f64> {
+    /// `per_second`, and whether it is a burst's: a burst's where there is
+    /// one ([`Self::BURST_SAMPLES`]: it must not be let in at the pace of
+    /// the quiet seconds around it), else the whole stretch's; None when it
+    /// holds fewer than [`Self::MIN_SAMPLES`].
+    pub fn density_ahead(per_second: &[u64]) -> Option<(f64, bool)> {
         let scale = f64::from(SAMPLE_EVERY) * 1_000.0;
         let total: u64 = per_second.iter().sum();
         if total < Self::MIN_SAMPLES {
@@ -314,7 +314,10 @@ impl Inlet {
             .filter(|n| *n >= Self::BURST_SAMPLES)
             .map(|n| n as f64 / Self::BURST_SECS as f64)
             .filter(|dense| *dense >= 1.5 * mean);
-        Some(burst.unwrap_or(mean) * scale)
+        Some(match burst {
+            Some(dense) => (dense * scale, true),
+            None => (mean * scale, false),
+        })
     }
 
     /// The next room value from the stored one (read back every pass, so a
@@ -332,22 +335,26 @@ impl Inlet {
                 c.min(f64::from(settings.ceiling))
             })
             .max(Self::FLOOR);
-        let density = match (health.entries, health.frontier_advance_ms) {
-            (n, ms) if n > 0 && ms > 0 => {
-                let seen = n as f64 * 1_000_000.0 / ms as f64;
-                // Half the last estimate, half what was seen: one odd
-                // stretch does not swing the line.
-                if stored.density > 0 {
-                    (stored.density as f64 + seen) / 2.0
-                } else {
-                    seen
-                }
-            }
-            _ => stored.density as f64,
+        let seen = match (health.entries, health.frontier_advance_ms) {
+            (n, ms) if n > 0 && ms > 0 => Some(n as f64 * 1_000_000.0 / ms as f64),
+            _ => None,
         };
-        // Places counted ahead outrank the entries behind: a burst of
-        // arrivals is slowed before it is let in, not a step after.
-        let density = Self::density_ahead(&health.ahead).unwrap_or(density);
+        let stored_density = stored.density as f64;
+        // A burst counted ahead outranks the entries behind: it is slowed
+        // before it is let in, not a step after. Otherwise the entries
+        // (every one counted, where the places ahead are a sample) make the
+        // density once the sale is on, half the last estimate and half
+        // what was seen so one odd stretch does not swing the line; the
+        // sampled line makes it before (and while nothing was measured).
+        let opening = now_ms < stored.curve.at_ms;
+        let density = match (Self::density_ahead(&health.ahead), seen) {
+            (Some((d, true)), _) => d,
+            (Some((d, false)), _) if opening => d,
+            (_, Some(seen)) if stored.density > 0 => (stored_density + seen) / 2.0,
+            (_, Some(seen)) => seen,
+            (Some((d, false)), None) if stored.density == 0 => d,
+            _ => stored_density,
+        };
         // Nothing measured before this pass: the sale's starting rate.
         let rate = if stored.density == 0 {
             f64::from(settings.start_rate)
@@ -360,7 +367,7 @@ impl Inlet {
         // Before the sale opens nobody is let in: the rate waits for the
         // origin to show how it takes the crowd (only the density ahead,
         // and with it the speed, is set).
-        let rate = if now_ms < stored.curve.at_ms {
+        let rate = if opening {
             rate
         } else if healthy {
             rate + ceiling / 10.0
@@ -778,8 +785,24 @@ mod tests {
         assert_eq!(slowed.curve.speed, 300);
         // Spread thin, or a few more in a second by chance: the whole
         // stretch's; too few samples: nothing.
-        assert_eq!(Inlet::density_ahead(&[1, 0, 1, 0, 1, 0]), Some(25_000.0));
-        assert_eq!(Inlet::density_ahead(&[2, 1, 2, 3, 1, 3]), Some(100_000.0));
+        assert_eq!(
+            Inlet::density_ahead(&[1, 0, 1, 0, 1, 0]),
+            Some((25_000.0, false))
+        );
+        assert_eq!(
+            Inlet::density_ahead(&[2, 1, 2, 3, 1, 3]),
+            Some((100_000.0, false))
+        );
+        // Once the sale is on, a calm line ahead leaves the entries' count
+        // (every entry, not a sample) to make the density.
+        let calm_ahead = Health {
+            ahead: vec![2, 1, 2, 3, 1, 3],
+            ..behind.clone()
+        };
+        assert_eq!(Inlet::next(&r, &SETTINGS, &calm_ahead, T + 10_000), calm);
+        // Before it, the sampled line makes it.
+        let early = Inlet::next(&r, &SETTINGS, &calm_ahead, T - 1_000);
+        assert_eq!(early.density, 100_000);
         let thin = Health {
             ahead: vec![1, 0, 1, 0],
             ..behind.clone()
