@@ -279,35 +279,49 @@ impl Inlet {
     pub const BURST_SAMPLES: u64 = 6;
     pub const BURST_SECS: usize = 2;
 
+    /// The controller's step: short, as it sees the line ahead in the
+    /// sampled places (the entries behind, which lag a visitor's refresh
+    /// and buy, are blended over steps).
+    pub const STEP_MS: i64 = 2_000;
+    /// How long a step takes to reach the edge (the store's propagation,
+    /// the edge's copy).
+    pub const REACHES_EDGE_MS: i64 = 2_000;
+    /// How much of the line ahead the sampled places are read for.
+    pub const LINE_AHEAD_MS: i64 = 600_000;
+
     /// The stretch of arrival time (ms) whose sampled places say how dense
-    /// the line is where the frontier goes next: from where it stands to
-    /// where this speed (at least the clock's) takes it in `until_ms` (the
-    /// next step, once the edge has it), at least 2 s, never past the
-    /// clock (no place there yet). Before the sale opens, the whole line
-    /// so far: the frontier stands, and every place is ahead of it.
-    pub fn ahead(curve: &Curve, now_ms: i64, until_ms: i64) -> (i64, i64) {
+    /// the line is ahead: from the frontier to the clock (no place is
+    /// later), at most [`Self::LINE_AHEAD_MS`].
+    pub fn ahead(curve: &Curve, now_ms: i64) -> (i64, i64) {
         let from = curve.frontier(now_ms);
-        let to = if now_ms < curve.at_ms {
-            now_ms
-        } else {
-            (from + (curve.speed.max(1_000) * until_ms / 1000).max(2_000)).min(now_ms)
-        };
-        (from, to.max(from))
+        (from, now_ms.min(from + Self::LINE_AHEAD_MS).max(from))
+    }
+
+    /// The seconds of arrival time the frontier covers before the next
+    /// step reaches the edge, at `speed` (at least the clock's): where a
+    /// burst must be seen now.
+    pub fn near_secs(speed: i64) -> usize {
+        let ms = speed.max(1_000) * (Self::STEP_MS + Self::REACHES_EDGE_MS) / 1000;
+        usize::try_from((ms + 999) / 1000)
+            .unwrap_or(usize::MAX)
+            .max(Self::BURST_SECS)
     }
 
     /// The density (per 1,000 s of arrival time) of the sampled places in
-    /// `per_second`, and whether it is a burst's: a burst's where there is
-    /// one ([`Self::BURST_SAMPLES`]: it must not be let in at the pace of
-    /// the quiet seconds around it), else the whole stretch's; None when it
+    /// `per_second` (the line ahead, from the frontier), and whether it is
+    /// a burst's: a burst's where there is one within its first `near`
+    /// seconds ([`Self::BURST_SAMPLES`]: it must not be let in at the pace
+    /// of the quiet seconds around it), else the whole line's; None when it
     /// holds fewer than [`Self::MIN_SAMPLES`].
-    pub fn density_ahead(per_second: &[u64]) -> Option<(f64, bool)> {
+    pub fn density_ahead(per_second: &[u64], near: usize) -> Option<(f64, bool)> {
         let scale = f64::from(SAMPLE_EVERY) * 1_000.0;
         let total: u64 = per_second.iter().sum();
         if total < Self::MIN_SAMPLES {
             return None;
         }
         let mean = total as f64 / per_second.len() as f64;
-        let burst = per_second
+        let near = &per_second[..per_second.len().min(near + Self::BURST_SECS - 1)];
+        let burst = near
             .windows(Self::BURST_SECS)
             .map(|w| w.iter().sum::<u64>())
             .max()
@@ -347,7 +361,8 @@ impl Inlet {
         // what was seen so one odd stretch does not swing the line; the
         // sampled line makes it before (and while nothing was measured).
         let opening = now_ms < stored.curve.at_ms;
-        let density = match (Self::density_ahead(&health.ahead), seen) {
+        let near = Self::near_secs(stored.curve.speed);
+        let density = match (Self::density_ahead(&health.ahead, near), seen) {
             (Some((d, true)), _) => d,
             (Some((d, false)), _) if opening => d,
             (_, Some(seen)) if stored.density > 0 => (stored_density + seen) / 2.0,
@@ -786,11 +801,11 @@ mod tests {
         // Spread thin, or a few more in a second by chance: the whole
         // stretch's; too few samples: nothing.
         assert_eq!(
-            Inlet::density_ahead(&[1, 0, 1, 0, 1, 0]),
+            Inlet::density_ahead(&[1, 0, 1, 0, 1, 0], 4),
             Some((25_000.0, false))
         );
         assert_eq!(
-            Inlet::density_ahead(&[2, 1, 2, 3, 1, 3]),
+            Inlet::density_ahead(&[2, 1, 2, 3, 1, 3], 4),
             Some((100_000.0, false))
         );
         // Once the sale is on, a calm line ahead leaves the entries' count
@@ -808,15 +823,24 @@ mod tests {
             ..behind.clone()
         };
         assert_eq!(Inlet::next(&r, &SETTINGS, &thin, T + 10_000), calm);
-        // The stretch: where the frontier goes next, never past the clock.
-        let c = Curve::opening(T, 60_000, 1_000);
+        // A burst the frontier reaches only after the next step is the
+        // next step's business: the whole line's density now.
+        let mut far = vec![1; 12];
+        far[10] = 6;
+        assert_eq!(Inlet::near_secs(1_000), 4);
         assert_eq!(
-            Inlet::ahead(&c, T + 10_000, 5_000),
-            (T - 50_000, T - 45_000)
+            Inlet::density_ahead(&far, 4),
+            Some((((17.0 / 12.0) * 50_000.0), false))
         );
+        assert!(Inlet::density_ahead(&far, 10).is_some_and(|(_, burst)| burst));
+        // The line ahead: from the frontier to the clock, before the start
+        // too (every place is ahead then).
+        let c = Curve::opening(T, 60_000, 1_000);
+        assert_eq!(Inlet::ahead(&c, T + 10_000), (T - 50_000, T + 10_000));
+        assert_eq!(Inlet::ahead(&c, T - 1_000), (T - 60_000, T - 1_000));
         let caught_up = Curve::opening(T, 0, 100_000);
         assert_eq!(
-            Inlet::ahead(&caught_up, T + 10_000, 5_000),
+            Inlet::ahead(&caught_up, T + 10_000),
             (T + 10_000, T + 10_000)
         );
         assert!(

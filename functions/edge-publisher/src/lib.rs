@@ -17,7 +17,7 @@
 //!
 //! It is the waiting room's inlet controller too (issue 33): for a sale
 //! with a room it writes the room's curve (`<id>#room`), stepping it with
-//! [`Inlet::next`] every [`CONTROL_EVERY_MS`] from the value the store
+//! [`Inlet::next`] every [`Inlet::STEP_MS`] from the value the store
 //! holds (so a restart or a lost write never moves the frontier back), and
 //! the signing keys the edge checks passes with (`#room-keys`). One writer
 //! for the store: the room's writes are ordered with the sale's.
@@ -35,13 +35,6 @@ use shared::room::{self, Curve, Health, Inlet, Key, RoomValue, WaitingRoom};
 const CHANGES_PER_CALL: usize = 50;
 /// Fresh starts within one publish when another writer got in between.
 const ATTEMPTS: usize = 3;
-/// The inlet controller's step: short, as it sees the line ahead in the
-/// sampled places (the entries behind, which lag a visitor's refresh and
-/// buy, are blended over steps).
-pub const CONTROL_EVERY_MS: i64 = 2_000;
-/// How long a step takes to reach the edge (the store's propagation, the
-/// edge's copy): the line ahead is read as far as the frontier goes by then.
-const REACHES_EDGE_MS: i64 = 2_000;
 /// A room's first curve moves through arrival time at the clock's pace
 /// until the controller has measured how dense the line is.
 const OPENING_SPEED: i64 = 1_000;
@@ -258,7 +251,7 @@ impl<G: SaleGate + AdmissionGate + RoomGate, S: Catalogue, E: EdgeStore> Publish
 
     /// The room value to write for `product`, None when the store's is
     /// current: the opening curve where it holds none; after the start a
-    /// controller step every [`CONTROL_EVERY_MS`] (only on a publish's first
+    /// controller step every [`Inlet::STEP_MS`] (only on a publish's first
     /// pass: a retried pass does not step twice); in between, an operator's
     /// pause or new admission life at once.
     async fn room(
@@ -286,7 +279,7 @@ impl<G: SaleGate + AdmissionGate + RoomGate, S: Catalogue, E: EdgeStore> Publish
         let last = self.memory().stepped.get(id).copied();
         // Before the start too: the sampled places set the opening speed
         // (the rate itself waits for the start, see Inlet::next).
-        let due = first && last.is_none_or(|(at, _)| now - at >= CONTROL_EVERY_MS);
+        let due = first && last.is_none_or(|(at, _)| now - at >= Inlet::STEP_MS);
         if due {
             match self.health(id, &held, last, now).await {
                 Ok((health, entries)) => {
@@ -335,7 +328,7 @@ impl<G: SaleGate + AdmissionGate + RoomGate, S: Catalogue, E: EdgeStore> Publish
             .first()
             .map_or(0, |r| now - r.msg.admitted_at);
         // The sampled places where the frontier goes next.
-        let (from, to) = Inlet::ahead(&held.curve, now, CONTROL_EVERY_MS + REACHES_EDGE_MS);
+        let (from, to) = Inlet::ahead(&held.curve, now);
         let ahead = self.gate.places(id, from, to).await?;
         let (new_entries, frontier_advance_ms) = match last {
             Some((at, before)) => (
@@ -426,7 +419,7 @@ mod tests {
     type TestPublisher = Publisher<RedisGate, DynamoStore, Store>;
 
     /// Issue 33: the room opens before the start, steps every
-    /// CONTROL_EVERY_MS from what the store holds once the sale started,
+    /// Inlet::STEP_MS from what the store holds once the sale started,
     /// and no restart or lost publish moves its frontier back; an operator's
     /// pause reaches the edge at the next pass and lets nobody in.
     #[tokio::test]
@@ -485,7 +478,7 @@ mod tests {
         let mut frontiers = Vec::new();
         let mut now = start;
         for step in 0..12 {
-            now += CONTROL_EVERY_MS;
+            now += Inlet::STEP_MS;
             at(now);
             for n in 0..20 {
                 gate.redeem(
@@ -573,7 +566,7 @@ mod tests {
             assert!(!held.curve.lets_in(start - 60_000, later));
             assert_eq!(held.curve.frontier(later), stood);
         }
-        now += CONTROL_EVERY_MS;
+        now += Inlet::STEP_MS;
         at(now);
         a.publish().await.unwrap();
         assert!(room().curve.paused, "a step keeps the operator's pause");
