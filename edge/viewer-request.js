@@ -222,10 +222,10 @@ async function roomPage(request, now, ip) {
     wait === null ? 'The line is paused for a moment.' : 'Estimated wait: ' + wait + ' s.',
     'This page takes you on when it is your turn; come back before ' + new Date(place.expires).toISOString() + ' to keep your place.' + counted,
   ];
-  // A third of the wait, 1 to 20 s: near the front a second's lag is a
-  // place lost to a visitor who refreshes faster (an edge answer costs no
-  // origin call).
-  return page(200, 'You are in line', lines, Math.min(20, Math.max(1, wait === null ? 10 : Math.ceil(wait / 3))), cookies);
+  // A quarter of the wait, 1 to 5 s: the estimate is only as good as the
+  // line's density, and a visitor who notices late loses their turn to
+  // one who refreshes faster (an edge answer costs no origin call).
+  return page(200, 'You are in line', lines, Math.min(5, Math.max(1, wait === null ? 5 : Math.ceil(wait / 4))), cookies);
 }
 
 // A buy of a product with a room needs its admission (a keyed repeat, an

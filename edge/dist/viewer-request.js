@@ -175,7 +175,7 @@ s.state === 'upcoming' && now < s.startsAt
 wait === null ? 'The line is paused for a moment.' : 'Estimated wait: ' + wait + ' s.',
 'This page takes you on when it is your turn; come back before ' + new Date(place.expires).toISOString() + ' to keep your place.' + counted,
 ];
-return page(200, 'You are in line', lines, Math.min(20, Math.max(1, wait === null ? 10 : Math.ceil(wait / 3))), cookies);
+return page(200, 'You are in line', lines, Math.min(5, Math.max(1, wait === null ? 5 : Math.ceil(wait / 4))), cookies);
 }
 async function admitted(request, id, now, keyed) {
 let room;
