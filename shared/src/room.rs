@@ -355,20 +355,24 @@ impl Inlet {
         };
         let stored_density = stored.density as f64;
         // A burst counted ahead outranks the entries behind: it is slowed
-        // before it is let in, not a step after. Otherwise the entries
-        // (every one counted, where the places ahead are a sample) make the
-        // density once the sale is on, half the last estimate and half
-        // what was seen so one odd stretch does not swing the line; the
-        // sampled line makes it before (and while nothing was measured).
+        // before it is let in, not a step after. Otherwise the denser of
+        // the two: the entries (half the last estimate, half what was
+        // seen, so one odd stretch does not swing the line) count only the
+        // buys that got through, so an origin that throttles makes them
+        // look sparse and would speed the frontier into more throttling;
+        // the sampled line ahead does not depend on what got through.
         let opening = now_ms < stored.curve.at_ms;
         let near = Self::near_secs(stored.curve.speed);
-        let density = match (Self::density_ahead(&health.ahead, near), seen) {
-            (Some((d, true)), _) => d,
-            (Some((d, false)), _) if opening => d,
-            (_, Some(seen)) if stored.density > 0 => (stored_density + seen) / 2.0,
-            (_, Some(seen)) => seen,
-            (Some((d, false)), None) if stored.density == 0 => d,
-            _ => stored_density,
+        let behind = match seen {
+            Some(seen) if stored.density > 0 && !opening => (stored_density + seen) / 2.0,
+            Some(seen) => seen,
+            None => stored_density,
+        };
+        let density = match Self::density_ahead(&health.ahead, near) {
+            Some((d, true)) => d,
+            Some((d, false)) if opening => d,
+            Some((d, false)) => d.max(behind),
+            None => behind,
         };
         // Nothing measured before this pass: the sale's starting rate.
         let rate = if stored.density == 0 {
@@ -808,13 +812,21 @@ mod tests {
             Inlet::density_ahead(&[2, 1, 2, 3, 1, 3], 4),
             Some((100_000.0, false))
         );
-        // Once the sale is on, a calm line ahead leaves the entries' count
-        // (every entry, not a sample) to make the density.
+        // Once the sale is on, the denser of the line ahead and the entries
+        // behind (which count only the buys that got through).
         let calm_ahead = Health {
             ahead: vec![2, 1, 2, 3, 1, 3],
             ..behind.clone()
         };
-        assert_eq!(Inlet::next(&r, &SETTINGS, &calm_ahead, T + 10_000), calm);
+        assert_eq!(
+            Inlet::next(&r, &SETTINGS, &calm_ahead, T + 10_000).density,
+            100_000
+        );
+        let sparse_ahead = Health {
+            ahead: [vec![1; 3], vec![0; 17]].concat(),
+            ..behind.clone()
+        };
+        assert_eq!(Inlet::next(&r, &SETTINGS, &sparse_ahead, T + 10_000), calm);
         // Before it, the sampled line makes it.
         let early = Inlet::next(&r, &SETTINGS, &calm_ahead, T - 1_000);
         assert_eq!(early.density, 100_000);
