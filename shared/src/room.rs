@@ -273,10 +273,11 @@ impl Inlet {
     /// Fewer sampled places ahead than this say too little: the density
     /// measured from entries stands.
     pub const MIN_SAMPLES: u64 = 3;
-    /// A burst: this many sampled places within [`Self::BURST_SECS`] of
-    /// arrival time, half again as dense as the stretch around it. Fewer
-    /// are the noise of sampling one visit in fifty.
-    pub const BURST_SAMPLES: u64 = 6;
+    /// A burst: at least this many sampled places within
+    /// [`Self::BURST_SECS`] of arrival time, and three standard deviations
+    /// above what the line's mean would put there (sampling one visit in
+    /// fifty is noisy: a quiet line shows a few by chance).
+    pub const BURST_SAMPLES: u64 = 4;
     pub const BURST_SECS: usize = 2;
 
     /// The controller's step: short, as it sees the line ahead in the
@@ -320,14 +321,15 @@ impl Inlet {
             return None;
         }
         let mean = total as f64 / per_second.len() as f64;
+        let expected = mean * Self::BURST_SECS as f64;
+        let threshold = (expected + 3.0 * expected.sqrt()).max(Self::BURST_SAMPLES as f64);
         let near = &per_second[..per_second.len().min(near + Self::BURST_SECS - 1)];
         let burst = near
             .windows(Self::BURST_SECS)
             .map(|w| w.iter().sum::<u64>())
             .max()
-            .filter(|n| *n >= Self::BURST_SAMPLES)
-            .map(|n| n as f64 / Self::BURST_SECS as f64)
-            .filter(|dense| *dense >= 1.5 * mean);
+            .filter(|n| *n as f64 >= threshold)
+            .map(|n| n as f64 / Self::BURST_SECS as f64);
         Some(match burst {
             Some(dense) => (dense * scale, true),
             None => (mean * scale, false),
@@ -838,11 +840,11 @@ mod tests {
         // A burst the frontier reaches only after the next step is the
         // next step's business: the whole line's density now.
         let mut far = vec![1; 12];
-        far[10] = 6;
+        far[10] = 9;
         assert_eq!(Inlet::near_secs(1_000), 4);
         assert_eq!(
             Inlet::density_ahead(&far, 4),
-            Some((((17.0 / 12.0) * 50_000.0), false))
+            Some((((20.0 / 12.0) * 50_000.0), false))
         );
         assert!(Inlet::density_ahead(&far, 10).is_some_and(|(_, burst)| burst));
         // The line ahead: from the frontier to the clock, before the start
