@@ -63,7 +63,7 @@ pub(super) async fn crowd_figure(sdk: &aws_config::SdkConfig) -> Result<Vec<Row>
             format!("{:.3}", room.tau_early),
             format!("{:.3}", room.tau_after),
             "-".into(),
-            "|tau| ≤ 0.05 before; FIFO (≈ 1) after",
+            "abs(tau) ≤ 0.05 before; FIFO (≈ 1) after",
             verdict(room.tau_early.abs() <= 0.05 && room.tau_after > 0.9),
         ),
         row(
