@@ -322,10 +322,11 @@ pub fn room_defaults() -> Result<crate::room::WaitingRoom, ConfigError> {
     Ok(room)
 }
 
-/// Entries per second the origin takes across every sale's waiting room
-/// (`FLASHSALE_ROOM_CAPACITY`: the share of API Gateway's quota the buys
-/// may use, over the buys an entry makes); unset, each sale's ceiling alone
-/// bounds its inlet.
+/// Entries per second the origin takes for any one sale's waiting room
+/// (`FLASHSALE_ROOM_CAPACITY`: the share of API Gateway's quota its buys
+/// may use, over the buys an entry makes; sales running at once each get
+/// it, so split it between them); unset, each sale's ceiling alone bounds
+/// its inlet.
 pub fn room_capacity() -> Result<Option<f64>, ConfigError> {
     var("FLASHSALE_ROOM_CAPACITY")
         .map(|v| match v.parse::<f64>() {

@@ -291,8 +291,9 @@ impl Inlet {
     pub const LINE_AHEAD_MS: i64 = 600_000;
 
     /// The stretch of arrival time (ms) whose sampled places say how dense
-    /// the line is ahead: from the frontier to the clock (no place is
-    /// later), at most [`Self::LINE_AHEAD_MS`].
+    /// the line is ahead: from the frontier to the clock (the places drawn
+    /// after it, before the start, are read as the line grows), at most
+    /// [`Self::LINE_AHEAD_MS`].
     pub fn ahead(curve: &Curve, now_ms: i64) -> (i64, i64) {
         let from = curve.frontier(now_ms);
         (from, now_ms.min(from + Self::LINE_AHEAD_MS).max(from))
@@ -388,7 +389,7 @@ impl Inlet {
         // Before the sale opens nobody is let in: the rate waits for the
         // origin to show how it takes the crowd (only the density ahead,
         // and with it the speed, is set).
-        let rate = if opening {
+        let rate = if opening || settings.paused {
             rate
         } else if healthy {
             rate + ceiling / 10.0
@@ -927,6 +928,9 @@ mod tests {
                 .lets_in(paused.curve.frontier_ms - 60_000, T + 60_000)
         );
         assert_eq!(paused.curve.frontier(T + 60_000), paused.curve.frontier_ms);
+        // Nor does the rate climb while nobody is let in: a resume starts
+        // from the rate the pause held.
+        assert!((Inlet::rate_of(&paused) - Inlet::rate_of(&r)).abs() < 0.1);
     }
 
     #[test]

@@ -63,9 +63,10 @@ pub struct Deduct<G, Q, S> {
 pub struct RoomCheck {
     keys: Vec<Key>,
     clock: Arc<dyn Clock>,
-    /// Whether each product has a room, as DynamoDB said: fixed at the
-    /// sale's creation, so never stale once read. None: off.
-    rooms: Option<Mutex<HashMap<ProductId, bool>>>,
+    /// Each product's room (its sale's end, ms) or none, as DynamoDB said:
+    /// fixed at the sale's creation, so never stale once read (an end
+    /// brought forward only shortens what the redemption needs). None: off.
+    rooms: Option<Mutex<HashMap<ProductId, Option<i64>>>>,
 }
 
 impl RoomCheck {
@@ -89,9 +90,10 @@ impl RoomCheck {
         }
     }
 
-    async fn has_room<S: Catalogue>(&self, store: &S, id: &ProductId) -> Result<bool, ApiError> {
+    /// The sale's end (ms) when the product has a room.
+    async fn room<S: Catalogue>(&self, store: &S, id: &ProductId) -> Result<Option<i64>, ApiError> {
         let Some(rooms) = &self.rooms else {
-            return Ok(false);
+            return Ok(None);
         };
         if let Some(known) = rooms.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
             return Ok(*known);
@@ -102,12 +104,19 @@ impl RoomCheck {
             tracing::warn!(error = %e, "product unreadable: cannot tell whether it has a waiting room");
             room_unavailable("whether this sale has a waiting room cannot be read now; try again shortly")
         })?;
-        let has = product.is_some_and(|p| p.waiting_room.is_some());
+        // An unknown id is not remembered: created later, with a room, it
+        // must not pass as one without.
+        let Some(product) = product else {
+            return Ok(None);
+        };
+        let room = product
+            .waiting_room
+            .map(|_| shared::domain::unix_ms(product.ends_at));
         rooms
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), has);
-        Ok(has)
+            .insert(id.clone(), room);
+        Ok(room)
     }
 }
 
@@ -515,6 +524,11 @@ impl<G: AdmissionGate + ControlGate + RoomGate, Q: OrderQueue, S: OrderBook + Ca
         }
         let mut resp = HttpResponse::new(lambda_http::Body::Empty);
         *resp.status_mut() = lambda_http::http::StatusCode::NO_CONTENT;
+        // Each visitor's own count: no cache keeps it.
+        resp.headers_mut().insert(
+            lambda_http::http::header::CACHE_CONTROL,
+            lambda_http::http::HeaderValue::from_static("no-store"),
+        );
         Ok(resp)
     }
 
@@ -524,9 +538,9 @@ impl<G: AdmissionGate + ControlGate + RoomGate, Q: OrderQueue, S: OrderBook + Ca
     /// answers it), and redeemed for this buyer's account or free.
     async fn let_in(&self, purchase: &Purchase, held: Option<&str>) -> Result<(), ApiError> {
         let id = &purchase.product_id;
-        if !self.room.has_room(&self.store, id).await? {
+        let Some(ends_at) = self.room.room(&self.store, id).await? else {
             return Ok(());
-        }
+        };
         if self.room.keys.is_empty() {
             tracing::error!(
                 "a sale with a waiting room, but no FLASHSALE_ROOM_KEYS: its buys cannot be checked"
@@ -542,9 +556,11 @@ impl<G: AdmissionGate + ControlGate + RoomGate, Q: OrderQueue, S: OrderBook + Ca
             Err(PassError::Expired(_)) if self.is_replay(purchase).await => return Ok(()),
             Err(e) => return Err(admission_required(id, e)),
         };
-        // Held a minute past its expiry: a buy in flight as it expires is
-        // still its holder's.
-        let ttl_ms = pass.expires_ms - now + 60_000;
+        // Held until the sale ends: the place behind the admission lives
+        // that long, and the room signs it a fresh admission (the same
+        // nonce) each time it comes back; a hold only as long as one
+        // admission would let the next account buy with it.
+        let ttl_ms = ends_at.max(pass.expires_ms) - now + 60_000;
         let holder = self
             .gate
             .redeem(id, &pass.nonce, purchase.user_id.as_str(), ttl_ms)
@@ -874,6 +890,28 @@ mod tests {
                 .unwrap(),
             2
         );
+        // Held until the sale ends (an hour here), not the admission's
+        // minute: the room hands the same nonce a fresh admission.
+        let held: i64 = d
+            .gate
+            .command(
+                redis::cmd("TTL").arg(
+                    d.gate
+                        .keys(&ProductId::parse("room").unwrap())
+                        .room_pass("00000000000000a1"),
+                ),
+            )
+            .await
+            .unwrap();
+        assert!(held > 3_500, "{held} s");
+        // An id DynamoDB does not know is not remembered as roomless: once
+        // created with a room, its buys need an admission.
+        let later = ProductId::parse("later").unwrap();
+        assert_eq!(d.room.room(&d.store, &later).await.unwrap(), None);
+        let mut p = shared::fakes::product("later");
+        p.waiting_room = Some(shared::room::WaitingRoom::DEFAULT);
+        d.store.create_product(&p).await.unwrap();
+        assert!(d.room.room(&d.store, &later).await.unwrap().is_some());
         // No room, no admission needed.
         assert_eq!(call(&d, buy_as("plain", "u1", &[])).await.0, 202);
     }
@@ -1073,7 +1111,7 @@ mod tests {
         let (d, faults) = deduct(true).await;
         // Known to have no room: the failure below is the fate's write.
         let p1 = ProductId::parse("p1").unwrap();
-        assert!(!d.room.has_room(&d.store, &p1).await.unwrap());
+        assert_eq!(d.room.room(&d.store, &p1).await.unwrap(), None);
         d.queue.failures.fail_next(1);
         faults.fail_next(1);
         let (status, body) = call(&d, buy(r#"{"product_id":"p1","user_id":"u1"}"#)).await;
