@@ -8,7 +8,7 @@
 //! `crowd:` line.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use aws_config::SdkConfig;
@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use shared::aws::DynamoStore;
 use shared::domain::ProductId;
+use shared::ports::Clock;
 use shared::redis::RedisGate;
 use shared::room::{Inlet, Key, RoomValue};
 
@@ -62,10 +63,9 @@ impl CrowdSpec {
     }
 }
 
+/// The edge's clock (Date.now), which the places are drawn on.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    shared::ports::SystemClock.now_ms()
 }
 
 async fn sleep_until(ms: i64) {

@@ -663,6 +663,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("the crowd's books do not balance: {r:?} / {w:?}");
                 return Ok(ExitCode::FAILURE);
             }
+            // A crowd the throttle never refused, or a room that let nobody
+            // buy, proves nothing.
+            if w.throttled == 0 || r.units == 0 || r.early_let_in == 0 {
+                eprintln!(
+                    "the crowd proved nothing: {} 429s without the room, {} units and {} early visitors let in through it",
+                    w.throttled, r.units, r.early_let_in
+                );
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::CompensationDrill {
             base_url,
